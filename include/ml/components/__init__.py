@@ -1,0 +1,1 @@
+"""Pipeline stages: ingestion, validation, transformation, training, evaluation."""

@@ -1,0 +1,110 @@
+"""Training: fit preprocessing + estimator as one sklearn Pipeline and log it to MLflow."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from include.ml import artifacts, tracking
+from include.ml.components.transformation import build_preprocessor
+from include.ml.entities import SchemaConfig, TrainingConfig
+from include.ml.exceptions import TrainingError
+from include.ml.models import FAMILIES
+
+log = logging.getLogger(__name__)
+
+RESULT = "result.json"
+MODEL_NAME = "model"
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    mlflow_run_id: str
+    experiment_id: str
+    model_uri: str
+    family: str
+    estimator: str
+    train_rows: int
+    fit_seconds: float
+    skops_trusted_types: list[str]
+
+    def summary(self) -> str:
+        return (f"{self.estimator} fitted on {self.train_rows} rows in {self.fit_seconds:.1f}s; "
+                f"MLflow run {self.mlflow_run_id}")
+
+
+def build_pipeline(config: TrainingConfig) -> Any:
+    from sklearn.pipeline import Pipeline
+
+    family = FAMILIES[config.model.family]
+    estimator = family.build(config.schema.task, config.model.random_state, dict(config.model.hyperparameters))
+    return Pipeline([("preprocess", build_preprocessor(config.schema)), ("model", estimator)])
+
+
+def skops_trusted_types(pipeline: Any, family: str) -> list[str]:
+    """The exact types outside skops' defaults this fitted pipeline holds; refuse any the family doesn't expect."""
+    import skops.io
+
+    needed = sorted(skops.io.get_untrusted_types(data=skops.io.dumps(pipeline)))
+    unexpected = sorted(set(needed) - set(FAMILIES[family].skops_trusted_types))
+    if unexpected:
+        raise TrainingError(f"the fitted {family} pipeline holds types not on its skops allow-list: {unexpected}; "
+                            "review them and add them to include/ml/models.py if they are safe")
+    return needed
+
+
+def split_xy(frame: pd.DataFrame, schema: SchemaConfig) -> tuple[pd.DataFrame, pd.Series]:
+    return frame[[c.name for c in schema.features]], frame[schema.target]
+
+
+def train(train_frame: pd.DataFrame, config: TrainingConfig, run_id: str, output_dir: Path,
+          dataset_source: str) -> TrainingResult:
+    import mlflow
+    from mlflow.models import infer_signature
+
+    experiment_id = tracking.configure(config.mlflow)
+    _close_abandoned_runs(experiment_id, run_id)
+    x, y = split_xy(train_frame, config.schema)
+    pipeline = build_pipeline(config)
+    estimator = type(pipeline.named_steps["model"]).__name__
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{config.model.family}-{run_id}") as run:
+        mlflow.set_tags({**config.tags, "pipeline_run_id": run_id, "model_family": config.model.family,
+                         "task": config.schema.task, "estimator": estimator})
+        mlflow.log_params({"family": config.model.family, "random_state": config.model.random_state,
+                           "train_rows": len(x), **{f"model.{k}": v for k, v in pipeline.named_steps["model"].get_params().items()}})
+        mlflow.log_input(mlflow.data.from_pandas(train_frame, source=dataset_source, targets=config.schema.target,
+                                                 name="train"), context="training")
+        started = time.perf_counter()
+        try:
+            pipeline.fit(x, y)
+        except (ValueError, TypeError) as exc:
+            raise TrainingError(f"{estimator} could not be fitted: {exc}") from exc
+        fit_seconds = time.perf_counter() - started
+        mlflow.log_metric("fit_seconds", fit_seconds)
+        trusted = skops_trusted_types(pipeline, config.model.family)
+        example = x.head(5)
+        info = mlflow.sklearn.log_model(
+            pipeline, name=MODEL_NAME, serialization_format="skops", skops_trusted_types=trusted,
+            signature=infer_signature(example, pipeline.predict(example)), input_example=example)
+        mlflow.set_tag("model_uri", info.model_uri)
+    result = TrainingResult(run.info.run_id, experiment_id, info.model_uri, config.model.family, estimator,
+                            len(x), round(fit_seconds, 3), trusted)
+    artifacts.write_json(output_dir / RESULT, asdict(result))
+    log.info("train: %s", result.summary())
+    return result
+
+
+def _close_abandoned_runs(experiment_id: str, run_id: str) -> None:
+    """Mark runs a killed attempt of this pipeline run left RUNNING as failed, so only one looks alive."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    for stale in client.search_runs([experiment_id], f"tags.pipeline_run_id = '{run_id}' and "
+                                    "attributes.status = 'RUNNING'"):
+        log.warning("marking MLflow run %s of an earlier, interrupted attempt as FAILED", stale.info.run_id)
+        client.set_terminated(stale.info.run_id, status="FAILED")

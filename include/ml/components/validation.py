@@ -1,0 +1,161 @@
+"""Validation: a Great Expectations suite generated from schema.yaml gates the data."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from include.ml import artifacts
+from include.ml.entities import ColumnSpec, SchemaConfig, ValidationConfig
+from include.ml.exceptions import DataValidationError
+
+log = logging.getLogger(__name__)
+
+RESULT = "result.json"
+DATA_DOCS = "data_docs"
+
+# pandas dtype names accepted for each schema dtype
+_TYPES = {
+    "float": ["float64", "float32", "Float64", "Float32", "int64", "int32", "Int64", "Int32"],
+    "int": ["int64", "int32", "int16", "int8", "Int64", "Int32"],
+    "category": ["str", "string", "object", "category", "int64", "bool"],
+    "string": ["str", "string", "object"],
+}
+# Reading a column with missing values turns ints into floats.
+_NULLABLE_INT_TYPES = _TYPES["int"] + ["float64", "Float64"]
+_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    success: bool
+    evaluated: int
+    passed: int
+    rows: int
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    data_docs: str | None = None
+
+    def summary(self) -> str:
+        state = "passed" if self.success else "FAILED"
+        return f"{state}: {self.passed}/{self.evaluated} expectations met on {self.rows} rows"
+
+
+def build_suite(schema: SchemaConfig, name: str = "schema") -> Any:
+    """The Great Expectations suite that schema.yaml describes."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    suite = gx.ExpectationSuite(name=name)
+    names = [c.name for c in schema.columns]
+    suite.add_expectation(E.ExpectTableColumnsToMatchSet(column_set=names, exact_match=True))
+    suite.add_expectation(E.ExpectTableRowCountToBeBetween(min_value=schema.min_rows))
+    for col in schema.columns:
+        for expectation in _column_expectations(E, col):
+            suite.add_expectation(expectation)
+    return suite
+
+
+def _column_expectations(E: Any, col: ColumnSpec) -> list[Any]:
+    types = _NULLABLE_INT_TYPES if col.dtype == "int" and col.nullable else _TYPES[col.dtype]
+    found = [E.ExpectColumnToExist(column=col.name), E.ExpectColumnValuesToBeInTypeList(column=col.name, type_list=types)]
+    if col.nullable:
+        found.append(E.ExpectColumnValuesToNotBeNull(column=col.name, mostly=round(1 - col.max_null_fraction, 6)))
+    else:
+        found.append(E.ExpectColumnValuesToNotBeNull(column=col.name))
+    if col.min is not None or col.max is not None:
+        found.append(E.ExpectColumnValuesToBeBetween(column=col.name, min_value=col.min, max_value=col.max))
+    if col.allowed:
+        found.append(E.ExpectColumnValuesToBeInSet(column=col.name, value_set=list(col.allowed)))
+    return found
+
+
+def _context(docs_dir: Path) -> Any:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    # Replace the default site, which writes to a fresh temporary directory every time.
+    for name, site in list(context.list_data_docs_sites().items()):
+        context.delete_data_docs_site(name)
+        shutil.rmtree(site.get("store_backend", {}).get("base_directory", ""), ignore_errors=True)
+    context.add_data_docs_site(site_name="pipeline", site_config={
+        "class_name": "SiteBuilder",
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    })
+    return context
+
+
+def _failure(result: Any, schema: SchemaConfig) -> dict[str, Any]:
+    config = result.expectation_config
+    columns = [c.name for c in schema.columns]
+    kwargs = {k: v for k, v in config.kwargs.items() if k not in ("column", "batch_id", "column_set", "exact_match")}
+    if config.type == "expect_column_values_to_be_in_type_list":
+        kwargs = {"dtype": next(c.dtype for c in schema.columns if c.name == config.kwargs["column"])}
+    outcome = result.result or {}
+    info = result.exception_info or {}
+    error = info.get("exception_message") or next(
+        (v.get("exception_message") for v in info.values() if isinstance(v, dict) and v.get("exception_message")), None)
+    observed = outcome.get("observed_value")
+    if config.type == "expect_table_columns_to_match_set" and observed is not None:
+        missing = sorted(set(columns) - set(observed))
+        unexpected = sorted(set(observed) - set(columns))
+        observed = "; ".join(filter(None, [missing and f"missing {missing}", unexpected and f"unexpected {unexpected}"]))
+    return {
+        "column": config.kwargs.get("column"),
+        "expectation": config.type,
+        "expected": ", ".join(f"{k}={v}" for k, v in kwargs.items() if v is not None),
+        "observed": observed,
+        "unexpected_count": outcome.get("unexpected_count"),
+        "unexpected_percent": outcome.get("unexpected_percent"),
+        "examples": (outcome.get("partial_unexpected_list") or [])[:_EXAMPLES],
+        "error": error,
+    }
+
+
+def _root_causes(failures: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop failures that only follow from another one: checks on a missing or mistyped column."""
+    missing = {f["column"] for f in failures if f["expectation"] == "expect_column_to_exist"}
+    mistyped = {f["column"] for f in failures if f["expectation"] == "expect_column_values_to_be_in_type_list"}
+    return [f for f in failures
+            if not (f["column"] in missing and f["expectation"] != "expect_column_to_exist")
+            and not (f["column"] in mistyped and f["expectation"] in (
+                "expect_column_values_to_be_between", "expect_column_values_to_be_in_set"))]
+
+
+def validate(frame: pd.DataFrame, config: ValidationConfig, output_dir: Path) -> ValidationResult:
+    """Validate `frame` against the schema; raise DataValidationError if any expectation fails."""
+    import great_expectations as gx
+
+    docs_target = output_dir / DATA_DOCS
+    with artifacts.atomic_dir(docs_target) as docs_tmp:
+        context = _context(docs_tmp)
+        batch = context.data_sources.add_pandas("pipeline").add_dataframe_asset("snapshot") \
+            .add_batch_definition_whole_dataframe("all")
+        suite = context.suites.add(build_suite(config.schema))
+        definition = context.validation_definitions.add(gx.ValidationDefinition(name="schema", data=batch, suite=suite))
+        checkpoint = context.checkpoints.add(gx.Checkpoint(
+            name="pipeline", validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+            result_format={"result_format": "SUMMARY", "partial_unexpected_count": _EXAMPLES}))
+        run = checkpoint.run(batch_parameters={"dataframe": frame})
+    (outcome,) = run.run_results.values()
+    failures = _root_causes([_failure(r, config.schema) for r in outcome.results if not r.success])
+    stats = outcome.statistics
+    result = ValidationResult(
+        success=bool(outcome.success), evaluated=int(stats["evaluated_expectations"]),
+        passed=int(stats["successful_expectations"]), rows=len(frame), failures=failures,
+        data_docs=str(docs_target / "index.html"))
+    artifacts.write_json(output_dir / RESULT, asdict(result))
+    log.info("validate: %s; Data Docs: %s", result.summary(), result.data_docs)
+    if not result.success:
+        raise DataValidationError(failures, result.data_docs)
+    return result

@@ -1,0 +1,151 @@
+"""Typed, immutable configuration objects, built by `configuration.ConfigurationManager`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+TASKS = ("regression", "classification")
+DTYPES = ("float", "int", "category", "string")
+# metric name -> True when a higher value is better
+METRICS: Mapping[str, Mapping[str, bool]] = MappingProxyType({
+    "regression": MappingProxyType({"rmse": False, "mae": False, "r2": True}),
+    "classification": MappingProxyType({"accuracy": True, "f1_macro": True, "roc_auc": True}),
+})
+
+
+@dataclass(frozen=True)
+class DataSourceConfig:
+    uri: str
+    separator: str
+    zip_member: str | None
+    s3_endpoint_url: str | None
+    timeout_seconds: float
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    tracking_uri: str
+    artifact_location: str | None  # None: the tracking server's default
+    experiment_name: str
+    registered_model_name: str
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    enabled: bool
+    model_alias: str
+    region: str
+    s3_bucket: str
+    s3_prefix: str
+    ec2_tag_key: str
+    ec2_tag_value: str
+    serving_port: int
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    name: str
+    dtype: str
+    nullable: bool = False
+    max_null_fraction: float = 0.5
+    min: float | None = None
+    max: float | None = None
+    allowed: tuple[Any, ...] | None = None
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.dtype in ("float", "int")
+
+
+@dataclass(frozen=True)
+class SchemaConfig:
+    task: str
+    target: str
+    min_rows: int
+    columns: tuple[ColumnSpec, ...]
+
+    @property
+    def features(self) -> tuple[ColumnSpec, ...]:
+        return tuple(c for c in self.columns if c.name != self.target)
+
+    @property
+    def numeric_features(self) -> list[str]:
+        return [c.name for c in self.features if c.is_numeric]
+
+    @property
+    def categorical_features(self) -> list[str]:
+        return [c.name for c in self.features if not c.is_numeric]
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    test_size: float
+    random_state: int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    family: str
+    random_state: int
+    hyperparameters: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class PromotionConfig:
+    metric: str
+    min_improvement: float
+    higher_is_better: bool
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything loaded from the three YAML files, with paths made absolute."""
+
+    project_root: Path
+    config_dir: Path
+    artifacts_root: Path
+    data_source: DataSourceConfig
+    mlflow: MlflowConfig
+    deployment: DeploymentConfig
+    schema: SchemaConfig
+    split: SplitConfig
+    model: ModelConfig
+    promotion: PromotionConfig
+    config_hashes: Mapping[str, str]
+
+
+# Per-stage views: each stage gets exactly what it needs.
+
+@dataclass(frozen=True)
+class IngestionConfig:
+    source: DataSourceConfig
+    expected_columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    schema: SchemaConfig
+
+
+@dataclass(frozen=True)
+class TransformationConfig:
+    schema: SchemaConfig
+    split: SplitConfig
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    schema: SchemaConfig
+    model: ModelConfig
+    mlflow: MlflowConfig
+    tags: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    schema: SchemaConfig
+    promotion: PromotionConfig
+    mlflow: MlflowConfig

@@ -1,0 +1,84 @@
+"""Model registry operations: idempotent registration, champion alias moves, history, rollback."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+PREVIOUS_CHAMPION = "previous_champion"
+HISTORY_TAG = "champion_history"
+HISTORY_LENGTH = 20  # tag values are size-limited; older entries stay on the versions' own tags
+
+
+def _client() -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient()
+
+
+def register(name: str, model_uri: str, run_id: str) -> str:
+    """Register the run's model once; a retry returns the version already registered."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="Managed by the pipeline's champion/challenger gate.")
+    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if existing:
+        return str(max(int(v.version) for v in existing))
+    return str(mlflow.register_model(model_uri, name).version)
+
+
+def champion_version(name: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(_client().get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def history(name: str) -> list[dict[str, Any]]:
+    tag = _client().get_registered_model(name).tags.get(HISTORY_TAG)
+    return json.loads(tag) if tag else []
+
+
+def promote(name: str, version: str, reason: str) -> str | None:
+    """Make `version` the champion; the old one becomes previous_champion. Returns the old version."""
+    client = _client()
+    client.get_model_version(name, version)  # fails clearly if the version does not exist
+    previous = champion_version(name)
+    if previous == version:
+        return previous
+    if previous is not None:
+        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, previous)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    entries = (history(name) + [{"version": version, "previous": previous, "at": at, "reason": reason}])
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(entries[-HISTORY_LENGTH:]))
+    client.set_model_version_tag(name, version, "promoted_at", at)
+    client.set_model_version_tag(name, version, "promotion_reason", reason)
+    log.info("model %s: champion moved from version %s to %s (%s)", name, previous, version, reason)
+    return previous
+
+
+def rollback(name: str, version: str | None = None) -> str:
+    """Make an earlier version champion again: `version`, or the previous champion by default."""
+    client = _client()
+    if version is None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            version = str(client.get_model_version_by_alias(name, PREVIOUS_CHAMPION).version)
+        except MlflowException as exc:
+            raise LookupError(f"model {name!r} has no {PREVIOUS_CHAMPION} to roll back to") from exc
+    promote(name, version, reason="rollback")
+    return version

@@ -1,0 +1,27 @@
+"""MLflow set-up shared by training and evaluation."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from include.ml.entities import MlflowConfig
+
+log = logging.getLogger(__name__)
+
+
+def configure(config: MlflowConfig) -> str:
+    """Point MLflow at the configured store; create the experiment if needed. Returns its id."""
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    import mlflow
+
+    mlflow.set_tracking_uri(config.tracking_uri)
+    mlflow.set_registry_uri(config.tracking_uri)
+    experiment = mlflow.get_experiment_by_name(config.experiment_name)
+    if experiment is None:
+        log.info("creating MLflow experiment %r (artifacts: %s)", config.experiment_name,
+                 config.artifact_location or "server default")
+        return mlflow.create_experiment(config.experiment_name, artifact_location=config.artifact_location)
+    if experiment.lifecycle_stage == "deleted":
+        mlflow.tracking.MlflowClient().restore_experiment(experiment.experiment_id)
+    return experiment.experiment_id
