@@ -35,11 +35,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+class _QuietLibraries(logging.Filter):
+    """Show only warnings from chatty libraries (some reset their own logger levels on import)."""
+
+    NOISY = ("great_expectations", "mlflow", "alembic", "botocore", "urllib3", "matplotlib")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith(self.NOISY)
+
+
 def configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("great_expectations", "mlflow", "alembic", "botocore", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_QuietLibraries())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = pipeline.run(
             cm, run_id, stages, force_promote=args.force_promote,
             on_start=lambda i, s: print(f"[{i}/{len(stages)}] {s} ...", flush=True),
-            on_done=lambda i, o: print(f"[{i}/{len(stages)}] {o.stage} done in {o.seconds:.1f}s: "
-                                       f"{o.result.summary()}", flush=True))
+            on_done=lambda i, o: print(f"[{i}/{len(stages)}] {o.stage} done in {o.seconds:.1f}s", flush=True))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

@@ -22,8 +22,7 @@ def _client() -> Any:
 
 
 def register(name: str, model_uri: str, run_id: str) -> str:
-    """Register the run's model once; a retry returns the version already registered."""
-    import mlflow
+    """Register the run's logged model (models:/<model id>) once; a retry returns the version already registered."""
     from mlflow.exceptions import MlflowException
 
     client = _client()
@@ -34,7 +33,8 @@ def register(name: str, model_uri: str, run_id: str) -> str:
     existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if existing:
         return str(max(int(v.version) for v in existing))
-    return str(mlflow.register_model(model_uri, name).version)
+    model_id = model_uri.removeprefix("models:/")
+    return str(client.create_model_version(name, source=model_uri, run_id=run_id, model_id=model_id).version)
 
 
 def champion_version(name: str) -> str | None:

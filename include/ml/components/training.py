@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,11 @@ def train(train_frame: pd.DataFrame, config: TrainingConfig, run_id: str, output
                          "task": config.schema.task, "estimator": estimator})
         mlflow.log_params({"family": config.model.family, "random_state": config.model.random_state,
                            "train_rows": len(x), **{f"model.{k}": v for k, v in pipeline.named_steps["model"].get_params().items()}})
-        mlflow.log_input(mlflow.data.from_pandas(train_frame, source=dataset_source, targets=config.schema.target,
-                                                 name="train"), context="training")
+        with warnings.catch_warnings():
+            # MLflow warns that a local path could be two kinds of source and that ints can't hold NaN.
+            warnings.simplefilter("ignore", UserWarning)
+            mlflow.log_input(mlflow.data.from_pandas(train_frame, source=dataset_source,
+                                                     targets=config.schema.target, name="train"), context="training")
         started = time.perf_counter()
         try:
             pipeline.fit(x, y)

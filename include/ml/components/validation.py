@@ -20,12 +20,12 @@ log = logging.getLogger(__name__)
 RESULT = "result.json"
 DATA_DOCS = "data_docs"
 
-# pandas dtype names accepted for each schema dtype
+# dtype names accepted for each schema dtype (text columns reach GX as object, see _for_gx)
 _TYPES = {
     "float": ["float64", "float32", "Float64", "Float32", "int64", "int32", "Int64", "Int32"],
     "int": ["int64", "int32", "int16", "int8", "Int64", "Int32"],
-    "category": ["str", "string", "object", "category", "int64", "bool"],
-    "string": ["str", "string", "object"],
+    "category": ["object", "str", "category", "int64", "bool"],
+    "string": ["object", "str"],
 }
 # Reading a column with missing values turns ints into floats.
 _NULLABLE_INT_TYPES = _TYPES["int"] + ["float64", "Float64"]
@@ -94,13 +94,16 @@ def _context(docs_dir: Path) -> Any:
     return context
 
 
-def _failure(result: Any, schema: SchemaConfig) -> dict[str, Any]:
+def _failure(result: Any, schema: SchemaConfig, frame: pd.DataFrame) -> dict[str, Any]:
     config = result.expectation_config
     columns = [c.name for c in schema.columns]
+    outcome = result.result or {}
     kwargs = {k: v for k, v in config.kwargs.items() if k not in ("column", "batch_id", "column_set", "exact_match")}
     if config.type == "expect_column_values_to_be_in_type_list":
-        kwargs = {"dtype": next(c.dtype for c in schema.columns if c.name == config.kwargs["column"])}
-    outcome = result.result or {}
+        column = config.kwargs["column"]
+        kwargs = {"dtype": next(c.dtype for c in schema.columns if c.name == column)}
+        if kwargs["dtype"] in ("float", "int") and column in frame:
+            outcome = _non_numeric(frame[column])
     info = result.exception_info or {}
     error = info.get("exception_message") or next(
         (v.get("exception_message") for v in info.values() if isinstance(v, dict) and v.get("exception_message")), None)
@@ -121,6 +124,14 @@ def _failure(result: Any, schema: SchemaConfig) -> dict[str, Any]:
     }
 
 
+def _non_numeric(column: pd.Series) -> dict[str, Any]:
+    """Which values keep a numeric column from being numeric: more useful than the dtype alone."""
+    bad = column[pd.to_numeric(column, errors="coerce").isna() & column.notna()]
+    return {"observed_value": f"dtype {column.dtype}", "unexpected_count": len(bad),
+            "unexpected_percent": 100 * len(bad) / max(len(column), 1),
+            "partial_unexpected_list": bad.head(_EXAMPLES).tolist()}
+
+
 def _root_causes(failures: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Drop failures that only follow from another one: checks on a missing or mistyped column."""
     missing = {f["column"] for f in failures if f["expectation"] == "expect_column_to_exist"}
@@ -129,6 +140,12 @@ def _root_causes(failures: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if not (f["column"] in missing and f["expectation"] != "expect_column_to_exist")
             and not (f["column"] in mistyped and f["expectation"] in (
                 "expect_column_values_to_be_between", "expect_column_values_to_be_in_set"))]
+
+
+def _for_gx(frame: pd.DataFrame) -> pd.DataFrame:
+    """GX 1.x cannot match pandas 3's default `str` dtype in type checks; hand it text columns as object."""
+    text = [c for c in frame.columns if isinstance(frame[c].dtype, pd.StringDtype)]
+    return frame.astype({c: object for c in text}) if text else frame
 
 
 def validate(frame: pd.DataFrame, config: ValidationConfig, output_dir: Path) -> ValidationResult:
@@ -146,9 +163,9 @@ def validate(frame: pd.DataFrame, config: ValidationConfig, output_dir: Path) ->
             name="pipeline", validation_definitions=[definition],
             actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
             result_format={"result_format": "SUMMARY", "partial_unexpected_count": _EXAMPLES}))
-        run = checkpoint.run(batch_parameters={"dataframe": frame})
+        run = checkpoint.run(batch_parameters={"dataframe": _for_gx(frame)})
     (outcome,) = run.run_results.values()
-    failures = _root_causes([_failure(r, config.schema) for r in outcome.results if not r.success])
+    failures = _root_causes([_failure(r, config.schema, frame) for r in outcome.results if not r.success])
     stats = outcome.statistics
     result = ValidationResult(
         success=bool(outcome.success), evaluated=int(stats["evaluated_expectations"]),

@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv lock bench clean
+
+demo: $(STAMP) ## set up, then run the whole pipeline on the default data
+	$(BIN)/python main.py
+
+test: $(STAMP) ## set up, then run the whole test suite
+	$(BIN)/python -m pytest
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --no-deps -r requirements.txt
+	$(BIN)/pip check
+	touch $@
+
+lock: ## re-resolve requirements.in into the fully pinned requirements.txt
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade pip && .venv-lock/bin/pip install --quiet -r requirements.in
+	{ echo "# Full pinned set resolved from requirements.in on Python 3.11 (make lock)."; \
+	  .venv-lock/bin/pip freeze; } > requirements.txt
+	rm -rf .venv-lock
+
+bench: $(STAMP) ## pipeline scaling benchmark (minutes; see docs/benchmarks.md)
+	$(BIN)/python bench/pipeline_scaling.py
+
+clean: ## remove run outputs (artifacts, local MLflow store); keeps .venv
+	rm -rf artifacts mlruns

@@ -1,0 +1,152 @@
+"""The configuration manager loads the three YAML files or fails naming file, key and expectation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from include.ml.configuration import ConfigurationManager
+from include.ml.exceptions import ConfigError
+
+
+def load(config_dir: Path, **env: str) -> ConfigurationManager:
+    return ConfigurationManager(config_dir, env=env)
+
+
+def test_default_config_loads_with_absolute_paths(config_dir: Path) -> None:
+    config = load(config_dir).config
+    assert config.schema.task == "regression" and config.schema.target == "quality"
+    assert len(config.schema.features) == 11 and config.schema.categorical_features == []
+    assert config.model.family == "random_forest"
+    assert config.promotion.metric == "rmse" and config.promotion.higher_is_better is False
+    assert Path(config.data_source.uri).is_absolute() and Path(config.data_source.uri).is_file()
+    assert config.artifacts_root.is_absolute()
+    assert config.mlflow.tracking_uri.startswith("sqlite:////")  # anchored at the project root
+    assert set(config.config_hashes) == {"config.yaml", "schema.yaml", "params.yaml"}
+
+
+def test_entities_are_immutable(config_dir: Path) -> None:
+    config = load(config_dir).config
+    with pytest.raises(AttributeError):
+        config.model.family = "elasticnet"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        config.model.hyperparameters["n_estimators"] = 1  # type: ignore[index]
+
+
+def test_environment_overrides(config_dir: Path, tmp_path: Path) -> None:
+    config = load(config_dir, MLOPS_SOURCE_URI="s3://bucket/data.csv", MLOPS_ARTIFACTS_ROOT=str(tmp_path / "a"),
+                  MLOPS_TRACKING_URI="http://127.0.0.1:5000", MLOPS_ARTIFACT_LOCATION=str(tmp_path / "m")).config
+    assert config.data_source.uri == "s3://bucket/data.csv"
+    assert config.artifacts_root == tmp_path / "a"
+    assert config.mlflow.tracking_uri == "http://127.0.0.1:5000"
+    assert config.mlflow.artifact_location == (tmp_path / "m").as_uri()
+
+
+def test_per_stage_configs(config_dir: Path) -> None:
+    cm = load(config_dir)
+    assert cm.ingestion().expected_columns[-1] == "quality"
+    training = cm.training()
+    assert training.model.family == "random_forest"
+    assert {"git_sha", "config.params.yaml.sha256"} <= set(training.tags)
+
+
+def expect_error(config_dir: Path, file: str, key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(config_dir)
+    error = caught.value
+    assert error.file.endswith(file), error
+    assert error.key == key, error
+    assert words in str(error), error
+
+
+def test_malformed_yaml_names_file_and_line(config_dir: Path) -> None:
+    (config_dir / "params.yaml").write_text("split:\n  test_size: 0.2\n   random_state: [1\n")
+    with pytest.raises(ConfigError) as caught:
+        load(config_dir)
+    assert caught.value.file.endswith("params.yaml")
+    assert "malformed YAML: line" in str(caught.value)
+
+
+def test_missing_file(config_dir: Path) -> None:
+    (config_dir / "schema.yaml").unlink()
+    expect_error(config_dir, "schema.yaml", "", "file not found")
+
+
+def test_missing_key(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "config.yaml", lambda d: d["mlflow"].pop("experiment_name"))
+    expect_error(config_dir, "config.yaml", "mlflow.experiment_name", "missing required key")
+
+
+def test_unknown_key(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "params.yaml", lambda d: d["split"].update(shuffle=True))
+    expect_error(config_dir, "params.yaml", "split.shuffle", "unknown key; expected one of: random_state, test_size")
+
+
+def test_wrong_type(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "params.yaml", lambda d: d["split"].update(test_size="a fifth"))
+    expect_error(config_dir, "params.yaml", "split.test_size", "expected float, got str 'a fifth'")
+
+
+def test_bool_is_not_a_number(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "params.yaml", lambda d: d["split"].update(random_state=True))
+    expect_error(config_dir, "params.yaml", "split.random_state", "expected int, got bool")
+
+
+def test_unknown_model_family(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "params.yaml", lambda d: d["model"].update(family="xgboost"))
+    expect_error(config_dir, "params.yaml", "model.family",
+                 "unknown model family 'xgboost'; expected one of elasticnet, random_forest, hist_gradient_boosting")
+
+
+def test_unknown_hyperparameter(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "params.yaml", lambda d: d["model"]["hyperparameters"].update(learning_rate=0.1))
+    expect_error(config_dir, "params.yaml", "model.hyperparameters.learning_rate",
+                 "not a parameter of RandomForestRegressor")
+
+
+def test_schema_without_target(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "schema.yaml", lambda d: d.pop("target"))
+    expect_error(config_dir, "schema.yaml", "target", "missing required key")
+
+
+def test_target_not_a_column(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "schema.yaml", lambda d: d.update(target="price"))
+    expect_error(config_dir, "schema.yaml", "target", "target 'price' is not one of the columns")
+
+
+def test_metric_must_fit_the_task(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "params.yaml", lambda d: d["promotion"].update(metric="accuracy"))
+    expect_error(config_dir, "params.yaml", "promotion.metric", "'accuracy' is not a regression metric")
+
+
+def test_unknown_dtype(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "schema.yaml", lambda d: d["columns"]["pH"].update(dtype="decimal"))
+    expect_error(config_dir, "schema.yaml", "columns.pH.dtype", "expected one of float, int, category, string")
+
+
+def test_min_above_max(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "schema.yaml", lambda d: d["columns"]["pH"].update(min=5, max=1))
+    expect_error(config_dir, "schema.yaml", "columns.pH", "min (5.0) is greater than max (1.0)")
+
+
+def test_category_needs_allowed_values(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "schema.yaml", lambda d: d["columns"].update(colour={"dtype": "category"}))
+    expect_error(config_dir, "schema.yaml", "columns.colour.allowed", "category columns need a non-empty list")
+
+
+def test_regression_target_must_be_numeric(config_dir: Path, edit_yaml) -> None:
+    def change(d: dict) -> None:
+        d["columns"]["quality"] = {"dtype": "category", "allowed": ["good", "bad"]}
+    edit_yaml(config_dir / "schema.yaml", change)
+    expect_error(config_dir, "schema.yaml", "columns.quality.dtype", "a regression target must be float or int")
+
+
+def test_separator_must_be_one_character(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "config.yaml", lambda d: d["data_source"].update(separator=";;"))
+    expect_error(config_dir, "config.yaml", "data_source.separator", "expected a single character")
+
+
+def test_enabled_deployment_needs_a_bucket(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "config.yaml", lambda d: d["deployment"].update(enabled=True))
+    expect_error(config_dir, "config.yaml", "deployment.s3_bucket", "required when deployment.enabled is true")

@@ -1,0 +1,134 @@
+"""The GX suite generated from the schema lets good data through and names every problem in bad data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from include.ml.components.validation import build_suite, validate
+from include.ml.entities import ColumnSpec, SchemaConfig, ValidationConfig
+from include.ml.exceptions import DataValidationError
+
+SCHEMA = SchemaConfig(
+    task="classification", target="label", min_rows=5,
+    columns=(
+        ColumnSpec("size", "float", min=0, max=10),
+        ColumnSpec("count", "int", min=0, max=100),
+        ColumnSpec("colour", "category", nullable=True, allowed=("red", "blue")),
+        ColumnSpec("label", "category", allowed=("yes", "no")),
+    ))
+CONFIG = ValidationConfig(SCHEMA)
+
+
+def good_frame() -> pd.DataFrame:
+    return pd.DataFrame({
+        "size": [1.0, 2.5, 3.0, 9.9, 0.0, 4.2],
+        "count": [1, 2, 3, 4, 5, 100],
+        "colour": ["red", "blue", None, "red", "blue", "red"],
+        "label": ["yes", "no", "yes", "no", "yes", "no"],
+    })
+
+
+def failures_of(frame: pd.DataFrame, tmp_path: Path) -> list[dict]:
+    with pytest.raises(DataValidationError) as caught:
+        validate(frame, CONFIG, tmp_path)
+    assert "data validation failed" in str(caught.value)
+    return caught.value.failures
+
+
+def only(failures: list[dict], expectation: str) -> dict:
+    matching = [f for f in failures if f["expectation"] == expectation]
+    assert len(matching) == 1, failures
+    return matching[0]
+
+
+def test_suite_covers_every_column() -> None:
+    import great_expectations as gx
+
+    gx.get_context(mode="ephemeral")
+    suite = build_suite(SCHEMA)
+    types = [e.expectation_type for e in suite.expectations]
+    assert types.count("expect_column_to_exist") == 4
+    assert "expect_table_columns_to_match_set" in types and "expect_table_row_count_to_be_between" in types
+    assert types.count("expect_column_values_to_be_between") == 2
+    assert types.count("expect_column_values_to_be_in_set") == 2
+
+
+def test_good_data_passes_and_data_docs_are_written(tmp_path: Path) -> None:
+    result = validate(good_frame(), CONFIG, tmp_path)
+    assert result.success and result.passed == result.evaluated and result.rows == 6
+    docs = Path(result.data_docs)
+    assert docs.is_file() and "<html" in docs.read_text().lower()
+    assert list((tmp_path / "data_docs" / "validations").rglob("*.html"))
+    assert json.loads((tmp_path / "result.json").read_text())["success"] is True
+
+
+def test_missing_column(tmp_path: Path) -> None:
+    failures = failures_of(good_frame().drop(columns=["count"]), tmp_path)
+    assert only(failures, "expect_column_to_exist")["column"] == "count"
+    assert "missing ['count']" in only(failures, "expect_table_columns_to_match_set")["observed"]
+    # checks on the missing column are consequences, not reported separately
+    assert all(f["column"] != "count" or f["expectation"] == "expect_column_to_exist" for f in failures)
+
+
+def test_unexpected_column(tmp_path: Path) -> None:
+    failures = failures_of(good_frame().assign(extra=1), tmp_path)
+    assert only(failures, "expect_table_columns_to_match_set")["observed"] == "unexpected ['extra']"
+
+
+def test_wrong_dtype(tmp_path: Path) -> None:
+    frame = good_frame().astype({"size": str})
+    frame.loc[2, "size"] = "big"
+    failure = only(failures_of(frame, tmp_path), "expect_column_values_to_be_in_type_list")
+    assert failure["column"] == "size" and failure["expected"] == "dtype=float"
+    assert failure["examples"] == ["big"] and failure["unexpected_count"] == 1
+
+
+def test_out_of_range_values_are_shown(tmp_path: Path) -> None:
+    frame = good_frame()
+    frame.loc[[1, 3], "size"] = [42.0, -1.0]
+    failure = only(failures_of(frame, tmp_path), "expect_column_values_to_be_between")
+    assert failure["column"] == "size" and failure["unexpected_count"] == 2
+    assert sorted(failure["examples"]) == [-1.0, 42.0]
+
+
+def test_value_outside_allowed_set(tmp_path: Path) -> None:
+    frame = good_frame()
+    frame.loc[0, "colour"] = "green"
+    failure = only(failures_of(frame, tmp_path), "expect_column_values_to_be_in_set")
+    assert failure["column"] == "colour" and failure["examples"] == ["green"]
+
+
+def test_all_null_column_fails_even_when_nullable(tmp_path: Path) -> None:
+    frame = good_frame().assign(colour=None)
+    failure = only(failures_of(frame, tmp_path), "expect_column_values_to_not_be_null")
+    assert failure["column"] == "colour" and failure["unexpected_percent"] == 100.0
+
+
+def test_null_in_required_column(tmp_path: Path) -> None:
+    frame = good_frame()
+    frame.loc[4, "size"] = np.nan
+    failure = only(failures_of(frame, tmp_path), "expect_column_values_to_not_be_null")
+    assert failure["column"] == "size" and failure["unexpected_count"] == 1
+
+
+def test_too_few_rows(tmp_path: Path) -> None:
+    failure = only(failures_of(good_frame().head(3), tmp_path), "expect_table_row_count_to_be_between")
+    assert failure["observed"] == 3
+
+
+def test_failure_message_is_readable_and_report_is_kept(tmp_path: Path) -> None:
+    frame = good_frame()
+    frame.loc[1, "count"] = 1000
+    with pytest.raises(DataValidationError) as caught:
+        validate(frame, CONFIG, tmp_path)
+    message = str(caught.value)
+    assert "count: expect_column_values_to_be_between (expected min_value=0.0, max_value=100.0)" in message
+    assert "1 bad value(s) (16.7%), e.g. [1000]" in message
+    assert "Data Docs:" in message and Path(caught.value.data_docs).is_file()
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["success"] is False and saved["failures"][0]["column"] == "count"
