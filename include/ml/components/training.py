@@ -73,16 +73,18 @@ def train(train_frame: pd.DataFrame, config: TrainingConfig, run_id: str, output
     x, y = split_xy(train_frame, config.schema)
     pipeline = build_pipeline(config)
     estimator = type(pipeline.named_steps["model"]).__name__
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{config.model.family}-{run_id}") as run:
+    with warnings.catch_warnings(), \
+            mlflow.start_run(experiment_id=experiment_id, run_name=f"{config.model.family}-{run_id}") as run:
+        # Int columns in the schema are non-nullable (nullable ones are read as float), and a
+        # local path is a fine dataset source: both MLflow hints are noise here.
+        warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column")
+        warnings.filterwarnings("ignore", message=".*dataset source can be interpreted in multiple ways")
         mlflow.set_tags({**config.tags, "pipeline_run_id": run_id, "model_family": config.model.family,
                          "task": config.schema.task, "estimator": estimator})
         mlflow.log_params({"family": config.model.family, "random_state": config.model.random_state,
                            "train_rows": len(x), **{f"model.{k}": v for k, v in pipeline.named_steps["model"].get_params().items()}})
-        with warnings.catch_warnings():
-            # MLflow warns that a local path could be two kinds of source and that ints can't hold NaN.
-            warnings.simplefilter("ignore", UserWarning)
-            mlflow.log_input(mlflow.data.from_pandas(train_frame, source=dataset_source,
-                                                     targets=config.schema.target, name="train"), context="training")
+        mlflow.log_input(mlflow.data.from_pandas(train_frame, source=dataset_source,
+                                                 targets=config.schema.target, name="train"), context="training")
         started = time.perf_counter()
         try:
             pipeline.fit(x, y)

@@ -1,0 +1,61 @@
+"""Every model family trains as regressor and classifier, logs to MLflow and loads back with skops."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from include.ml.components.training import skops_trusted_types, train
+from include.ml.entities import MlflowConfig
+from include.ml.exceptions import TrainingError
+from include.ml.models import FAMILIES
+from tests.ml.conftest import dataset, training_config
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_family_trains_logs_and_loads(task: str, family: str, mlflow_config: MlflowConfig, tmp_path: Path) -> None:
+    import mlflow
+
+    data = dataset(task)
+    result = train(data, training_config(task, family, mlflow_config), "run-1", tmp_path, dataset_source="/data/unit.csv")
+    assert result.family == family and result.train_rows == len(data)
+    assert json.loads((tmp_path / "result.json").read_text())["model_uri"] == result.model_uri
+
+    run = mlflow.get_run(result.mlflow_run_id)
+    assert run.data.tags["pipeline_run_id"] == "run-1" and run.data.tags["git_sha"] == "test"
+    assert run.data.params["family"] == family
+    assert run.inputs.dataset_inputs[0].dataset.name == "train"
+    # trusted exactly the types this family's fitted pipeline needs, nothing blanket
+    assert set(result.skops_trusted_types) <= set(FAMILIES[family].skops_trusted_types)
+    info = mlflow.models.get_model_info(result.model_uri)
+    assert info.signature is not None and info.flavors["sklearn"]["serialization_format"] == "skops"
+
+    model = mlflow.sklearn.load_model(result.model_uri)
+    predictions = model.predict(data.drop(columns=["y"]).head(3))
+    assert len(predictions) == 3
+    if task == "classification":
+        assert set(predictions) <= {"a", "b", "c"}
+
+
+def test_random_forest_needs_the_tree_type(mlflow_config: MlflowConfig, tmp_path: Path) -> None:
+    result = train(dataset("regression"), training_config("regression", "random_forest", mlflow_config), "r", tmp_path,
+                   dataset_source="/data/unit.csv")
+    assert result.skops_trusted_types == ["numpy.dtype", "sklearn.tree._tree.Tree"]
+
+
+def test_types_outside_the_family_allow_list_are_refused() -> None:
+    from sklearn.ensemble import RandomForestRegressor
+
+    fitted = RandomForestRegressor(n_estimators=2).fit([[0.0], [1.0]], [0.0, 1.0])
+    with pytest.raises(TrainingError, match=r"not on its skops allow-list: \['sklearn.tree._tree.Tree'\]"):
+        skops_trusted_types(fitted, "elasticnet")
+
+
+def test_fit_failure_is_a_training_error(mlflow_config: MlflowConfig, tmp_path: Path) -> None:
+    config = training_config("regression", "hist_gradient_boosting", mlflow_config, learning_rate=-1.0)
+    with pytest.raises(TrainingError, match="HistGradientBoostingRegressor could not be fitted"):
+        train(dataset("regression"), config, "r", tmp_path, dataset_source="/data/unit.csv")
+    assert not (tmp_path / "result.json").exists()
