@@ -1,0 +1,142 @@
+"""
+### ml_pipeline: train, evaluate and register the model
+
+One task per stage of `include/ml/pipeline.py`:
+**ingest → validate → transform → train → evaluate**. Each task calls
+`run_<stage>(cm, run_id)` with this DAG run's id made path-safe, so a run writes
+`<artifacts_root>/<run id>/<stage>/` exactly as `python main.py --run-id <run id>` would,
+and any task can be cleared and re-run alone. Tasks pass each other only small
+summaries (paths, counts, MLflow ids, the model version, metrics) through XCom.
+
+**Params** (*Trigger DAG* → run configuration)
+
+* `source`: data source for this run (local path, `http(s)://` or `s3://` URI of a CSV or zip);
+  empty = `data_source.uri` from `include/config/config.yaml`.
+* `model_family`: reserved; `include/ml` has no per-run model override yet, so a run that sets it fails at once.
+* `force_promote`: make the new model the champion even if the champion/challenger gate says no.
+
+**Failures**: a data-validation failure or a configuration error fails its task at once
+(retrying cannot fix the data); anything else is retried with exponential backoff.
+
+Parsing this file imports no ML library: they load inside the tasks.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pendulum
+import yaml
+from airflow.sdk import Param, dag, task
+from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
+from airflow.sdk.exceptions import AirflowFailException
+
+from include.ml.models import FAMILIES  # light: names only, estimators are imported when built
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SCHEDULE = "0 2 * * *"
+
+
+def _schedule() -> str | None:
+    """`airflow.schedule` from config.yaml if present (a plain YAML read), else 02:00 UTC daily."""
+    config_dir = Path(os.environ.get("MLOPS_CONFIG_DIR") or PROJECT_ROOT / "include" / "config")
+    with open(config_dir / "config.yaml", encoding="utf-8") as f:
+        section = (yaml.safe_load(f) or {}).get("airflow") or {}
+    return section.get("schedule", DEFAULT_SCHEDULE)
+
+
+def _stage(run_id: str, **overrides: str | None) -> tuple[Any, str]:
+    """The ConfigurationManager (with per-run env overrides) and the path-safe run id for a task."""
+    from include.ml.artifacts import safe_run_id
+    from include.ml.configuration import ConfigurationManager
+
+    env = {**os.environ, **{key: value for key, value in overrides.items() if value}}
+    return ConfigurationManager(env=env), safe_run_id(run_id)
+
+
+@dag(
+    dag_id="ml_pipeline",
+    description="ingest -> validate -> transform -> train -> evaluate (include/ml/pipeline.py)",
+    doc_md=__doc__,
+    schedule=_schedule(),
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=2),
+    tags=["ml", "training", "wine-quality"],
+    default_args={
+        "owner": "mlops",
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=10),
+        "execution_timeout": timedelta(minutes=45),
+        "retry_policy": ExceptionRetryPolicy(rules=[
+            RetryRule(exception=["include.ml.exceptions.DataValidationError", "include.ml.exceptions.ConfigError"],
+                      action=RetryAction.FAIL, reason="bad data or configuration: retrying cannot fix it"),
+        ]),
+    },
+    params={
+        "source": Param(None, type=["null", "string"],
+                        description="Data source URI for this run; empty = data_source.uri from config.yaml"),
+        "model_family": Param(None, type=["null", "string"], enum=[None, *FAMILIES],
+                              description="Reserved: needs a per-run model override in include/ml (not there yet)"),
+        "force_promote": Param(False, type="boolean",
+                               description="Promote the new model even if the champion/challenger gate says no"),
+    },
+)
+def ml_pipeline() -> None:
+    @task
+    def ingest(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        from include.ml.pipeline import run_ingest
+
+        if params.get("model_family"):
+            raise AirflowFailException("param model_family is not supported yet: include/ml has no per-run "
+                                       "model override; change model.family in include/config/params.yaml")
+        cm, rid = _stage(run_id, MLOPS_SOURCE_URI=params.get("source"))
+        result = run_ingest(cm, rid)
+        return {"run_id": rid, "source_uri": result.source_uri, "data_path": result.data_path,
+                "rows": result.rows, "columns": result.columns}
+
+    @task
+    def validate(run_id: str | None = None) -> dict[str, Any]:
+        from include.ml.pipeline import run_validate
+
+        result = run_validate(*_stage(run_id))  # DataValidationError: failed at once by the retry policy
+        return {"success": result.success, "passed": result.passed, "evaluated": result.evaluated,
+                "rows": result.rows, "data_docs": result.data_docs}
+
+    @task
+    def transform(run_id: str | None = None) -> dict[str, Any]:
+        from include.ml.pipeline import run_transform
+
+        result = run_transform(*_stage(run_id))
+        return {"train_path": result.train_path, "test_path": result.test_path,
+                "train_rows": result.train_rows, "test_rows": result.test_rows}
+
+    @task
+    def train(run_id: str | None = None) -> dict[str, Any]:
+        from include.ml.pipeline import run_train
+
+        result = run_train(*_stage(run_id))
+        return {"mlflow_run_id": result.mlflow_run_id, "model_uri": result.model_uri, "family": result.family,
+                "estimator": result.estimator, "train_rows": result.train_rows,
+                "fit_seconds": round(result.fit_seconds, 3)}
+
+    @task
+    def evaluate(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        from include.ml.pipeline import run_evaluate
+
+        result = run_evaluate(*_stage(run_id), force_promote=bool(params.get("force_promote")))
+        return {"model_name": result.model_name, "version": str(result.version),
+                "mlflow_run_id": result.mlflow_run_id, "promoted": result.decision.promoted,
+                "gate_reason": result.decision.reason, "champion_version": str(result.champion_version),
+                "metrics": {name: float(value) for name, value in result.metrics.items()}}
+
+    ingest() >> validate() >> transform() >> train() >> evaluate()
+
+
+ml_pipeline()

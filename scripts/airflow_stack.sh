@@ -1,0 +1,399 @@
+#!/usr/bin/env bash
+# A local Airflow 3 stack for this project, without Docker: api-server, scheduler,
+# dag-processor and triggerer (LocalExecutor, SQLite metadata DB), plus the MLflow UI
+# on the project's tracking store.
+#
+#   scripts/airflow_stack.sh up       # start what is not running, wait until healthy, print URLs and login
+#   scripts/airflow_stack.sh status   # what runs, and the api-server's health report
+#   scripts/airflow_stack.sh down     # stop exactly what `up` started
+#   eval "$(scripts/airflow_stack.sh env)"   # then `airflow ...` CLI commands talk to this stack
+#
+# Everything lives in $AIRFLOW_STACK_HOME (default <repo>/airflow_home, git-ignored):
+#   airflow.db                          the metadata DB
+#   logs/                               Airflow's task and dag-processor logs
+#   stack/<component>.log, .pid         each component's console output and "pid start-time"
+#   stack/secrets.env                   JWT secret, API secret key, Fernet key (made once, mode 600)
+#   simple_auth_manager_passwords.json  the UI/API login (SimpleAuthManager reads it)
+#
+# Settings (environment variables):
+#   AIRFLOW_STACK_HOME         default <repo>/airflow_home
+#   AIRFLOW_STACK_HOST         default 127.0.0.1 (both servers bind to it)
+#   AIRFLOW_STACK_API_PORT     default 8080
+#   AIRFLOW_STACK_MLFLOW_PORT  default 5000
+#   AIRFLOW_STACK_MLFLOW       default 1; 0 = no MLflow UI
+#   AIRFLOW_STACK_ADMIN_USER   default admin
+#   AIRFLOW_STACK_ADMIN_PASSWORD  default: generated on the first `up`, then kept in the passwords file
+#   AIRFLOW_STACK_DAGS_FOLDER / AIRFLOW_STACK_PLUGINS_FOLDER  default <repo>/dags, <repo>/plugins
+#   AIRFLOW_STACK_VENV         default <repo>/.venv
+#   AIRFLOW_STACK_TIMEOUT      seconds `up` waits for health, default 180
+#   AIRFLOW_STACK_STOP_TIMEOUT seconds `down` waits before SIGKILL, default 30
+# The caller's environment reaches every process, tasks included: set MLOPS_* (see
+# include/config/config.yaml) or any AIRFLOW__SECTION__KEY before `up` to change them.
+set -euo pipefail
+set +m  # background jobs must stay in our process group so `setsid` makes each one a group leader
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STACK_HOME="$(mkdir -p "${AIRFLOW_STACK_HOME:-$REPO/airflow_home}" && cd "${AIRFLOW_STACK_HOME:-$REPO/airflow_home}" && pwd)"
+HOST="${AIRFLOW_STACK_HOST:-127.0.0.1}"
+API_PORT="${AIRFLOW_STACK_API_PORT:-8080}"
+MLFLOW_PORT="${AIRFLOW_STACK_MLFLOW_PORT:-5000}"
+WITH_MLFLOW="${AIRFLOW_STACK_MLFLOW:-1}"
+ADMIN_USER="${AIRFLOW_STACK_ADMIN_USER:-admin}"
+DAGS_FOLDER="${AIRFLOW_STACK_DAGS_FOLDER:-$REPO/dags}"
+PLUGINS_FOLDER="${AIRFLOW_STACK_PLUGINS_FOLDER:-$REPO/plugins}"
+VENV="${AIRFLOW_STACK_VENV:-$REPO/.venv}"
+TIMEOUT="${AIRFLOW_STACK_TIMEOUT:-180}"
+STOP_TIMEOUT="${AIRFLOW_STACK_STOP_TIMEOUT:-30}"
+
+RUN_DIR="$STACK_HOME/stack"
+SECRETS="$RUN_DIR/secrets.env"
+PASSWORDS="$STACK_HOME/simple_auth_manager_passwords.json"
+PY="$VENV/bin/python"
+API_URL="http://$HOST:$API_PORT"
+MLFLOW_URL="http://$HOST:$MLFLOW_PORT"
+AIRFLOW_COMPONENTS=(api-server scheduler dag-processor triggerer)
+# Every process `up` starts carries this marker; `down` uses it to find stragglers.
+STACK_ID="$STACK_HOME"
+
+die() { echo "airflow_stack: $*" >&2; exit 1; }
+
+components() {
+    printf '%s\n' "${AIRFLOW_COMPONENTS[@]}"
+    if [[ "$WITH_MLFLOW" == 1 ]]; then echo mlflow; fi
+}
+
+# --- process bookkeeping ---------------------------------------------------------
+
+start_time() {  # pid -> its start time in clock ticks since boot (guards against PID reuse)
+    local stat
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+    stat="${stat##*) }"
+    # shellcheck disable=SC2086
+    set -- $stat
+    [[ "$1" != Z ]] || return 1  # a zombie is dead
+    echo "${20}"
+}
+
+recorded_pid() {  # component -> pid, if its pid file names a process that still runs
+    local file="$RUN_DIR/$1.pid" pid started now
+    [[ -f "$file" ]] || return 1
+    read -r pid started <"$file" || return 1
+    now="$(start_time "$pid")" || return 1
+    [[ "$now" == "$started" ]] || return 1
+    echo "$pid"
+}
+
+port_in_use() {
+    (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null
+}
+
+launch() {  # component command... : start it detached, in its own session and process group
+    local name=$1 log="$RUN_DIR/$1.log" pid
+    shift
+    echo "==== $(date -u +%FT%TZ) starting: $*" >>"$log"
+    setsid "$@" >>"$log" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid $(start_time "$pid")" >"$RUN_DIR/$name.pid"
+    echo "  started $name (pid $pid, log $log)"
+}
+
+# --- configuration -----------------------------------------------------------------
+
+ensure_secrets() {
+    [[ -s "$SECRETS" ]] && return
+    (umask 077 && "$PY" - >"$SECRETS" <<'EOF'
+import secrets
+from cryptography.fernet import Fernet
+print(f"AIRFLOW__API_AUTH__JWT_SECRET='{secrets.token_urlsafe(48)}'")
+print(f"AIRFLOW__API__SECRET_KEY='{secrets.token_urlsafe(32)}'")
+print(f"AIRFLOW__CORE__FERNET_KEY='{Fernet.generate_key().decode()}'")
+EOF
+    )
+}
+
+ensure_password() {  # the SimpleAuthManager keeps {"user": "password"} in this file and never overwrites an entry
+    (umask 077 && ADMIN_USER="$ADMIN_USER" PASSWORDS="$PASSWORDS" "$PY" - <<'EOF'
+import json, os, secrets
+path, user = os.environ["PASSWORDS"], os.environ["ADMIN_USER"]
+try:
+    with open(path) as f:
+        passwords = json.loads(f.read() or "{}")
+except FileNotFoundError:
+    passwords = {}
+wanted = os.environ.get("AIRFLOW_STACK_ADMIN_PASSWORD") or passwords.get(user) or secrets.token_urlsafe(12)
+if passwords.get(user) != wanted:
+    passwords[user] = wanted
+    with open(path, "w") as f:
+        f.write(json.dumps(passwords) + "\n")
+EOF
+    )
+}
+
+admin_password() {
+    ADMIN_USER="$ADMIN_USER" PASSWORDS="$PASSWORDS" "$PY" -c \
+        'import json, os; print(json.load(open(os.environ["PASSWORDS"])).get(os.environ["ADMIN_USER"], "?"))'
+}
+
+export_airflow_env() {
+    [[ -x "$PY" ]] || die "no Python at $PY; run 'make venv' first (or set AIRFLOW_STACK_VENV)"
+    mkdir -p "$RUN_DIR" "$DAGS_FOLDER" "$PLUGINS_FOLDER"
+    ensure_secrets
+    set -a
+    # shellcheck disable=SC1090
+    . "$SECRETS"
+    set +a
+    export AIRFLOW_HOME="$STACK_HOME"
+    export AIRFLOW__CORE__DAGS_FOLDER="$DAGS_FOLDER"
+    export AIRFLOW__CORE__PLUGINS_FOLDER="$PLUGINS_FOLDER"
+    export AIRFLOW__CORE__LOAD_EXAMPLES=False
+    export AIRFLOW__CORE__EXECUTOR=LocalExecutor
+    export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$STACK_HOME/airflow.db"
+    export AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
+    export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="$ADMIN_USER:admin"
+    export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$PASSWORDS"
+    export AIRFLOW__API__HOST="$HOST"
+    export AIRFLOW__API__PORT="$API_PORT"
+    export AIRFLOW__API__BASE_URL="$API_URL"
+    # Task processes report to the api-server's Execution API; must follow a non-default port.
+    export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="$API_URL/execution/"
+    export AIRFLOW__LOGGING__BASE_LOG_FOLDER="$STACK_HOME/logs"
+    # LocalExecutor forks this many worker processes up front (Airflow's default, 32, is a lot on a laptop).
+    export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-4}"
+    # Tasks and the dag-processor import `include.ml` from the repo root.
+    export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+    export PATH="$VENV/bin:$PATH"
+}
+
+mlflow_store() {  # prints the tracking URI and artifact location the pipeline uses (config + MLOPS_* overrides)
+    (cd "$REPO" && "$PY" - <<'EOF'
+from include.ml.configuration import ConfigurationManager
+m = ConfigurationManager().config.mlflow
+print(m.tracking_uri)
+print(m.artifact_location or "")
+EOF
+    )
+}
+
+# --- commands ------------------------------------------------------------------------
+
+wait_healthy() {  # since-epoch started-components... : poll the health endpoints, watch the processes
+    local since=$1
+    shift
+    local pids=()
+    local name
+    for name in $(components); do pids+=("$name=$(recorded_pid "$name" || echo 0)"); done
+    API_URL="$API_URL" MLFLOW_URL="$([[ "$WITH_MLFLOW" == 1 ]] && echo "$MLFLOW_URL" || true)" \
+        TIMEOUT="$TIMEOUT" SINCE="$since" STARTED="$*" RUN_DIR="$RUN_DIR" "$PY" - "${pids[@]}" <<'EOF'
+import json, os, sys, time, urllib.request
+from datetime import datetime
+
+api, mlflow_url = os.environ["API_URL"], os.environ["MLFLOW_URL"]
+since, started = float(os.environ["SINCE"]), set(os.environ["STARTED"].split())
+pids = dict(arg.split("=", 1) for arg in sys.argv[1:])
+deadline = time.monotonic() + float(os.environ["TIMEOUT"])
+key = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
+
+
+def running(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.status, response.read()
+
+
+state = "no answer yet"
+while True:
+    dead = [name for name, pid in pids.items() if not running(int(pid))]
+    if dead:
+        for name in dead:
+            print(f"airflow_stack: {name} exited; last lines of {os.environ['RUN_DIR']}/{name}.log:", file=sys.stderr)
+            with open(f"{os.environ['RUN_DIR']}/{name}.log", errors="replace") as f:
+                sys.stderr.writelines(f.readlines()[-25:])
+        sys.exit(1)
+    try:
+        health = json.loads(get(f"{api}/api/v2/monitor/health")[1])
+        state = {"metadatabase": health["metadatabase"]["status"]}
+        for component, field in key.items():
+            info = health.get(field) or {}
+            beat = info.get(f"latest_{field}_heartbeat")
+            fresh = component not in started or (
+                beat is not None and datetime.fromisoformat(beat).timestamp() >= since)
+            state[component] = info.get("status") if fresh else "starting"
+        if mlflow_url:
+            try:
+                state["mlflow"] = "healthy" if get(f"{mlflow_url}/health")[0] == 200 else "unhealthy"
+            except OSError as exc:
+                state["mlflow"] = f"no answer ({exc.__class__.__name__})"
+        if all(value == "healthy" for value in state.values()):
+            print("  healthy: " + ", ".join(state))
+            sys.exit(0)
+    except (OSError, ValueError, KeyError) as exc:
+        state = f"api-server: no answer ({exc.__class__.__name__})"
+    if time.monotonic() > deadline:
+        print(f"airflow_stack: not healthy after {os.environ['TIMEOUT']}s: {state}", file=sys.stderr)
+        sys.exit(1)
+    time.sleep(1)
+EOF
+}
+
+cmd_up() {
+    local since started=() name
+    since="$(date +%s)"
+    export_airflow_env
+    ensure_password
+
+    local to_start=()
+    for name in $(components); do
+        if pid="$(recorded_pid "$name")"; then
+            echo "  $name already running (pid $pid)"
+        else
+            to_start+=("$name")
+        fi
+    done
+    if [[ ${#to_start[@]} -eq 0 ]]; then
+        echo "Stack in $STACK_HOME is already up."
+    else
+        for name in "${to_start[@]}"; do
+            case "$name" in
+                api-server) port_in_use "$API_PORT" && die "port $HOST:$API_PORT is taken by another process" ;;
+                mlflow) port_in_use "$MLFLOW_PORT" && die "port $HOST:$MLFLOW_PORT is taken by another process" ;;
+            esac
+        done
+        if [[ " ${to_start[*]} " != " mlflow " ]]; then
+            echo "  migrating the metadata DB ($STACK_HOME/airflow.db)"
+            "$VENV/bin/airflow" db migrate >>"$RUN_DIR/db-migrate.log" 2>&1 \
+                || die "airflow db migrate failed; see $RUN_DIR/db-migrate.log"
+        fi
+        export AIRFLOW_STACK_ID="$STACK_ID"
+        for name in "${to_start[@]}"; do
+            case "$name" in
+                api-server) launch api-server "$VENV/bin/airflow" api-server --host "$HOST" --port "$API_PORT" ;;
+                # Logs are local files the api-server reads directly: no log-serving sub-servers (and ports) needed.
+                scheduler) launch scheduler "$VENV/bin/airflow" scheduler --skip-serve-logs ;;
+                dag-processor) launch dag-processor "$VENV/bin/airflow" dag-processor ;;
+                triggerer) launch triggerer "$VENV/bin/airflow" triggerer --skip-serve-logs ;;
+                mlflow) start_mlflow ;;
+            esac
+            started+=("$name")
+        done
+        unset AIRFLOW_STACK_ID
+    fi
+    echo "  waiting for health (up to ${TIMEOUT}s)"
+    wait_healthy "$since" "${started[@]}"
+    echo
+    echo "Airflow UI:  $API_URL   (REST API: $API_URL/api/v2, docs: $API_URL/docs)"
+    echo "  login:     $ADMIN_USER / $(admin_password)   (kept in $PASSWORDS)"
+    if [[ "$WITH_MLFLOW" == 1 ]]; then echo "MLflow UI:   $MLFLOW_URL"; fi
+    echo "Logs:        $RUN_DIR/*.log, task logs in $STACK_HOME/logs"
+    echo "Stop with:   $0 down"
+}
+
+start_mlflow() {
+    local store tracking artifacts
+    store="$(mlflow_store)" || die "could not read the MLflow settings from include/config"
+    tracking="$(sed -n 1p <<<"$store")"
+    artifacts="$(sed -n 2p <<<"$store")"
+    case "$tracking" in
+        http://* | https://* | databricks*)
+            echo "  mlflow: the tracking server is $tracking; not starting a local UI"
+            WITH_MLFLOW=0
+            return
+            ;;
+        sqlite:///*) mkdir -p "$(dirname "${tracking#sqlite:///}")" ;;
+    esac
+    local args=(server --backend-store-uri "$tracking" --host "$HOST" --port "$MLFLOW_PORT" --workers 1)
+    if [[ -n "$artifacts" ]]; then args+=(--default-artifact-root "$artifacts"); fi
+    # The server's job runner (GenAI jobs, ~7 extra processes) is not needed for a tracking UI.
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}" \
+        launch mlflow "$VENV/bin/mlflow" "${args[@]}"
+}
+
+stack_pids() {  # pids of live processes carrying this stack's marker
+    local environ pid
+    for environ in /proc/[0-9]*/environ; do
+        pid="${environ#/proc/}"
+        pid="${pid%/environ}"
+        [[ "$pid" != "$$" ]] || continue
+        if grep -qzxF "AIRFLOW_STACK_ID=$STACK_ID" "$environ" 2>/dev/null; then echo "$pid"; fi
+    done
+}
+
+cmd_down() {
+    local name pid groups=() deadline
+    for name in $(components); do
+        if pid="$(recorded_pid "$name")"; then
+            echo "  stopping $name (process group $pid)"
+            kill -TERM -- "-$pid" 2>/dev/null || true
+            groups+=("$pid")
+        fi
+        rm -f "$RUN_DIR/$name.pid"
+    done
+    deadline=$((SECONDS + STOP_TIMEOUT))
+    for pid in "${groups[@]}"; do
+        while kill -0 -- "-$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.5; done
+        if kill -0 -- "-$pid" 2>/dev/null; then
+            echo "  process group $pid still alive after ${STOP_TIMEOUT}s: SIGKILL"
+            kill -KILL -- "-$pid" 2>/dev/null || true
+        fi
+    done
+    # Anything that left its group (e.g. a task that started its own session) still carries the marker.
+    local strays
+    strays="$(stack_pids)"
+    if [[ -n "$strays" ]]; then
+        echo "  stopping leftover processes: $(echo $strays)"
+        # shellcheck disable=SC2086
+        kill -TERM $strays 2>/dev/null || true
+        sleep 2
+        strays="$(stack_pids)"
+        # shellcheck disable=SC2086
+        if [[ -n "$strays" ]]; then kill -KILL $strays 2>/dev/null || true; fi
+    fi
+    if [[ ${#groups[@]} -eq 0 ]]; then echo "Stack in $STACK_HOME was not running."; else echo "Stack in $STACK_HOME stopped."; fi
+}
+
+cmd_status() {
+    local name pid down=0
+    for name in $(components); do
+        if pid="$(recorded_pid "$name")"; then
+            printf '  %-14s running (pid %s)\n' "$name" "$pid"
+        else
+            printf '  %-14s stopped\n' "$name"
+            down=1
+        fi
+    done
+    local health
+    if health="$(curl -fsS --max-time 5 "$API_URL/api/v2/monitor/health" 2>/dev/null)"; then
+        echo "  health ($API_URL/api/v2/monitor/health): $health"
+    else
+        echo "  api-server at $API_URL does not answer"
+        down=1
+    fi
+    return $down
+}
+
+cmd_env() {  # shell lines that point the `airflow` CLI at this stack
+    export_airflow_env >/dev/null
+    local var
+    echo "set -a; . '$SECRETS'; set +a"
+    for var in AIRFLOW_HOME AIRFLOW__CORE__DAGS_FOLDER AIRFLOW__CORE__PLUGINS_FOLDER AIRFLOW__CORE__LOAD_EXAMPLES \
+        AIRFLOW__CORE__EXECUTOR AIRFLOW__DATABASE__SQL_ALCHEMY_CONN AIRFLOW__CORE__AUTH_MANAGER \
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE \
+        AIRFLOW__API__HOST AIRFLOW__API__PORT AIRFLOW__API__BASE_URL AIRFLOW__CORE__EXECUTION_API_SERVER_URL \
+        AIRFLOW__LOGGING__BASE_LOG_FOLDER AIRFLOW__CORE__PARALLELISM PYTHONPATH PATH; do
+        printf 'export %s=%q\n' "$var" "${!var}"
+    done
+}
+
+case "${1:-}" in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    env) cmd_env ;;
+    *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+esac

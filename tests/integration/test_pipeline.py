@@ -1,0 +1,172 @@
+"""The whole pipeline through main.py: default data, a second dataset, re-runs and every bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import pytest
+
+import main
+from tests.conftest import REPO, WINE_CSV, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def registry_state(tracking_uri: str, name: str) -> tuple[list[str], dict]:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    versions = sorted(str(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    return versions, client.get_registered_model(name).aliases
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One real end-to-end run of the default project through the CLI, shared by the tests below."""
+    root = tmp_path_factory.mktemp("pipeline")
+    env = {"MLOPS_ARTIFACTS_ROOT": str(root / "artifacts"), "MLOPS_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+           "MLOPS_ARTIFACT_LOCATION": str(root / "mlartifacts")}
+    done = run_cli("--run-id", "first", env=env)
+    assert done.returncode == 0, done.stderr
+    return {"root": root, "env": env, "out": done.stdout}
+
+
+def test_default_pipeline_end_to_end(first_run: dict) -> None:
+    out, root = first_run["out"], first_run["root"]
+    for index, stage in enumerate(["ingest", "validate", "transform", "train", "evaluate"], start=1):
+        assert f"[{index}/5] {stage} done in" in out
+    assert "gate: PROMOTED - no champion yet" in out
+    assert "champion: wine-quality v1 on this test set: rmse=" in out
+    run_dir = root / "artifacts" / "first"
+    assert (run_dir / "validate" / "data_docs" / "index.html").is_file()
+    assert (run_dir / "ingest" / "data.csv").read_bytes() == WINE_CSV.read_bytes()
+    versions, aliases = registry_state(first_run["env"]["MLOPS_TRACKING_URI"], "wine-quality")
+    assert versions == ["1"] and aliases == {"champion": 1}
+
+
+def test_rerun_on_same_data_keeps_the_champion(first_run: dict, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    for key, value in first_run["env"].items():
+        monkeypatch.setenv(key, value)
+    assert main.main(["--run-id", "again"]) == 0
+    out = capsys.readouterr().out
+    assert "gate: kept the champion - not better: rmse" in out
+    assert "champion: wine-quality v1" in out
+    versions, aliases = registry_state(first_run["env"]["MLOPS_TRACKING_URI"], "wine-quality")
+    assert aliases == {"champion": 1} and len(versions) == 2
+
+
+def test_single_stages_and_help(first_run: dict) -> None:
+    env = first_run["env"]
+    assert run_cli("--stage", "ingest", "--run-id", "stepwise", env=env).returncode == 0
+    done = run_cli("--stage", "validate", env=env)  # defaults to the latest run
+    assert done.returncode == 0 and "pipeline run stepwise: validate" in done.stdout
+    assert (first_run["root"] / "artifacts" / "stepwise" / "validate" / "result.json").is_file()
+    assert not (first_run["root"] / "artifacts" / "stepwise" / "train").exists()
+    helped = run_cli("--help")
+    assert helped.returncode == 0 and "--stage {ingest,validate,transform,train,evaluate}" in helped.stdout
+
+
+def bad_csv(change: Callable[[pd.DataFrame], pd.DataFrame]) -> Callable[[Path], bytes]:
+    def make(_: Path) -> bytes:
+        return change(pd.read_csv(WINE_CSV, sep=";")).to_csv(sep=";", index=False).encode()
+    return make
+
+
+def out_of_range(frame: pd.DataFrame) -> pd.DataFrame:
+    frame.loc[[3, 30], "pH"] = 9.5
+    return frame
+
+
+def wrong_dtype(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.astype({"alcohol": object})
+    frame.loc[7, "alcohol"] = "twelve"
+    return frame
+
+
+BAD_DATA = {
+    "empty file": (lambda _: b"", "is empty"),
+    "missing column": (bad_csv(lambda f: f.drop(columns=["pH"])), "pH: expect_column_to_exist"),
+    "unexpected column": (bad_csv(lambda f: f.assign(colour="red")), "unexpected ['colour']"),
+    "wrong dtype": (bad_csv(wrong_dtype), "alcohol: expect_column_values_to_be_in_type_list (expected dtype=float)"),
+    "out-of-range values": (bad_csv(out_of_range), "2 bad value(s) (0.1%), e.g. [9.5, 9.5]"),
+    "all-null column": (bad_csv(lambda f: f.assign(sulphates=None)), "sulphates: expect_column_values_to_not_be_null"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATA) + ["unreachable source", "wrong separator", "malformed YAML",
+                                                    "unknown model family"])
+def test_bad_input_fails_clearly_and_loses_nothing(case: str, first_run: dict, tmp_path: Path, config_dir: Path,
+                                                  edit_yaml, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    for key, value in first_run["env"].items():
+        monkeypatch.setenv(key, value)
+    source = tmp_path / "source.csv"
+    source.write_bytes(WINE_CSV.read_bytes())
+    monkeypatch.setenv("MLOPS_SOURCE_URI", str(source))
+    expected_code, message = 1, ""
+    if case in BAD_DATA:
+        make, message = BAD_DATA[case]
+        source.write_bytes(make(source))
+    elif case == "unreachable source":
+        monkeypatch.setenv("MLOPS_SOURCE_URI", f"http://127.0.0.1:{free_port()}/wine.csv")
+        message = "is unreachable"
+    elif case == "wrong separator":
+        edit_yaml(config_dir / "config.yaml", lambda d: d["data_source"].update(separator=","))
+        message = "Check data_source.separator in config.yaml"
+    elif case == "malformed YAML":
+        (config_dir / "schema.yaml").write_text("task: regression\ncolumns: {pH: [unclosed\n")
+        expected_code, message = 2, "schema.yaml: malformed YAML"
+    elif case == "unknown model family":
+        edit_yaml(config_dir / "params.yaml", lambda d: d["model"].update(family="deep_forest"))
+        expected_code, message = 2, "model.family: unknown model family 'deep_forest'"
+
+    artifacts_root = first_run["root"] / "artifacts"
+    before = tree_digest(artifacts_root / "first")
+    registry_before = registry_state(first_run["env"]["MLOPS_TRACKING_URI"], "wine-quality")
+
+    code = main.main(["--config-dir", str(config_dir), "--run-id", "bad"])
+
+    error = capsys.readouterr().err
+    assert code == expected_code, error
+    assert message in error
+    assert tree_digest(artifacts_root / "first") == before
+    assert registry_state(first_run["env"]["MLOPS_TRACKING_URI"], "wine-quality") == registry_before
+    assert not (artifacts_root / "bad" / "train").exists()  # nothing reached training
+
+
+def test_second_dataset_needs_only_the_three_yaml_files(tmp_path: Path) -> None:
+    """Palmer Penguins: classification, numeric + categorical columns, missing values."""
+    import palmerpenguins
+
+    example = REPO / "examples" / "penguins"
+    assert sorted(p.name for p in example.iterdir()) == ["config.yaml", "params.yaml", "schema.yaml"]
+    source = Path(palmerpenguins.__file__).parent / "data" / "penguins.csv"
+    frame = pd.read_csv(source)
+    assert frame.isna().any().any() and (frame.dtypes == "str").any()
+    env = {"MLOPS_SOURCE_URI": str(source), "MLOPS_ARTIFACTS_ROOT": str(tmp_path / "artifacts"),
+           "MLOPS_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "MLOPS_ARTIFACT_LOCATION": str(tmp_path / "ml")}
+    done = run_cli("--config-dir", str(example), "--run-id", "penguins", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "gate: PROMOTED - no champion yet" in done.stdout
+    assert "champion: penguins-species v1 on this test set: accuracy=" in done.stdout
+    versions, aliases = registry_state(env["MLOPS_TRACKING_URI"], "penguins-species")
+    assert versions == ["1"] and aliases == {"champion": 1}
+    train = pd.read_parquet(tmp_path / "artifacts" / "penguins" / "transform" / "train.parquet")
+    assert train["sex"].isna().any()  # missing values reached the model's own imputers
