@@ -1,0 +1,1 @@
+"""Prediction server (Flask under gunicorn). Built by the serving issue; nothing here yet."""
