@@ -35,9 +35,8 @@ def safe_run_id(run_id: str) -> str:
 
 
 def stage_dir(artifacts_root: Path, run_id: str, stage: str) -> Path:
-    path = artifacts_root / safe_run_id(run_id) / stage
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """Where `stage` of `run_id` keeps its outputs; created by the first write into it."""
+    return artifacts_root / safe_run_id(run_id) / stage
 
 
 def latest_run_id(artifacts_root: Path) -> str:
