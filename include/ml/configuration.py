@@ -112,12 +112,17 @@ def _optional_location(location: str | None, root: Path) -> str | None:
 class ConfigurationManager:
     """Loads the three YAML files of a config directory and hands out per-stage configs."""
 
-    def __init__(self, config_dir: Path | str | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config_dir: Path | str | None = None, env: dict[str, str] | None = None,
+                 source_uri: str | None = None, model_family: str | None = None) -> None:
+        """`source_uri` and `model_family` override the YAML for one run (e.g. from a DAG trigger form).
+
+        Overriding the family drops params.yaml's hyperparameters, which belong to the configured one.
+        """
         env = dict(os.environ if env is None else env)
         self.config_dir = Path(config_dir or env.get("MLOPS_CONFIG_DIR") or DEFAULT_CONFIG_DIR).resolve()
-        self.config = self._load(env)
+        self.config = self._load(env, source_uri, model_family)
 
-    def _load(self, env: dict[str, str]) -> PipelineConfig:
+    def _load(self, env: dict[str, str], source_uri: str | None, model_family: str | None) -> PipelineConfig:
         paths = {name: self.config_dir / name for name in CONFIG_FILES}
         raw = {name: _read_yaml(path) for name, path in paths.items()}
         hashes = {name: hashlib.sha256(paths[name].read_bytes()).hexdigest() for name in CONFIG_FILES}
@@ -126,7 +131,7 @@ class ConfigurationManager:
         cfg = _Section(str(paths["config.yaml"]), "", raw["config.yaml"],
                        {"artifacts_root", "data_source", "mlflow", "deployment"})
         src = cfg.section("data_source", {"uri", "separator", "zip_member", "s3_endpoint_url", "timeout_seconds"})
-        uri = env.get("MLOPS_SOURCE_URI") or src.get("uri", str)
+        uri = source_uri or env.get("MLOPS_SOURCE_URI") or src.get("uri", str)
         if "://" not in uri:
             uri = str(_absolute(uri, root))
         separator = src.get("separator", str)
@@ -160,7 +165,8 @@ class ConfigurationManager:
         schema = self._schema(_Section(str(paths["schema.yaml"]), "", raw["schema.yaml"],
                                        {"task", "target", "min_rows", "columns"}))
         split, model, promotion = self._params(
-            _Section(str(paths["params.yaml"]), "", raw["params.yaml"], {"split", "model", "promotion"}), schema)
+            _Section(str(paths["params.yaml"]), "", raw["params.yaml"], {"split", "model", "promotion"}), schema,
+            model_family)
         return PipelineConfig(root, self.config_dir, artifacts_root.resolve(), data_source, mlflow_cfg,
                               deployment, schema, split, model, promotion, MappingProxyType(hashes))
 
@@ -212,7 +218,8 @@ class ConfigurationManager:
         return schema
 
     @staticmethod
-    def _params(top: _Section, schema: SchemaConfig) -> tuple[SplitConfig, ModelConfig, PromotionConfig]:
+    def _params(top: _Section, schema: SchemaConfig,
+                family_override: str | None) -> tuple[SplitConfig, ModelConfig, PromotionConfig]:
         sp = top.section("split", {"test_size", "random_state"})
         test_size = sp.get("test_size", float)
         if not 0 < test_size < 1:
@@ -221,10 +228,12 @@ class ConfigurationManager:
 
         md = top.section("model", {"family", "random_state", "hyperparameters"})
         family = md.get("family", str)
+        hyper = md.get("hyperparameters", (dict, type(None)), None) or {}
+        if family_override and family_override != family:
+            family, hyper = family_override, {}
         if family not in FAMILIES:
             raise ConfigError(top.file, "model.family",
                               f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
-        hyper = md.get("hyperparameters", (dict, type(None)), None) or {}
         estimator = FAMILIES[family].estimator_class(schema.task)
         valid = set(estimator().get_params()) - {"random_state"}
         for name in hyper:

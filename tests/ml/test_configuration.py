@@ -43,6 +43,17 @@ def test_environment_overrides(config_dir: Path, tmp_path: Path) -> None:
     assert config.mlflow.artifact_location == (tmp_path / "m").as_uri()
 
 
+def test_run_overrides_for_source_and_family(config_dir: Path) -> None:
+    cm = ConfigurationManager(config_dir, env={}, source_uri="http://127.0.0.1:1/x.csv", model_family="elasticnet")
+    assert cm.config.data_source.uri == "http://127.0.0.1:1/x.csv"
+    # the YAML's hyperparameters belong to random_forest, so the override starts from defaults
+    assert cm.config.model.family == "elasticnet" and dict(cm.config.model.hyperparameters) == {}
+    same = ConfigurationManager(config_dir, env={}, model_family="random_forest")
+    assert same.config.model.hyperparameters["n_estimators"] == 200
+    with pytest.raises(ConfigError, match="unknown model family 'svm'"):
+        ConfigurationManager(config_dir, env={}, model_family="svm")
+
+
 def test_per_stage_configs(config_dir: Path) -> None:
     cm = load(config_dir)
     assert cm.ingestion().expected_columns[-1] == "quality"
