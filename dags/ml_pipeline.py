@@ -12,7 +12,8 @@ summaries (paths, counts, MLflow ids, the model version, metrics) through XCom.
 
 * `source`: data source for this run (local path, `http(s)://` or `s3://` URI of a CSV or zip);
   empty = `data_source.uri` from `include/config/config.yaml`.
-* `model_family`: reserved; `include/ml` has no per-run model override yet, so a run that sets it fails at once.
+* `model_family`: train this family instead of `model.family` from `params.yaml` (with the estimator's
+  default hyperparameters: the YAML's belong to the configured family); empty = `params.yaml`.
 * `force_promote`: make the new model the champion even if the champion/challenger gate says no.
 
 **Failures**: a data-validation failure or a configuration error fails its task at once
@@ -23,7 +24,9 @@ Parsing this file imports no ML library: they load inside the tasks.
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,6 @@ import pendulum
 import yaml
 from airflow.sdk import Param, dag, task
 from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
-from airflow.sdk.exceptions import AirflowFailException
 
 from include.ml.models import FAMILIES  # light: names only, estimators are imported when built
 
@@ -41,20 +43,30 @@ DEFAULT_SCHEDULE = "0 2 * * *"
 
 
 def _schedule() -> str | None:
-    """`airflow.schedule` from config.yaml if present (a plain YAML read), else 02:00 UTC daily."""
+    """`airflow.schedule` from config.yaml if present (a plain YAML read), else 02:00 UTC daily.
+
+    The key is reserved: ConfigurationManager rejects unknown keys, so it must learn an `airflow:`
+    section before the key can be added to config.yaml.
+    """
     config_dir = Path(os.environ.get("MLOPS_CONFIG_DIR") or PROJECT_ROOT / "include" / "config")
     with open(config_dir / "config.yaml", encoding="utf-8") as f:
         section = (yaml.safe_load(f) or {}).get("airflow") or {}
     return section.get("schedule", DEFAULT_SCHEDULE)
 
 
-def _stage(run_id: str, **overrides: str | None) -> tuple[Any, str]:
-    """The ConfigurationManager (with per-run env overrides) and the path-safe run id for a task."""
+def _stage(run_id: str, params: dict[str, Any]) -> tuple[Any, str]:
+    """The ConfigurationManager (with this run's overrides) and the path-safe run id for a task."""
     from include.ml.artifacts import safe_run_id
     from include.ml.configuration import ConfigurationManager
 
-    env = {**os.environ, **{key: value for key, value in overrides.items() if value}}
-    return ConfigurationManager(env=env), safe_run_id(run_id)
+    # Saving or loading a model, skops (MLflow's sklearn format) looks objects up in every loaded module
+    # and so trips ~1000 of Airflow's deprecated-import shims, each a warning line in the task log.
+    # (Set here, in the task process: filters set while the DAG file is parsed do not outlive the parse.)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"skops\.io\._utils")
+    # Great Expectations logs ~200 INFO lines about its own API docs while it is imported.
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    cm = ConfigurationManager(source_uri=params.get("source") or None, model_family=params.get("model_family") or None)
+    return cm, safe_run_id(run_id)
 
 
 @dag(
@@ -83,7 +95,8 @@ def _stage(run_id: str, **overrides: str | None) -> tuple[Any, str]:
         "source": Param(None, type=["null", "string"],
                         description="Data source URI for this run; empty = data_source.uri from config.yaml"),
         "model_family": Param(None, type=["null", "string"], enum=[None, *FAMILIES],
-                              description="Reserved: needs a per-run model override in include/ml (not there yet)"),
+                              description="Model family for this run, with default hyperparameters; "
+                                          "empty = model.family from params.yaml"),
         "force_promote": Param(False, type="boolean",
                                description="Promote the new model even if the champion/challenger gate says no"),
     },
@@ -93,35 +106,32 @@ def ml_pipeline() -> None:
     def ingest(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
         from include.ml.pipeline import run_ingest
 
-        if params.get("model_family"):
-            raise AirflowFailException("param model_family is not supported yet: include/ml has no per-run "
-                                       "model override; change model.family in include/config/params.yaml")
-        cm, rid = _stage(run_id, MLOPS_SOURCE_URI=params.get("source"))
+        cm, rid = _stage(run_id, params)
         result = run_ingest(cm, rid)
         return {"run_id": rid, "source_uri": result.source_uri, "data_path": result.data_path,
                 "rows": result.rows, "columns": result.columns}
 
     @task
-    def validate(run_id: str | None = None) -> dict[str, Any]:
+    def validate(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
         from include.ml.pipeline import run_validate
 
-        result = run_validate(*_stage(run_id))  # DataValidationError: failed at once by the retry policy
+        result = run_validate(*_stage(run_id, params))  # DataValidationError: failed at once by the retry policy
         return {"success": result.success, "passed": result.passed, "evaluated": result.evaluated,
                 "rows": result.rows, "data_docs": result.data_docs}
 
     @task
-    def transform(run_id: str | None = None) -> dict[str, Any]:
+    def transform(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
         from include.ml.pipeline import run_transform
 
-        result = run_transform(*_stage(run_id))
+        result = run_transform(*_stage(run_id, params))
         return {"train_path": result.train_path, "test_path": result.test_path,
                 "train_rows": result.train_rows, "test_rows": result.test_rows}
 
     @task
-    def train(run_id: str | None = None) -> dict[str, Any]:
+    def train(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
         from include.ml.pipeline import run_train
 
-        result = run_train(*_stage(run_id))
+        result = run_train(*_stage(run_id, params))
         return {"mlflow_run_id": result.mlflow_run_id, "model_uri": result.model_uri, "family": result.family,
                 "estimator": result.estimator, "train_rows": result.train_rows,
                 "fit_seconds": round(result.fit_seconds, 3)}
@@ -130,7 +140,7 @@ def ml_pipeline() -> None:
     def evaluate(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
         from include.ml.pipeline import run_evaluate
 
-        result = run_evaluate(*_stage(run_id), force_promote=bool(params.get("force_promote")))
+        result = run_evaluate(*_stage(run_id, params), force_promote=bool(params.get("force_promote")))
         return {"model_name": result.model_name, "version": str(result.version),
                 "mlflow_run_id": result.mlflow_run_id, "promoted": result.decision.promoted,
                 "gate_reason": result.decision.reason, "champion_version": str(result.champion_version),

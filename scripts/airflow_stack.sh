@@ -26,7 +26,7 @@
 #   AIRFLOW_STACK_DAGS_FOLDER / AIRFLOW_STACK_PLUGINS_FOLDER  default <repo>/dags, <repo>/plugins
 #   AIRFLOW_STACK_VENV         default <repo>/.venv
 #   AIRFLOW_STACK_TIMEOUT      seconds `up` waits for health, default 180
-#   AIRFLOW_STACK_STOP_TIMEOUT seconds `down` waits before SIGKILL, default 30
+#   AIRFLOW_STACK_STOP_TIMEOUT seconds `down` waits after a second SIGTERM before SIGKILL, default 20
 # The caller's environment reaches every process, tasks included: set MLOPS_* (see
 # include/config/config.yaml) or any AIRFLOW__SECTION__KEY before `up` to change them.
 set -euo pipefail
@@ -43,7 +43,7 @@ DAGS_FOLDER="${AIRFLOW_STACK_DAGS_FOLDER:-$REPO/dags}"
 PLUGINS_FOLDER="${AIRFLOW_STACK_PLUGINS_FOLDER:-$REPO/plugins}"
 VENV="${AIRFLOW_STACK_VENV:-$REPO/.venv}"
 TIMEOUT="${AIRFLOW_STACK_TIMEOUT:-180}"
-STOP_TIMEOUT="${AIRFLOW_STACK_STOP_TIMEOUT:-30}"
+STOP_TIMEOUT="${AIRFLOW_STACK_STOP_TIMEOUT:-20}"
 
 RUN_DIR="$STACK_HOME/stack"
 SECRETS="$RUN_DIR/secrets.env"
@@ -91,7 +91,7 @@ launch() {  # component command... : start it detached, in its own session and p
     local name=$1 log="$RUN_DIR/$1.log" pid
     shift
     echo "==== $(date -u +%FT%TZ) starting: $*" >>"$log"
-    setsid "$@" >>"$log" 2>&1 </dev/null &
+    setsid "$@" >>"$log" 2>&1 </dev/null 9>&- &  # fd 9 holds the stack lock: not for the daemons
     pid=$!
     echo "$pid $(start_time "$pid")" >"$RUN_DIR/$name.pid"
     echo "  started $name (pid $pid, log $log)"
@@ -182,7 +182,9 @@ wait_healthy() {  # since-epoch started-components... : poll the health endpoint
     local pids=()
     local name
     for name in $(components); do pids+=("$name=$(recorded_pid "$name" || echo 0)"); done
-    API_URL="$API_URL" MLFLOW_URL="$([[ "$WITH_MLFLOW" == 1 ]] && echo "$MLFLOW_URL" || true)" \
+    local mlflow_url=""
+    if [[ "$WITH_MLFLOW" == 1 ]]; then mlflow_url="$MLFLOW_URL"; fi
+    API_URL="$API_URL" MLFLOW_URL="$mlflow_url" \
         TIMEOUT="$TIMEOUT" SINCE="$since" STARTED="$*" RUN_DIR="$RUN_DIR" "$PY" - "${pids[@]}" <<'EOF'
 import json, os, sys, time, urllib.request
 from datetime import datetime
@@ -324,37 +326,63 @@ stack_pids() {  # pids of live processes carrying this stack's marker
     done
 }
 
-cmd_down() {
-    local name pid groups=() deadline
-    for name in $(components); do
+alive_groups() {  # the given process groups that still have a member
+    local pid
+    for pid in "$@"; do
+        if kill -0 -- "-$pid" 2>/dev/null; then echo "$pid"; fi
+    done
+}
+
+wait_groups() {  # seconds groups... : wait until the groups are gone or the time is up
+    local deadline=$((SECONDS + $1))
+    shift
+    while [[ -n "$(alive_groups "$@")" ]] && ((SECONDS < deadline)); do sleep 0.5; done
+}
+
+stop_components() {  # components... : SIGTERM their groups, SIGTERM again after 10s, SIGKILL after STOP_TIMEOUT more
+    local name pid groups=() left
+    for name in "$@"; do
         if pid="$(recorded_pid "$name")"; then
             echo "  stopping $name (process group $pid)"
             kill -TERM -- "-$pid" 2>/dev/null || true
             groups+=("$pid")
+            STOPPED=$((STOPPED + 1))
         fi
         rm -f "$RUN_DIR/$name.pid"
     done
-    deadline=$((SECONDS + STOP_TIMEOUT))
-    for pid in "${groups[@]}"; do
-        while kill -0 -- "-$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.5; done
-        if kill -0 -- "-$pid" 2>/dev/null; then
-            echo "  process group $pid still alive after ${STOP_TIMEOUT}s: SIGKILL"
-            kill -KILL -- "-$pid" 2>/dev/null || true
-        fi
+    [[ ${#groups[@]} -gt 0 ]] || return 0
+    wait_groups 10 "${groups[@]}"
+    # A second SIGTERM tells the scheduler not to wait for running tasks to finish.
+    left="$(alive_groups "${groups[@]}")"
+    if [[ -n "$left" ]]; then
+        for pid in $left; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+        # shellcheck disable=SC2086
+        wait_groups "$STOP_TIMEOUT" $left
+    fi
+    for pid in $(alive_groups "${groups[@]}"); do
+        echo "  process group $pid still alive: SIGKILL"
+        kill -KILL -- "-$pid" 2>/dev/null || true
     done
-    # Anything that left its group (e.g. a task that started its own session) still carries the marker.
+}
+
+cmd_down() {
+    STOPPED=0
+    # Scheduler side first, while the api-server still answers the running tasks' Execution API calls.
+    stop_components scheduler triggerer dag-processor
+    stop_components api-server mlflow
+    # Task processes run in process groups of their own; they still carry the stack's marker.
     local strays
     strays="$(stack_pids)"
     if [[ -n "$strays" ]]; then
-        echo "  stopping leftover processes: $(echo $strays)"
+        echo "  stopping leftover processes: ${strays//$'\n'/ }"
         # shellcheck disable=SC2086
         kill -TERM $strays 2>/dev/null || true
-        sleep 2
+        sleep 3
         strays="$(stack_pids)"
         # shellcheck disable=SC2086
         if [[ -n "$strays" ]]; then kill -KILL $strays 2>/dev/null || true; fi
     fi
-    if [[ ${#groups[@]} -eq 0 ]]; then echo "Stack in $STACK_HOME was not running."; else echo "Stack in $STACK_HOME stopped."; fi
+    if ((STOPPED == 0)); then echo "Stack in $STACK_HOME was not running."; else echo "Stack in $STACK_HOME stopped."; fi
 }
 
 cmd_status() {
@@ -390,9 +418,15 @@ cmd_env() {  # shell lines that point the `airflow` CLI at this stack
     done
 }
 
+lock() {  # one `up` or `down` at a time per stack home
+    mkdir -p "$RUN_DIR"
+    exec 9>"$RUN_DIR/.lock"
+    flock -w 300 9 || die "another up/down holds $RUN_DIR/.lock"
+}
+
 case "${1:-}" in
-    up) cmd_up ;;
-    down) cmd_down ;;
+    up) lock && cmd_up ;;
+    down) lock && cmd_down ;;
     status) cmd_status ;;
     env) cmd_env ;;
     *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;

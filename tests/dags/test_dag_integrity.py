@@ -1,0 +1,105 @@
+"""Every DAG in dags/ loads, is tagged, retries, and parses without importing the ML stack.
+
+Airflow runs in fresh interpreters here (as the dag-processor does), with a temp AIRFLOW_HOME:
+importing it into the test process would reconfigure logging for every other test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+DAGS = REPO / "dags"
+HEAVY = ("pandas", "sklearn", "mlflow", "great_expectations", "include.ml.components")
+MAX_PARSE_SECONDS = 5.0  # Airflow's own limit ([core] dagbag_import_timeout) is 30
+
+LOAD_DAGBAG = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+from include.ml.exceptions import ConfigError, DataValidationError
+
+bag = DagBag(sys.argv[1])
+dags = {}
+for dag_id, dag in bag.dags.items():
+    tasks = {}
+    for task in dag.tasks:
+        policy = task.retry_policy
+        tasks[task.task_id] = {
+            "retries": task.retries,
+            "backoff": task.retry_exponential_backoff,
+            "on_error": {name: policy.evaluate(error, 1, task.retries + 1).action.value if policy else None
+                         for name, error in [("DataValidationError", DataValidationError([], None)),
+                                             ("ConfigError", ConfigError("f", "k", "bad")),
+                                             ("RuntimeError", RuntimeError("flaky"))]},
+        }
+    dags[dag_id] = {"file": dag.fileloc, "tags": sorted(dag.tags), "catchup": dag.catchup,
+                    "max_active_runs": dag.max_active_runs, "params": sorted(dag.params), "tasks": tasks}
+print(json.dumps({"import_errors": bag.import_errors, "dags": dags}))
+"""
+
+IMPORT_ONE = """
+import importlib.util, json, sys, time
+started = time.perf_counter()
+import airflow.sdk  # the dag-processor has Airflow loaded before it parses a file
+airflow_loaded = time.perf_counter()
+spec = importlib.util.spec_from_file_location("dag_under_test", sys.argv[1])
+spec.loader.exec_module(importlib.util.module_from_spec(spec))
+done = time.perf_counter()
+heavy = sorted(name for name in sys.modules if any(name == h or name.startswith(h + ".") for h in sys.argv[2:]))
+print(json.dumps({"heavy": heavy, "airflow_seconds": airflow_loaded - started, "parse_seconds": done - airflow_loaded}))
+"""
+
+
+def _python(code: str, *args: str, home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False", AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),
+               PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def dagbag(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return _python(LOAD_DAGBAG, str(DAGS), home=tmp_path_factory.mktemp("airflow_home"))
+
+
+def test_dags_load_without_import_errors(dagbag: dict) -> None:
+    assert dagbag["import_errors"] == {}
+    assert "ml_pipeline" in dagbag["dags"]
+
+
+def test_every_dag_is_tagged_and_retries(dagbag: dict) -> None:
+    for dag_id, dag in dagbag["dags"].items():
+        assert dag["tags"], f"{dag_id} has no tags"
+        for task_id, task in dag["tasks"].items():
+            assert task["retries"] >= 1, f"{dag_id}.{task_id} does not retry"
+
+
+def test_ml_pipeline_shape(dagbag: dict) -> None:
+    dag = dagbag["dags"]["ml_pipeline"]
+    assert list(dag["tasks"]) == ["ingest", "validate", "transform", "train", "evaluate"]
+    assert (dag["catchup"], dag["max_active_runs"]) == (False, 1)
+    assert dag["params"] == ["force_promote", "model_family", "source"]
+    for task in dag["tasks"].values():
+        assert task["backoff"] > 1  # exponential backoff between retries
+        # bad data or config fails at once; anything else gets the normal retries
+        assert task["on_error"] == {"DataValidationError": "fail", "ConfigError": "fail", "RuntimeError": "default"}
+
+
+@pytest.mark.parametrize("dag_file", sorted(DAGS.glob("*.py")), ids=lambda p: p.name)
+def test_parsing_imports_no_ml_library(dag_file: Path, tmp_path: Path, record_property) -> None:
+    found = _python(IMPORT_ONE, str(dag_file), *HEAVY, home=tmp_path)
+    record_property("parse_seconds", round(found["parse_seconds"], 3))
+    print(f"{dag_file.name}: parsed in {found['parse_seconds']:.3f}s "
+          f"(after {found['airflow_seconds']:.2f}s importing airflow.sdk)")
+    assert found["heavy"] == [], f"parsing {dag_file.name} imported {found['heavy']}"
+    assert found["parse_seconds"] < MAX_PARSE_SECONDS
