@@ -33,7 +33,7 @@ from typing import Any
 
 import pendulum
 import yaml
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Asset, Param, dag, task
 from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
 
 from include.ml.models import FAMILIES  # light: names only, estimators are imported when built
@@ -42,16 +42,26 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCHEDULE = "0 2 * * *"
 
 
-def _schedule() -> str | None:
-    """`airflow.schedule` from config.yaml if present (a plain YAML read), else 02:00 UTC daily.
-
-    The key is reserved: ConfigurationManager rejects unknown keys, so it must learn an `airflow:`
-    section before the key can be added to config.yaml.
-    """
+def _config_yaml() -> dict[str, Any]:
+    """config.yaml as plain data: a cheap read at parse time (it is validated when tasks run)."""
     config_dir = Path(os.environ.get("MLOPS_CONFIG_DIR") or PROJECT_ROOT / "include" / "config")
     with open(config_dir / "config.yaml", encoding="utf-8") as f:
-        section = (yaml.safe_load(f) or {}).get("airflow") or {}
-    return section.get("schedule", DEFAULT_SCHEDULE)
+        return yaml.safe_load(f) or {}
+
+
+def _assets(config: dict[str, Any]) -> tuple[Asset, Asset, Asset]:
+    """Lineage shown in the UI: the configured source -> the run's snapshot -> the registered model."""
+    uri = os.environ.get("MLOPS_SOURCE_URI") or config.get("data_source", {}).get("uri", "")
+    if "://" not in uri:
+        uri = (PROJECT_ROOT / uri).resolve().as_uri()
+    model = config.get("mlflow", {}).get("registered_model_name", "model")
+    return (Asset(name=f"{model}-source", uri=uri),
+            Asset(name=f"{model}-snapshot", uri=f"x-mlops://snapshots/{model}"),
+            Asset(name=f"{model}-registered-model", uri=f"x-mlops://models/{model}"))
+
+
+CONFIG = _config_yaml()
+SOURCE, SNAPSHOT, MODEL = _assets(CONFIG)
 
 
 def _stage(run_id: str, params: dict[str, Any]) -> tuple[Any, str]:
@@ -69,16 +79,22 @@ def _stage(run_id: str, params: dict[str, Any]) -> tuple[Any, str]:
     return cm, safe_run_id(run_id)
 
 
+def _run_url(cm: Any, result: Any) -> str:
+    from include.ml.tracking import run_url
+
+    return run_url(cm.config.mlflow, result.mlflow_run_id)
+
+
 @dag(
     dag_id="ml_pipeline",
     description="ingest -> validate -> transform -> train -> evaluate (include/ml/pipeline.py)",
     doc_md=__doc__,
-    schedule=_schedule(),
+    schedule=CONFIG.get("airflow", {}).get("schedule", DEFAULT_SCHEDULE),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=2),
-    tags=["ml", "training", "wine-quality"],
+    tags=["ml", "training", CONFIG.get("mlflow", {}).get("registered_model_name", "model")],
     default_args={
         "owner": "mlops",
         "retries": 2,
@@ -102,7 +118,7 @@ def _stage(run_id: str, params: dict[str, Any]) -> tuple[Any, str]:
     },
 )
 def ml_pipeline() -> None:
-    @task
+    @task(inlets=[SOURCE], outlets=[SNAPSHOT])
     def ingest(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
         from include.ml.pipeline import run_ingest
 
@@ -111,13 +127,13 @@ def ml_pipeline() -> None:
         return {"run_id": rid, "source_uri": result.source_uri, "data_path": result.data_path,
                 "rows": result.rows, "columns": result.columns}
 
-    @task
+    @task(inlets=[SNAPSHOT])
     def validate(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
         from include.ml.pipeline import run_validate
 
         result = run_validate(*_stage(run_id, params))  # DataValidationError: failed at once by the retry policy
         return {"success": result.success, "passed": result.passed, "evaluated": result.evaluated,
-                "rows": result.rows, "data_docs": result.data_docs}
+                "rows": result.rows, "data_docs": result.data_docs}  # plugins/mlops_links.py links it
 
     @task
     def transform(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -131,18 +147,21 @@ def ml_pipeline() -> None:
     def train(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
         from include.ml.pipeline import run_train
 
-        result = run_train(*_stage(run_id, params))
-        return {"mlflow_run_id": result.mlflow_run_id, "model_uri": result.model_uri, "family": result.family,
+        cm, rid = _stage(run_id, params)
+        result = run_train(cm, rid)
+        return {"mlflow_run_id": result.mlflow_run_id, "mlflow_run_url": _run_url(cm, result),
+                "model_uri": result.model_uri, "family": result.family,
                 "estimator": result.estimator, "train_rows": result.train_rows,
                 "fit_seconds": round(result.fit_seconds, 3)}
 
-    @task
+    @task(outlets=[MODEL])
     def evaluate(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
         from include.ml.pipeline import run_evaluate
 
-        result = run_evaluate(*_stage(run_id, params), force_promote=bool(params.get("force_promote")))
+        cm, rid = _stage(run_id, params)
+        result = run_evaluate(cm, rid, force_promote=bool(params.get("force_promote")))
         return {"model_name": result.model_name, "version": str(result.version),
-                "mlflow_run_id": result.mlflow_run_id, "promoted": result.decision.promoted,
+                "mlflow_run_id": result.mlflow_run_id, "mlflow_run_url": _run_url(cm, result), "promoted": result.decision.promoted,
                 "gate_reason": result.decision.reason, "champion_version": str(result.champion_version),
                 "metrics": {name: float(value) for name, value in result.metrics.items()}}
 

@@ -154,6 +154,8 @@ export_airflow_env() {
     export AIRFLOW__API__HOST="$HOST"
     export AIRFLOW__API__PORT="$API_PORT"
     export AIRFLOW__API__BASE_URL="$API_URL"
+    # Task links to MLflow runs (plugins/mlops_links.py) point at this stack's MLflow UI.
+    if [[ "$WITH_MLFLOW" == 1 ]]; then export MLOPS_MLFLOW_UI_URL="${MLOPS_MLFLOW_UI_URL:-$MLFLOW_URL}"; fi
     # Task processes report to the api-server's Execution API; must follow a non-default port.
     export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="$API_URL/execution/"
     export AIRFLOW__LOGGING__BASE_LOG_FOLDER="$STACK_HOME/logs"

@@ -33,6 +33,7 @@ ENV_OVERRIDES = {
     "MLOPS_ARTIFACTS_ROOT": "artifacts_root",
     "MLOPS_TRACKING_URI": "mlflow.tracking_uri",
     "MLOPS_ARTIFACT_LOCATION": "mlflow.artifact_location",
+    "MLOPS_MLFLOW_UI_URL": "mlflow.ui_url",
 }
 _MISSING = object()
 
@@ -129,7 +130,7 @@ class ConfigurationManager:
         root = PROJECT_ROOT
 
         cfg = _Section(str(paths["config.yaml"]), "", raw["config.yaml"],
-                       {"artifacts_root", "data_source", "mlflow", "deployment"})
+                       {"artifacts_root", "data_source", "mlflow", "deployment", "airflow"})
         src = cfg.section("data_source", {"uri", "separator", "zip_member", "s3_endpoint_url", "timeout_seconds"})
         uri = source_uri or env.get("MLOPS_SOURCE_URI") or src.get("uri", str)
         if "://" not in uri:
@@ -143,14 +144,20 @@ class ConfigurationManager:
         data_source = DataSourceConfig(uri, separator, src.get("zip_member", (str, type(None)), None),
                                        src.get("s3_endpoint_url", (str, type(None)), None), timeout)
 
-        ml = cfg.section("mlflow", {"tracking_uri", "artifact_location", "experiment_name", "registered_model_name"})
+        ml = cfg.section("mlflow", {"tracking_uri", "artifact_location", "experiment_name", "registered_model_name",
+                                    "ui_url"})
         mlflow_cfg = MlflowConfig(
             tracking_uri=_absolute_tracking_uri(env.get("MLOPS_TRACKING_URI") or ml.get("tracking_uri", str), root),
             artifact_location=_optional_location(
                 env.get("MLOPS_ARTIFACT_LOCATION") or ml.get("artifact_location", (str, type(None))), root),
             experiment_name=ml.get("experiment_name", str),
             registered_model_name=ml.get("registered_model_name", str),
+            ui_url=(env.get("MLOPS_MLFLOW_UI_URL") or ml.get("ui_url", str)).rstrip("/"),
         )
+        schedule = cfg.section("airflow", {"schedule"}).get("schedule", (str, type(None)))
+        if schedule is not None and len(schedule.split()) != 5 and not schedule.startswith("@"):
+            raise ConfigError(cfg.file, "airflow.schedule",
+                              f"expected a 5-field cron expression such as '0 2 * * *' (or null), got {schedule!r}")
 
         dep = cfg.section("deployment", {"enabled", "model_alias", "region", "s3_bucket", "s3_prefix",
                                          "ec2_tag_key", "ec2_tag_value", "serving_port"})
@@ -168,7 +175,7 @@ class ConfigurationManager:
             _Section(str(paths["params.yaml"]), "", raw["params.yaml"], {"split", "model", "promotion"}), schema,
             model_family)
         return PipelineConfig(root, self.config_dir, artifacts_root.resolve(), data_source, mlflow_cfg,
-                              deployment, schema, split, model, promotion, MappingProxyType(hashes))
+                              deployment, schema, split, model, promotion, MappingProxyType(hashes), schedule)
 
     @staticmethod
     def _schema(top: _Section) -> SchemaConfig:

@@ -31,6 +31,7 @@ class MlflowConfig:
     artifact_location: str | None  # None: the tracking server's default
     experiment_name: str
     registered_model_name: str
+    ui_url: str
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ class PipelineConfig:
     model: ModelConfig
     promotion: PromotionConfig
     config_hashes: Mapping[str, str]
+    schedule: str | None  # cron, UTC; None = only when triggered
 
 
 # Per-stage views: each stage gets exactly what it needs.

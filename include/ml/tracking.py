@@ -25,3 +25,11 @@ def configure(config: MlflowConfig) -> str:
     if experiment.lifecycle_stage == "deleted":
         mlflow.tracking.MlflowClient().restore_experiment(experiment.experiment_id)
     return experiment.experiment_id
+
+
+def run_url(config: MlflowConfig, mlflow_run_id: str) -> str:
+    """The run's page in the MLflow UI."""
+    import mlflow
+
+    run = mlflow.tracking.MlflowClient(config.tracking_uri).get_run(mlflow_run_id)
+    return f"{config.ui_url}/#/experiments/{run.info.experiment_id}/runs/{mlflow_run_id}"

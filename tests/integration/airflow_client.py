@@ -134,6 +134,11 @@ class AirflowClient:
         return self.get(f"dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances/{quote(task_id)}"
                         f"/xcomEntries/{quote(key)}", deserialize="true")["value"]
 
+    def links(self, dag_id: str, run_id: str, task_id: str) -> dict[str, str | None]:
+        """The task's extra links (from operators and plugins), name -> URL."""
+        return self.get(f"dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances/{quote(task_id)}"
+                        "/links")["extra_links"]
+
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 600, poll: float = 2,
                      expect: str = "success") -> dict[str, Any]:
         """Poll until the run finishes; raise DagRunFailed (with failed tasks' logs) unless it ends in `expect`."""

@@ -51,7 +51,51 @@ def test_triggered_run_succeeds_and_registers_a_model(airflow_stack) -> None:
     versions = response.json()["model_versions"]
     assert [(v["version"], v["run_id"]) for v in versions] == [("1", evaluated["mlflow_run_id"])]
 
+    # The plugin's task links: the MLflow run page and the Data Docs the api-server serves.
+    links = client.links(DAG_ID, run_id, "evaluate")
+    assert links["MLflow run"] == client.xcom(DAG_ID, run_id, "train")["mlflow_run_url"]
+    assert links["MLflow run"].startswith(f"{airflow_stack.mlflow_url}/#/experiments/")
+    assert links["MLflow run"].endswith(f"/runs/{evaluated['mlflow_run_id']}")
+    assert requests.get(f"{airflow_stack.mlflow_url}/api/2.0/mlflow/runs/get",
+                        params={"run_id": evaluated["mlflow_run_id"]}, timeout=30).status_code == 200
+    docs_url = client.links(DAG_ID, run_id, "validate")["Data Docs"]
+    assert docs_url == f"{airflow_stack.api_url}/mlops/data-docs/{safe_run_id(run_id)}/index.html"
+    page = requests.get(docs_url, timeout=30)
+    assert page.status_code == 200 and "Expectation" in page.text
+    for escape in ("..%2F..%2Fingest%2Fdata.csv", "..%2F..%2F..%2F..%2F..%2Fetc%2Fpasswd"):
+        assert requests.get(docs_url.replace("index.html", escape), timeout=30).status_code == 404
+    assert requests.get(f"{airflow_stack.api_url}/mlops/data-docs/..%2F..%2Fetc/passwd", timeout=30).status_code == 404
+
+    # Lineage: the source, the run's snapshot and the registered model are Assets.
+    assets = {a["name"] for a in client.get("assets")["assets"]}
+    assert {"wine-quality-source", "wine-quality-snapshot", "wine-quality-registered-model"} <= assets
+
     # Task logs are readable through the API and hold the pipeline's own log lines.
     log = client.task_log(DAG_ID, run_id, "evaluate")
     assert f"evaluate: {evaluated['model_name']} v1" in log
     assert "Done. Returned value was" in log
+
+
+def test_rollback_dag_restores_a_version(airflow_stack) -> None:
+    """Two versions exist after a forced promotion; ml_rollback puts the earlier one back."""
+    client = airflow_stack.client
+    client.wait_for_dag(DAG_ID, timeout=120)
+    client.unpause(DAG_ID)
+    run_id = client.trigger(DAG_ID, conf={"model_family": "elasticnet", "force_promote": True})["dag_run_id"]
+    client.wait_for_run(DAG_ID, run_id, timeout=240)
+    promoted = client.xcom(DAG_ID, run_id, "evaluate")
+    assert promoted["promoted"] and promoted["gate_reason"] == "forced promotion"
+
+    client.wait_for_dag("ml_rollback", timeout=120)
+    client.unpause("ml_rollback")
+    rollback_id = client.trigger("ml_rollback", conf={"version": None})["dag_run_id"]
+    client.wait_for_run("ml_rollback", rollback_id, timeout=120)
+    moved = client.xcom("ml_rollback", rollback_id, "rollback")
+    assert moved["champion_before"] == promoted["version"]
+    assert int(moved["champion_after"]) < int(promoted["version"])
+
+    import mlflow
+
+    client_ml = mlflow.MlflowClient(airflow_stack.tracking_uri, registry_uri=airflow_stack.tracking_uri)
+    aliases = client_ml.get_registered_model(promoted["model_name"]).aliases
+    assert str(aliases["champion"]) == moved["champion_after"]

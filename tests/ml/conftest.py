@@ -40,7 +40,8 @@ def dataset(task: str, rows: int = 120, seed: int = 0) -> pd.DataFrame:
 
 @pytest.fixture
 def mlflow_config(tmp_path: Path) -> MlflowConfig:
-    return MlflowConfig(f"sqlite:///{tmp_path}/mlflow.db", (tmp_path / "mlartifacts").as_uri(), "unit", "unit-model")
+    return MlflowConfig(f"sqlite:///{tmp_path}/mlflow.db", (tmp_path / "mlartifacts").as_uri(), "unit", "unit-model",
+                        "http://127.0.0.1:5000")
 
 
 def training_config(task: str, family: str, mlflow_config: MlflowConfig, **hyper: Any) -> TrainingConfig:

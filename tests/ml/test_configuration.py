@@ -158,6 +158,14 @@ def test_separator_must_be_one_character(config_dir: Path, edit_yaml) -> None:
     expect_error(config_dir, "config.yaml", "data_source.separator", "expected a single character")
 
 
+def test_schedule_must_be_cron_or_null(config_dir: Path, edit_yaml) -> None:
+    assert load(config_dir).config.schedule == "0 2 * * *"
+    edit_yaml(config_dir / "config.yaml", lambda d: d["airflow"].update(schedule=None))
+    assert load(config_dir).config.schedule is None
+    edit_yaml(config_dir / "config.yaml", lambda d: d["airflow"].update(schedule="nightly"))
+    expect_error(config_dir, "config.yaml", "airflow.schedule", "expected a 5-field cron expression")
+
+
 def test_enabled_deployment_needs_a_bucket(config_dir: Path, edit_yaml) -> None:
     edit_yaml(config_dir / "config.yaml", lambda d: d["deployment"].update(enabled=True))
     expect_error(config_dir, "config.yaml", "deployment.s3_bucket", "required when deployment.enabled is true")
