@@ -4,13 +4,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv lock bench clean
+.PHONY: demo test up down run venv lock bench clean
 
-demo: $(STAMP) ## set up, then run the whole pipeline on the default data
-	$(BIN)/python main.py
+demo: up ## set up, start Airflow + MLflow, run the DAG once through the scheduler, leave the UIs up
+	$(BIN)/python scripts/demo.py
 
 test: $(STAMP) ## set up, then run the whole test suite
 	$(BIN)/python -m pytest
+
+up: $(STAMP) ## start Airflow (api-server :8080, scheduler, dag-processor, triggerer) and MLflow UI (:5000)
+	scripts/airflow_stack.sh up
+
+down: ## stop exactly what `make up` started
+	scripts/airflow_stack.sh down
+
+run: $(STAMP) ## run the pipeline once without Airflow (python main.py)
+	$(BIN)/python main.py
 
 venv: $(STAMP)
 
@@ -32,5 +41,5 @@ lock: ## re-resolve requirements.in into the fully pinned requirements.txt
 bench: $(STAMP) ## pipeline scaling benchmark (minutes; see docs/benchmarks.md)
 	$(BIN)/python bench/pipeline_scaling.py
 
-clean: ## remove run outputs (artifacts, local MLflow store); keeps .venv
-	rm -rf artifacts mlruns
+clean: down ## stop the stack, remove run outputs (artifacts, MLflow store, Airflow home); keeps .venv
+	rm -rf artifacts mlruns airflow_home

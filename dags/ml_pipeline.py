@@ -98,7 +98,8 @@ def _run_url(cm: Any, result: Any) -> str:
     default_args={
         "owner": "mlops",
         "retries": 2,
-        "retry_delay": timedelta(seconds=30),
+        # MLOPS_RETRY_DELAY_SECONDS shortens the first wait, e.g. for tests of the retry path.
+        "retry_delay": timedelta(seconds=float(os.environ.get("MLOPS_RETRY_DELAY_SECONDS", "30"))),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=10),
         "execution_timeout": timedelta(minutes=45),
@@ -163,7 +164,8 @@ def ml_pipeline() -> None:
         return {"model_name": result.model_name, "version": str(result.version),
                 "mlflow_run_id": result.mlflow_run_id, "mlflow_run_url": _run_url(cm, result), "promoted": result.decision.promoted,
                 "gate_reason": result.decision.reason, "champion_version": str(result.champion_version),
-                "metrics": {name: float(value) for name, value in result.metrics.items()}}
+                "metrics": {name: float(value) for name, value in result.metrics.items()},
+                "champion_metrics": {name: float(value) for name, value in result.champion_metrics.items()}}
 
     ingest() >> validate() >> transform() >> train() >> evaluate()
 

@@ -9,7 +9,7 @@
 
 From a shell, against the stack `scripts/airflow_stack.sh up` started:
 
-    .venv/bin/python -m tests.integration.airflow_client ml_pipeline [--conf '{"force_promote": true}']
+    .venv/bin/python -m scripts.airflow_client ml_pipeline [--conf '{"force_promote": true}']
 
 Authentication: the SimpleAuthManager hands out a JWT for a username and password at
 POST /auth/token; the client sends it as a Bearer token and fetches a new one on a 401.
@@ -171,13 +171,27 @@ def _log_line(entry: Any) -> str:
     if isinstance(entry, str):
         return entry
     entry = dict(entry)
+    error = entry.pop("error_detail", None)
     head = " ".join(str(entry.pop(k)) for k in ("timestamp", "level", "event") if entry.get(k) is not None)
     extra = " ".join(f"{k}={v}" for k, v in entry.items() if k not in ("timestamp", "level", "event"))
-    return f"{head} {extra}".rstrip()
+    line = f"{head} {extra}".rstrip()
+    return "\n".join([line, *_error_lines(error)]) if error else line
+
+
+def _error_lines(detail: Any) -> list[str]:
+    """A task exception (the log entry's `error_detail`) as readable lines: last frames, then type: message."""
+    lines = []
+    for exc in detail if isinstance(detail, list) else []:
+        if not isinstance(exc, dict):
+            continue
+        for frame in (exc.get("frames") or [])[-3:]:
+            lines.append(f'  File "{frame.get("filename")}", line {frame.get("lineno")}, in {frame.get("name")}')
+        lines += f"  {exc.get('exc_type')}: {exc.get('exc_value')}".splitlines()
+    return lines or [f"  error_detail={detail}"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     parser = argparse.ArgumentParser(description="Trigger a DAG on a running stack and wait for it.")
     parser.add_argument("dag_id")
     parser.add_argument("--conf", default="{}", help="run configuration (JSON)")
