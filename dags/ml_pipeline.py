@@ -19,6 +19,9 @@ summaries (paths, counts, MLflow ids, the model version, metrics) through XCom.
 **Failures**: a data-validation failure or a configuration error fails its task at once
 (retrying cannot fix the data); anything else is retried with exponential backoff.
 
+**Links and lineage**: validate has a *Data Docs* button, train and evaluate an *MLflow run* button
+(`plugins/mlops_links.py`); the Assets view shows source → snapshot → registered model.
+
 Parsing this file imports no ML library: they load inside the tasks.
 """
 
