@@ -49,11 +49,24 @@ import importlib.util, json, sys, time
 started = time.perf_counter()
 import airflow.sdk  # the dag-processor has Airflow loaded before it parses a file
 airflow_loaded = time.perf_counter()
+# Record connection and variable lookups: they hit the metadata DB on every parse.
+from airflow.sdk import Connection, Variable
+from airflow.sdk.bases.hook import BaseHook
+lookups = []
+def spy(kind):
+    def lookup(*args, **kwargs):
+        lookups.append(f"{kind}{args[1:] or args}")
+        raise LookupError(f"{kind} at parse time")
+    return classmethod(lookup)
+Connection.get, Variable.get, BaseHook.get_connection = spy("Connection.get"), spy("Variable.get"), spy("BaseHook.get_connection")
 spec = importlib.util.spec_from_file_location("dag_under_test", sys.argv[1])
-spec.loader.exec_module(importlib.util.module_from_spec(spec))
+try:
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+except LookupError:
+    pass
 done = time.perf_counter()
 heavy = sorted(name for name in sys.modules if any(name == h or name.startswith(h + ".") for h in sys.argv[2:]))
-print(json.dumps({"heavy": heavy, "airflow_seconds": airflow_loaded - started, "parse_seconds": done - airflow_loaded}))
+print(json.dumps({"heavy": heavy, "lookups": lookups, "airflow_seconds": airflow_loaded - started, "parse_seconds": done - airflow_loaded}))
 """
 
 
@@ -102,4 +115,14 @@ def test_parsing_imports_no_ml_library(dag_file: Path, tmp_path: Path, record_pr
     print(f"{dag_file.name}: parsed in {found['parse_seconds']:.3f}s "
           f"(after {found['airflow_seconds']:.2f}s importing airflow.sdk)")
     assert found["heavy"] == [], f"parsing {dag_file.name} imported {found['heavy']}"
+    assert found["lookups"] == [], f"parsing {dag_file.name} looked up {found['lookups']}"
     assert found["parse_seconds"] < MAX_PARSE_SECONDS
+
+
+def test_the_parse_check_catches_lookups_and_heavy_imports(tmp_path: Path) -> None:
+    """The check above can fail: a DAG file doing both things at top level is caught."""
+    bad = tmp_path / "bad_dag.py"
+    bad.write_text("import pandas\nfrom airflow.sdk import Variable\nVariable.get('threshold')\n")
+    found = _python(IMPORT_ONE, str(bad), *HEAVY, home=tmp_path)
+    assert "pandas" in found["heavy"]
+    assert found["lookups"] == ["Variable.get('threshold',)"]
