@@ -44,8 +44,6 @@ for dag_id, dag in bag.dags.items():
 print(json.dumps({"import_errors": bag.import_errors, "dags": dags}))
 """
 
-PARSE_TIMES: dict[str, tuple[float, float]] = {}  # reported by tests/dags/conftest.py
-
 IMPORT_ONE = """
 import importlib.util, json, sys, time
 started = time.perf_counter()
@@ -111,10 +109,10 @@ def test_ml_pipeline_shape(dagbag: dict) -> None:
 
 
 @pytest.mark.parametrize("dag_file", sorted(DAGS.glob("*.py")), ids=lambda p: p.name)
-def test_parsing_imports_no_ml_library(dag_file: Path, tmp_path: Path, record_property) -> None:
+def test_parsing_imports_no_ml_library(dag_file: Path, tmp_path: Path, record_property, parse_times) -> None:
     found = _python(IMPORT_ONE, str(dag_file), *HEAVY, home=tmp_path)
     record_property("parse_seconds", round(found["parse_seconds"], 3))
-    PARSE_TIMES[dag_file.name] = (found["parse_seconds"], found["airflow_seconds"])
+    parse_times[dag_file.name] = (found["parse_seconds"], found["airflow_seconds"])
     assert found["heavy"] == [], f"parsing {dag_file.name} imported {found['heavy']}"
     assert found["lookups"] == [], f"parsing {dag_file.name} looked up {found['lookups']}"
     assert found["parse_seconds"] < MAX_PARSE_SECONDS
