@@ -57,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
     from include.ml.configuration import ConfigurationManager
 
+    current = "configuration"  # what was running when an error surfaced
+
+    def started(index: int, stage: str) -> None:
+        nonlocal current
+        current = stage
+        print(f"[{index}/{len(stages)}] {stage} ...", flush=True)
+
     try:
         cm = ConfigurationManager(args.config_dir)
         if args.rollback:
@@ -71,13 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pipeline run {run_id}: {' -> '.join(stages)} (artifacts: {cm.config.artifacts_root / run_id})")
         outcomes = pipeline.run(
             cm, run_id, stages, force_promote=args.force_promote,
-            on_start=lambda i, s: print(f"[{i}/{len(stages)}] {s} ...", flush=True),
+            on_start=started,
             on_done=lambda i, o: print(f"[{i}/{len(stages)}] {o.stage} done in {o.seconds:.1f}s", flush=True))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     except PipelineError as exc:
-        print(f"pipeline failed: {exc}", file=sys.stderr)
+        print(f"pipeline failed in stage {current}: {exc}", file=sys.stderr)
         return 1
     _print_summary(run_id, outcomes)
     return 0

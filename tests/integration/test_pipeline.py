@@ -146,6 +146,9 @@ def test_bad_input_fails_clearly_and_loses_nothing(case: str, first_run: dict, t
     error = capsys.readouterr().err
     assert code == expected_code, error
     assert message in error
+    if expected_code == 1:
+        assert error.startswith("pipeline failed in stage ingest:") or \
+            error.startswith("pipeline failed in stage validate:"), error
     assert tree_digest(artifacts_root / "first") == before
     assert registry_state(first_run["env"]["MLOPS_TRACKING_URI"], "wine-quality") == registry_before
     assert not (artifacts_root / "bad" / "train").exists()  # nothing reached training
