@@ -13,8 +13,13 @@ This is a benchmark, not a test: it takes minutes and its numbers depend on the 
     .venv/bin/python bench/pipeline_scaling.py                       # 10k, 100k, 1M rows
     .venv/bin/python bench/pipeline_scaling.py --rows 20000 --keep   # one size, keep the temp dir
     .venv/bin/python bench/pipeline_scaling.py --config-dir examples/penguins
+    # 1M rows on a "shared" machine (one busy loop alongside), trying an OpenMP setting:
+    .venv/bin/python bench/pipeline_scaling.py --rows 1000000 --background-load 1 --env OMP_WAIT_POLICY=PASSIVE
+    .venv/bin/python bench/pipeline_scaling.py --report bench/results/<file>.json
 
 Results: a Markdown table on stdout and a JSON file under bench/results/ (git-ignored).
+Before each measurement it waits (up to --idle-timeout) for other processes to go quiet,
+and records how much CPU they used anyway ("other load"), so a noisy run is visible.
 """
 
 from __future__ import annotations

@@ -161,6 +161,9 @@ export_airflow_env() {
     export AIRFLOW__LOGGING__BASE_LOG_FOLDER="$STACK_HOME/logs"
     # LocalExecutor forks this many worker processes up front (Airflow's default, 32, is a lot on a laptop).
     export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-4}"
+    # scikit-learn's OpenMP threads spin while idle and fight other busy processes on a small box
+    # (HistGradientBoosting fit 4 s -> 8 s beside one busy loop; see docs/benchmarks.md).
+    export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
     # Tasks and the dag-processor import `include.ml` from the repo root.
     export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
     export PATH="$VENV/bin:$PATH"
