@@ -47,6 +47,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from include.ml.configuration import ConfigurationManager  # noqa: E402
+from include.ml.entities import ColumnSpec, SchemaConfig  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -84,51 +88,16 @@ class BenchmarkError(RuntimeError):
 # --------------------------------------------------------------------------- data
 
 
-@dataclass(frozen=True)
-class Column:
-    name: str
-    dtype: str
-    nullable: bool
-    max_null_fraction: float
-    min: float | None
-    max: float | None
-    allowed: tuple[Any, ...] | None
+def load_schema(config_dir: Path) -> SchemaConfig:
+    """The project's own checked schema (the same one the pipeline validates against)."""
+    return ConfigurationManager(config_dir, env={}).config.schema
 
 
-@dataclass(frozen=True)
-class Schema:
-    task: str
-    target: str
-    columns: tuple[Column, ...]
-
-    @property
-    def features(self) -> tuple[Column, ...]:
-        return tuple(c for c in self.columns if c.name != self.target)
-
-    @property
-    def target_column(self) -> Column:
-        return next(c for c in self.columns if c.name == self.target)
+def target_column(schema: SchemaConfigConfig) -> ColumnSpec:
+    return next(c for c in schema.columns if c.name == schema.target)
 
 
-def load_schema(path: Path) -> Schema:
-    """Read the parts of schema.yaml that shape the data (the pipeline itself validates the rest)."""
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    columns = []
-    for name, spec in raw["columns"].items():
-        allowed = spec.get("allowed")
-        columns.append(Column(
-            name=str(name), dtype=spec["dtype"], nullable=bool(spec.get("nullable", False)),
-            max_null_fraction=float(spec.get("max_null_fraction", 0.5)),
-            min=None if spec.get("min") is None else float(spec["min"]),
-            max=None if spec.get("max") is None else float(spec["max"]),
-            allowed=tuple(allowed) if allowed else None))
-    schema = Schema(raw["task"], str(raw["target"]), tuple(columns))
-    if schema.target not in {c.name for c in columns}:
-        raise BenchmarkError(f"{path}: target {schema.target!r} is not one of the columns")
-    return schema
-
-
-def _bounds(column: Column) -> tuple[float, float]:
+def _bounds(column: ColumnSpec) -> tuple[float, float]:
     """The range to draw from: the schema's, or a made-up one of width 100 where it is open."""
     lo, hi = column.min, column.max
     if lo is None and hi is None:
@@ -146,13 +115,13 @@ def _decimals(lo: float, hi: float) -> int:
     return 4 if width <= 0 else int(np.clip(4 - np.floor(np.log10(width)), 0, 10))
 
 
-def _float_values(latent: np.ndarray, column: Column) -> np.ndarray:
+def _float_values(latent: np.ndarray, column: ColumnSpec) -> np.ndarray:
     lo, hi = _bounds(column)
     # Rounding can step outside the range by half a unit; clipping brings it back exactly onto min/max.
     return np.clip(np.round(lo + latent * (hi - lo), _decimals(lo, hi)), lo, hi)
 
 
-def _int_values(latent: np.ndarray, column: Column) -> np.ndarray:
+def _int_values(latent: np.ndarray, column: ColumnSpec) -> np.ndarray:
     lo, hi = _bounds(column)
     lo_i, hi_i = int(np.ceil(lo)), int(np.floor(hi))
     if lo_i > hi_i:
@@ -160,13 +129,13 @@ def _int_values(latent: np.ndarray, column: Column) -> np.ndarray:
     return np.minimum(lo_i + np.floor(latent * (hi_i - lo_i + 1)).astype(np.int64), hi_i)
 
 
-def _levels(column: Column) -> list[Any]:
+def _levels(column: ColumnSpec) -> list[Any]:
     if column.allowed:
         return list(column.allowed)
     return [f"{column.name}_{i:02d}" for i in range(STRING_VOCABULARY)]
 
 
-def feature_values(latent: np.ndarray, column: Column) -> tuple[pd.Series, np.ndarray]:
+def feature_values(latent: np.ndarray, column: ColumnSpec) -> tuple[pd.Series, np.ndarray]:
     """The column drawn from uniform `latent` values, and the signal the target may use (in [0, 1])."""
     if column.dtype == "float":
         values = _float_values(latent, column)
@@ -186,7 +155,7 @@ def feature_values(latent: np.ndarray, column: Column) -> tuple[pd.Series, np.nd
     raise BenchmarkError(f"column {column.name!r}: unsupported dtype {column.dtype!r}")
 
 
-def _with_nulls(series: pd.Series, column: Column, rng: np.random.Generator) -> pd.Series:
+def _with_nulls(series: pd.Series, column: ColumnSpec, rng: np.random.Generator) -> pd.Series:
     if not column.nullable:
         return series
     fraction = min(DEFAULT_NULL_FRACTION, column.max_null_fraction / 2)
@@ -216,7 +185,7 @@ def _score(signals: list[np.ndarray], rng: np.random.Generator, noise: float) ->
     return score + rng.normal(0.0, noise, n)
 
 
-def _class_labels(column: Column, max_classes: int = 5) -> list[Any]:
+def _class_labels(column: ColumnSpec, max_classes: int = 5) -> list[Any]:
     if column.dtype == "int":
         lo, hi = _bounds(column)
         lo_i, hi_i = int(np.ceil(lo)), int(np.floor(hi))
@@ -227,8 +196,8 @@ def _class_labels(column: Column, max_classes: int = 5) -> list[Any]:
     return [f"class_{i}" for i in range(3)]
 
 
-def target_values(score: np.ndarray, schema: Schema) -> pd.Series:
-    column = schema.target_column
+def target_values(score: np.ndarray, schema: SchemaConfig) -> pd.Series:
+    column = target_column(schema)
     if schema.task == "classification":
         labels = _class_labels(column)
         # Equal-probability bins of the score: balanced classes, so the stratified split always works.
@@ -246,7 +215,7 @@ def target_values(score: np.ndarray, schema: Schema) -> pd.Series:
     return pd.Series(_float_values(squashed, column), name=column.name)
 
 
-def generate(schema: Schema, rows: int, seed: int, noise: float = 0.3, informative: int = 4) -> pd.DataFrame:
+def generate(schema: SchemaConfig, rows: int, seed: int, noise: float = 0.3, informative: int = 4) -> pd.DataFrame:
     """`rows` rows that satisfy every column's dtype, range and allowed values; the target is learnable."""
     rng = np.random.default_rng(seed)
     data: dict[str, pd.Series] = {}
@@ -272,7 +241,7 @@ def write_csv(frame: pd.DataFrame, path: Path, separator: str) -> None:
 def generate_csv(config_dir: str, rows: int, seed: int, path: str) -> None:
     """Generate and write the CSV for `rows`; run in a child process (see generate_in_child)."""
     config = Path(config_dir)
-    write_csv(generate(load_schema(config / "schema.yaml"), rows, seed), Path(path), read_separator(config))
+    write_csv(generate(load_schema(config), rows, seed), Path(path), read_separator(config))
 
 
 def generate_in_child(config_dir: Path, rows: int, seed: int, path: Path) -> float:
@@ -307,8 +276,7 @@ def write_config_dir(source: Path, target: Path, family: str, hyperparameters: d
 
 
 def read_separator(config_dir: Path) -> str:
-    config = yaml.safe_load((config_dir / "config.yaml").read_text(encoding="utf-8"))
-    return str(config["data_source"]["separator"])
+    return ConfigurationManager(config_dir, env={}).config.data_source.separator
 
 
 def stage_env(csv_path: Path, workspace: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -726,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
         print(settings_note(settings.get("extra_env") or {}, settings.get("background_load") or 0)
               + markdown_report(results))
         return 0
-    load_schema(args.config_dir / "schema.yaml")  # fail fast on a schema the generator cannot follow
+    load_schema(args.config_dir)  # fail fast on a schema the generator cannot follow
     if args.work_dir:
         args.work_dir.mkdir(parents=True, exist_ok=True)
     machine = machine_facts()  # before the run, so the load average describes the starting point

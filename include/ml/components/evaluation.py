@@ -178,8 +178,9 @@ def evaluate(test_frame: pd.DataFrame, config: EvaluationConfig, trained: Traini
     with mlflow.start_run(run_id=trained.mlflow_run_id):
         mlflow.set_tags({"registered_version": version, "gate_promoted": str(decision.promoted),
                          "gate_reason": decision.reason})
-    result = EvaluationResult(name, version, trained.mlflow_run_id, len(x), scores, decision,
-                              registry.champion_version(name) or version, champion_scores or {})
+    champion = version if decision.promoted or current is None else current
+    result = EvaluationResult(name, version, trained.mlflow_run_id, len(x), scores, decision, champion,
+                              champion_scores or {})
     artifacts.write_json(output_dir / RESULT, asdict(result))
     log.info("evaluate: %s", result.summary())
     return result
