@@ -72,6 +72,14 @@ class SchemaConfig:
     def features(self) -> tuple[ColumnSpec, ...]:
         return tuple(c for c in self.columns if c.name != self.target)
 
+    def feature_contract(self) -> dict[str, Any]:
+        """What a served model expects as input; stored with the model so the server validates against it."""
+        return {"task": self.task, "target": self.target, "features": [
+            {k: v for k, v in {"name": c.name, "dtype": c.dtype, "nullable": c.nullable, "min": c.min,
+                               "max": c.max, "allowed": list(c.allowed) if c.allowed else None}.items()
+             if v is not None}
+            for c in self.features]}
+
     @property
     def numeric_features(self) -> list[str]:
         return [c.name for c in self.features if c.is_numeric]

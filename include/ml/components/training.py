@@ -96,7 +96,8 @@ def train(train_frame: pd.DataFrame, config: TrainingConfig, run_id: str, output
         example = x.head(5)
         info = mlflow.sklearn.log_model(
             pipeline, name=MODEL_NAME, serialization_format="skops", skops_trusted_types=trusted,
-            signature=infer_signature(example, pipeline.predict(example)), input_example=example)
+            signature=infer_signature(example, pipeline.predict(example)), input_example=example,
+            metadata={"feature_contract": config.schema.feature_contract()})
         mlflow.set_tag("model_uri", info.model_uri)
     result = TrainingResult(run.info.run_id, experiment_id, info.model_uri, config.model.family, estimator,
                             len(x), round(fit_seconds, 3), trusted)

@@ -1,0 +1,139 @@
+"""Model store commands: `python -m serving {export,activate,rollback,status}`.
+
+`activate` is the hot-swap trigger: it checks the bundle (checksums, load,
+self-check) in its own process, moves the store's CURRENT pointer, and, given
+--url, waits until the running server answers with the new version; if the
+server refuses it or does not switch in time, the pointer is put back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from serving import store
+from serving.model import ModelLoadError, load_bundle
+
+log = logging.getLogger("serving")
+
+
+class ActivationError(Exception):
+    pass
+
+
+def _get_json(url: str, timeout: float = 5.0) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - operator-given URL
+        return json.loads(response.read())
+
+
+def wait_for_version(url: str, version: str, timeout: float, confirmations: int) -> None:
+    """Succeed after `confirmations` consecutive /version answers (spread over the workers) show `version`."""
+    deadline = time.monotonic() + timeout
+    streak, last = 0, "no answer"
+    while time.monotonic() < deadline:
+        try:
+            info = _get_json(f"{url.rstrip('/')}/version")
+        except (OSError, ValueError) as exc:
+            streak, last = 0, f"{type(exc).__name__}: {exc}"
+        else:
+            refused = info.get("refused") or {}
+            if refused.get("version") == version:
+                raise ActivationError(f"the server refused version {version}: {refused.get('error')}")
+            if info.get("version") == version:
+                streak += 1
+                if streak >= confirmations:
+                    return
+                continue
+            streak, last = 0, f"still serving version {info.get('version')}"
+        time.sleep(0.2)
+    raise ActivationError(f"the server at {url} did not switch to version {version} within {timeout:.0f}s ({last})")
+
+
+def activate(store_dir: Path, version: str, url: str | None, timeout: float, confirmations: int) -> dict[str, Any]:
+    store.check_version_name(version)
+    bundle = store_dir / version
+    if not bundle.is_dir():
+        raise ActivationError(f"no bundle {bundle}; available: {store.versions(store_dir)}")
+    try:
+        model = load_bundle(bundle)  # the same checks a server worker runs, before any server sees it
+    except ModelLoadError as exc:
+        raise ActivationError(f"refused: {exc}") from exc
+    previous = store.read_pointer(store_dir)
+    if previous != version:
+        if previous:
+            store.write_pointer(store_dir, previous, store.PREVIOUS)
+        store.write_pointer(store_dir, version)
+    if url:
+        try:
+            wait_for_version(url, version, timeout, confirmations)
+        except ActivationError:
+            if previous and previous != version:
+                store.write_pointer(store_dir, previous)
+                log.error("put CURRENT back to %s", previous)
+            raise
+    return {"status": "active", "name": model.name, "version": version,
+            "previous": previous if previous != version else store.read_pointer(store_dir, store.PREVIOUS),
+            "changed": previous != version}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", type=Path, default=Path(os.environ.get("SERVING_MODEL_STORE", "models")),
+                        help="model store directory (default: $SERVING_MODEL_STORE or ./models)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    exp = sub.add_parser("export", help="copy a registered model version from MLflow into the store")
+    exp.add_argument("--version", default="champion", help="version number or alias (default: champion)")
+    exp.add_argument("--config-dir", help="pipeline config directory (MLflow URI and model name)")
+    exp.add_argument("--activate", action="store_true", help="also make it the CURRENT version")
+    for name, text in (("activate", "make VERSION the served one"), ("rollback", "go back to the PREVIOUS version")):
+        cmd = sub.add_parser(name, help=text)
+        if name == "activate":
+            cmd.add_argument("version")
+        cmd.add_argument("--url", help="running server to confirm the switch on, e.g. http://127.0.0.1:8000")
+        cmd.add_argument("--timeout", type=float, default=60.0)
+        cmd.add_argument("--confirmations", type=int, default=10,
+                         help="consecutive /version answers that must show the new version")
+    sub.add_parser("status", help="versions in the store and the pointers")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store_dir = args.store.resolve()
+    try:
+        if args.command == "export":
+            from include.ml.configuration import ConfigurationManager
+            from include.ml.tracking import configure
+
+            mlflow_cfg = ConfigurationManager(args.config_dir).config.mlflow
+            configure(mlflow_cfg)
+            bundle = store.export(mlflow_cfg.registered_model_name, args.version, store_dir)
+            result: dict[str, Any] = {"status": "exported", "bundle": str(bundle), "version": bundle.name}
+            if args.activate:
+                result = activate(store_dir, bundle.name, None, 0, 0)
+        elif args.command == "activate":
+            result = activate(store_dir, args.version, args.url, args.timeout, args.confirmations)
+        elif args.command == "rollback":
+            previous = store.read_pointer(store_dir, store.PREVIOUS)
+            if not previous:
+                raise ActivationError(f"{store_dir} has no PREVIOUS version to roll back to")
+            result = activate(store_dir, previous, args.url, args.timeout, args.confirmations)
+        else:
+            result = {"store": str(store_dir), "current": store.read_pointer(store_dir),
+                      "previous": store.read_pointer(store_dir, store.PREVIOUS), "versions": store.versions(store_dir)}
+    except (ActivationError, store.BundleError) as exc:
+        print(json.dumps({"status": "failed", "command": args.command, "error": str(exc)}))
+        log.error("%s failed: %s", args.command, exc)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""HTTP endpoints. Predictions: POST /invocations (MLflow scoring protocol) and POST /predict (plain records)."""
+
+from __future__ import annotations
+
+import hmac
+import os
+from typing import Any
+
+from flask import Blueprint, Response, current_app, render_template, request
+
+from serving.app import Service, error_response, json_response
+from serving.inputs import InputError, csv_rows, mlflow_rows, parse_json
+from serving.openapi import openapi_spec
+
+bp = Blueprint("serving", __name__)
+PROTECTED = {"serving.invocations", "serving.predict"}
+
+
+def service() -> Service:
+    return current_app.extensions["serving"]
+
+
+@bp.before_request
+def require_api_key() -> Response | None:
+    key = service().settings.api_key
+    if not key or request.endpoint not in PROTECTED:
+        return None
+    given = request.headers.get("X-API-Key") or ""
+    auth = request.headers.get("Authorization", "")
+    if not given and auth.startswith("Bearer "):
+        given = auth[len("Bearer "):]
+    if hmac.compare_digest(given.encode(), key.encode()):
+        return None
+    return error_response(401, "unauthorized", "missing or wrong API key (X-API-Key header or Bearer token)",
+                          headers={"WWW-Authenticate": 'Bearer realm="prediction"'})
+
+
+def _body() -> bytes:
+    return request.get_data(cache=False)  # over MAX_CONTENT_LENGTH: werkzeug raises 413 before reading it
+
+
+def _require_json() -> None:
+    if request.mimetype != "application/json":
+        raise InputError(415, "unsupported_media_type",
+                         f"expected Content-Type application/json, got {request.mimetype or 'none'}")
+
+
+@bp.post("/invocations")
+def invocations() -> Response:
+    if request.mimetype in ("text/csv", "application/csv"):
+        records, from_text = csv_rows(_body()), True
+    elif request.mimetype == "application/json":
+        records, from_text = mlflow_rows(parse_json(_body()))
+    else:
+        raise InputError(415, "unsupported_media_type",
+                         f"expected application/json or text/csv, got {request.mimetype or 'none'}")
+    model, batch, prediction = service().predict(records, from_text)
+    body: dict[str, Any] = {"predictions": prediction.values}
+    if batch.warnings:
+        body["warnings"] = batch.warnings
+    return json_response(body, headers={"X-Model-Version": model.version})
+
+
+@bp.post("/predict")
+def predict() -> Response:
+    _require_json()
+    model, batch, prediction = service().predict(parse_json(_body()))
+    body: dict[str, Any] = {"predictions": prediction.values, "model": {"name": model.name, "version": model.version}}
+    if prediction.probabilities is not None:
+        body["probabilities"] = prediction.probabilities
+    if batch.warnings:
+        body["warnings"] = batch.warnings
+    return json_response(body, headers={"X-Model-Version": model.version})
+
+
+@bp.get("/health")
+def health() -> Response:
+    return json_response({"status": "ok", "pid": os.getpid()})
+
+
+@bp.get("/ready")
+def ready() -> Response:
+    svc = service()
+    model = svc.holder.current
+    if model is None:
+        return error_response(503, "model_not_ready", "no model loaded", [svc.holder.refused] if svc.holder.refused
+                              else [], headers={"Retry-After": "5"})
+    try:
+        model.self_check()
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        return error_response(503, "self_check_failed", f"the model failed its self-check: {exc}")
+    return json_response({"status": "ready", "version": model.version})
+
+
+@bp.get("/version")
+def version() -> Response:
+    svc = service()
+    model = svc.model()
+    return json_response({**model.describe(), "refused": svc.holder.refused, "pid": os.getpid()})
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    return Response(service().metrics.exposition(), mimetype="text/plain; version=0.0.4")
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    model = service().holder.current
+    return json_response(openapi_spec(model.contract if model else None, model.version if model else None,
+                                      service().settings))
+
+
+@bp.get("/")
+def index() -> str:
+    model = service().holder.current
+    return render_template("index.html", model=model,
+                           features=model.contract.features if model else (),
+                           auth=bool(service().settings.api_key))
+

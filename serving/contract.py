@@ -1,0 +1,87 @@
+"""The input contract of a served model: its features, their types and ranges.
+
+Training stores the contract from schema.yaml in the model's MLmodel metadata
+(`feature_contract`), so the server validates against the schema the model was
+trained with. A model logged elsewhere falls back to its MLflow signature
+(names and types only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+# MLflow signature column types -> contract dtypes
+_SIGNATURE_TYPES = {"double": "float", "float": "float", "long": "int", "integer": "int", "string": "string",
+                    "boolean": "category"}
+
+
+class ContractError(ValueError):
+    """The model directory carries no usable description of its inputs."""
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    dtype: str  # float | int | category | string
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    allowed: tuple[Any, ...] | None = None
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.dtype in ("float", "int")
+
+
+@dataclass(frozen=True)
+class Contract:
+    task: str  # regression | classification
+    features: tuple[Feature, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+    @property
+    def hash(self) -> str:
+        canonical = json.dumps({"task": self.task, "features": [asdict(f) for f in self.features]},
+                               sort_keys=True, default=list)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @classmethod
+    def from_mlmodel(cls, mlmodel: Mapping[str, Any]) -> "Contract":
+        stored = (mlmodel.get("metadata") or {}).get("feature_contract")
+        if stored:
+            return cls(stored["task"], tuple(
+                Feature(f["name"], f["dtype"], bool(f.get("nullable", False)), f.get("min"), f.get("max"),
+                        tuple(f["allowed"]) if f.get("allowed") else None)
+                for f in stored["features"]))
+        inputs = (mlmodel.get("signature") or {}).get("inputs")
+        if not inputs:
+            raise ContractError("MLmodel has neither metadata.feature_contract nor a signature with named inputs")
+        features = []
+        for col in json.loads(inputs):
+            if "name" not in col or col.get("type") not in _SIGNATURE_TYPES:
+                raise ContractError(f"unsupported signature input {col!r}: named scalar columns are required")
+            dtype = _SIGNATURE_TYPES[col["type"]]
+            features.append(Feature(col["name"], dtype, not col.get("required", True),
+                                    allowed=(True, False) if col["type"] == "boolean" else None))
+        outputs = (mlmodel.get("signature") or {}).get("outputs") or "[]"
+        floats = any(o.get("tensor-spec", {}).get("dtype", "").startswith("float") or o.get("type") == "double"
+                     for o in json.loads(outputs))
+        return cls("regression" if floats else "classification", tuple(features))
+
+    def example_row(self) -> dict[str, Any]:
+        """A valid row: numeric features at the middle of their range, categories at their first value."""
+        row: dict[str, Any] = {}
+        for f in self.features:
+            if f.is_numeric:
+                lo, hi = f.min, f.max
+                mid = (lo + hi) / 2 if lo is not None and hi is not None else lo if lo is not None else hi or 0
+                row[f.name] = round(mid) if f.dtype == "int" else mid
+            else:
+                row[f.name] = f.allowed[0] if f.allowed else "example"
+        return row

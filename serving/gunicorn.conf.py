@@ -1,0 +1,42 @@
+"""gunicorn settings for the prediction server; every value can be overridden by a SERVING_* variable.
+
+    gunicorn -c serving/gunicorn.conf.py
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+
+wsgi_app = "serving.app:create_app()"
+bind = os.environ.get("SERVING_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("SERVING_WORKERS", "2"))
+# Threads per worker: requests that wait on the micro-batcher hold a thread each.
+threads = int(os.environ.get("SERVING_THREADS", "16"))
+worker_class = "gthread"
+timeout = int(os.environ.get("SERVING_TIMEOUT", "30"))
+graceful_timeout = int(os.environ.get("SERVING_GRACEFUL_TIMEOUT", "30"))
+keepalive = int(os.environ.get("SERVING_KEEPALIVE", "5"))
+accesslog = os.environ.get("SERVING_ACCESS_LOG", "-") or None
+loglevel = os.environ.get("SERVING_LOG_LEVEL", "info")
+proc_name = "prediction-server"
+
+# Workers write their metrics here so /metrics can sum them; a fresh directory per server start.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prediction-server-metrics-")
+
+
+def on_starting(server):
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    shutil.rmtree(metrics_dir, ignore_errors=True)  # samples of a previous run must not be summed in
+    os.makedirs(metrics_dir, exist_ok=True)
+
+
+def post_fork(server, worker):
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

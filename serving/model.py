@@ -1,0 +1,180 @@
+"""Loading a bundle, predicting with it, and swapping it for a new one without dropping a request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import yaml
+
+from serving import store
+from serving.contract import Contract, ContractError
+from serving.inputs import Batch, InputError, mlflow_rows, validate
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(Exception):
+    """A bundle could not be loaded or failed its self-check; the server keeps its current model."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    values: list[Any]
+    probabilities: list[dict[str, float]] | None
+
+
+@dataclass
+class LoadedModel:
+    bundle_id: str  # the store directory name, what CURRENT points to
+    name: str
+    version: str
+    run_id: str | None
+    trained_at: str | None
+    metrics: dict[str, float]
+    contract: Contract
+    estimator: Any
+    loaded_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    self_check_rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def predict(self, columns: dict[str, np.ndarray]) -> Prediction:
+        import pandas as pd
+
+        frame = pd.DataFrame(columns, copy=False)
+        values = self.estimator.predict(frame)
+        probabilities = None
+        if self.contract.task == "classification" and hasattr(self.estimator, "predict_proba"):
+            classes = [str(c) for c in self.estimator.classes_]
+            probabilities = [dict(zip(classes, row)) for row in self.estimator.predict_proba(frame).tolist()]
+        return Prediction(values.tolist(), probabilities)
+
+    def self_check(self) -> None:
+        """Predict on known-good rows; the result must be finite numbers or known classes."""
+        batch = validate(self.self_check_rows, self.contract, max_rows=len(self.self_check_rows) or 1)
+        values = self.predict(batch.columns).values
+        if len(values) != batch.n_rows:
+            raise ModelLoadError(f"self-check: {len(values)} predictions for {batch.n_rows} rows")
+        if self.contract.task == "regression":
+            if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in values):
+                raise ModelLoadError(f"self-check: non-finite regression output {values[:3]}")
+        elif not set(values) <= set(self.estimator.classes_.tolist()):
+            raise ModelLoadError(f"self-check: predictions {values[:3]} are not among the model's classes")
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "run_id": self.run_id, "trained_at": self.trained_at,
+                "metrics": self.metrics, "schema_hash": self.contract.hash, "task": self.contract.task,
+                "loaded_at": self.loaded_at}
+
+
+def load_bundle(bundle: Path) -> LoadedModel:
+    """Verify checksums, load the sklearn pipeline once, self-check it. Raises ModelLoadError."""
+    try:
+        store.verify_manifest(bundle)
+        meta = store.read_metadata(bundle)
+        model_dir = bundle / store.MODEL_DIR
+        mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+        contract = Contract.from_mlmodel(mlmodel)
+        estimator = _load_sklearn(model_dir, mlmodel)
+    except (store.BundleError, ContractError, OSError, KeyError, ValueError, TypeError) as exc:
+        raise ModelLoadError(f"bundle {bundle.name}: {exc}") from exc
+    _single_threaded(estimator)
+    model = LoadedModel(bundle.name, str(meta.get("name", "model")), str(meta.get("version", bundle.name)),
+                        meta.get("run_id"), meta.get("trained_at"), meta.get("metrics") or {}, contract, estimator,
+                        self_check_rows=[contract.example_row(), *_input_example(model_dir, mlmodel)])
+    try:
+        model.self_check()
+    except InputError as exc:
+        raise ModelLoadError(f"bundle {bundle.name}: self-check input rejected: {exc.message}") from exc
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"bundle {bundle.name}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - any failure of a foreign model refuses it
+        raise ModelLoadError(f"bundle {bundle.name}: self-check prediction failed: {type(exc).__name__}: {exc}") \
+            from exc
+    return model
+
+
+def _load_sklearn(model_dir: Path, mlmodel: dict[str, Any]) -> Any:
+    flavor = mlmodel["flavors"]["sklearn"]
+    path = model_dir / flavor["pickled_model"]
+    if flavor.get("serialization_format") == "skops":
+        import skops.io
+
+        # Only the types MLflow recorded as trusted when the model was logged may be loaded.
+        return skops.io.load(path, trusted=list(flavor.get("skops_trusted_types") or []))
+    import mlflow.sklearn  # pickle / cloudpickle formats: MLflow's own loader
+
+    return mlflow.sklearn.load_model(str(model_dir))
+
+
+def _single_threaded(estimator: Any) -> None:
+    """Parallelism comes from workers and batching; a joblib pool per call costs more than it gives."""
+    steps = getattr(estimator, "steps", [(None, estimator)])
+    for _, step in steps:
+        if "n_jobs" in getattr(step, "get_params", dict)():
+            step.set_params(n_jobs=1)
+
+
+def _input_example(model_dir: Path, mlmodel: dict[str, Any]) -> list[dict[str, Any]]:
+    info = mlmodel.get("saved_input_example_info") or {}
+    path = model_dir / info.get("serving_input_path", "serving_input_example.json")
+    if not path.is_file():
+        return []
+    rows, _ = mlflow_rows(json.loads(path.read_text()))
+    return rows if isinstance(rows, list) else []
+
+
+class ModelHolder:
+    """The model a worker serves. Follows the store's CURRENT pointer; swaps only to a model that passed its checks."""
+
+    def __init__(self, store_dir: Path, on_event: Callable[[str, str], None] = lambda version, outcome: None):
+        self.store_dir = store_dir
+        self.current: LoadedModel | None = None
+        self.refused: dict[str, str] | None = None  # the last version refused, and why
+        self._on_event = on_event
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def refresh(self) -> bool:
+        """Load the version CURRENT names if it is new; True when the served model changed."""
+        with self._lock:
+            wanted = store.read_pointer(self.store_dir)
+            if wanted is None or (self.current and self.current.bundle_id == wanted) \
+                    or (self.refused and self.refused["version"] == wanted):
+                return False
+            started = time.perf_counter()
+            try:
+                model = load_bundle(self.store_dir / wanted)
+            except ModelLoadError as exc:
+                self.refused = {"version": wanted, "error": str(exc)}
+                log.error("refused model %s; still serving %s: %s", wanted,
+                          self.current.version if self.current else "nothing", exc)
+                self._on_event(wanted, "refused")
+                return False
+            old, self.current, self.refused = self.current, model, None  # one reference assignment: atomic
+            log.info("now serving %s version %s (was %s); loaded and checked in %.2fs", model.name, model.version,
+                     old.version if old else "nothing", time.perf_counter() - started)
+            self._on_event(model.version, "loaded")
+            return True
+
+    def watch(self, interval: float) -> threading.Thread:
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.refresh()
+                except Exception:  # noqa: BLE001 - the watcher must outlive any one bad bundle
+                    log.exception("model refresh failed; still serving the current model")
+
+        thread = threading.Thread(target=loop, name="model-watcher", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+

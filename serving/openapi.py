@@ -1,0 +1,111 @@
+"""OpenAPI 3 description of the server, generated from the served model's contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serving.contract import Contract, Feature
+from serving.settings import Settings
+
+_ERROR = {"$ref": "#/components/responses/Error"}
+
+
+def _feature_schema(feature: Feature) -> dict[str, Any]:
+    if feature.allowed is not None:
+        schema: dict[str, Any] = {"enum": list(feature.allowed)}
+    elif feature.is_numeric:
+        schema = {"type": "integer" if feature.dtype == "int" else "number"}
+        if feature.min is not None:
+            schema["minimum"] = feature.min
+        if feature.max is not None:
+            schema["maximum"] = feature.max
+    else:
+        schema = {"type": "string"}
+    if feature.nullable:
+        schema["nullable"] = True
+    return schema
+
+
+def openapi_spec(contract: Contract | None, version: str | None, settings: Settings) -> dict[str, Any]:
+    if contract is not None:
+        record: dict[str, Any] = {
+            "type": "object", "additionalProperties": False,
+            "properties": {f.name: _feature_schema(f) for f in contract.features},
+            "required": [f.name for f in contract.features if not f.nullable]}
+        names = list(contract.names)
+    else:
+        record, names = {"type": "object"}, []
+    rows = {"type": "array", "items": {"$ref": "#/components/schemas/Record"}, "minItems": 1,
+            "maxItems": settings.max_rows}
+    prediction_value = {"oneOf": [{"type": "number"}, {"type": "string"}, {"type": "integer"}, {"type": "boolean"}]}
+    error_statuses = {"400": _ERROR, "413": _ERROR, "415": _ERROR, "422": _ERROR, "503": _ERROR}
+    if settings.api_key:
+        error_statuses["401"] = _ERROR
+    security = [{"apiKey": []}, {"bearer": []}] if settings.api_key else []
+    json_ok = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Prediction server", "version": version or "no model loaded",
+                 "description": "Predictions from the champion model. Inputs are checked against the schema the "
+                                "model was trained with."},
+        "paths": {
+            "/invocations": {"post": {
+                "summary": "MLflow scoring protocol (clients of `mlflow models serve` work unchanged)",
+                "security": security,
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/MlflowRequest"}},
+                    "text/csv": {"schema": {"type": "string"},
+                                 "example": ",".join(f'"{n}"' for n in names) + "\n"}}},
+                "responses": {"200": {"description": "Predictions, one per row", "content": {"application/json": {
+                    "schema": {"type": "object", "required": ["predictions"], "properties": {
+                        "predictions": {"type": "array", "items": prediction_value},
+                        "warnings": {"$ref": "#/components/schemas/Details"}}}}}}, **error_statuses}}},
+            "/predict": {"post": {
+                "summary": "One record (object) or a list of records keyed by column name",
+                "security": security,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "oneOf": [{"$ref": "#/components/schemas/Record"}, rows]}}}},
+                "responses": {"200": {"description": "Predictions with the model that made them", "content": {
+                    "application/json": {"schema": {"type": "object", "required": ["predictions", "model"],
+                                                    "properties": {
+                        "predictions": {"type": "array", "items": prediction_value},
+                        "model": {"type": "object", "required": ["name", "version"], "properties": {
+                            "name": {"type": "string"}, "version": {"type": "string"}}},
+                        "probabilities": {"type": "array", "items": {
+                            "type": "object", "additionalProperties": {"type": "number"}}},
+                        "warnings": {"$ref": "#/components/schemas/Details"}}}}}}, **error_statuses}}},
+            "/health": {"get": {"summary": "Liveness", "responses": {"200": json_ok}}},
+            "/ready": {"get": {"summary": "Model loaded and a self-check prediction passes",
+                               "responses": {"200": json_ok, "503": _ERROR}}},
+            "/version": {"get": {"summary": "The served model: name, version, run id, trained at, metrics, "
+                                            "schema hash", "responses": {"200": json_ok, "503": _ERROR}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (all workers)", "responses": {"200": {
+                "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": json_ok}}},
+            "/": {"get": {"summary": "A form to try the model", "responses": {"200": {
+                "description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
+        },
+        "components": {
+            "schemas": {
+                "Record": record,
+                "Details": {"type": "array", "items": {"type": "object", "properties": {
+                    "row": {"type": "integer"}, "field": {"type": "string"}, "problem": {"type": "string"}}}},
+                "MlflowRequest": {"type": "object", "properties": {
+                    "dataframe_split": {"type": "object", "required": ["columns", "data"], "properties": {
+                        "columns": {"type": "array", "items": {"type": "string"}},
+                        "data": {"type": "array", "items": {"type": "array"}}}},
+                    "dataframe_records": rows,
+                    "instances": rows,
+                    "inputs": rows,
+                    "params": {"type": "object"}},
+                    "minProperties": 1},
+            },
+            "responses": {"Error": {"description": "An error, with the field and row at fault", "content": {
+                "application/json": {"schema": {"type": "object", "required": ["error"], "properties": {
+                    "error": {"type": "object", "required": ["code", "message", "details"], "properties": {
+                        "code": {"type": "string"}, "message": {"type": "string"},
+                        "details": {"type": "array"}}}}}}}}},
+            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                                "bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

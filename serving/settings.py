@@ -1,0 +1,61 @@
+"""Server settings, from SERVING_* environment variables (the systemd unit, compose file or shell sets them)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class SettingsError(ValueError):
+    """A SERVING_* variable holds a value the server cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_store: Path = Path("models")
+    api_key: str | None = None  # when set, /predict and /invocations need it (X-API-Key or Bearer)
+    max_rows: int = 10_000  # rows per request
+    max_body_bytes: int = 10 * 1024 * 1024
+    out_of_range: str = "reject"  # reject | flag
+    batching: bool = True
+    batch_max_rows: int = 64
+    batch_max_wait_ms: float = 1.0
+    poll_seconds: float = 1.0  # how often each worker checks the store's CURRENT pointer; 0 disables
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"SERVING_{f.name.upper()}")
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f"SERVING_{f.name.upper()}", raw, f.default)
+        settings = replace(cls(), **values, **(overrides or {}))
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.out_of_range not in ("reject", "flag"):
+            raise SettingsError(f"SERVING_OUT_OF_RANGE must be 'reject' or 'flag', got {self.out_of_range!r}")
+        for name in ("max_rows", "max_body_bytes", "batch_max_rows"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"SERVING_{name.upper()} must be at least 1, got {getattr(self, name)}")
+        if self.batch_max_wait_ms < 0 or self.poll_seconds < 0:
+            raise SettingsError("SERVING_BATCH_MAX_WAIT_MS and SERVING_POLL_SECONDS cannot be negative")
+
+
+def _parse(name: str, raw: str, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes", "on")
+        if isinstance(default, Path):
+            return Path(raw)
+        if default is None or isinstance(default, str):
+            return raw
+        return type(default)(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {type(default).__name__}") from None

@@ -1,0 +1,168 @@
+"""The model store on a serving host: versioned bundles and the pointer the servers follow.
+
+    <store>/<version>/bundle.json       name, version, run id, trained at, metrics
+    <store>/<version>/model/            the MLflow model directory
+    <store>/<version>/MANIFEST.sha256   checksum of every file above
+    <store>/CURRENT                     the version the servers should serve
+    <store>/PREVIOUS                    the version CURRENT pointed to before
+
+Bundles are written beside the live one and never modified, so the previous
+version is always on disk for an instant rollback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "MANIFEST.sha256"
+METADATA = "bundle.json"
+MODEL_DIR = "model"
+CURRENT = "CURRENT"
+PREVIOUS = "PREVIOUS"
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class BundleError(Exception):
+    """A bundle is missing, incomplete or does not match its checksums."""
+
+
+def check_version_name(version: str) -> str:
+    if not _VERSION.match(version):
+        raise BundleError(f"invalid version name {version!r}: letters, digits, '.', '_', '-' (max 64)")
+    return version
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(bundle: Path) -> None:
+    files = sorted(p for p in bundle.rglob("*") if p.is_file() and p.name != MANIFEST)
+    lines = [f"{sha256_file(p)}  {p.relative_to(bundle).as_posix()}\n" for p in files]
+    (bundle / MANIFEST).write_text("".join(lines))
+
+
+def verify_manifest(bundle: Path) -> None:
+    """Every listed file exists with its checksum, and no unlisted file was added."""
+    manifest = bundle / MANIFEST
+    if not manifest.is_file():
+        raise BundleError(f"{bundle}: no {MANIFEST}")
+    listed: dict[str, str] = {}
+    for line in manifest.read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        if not digest or not name:
+            raise BundleError(f"{manifest}: malformed line {line[:80]!r}")
+        listed[name] = digest
+    present = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file() and p.name != MANIFEST}
+    if present != set(listed):
+        raise BundleError(f"{bundle}: files differ from the manifest "
+                          f"(missing {sorted(set(listed) - present)[:5]}, unlisted {sorted(present - set(listed))[:5]})")
+    for name, digest in listed.items():
+        if sha256_file(bundle / name) != digest:
+            raise BundleError(f"{bundle}: checksum mismatch for {name}")
+
+
+def read_metadata(bundle: Path) -> dict[str, Any]:
+    try:
+        return json.loads((bundle / METADATA).read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{bundle}: cannot read {METADATA}: {exc}") from exc
+
+
+def read_pointer(store: Path, name: str = CURRENT) -> str | None:
+    try:
+        return (store / name).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def write_pointer(store: Path, version: str, name: str = CURRENT) -> None:
+    """Atomic: a reader sees the old or the new version, never a partial file."""
+    store.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=store, prefix=f".{name}.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(version + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, store / name)
+
+
+def install(staged: Path, store: Path, version: str) -> Path:
+    """Move a complete, verified bundle into the store as <version>/; a second install of it is a no-op."""
+    check_version_name(version)
+    target = store / version
+    if target.exists():
+        verify_manifest(target)
+        shutil.rmtree(staged, ignore_errors=True)
+        return target
+    verify_manifest(staged)
+    store.mkdir(parents=True, exist_ok=True)
+    os.replace(staged, target)  # same filesystem: the bundle appears whole or not at all
+    return target
+
+
+def staging_dir(store: Path) -> Path:
+    store.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=store, prefix=".staging-"))
+
+
+def versions(store: Path) -> list[str]:
+    if not store.is_dir():
+        return []
+    return sorted((p.name for p in store.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                  key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
+
+
+def export(model_name: str, version_or_alias: str, store: Path) -> Path:
+    """Copy a registered MLflow model version into the store as a bundle (needs MLflow; the server does not)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file floods task logs
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        mv = client.get_model_version(model_name, version_or_alias) if version_or_alias.isdigit() \
+            else client.get_model_version_by_alias(model_name, version_or_alias)
+    except MlflowException as exc:
+        raise BundleError(f"model {model_name!r} has no version or alias {version_or_alias!r}") from exc
+    version = str(mv.version)
+    if (store / version).exists():
+        verify_manifest(store / version)
+        return store / version
+    run = client.get_run(mv.run_id)
+    staged = staging_dir(store)
+    try:
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}",
+                                            dst_path=str(staged / MODEL_DIR))
+        metadata = {"name": model_name, "version": version, "run_id": mv.run_id,
+                    "trained_at": _iso(run.info.start_time), "registered_at": _iso(mv.creation_timestamp),
+                    "metrics": {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}}
+        (staged / METADATA).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        write_manifest(staged)
+        target = install(staged, store, version)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    log.info("exported %s version %s to %s", model_name, version, target)
+    return target
+
+
+def _iso(millis: int | None) -> str | None:
+    from datetime import datetime, timezone
+
+    return None if millis is None else datetime.fromtimestamp(millis / 1000, timezone.utc).isoformat(
+        timespec="seconds")

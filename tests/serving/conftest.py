@@ -1,0 +1,60 @@
+"""Fixtures for the prediction server: real bundles in a temp store, the app, its test client, a real gunicorn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from serving.app import create_app
+from tests.conftest import free_port
+from tests.serving_support import PredictionServer, copy_store, make_bundle
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built once: "1" and "2" (regression, predictions 100 apart) and "c1" (classification)."""
+    source = tmp_path_factory.mktemp("bundles")
+    make_bundle(source, "1")
+    make_bundle(source, "2", offset=100.0)
+    make_bundle(source, "c1", task="classification", name="toy-classifier")
+    return source
+
+
+@pytest.fixture
+def store(bundles: Path, tmp_path: Path) -> Path:
+    return copy_store(bundles, tmp_path / "store", current="1")
+
+
+@pytest.fixture
+def make_app(store: Path) -> Iterator[Any]:
+    apps: list[Flask] = []
+
+    def make(**settings: Any) -> Flask:
+        app = create_app({"model_store": store, "poll_seconds": 0, **settings})
+        app.config["TESTING"] = True
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["serving"].holder.stop()
+
+
+@pytest.fixture
+def app(make_app: Any) -> Flask:
+    return make_app()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def server(store: Path, tmp_path: Path) -> Iterator[PredictionServer]:
+    with PredictionServer(store, free_port(), tmp_path / "gunicorn.log") as running:
+        yield running
