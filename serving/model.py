@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 
 from serving import store
-from serving.contract import Contract, ContractError
+from serving.contract import Contract
 from serving.inputs import Batch, InputError, mlflow_rows, validate
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,8 @@ def load_bundle(bundle: Path) -> LoadedModel:
         mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
         contract = Contract.from_mlmodel(mlmodel)
         estimator = _load_sklearn(model_dir, mlmodel)
-    except (store.BundleError, ContractError, OSError, KeyError, ValueError, TypeError) as exc:
-        raise ModelLoadError(f"bundle {bundle.name}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - whatever a bad bundle raises, it is refused, never served
+        raise ModelLoadError(f"bundle {bundle.name}: {type(exc).__name__}: {exc}") from exc
     _single_threaded(estimator)
     model = LoadedModel(bundle.name, str(meta.get("name", "model")), str(meta.get("version", bundle.name)),
                         meta.get("run_id"), meta.get("trained_at"), meta.get("metrics") or {}, contract, estimator,
