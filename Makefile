@@ -43,3 +43,11 @@ bench: $(STAMP) ## pipeline scaling benchmark (minutes; see docs/benchmarks.md)
 
 clean: down ## stop the stack, remove run outputs (artifacts, MLflow store, Airflow home); keeps .venv
 	rm -rf artifacts mlruns airflow_home
+
+# shellcheck lints serving/deploy/user-data.sh in tests/serving/test_deploy_assets.py: a hard requirement of
+# `make test` (the test fails without it), installed from apt when missing (sudo unless root).
+.PHONY: shellcheck
+test: $(if $(shell command -v shellcheck),,shellcheck)
+shellcheck:
+	$(if $(filter 0,$(shell id -u)),,sudo) sh -c 'apt-get install -y -q --no-install-recommends shellcheck || { apt-get update -q && apt-get install -y -q --no-install-recommends shellcheck; }'
+	@command -v shellcheck >/dev/null || { echo "shellcheck is required by make test: install it (apt-get install shellcheck)"; exit 1; }

@@ -1,0 +1,594 @@
+"""The EC2 assets in serving/deploy/ and the serving-only requirements.
+
+- serving/requirements.txt: exactly the root pins, closed under dependencies, and enough on its own: the app
+  loads a bundle and predicts in a process that can import nothing outside that list (so no mlflow, no airflow).
+- user-data.sh: bash -n, shellcheck, its helpers, and its refresh command is the deploy task's, flag for flag.
+- prediction-server.service: systemd-analyze verify (when present) and the settings that matter, read back.
+- IAM policies: valid, read-only for the instance, scoped to the prefix, SendCommand limited to the document
+  and the tagged fleet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import runpy
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import textwrap
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from tests.serving_support import GOOD_ROW, REPO, make_bundle
+
+DEPLOY = REPO / "serving" / "deploy"
+USER_DATA = DEPLOY / "user-data.sh"
+UNIT = DEPLOY / "prediction-server.service"
+INSTANCE_POLICY = DEPLOY / "iam-policy.json"
+DEPLOYER_POLICY = DEPLOY / "airflow-deployer-policy.json"
+SERVING_REQUIREMENTS = REPO / "serving" / "requirements.txt"
+SERVING_ROOTS = {"flask", "gunicorn", "numpy", "pandas", "scikit-learn", "skops", "msgspec", "prometheus-client",
+                 "boto3", "pyyaml"}
+
+
+def pins(path: Path) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, sep, version = line.partition("==")
+        assert sep and version, f"{path.name}: {line!r} is not an exact pin"
+        key = canonicalize_name(name)
+        assert key not in found, f"{path.name}: {name} pinned twice"
+        found[key] = version.strip()
+    return found
+
+
+def user_data(*lines: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Source user-data.sh (its main() only runs when executed) and run `lines` with its functions and settings."""
+    script = "\n".join([f"source {USER_DATA}", *lines])
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          check=check, timeout=120)
+
+
+def user_data_setting(name: str) -> str:
+    return user_data(f'printf "%s" "${name}"').stdout
+
+
+def deploy_refresh_commands(source: str, version: str) -> list[str]:
+    """The deploy task's command lines (include/ml/components/deployment.py), or the documented contract."""
+    try:
+        from include.ml.components.deployment import refresh_commands
+    except ImportError:  # the deploy task is not in this tree: the contract it was written against
+        return ["set -a; [ -f /etc/mlops/serving.env ] && . /etc/mlops/serving.env; set +a",
+                f'cd "${{MLOPS_APP_DIR:-/opt/mlops/app}}" && "${{MLOPS_PYTHON:-/opt/mlops/venv/bin/python}}" '
+                f"-m serving refresh --source {shlex.quote(source)} --version {shlex.quote(version)}"]
+    return refresh_commands(source, version)
+
+
+def ec2_config() -> Any:
+    from include.ml.configuration import ConfigurationManager
+
+    config = ConfigurationManager().config
+    if not hasattr(config.deployment, "ec2"):
+        pytest.skip("include/config has no deployment.ec2 section yet (the deploy task has not landed)")
+    return config
+
+
+# --- serving/requirements.txt ------------------------------------------------------------------------------------
+
+def test_serving_pins_are_exactly_the_root_pins() -> None:
+    serving, root = pins(SERVING_REQUIREMENTS), pins(REPO / "requirements.txt")
+    assert SERVING_ROOTS <= set(serving), f"missing: {sorted(SERVING_ROOTS - set(serving))}"
+    differ = {name: (version, root.get(name)) for name, version in serving.items() if root.get(name) != version}
+    assert not differ, f"serving pin != root pin (serving, root): {differ}"
+    assert not {"mlflow", "mlflow-skinny", "apache-airflow", "great-expectations"} & set(serving)
+
+
+def test_serving_pins_are_closed_under_dependencies() -> None:
+    """Every dependency of a listed package (for this platform, no extras) is listed too: --no-deps is safe."""
+    serving = pins(SERVING_REQUIREMENTS)
+    missing: dict[str, list[str]] = {}
+    for name, version in serving.items():
+        dist = metadata.distribution(name)
+        assert dist.version == version, f"installed {name} {dist.version} is not the pinned {version}"
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue
+            if canonicalize_name(req.name) not in serving:
+                missing.setdefault(name, []).append(str(req))
+    assert not missing, f"dependencies not in serving/requirements.txt: {missing}"
+
+
+BLOCKER = textwrap.dedent('''
+    """Only the standard library, serving/ and the distributions of serving/requirements.txt can be imported."""
+    import importlib.abc, importlib.machinery, json, os, sys, sysconfig, traceback
+
+    ALLOWED = set(json.loads(os.environ["SERVING_ONLY_ALLOWED"]))
+    STDLIB = tuple(os.path.realpath(sysconfig.get_paths()[k]) + os.sep for k in ("stdlib", "platstdlib"))
+    ATTEMPTS = []  # (module, the import chain) for every refused import
+
+
+    def in_stdlib(top):  # private stdlib modules such as _sysconfigdata_* are not in stdlib_module_names
+        spec = importlib.machinery.PathFinder.find_spec(top)
+        origin = os.path.realpath(spec.origin) if spec and spec.origin else ""
+        return origin.startswith(STDLIB) and "site-packages" not in origin
+
+
+    class ServingOnly(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            top = name.partition(".")[0]
+            if top in ALLOWED or top in sys.stdlib_module_names or in_stdlib(top):
+                return None
+            ATTEMPTS.append((name, "".join(traceback.format_stack()[:-1])))
+            raise ModuleNotFoundError(f"No module named {name!r} (not in serving/requirements.txt)", name=name)
+
+
+    sys.meta_path.insert(0, ServingOnly())
+    sys.modules["serving_only_attempts"] = ATTEMPTS
+''')
+
+PROBE = textwrap.dedent('''
+    import json, sys
+    from pathlib import Path
+    attempts = sys.modules["serving_only_attempts"]
+    from serving.app import create_app
+
+    app = create_app({"model_store": Path(sys.argv[1]), "poll_seconds": 0})
+    response = app.test_client().post("/predict", json=json.loads(sys.argv[2]))
+    before = list(attempts)
+    try:
+        import mlflow  # the check can fail: the blocker must refuse what the serving venv lacks
+        mlflow_blocked = False
+    except ImportError:
+        mlflow_blocked = True
+    try:
+        import airflow
+        airflow_blocked = False
+    except ImportError:
+        airflow_blocked = True
+    print(json.dumps({"status": response.status_code, "body": response.get_json(),
+                      "blocked": [name for name, _ in before],
+                      "chains": {name: chain for name, chain in before if name.partition(".")[0] in
+                                 ("mlflow", "airflow", "include", "great_expectations")},
+                      "mlflow_blocked": mlflow_blocked, "airflow_blocked": airflow_blocked,
+                      "loaded": sorted({m.partition(".")[0] for m in sys.modules})}))
+''')
+
+
+def test_the_app_loads_a_bundle_and_predicts_with_only_the_serving_requirements(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    make_bundle(store, "1")  # training needs mlflow: done here, in the full test venv
+    from serving import store as store_mod
+
+    store_mod.write_pointer(store, "1")
+    top_level = metadata.packages_distributions()
+    serving_dists = set(pins(SERVING_REQUIREMENTS))
+    allowed = sorted({"serving", "sitecustomize", "serving_only_attempts"} | {
+        module for module, dists in top_level.items() if any(canonicalize_name(d) in serving_dists for d in dists)})
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]),
+           "SERVING_ONLY_ALLOWED": json.dumps(allowed), "PYTHONNOUSERSITE": "1"}
+    for name in [n for n in env if n.startswith("SERVING_") and n != "SERVING_ONLY_ALLOWED"]:
+        del env[name]
+    done = subprocess.run([sys.executable, "-c", PROBE, str(store), json.dumps(GOOD_ROW)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["mlflow_blocked"] and result["airflow_blocked"], "the blocker does not block"
+    assert not result["chains"], "serving imported outside its requirements:\n" + "\n".join(
+        f"{name}:\n{chain}" for name, chain in result["chains"].items())
+    assert result["status"] == 200, (result["body"], result["blocked"], done.stderr[-3000:])
+    assert result["body"]["model"] == {"name": "toy", "version": "1"} and len(result["body"]["predictions"]) == 1
+    assert not {"mlflow", "airflow", "include", "great_expectations"} & set(result["loaded"])
+
+
+# --- user-data.sh --------------------------------------------------------------------------------------------------
+
+def test_user_data_is_valid_bash() -> None:
+    done = subprocess.run(["bash", "-n", str(USER_DATA)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_user_data_passes_shellcheck() -> None:
+    """A hard requirement: `make test` installs shellcheck (apt) before running the suite."""
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck is not installed: run `make test`, or `apt-get install -y shellcheck`"
+    done = subprocess.run([shellcheck, "--shell=bash", str(USER_DATA)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_user_data_is_a_cloud_init_script_that_fails_loudly_and_logs() -> None:
+    text = USER_DATA.read_text()
+    assert text.startswith("#!/bin/bash\n")  # cloud-init runs user-data starting with #! as a script
+    assert re.search(r"^set -Eeuo pipefail$", text, re.M)
+    assert user_data_setting("LOG_FILE") == "/var/log/mlops-setup.log"
+    for name in ("BUCKET", "PREFIX", "MODEL_NAME", "APP_SOURCE", "SERVING_PORT", "API_KEY_PARAMETER"):
+        assert re.search(rf"^{name}=", text, re.M), f"{name} is not a setting at the top"
+    # The API key only ever comes from Parameter Store: no literal key setting anywhere.
+    assert not re.search(r"^\s*(SERVING_)?API_KEY=", text, re.M)
+
+
+def test_user_data_defaults_match_the_pipeline_config() -> None:
+    config = ec2_config()
+    ec2 = config.deployment.ec2
+    assert user_data_setting("PREFIX") == ec2.s3_prefix.strip("/")
+    assert user_data_setting("MODEL_NAME") == config.mlflow.registered_model_name
+    port = re.search(r":(\d+)", ec2.instance_url.split("//", 1)[-1])
+    assert port and port.group(1) == user_data_setting("SERVING_PORT"), ec2.instance_url
+    source = user_data('printf "%s" "s3://${BUCKET}/${PREFIX}/${MODEL_NAME}"').stdout
+    bucket = user_data_setting("BUCKET")
+    assert source == f"s3://{bucket}/{ec2.s3_prefix.strip('/')}/{config.mlflow.registered_model_name}"
+
+
+@pytest.mark.parametrize("distro, version, python, packages", [
+    ("amzn", "2023", "python3.11", "python3.11 python3.11-pip"),
+    ("ubuntu", "22.04", "python3.11", "python3.11 python3.11-venv"),
+    ("ubuntu", "24.04", "python3.12", "python3.12 python3.12-venv"),
+])
+def test_python_per_distribution(distro: str, version: str, python: str, packages: str) -> None:
+    assert user_data(f"python_for {distro} {version}").stdout.split() == [python, *packages.split()]
+
+
+@pytest.mark.parametrize("distro, version", [("amzn", "2"), ("ubuntu", "20.04"), ("debian", "12"), ("", "")])
+def test_unsupported_distributions_are_refused(distro: str, version: str) -> None:
+    assert user_data(f"python_for '{distro}' '{version}'", check=False).returncode != 0
+
+
+@pytest.mark.parametrize("source, kind", [
+    ("s3://bucket/models/app/r1.tar.gz", "s3"), ("https://example.com/r1.tar.gz", "https"),
+    ("https://github.com/org/repo.git", "git"), ("git@github.com:org/repo.git", "git"), ("/srv/app", "local"),
+])
+def test_app_source_kinds(source: str, kind: str) -> None:
+    assert user_data(f"source_kind '{source}'").stdout.strip() == kind
+
+
+def test_an_unknown_app_source_is_refused() -> None:
+    assert user_data("source_kind 'ftp://example.com/app.tar.gz'", check=False).returncode != 0
+
+
+@pytest.fixture
+def no_host_serving_env() -> None:
+    if Path("/etc/mlops/serving.env").exists():
+        pytest.skip("this host has /etc/mlops/serving.env, which both commands would read")
+
+
+def _record_python(tmp_path: Path) -> Path:
+    stub = tmp_path / "python"
+    stub.write_text("#!/bin/bash\n"
+                    "printf '%s\\n' \"$(pwd)\" \"$@\" > \"$RECORD\"\n")
+    stub.chmod(0o755)
+    return stub
+
+
+def test_user_data_runs_the_deploy_tasks_refresh_command(tmp_path: Path, no_host_serving_env: None) -> None:
+    """The same command line reaches `python -m serving` at setup and on every deploy through SSM."""
+    source, version = "s3://my bucket/models/wine-quality", "12"  # a space: both sides must quote
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    env = {"MLOPS_PYTHON": str(_record_python(tmp_path)), "MLOPS_APP_DIR": str(app_dir)}
+    deploy_record, setup_record = tmp_path / "deploy.txt", tmp_path / "setup.txt"
+    subprocess.run(["bash", "-c", "\n".join(deploy_refresh_commands(source, version))], check=True,
+                   env={**os.environ, **env, "RECORD": str(deploy_record)})
+    user_data(f"refresh_model '{source}' '{version}'", env={**env, "RECORD": str(setup_record)})
+    expected = [str(app_dir), "-m", "serving", "refresh", "--source", source, "--version", version]
+    assert deploy_record.read_text().splitlines() == expected
+    assert setup_record.read_text().splitlines() == expected
+
+
+def test_user_data_refresh_installs_and_activates_a_bundle(tmp_path: Path, no_host_serving_env: None) -> None:
+    """The setup's refresh for real: `python -m serving refresh` from a release directory into an empty store."""
+    usage = subprocess.run([sys.executable, "-m", "serving", "refresh", "--help"], cwd=REPO, capture_output=True,
+                           text=True)
+    if usage.returncode != 0:
+        pytest.skip(f"`python -m serving refresh` is not in this tree yet: {usage.stderr.strip()[-200:]}")
+    releases, store = tmp_path / "releases", tmp_path / "store"
+    make_bundle(releases, "3")
+    env = {"MLOPS_PYTHON": sys.executable, "MLOPS_APP_DIR": str(REPO), "SERVING_MODEL_STORE": str(store),
+           "SERVING_URL": ""}
+    done = user_data(f"refresh_model '{releases}' 3", env=env, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["status"] == "active"
+    assert (store / "CURRENT").read_text().strip() == "3" and (store / "3" / "MANIFEST.sha256").is_file()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="fetch_app makes the code root-owned: needs root")
+def test_fetch_app_from_a_release_tarball_and_again(tmp_path: Path) -> None:
+    tarball = tmp_path / "release.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(REPO / "serving", arcname="serving", filter=lambda info: None if "__pycache__" in info.name else info)
+    root = tmp_path / "opt"
+    root.mkdir()
+    settings = f"MLOPS_ROOT={root}; APP_DIR={root}/app; APP_SOURCE={tarball}"
+    for _ in range(2):  # idempotent: a second run replaces the code with the same release
+        done = user_data(settings, "fetch_app local", check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        app = root / "app"
+        assert (app / "serving" / "deploy" / "prediction-server.service").is_file()
+        assert (app / "serving" / "requirements.txt").read_text() == SERVING_REQUIREMENTS.read_text()
+        assert sorted(p.name for p in root.iterdir()) == ["app"]  # no .new/.old/download left behind
+    broken = tmp_path / "broken.tar.gz"
+    with tarfile.open(broken, "w:gz") as tar:
+        tar.add(REPO / "serving" / "gunicorn.conf.py", arcname="serving/gunicorn.conf.py")
+    done = user_data(f"MLOPS_ROOT={root}; APP_DIR={root}/app; APP_SOURCE={broken}", "fetch_app local", check=False)
+    assert done.returncode != 0 and "has no serving/requirements.txt" in done.stderr
+    assert (root / "app" / "serving" / "requirements.txt").is_file()  # the working release is untouched
+
+
+# --- prediction-server.service -------------------------------------------------------------------------------------
+
+def unit_settings(text: str) -> dict[str, dict[str, list[str]]]:
+    """systemd's format: [Section] and Key=value, keys may repeat (configparser cannot keep repeats)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, sep, value = line.partition("=")
+        assert current is not None and sep, f"not a unit line: {raw!r}"
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def test_unit_settings() -> None:
+    unit = unit_settings(UNIT.read_text())
+    service = {key: values[-1] for key, values in unit["Service"].items()}
+    assert service["User"] == "mlops" == user_data_setting("SERVICE_USER")
+    assert service["WorkingDirectory"] == "/opt/mlops/app" == user_data_setting("APP_DIR")
+    assert "/etc/mlops/serving.env" in unit["Service"]["EnvironmentFile"]
+    assert service["ExecStart"] == f"{user_data_setting('VENV')}/bin/gunicorn -c serving/gunicorn.conf.py"
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert service["Restart"] == "on-failure"
+    assert service["Type"] == "notify"  # gunicorn's arbiter sends READY=1
+    for key in ("NoNewPrivileges", "PrivateTmp", "PrivateDevices", "ProtectHome", "ProtectKernelTunables",
+                "ProtectKernelModules", "ProtectControlGroups", "RestrictSUIDSGID", "LockPersonality"):
+        assert service.get(key) == "yes", key
+    assert service["ProtectSystem"] == "strict"
+    assert service["CapabilityBoundingSet"] == ""
+    # Writable: only the runtime directory holding the Prometheus files. The store stays read-only here.
+    assert "PROMETHEUS_MULTIPROC_DIR=/run/prediction-server/metrics" in unit["Service"]["Environment"]
+    assert service["RuntimeDirectory"] == "prediction-server"
+    assert "ReadWritePaths" not in service
+    assert f"SERVING_MODEL_STORE={user_data_setting('MODEL_STORE')}" in unit["Service"]["Environment"]
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_unit_stop_timeout_outlasts_gunicorns_graceful_timeout(monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # else loading the config makes a temp dir
+    monkeypatch.delenv("SERVING_GRACEFUL_TIMEOUT", raising=False)
+    conf = runpy.run_path(str(REPO / "serving" / "gunicorn.conf.py"))
+    service = {key: values[-1] for key, values in unit_settings(UNIT.read_text())["Service"].items()}
+    assert service["KillMode"] == "mixed"  # SIGTERM to the arbiter only; it drains its workers
+    assert int(service["TimeoutStopSec"]) >= conf["graceful_timeout"] + 10
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_analyze_verify(tmp_path: Path) -> None:
+    """Every directive known and well-formed; ExecStart points at a stand-in (verify checks it is executable)."""
+    gunicorn = tmp_path / "gunicorn"
+    gunicorn.write_text("#!/bin/sh\n")
+    gunicorn.chmod(0o755)
+    unit = tmp_path / "prediction-server.service"
+    unit.write_text(UNIT.read_text().replace("/opt/mlops/venv/bin/gunicorn", str(gunicorn)))
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), done.stdout + done.stderr
+    security = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)], capture_output=True,
+                              text=True, cwd=tmp_path)
+    exposure = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout)
+    if security.returncode != 0 or not exposure:
+        pytest.skip(f"this systemd-analyze has no offline security report: {security.stderr.strip()[:200]}")
+    assert float(exposure.group(1)) <= 2.0, security.stdout[-3000:]
+
+
+def test_systemd_analyze_verify_catches_a_bad_directive(tmp_path: Path) -> None:
+    """The check above can fail: a misspelt hardening key is reported (exit code 0, so output is what counts)."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = tmp_path / "bad.service"
+    unit.write_text("[Service]\nExecStart=/bin/true\nProtectSystm=strict\n")
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, cwd=tmp_path)
+    assert "ProtectSystm" in done.stdout + done.stderr
+
+
+# --- IAM policies --------------------------------------------------------------------------------------------------
+
+def statements(path: Path) -> list[dict[str, Any]]:
+    policy = json.loads(path.read_text())
+    assert policy["Version"] == "2012-10-17"
+    found = policy["Statement"]
+    for statement in found:
+        assert statement["Effect"] == "Allow" and {"Action", "Resource"} <= set(statement), statement
+        for field in ("Action", "Resource"):
+            if isinstance(statement[field], str):
+                statement[field] = [statement[field]]
+        assert not any(a == "*" or a.endswith(":*") for a in statement["Action"]), statement
+    return found
+
+
+def _actions(found: list[dict[str, Any]], service: str) -> set[str]:
+    return {a for s in found for a in s["Action"] if a.startswith(f"{service}:")}
+
+
+def _check_s3_scope(found: list[dict[str, Any]]) -> None:
+    for statement in found:
+        for action in statement["Action"]:
+            if not action.startswith("s3:"):
+                continue
+            if action == "s3:ListBucket":
+                assert statement["Resource"] == ["arn:aws:s3:::BUCKET"]
+                assert statement["Condition"] == {"StringLike": {"s3:prefix": ["PREFIX/*"]}}
+            else:
+                assert statement["Resource"] == ["arn:aws:s3:::BUCKET/PREFIX/*"], statement
+
+
+def test_instance_policy_is_read_only_and_scoped() -> None:
+    found = statements(INSTANCE_POLICY)
+    s3 = _actions(found, "s3")
+    assert s3 == {"s3:GetObject", "s3:ListBucket"}
+    assert not any(re.match(r"s3:(Put|Delete|Create|Restore|Replicate|Abort)", a) for a in s3)
+    _check_s3_scope(found)
+    assert _actions(found, "ssm") == {"ssm:GetParameter"}
+    ssm_resources = [r for s in found if "ssm:GetParameter" in s["Action"] for r in s["Resource"]]
+    assert ssm_resources == [f"arn:aws:ssm:REGION:ACCOUNT_ID:parameter{user_data_setting('API_KEY_PARAMETER')}"]
+    assert not any(r == "*" for s in found for r in s["Resource"])
+    assert {a.partition(":")[0] for s in found for a in s["Action"]} == {"s3", "ssm"}
+
+
+def test_deployer_policy_allows_what_the_deploy_task_calls_and_no_more() -> None:
+    try:
+        from include.aws import SSM_DOCUMENT
+    except ImportError:  # the deploy task is not in this tree: the documented contract
+        SSM_DOCUMENT = "AWS-RunShellScript"
+    ec2 = ec2_config().deployment.ec2
+    found = statements(DEPLOYER_POLICY)
+    assert _actions(found, "s3") == {"s3:PutObject", "s3:GetObject", "s3:ListBucket", "s3:AbortMultipartUpload"}
+    _check_s3_scope(found)
+    assert _actions(found, "ec2") == {"ec2:DescribeInstances"}
+    assert _actions(found, "ssm") == {"ssm:SendCommand", "ssm:GetCommandInvocation", "ssm:ListCommandInvocations"}
+    send = [s for s in found if "ssm:SendCommand" in s["Action"]]
+    assert all(s["Action"] == ["ssm:SendCommand"] for s in send)
+    documents = [r for s in send for r in s["Resource"] if ":document/" in r]
+    assert documents == [f"arn:aws:ssm:REGION::document/{SSM_DOCUMENT}"]
+    for statement in send:
+        if any(":instance/" in r for r in statement["Resource"]):
+            assert statement["Resource"] == ["arn:aws:ec2:REGION:ACCOUNT_ID:instance/*"]
+            assert statement["Condition"] == {"StringEquals": {f"aws:ResourceTag/{ec2.tag_key}": ec2.tag_value}}
+        else:
+            assert "Condition" not in statement and all(":document/" in r for r in statement["Resource"])
+    wildcard = {a for s in found if "*" in s["Resource"] for a in s["Action"]}
+    assert wildcard == {"ec2:DescribeInstances", "ssm:GetCommandInvocation", "ssm:ListCommandInvocations"}
+
+
+# --- serving/deploy/bootstrap.py: the setup script's AWS look-ups, against moto ------------------------------------
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Any:
+    from moto import mock_aws
+
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SSM"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        import boto3
+
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="fleet-bucket")
+        yield {"s3": s3, "ssm": boto3.client("ssm")}
+
+
+def test_current_version_reads_the_pointer_object(aws: Any) -> None:
+    from serving.deploy import bootstrap
+
+    source = "s3://fleet-bucket/models/wine-quality"
+    assert bootstrap.current_version(source) is None  # before the first deploy
+    aws["s3"].put_object(Bucket="fleet-bucket", Key="models/wine-quality/CURRENT", Body=b"7\n")
+    assert bootstrap.current_version(source + "/") == "7"
+    aws["s3"].put_object(Bucket="fleet-bucket", Key="models/wine-quality/CURRENT", Body=b"../../etc\n")
+    with pytest.raises(bootstrap.BootstrapError, match="invalid version name"):
+        bootstrap.current_version(source)
+    with pytest.raises(bootstrap.BootstrapError, match="cannot read"):
+        bootstrap.current_version("s3://no-such-bucket/models/wine-quality")
+
+
+def test_current_version_cli_exit_codes(aws: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from serving.deploy import bootstrap
+
+    source = "s3://fleet-bucket/models/toy"
+    assert bootstrap.main(["current-version", source]) == bootstrap.NO_POINTER
+    aws["s3"].put_object(Bucket="fleet-bucket", Key="models/toy/CURRENT", Body=b"12")
+    capsys.readouterr()
+    assert bootstrap.main(["current-version", source]) == 0
+    assert capsys.readouterr().out == "12\n"
+    assert bootstrap.main(["current-version", "fleet-bucket/models/toy"]) == 1
+
+
+def test_api_key_env_file_from_a_secure_string(aws: Any, tmp_path: Path) -> None:
+    from serving.deploy import bootstrap
+
+    key = "k3y-Abc+def/ghi=jkl_mno.pqr~stu"
+    aws["ssm"].put_parameter(Name="/mlops/prediction-server/api-key", Value=key, Type="SecureString")
+    output = tmp_path / "etc" / "serving-secrets.env"
+    assert bootstrap.main(["api-key-env", "--parameter", "/mlops/prediction-server/api-key",
+                           "--output", str(output)]) == 0
+    assert output.stat().st_mode & 0o777 == 0o600
+    assert f"SERVING_API_KEY={key}\n" in output.read_text()
+    # The file reads back the same through a shell `.` and through systemd's parser rules (no quoting needed).
+    sourced = subprocess.run(["bash", "-c", f'set -a; . "{output}"; printf %s "$SERVING_API_KEY"'],
+                             capture_output=True, text=True, check=True).stdout
+    assert sourced == key
+    assert sorted(p.name for p in output.parent.iterdir()) == ["serving-secrets.env"]  # no temp file left
+
+
+@pytest.mark.parametrize("value, kind, error", [
+    ("a-perfectly-fine-key-value", "String", "not a SecureString"),
+    ("short", "SecureString", "16-4096 characters"),
+    ("has a space and $(command)", "SecureString", "16-4096 characters"),
+])
+def test_api_key_refuses_plain_or_unsafe_values(aws: Any, value: str, kind: str, error: str) -> None:
+    from serving.deploy import bootstrap
+
+    aws["ssm"].put_parameter(Name="/k", Value=value, Type=kind)
+    with pytest.raises(bootstrap.BootstrapError, match=re.escape(error)):
+        bootstrap.api_key("/k")
+    with pytest.raises(bootstrap.BootstrapError, match="cannot read SSM parameter"):
+        bootstrap.api_key("/missing")
+
+
+@pytest.fixture
+def layout() -> Any:
+    """A world-readable stand-in for /opt/mlops and /etc/mlops (the service user must be able to reach it)."""
+    root = Path(tempfile.mkdtemp(prefix="mlops-layout-", dir="/tmp"))
+    root.chmod(0o755)
+    for name in ("etc", "bin", "app", "venv/bin", "models"):
+        (root / name).mkdir(parents=True)
+    python = root / "venv" / "bin" / "python"  # records who runs it, where, with which settings and arguments
+    python.write_text('#!/bin/sh\nprintf "%s\\n" "$(id -un)" "$(pwd)" "$SERVING_MODEL_STORE" "$AWS_DEFAULT_REGION" "$@"\n')
+    python.chmod(0o755)
+    yield root
+    shutil.rmtree(root)
+
+
+def test_settings_file_and_the_store_commands_run_as_the_service_user(layout: Path) -> None:
+    """serving.env reads the same in systemd and bash; refresh/rollback called as root run as the service user."""
+    user = "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+    settings = (f"ETC_DIR={layout}/etc BIN_DIR={layout}/bin CLI={layout}/bin/mlops-serving VENV={layout}/venv "
+                f"APP_DIR={layout}/app MODEL_STORE={layout}/models REGION=eu-west-1 API_KEY_PARAMETER= "
+                f"SERVICE_USER={user}; ")
+    done = user_data(settings + "write_config")
+    assert "API_KEY_PARAMETER is empty" in done.stdout + done.stderr  # no key: said loudly
+    env_file = layout / "etc" / "serving.env"
+    assert env_file.stat().st_mode & 0o777 == 0o644 and not (layout / "etc" / "serving-secrets.env").exists()
+    lines = [line for line in env_file.read_text().splitlines() if line and not line.startswith("#")]
+    assert all(re.fullmatch(r"[A-Z_]+=[^\s'\"$`\\]+", line) for line in lines), lines  # no quoting rules needed
+    values = dict(line.split("=", 1) for line in lines)
+    assert values == {"SERVING_BIND": "0.0.0.0:8000", "SERVING_WORKERS": "2", "SERVING_MODEL_STORE": f"{layout}/models",
+                      "SERVING_URL": "http://127.0.0.1:8000", "MLOPS_APP_DIR": f"{layout}/app",
+                      "MLOPS_PYTHON": f"{layout}/bin/python", "AWS_REGION": "eu-west-1",
+                      "AWS_DEFAULT_REGION": "eu-west-1"}
+    ran = subprocess.run([str(layout / "bin" / "mlops-serving"), "rollback"], capture_output=True, text=True,
+                         timeout=30)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == [user, f"{layout}/app", f"{layout}/models", "eu-west-1", "-m", "serving",
+                                       "rollback"]
