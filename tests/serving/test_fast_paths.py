@@ -1,0 +1,51 @@
+"""The forest fast path in serving.model answers exactly as sklearn does, and steps aside when it would not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving import model as model_mod
+from serving.inputs import validate
+from serving.model import load_bundle
+from tests.serving_support import toy_frame
+
+
+def _final(model: model_mod.LoadedModel):
+    return model.estimator.steps[-1][1]
+
+
+def test_regression_forest_sums_trees_directly_with_identical_results(bundles: Path) -> None:
+    model = load_bundle(bundles / "1")
+    final = _final(model)
+    assert isinstance(vars(final).get("predict"), model_mod._SummedTrees)
+    frame = toy_frame("regression", rows=300, seed=7).drop(columns="y")  # NaN in x1: imputed before the forest
+    records = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+               for row in frame.to_dict("records")]
+    batch = validate(records, model.contract, max_rows=1000)
+    fast = np.array(model.predict(batch.columns).values)
+    del final.predict
+    slow = np.array(model.predict(batch.columns).values)
+    assert np.array_equal(fast, slow)  # bit-identical, not approximately equal
+
+
+def test_unusual_input_goes_to_sklearn(bundles: Path) -> None:
+    final = _final(load_bundle(bundles / "1"))
+    fast = vars(final)["predict"]
+    x = np.full((2, final.n_features_in_), np.nan)  # non-finite: sklearn decides (forests may route NaN)
+    assert np.array_equal(fast(x), type(final).predict(final, x))
+    with pytest.raises(ValueError, match="features"):  # the wrong width: sklearn's own error
+        fast(np.zeros((1, final.n_features_in_ + 1)))
+
+
+def test_classifier_is_left_alone(bundles: Path) -> None:
+    assert "predict" not in vars(_final(load_bundle(bundles / "c1")))
+
+
+def test_a_fast_path_that_disagrees_is_dropped(bundles: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = model_mod._SummedTrees.__call__
+    monkeypatch.setattr(model_mod._SummedTrees, "__call__", lambda self, X, **kw: original(self, X, **kw) + 1e-9)
+    model = load_bundle(bundles / "1")
+    assert "predict" not in vars(_final(model))
