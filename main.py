@@ -1,9 +1,9 @@
 """Run the ML pipeline without Airflow: `python main.py` runs every stage in order.
 
-    python main.py                      # ingest -> validate -> transform -> train -> evaluate
+    python main.py                      # ingest -> ... -> evaluate -> deploy -> verify
     python main.py --stage train        # one stage, on the latest run's outputs
     python main.py --run-id my-run      # choose the run id (artifacts/<run id>/)
-    python main.py --rollback [VERSION] # make an earlier model version champion again
+    python main.py --rollback [VERSION] # make an earlier model version champion again, and deploy it
 """
 
 from __future__ import annotations
@@ -99,6 +99,10 @@ def _print_summary(run_id: str, outcomes: list[pipeline.StageOutcome]) -> None:
     print(f"gate: {'PROMOTED' if decision.promoted else 'kept the champion'} - {decision.reason}")
     print(f"champion: {evaluated.model_name} v{evaluated.champion_version} on this test set: "
           + ", ".join(f"{k}={v:.4f}" for k, v in evaluated.champion_metrics.items()))
+    for stage in ("deploy", "verify"):
+        result = next((o.result for o in outcomes if o.stage == stage), None)
+        if result is not None:
+            print(f"{stage}: {result.summary()}")
 
 
 def _rollback(cm: "ConfigurationManager", version: str) -> int:
@@ -114,6 +118,12 @@ def _rollback(cm: "ConfigurationManager", version: str) -> int:
         print(f"rollback failed: {exc}", file=sys.stderr)
         return 1
     print(f"{name}: champion is now version {chosen}")
+    try:
+        deployed = pipeline.run_deploy(cm, artifacts.safe_run_id(f"rollback-{artifacts.new_run_id()}"), chosen)
+    except PipelineError as exc:
+        print(f"rollback deploy failed (the registry already names version {chosen}): {exc}", file=sys.stderr)
+        return 1
+    print(f"deploy: {deployed.summary()}")
     return 0
 
 

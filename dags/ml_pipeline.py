@@ -1,8 +1,8 @@
 """
-### ml_pipeline: train, evaluate and register the model
+### ml_pipeline: train, evaluate, register and deploy the model
 
 One task per stage of `include/ml/pipeline.py`:
-**ingest → validate → transform → train → evaluate**. Each task calls
+**ingest → validate → transform → train → evaluate → deploy → verify**. Each task calls
 `run_<stage>(cm, run_id)` with this DAG run's id made path-safe, so a run writes
 `<artifacts_root>/<run id>/<stage>/` exactly as `python main.py --run-id <run id>` would,
 and any task can be cleared and re-run alone. Tasks pass each other only small
@@ -16,8 +16,15 @@ summaries (paths, counts, MLflow ids, the model version, metrics) through XCom.
   default hyperparameters: the YAML's belong to the configured family); empty = `params.yaml`.
 * `force_promote`: make the new model the champion even if the champion/challenger gate says no.
 
-**Failures**: a data-validation failure or a configuration error fails its task at once
-(retrying cannot fix the data); anything else is retried with exponential backoff.
+**Deploy** runs only when evaluation promoted a new champion (otherwise it is *skipped*, and its log says
+why): it puts the champion on `deployment.target` from `config.yaml` — `local`, the prediction server of
+`make up` on 127.0.0.1:8000, or `ec2`, the fleet refreshed one batch at a time through S3 and SSM, rolled
+back if any server fails. **Verify** then sends the model's input example to every server and checks the
+answers equal the registered model's own predictions.
+
+**Failures**: a data-validation failure, a configuration error or a rolled-back deploy fails its task
+at once (retrying cannot fix the data; a person should look at a failed rollout); anything else is
+retried with exponential backoff.
 
 **Links and lineage**: validate has a *Data Docs* button, train and evaluate an *MLflow run* button
 (`plugins/mlops_links.py`); the Assets view shows source → snapshot → registered model.
@@ -82,6 +89,19 @@ def _stage(run_id: str, params: dict[str, Any]) -> tuple[Any, str]:
     return cm, safe_run_id(run_id)
 
 
+def _skip_or_return(result: Any) -> dict[str, Any]:
+    """A stage that had nothing to do is shown as skipped in the UI, with the reason in the log."""
+    from dataclasses import asdict
+
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from include.ml.components.deployment import Skipped
+
+    if isinstance(result, Skipped):
+        raise AirflowSkipException(result.summary())
+    return asdict(result)
+
+
 def _run_url(cm: Any, result: Any) -> str:
     from include.ml.tracking import run_url
 
@@ -90,7 +110,7 @@ def _run_url(cm: Any, result: Any) -> str:
 
 @dag(
     dag_id="ml_pipeline",
-    description="ingest -> validate -> transform -> train -> evaluate (include/ml/pipeline.py)",
+    description="ingest -> validate -> transform -> train -> evaluate -> deploy -> verify (include/ml/pipeline.py)",
     doc_md=__doc__,
     schedule=CONFIG.get("airflow", {}).get("schedule", DEFAULT_SCHEDULE),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
@@ -109,6 +129,9 @@ def _run_url(cm: Any, result: Any) -> str:
         "retry_policy": ExceptionRetryPolicy(rules=[
             RetryRule(exception=["include.ml.exceptions.DataValidationError", "include.ml.exceptions.ConfigError"],
                       action=RetryAction.FAIL, reason="bad data or configuration: retrying cannot fix it"),
+            # A failed rollout has already put every server back; a person should look before another try.
+            RetryRule(exception=["include.ml.exceptions.DeploymentError"],
+                      action=RetryAction.FAIL, reason="deploy failed and was rolled back"),
         ]),
     },
     params={
@@ -170,7 +193,18 @@ def ml_pipeline() -> None:
                 "metrics": {name: float(value) for name, value in result.metrics.items()},
                 "champion_metrics": {name: float(value) for name, value in result.champion_metrics.items()}}
 
-    ingest() >> validate() >> transform() >> train() >> evaluate()
+    @task
+    def deploy(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        from include.ml.pipeline import run_deploy
 
+        return _skip_or_return(run_deploy(*_stage(run_id, params)))
+
+    @task
+    def verify(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        from include.ml.pipeline import run_verify
+
+        return _skip_or_return(run_verify(*_stage(run_id, params)))
+
+    ingest() >> validate() >> transform() >> train() >> evaluate() >> deploy() >> verify()
 
 ml_pipeline()

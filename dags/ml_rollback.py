@@ -3,7 +3,9 @@
 
 Trigger it from the UI with **version** set to the registered version to restore, or leave it
 empty to restore the previous champion. The move is recorded in the registered model's
-`champion_history` tag like any promotion. (Once deployment exists, a deploy task follows.)
+`champion_history` tag like any promotion. The **deploy** task then puts that version on
+`deployment.target` by the same path as `ml_pipeline`'s deploy (rolling, verified, rolled back on failure);
+the servers keep earlier bundles on disk, so going back is a pointer move, not a download.
 """
 
 from __future__ import annotations
@@ -43,7 +45,23 @@ def ml_rollback() -> None:
         after = registry.rollback(name, params.get("version") or None)
         return {"model_name": name, "champion_before": before, "champion_after": after}
 
-    rollback()
+    @task
+    def deploy(rolled_back: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from include.ml.artifacts import safe_run_id
+        from include.ml.components.deployment import Skipped
+        from include.ml.configuration import ConfigurationManager
+        from include.ml.pipeline import run_deploy
+
+        result = run_deploy(ConfigurationManager(), safe_run_id(run_id), rolled_back["champion_after"])
+        if isinstance(result, Skipped):
+            raise AirflowSkipException(result.summary())
+        return asdict(result)
+
+    deploy(rollback())
 
 
 ml_rollback()

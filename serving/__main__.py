@@ -1,4 +1,4 @@
-"""Model store commands: `python -m serving {export,activate,rollback,status}`.
+"""Model store commands: `python -m serving {export,refresh,activate,rollback,status}`.
 
 `activate` is the hot-swap trigger: it checks the bundle (checksums, load,
 self-check) in its own process, moves the store's CURRENT pointer, and, given
@@ -98,10 +98,19 @@ def main(argv: list[str] | None = None) -> int:
         cmd = sub.add_parser(name, help=text)
         if name == "activate":
             cmd.add_argument("version")
-        cmd.add_argument("--url", help="running server to confirm the switch on, e.g. http://127.0.0.1:8000")
+        cmd.add_argument("--url", default=os.environ.get("SERVING_URL") or None,
+                         help="running server to confirm the switch on (default: $SERVING_URL; none: do not wait)")
         cmd.add_argument("--timeout", type=float, default=60.0)
         cmd.add_argument("--confirmations", type=int, default=10,
                          help="consecutive /version answers that must show the new version")
+    ref = sub.add_parser("refresh", help="fetch VERSION from --source, verify it, activate it (the deploy step's "
+                                         "command on every server)")
+    ref.add_argument("--source", required=True, help="s3://bucket/prefix/model or a directory holding <version>/")
+    ref.add_argument("--version", required=True)
+    ref.add_argument("--url", default=os.environ.get("SERVING_URL") or None,
+                     help="running server to confirm the switch on (default: $SERVING_URL; none: do not wait)")
+    ref.add_argument("--timeout", type=float, default=60.0)
+    ref.add_argument("--confirmations", type=int, default=10)
     sub.add_parser("status", help="versions in the store and the pointers")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -117,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             result: dict[str, Any] = {"status": "exported", "bundle": str(bundle), "version": bundle.name}
             if args.activate:
                 result = activate(store_dir, bundle.name, None, 0, 0)
+        elif args.command == "refresh":
+            store.fetch(args.source, args.version, store_dir)
+            result = activate(store_dir, args.version, args.url, args.timeout, args.confirmations)
         elif args.command == "activate":
             result = activate(store_dir, args.version, args.url, args.timeout, args.confirmations)
         elif args.command == "rollback":

@@ -127,6 +127,48 @@ def versions(store: Path) -> list[str]:
                   key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
 
 
+def fetch(source: str, version: str, store: Path) -> Path:
+    """Copy bundle <source>/<version>/ into the store, verified; `source` is s3://bucket/prefix or a directory.
+
+    A version already in the store is verified and kept, so fetching twice changes nothing.
+    """
+    check_version_name(version)
+    if (store / version).exists():
+        verify_manifest(store / version)
+        return store / version
+    staged = staging_dir(store)
+    try:
+        if source.startswith("s3://"):
+            _download_s3(source.rstrip("/") + f"/{version}", staged)
+        else:
+            origin = Path(source.removeprefix("file://")) / version
+            if not origin.is_dir():
+                raise BundleError(f"no bundle at {origin}")
+            shutil.copytree(origin, staged, dirs_exist_ok=True)
+        return install(staged, store, version)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def _download_s3(uri: str, target: Path) -> None:
+    """The manifest first, then exactly the files it lists (credentials and endpoint: boto3's usual chain)."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    s3 = boto3.client("s3")
+    try:
+        s3.download_file(bucket, f"{prefix}/{MANIFEST}", str(target / MANIFEST))
+        for line in (target / MANIFEST).read_text().splitlines():
+            name = line.partition("  ")[2]
+            if not name or name.startswith("/") or ".." in Path(name).parts:
+                raise BundleError(f"{uri}/{MANIFEST}: unsafe or malformed entry {line[:80]!r}")
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, f"{prefix}/{name}", str(target / name))
+    except (BotoCoreError, ClientError) as exc:
+        raise BundleError(f"cannot download {uri}: {exc}") from exc
+
+
 def export(model_name: str, version_or_alias: str, store: Path) -> Path:
     """Copy a registered MLflow model version into the store as a bundle (needs MLflow; the server does not)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file floods task logs

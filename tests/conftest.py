@@ -39,7 +39,11 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MLOPS_ARTIFACTS_ROOT", str(root / "artifacts"))
     monkeypatch.setenv("MLOPS_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
     monkeypatch.setenv("MLOPS_ARTIFACT_LOCATION", str(root / "mlartifacts"))
-    for name in ("MLOPS_SOURCE_URI", "MLOPS_CONFIG_DIR", "MLFLOW_TRACKING_URI"):
+    # The local deploy target gets its own model store, and a server URL where nothing listens.
+    monkeypatch.setenv("MLOPS_MODEL_STORE", str(root / "models"))
+    monkeypatch.setenv("MLOPS_SERVING_URL", f"http://127.0.0.1:{free_port()}")
+    for name in ("MLOPS_SOURCE_URI", "MLOPS_CONFIG_DIR", "MLFLOW_TRACKING_URI", "MLOPS_DEPLOY_TARGET",
+                 "MLOPS_S3_BUCKET", "SERVING_URL", "SERVING_MODEL_STORE"):
         monkeypatch.delenv(name, raising=False)
     root.mkdir(parents=True)
     return root

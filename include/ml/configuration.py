@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 from include.ml.entities import (
-    DTYPES, METRICS, TASKS, ColumnSpec, DataSourceConfig, DeploymentConfig, EvaluationConfig,
+    DEPLOY_TARGETS, DTYPES, METRICS, TASKS, ColumnSpec, DataSourceConfig, DeploymentConfig, Ec2TargetConfig,
+    EvaluationConfig, LocalTargetConfig,
     IngestionConfig, MlflowConfig, ModelConfig, PipelineConfig, PromotionConfig, SchemaConfig,
     SplitConfig, TrainingConfig, TransformationConfig, ValidationConfig,
 )
@@ -34,6 +35,10 @@ ENV_OVERRIDES = {
     "MLOPS_TRACKING_URI": "mlflow.tracking_uri",
     "MLOPS_ARTIFACT_LOCATION": "mlflow.artifact_location",
     "MLOPS_MLFLOW_UI_URL": "mlflow.ui_url",
+    "MLOPS_DEPLOY_TARGET": "deployment.target",
+    "MLOPS_MODEL_STORE": "deployment.local.model_store",
+    "MLOPS_SERVING_URL": "deployment.local.server_url",
+    "MLOPS_S3_BUCKET": "deployment.ec2.s3_bucket",
 }
 _MISSING = object()
 
@@ -159,14 +164,8 @@ class ConfigurationManager:
             raise ConfigError(cfg.file, "airflow.schedule",
                               f"expected a 5-field cron expression such as '0 2 * * *' (or null), got {schedule!r}")
 
-        dep = cfg.section("deployment", {"enabled", "model_alias", "region", "s3_bucket", "s3_prefix",
-                                         "ec2_tag_key", "ec2_tag_value", "serving_port"})
-        deployment = DeploymentConfig(
-            dep.get("enabled", bool), dep.get("model_alias", str), dep.get("region", str),
-            dep.get("s3_bucket", str), dep.get("s3_prefix", str), dep.get("ec2_tag_key", str),
-            dep.get("ec2_tag_value", str), dep.get("serving_port", int))
-        if deployment.enabled and not deployment.s3_bucket:
-            raise ConfigError(dep.file, "deployment.s3_bucket", "required when deployment.enabled is true")
+        deployment = self._deployment(cfg.section("deployment", {
+            "target", "model_alias", "batch_size", "verify_timeout_seconds", "local", "ec2"}), env, root)
         artifacts_root = _absolute(env.get("MLOPS_ARTIFACTS_ROOT") or cfg.get("artifacts_root", str), root)
 
         schema = self._schema(_Section(str(paths["schema.yaml"]), "", raw["schema.yaml"],
@@ -176,6 +175,29 @@ class ConfigurationManager:
             model_family)
         return PipelineConfig(root, self.config_dir, artifacts_root.resolve(), data_source, mlflow_cfg,
                               deployment, schema, split, model, promotion, MappingProxyType(hashes), schedule)
+
+    @staticmethod
+    def _deployment(dep: _Section, env: dict[str, str], root: Path) -> DeploymentConfig:
+        target = env.get("MLOPS_DEPLOY_TARGET") or dep.get("target", str)
+        if target not in DEPLOY_TARGETS:
+            raise ConfigError(dep.file, "deployment.target", f"expected one of {', '.join(DEPLOY_TARGETS)}, "
+                                                             f"got {target!r}")
+        batch_size = dep.get("batch_size", int, 1)
+        if batch_size < 1:
+            raise ConfigError(dep.file, "deployment.batch_size", "expected at least 1 instance per batch")
+        loc = dep.section("local", {"model_store", "server_url"})
+        local = LocalTargetConfig(_absolute(env.get("MLOPS_MODEL_STORE") or loc.get("model_store", str), root),
+                                  (env.get("MLOPS_SERVING_URL") or loc.get("server_url", str)).rstrip("/"))
+        e = dep.section("ec2", {"aws_conn_id", "region", "s3_bucket", "s3_prefix", "tag_key", "tag_value",
+                                "instance_url", "command_timeout_seconds"})
+        ec2 = Ec2TargetConfig(e.get("aws_conn_id", str), e.get("region", str),
+                              env.get("MLOPS_S3_BUCKET") or e.get("s3_bucket", str), e.get("s3_prefix", str),
+                              e.get("tag_key", str), e.get("tag_value", str), e.get("instance_url", str),
+                              e.get("command_timeout_seconds", int, 600))
+        if target == "ec2" and not ec2.s3_bucket:
+            raise ConfigError(dep.file, "deployment.ec2.s3_bucket", "required when deployment.target is ec2")
+        return DeploymentConfig(target, dep.get("model_alias", str), batch_size,
+                                dep.get("verify_timeout_seconds", float, 120.0), local, ec2)
 
     @staticmethod
     def _schema(top: _Section) -> SchemaConfig:

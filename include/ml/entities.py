@@ -34,16 +34,40 @@ class MlflowConfig:
     ui_url: str
 
 
+DEPLOY_TARGETS = ("none", "local", "ec2")
+
+
 @dataclass(frozen=True)
-class DeploymentConfig:
-    enabled: bool
-    model_alias: str
+class LocalTargetConfig:
+    model_store: Path  # the store the local prediction server reads
+    server_url: str
+
+
+@dataclass(frozen=True)
+class Ec2TargetConfig:
+    aws_conn_id: str
     region: str
     s3_bucket: str
     s3_prefix: str
-    ec2_tag_key: str
-    ec2_tag_value: str
-    serving_port: int
+    tag_key: str
+    tag_value: str
+    # How the deploy task reaches an instance's server; fields: instance_id, private_ip, public_ip,
+    # private_dns, tags (e.g. {tags[Name]}).
+    instance_url: str
+    command_timeout_seconds: int
+
+    def source(self, model_name: str) -> str:
+        return f"s3://{self.s3_bucket}/{self.s3_prefix.strip('/')}/{model_name}"
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    target: str  # none | local | ec2
+    model_alias: str
+    batch_size: int
+    verify_timeout_seconds: float
+    local: LocalTargetConfig
+    ec2: Ec2TargetConfig
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,10 @@ class TrainingError(PipelineError):
     """The model could not be trained or logged."""
 
 
+class DeploymentError(PipelineError):
+    """A rollout stopped; every server was returned to the version it served before."""
+
+
 class StageInputError(PipelineError):
     """A stage's inputs from an earlier stage are missing."""
 

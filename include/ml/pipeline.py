@@ -14,7 +14,7 @@ from include.ml.configuration import ConfigurationManager
 
 log = logging.getLogger(__name__)
 
-STAGES = ("ingest", "validate", "transform", "train", "evaluate")
+STAGES = ("ingest", "validate", "transform", "train", "evaluate", "deploy", "verify")
 
 
 def _dir(cm: ConfigurationManager, run_id: str, stage: str) -> Path:
@@ -73,9 +73,36 @@ def run_evaluate(cm: ConfigurationManager, run_id: str, force_promote: bool = Fa
                                _dir(cm, run_id, "evaluate"), force_promote=force_promote)
 
 
+def run_deploy(cm: ConfigurationManager, run_id: str, version: str | None = None) -> Any:
+    """Put `version` (default: this run's model, if evaluation promoted it) on the configured target."""
+    from include.ml.components import deployment, evaluation
+
+    config = cm.config.deployment
+    if version is None:
+        evaluated = artifacts.read_json(_dir(cm, run_id, "evaluate") / evaluation.RESULT)
+        if not evaluated["decision"]["promoted"]:
+            return deployment.Skipped(f"version {evaluated['version']} was not promoted "
+                                      f"({evaluated['decision']['reason']})")
+        version = str(evaluated["version"])
+    if config.target == "none":
+        return deployment.Skipped("deployment.target is none")
+    return deployment.deploy(cm.config, version, _dir(cm, run_id, "deploy"))
+
+
+def run_verify(cm: ConfigurationManager, run_id: str) -> Any:
+    """Check every server this run deployed to answers as the registered model does."""
+    from include.ml.components import deployment
+
+    deployed = _dir(cm, run_id, "deploy") / deployment.RESULT
+    if not deployed.is_file():
+        return deployment.Skipped("this run deployed nothing")
+    return deployment.verify_fleet(artifacts.read_json(deployed), _dir(cm, run_id, "deploy") / "release",
+                                   _dir(cm, run_id, "verify"))
+
+
 RUNNERS: dict[str, Callable[..., Any]] = {
     "ingest": run_ingest, "validate": run_validate, "transform": run_transform,
-    "train": run_train, "evaluate": run_evaluate,
+    "train": run_train, "evaluate": run_evaluate, "deploy": run_deploy, "verify": run_verify,
 }
 
 

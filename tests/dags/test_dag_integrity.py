@@ -23,7 +23,7 @@ MAX_PARSE_SECONDS = 5.0  # Airflow's own limit ([core] dagbag_import_timeout) is
 LOAD_DAGBAG = """
 import json, sys
 from airflow.dag_processing.dagbag import DagBag
-from include.ml.exceptions import ConfigError, DataValidationError
+from include.ml.exceptions import ConfigError, DataValidationError, DeploymentError
 
 bag = DagBag(sys.argv[1])
 dags = {}
@@ -37,6 +37,7 @@ for dag_id, dag in bag.dags.items():
             "on_error": {name: policy.evaluate(error, 1, task.retries + 1).action.value if policy else None
                          for name, error in [("DataValidationError", DataValidationError([], None)),
                                              ("ConfigError", ConfigError("f", "k", "bad")),
+                                             ("DeploymentError", DeploymentError("refused")),
                                              ("RuntimeError", RuntimeError("flaky"))]},
         }
     dags[dag_id] = {"file": dag.fileloc, "tags": sorted(dag.tags), "catchup": dag.catchup,
@@ -99,13 +100,14 @@ def test_every_dag_is_tagged_and_retries(dagbag: dict) -> None:
 
 def test_ml_pipeline_shape(dagbag: dict) -> None:
     dag = dagbag["dags"]["ml_pipeline"]
-    assert list(dag["tasks"]) == ["ingest", "validate", "transform", "train", "evaluate"]
+    assert list(dag["tasks"]) == ["ingest", "validate", "transform", "train", "evaluate", "deploy", "verify"]
     assert (dag["catchup"], dag["max_active_runs"]) == (False, 1)
     assert dag["params"] == ["force_promote", "model_family", "source"]
     for task in dag["tasks"].values():
         assert task["backoff"] > 1  # exponential backoff between retries
         # bad data or config fails at once; anything else gets the normal retries
-        assert task["on_error"] == {"DataValidationError": "fail", "ConfigError": "fail", "RuntimeError": "default"}
+        assert task["on_error"] == {"DataValidationError": "fail", "ConfigError": "fail", "DeploymentError": "fail",
+                                    "RuntimeError": "default"}
 
 
 @pytest.mark.parametrize("dag_file", sorted(DAGS.glob("*.py")), ids=lambda p: p.name)

@@ -166,6 +166,25 @@ def test_schedule_must_be_cron_or_null(config_dir: Path, edit_yaml) -> None:
     expect_error(config_dir, "config.yaml", "airflow.schedule", "expected a 5-field cron expression")
 
 
-def test_enabled_deployment_needs_a_bucket(config_dir: Path, edit_yaml) -> None:
-    edit_yaml(config_dir / "config.yaml", lambda d: d["deployment"].update(enabled=True))
-    expect_error(config_dir, "config.yaml", "deployment.s3_bucket", "required when deployment.enabled is true")
+def test_ec2_deployment_needs_a_bucket(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "config.yaml", lambda d: d["deployment"].update(target="ec2"))
+    expect_error(config_dir, "config.yaml", "deployment.ec2.s3_bucket", "required when deployment.target is ec2")
+
+
+@pytest.mark.parametrize("change, key, problem", [
+    (lambda d: d["deployment"].update(target="k8s"), "deployment.target", "expected one of none, local, ec2"),
+    (lambda d: d["deployment"].update(batch_size=0), "deployment.batch_size", "at least 1"),
+    (lambda d: d["deployment"]["ec2"].update(bucket="b"), "deployment.ec2.bucket", "unknown key"),
+])
+def test_bad_deployment_settings(config_dir: Path, edit_yaml, change, key: str, problem: str) -> None:
+    edit_yaml(config_dir / "config.yaml", change)
+    expect_error(config_dir, "config.yaml", key, problem)
+
+
+def test_deployment_env_overrides(config_dir: Path) -> None:
+    deployment = ConfigurationManager(config_dir, env={
+        "MLOPS_DEPLOY_TARGET": "ec2", "MLOPS_S3_BUCKET": "releases", "MLOPS_MODEL_STORE": "/srv/models",
+        "MLOPS_SERVING_URL": "http://127.0.0.1:9/"}).config.deployment
+    assert (deployment.target, deployment.ec2.s3_bucket) == ("ec2", "releases")
+    assert deployment.local.model_store == Path("/srv/models") and deployment.local.server_url == "http://127.0.0.1:9"
+    assert deployment.ec2.source("wine") == "s3://releases/models/wine"

@@ -1,0 +1,246 @@
+"""The ec2 deploy target against moto in server mode, with real gunicorn servers standing in for the instances.
+
+The Amazon provider's S3Hook, EC2Hook and SsmHook talk to moto over HTTP. moto records SSM commands but does not
+run them, so the runner below sends each command through SSM as production does and then runs the very same
+shell lines on this machine, against the stand-in server of that instance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from include.aws import SSM_DOCUMENT, SsmRunner
+from include.ml.components import deployment
+from include.ml.components.deployment import CommandResult, Instance
+from include.ml.configuration import ConfigurationManager
+from include.ml.exceptions import DeploymentError
+from tests.conftest import free_port
+from tests.serving_support import GOOD_ROW, REPO, PredictionServer, get_json, register_toy_model
+
+pytestmark = pytest.mark.integration
+MODEL = "toy"
+CONN_ID = "aws_moto"
+
+
+class StandInSsmRunner(SsmRunner):
+    """Sends through SSM (to moto), then runs the sent lines locally in the instance's environment."""
+
+    def __init__(self, config: Any, instances: dict[str, "StandIn"], endpoint: str) -> None:
+        super().__init__(config, poll_seconds=0.1)
+        self.instances, self.endpoint = instances, endpoint
+        self.sent: list[dict[str, Any]] = []
+        # Record the request as it goes on the wire (moto lists every instance on a command; see below).
+        self.hook.conn.meta.events.register("provide-client-params.ssm.SendCommand",
+                                            lambda params, **_: self.sent.append(params))
+
+    def run(self, instance: Instance, commands: list[str], comment: str) -> CommandResult:
+        command_id = self.send(instance, commands, comment)
+        assert self.wait(command_id, instance).exit_code == 0  # moto answers Success without running anything
+        stand_in = self.instances[instance.instance_id]
+        env = {**os.environ, "MLOPS_APP_DIR": str(REPO), "MLOPS_PYTHON": sys.executable,
+               "SERVING_MODEL_STORE": str(stand_in.server.store), "SERVING_URL": stand_in.server.url,
+               "AWS_ENDPOINT_URL": self.endpoint}
+        done = subprocess.run(["bash", "-c", "\n".join(commands)], env=env, capture_output=True, text=True,
+                              timeout=120)
+        return CommandResult(done.returncode, done.stdout, done.stderr)
+
+
+class StandIn:
+    """A real prediction server, and a client polling it the whole time, counting anything but a 200."""
+
+    def __init__(self, server: PredictionServer) -> None:
+        self.server = server
+        self.outcomes: Counter = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        body = json.dumps(GOOD_ROW).encode()
+        while not self._stop.is_set():
+            request = urllib.request.Request(f"{self.server.url}/predict", body, {"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    self.outcomes[(response.status, response.headers["X-Model-Version"])] += 1
+            except urllib.error.HTTPError as exc:
+                self.outcomes[(exc.code, None)] += 1
+            except OSError as exc:
+                self.outcomes[(type(exc).__name__, None)] += 1
+
+    def start_polling(self) -> None:
+        self._thread.start()
+
+    def stop_polling(self) -> Counter:
+        self._stop.set()
+        self._thread.join()
+        return self.outcomes
+
+    def version(self) -> str:
+        return get_json(f"{self.server.url}/version")["version"]
+
+
+@pytest.fixture
+def aws(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    import boto3
+
+    urllib.request.urlopen(urllib.request.Request(f"{s3_endpoint}/moto-api/reset", method="POST")).close()
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps({
+        "conn_type": "aws", "login": "testing", "password": "testing",
+        "extra": {"region_name": "us-east-1", "endpoint_url": s3_endpoint}}))
+    clients = {name: boto3.client(name, endpoint_url=s3_endpoint, region_name="us-east-1")
+               for name in ("s3", "ec2", "ssm")}
+    clients["s3"].create_bucket(Bucket="releases")
+    yield clients
+
+
+@pytest.fixture
+def config(config_dir: Path, edit_yaml: Any, isolated_env: Path, aws: Any) -> Any:
+    def change(data: dict[str, Any]) -> None:
+        data["mlflow"]["registered_model_name"] = MODEL
+        data["deployment"].update(target="ec2", verify_timeout_seconds=60)
+        data["deployment"]["ec2"].update(aws_conn_id=CONN_ID, s3_bucket="releases", s3_prefix="models",
+                                         tag_value="toy-server", instance_url="{tags[ServingUrl]}")
+
+    edit_yaml(config_dir / "config.yaml", change)
+    cm = ConfigurationManager(config_dir)
+    from include.ml import tracking
+
+    experiment = tracking.configure(cm.config.mlflow)
+    assert register_toy_model(MODEL, experiment) == "1" and register_toy_model(MODEL, experiment, offset=100.0) == "2"
+    return cm.config
+
+
+@pytest.fixture
+def fleet(aws: Any, tmp_path: Path) -> Iterator[dict[str, StandIn]]:
+    """Three tagged instances in moto, each with a real gunicorn server on its own port and store."""
+    stand_ins: dict[str, StandIn] = {}
+    with _servers(tmp_path, 3) as servers:
+        for server in servers:
+            launched = aws["ec2"].run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, TagSpecifications=[{
+                "ResourceType": "instance", "Tags": [{"Key": "Role", "Value": "toy-server"},
+                                                     {"Key": "ServingUrl", "Value": server.url}]}])
+            stand_ins[launched["Instances"][0]["InstanceId"]] = StandIn(server)
+        # an instance of another fleet, and a stopped one of ours: neither may be touched
+        aws["ec2"].run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, TagSpecifications=[{
+            "ResourceType": "instance", "Tags": [{"Key": "Role", "Value": "other"}]}])
+        stopped = aws["ec2"].run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, TagSpecifications=[{
+            "ResourceType": "instance", "Tags": [{"Key": "Role", "Value": "toy-server"}]}])
+        aws["ec2"].stop_instances(InstanceIds=[stopped["Instances"][0]["InstanceId"]])
+        yield stand_ins
+
+
+class _servers:
+    def __init__(self, tmp_path: Path, count: int) -> None:
+        self.servers = [PredictionServer(tmp_path / f"instance-{i}" / "models", free_port(), tmp_path / f"{i}.log")
+                        for i in range(count)]
+
+    def __enter__(self) -> list[PredictionServer]:
+        for server in self.servers:
+            server.__enter__()
+        return self.servers
+
+    def __exit__(self, *exc: Any) -> None:
+        for server in self.servers:
+            server.__exit__(*exc)
+
+
+def deploy(config: Any, version: str, fleet: dict[str, StandIn], endpoint: str, out: Path) -> tuple[Any, Any]:
+    runner = StandInSsmRunner(config.deployment.ec2, fleet, endpoint)
+    return deployment.deploy(config, version, out, runner=runner), runner
+
+
+def s3_text(aws: Any, key: str) -> str:
+    return aws["s3"].get_object(Bucket="releases", Key=key)["Body"].read().decode()
+
+
+def test_rolling_deploy_to_the_fleet(config: Any, fleet: dict[str, StandIn], aws: Any, s3_endpoint: str,
+                                     tmp_path: Path) -> None:
+    first, _ = deploy(config, "1", fleet, s3_endpoint, tmp_path / "deploy-1")  # servers start with an empty store
+    assert [i["changed"] for i in first.instances] == [True, True, True]
+    for stand_in in fleet.values():
+        stand_in.start_polling()
+    result, runner = deploy(config, "2", fleet, s3_endpoint, tmp_path / "deploy-2")
+    polled = {iid: s.stop_polling() for iid, s in fleet.items()}
+
+    # the bundle and the pointer, read back from S3 and checked against the manifest
+    manifest = s3_text(aws, "models/toy/2/MANIFEST.sha256")
+    listed = dict(reversed(line.split("  ", 1)) for line in manifest.splitlines())
+    keys = {o["Key"] for o in aws["s3"].list_objects_v2(Bucket="releases", Prefix="models/toy/2/")["Contents"]}
+    assert keys == {f"models/toy/2/{name}" for name in listed} | {"models/toy/2/MANIFEST.sha256"}
+    for name, digest in listed.items():
+        body = aws["s3"].get_object(Bucket="releases", Key=f"models/toy/2/{name}")["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == digest
+    assert json.loads(s3_text(aws, "models/toy/2/bundle.json"))["version"] == "2"
+    assert s3_text(aws, "models/toy/CURRENT").strip() == "2"
+
+    # exactly one SSM command per instance, in fleet order, with the refresh command
+    ordered = [i["instance_id"] for i in result.instances]
+    assert sorted(ordered) == sorted(fleet) and len(ordered) == 3
+    assert [p["InstanceIds"] for p in runner.sent] == [[iid] for iid in ordered]
+    for params in runner.sent:
+        assert params["DocumentName"] == SSM_DOCUMENT
+        assert params["Parameters"]["commands"] == deployment.refresh_commands("s3://releases/models/toy", "2")
+    # moto lists all instances on every command (a moto quirk), so it is checked through the comment
+    recorded = sorted(aws["ssm"].list_commands()["Commands"], key=lambda c: c["RequestedDateTime"])[-3:]
+    assert [c["Comment"] for c in recorded] == [f"refresh toy to version 2 on {iid}" for iid in ordered]
+    assert all(c["DocumentName"] == SSM_DOCUMENT for c in recorded)
+
+    # every server serves version 2; no client saw anything but a 200 during the rollout
+    assert {iid: s.version() for iid, s in fleet.items()} == {iid: "2" for iid in fleet}
+    for iid, outcomes in polled.items():
+        assert {status for status, _ in outcomes} == {200}, (iid, outcomes)
+    assert json.loads((tmp_path / "deploy-2" / deployment.RESULT).read_text())["version"] == "2"
+
+    again, _ = deploy(config, "2", fleet, s3_endpoint, tmp_path / "deploy-2-again")
+    assert [i["changed"] for i in again.instances] == [False, False, False]  # a second refresh changes nothing
+
+
+def test_failure_stops_the_rollout_and_rolls_back(config: Any, fleet: dict[str, StandIn], aws: Any,
+                                                  s3_endpoint: str, tmp_path: Path) -> None:
+    deploy(config, "1", fleet, s3_endpoint, tmp_path / "deploy-1")
+    order = [i.instance_id for i in deployment_fleet(config)]
+    # The second instance has a damaged copy of version 2 on disk: its refresh refuses it.
+    bad = fleet[order[1]].server.store / "2"
+    bad.mkdir(parents=True)
+    (bad / "MANIFEST.sha256").write_text("0" * 64 + "  bundle.json\n")
+    (bad / "bundle.json").write_text("{}")
+    for stand_in in fleet.values():
+        stand_in.start_polling()
+    with pytest.raises(DeploymentError) as failed:
+        deploy(config, "2", fleet, s3_endpoint, tmp_path / "deploy-2")
+    polled = {iid: s.stop_polling() for iid, s in fleet.items()}
+
+    message = str(failed.value)
+    assert f"instance {order[1]}: the refresh command failed" in message and "checksum mismatch" in message
+    assert f"{order[0]} rolled back to version 1" in message
+    assert {iid: s.version() for iid, s in fleet.items()} == {iid: "1" for iid in fleet}
+    assert s3_text(aws, "models/toy/CURRENT").strip() == "1"  # new servers keep booting the old version
+    sent = [c["Comment"] for c in sorted(aws["ssm"].list_commands()["Commands"],
+                                         key=lambda c: c["RequestedDateTime"])[3:]]
+    assert sent == [f"refresh toy to version 2 on {order[0]}", f"refresh toy to version 2 on {order[1]}",
+                    f"roll back to version 1 on {order[0]}"]  # the third instance was never touched
+    for iid, outcomes in polled.items():
+        assert {status for status, _ in outcomes} == {200}, (iid, outcomes)
+
+
+def test_no_instances_changes_nothing(config: Any, aws: Any, s3_endpoint: str, tmp_path: Path) -> None:
+    with pytest.raises(DeploymentError, match="no servers to deploy to"):
+        deploy(config, "2", {}, s3_endpoint, tmp_path / "deploy")
+    assert "Contents" not in aws["s3"].list_objects_v2(Bucket="releases")
+
+
+def deployment_fleet(config: Any) -> list[Instance]:
+    from include.aws import Ec2Fleet
+
+    return Ec2Fleet(config.deployment.ec2).instances()
