@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import csv
+import io
+from typing import Any, Iterable
 
 from serving.contract import Contract, Feature
 from serving.settings import Settings
@@ -26,18 +28,27 @@ def _feature_schema(feature: Feature) -> dict[str, Any]:
     return schema
 
 
+def _csv_line(values: Iterable[Any]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(values)
+    return out.getvalue()
+
+
 def openapi_spec(contract: Contract | None, version: str | None, settings: Settings) -> dict[str, Any]:
     if contract is not None:
         record: dict[str, Any] = {
             "type": "object", "additionalProperties": False,
             "properties": {f.name: _feature_schema(f) for f in contract.features},
             "required": [f.name for f in contract.features if not f.nullable]}
-        names = list(contract.names)
+        # A header and one valid row: an example the server accepts as it stands.
+        csv_example = _csv_line(contract.names) + _csv_line(contract.example_row().values())
     else:
-        record, names = {"type": "object"}, []
+        record, csv_example = {"type": "object"}, ""
     rows = {"type": "array", "items": {"$ref": "#/components/schemas/Record"}, "minItems": 1,
             "maxItems": settings.max_rows}
-    prediction_value = {"oneOf": [{"type": "number"}, {"type": "string"}, {"type": "integer"}, {"type": "boolean"}]}
+    # anyOf, not oneOf: an integer (a class label such as wine quality 6) is also a number, and oneOf would
+    # then reject it for matching two alternatives.
+    prediction_value = {"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "integer"}, {"type": "boolean"}]}
     error_statuses = {"400": _ERROR, "413": _ERROR, "415": _ERROR, "422": _ERROR, "503": _ERROR}
     if settings.api_key:
         error_statuses["401"] = _ERROR
@@ -55,7 +66,7 @@ def openapi_spec(contract: Contract | None, version: str | None, settings: Setti
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/MlflowRequest"}},
                     "text/csv": {"schema": {"type": "string"},
-                                 "example": ",".join(f'"{n}"' for n in names) + "\n"}}},
+                                 "example": csv_example}}},
                 "responses": {"200": {"description": "Predictions, one per row", "content": {"application/json": {
                     "schema": {"type": "object", "required": ["predictions"], "properties": {
                         "predictions": {"type": "array", "items": prediction_value},
