@@ -94,6 +94,7 @@ def write_pointer(store: Path, version: str, name: str = CURRENT) -> None:
     """Atomic: a reader sees the old or the new version, never a partial file."""
     store.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=store, prefix=f".{name}.")
+    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the server may run as another user than this command
     with os.fdopen(fd, "w") as fh:
         fh.write(version + "\n")
         fh.flush()
@@ -117,7 +118,9 @@ def install(staged: Path, store: Path, version: str) -> Path:
 
 def staging_dir(store: Path) -> Path:
     store.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=store, prefix=".staging-"))
+    staged = Path(tempfile.mkdtemp(dir=store, prefix=".staging-"))
+    staged.chmod(0o755)  # becomes <store>/<version>: readable by a server running as another user
+    return staged
 
 
 def versions(store: Path) -> list[str]:
@@ -130,27 +133,31 @@ def versions(store: Path) -> list[str]:
 def fetch(source: str, version: str, store: Path) -> Path:
     """Copy bundle <source>/<version>/ into the store, verified; `source` is s3://bucket/prefix or a directory.
 
-    A version already in the store is verified and kept, so fetching twice changes nothing.
+    A version already in the store is kept if it is the same bundle (same manifest), so fetching twice changes
+    nothing; a different bundle under the same version name (say, from a registry that was reset) is refused.
     """
     check_version_name(version)
-    if (store / version).exists():
-        verify_manifest(store / version)
-        return store / version
     staged = staging_dir(store)
     try:
         if source.startswith("s3://"):
-            _download_s3(source.rstrip("/") + f"/{version}", staged)
+            _download_s3(source.rstrip("/") + f"/{version}", staged, manifest_only=(store / version).exists())
         else:
             origin = Path(source.removeprefix("file://")) / version
-            if not origin.is_dir():
+            if not (origin / MANIFEST).is_file():
                 raise BundleError(f"no bundle at {origin}")
             shutil.copytree(origin, staged, dirs_exist_ok=True)
+        if (store / version).exists():
+            if (staged / MANIFEST).read_bytes() != (store / version / MANIFEST).read_bytes():
+                raise BundleError(f"{store / version} holds a different bundle than {source}/{version}; "
+                                  "version names must not be reused (remove the old one if this is intended)")
+            verify_manifest(store / version)
+            return store / version
         return install(staged, store, version)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
 
 
-def _download_s3(uri: str, target: Path) -> None:
+def _download_s3(uri: str, target: Path, manifest_only: bool = False) -> None:
     """The manifest first, then exactly the files it lists (credentials and endpoint: boto3's usual chain)."""
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
@@ -159,6 +166,8 @@ def _download_s3(uri: str, target: Path) -> None:
     s3 = boto3.client("s3")
     try:
         s3.download_file(bucket, f"{prefix}/{MANIFEST}", str(target / MANIFEST))
+        if manifest_only:
+            return
         for line in (target / MANIFEST).read_text().splitlines():
             name = line.partition("  ")[2]
             if not name or name.startswith("/") or ".." in Path(name).parts:

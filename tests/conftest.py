@@ -32,16 +32,20 @@ def edit_yaml() -> Callable[[Path, Callable[[dict[str, Any]], None]], None]:
     return edit
 
 
+def outputs_env(root: Path) -> dict[str, str]:
+    """MLOPS_* settings sending every output under `root`: artifacts, the MLflow store, the local model store
+    (and a serving URL where nothing listens), so tests never touch the project's own."""
+    return {"MLOPS_ARTIFACTS_ROOT": str(root / "artifacts"), "MLOPS_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+            "MLOPS_ARTIFACT_LOCATION": str(root / "mlartifacts"), "MLOPS_MODEL_STORE": str(root / "models"),
+            "MLOPS_SERVING_URL": f"http://127.0.0.1:{free_port()}"}
+
+
 @pytest.fixture
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Send artifacts and the MLflow store to a temp dir so tests never touch the project's own."""
+    """Send artifacts, the MLflow store and the local model store to a temp dir."""
     root = tmp_path / "outputs"
-    monkeypatch.setenv("MLOPS_ARTIFACTS_ROOT", str(root / "artifacts"))
-    monkeypatch.setenv("MLOPS_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-    monkeypatch.setenv("MLOPS_ARTIFACT_LOCATION", str(root / "mlartifacts"))
-    # The local deploy target gets its own model store, and a server URL where nothing listens.
-    monkeypatch.setenv("MLOPS_MODEL_STORE", str(root / "models"))
-    monkeypatch.setenv("MLOPS_SERVING_URL", f"http://127.0.0.1:{free_port()}")
+    for name, value in outputs_env(root).items():
+        monkeypatch.setenv(name, value)
     for name in ("MLOPS_SOURCE_URI", "MLOPS_CONFIG_DIR", "MLFLOW_TRACKING_URI", "MLOPS_DEPLOY_TARGET",
                  "MLOPS_S3_BUCKET", "SERVING_URL", "SERVING_MODEL_STORE"):
         monkeypatch.delenv(name, raising=False)

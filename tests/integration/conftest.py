@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, outputs_env
 from scripts.airflow_client import AirflowClient
 
 STACK_SCRIPT = REPO / "scripts" / "airflow_stack.sh"
@@ -80,9 +80,7 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowS
         AIRFLOW_STACK_ADMIN_PASSWORD=secrets.token_urlsafe(12),
         AIRFLOW_STACK_VENV=sys.prefix,
         AIRFLOW_STACK_TIMEOUT="150",
-        MLOPS_ARTIFACTS_ROOT=str(outputs / "artifacts"),
-        MLOPS_TRACKING_URI=f"sqlite:///{outputs}/mlflow.db",
-        MLOPS_ARTIFACT_LOCATION=str(outputs / "mlartifacts"),
+        **outputs_env(outputs),
         # Only the runs a test triggers: no cron runs, whatever the time of day.
         AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",
         # The killed-task test waits for a retry: 1 s instead of 30 s (then exponential backoff).

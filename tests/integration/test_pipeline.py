@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import main
-from tests.conftest import REPO, WINE_CSV, free_port
+from tests.conftest import REPO, WINE_CSV, free_port, outputs_env
 
 pytestmark = pytest.mark.integration
 
@@ -40,8 +40,7 @@ def registry_state(tracking_uri: str, name: str) -> tuple[list[str], dict]:
 def first_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One real end-to-end run of the default project through the CLI, shared by the tests below."""
     root = tmp_path_factory.mktemp("pipeline")
-    env = {"MLOPS_ARTIFACTS_ROOT": str(root / "artifacts"), "MLOPS_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
-           "MLOPS_ARTIFACT_LOCATION": str(root / "mlartifacts")}
+    env = outputs_env(root)
     done = run_cli("--run-id", "first", env=env)
     assert done.returncode == 0, done.stderr
     return {"root": root, "env": env, "out": done.stdout}
@@ -49,8 +48,9 @@ def first_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_default_pipeline_end_to_end(first_run: dict) -> None:
     out, root = first_run["out"], first_run["root"]
-    for index, stage in enumerate(["ingest", "validate", "transform", "train", "evaluate"], start=1):
-        assert f"[{index}/5] {stage} done in" in out
+    for index, stage in enumerate(["ingest", "validate", "transform", "train", "evaluate", "deploy", "verify"],
+                                  start=1):
+        assert f"[{index}/7] {stage} done in" in out
     assert "gate: PROMOTED - no champion yet" in out
     assert "champion: wine-quality v1 on this test set: rmse=" in out
     run_dir = root / "artifacts" / "first"
@@ -80,7 +80,7 @@ def test_single_stages_and_help(first_run: dict) -> None:
     assert (first_run["root"] / "artifacts" / "stepwise" / "validate" / "result.json").is_file()
     assert not (first_run["root"] / "artifacts" / "stepwise" / "train").exists()
     helped = run_cli("--help")
-    assert helped.returncode == 0 and "--stage {ingest,validate,transform,train,evaluate}" in helped.stdout
+    assert helped.returncode == 0 and "--stage {ingest,validate,transform,train,evaluate,deploy,verify}" in helped.stdout
 
 
 def bad_csv(change: Callable[[pd.DataFrame], pd.DataFrame]) -> Callable[[Path], bytes]:
@@ -163,8 +163,7 @@ def test_second_dataset_needs_only_the_three_yaml_files(tmp_path: Path) -> None:
     source = Path(palmerpenguins.__file__).parent / "data" / "penguins.csv"
     frame = pd.read_csv(source)
     assert frame.isna().any().any() and (frame.dtypes == "str").any()
-    env = {"MLOPS_SOURCE_URI": str(source), "MLOPS_ARTIFACTS_ROOT": str(tmp_path / "artifacts"),
-           "MLOPS_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "MLOPS_ARTIFACT_LOCATION": str(tmp_path / "ml")}
+    env = {**outputs_env(tmp_path), "MLOPS_SOURCE_URI": str(source)}
     done = run_cli("--config-dir", str(example), "--run-id", "penguins", env=env)
     assert done.returncode == 0, done.stderr
     assert "gate: PROMOTED - no champion yet" in done.stdout

@@ -77,3 +77,20 @@ def test_export_from_a_real_registry(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert store_mod.export("exported", "1", tmp_path / "store") == bundle  # a second export changes nothing
     with pytest.raises(store_mod.BundleError, match="no version or alias 'nope'"):
         store_mod.export("exported", "nope", tmp_path / "store")
+
+
+def test_fetch_keeps_the_same_bundle_and_refuses_a_reused_version_name(store: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from tests.serving_support import make_bundle
+
+    same = tmp_path / "same"
+    shutil.copytree(store / "1", same / "1")
+    assert store_mod.fetch(str(same), "1", store) == store / "1"
+    other = tmp_path / "other"
+    make_bundle(other, "1", offset=50.0)  # e.g. version 1 of a registry that was reset
+    with pytest.raises(store_mod.BundleError, match="holds a different bundle"):
+        store_mod.fetch(str(other), "1", store)
+    with pytest.raises(store_mod.BundleError, match="no bundle at"):
+        store_mod.fetch(str(other), "9", store)
+    assert not any(p.name.startswith(".staging") for p in store.iterdir())  # nothing half-written left behind

@@ -111,12 +111,21 @@ class DirectoryStore:
         return str(self.root)
 
     def publish(self, bundle: Path, version: str) -> None:
-        if not (self.root / version).exists():
-            self.root.mkdir(parents=True, exist_ok=True)
-            staged = self.root / f".{version}.partial"
-            shutil.rmtree(staged, ignore_errors=True)
-            shutil.copytree(bundle, staged)
-            os.replace(staged, self.root / version)
+        """Like an S3 upload, a new bundle replaces one published earlier under the same version name."""
+        from serving.store import MANIFEST
+
+        target = self.root / version
+        if target.exists() and (target / MANIFEST).read_bytes() == (bundle / MANIFEST).read_bytes():
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        staged, old = self.root / f".{version}.partial", self.root / f".{version}.old"
+        for leftover in (staged, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+        shutil.copytree(bundle, staged)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staged, target)
+        shutil.rmtree(old, ignore_errors=True)
 
     def read_pointer(self) -> str | None:
         from serving import store
