@@ -4,13 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test browser up down run venv lock bench clean
+.PHONY: demo test compose-cli browser up down run venv lock bench clean
 
 demo: up ## set up, start Airflow + MLflow, run the DAG once through the scheduler, leave the UIs up
 	$(BIN)/python scripts/demo.py
 
-test: $(STAMP) browser ## set up, then run the whole test suite
+test: $(STAMP) $(if $(shell command -v docker-compose),,compose-cli) browser ## set up, then run the whole test suite
 	$(BIN)/python -m pytest
+
+compose-cli: ## Debian's docker-compose, which tests/topology validates docker-compose.yaml with (no engine needed)
+	apt-get install -y -q --no-install-recommends docker-compose || { apt-get update -q && apt-get install -y -q --no-install-recommends docker-compose; } || echo "could not install docker-compose (needs root and apt): tests/topology skips its compose checks"
 
 browser: ## Debian's chromium + chromedriver, which tests/serving/test_browser.py drives (installed only if missing)
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || apt-get install -y -q chromium chromium-driver || { apt-get update -q && apt-get install -y -q chromium chromium-driver; } || echo "could not install chromium (needs root and apt): tests/serving/test_browser.py skips, and fails under CI=true"

@@ -124,6 +124,12 @@ class AirflowClient:
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         return self.get(f"dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances")["task_instances"]
 
+    def task_tries(self, dag_id: str, run_id: str, task_id: str) -> list[dict[str, Any]]:
+        """Every try of a task instance, oldest first: state, hostname (the worker that ran it), pid, times."""
+        tries = self.get(f"dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances/{quote(task_id)}"
+                         "/tries")["task_instances"]
+        return sorted(tries, key=lambda t: t["try_number"])
+
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
         """The whole log of one try, as text lines ("timestamp level event key=value ...")."""
         data = self.get(f"dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances/{quote(task_id)}"

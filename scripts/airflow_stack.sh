@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A local Airflow 3 stack for this project, without Docker: api-server, scheduler,
 # dag-processor and triggerer (LocalExecutor, SQLite metadata DB), plus the MLflow UI
-# on the project's tracking store.
+# on the project's tracking store. Environment settings alone (below) turn it into the
+# production topology of docker-compose.yaml: CeleryExecutor with Celery workers as
+# separate processes, PostgreSQL metadata DB, Redis broker, MLflow server on PostgreSQL.
 #
 #   scripts/airflow_stack.sh up       # start what is not running, wait until healthy, print URLs and login
 #   scripts/airflow_stack.sh status   # what runs, and the api-server's health report
@@ -27,6 +29,19 @@
 #   AIRFLOW_STACK_VENV         default <repo>/.venv
 #   AIRFLOW_STACK_TIMEOUT      seconds `up` waits for health, default 180
 #   AIRFLOW_STACK_STOP_TIMEOUT seconds `down` waits after a second SIGTERM before SIGKILL, default 20
+# The production topology (README, "Production topology"):
+#   AIRFLOW_STACK_EXECUTOR     local (default: LocalExecutor) or celery (CeleryExecutor)
+#   AIRFLOW_STACK_SQL_CONN     metadata DB, default sqlite:///$AIRFLOW_STACK_HOME/airflow.db;
+#                              e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/airflow (required for celery)
+#   AIRFLOW_STACK_BROKER_URL   Celery broker (celery only, required), e.g. redis://127.0.0.1:6379/0
+#   AIRFLOW_STACK_RESULT_BACKEND  Celery result backend, default db+<AIRFLOW_STACK_SQL_CONN>
+#   AIRFLOW_STACK_WORKERS      Celery workers, default 2: processes worker-1 ... worker-N, each named
+#                              worker-<n>@<host> in Celery and in its task instances' hostname
+#   AIRFLOW_STACK_WORKER_CONCURRENCY  task slots per worker, default 2
+#   AIRFLOW_STACK_QUEUES       queues the workers serve, default: [operators] default_queue (default)
+#   AIRFLOW_STACK_MLFLOW_BACKEND_URI  the MLflow server's backend store, e.g. postgresql://postgres@127.0.0.1:5432/mlflow;
+#                              tasks then log through the server (MLOPS_TRACKING_URI=http://<host>:<mlflow port>)
+#                              and artifacts go to MLOPS_ARTIFACT_LOCATION (s3://... or a directory)
 # The caller's environment reaches every process, tasks included: set MLOPS_* (see
 # include/config/config.yaml) or any AIRFLOW__SECTION__KEY before `up` to change them.
 set -euo pipefail
@@ -44,6 +59,14 @@ PLUGINS_FOLDER="${AIRFLOW_STACK_PLUGINS_FOLDER:-$REPO/plugins}"
 VENV="${AIRFLOW_STACK_VENV:-$REPO/.venv}"
 TIMEOUT="${AIRFLOW_STACK_TIMEOUT:-180}"
 STOP_TIMEOUT="${AIRFLOW_STACK_STOP_TIMEOUT:-20}"
+EXECUTOR="${AIRFLOW_STACK_EXECUTOR:-local}"
+SQL_CONN="${AIRFLOW_STACK_SQL_CONN:-sqlite:///$STACK_HOME/airflow.db}"
+BROKER_URL="${AIRFLOW_STACK_BROKER_URL:-}"
+RESULT_BACKEND="${AIRFLOW_STACK_RESULT_BACKEND:-db+$SQL_CONN}"
+WORKERS="${AIRFLOW_STACK_WORKERS:-2}"
+WORKER_CONCURRENCY="${AIRFLOW_STACK_WORKER_CONCURRENCY:-2}"
+QUEUES="${AIRFLOW_STACK_QUEUES:-${AIRFLOW__OPERATORS__DEFAULT_QUEUE:-default}}"
+MLFLOW_BACKEND_URI="${AIRFLOW_STACK_MLFLOW_BACKEND_URI:-}"
 
 RUN_DIR="$STACK_HOME/stack"
 SECRETS="$RUN_DIR/secrets.env"
@@ -56,6 +79,25 @@ AIRFLOW_COMPONENTS=(api-server scheduler dag-processor triggerer)
 STACK_ID="$STACK_HOME"
 
 die() { echo "airflow_stack: $*" >&2; exit 1; }
+
+case "$EXECUTOR" in
+    local) ;;
+    celery)
+        [[ -n "$BROKER_URL" ]] || die "AIRFLOW_STACK_EXECUTOR=celery needs AIRFLOW_STACK_BROKER_URL"
+        [[ "$SQL_CONN" != sqlite* ]] || die "the CeleryExecutor cannot use SQLite; set AIRFLOW_STACK_SQL_CONN"
+        [[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "AIRFLOW_STACK_WORKERS must be a positive integer, not '$WORKERS'"
+        for ((i = 1; i <= WORKERS; i++)); do AIRFLOW_COMPONENTS+=("worker-$i"); done
+        ;;
+    *) die "AIRFLOW_STACK_EXECUTOR must be local or celery, not '$EXECUTOR'" ;;
+esac
+
+worker_name() {  # component (worker-<n>) -> its Celery node name, also its task instances' hostname
+    echo "$1@${HOSTNAME:-$(hostname)}"
+}
+
+redacted() {  # a URL without its password, for messages
+    sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#' <<<"$1"
+}
 
 components() {
     printf '%s\n' "${AIRFLOW_COMPONENTS[@]}"
@@ -146,8 +188,25 @@ export_airflow_env() {
     export AIRFLOW__CORE__DAGS_FOLDER="$DAGS_FOLDER"
     export AIRFLOW__CORE__PLUGINS_FOLDER="$PLUGINS_FOLDER"
     export AIRFLOW__CORE__LOAD_EXAMPLES=False
-    export AIRFLOW__CORE__EXECUTOR=LocalExecutor
-    export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$STACK_HOME/airflow.db"
+    export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="$SQL_CONN"
+    # Airflow derives an async URL (postgresql+asyncpg) for a few api-server features: the dag-run `wait`
+    # endpoint and the task state store. Without asyncpg installed (requirements.txt has none), leave async off.
+    if [[ "$SQL_CONN" == postgresql* && ! -v AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC ]] \
+        && ! "$PY" -c 'import asyncpg' 2>/dev/null; then
+        export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC=""
+    fi
+    if [[ "$EXECUTOR" == celery ]]; then
+        export AIRFLOW__CORE__EXECUTOR=CeleryExecutor
+        export AIRFLOW__CELERY__BROKER_URL="$BROKER_URL"
+        export AIRFLOW__CELERY__RESULT_BACKEND="$RESULT_BACKEND"
+    else
+        export AIRFLOW__CORE__EXECUTOR=LocalExecutor
+    fi
+    if [[ -n "$MLFLOW_BACKEND_URI" ]]; then
+        [[ "$WITH_MLFLOW" == 1 ]] || die "AIRFLOW_STACK_MLFLOW_BACKEND_URI needs the MLflow server (AIRFLOW_STACK_MLFLOW=1)"
+        # Tasks log through the tracking server; only the server talks to its backend store.
+        export MLOPS_TRACKING_URI="$MLFLOW_URL"
+    fi
     export AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
     export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="$ADMIN_USER:admin"
     export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$PASSWORDS"
@@ -187,14 +246,19 @@ wait_healthy() {  # since-epoch started-components... : poll the health endpoint
     local pids=()
     local name
     for name in $(components); do pids+=("$name=$(recorded_pid "$name" || echo 0)"); done
-    local mlflow_url=""
+    local mlflow_url="" workers=()
     if [[ "$WITH_MLFLOW" == 1 ]]; then mlflow_url="$MLFLOW_URL"; fi
-    API_URL="$API_URL" MLFLOW_URL="$mlflow_url" \
+    for name in $(components); do
+        if [[ "$name" == worker-* ]]; then workers+=("$name=$(worker_name "$name")"); fi
+    done
+    API_URL="$API_URL" MLFLOW_URL="$mlflow_url" WORKERS="${workers[*]}" \
         TIMEOUT="$TIMEOUT" SINCE="$since" STARTED="$*" RUN_DIR="$RUN_DIR" "$PY" - "${pids[@]}" <<'EOF'
 import json, os, sys, time, urllib.request
 from datetime import datetime
 
 api, mlflow_url = os.environ["API_URL"], os.environ["MLFLOW_URL"]
+workers = dict(arg.split("=", 1) for arg in os.environ["WORKERS"].split())  # component -> Celery node name
+celery_app = None
 since, started = float(os.environ["SINCE"]), set(os.environ["STARTED"].split())
 pids = dict(arg.split("=", 1) for arg in sys.argv[1:])
 deadline = time.monotonic() + float(os.environ["TIMEOUT"])
@@ -237,6 +301,19 @@ while True:
                 state["mlflow"] = "healthy" if get(f"{mlflow_url}/health")[0] == 200 else "unhealthy"
             except OSError as exc:
                 state["mlflow"] = f"no answer ({exc.__class__.__name__})"
+        if workers:  # a Celery worker is healthy once it answers a ping through the broker
+            if celery_app is None:
+                from airflow.providers.celery.executors.celery_executor_utils import app as celery_app
+            try:
+                answered = {node for reply in celery_app.control.ping(list(workers.values()), timeout=1.0)
+                            for node in reply}
+            except Exception as exc:  # noqa: BLE001 - the broker may not answer yet
+                answered = set()
+                state["broker"] = f"no answer ({exc.__class__.__name__})"
+            else:
+                state.pop("broker", None)
+            for component, node in workers.items():
+                state[component] = "healthy" if node in answered else "starting"
         if all(value == "healthy" for value in state.values()):
             print("  healthy: " + ", ".join(state))
             sys.exit(0)
@@ -273,7 +350,7 @@ cmd_up() {
             esac
         done
         if [[ " ${to_start[*]} " != " mlflow " ]]; then
-            echo "  migrating the metadata DB ($STACK_HOME/airflow.db)"
+            echo "  migrating the metadata DB ($(redacted "$SQL_CONN"))"
             "$VENV/bin/airflow" db migrate >>"$RUN_DIR/db-migrate.log" 2>&1 \
                 || die "airflow db migrate failed; see $RUN_DIR/db-migrate.log"
         fi
@@ -285,6 +362,7 @@ cmd_up() {
                 scheduler) launch scheduler "$VENV/bin/airflow" scheduler --skip-serve-logs ;;
                 dag-processor) launch dag-processor "$VENV/bin/airflow" dag-processor ;;
                 triggerer) launch triggerer "$VENV/bin/airflow" triggerer --skip-serve-logs ;;
+                worker-*) start_worker "$name" ;;
                 mlflow) start_mlflow ;;
             esac
             started+=("$name")
@@ -297,8 +375,22 @@ cmd_up() {
     echo "Airflow UI:  $API_URL   (REST API: $API_URL/api/v2, docs: $API_URL/docs)"
     echo "  login:     $ADMIN_USER / $(admin_password)   (kept in $PASSWORDS)"
     if [[ "$WITH_MLFLOW" == 1 ]]; then echo "MLflow UI:   $MLFLOW_URL"; fi
+    if [[ "$EXECUTOR" == celery ]]; then
+        echo "Workers:     $WORKERS Celery workers, $(worker_name worker-1) ... $(worker_name "worker-$WORKERS"), queues $QUEUES; broker $(redacted "$BROKER_URL")"
+    fi
     echo "Logs:        $RUN_DIR/*.log, task logs in $STACK_HOME/logs"
     echo "Stop with:   $0 down"
+}
+
+start_worker() {  # worker-<n>: a Celery worker in its own process group
+    local node
+    node="$(worker_name "$1")"
+    # Workers on one machine share its hostname: each records its Celery node name as the hostname of the
+    # task instances it runs (scripts/stack_hostname.py), so the UI and the API tell which worker ran what.
+    # Task logs are files on this machine that the api-server reads itself: no log server (and port) per worker.
+    AIRFLOW_STACK_WORKER_NAME="$node" AIRFLOW__CORE__HOSTNAME_CALLABLE=scripts.stack_hostname.hostname \
+        launch "$1" "$VENV/bin/airflow" celery worker --celery-hostname "$node" --queues "$QUEUES" \
+        --concurrency "$WORKER_CONCURRENCY" --skip-serve-logs
 }
 
 start_mlflow() {
@@ -306,6 +398,9 @@ start_mlflow() {
     store="$(mlflow_store)" || die "could not read the MLflow settings from include/config"
     tracking="$(sed -n 1p <<<"$store")"
     artifacts="$(sed -n 2p <<<"$store")"
+    if [[ -n "$MLFLOW_BACKEND_URI" ]]; then
+        tracking="$MLFLOW_BACKEND_URI"  # the server's own store; tasks reach it over HTTP
+    fi
     case "$tracking" in
         http://* | https://* | databricks*)
             echo "  mlflow: the tracking server is $tracking; not starting a local UI"
@@ -344,11 +439,24 @@ wait_groups() {  # seconds groups... : wait until the groups are gone or the tim
     while [[ -n "$(alive_groups "$@")" ]] && ((SECONDS < deadline)); do sleep 0.5; done
 }
 
+descendants() {  # pid -> the pids of every process below it
+    ps -e -o pid=,ppid= | awk -v root="$1" '
+        { parent[$1] = $2 }
+        END { for (p in parent) for (q = parent[p]; q > 1; q = parent[q]) if (q == root) { print p; break } }'
+}
+
 stop_components() {  # components... : SIGTERM their groups, SIGTERM again after 10s, SIGKILL after STOP_TIMEOUT more
-    local name pid groups=() left
+    local name pid groups=() left child
     for name in "$@"; do
         if pid="$(recorded_pid "$name")"; then
             echo "  stopping $name (process group $pid)"
+            # Task processes run in process groups of their own (a setproctitle'd one may no longer show the
+            # stack's marker in /proc/<pid>/environ): remember them, `down` ends any that outlive their parent.
+            for child in $(descendants "$pid"); do
+                if [[ "$(ps -o pgid= -p "$child" | tr -d ' ')" != "$pid" ]]; then
+                    OWN_GROUPS+=("$child $(start_time "$child" || echo gone)")
+                fi
+            done
             kill -TERM -- "-$pid" 2>/dev/null || true
             groups+=("$pid")
             STOPPED=$((STOPPED + 1))
@@ -370,20 +478,35 @@ stop_components() {  # components... : SIGTERM their groups, SIGTERM again after
     done
 }
 
+live_recorded() {  # "pid start-time"... : the pids that still name the same process
+    local entry pid started
+    for entry in "$@"; do
+        read -r pid started <<<"$entry"
+        if [[ "$(start_time "$pid" 2>/dev/null)" == "$started" ]]; then echo "$pid"; fi
+    done
+}
+
 cmd_down() {
     STOPPED=0
-    # Scheduler side first, while the api-server still answers the running tasks' Execution API calls.
+    OWN_GROUPS=()
+    local file workers=()
+    for file in "$RUN_DIR"/worker-*.pid; do  # whatever `up` started, whatever the settings are now
+        if [[ -f "$file" ]]; then workers+=("$(basename "$file" .pid)"); fi
+    done
+    # Scheduler side first, then the Celery workers (a warm shutdown lets running tasks finish), while the
+    # api-server still answers the running tasks' Execution API calls.
     stop_components scheduler triggerer dag-processor
+    if ((${#workers[@]})); then stop_components "${workers[@]}"; fi
     stop_components api-server mlflow
     # Task processes run in process groups of their own; they still carry the stack's marker.
     local strays
-    strays="$(stack_pids)"
+    strays="$( (stack_pids; live_recorded "${OWN_GROUPS[@]}") | sort -u)"
     if [[ -n "$strays" ]]; then
         echo "  stopping leftover processes: ${strays//$'\n'/ }"
         # shellcheck disable=SC2086
         kill -TERM $strays 2>/dev/null || true
         sleep 3
-        strays="$(stack_pids)"
+        strays="$( (stack_pids; live_recorded "${OWN_GROUPS[@]}") | sort -u)"
         # shellcheck disable=SC2086
         if [[ -n "$strays" ]]; then kill -KILL $strays 2>/dev/null || true; fi
     fi
@@ -415,11 +538,13 @@ cmd_env() {  # shell lines that point the `airflow` CLI at this stack
     local var
     echo "set -a; . '$SECRETS'; set +a"
     for var in AIRFLOW_HOME AIRFLOW__CORE__DAGS_FOLDER AIRFLOW__CORE__PLUGINS_FOLDER AIRFLOW__CORE__LOAD_EXAMPLES \
-        AIRFLOW__CORE__EXECUTOR AIRFLOW__DATABASE__SQL_ALCHEMY_CONN AIRFLOW__CORE__AUTH_MANAGER \
+        AIRFLOW__CORE__EXECUTOR AIRFLOW__DATABASE__SQL_ALCHEMY_CONN AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC \
+        AIRFLOW__CORE__AUTH_MANAGER \
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE \
         AIRFLOW__API__HOST AIRFLOW__API__PORT AIRFLOW__API__BASE_URL AIRFLOW__CORE__EXECUTION_API_SERVER_URL \
-        AIRFLOW__LOGGING__BASE_LOG_FOLDER AIRFLOW__CORE__PARALLELISM PYTHONPATH PATH; do
-        printf 'export %s=%q\n' "$var" "${!var}"
+        AIRFLOW__LOGGING__BASE_LOG_FOLDER AIRFLOW__CORE__PARALLELISM AIRFLOW__CELERY__BROKER_URL \
+        AIRFLOW__CELERY__RESULT_BACKEND MLOPS_TRACKING_URI PYTHONPATH PATH; do
+        if [[ -v $var ]]; then printf 'export %s=%q\n' "$var" "${!var}"; fi
     done
 }
 

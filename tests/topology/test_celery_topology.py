@@ -1,0 +1,296 @@
+"""ml_pipeline on the production topology, run natively: CeleryExecutor, PostgreSQL, Redis, two workers.
+
+The stack (tests/topology/conftest.py) is scripts/airflow_stack.sh with environment settings only.
+Runs are triggered through the REST API. Which worker ran a task is read from the task instance's
+hostname: each worker records its own Celery node name there (scripts/stack_hostname.py), since
+both share this machine's hostname.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import psutil
+import pytest
+
+from include.ml.artifacts import safe_run_id
+from tests.topology.conftest import CeleryStack, pg_url
+
+pytestmark = pytest.mark.integration
+
+log = logging.getLogger(__name__)
+
+DAG_ID = "ml_pipeline"
+STAGES = ("ingest", "validate", "transform", "train", "evaluate")  # then deploy and verify, skipped here
+QUEUE = "default"  # [operators] default_queue: every task of the DAG goes there
+RUN_TIMEOUT = 300
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def diagnosed(stack: CeleryStack, run_id: str) -> Iterator[None]:
+    """Append the run's task states and hosts, and the stack's log tails, to an assertion that fails inside."""
+    try:
+        yield
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n\n{report(stack, run_id)}") from None
+
+
+def report(stack: CeleryStack, run_id: str) -> str:
+    lines = [f"=== {DAG_ID} run {run_id}"]
+    try:
+        for ti in stack.client.task_instances(DAG_ID, run_id):
+            lines.append(f"  {ti['task_id']}: {ti['state']} try {ti['try_number']} on {ti['hostname']} pid {ti['pid']}")
+        lines.append(stack.client.describe(DAG_ID, run_id))
+    except Exception as exc:  # noqa: BLE001 - diagnostics must not hide the real failure
+        lines.append(f"<could not query the API: {exc}>")
+    return "\n".join([*lines, stack.log_tails(15)])
+
+
+def query(database: str, sql: str, *params: Any) -> list[tuple]:
+    """Rows straight from a PostgreSQL database of the session (not through Airflow or MLflow)."""
+    import psycopg2
+
+    with psycopg2.connect(pg_url(database)) as conn, conn.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    conn.close()
+    return rows
+
+
+def broker_control(stack: CeleryStack) -> Any:
+    """A Celery app on the stack's broker and key prefix, for remote control of its workers."""
+    from celery import Celery
+
+    return Celery(broker=stack.broker.url, broker_transport_options={"global_keyprefix": stack.broker.prefix})
+
+
+def set_consumers(control: Any, on: list[str], off: list[str]) -> None:
+    """Make workers start or stop taking tasks from QUEUE (what `airflow celery add-queue/remove-queue` do)."""
+    for nodes, command in ((on, control.control.add_consumer), (off, control.control.cancel_consumer)):
+        if nodes:
+            replies = command(QUEUE, destination=nodes, reply=True, timeout=10)
+            answered = {node for reply in replies for node in reply}
+            assert answered == set(nodes), f"{command.__name__}: no answer from {set(nodes) - answered}"
+
+
+def wait_for_task(stack: CeleryStack, run_id: str, task_id: str, state: str, timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ti = next((t for t in stack.client.task_instances(DAG_ID, run_id) if t["task_id"] == task_id), None)
+        if ti and ti["state"] == state:
+            return ti
+        if ti and ti["state"] in ("failed", "upstream_failed"):
+            break
+        time.sleep(0.2)
+    pytest.fail(f"{task_id} did not reach {state} within {timeout:.0f}s\n{report(stack, run_id)}", pytrace=False)
+
+
+def assert_rest_skipped(stack: CeleryStack, run_id: str) -> None:
+    """The DAG's tasks after evaluate (deploy, verify) were skipped: the stack runs with MLOPS_DEPLOY_TARGET=none."""
+    rest = {ti["task_id"]: ti["state"] for ti in stack.client.task_instances(DAG_ID, run_id)
+            if ti["task_id"] not in STAGES}
+    assert set(rest.values()) <= {"skipped"}, rest
+
+
+class Registry:
+    """The stack's MLflow tracking server (PostgreSQL-backed) through its REST API."""
+
+    def __init__(self, url: str) -> None:
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=url, registry_uri=url)
+
+    def versions(self) -> dict[tuple[str, str], str]:
+        return {(v.name, str(v.version)): v.run_id for v in self.client.search_model_versions()}
+
+    def pipeline_runs(self, run_id: str) -> dict[str, str]:
+        """MLflow run id -> status, for the runs an Airflow run's tasks started."""
+        experiments = [e.experiment_id for e in self.client.search_experiments()]
+        runs = self.client.search_runs(experiments, f"tags.pipeline_run_id = '{safe_run_id(run_id)}'") \
+            if experiments else []
+        return {r.info.run_id: r.info.status for r in runs}
+
+    def model_location(self, name: str, version: str) -> str:
+        return self.client.get_model_version_download_uri(name, version)
+
+
+def s3_objects(stack: CeleryStack) -> dict[str, str]:
+    """Every object in the stack's artifact bucket: key -> ETag."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=stack.s3_endpoint, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    found = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=stack.bucket):
+        found.update({item["Key"]: item["ETag"] for item in page.get("Contents", [])})
+    return found
+
+
+def model_files(stack: CeleryStack, location: str) -> set[str]:
+    """File names under a model's s3:// location in the stack's bucket."""
+    prefix = f"s3://{stack.bucket}/"
+    assert location.startswith(prefix), f"model stored at {location}, not in the S3 artifact store {prefix}"
+    key_prefix = location[len(prefix):].rstrip("/") + "/"
+    return {key[len(key_prefix):] for key in s3_objects(stack) if key.startswith(key_prefix)}
+
+
+def kill_worker(pid: int) -> set[int]:
+    """SIGKILL a Celery worker and every process below it, task processes included, as if its machine died.
+
+    The whole tree is stopped first, so that nothing forks, retries or reaps between the look-up and the kill.
+    """
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        process.suspend()
+    tree = [root, *root.children(recursive=True)]
+    for process in tree:
+        process.kill()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p.pid for p in tree if _alive(p)], "processes of the killed worker survived SIGKILL"
+    return {p.pid for p in tree}
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+# --- tests -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack(celery_stack: CeleryStack) -> CeleryStack:
+    started = time.monotonic()
+    celery_stack.client.wait_for_dag(DAG_ID, timeout=120)
+    celery_stack.client.unpause(DAG_ID)
+    celery_stack.timings["DAG parsed and listed by the API (s)"] = time.monotonic() - started
+    return celery_stack
+
+
+def test_run_executes_on_both_workers_and_registers_in_postgres(stack: CeleryStack) -> None:
+    """A run spread over both workers; metadata, results and the registry are all in PostgreSQL."""
+    client = stack.client
+    first, second = stack.workers.values()
+    control = broker_control(stack)
+    started = time.monotonic()
+    try:
+        # Only the first worker takes tasks until ingest has run there; then it is drained and the
+        # rest of the run must go to the second (the first may still finish one task it took).
+        set_consumers(control, on=[first], off=[second])
+        run_id = client.trigger(DAG_ID, conf={"model_family": "elasticnet"},
+                                note="tests/topology: both workers")["dag_run_id"]
+        wait_for_task(stack, run_id, "ingest", "success")
+        set_consumers(control, on=[second], off=[first])
+        client.wait_for_run(DAG_ID, run_id, timeout=RUN_TIMEOUT)
+    finally:
+        set_consumers(control, on=[first, second], off=[])
+    stack.timings["run on both workers, trigger to success (s)"] = time.monotonic() - started
+
+    with diagnosed(stack, run_id):
+        tis = {ti["task_id"]: ti for ti in client.task_instances(DAG_ID, run_id) if ti["task_id"] in STAGES}
+        assert {t: (ti["state"], ti["try_number"], ti["queue"]) for t, ti in tis.items()} == \
+            {stage: ("success", 1, QUEUE) for stage in STAGES}
+        assert_rest_skipped(stack, run_id)
+        hosts = {t: ti["hostname"] for t, ti in tis.items()}
+        assert hosts["ingest"] == first
+        assert hosts["validate"] in (first, second)
+        assert [hosts[stage] for stage in ("transform", "train", "evaluate")] == [second] * 3
+        assert set(hosts.values()) == {first, second}
+
+        # The metadata DB is the session's PostgreSQL database (no SQLite file), and holds the same.
+        rows = query(stack.databases["airflow"],
+                     "SELECT task_id, hostname, state FROM task_instance WHERE dag_id = %s AND run_id = %s",
+                     DAG_ID, run_id)
+        assert {task: (host, state) for task, host, state in rows if task in STAGES} == \
+            {t: (hosts[t], "success") for t in STAGES}
+        assert not list(stack.home.glob("*.db"))
+        # Celery's results went to PostgreSQL too, and its messages through Redis under the session's prefix.
+        statuses = dict(query(stack.databases["airflow"], "SELECT status, count(*) FROM celery_taskmeta GROUP BY 1"))
+        assert statuses.get("SUCCESS", 0) >= len(STAGES), statuses
+        import redis
+
+        assert redis.Redis.from_url(stack.broker.url).exists(f"{stack.broker.prefix}_kombu.binding.{QUEUE}")
+
+        # The new model version is in the PostgreSQL-backed registry, and its files are in S3.
+        evaluated = client.xcom(DAG_ID, run_id, "evaluate")
+        name, version = evaluated["model_name"], evaluated["version"]
+        registered = query(stack.databases["mlflow"], "SELECT name, version, run_id FROM model_versions")
+        assert (name, int(version), evaluated["mlflow_run_id"]) in registered
+        registry = Registry(stack.mlflow_url)
+        assert registry.versions()[(name, version)] == evaluated["mlflow_run_id"]
+        assert "MLmodel" in model_files(stack, registry.model_location(name, version))
+        assert (stack.artifacts_root / safe_run_id(run_id) / "evaluate" / "result.json").is_file()
+
+
+def test_killed_worker_task_is_retried_on_the_other_worker(stack: CeleryStack) -> None:
+    """SIGKILL the worker running train (all its processes); the other worker retries it, nothing is lost."""
+    client = stack.client
+    registry = Registry(stack.mlflow_url)
+    versions_before = registry.versions()
+    objects_before = s3_objects(stack)
+    started = time.monotonic()
+    # Even a quick family keeps train's MLflow run open for seconds (logging the model): time to kill it.
+    run_id = client.trigger(DAG_ID, conf={"model_family": "elasticnet"}, note="tests/topology: kill a worker")[
+        "dag_run_id"]
+
+    # Wait until train runs on some worker and has opened its MLflow run, then kill that worker.
+    deadline = time.monotonic() + 180
+    while True:
+        train = wait_for_task(stack, run_id, "train", "running")
+        open_runs = [r for r, status in registry.pipeline_runs(run_id).items() if status == "RUNNING"]
+        if train["hostname"] in stack.workers.values() and train["pid"] and open_runs:
+            break
+        assert time.monotonic() < deadline, f"train never opened its MLflow run\n{report(stack, run_id)}"
+        time.sleep(0.1)
+    victim = train["hostname"]
+    survivor = next(node for node in stack.workers.values() if node != victim)
+    component = next(c for c, node in stack.workers.items() if node == victim)
+    killed = kill_worker(stack.worker_pid(component))
+    killed_at = time.monotonic()
+    stack.timings["trigger to worker killed mid-train (s)"] = killed_at - started
+
+    client.wait_for_run(DAG_ID, run_id, timeout=RUN_TIMEOUT)
+    stack.timings["worker killed to run success (s)"] = time.monotonic() - killed_at
+
+    with diagnosed(stack, run_id):
+        assert train["pid"] in killed, "the task process itself was not among the killed worker's processes"
+        states = {ti["task_id"]: (ti["state"], ti["try_number"]) for ti in client.task_instances(DAG_ID, run_id)
+                  if ti["task_id"] in STAGES}
+        assert states == {**{stage: ("success", 1) for stage in STAGES}, "train": ("success", 2)}
+        assert_rest_skipped(stack, run_id)
+        tries = client.task_tries(DAG_ID, run_id, "train")
+        assert [(t["try_number"], t["hostname"]) for t in tries] == [(1, victim), (2, survivor)]
+        assert tries[0]["state"] in ("failed", "up_for_retry") and tries[1]["state"] == "success"
+        hosts = {ti["task_id"]: ti["hostname"] for ti in client.task_instances(DAG_ID, run_id)}
+        assert hosts["evaluate"] == survivor
+
+        # The registry lost nothing and gained exactly the retry's model version.
+        trained = client.xcom(DAG_ID, run_id, "train")
+        evaluated = client.xcom(DAG_ID, run_id, "evaluate")
+        versions_after = registry.versions()
+        assert {key: versions_after.get(key) for key in versions_before} == versions_before
+        added = {key: run for key, run in versions_after.items() if key not in versions_before}
+        assert added == {(evaluated["model_name"], evaluated["version"]): trained["mlflow_run_id"]}
+        # The killed try's MLflow run was closed by the retry, not left RUNNING.
+        assert registry.pipeline_runs(run_id) == {open_runs[0]: "FAILED", trained["mlflow_run_id"]: "FINISHED"}
+
+        # Every artifact stored before is still there, unchanged; the new model's files are complete.
+        objects_after = s3_objects(stack)
+        assert {key: objects_after.get(key) for key in objects_before} == objects_before
+        location = registry.model_location(evaluated["model_name"], evaluated["version"])
+        assert "MLmodel" in model_files(stack, location)
+        run_dir = stack.artifacts_root / safe_run_id(run_id)
+        for stage in STAGES:
+            assert json.loads((run_dir / stage / "result.json").read_text()), stage
+        assert sorted(p.name for p in (run_dir / "train").iterdir()) == ["result.json"], "leftovers of the killed try"
