@@ -190,8 +190,10 @@ def _celery_env(base: Path, databases: dict[str, str], broker: RedisBroker, s3_e
         AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX=broker.prefix,
         MLOPS_ARTIFACTS_ROOT=str(outputs / "artifacts"),
         MLOPS_ARTIFACT_LOCATION=f"s3://{bucket}/mlflow",
-        # No deployment: the topology under test ends at the registry (and the project's models/ stays untouched).
+        # No deployment and no prediction server: the topology under test ends at the registry (and the
+        # project's models/ stays untouched).
         MLOPS_DEPLOY_TARGET="none",
+        AIRFLOW_STACK_SERVING="0",
         AWS_ENDPOINT_URL_S3=s3_endpoint,
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",
@@ -208,8 +210,8 @@ def _celery_env(base: Path, databases: dict[str, str], broker: RedisBroker, s3_e
 
 
 @pytest.fixture(scope="session")
-def celery_stack(tmp_path_factory: pytest.TempPathFactory, postgres_databases: dict[str, str],
-                 redis_broker: RedisBroker, s3_endpoint: str, s3_bucket: str) -> Iterator[CeleryStack]:
+def celery_stack(tmp_path_factory: pytest.TempPathFactory, redis_broker: RedisBroker,
+                 postgres_databases: dict[str, str], s3_endpoint: str, s3_bucket: str) -> Iterator[CeleryStack]:
     if sys.platform != "linux":
         pytest.skip("scripts/airflow_stack.sh needs Linux (/proc, setsid)")
     if shutil.which("ps") is None:
