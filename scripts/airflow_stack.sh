@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A local Airflow 3 stack for this project, without Docker: api-server, scheduler,
 # dag-processor and triggerer (LocalExecutor, SQLite metadata DB), plus the MLflow UI
-# on the project's tracking store. Environment settings alone (below) turn it into the
+# on the project's tracking store and the prediction server (gunicorn) on the local model
+# store, which the DAG's deploy task (deployment.target: local) keeps on the champion. Environment settings alone (below) turn it into the
 # production topology of docker-compose.yaml: CeleryExecutor with Celery workers as
 # separate processes, PostgreSQL metadata DB, Redis broker, MLflow server on PostgreSQL.
 #
@@ -23,6 +24,8 @@
 #   AIRFLOW_STACK_API_PORT     default 8080
 #   AIRFLOW_STACK_MLFLOW_PORT  default 5000
 #   AIRFLOW_STACK_MLFLOW       default 1; 0 = no MLflow UI
+#   AIRFLOW_STACK_SERVING_PORT default 8000: the prediction server (deploy tasks target it: MLOPS_SERVING_URL)
+#   AIRFLOW_STACK_SERVING      default 1; 0 = no prediction server
 #   AIRFLOW_STACK_ADMIN_USER   default admin
 #   AIRFLOW_STACK_ADMIN_PASSWORD  default: generated on the first `up`, then kept in the passwords file
 #   AIRFLOW_STACK_DAGS_FOLDER / AIRFLOW_STACK_PLUGINS_FOLDER  default <repo>/dags, <repo>/plugins
@@ -34,7 +37,6 @@
 #   AIRFLOW_STACK_SQL_CONN     metadata DB, default sqlite:///$AIRFLOW_STACK_HOME/airflow.db;
 #                              e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/airflow (required for celery)
 #   AIRFLOW_STACK_BROKER_URL   Celery broker (celery only, required), e.g. redis://127.0.0.1:6379/0
-#   AIRFLOW_STACK_RESULT_BACKEND  Celery result backend, default db+<AIRFLOW_STACK_SQL_CONN>
 #   AIRFLOW_STACK_WORKERS      Celery workers, default 2: processes worker-1 ... worker-N, each named
 #                              worker-<n>@<host> in Celery and in its task instances' hostname
 #   AIRFLOW_STACK_WORKER_CONCURRENCY  task slots per worker, default 2
@@ -53,6 +55,8 @@ HOST="${AIRFLOW_STACK_HOST:-127.0.0.1}"
 API_PORT="${AIRFLOW_STACK_API_PORT:-8080}"
 MLFLOW_PORT="${AIRFLOW_STACK_MLFLOW_PORT:-5000}"
 WITH_MLFLOW="${AIRFLOW_STACK_MLFLOW:-1}"
+SERVING_PORT="${AIRFLOW_STACK_SERVING_PORT:-8000}"
+WITH_SERVING="${AIRFLOW_STACK_SERVING:-1}"
 ADMIN_USER="${AIRFLOW_STACK_ADMIN_USER:-admin}"
 DAGS_FOLDER="${AIRFLOW_STACK_DAGS_FOLDER:-$REPO/dags}"
 PLUGINS_FOLDER="${AIRFLOW_STACK_PLUGINS_FOLDER:-$REPO/plugins}"
@@ -62,7 +66,6 @@ STOP_TIMEOUT="${AIRFLOW_STACK_STOP_TIMEOUT:-20}"
 EXECUTOR="${AIRFLOW_STACK_EXECUTOR:-local}"
 SQL_CONN="${AIRFLOW_STACK_SQL_CONN:-sqlite:///$STACK_HOME/airflow.db}"
 BROKER_URL="${AIRFLOW_STACK_BROKER_URL:-}"
-RESULT_BACKEND="${AIRFLOW_STACK_RESULT_BACKEND:-db+$SQL_CONN}"
 WORKERS="${AIRFLOW_STACK_WORKERS:-2}"
 WORKER_CONCURRENCY="${AIRFLOW_STACK_WORKER_CONCURRENCY:-2}"
 QUEUES="${AIRFLOW_STACK_QUEUES:-${AIRFLOW__OPERATORS__DEFAULT_QUEUE:-default}}"
@@ -74,6 +77,7 @@ PASSWORDS="$STACK_HOME/simple_auth_manager_passwords.json"
 PY="$VENV/bin/python"
 API_URL="http://$HOST:$API_PORT"
 MLFLOW_URL="http://$HOST:$MLFLOW_PORT"
+SERVING_URL="http://$HOST:$SERVING_PORT"
 AIRFLOW_COMPONENTS=(api-server scheduler dag-processor triggerer)
 # Every process `up` starts carries this marker; `down` uses it to find stragglers.
 STACK_ID="$STACK_HOME"
@@ -102,6 +106,7 @@ redacted() {  # a URL without its password, for messages
 components() {
     printf '%s\n' "${AIRFLOW_COMPONENTS[@]}"
     if [[ "$WITH_MLFLOW" == 1 ]]; then echo mlflow; fi
+    if [[ "$WITH_SERVING" == 1 ]]; then echo serving; fi
 }
 
 # --- process bookkeeping ---------------------------------------------------------
@@ -197,8 +202,8 @@ export_airflow_env() {
     fi
     if [[ "$EXECUTOR" == celery ]]; then
         export AIRFLOW__CORE__EXECUTOR=CeleryExecutor
+        # Task results go to the metadata DB (db+<SQL_CONN>) unless AIRFLOW__CELERY__RESULT_BACKEND says otherwise.
         export AIRFLOW__CELERY__BROKER_URL="$BROKER_URL"
-        export AIRFLOW__CELERY__RESULT_BACKEND="$RESULT_BACKEND"
     else
         export AIRFLOW__CORE__EXECUTOR=LocalExecutor
     fi
@@ -215,6 +220,8 @@ export_airflow_env() {
     export AIRFLOW__API__BASE_URL="$API_URL"
     # Task links to MLflow runs (plugins/mlops_links.py) point at this stack's MLflow UI.
     if [[ "$WITH_MLFLOW" == 1 ]]; then export MLOPS_MLFLOW_UI_URL="${MLOPS_MLFLOW_UI_URL:-$MLFLOW_URL}"; fi
+    # The local deploy target refreshes this stack's prediction server.
+    if [[ "$WITH_SERVING" == 1 ]]; then export MLOPS_SERVING_URL="$SERVING_URL"; fi
     # Task processes report to the api-server's Execution API; must follow a non-default port.
     export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="$API_URL/execution/"
     export AIRFLOW__LOGGING__BASE_LOG_FOLDER="$STACK_HOME/logs"
@@ -238,6 +245,11 @@ EOF
     )
 }
 
+model_store() {  # the local deploy target's model store (config + MLOPS_MODEL_STORE)
+    (cd "$REPO" && "$PY" -c \
+        'from include.ml.configuration import ConfigurationManager as C; print(C().config.deployment.local.model_store)')
+}
+
 # --- commands ------------------------------------------------------------------------
 
 wait_healthy() {  # since-epoch started-components... : poll the health endpoints, watch the processes
@@ -246,17 +258,18 @@ wait_healthy() {  # since-epoch started-components... : poll the health endpoint
     local pids=()
     local name
     for name in $(components); do pids+=("$name=$(recorded_pid "$name" || echo 0)"); done
-    local mlflow_url="" workers=()
+    local mlflow_url="" serving_url="" workers=()
     if [[ "$WITH_MLFLOW" == 1 ]]; then mlflow_url="$MLFLOW_URL"; fi
+    if [[ "$WITH_SERVING" == 1 ]]; then serving_url="$SERVING_URL"; fi
     for name in $(components); do
         if [[ "$name" == worker-* ]]; then workers+=("$name=$(worker_name "$name")"); fi
     done
-    API_URL="$API_URL" MLFLOW_URL="$mlflow_url" WORKERS="${workers[*]}" \
+    API_URL="$API_URL" MLFLOW_URL="$mlflow_url" SERVING_URL="$serving_url" WORKERS="${workers[*]}" \
         TIMEOUT="$TIMEOUT" SINCE="$since" STARTED="$*" RUN_DIR="$RUN_DIR" "$PY" - "${pids[@]}" <<'EOF'
 import json, os, sys, time, urllib.request
 from datetime import datetime
 
-api, mlflow_url = os.environ["API_URL"], os.environ["MLFLOW_URL"]
+api, mlflow_url, serving_url = os.environ["API_URL"], os.environ["MLFLOW_URL"], os.environ["SERVING_URL"]
 workers = dict(arg.split("=", 1) for arg in os.environ["WORKERS"].split())  # component -> Celery node name
 celery_app = None
 since, started = float(os.environ["SINCE"]), set(os.environ["STARTED"].split())
@@ -301,6 +314,11 @@ while True:
                 state["mlflow"] = "healthy" if get(f"{mlflow_url}/health")[0] == 200 else "unhealthy"
             except OSError as exc:
                 state["mlflow"] = f"no answer ({exc.__class__.__name__})"
+        if serving_url:  # live, model or not: the first deploy gives it one
+            try:
+                state["serving"] = "healthy" if get(f"{serving_url}/health")[0] == 200 else "unhealthy"
+            except OSError as exc:
+                state["serving"] = f"no answer ({exc.__class__.__name__})"
         if workers:  # a Celery worker is healthy once it answers a ping through the broker
             if celery_app is None:
                 from airflow.providers.celery.executors.celery_executor_utils import app as celery_app
@@ -347,9 +365,10 @@ cmd_up() {
             case "$name" in
                 api-server) port_in_use "$API_PORT" && die "port $HOST:$API_PORT is taken by another process" ;;
                 mlflow) port_in_use "$MLFLOW_PORT" && die "port $HOST:$MLFLOW_PORT is taken by another process" ;;
+                serving) port_in_use "$SERVING_PORT" && die "port $HOST:$SERVING_PORT is taken by another process" ;;
             esac
         done
-        if [[ " ${to_start[*]} " != " mlflow " ]]; then
+        if printf '%s\n' "${to_start[@]}" | grep -qvxE 'mlflow|serving'; then  # an Airflow component
             echo "  migrating the metadata DB ($(redacted "$SQL_CONN"))"
             "$VENV/bin/airflow" db migrate >>"$RUN_DIR/db-migrate.log" 2>&1 \
                 || die "airflow db migrate failed; see $RUN_DIR/db-migrate.log"
@@ -364,6 +383,7 @@ cmd_up() {
                 triggerer) launch triggerer "$VENV/bin/airflow" triggerer --skip-serve-logs ;;
                 worker-*) start_worker "$name" ;;
                 mlflow) start_mlflow ;;
+                serving) start_serving ;;
             esac
             started+=("$name")
         done
@@ -375,6 +395,7 @@ cmd_up() {
     echo "Airflow UI:  $API_URL   (REST API: $API_URL/api/v2, docs: $API_URL/docs)"
     echo "  login:     $ADMIN_USER / $(admin_password)   (kept in $PASSWORDS)"
     if [[ "$WITH_MLFLOW" == 1 ]]; then echo "MLflow UI:   $MLFLOW_URL"; fi
+    if [[ "$WITH_SERVING" == 1 ]]; then echo "Predictions: $SERVING_URL   (model store $(model_store))"; fi
     if [[ "$EXECUTOR" == celery ]]; then
         echo "Workers:     $WORKERS Celery workers, $(worker_name worker-1) ... $(worker_name "worker-$WORKERS"), queues $QUEUES; broker $(redacted "$BROKER_URL")"
     fi
@@ -391,6 +412,14 @@ start_worker() {  # worker-<n>: a Celery worker in its own process group
     AIRFLOW_STACK_WORKER_NAME="$node" AIRFLOW__CORE__HOSTNAME_CALLABLE=scripts.stack_hostname.hostname \
         launch "$1" "$VENV/bin/airflow" celery worker --celery-hostname "$node" --queues "$QUEUES" \
         --concurrency "$WORKER_CONCURRENCY" --skip-serve-logs
+}
+
+start_serving() {
+    local store
+    store="$(model_store)" || die "could not read deployment.local.model_store from include/config"
+    mkdir -p "$store"
+    SERVING_MODEL_STORE="$store" SERVING_BIND="$HOST:$SERVING_PORT" SERVING_WORKERS="${SERVING_WORKERS:-2}" \
+        launch serving "$VENV/bin/gunicorn" -c "$REPO/serving/gunicorn.conf.py"
 }
 
 start_mlflow() {

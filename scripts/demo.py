@@ -1,7 +1,8 @@
 """`make demo`: run the ml_pipeline DAG once on the running stack and show what it did.
 
-Triggers the DAG through Airflow's REST API, waits, prints each task's state and the champion's
-metrics, and leaves the Airflow and MLflow UIs running.
+Triggers the DAG through Airflow's REST API, waits, prints each task's state, the champion's
+metrics and a prediction from the local prediction server the deploy task refreshed, and leaves
+the Airflow and MLflow UIs and the prediction server running.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ DAG_ID = "ml_pipeline"
 def main() -> int:
     home = Path(os.environ.get("AIRFLOW_STACK_HOME", REPO / "airflow_home"))
     api = f"http://127.0.0.1:{os.environ.get('AIRFLOW_STACK_API_PORT', '8080')}"
-    mlflow = f"http://127.0.0.1:{os.environ.get('AIRFLOW_STACK_MLFLOW_PORT', '5000')}"
+    serving = f"http://127.0.0.1:{os.environ.get('AIRFLOW_STACK_SERVING_PORT', '8000')}"
     user = os.environ.get("AIRFLOW_STACK_ADMIN_USER", "admin")
     password = json.loads((home / "simple_auth_manager_passwords.json").read_text())[user]
     client = AirflowClient(api, user, password)
@@ -50,11 +51,34 @@ def main() -> int:
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in evaluated["champion_metrics"].items())
     print(f"\ngate: {verdict} - {evaluated['gate_reason']}")
     print(f"champion: {evaluated['model_name']} v{evaluated['champion_version']} on this test set: {metrics}")
+    deploy_state = next(ti["state"] for ti in client.task_instances(DAG_ID, run_id) if ti["task_id"] == "deploy")
+    print(f"deploy: {'version ' + evaluated['version'] + ' is live' if deploy_state == 'success' else deploy_state}")
+    print(f"\n{_try_prediction(serving)}")
     print(f"\nAirflow UI:  {api}/dags/{DAG_ID}   (login {user} / {password})")
     print(f"MLflow run:  {evaluated['mlflow_run_url']}")
     print(f"Data Docs:   {client.links(DAG_ID, run_id, 'validate')['Data Docs']}")
-    print("The UIs keep running; stop them with: make down")
+    print(f"Predictions: {serving}   (a form at /, the API at /openapi.json)")
+    print("Everything keeps running; stop it with: make down")
     return 0
+
+
+def _try_prediction(serving: str) -> str:
+    """One request to the prediction server with the first wine of the dataset, shown as a curl command."""
+    import csv
+    import urllib.error
+    import urllib.request
+
+    with open(REPO / "data" / "wine-quality" / "winequality-red.csv", newline="") as f:
+        row = next(csv.DictReader(f, delimiter=";"))
+    row.pop("quality")
+    body = json.dumps({k: float(v) for k, v in row.items()})
+    request = urllib.request.Request(f"{serving}/predict", body.encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = response.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        return f"prediction server at {serving} did not answer: {exc}"
+    return f"$ curl -s {serving}/predict -H 'Content-Type: application/json' -d '{body}'\n{answer}"
 
 
 if __name__ == "__main__":

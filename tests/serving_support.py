@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import urllib.error
 import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +172,38 @@ def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.1) -> 
             return None
         time.sleep(interval)
     raise TimeoutError("condition not met in time")
+
+
+class Poller:
+    """A client posting `row` to /predict until stopped, counting (status, model version) pairs."""
+
+    def __init__(self, url: str, row: dict[str, Any] | None = None) -> None:
+        self.url, self.body = url, json.dumps(row or GOOD_ROW).encode()
+        self.outcomes: Counter = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            request = urllib.request.Request(f"{self.url}/predict", self.body, {"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    self.outcomes[(response.status, response.headers["X-Model-Version"])] += 1
+            except urllib.error.HTTPError as exc:
+                self.outcomes[(exc.code, None)] += 1
+            except OSError as exc:
+                self.outcomes[(type(exc).__name__, None)] += 1
+
+    def __enter__(self) -> "Poller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def failures(self) -> Counter:
+        return Counter({key: n for key, n in self.outcomes.items() if key[0] != 200})
+
+    def versions(self) -> set[str]:
+        return {version for (status, version) in self.outcomes if status == 200}

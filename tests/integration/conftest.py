@@ -32,6 +32,7 @@ class AirflowStack:
     env: dict[str, str]
     api_url: str
     mlflow_url: str
+    serving_url: str
     client: AirflowClient
     timings: dict[str, float] = field(default_factory=lambda: TIMINGS)
 
@@ -55,12 +56,13 @@ class AirflowStack:
         return "\n".join(out)
 
 
-def _two_free_ports() -> tuple[int, int]:
-    first = free_port()
-    second = free_port()
-    while second == first:
-        second = free_port()
-    return first, second
+def _free_ports(count: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +71,7 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowS
         pytest.skip("scripts/airflow_stack.sh needs Linux (/proc, setsid)")
     base = tmp_path_factory.mktemp("airflow_stack")
     outputs = base / "outputs"
-    api_port, mlflow_port = _two_free_ports()
+    api_port, mlflow_port, serving_port = _free_ports(3)
     # Nothing from the caller's Airflow, MLflow or pipeline settings leaks into the test stack.
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AIRFLOW", "MLOPS_")) and k != "MLFLOW_TRACKING_URI"}
@@ -77,6 +79,7 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowS
         AIRFLOW_STACK_HOME=str(base / "home"),
         AIRFLOW_STACK_API_PORT=str(api_port),
         AIRFLOW_STACK_MLFLOW_PORT=str(mlflow_port),
+        AIRFLOW_STACK_SERVING_PORT=str(serving_port),
         AIRFLOW_STACK_ADMIN_PASSWORD=secrets.token_urlsafe(12),
         AIRFLOW_STACK_VENV=sys.prefix,
         AIRFLOW_STACK_TIMEOUT="150",
@@ -90,6 +93,7 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowS
     stack = AirflowStack(
         home=base / "home", outputs=outputs, env=env,
         api_url=f"http://127.0.0.1:{api_port}", mlflow_url=f"http://127.0.0.1:{mlflow_port}",
+        serving_url=f"http://127.0.0.1:{serving_port}",
         client=AirflowClient(f"http://127.0.0.1:{api_port}", "admin", env["AIRFLOW_STACK_ADMIN_PASSWORD"]),
     )
     started = time.monotonic()

@@ -28,7 +28,9 @@ from tests.conftest import WINE_CSV
 pytestmark = pytest.mark.integration
 
 DAG_ID = "ml_pipeline"
-STAGES = ("ingest", "validate", "transform", "train", "evaluate")
+STAGES = ("ingest", "validate", "transform", "train", "evaluate", "deploy", "verify")
+TRAINING = STAGES[:5]
+NOT_DEPLOYED = {"deploy": ("skipped", 1), "verify": ("skipped", 0)}  # the gate kept the champion
 RUN_TIMEOUT = 300  # a default run takes ~25 s; a retried train adds the DAG's retry delay (59 s, see below)
 
 
@@ -150,7 +152,7 @@ def default_run(stack: Any, store: Store) -> FinishedRun:
     run_id = run_and_wait(stack, {}, "test_dag_failures.py: reference run on the default data")
     stack.timings["failures: reference run (s)"] = time.monotonic() - started
     with diagnosed(stack, run_id):
-        assert task_states(stack, run_id) == {stage: ("success", 1) for stage in STAGES}
+        assert task_states(stack, run_id) == {stage: ("success", 1) for stage in STAGES}  # promoted and deployed
     evaluated = stack.client.xcom(DAG_ID, run_id, "evaluate")
     artifacts = stack.artifacts_root / safe_run_id(run_id)
     return FinishedRun(run_id, evaluated, store.champion(evaluated["model_name"]), artifacts, tree_hashes(artifacts))
@@ -221,7 +223,7 @@ def test_retrigger_on_same_data_changes_nothing_that_exists(stack: Any, store: S
     stack.timings["failures: re-triggered run (s)"] = time.monotonic() - started
 
     with diagnosed(stack, run_id):
-        assert task_states(stack, run_id) == {stage: ("success", 1) for stage in STAGES}
+        assert task_states(stack, run_id) == {**{stage: ("success", 1) for stage in TRAINING}, **NOT_DEPLOYED}
         second = stack.client.xcom(DAG_ID, run_id, "evaluate")
         # Same data and seeds: the same model, so the gate keeps the champion.
         assert second["metrics"] == same_metrics(first.evaluated["metrics"])
@@ -316,7 +318,7 @@ def test_killed_train_task_is_retried_and_registers_once(stack: Any, store: Stor
 
     with diagnosed(stack, run_id):
         states = task_states(stack, run_id)
-        assert states == {**{stage: ("success", 1) for stage in STAGES}, "train": ("success", 2)}
+        assert states == {**{stage: ("success", 1) for stage in TRAINING}, "train": ("success", 2), **NOT_DEPLOYED}
         # Try 1's log holds the supervisor's account of the kill.
         first_try = stack.client.task_log(DAG_ID, run_id, "train", 1)
         assert "Process terminated by signal" in first_try and "SIGKILL" in first_try

@@ -9,11 +9,16 @@ import requests
 
 from include.ml.artifacts import safe_run_id
 from tests.conftest import REPO
+from tests.serving_support import Poller, get_json
 
 pytestmark = pytest.mark.integration
 
 DAG_ID = "ml_pipeline"
-STAGES = ("ingest", "validate", "transform", "train", "evaluate")
+STAGES = ("ingest", "validate", "transform", "train", "evaluate", "deploy", "verify")
+# A real wine from the default dataset, as a client of the prediction server sends it.
+WINE = {"fixed acidity": 7.4, "volatile acidity": 0.7, "citric acid": 0.0, "residual sugar": 1.9, "chlorides": 0.076,
+        "free sulfur dioxide": 11.0, "total sulfur dioxide": 34.0, "density": 0.9978, "pH": 3.51, "sulphates": 0.56,
+        "alcohol": 9.4}
 
 
 def test_triggered_run_succeeds_and_registers_a_model(airflow_stack) -> None:
@@ -70,29 +75,52 @@ def test_triggered_run_succeeds_and_registers_a_model(airflow_stack) -> None:
     assets = {a["name"] for a in client.get("assets")["assets"]}
     assert {"wine-quality-source", "wine-quality-snapshot", "wine-quality-registered-model"} <= assets
 
+    # The deploy task put version 1 on the stack's prediction server, and verify checked its answers.
+    deployed = client.xcom(DAG_ID, run_id, "deploy")
+    assert (deployed["target"], deployed["version"]) == ("local", "1")
+    assert deployed["instances"] == [{"instance_id": "local", "url": airflow_stack.serving_url, "changed": True,
+                                      "previous": None}]
+    assert client.xcom(DAG_ID, run_id, "verify")["servers"].keys() == {"local"}
+    assert get_json(f"{airflow_stack.serving_url}/version")["version"] == "1"
+
     # Task logs are readable through the API and hold the pipeline's own log lines.
     log = client.task_log(DAG_ID, run_id, "evaluate")
     assert f"evaluate: {evaluated['model_name']} v1" in log
     assert "Done. Returned value was" in log
 
 
-def test_rollback_dag_restores_a_version(airflow_stack) -> None:
-    """Two versions exist after a forced promotion; ml_rollback puts the earlier one back."""
+def test_new_champion_reaches_the_server_without_a_failed_request_and_rollback_returns(airflow_stack) -> None:
+    """A forced promotion is deployed while a client polls the server; ml_rollback deploys the earlier one back."""
     client = airflow_stack.client
     client.wait_for_dag(DAG_ID, timeout=120)
     client.unpause(DAG_ID)
-    run_id = client.trigger(DAG_ID, conf={"model_family": "elasticnet", "force_promote": True})["dag_run_id"]
-    client.wait_for_run(DAG_ID, run_id, timeout=240)
+    with Poller(airflow_stack.serving_url, WINE) as poller:
+        run_id = client.trigger(DAG_ID, conf={"model_family": "elasticnet", "force_promote": True})["dag_run_id"]
+        client.wait_for_run(DAG_ID, run_id, timeout=300)
     promoted = client.xcom(DAG_ID, run_id, "evaluate")
     assert promoted["promoted"] and promoted["gate_reason"] == "forced promotion"
+    assert not poller.failures(), poller.outcomes
+    assert poller.versions() == {str(int(promoted["version"]) - 1), promoted["version"]}
+    assert get_json(f"{airflow_stack.serving_url}/version")["version"] == promoted["version"]
+
+    # Not better and not forced: nothing is deployed, and the server keeps the champion.
+    kept = client.trigger(DAG_ID, conf={"model_family": "elasticnet"})["dag_run_id"]
+    client.wait_for_run(DAG_ID, kept, timeout=300)
+    states = {ti["task_id"]: ti["state"] for ti in client.task_instances(DAG_ID, kept)}
+    assert (states["evaluate"], states["deploy"], states["verify"]) == ("success", "skipped", "skipped")
+    assert "not deployed: version" in client.task_log(DAG_ID, kept, "deploy")
+    assert get_json(f"{airflow_stack.serving_url}/version")["version"] == promoted["version"]
 
     client.wait_for_dag("ml_rollback", timeout=120)
     client.unpause("ml_rollback")
-    rollback_id = client.trigger("ml_rollback", conf={"version": None})["dag_run_id"]
-    client.wait_for_run("ml_rollback", rollback_id, timeout=120)
+    with Poller(airflow_stack.serving_url, WINE) as poller:
+        rollback_id = client.trigger("ml_rollback", conf={"version": None})["dag_run_id"]
+        client.wait_for_run("ml_rollback", rollback_id, timeout=180)
     moved = client.xcom("ml_rollback", rollback_id, "rollback")
     assert moved["champion_before"] == promoted["version"]
     assert int(moved["champion_after"]) < int(promoted["version"])
+    assert not poller.failures(), poller.outcomes
+    assert get_json(f"{airflow_stack.serving_url}/version")["version"] == moved["champion_after"]
 
     import mlflow
 

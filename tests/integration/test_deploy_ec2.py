@@ -12,10 +12,9 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import urllib.error
 import urllib.request
-from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,7 +26,7 @@ from include.ml.components.deployment import CommandResult, Instance
 from include.ml.configuration import ConfigurationManager
 from include.ml.exceptions import DeploymentError
 from tests.conftest import free_port
-from tests.serving_support import GOOD_ROW, REPO, PredictionServer, get_json, register_toy_model
+from tests.serving_support import REPO, Poller, PredictionServer, get_json, register_toy_model
 
 pytestmark = pytest.mark.integration
 MODEL = "toy"
@@ -57,34 +56,12 @@ class StandInSsmRunner(SsmRunner):
         return CommandResult(done.returncode, done.stdout, done.stderr)
 
 
+@dataclass
 class StandIn:
-    """A real prediction server, and a client polling it the whole time, counting anything but a 200."""
+    """A real prediction server standing in for an instance, and a client polling it."""
 
-    def __init__(self, server: PredictionServer) -> None:
-        self.server = server
-        self.outcomes: Counter = Counter()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def _poll(self) -> None:
-        body = json.dumps(GOOD_ROW).encode()
-        while not self._stop.is_set():
-            request = urllib.request.Request(f"{self.server.url}/predict", body, {"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(request, timeout=10) as response:
-                    self.outcomes[(response.status, response.headers["X-Model-Version"])] += 1
-            except urllib.error.HTTPError as exc:
-                self.outcomes[(exc.code, None)] += 1
-            except OSError as exc:
-                self.outcomes[(type(exc).__name__, None)] += 1
-
-    def start_polling(self) -> None:
-        self._thread.start()
-
-    def stop_polling(self) -> Counter:
-        self._stop.set()
-        self._thread.join()
-        return self.outcomes
+    server: PredictionServer
+    poller: Poller
 
     def version(self) -> str:
         return get_json(f"{self.server.url}/version")["version"]
@@ -130,7 +107,7 @@ def fleet(aws: Any, tmp_path: Path) -> Iterator[dict[str, StandIn]]:
             launched = aws["ec2"].run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, TagSpecifications=[{
                 "ResourceType": "instance", "Tags": [{"Key": "Role", "Value": "toy-server"},
                                                      {"Key": "ServingUrl", "Value": server.url}]}])
-            stand_ins[launched["Instances"][0]["InstanceId"]] = StandIn(server)
+            stand_ins[launched["Instances"][0]["InstanceId"]] = StandIn(server, Poller(server.url))
         # an instance of another fleet, and a stopped one of ours: neither may be touched
         aws["ec2"].run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, TagSpecifications=[{
             "ResourceType": "instance", "Tags": [{"Key": "Role", "Value": "other"}]}])
@@ -168,10 +145,10 @@ def test_rolling_deploy_to_the_fleet(config: Any, fleet: dict[str, StandIn], aws
                                      tmp_path: Path) -> None:
     first, _ = deploy(config, "1", fleet, s3_endpoint, tmp_path / "deploy-1")  # servers start with an empty store
     assert [i["changed"] for i in first.instances] == [True, True, True]
-    for stand_in in fleet.values():
-        stand_in.start_polling()
-    result, runner = deploy(config, "2", fleet, s3_endpoint, tmp_path / "deploy-2")
-    polled = {iid: s.stop_polling() for iid, s in fleet.items()}
+    with ExitStack() as polling:
+        for stand_in in fleet.values():
+            polling.enter_context(stand_in.poller)
+        result, runner = deploy(config, "2", fleet, s3_endpoint, tmp_path / "deploy-2")
 
     # the bundle and the pointer, read back from S3 and checked against the manifest
     manifest = s3_text(aws, "models/toy/2/MANIFEST.sha256")
@@ -198,8 +175,8 @@ def test_rolling_deploy_to_the_fleet(config: Any, fleet: dict[str, StandIn], aws
 
     # every server serves version 2; no client saw anything but a 200 during the rollout
     assert {iid: s.version() for iid, s in fleet.items()} == {iid: "2" for iid in fleet}
-    for iid, outcomes in polled.items():
-        assert {status for status, _ in outcomes} == {200}, (iid, outcomes)
+    for iid, stand_in in fleet.items():
+        assert not stand_in.poller.failures() and stand_in.poller.versions() == {"1", "2"}, (iid, stand_in.poller.outcomes)
     assert json.loads((tmp_path / "deploy-2" / deployment.RESULT).read_text())["version"] == "2"
 
     again, _ = deploy(config, "2", fleet, s3_endpoint, tmp_path / "deploy-2-again")
@@ -215,11 +192,10 @@ def test_failure_stops_the_rollout_and_rolls_back(config: Any, fleet: dict[str, 
     bad.mkdir(parents=True)
     (bad / "MANIFEST.sha256").write_text("0" * 64 + "  bundle.json\n")
     (bad / "bundle.json").write_text("{}")
-    for stand_in in fleet.values():
-        stand_in.start_polling()
-    with pytest.raises(DeploymentError) as failed:
+    with ExitStack() as polling, pytest.raises(DeploymentError) as failed:
+        for stand_in in fleet.values():
+            polling.enter_context(stand_in.poller)
         deploy(config, "2", fleet, s3_endpoint, tmp_path / "deploy-2")
-    polled = {iid: s.stop_polling() for iid, s in fleet.items()}
 
     message = str(failed.value)
     assert f"instance {order[1]}: the refresh command failed" in message and "checksum mismatch" in message
@@ -230,8 +206,8 @@ def test_failure_stops_the_rollout_and_rolls_back(config: Any, fleet: dict[str, 
                                          key=lambda c: c["RequestedDateTime"])[3:]]
     assert sent == [f"refresh toy to version 2 on {order[0]}", f"refresh toy to version 2 on {order[1]}",
                     f"roll back to version 1 on {order[0]}"]  # the third instance was never touched
-    for iid, outcomes in polled.items():
-        assert {status for status, _ in outcomes} == {200}, (iid, outcomes)
+    for iid, stand_in in fleet.items():
+        assert not stand_in.poller.failures(), (iid, stand_in.poller.outcomes)
 
 
 def test_no_instances_changes_nothing(config: Any, aws: Any, s3_endpoint: str, tmp_path: Path) -> None:
