@@ -21,6 +21,12 @@ accesslog = os.environ.get("SERVING_ACCESS_LOG", "-") or None
 loglevel = os.environ.get("SERVING_LOG_LEVEL", "info")
 proc_name = "prediction-server"
 
+# One OpenMP (and OpenBLAS) thread per worker: parallelism comes from the workers and micro-batching.
+# Otherwise every HistGradientBoosting predict starts a team of threads that wait on each other
+# whenever the box is busy (one row: ~5 ms with 1 thread, 40+ ms with 2 on a loaded 2-core box;
+# docs/benchmarks.md). Set in the master, before any worker imports scikit-learn.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # Workers write their metrics here so /metrics can sum them; a fresh directory per server start.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prediction-server-metrics-")

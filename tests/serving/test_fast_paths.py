@@ -49,3 +49,33 @@ def test_a_fast_path_that_disagrees_is_dropped(bundles: Path, monkeypatch: pytes
     monkeypatch.setattr(model_mod._SummedTrees, "__call__", lambda self, X, **kw: original(self, X, **kw) + 1e-9)
     model = load_bundle(bundles / "1")
     assert "predict" not in vars(_final(model))
+
+
+def _numeric_preprocessor(categorical: bool = False):
+    from include.ml.components.transformation import build_preprocessor
+    from include.ml.entities import ColumnSpec, SchemaConfig
+
+    columns = (ColumnSpec("a", "float", nullable=True, min=-10, max=10), ColumnSpec("b", "int", min=0, max=100),
+               *((ColumnSpec("kind", "category", allowed=("p", "q")),) if categorical else ()),
+               ColumnSpec("y", "float"))
+    frame = toy_frame("regression", rows=200, seed=3).rename(columns={"x1": "a", "count": "b"})
+    frame["b"] = frame["b"].astype(float)
+    ct = build_preprocessor(SchemaConfig("regression", "y", 1, columns))
+    ct.fit(frame.drop(columns="y"))
+    return ct, frame.drop(columns="y")  # x2 (and kind) are left over: the remainder, dropped
+
+
+def test_numeric_preprocessing_is_the_same_arithmetic() -> None:
+    ct, x = _numeric_preprocessor()
+    fast = model_mod._NumericColumns.build(ct)
+    assert fast is not None
+    x.loc[::5, "a"] = np.nan  # imputed with the median learnt in fit
+    assert np.array_equal(fast(x), ct.transform(x))
+    x.loc[3, "a"] = np.inf  # sklearn's transform decides: it refuses infinity
+    with pytest.raises(ValueError):
+        fast(x)
+
+
+def test_preprocessing_with_categories_keeps_sklearn() -> None:
+    ct, _ = _numeric_preprocessor(categorical=True)
+    assert model_mod._NumericColumns.build(ct) is None
