@@ -50,12 +50,16 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _reachable(url: str, default_port: int) -> bool:
+def _address(url: str, default_port: int) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or default_port
+
+
+def _reachable(address: tuple[str, int]) -> bool:
     import socket
 
-    parts = urlsplit(url)
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout=2):
+        with socket.create_connection(address, timeout=2):
             return True
     except OSError:
         return False
@@ -74,8 +78,9 @@ def pg_url(database: str, driver: str = "") -> str:
 @pytest.fixture(scope="session")
 def postgres_databases() -> Iterator[dict[str, str]]:
     """Two fresh databases: {"airflow": "airflow_test_<token>", "mlflow": "mlflow_test_<token>"}."""
-    if not _reachable(POSTGRES_DSN, 5432):
-        unavailable(f"PostgreSQL is not reachable at {urlsplit(POSTGRES_DSN).netloc} (TOPOLOGY_POSTGRES_DSN)")
+    host, port = _address(POSTGRES_DSN, 5432)
+    if not _reachable((host, port)):
+        unavailable(f"PostgreSQL is not reachable at {host}:{port} (TOPOLOGY_POSTGRES_DSN)")
     import psycopg2
 
     token = secrets.token_hex(4)
@@ -103,8 +108,9 @@ class RedisBroker:
 @pytest.fixture(scope="session")
 def redis_broker() -> Iterator[RedisBroker]:
     """A Redis DB number and key prefix of this session's own; its keys are deleted afterwards."""
-    if not _reachable(REDIS_URL, 6379):
-        unavailable(f"Redis is not reachable at {urlsplit(REDIS_URL).netloc} (TOPOLOGY_REDIS_URL)")
+    host, port = _address(REDIS_URL, 6379)
+    if not _reachable((host, port)):
+        unavailable(f"Redis is not reachable at {host}:{port} (TOPOLOGY_REDIS_URL)")
     import redis
 
     databases = int(redis.Redis.from_url(REDIS_URL).config_get("databases").get("databases", 16))
