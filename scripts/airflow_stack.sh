@@ -526,7 +526,7 @@ cmd_down() {
     # api-server still answers the running tasks' Execution API calls.
     stop_components scheduler triggerer dag-processor
     if ((${#workers[@]})); then stop_components "${workers[@]}"; fi
-    stop_components api-server mlflow
+    stop_components api-server mlflow serving
     # Task processes run in process groups of their own; they still carry the stack's marker.
     local strays
     strays="$( (stack_pids; live_recorded "${OWN_GROUPS[@]}") | sort -u)"
