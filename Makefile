@@ -4,25 +4,36 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test compose-cli browser up down run venv lock bench clean
+.PHONY: demo test tools up down serve run venv lock bench bench-serving clean
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+# Debian packages the tests drive: docker-compose validates docker-compose.yaml (no engine needed),
+# chromium + chromium-driver run the prediction form in a browser, shellcheck lints the EC2 user data.
+TEST_TOOLS := docker-compose:docker-compose chromium:chromium chromedriver:chromium-driver shellcheck:shellcheck
 
 demo: up ## set up, start Airflow + MLflow, run the DAG once through the scheduler, leave the UIs up
 	$(BIN)/python scripts/demo.py
 
-test: $(STAMP) $(if $(shell command -v docker-compose),,compose-cli) browser ## set up, then run the whole test suite
+test: $(STAMP) tools ## set up, then run the whole test suite
 	$(BIN)/python -m pytest
 
-compose-cli: ## Debian's docker-compose, which tests/topology validates docker-compose.yaml with (no engine needed)
-	apt-get install -y -q --no-install-recommends docker-compose || { apt-get update -q && apt-get install -y -q --no-install-recommends docker-compose; } || echo "could not install docker-compose (needs root and apt): tests/topology skips its compose checks"
-
-browser: ## Debian's chromium + chromedriver, which tests/serving/test_browser.py drives (installed only if missing)
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || apt-get install -y -q chromium chromium-driver || { apt-get update -q && apt-get install -y -q chromium chromium-driver; } || echo "could not install chromium (needs root and apt): tests/serving/test_browser.py skips, and fails under CI=true"
+tools: ## install the missing TEST_TOOLS from apt (root or sudo)
+	@missing="$(foreach t,$(TEST_TOOLS),$(if $(shell command -v $(firstword $(subst :, ,$(t)))),,$(lastword $(subst :, ,$(t)))))"; \
+	if [ -n "$$(echo $$missing)" ]; then \
+	  echo "installing $$missing"; \
+	  $(SUDO) apt-get install -y -q --no-install-recommends $$missing || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $$missing; } || \
+	  echo "could not install $$missing: the tests that need them skip, and fail under CI=true"; \
+	fi
 
 up: $(STAMP) ## start Airflow (api-server :8080, scheduler, dag-processor, triggerer) and MLflow UI (:5000)
 	scripts/airflow_stack.sh up
 
 down: ## stop exactly what `make up` started
 	scripts/airflow_stack.sh down
+
+serve: $(STAMP) ## prediction server on 127.0.0.1:8000 with the current champion, in the foreground (make run first)
+	$(BIN)/python -m serving --store models export --version champion --activate
+	SERVING_MODEL_STORE=models $(BIN)/gunicorn -c serving/gunicorn.conf.py
 
 run: $(STAMP) ## run the pipeline once without Airflow (python main.py)
 	$(BIN)/python main.py
@@ -47,13 +58,9 @@ lock: ## re-resolve requirements.in into the fully pinned requirements.txt
 bench: $(STAMP) ## pipeline scaling benchmark (minutes; see docs/benchmarks.md)
 	$(BIN)/python bench/pipeline_scaling.py
 
-clean: down ## stop the stack, remove run outputs (artifacts, MLflow store, Airflow home); keeps .venv
-	rm -rf artifacts mlruns airflow_home
+bench-serving: $(STAMP) ## prediction server vs `mlflow models serve` with wrk (~10 min; see docs/benchmarks.md)
+	@command -v wrk >/dev/null || $(SUDO) apt-get install -y -q wrk || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q wrk; }
+	$(BIN)/python bench/serving.py $(BENCH_ARGS)
 
-# shellcheck lints serving/deploy/user-data.sh in tests/serving/test_deploy_assets.py: a hard requirement of
-# `make test` (the test fails without it), installed from apt when missing (sudo unless root).
-.PHONY: shellcheck
-test: $(if $(shell command -v shellcheck),,shellcheck)
-shellcheck:
-	$(if $(filter 0,$(shell id -u)),,sudo) sh -c 'apt-get install -y -q --no-install-recommends shellcheck || { apt-get update -q && apt-get install -y -q --no-install-recommends shellcheck; }'
-	@command -v shellcheck >/dev/null || { echo "shellcheck is required by make test: install it (apt-get install shellcheck)"; exit 1; }
+clean: down ## stop the stack, remove run outputs (artifacts, MLflow store, Airflow home, model store); keeps .venv
+	rm -rf artifacts mlruns airflow_home models

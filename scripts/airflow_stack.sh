@@ -194,12 +194,6 @@ export_airflow_env() {
     export AIRFLOW__CORE__PLUGINS_FOLDER="$PLUGINS_FOLDER"
     export AIRFLOW__CORE__LOAD_EXAMPLES=False
     export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="$SQL_CONN"
-    # Airflow derives an async URL (postgresql+asyncpg) for a few api-server features: the dag-run `wait`
-    # endpoint and the task state store. Without asyncpg installed (requirements.txt has none), leave async off.
-    if [[ "$SQL_CONN" == postgresql* && ! -v AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC ]] \
-        && ! "$PY" -c 'import asyncpg' 2>/dev/null; then
-        export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC=""
-    fi
     if [[ "$EXECUTOR" == celery ]]; then
         export AIRFLOW__CORE__EXECUTOR=CeleryExecutor
         # Task results go to the metadata DB (db+<SQL_CONN>) unless AIRFLOW__CELERY__RESULT_BACKEND says otherwise.

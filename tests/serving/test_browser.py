@@ -24,8 +24,8 @@ if not (CHROMIUM and CHROMEDRIVER):
     # CI must run these tests, so a missing browser fails there; a laptop without one may skip.
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         raise RuntimeError("chromium and chromedriver are required under CI: apt-get install -y chromium "
-                           "chromium-driver (or `make browser`)")
-    pytest.skip("chromium/chromedriver not installed (`make browser` installs them)", allow_module_level=True)
+                           "chromium-driver (or `make tools`)")
+    pytest.skip("chromium/chromedriver not installed (`make tools` installs them)", allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402 - after the skip, so a machine without selenium's browser skips cleanly
 from selenium.webdriver.chrome.service import Service  # noqa: E402

@@ -255,8 +255,7 @@ def test_same_settings_as_the_native_celery_stack(compose: dict[str, Any], tmp_p
     listening = {"AIRFLOW__API__HOST", "AIRFLOW__API__PORT"}
     native_keys = {k for k in native if k.startswith("AIRFLOW__")} - listening
     assert sorted(native_keys - set(containers)) == [], "settings the native stack has and the containers lack"
-    for key in ("AIRFLOW__CORE__EXECUTOR", "AIRFLOW__CORE__LOAD_EXAMPLES", "AIRFLOW__CORE__AUTH_MANAGER",
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"):
+    for key in ("AIRFLOW__CORE__EXECUTOR", "AIRFLOW__CORE__LOAD_EXAMPLES", "AIRFLOW__CORE__AUTH_MANAGER"):
         assert containers[key] == native[key], key
     # Both send the tasks' MLflow calls to the tracking server, never to its database.
     assert native["MLOPS_TRACKING_URI"].startswith("http://")
