@@ -2,8 +2,10 @@
 
 A tree ensemble costs nearly the same per predict call for 1 row as for 100,
 so requests that arrive while a batch is being predicted are answered together
-by the next call. Under light load a request waits at most `max_wait` for
-company; under heavy load batches fill up on their own.
+by the next call. A request that finds nothing predicting and nobody waiting
+predicts at once in its own thread (no hand-off, no wait); one that arrives
+while a prediction runs queues for the batcher thread, which waits at most
+`max_wait` for more company. Under heavy load batches fill up on their own.
 """
 
 from __future__ import annotations
@@ -44,15 +46,23 @@ class MicroBatcher:
         self.max_rows, self.max_wait = max_rows, max_wait
         self._on_batch = on_batch
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        # Held while a batch is being collected or predicted, by the batcher thread or a request predicting alone.
+        self._busy = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="micro-batcher", daemon=True)
         self._thread.start()
 
     def predict(self, batch: Batch, timeout: float = 30.0) -> tuple[LoadedModel, Prediction]:
         """Predict `batch` together with whatever else is waiting; returns the model that answered."""
         pending = _Pending(batch)
-        self._queue.put(pending)
-        if not pending.done.wait(timeout):
-            raise TimeoutError(f"no prediction within {timeout}s")
+        if self._queue.empty() and self._busy.acquire(blocking=False):
+            try:  # nothing predicting, nobody waiting: the hand-off to the batcher thread would only add latency
+                self._run([pending], batch.n_rows)
+            finally:
+                self._busy.release()
+        else:
+            self._queue.put(pending)
+            if not pending.done.wait(timeout):
+                raise TimeoutError(f"no prediction within {timeout}s")
         if pending.error is not None:
             raise pending.error
         assert pending.model is not None and pending.result is not None
@@ -61,17 +71,18 @@ class MicroBatcher:
     def _loop(self) -> None:
         while True:
             group = [self._queue.get()]
-            rows = group[0].batch.n_rows
-            deadline = time.monotonic() + self.max_wait
-            while rows < self.max_rows:
-                try:
-                    remaining = deadline - time.monotonic()
-                    nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                group.append(nxt)
-                rows += nxt.batch.n_rows
-            self._run(group, rows)
+            with self._busy:  # after a request predicting alone; arrivals meanwhile queue and join this batch
+                rows = group[0].batch.n_rows
+                deadline = time.monotonic() + self.max_wait
+                while rows < self.max_rows:
+                    try:
+                        remaining = deadline - time.monotonic()
+                        nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    group.append(nxt)
+                    rows += nxt.batch.n_rows
+                self._run(group, rows)
 
     def _run(self, group: list[_Pending], rows: int) -> None:
         model = self._current_model()  # one model answers the whole group, so versions never mix in a batch
