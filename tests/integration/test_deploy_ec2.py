@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
 import urllib.request
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -141,6 +142,27 @@ def s3_text(aws: Any, key: str) -> str:
     return aws["s3"].get_object(Bucket="releases", Key=key)["Body"].read().decode()
 
 
+class Steps(logging.Handler):
+    """Records the rollout's own log lines (Airflow's logging set-up keeps them from pytest's caplog)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def __enter__(self) -> "Steps":
+        for name in ("include.aws", "include.ml.components.deployment"):
+            logging.getLogger(name).addHandler(self)
+            logging.getLogger(name).setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for name in ("include.aws", "include.ml.components.deployment"):
+            logging.getLogger(name).removeHandler(self)
+
+
 def test_rolling_deploy_to_the_fleet(config: Any, fleet: dict[str, StandIn], aws: Any, s3_endpoint: str,
                                      tmp_path: Path) -> None:
     first, _ = deploy(config, "1", fleet, s3_endpoint, tmp_path / "deploy-1")  # servers start with an empty store
@@ -148,7 +170,10 @@ def test_rolling_deploy_to_the_fleet(config: Any, fleet: dict[str, StandIn], aws
     with ExitStack() as polling:
         for stand_in in fleet.values():
             polling.enter_context(stand_in.poller)
-        result, runner = deploy(config, "2", fleet, s3_endpoint, tmp_path / "deploy-2")
+        # two instances at a time: both are refreshed, then both verified, then the third
+        in_pairs = replace(config, deployment=replace(config.deployment, batch_size=2))
+        with Steps() as steps:
+            result, runner = deploy(in_pairs, "2", fleet, s3_endpoint, tmp_path / "deploy-2")
 
     # the bundle and the pointer, read back from S3 and checked against the manifest
     manifest = s3_text(aws, "models/toy/2/MANIFEST.sha256")
@@ -163,6 +188,9 @@ def test_rolling_deploy_to_the_fleet(config: Any, fleet: dict[str, StandIn], aws
 
     # exactly one SSM command per instance, in fleet order, with the refresh command
     ordered = [i["instance_id"] for i in result.instances]
+    a, b, c = ordered
+    assert [("refresh" if "SSM command" in m else "verified", iid) for m in steps.messages for iid in ordered
+            if iid in m and ("SSM command" in m or "serves version" in m)] == [("refresh", a), ("refresh", b), ("verified", a), ("verified", b), ("refresh", c), ("verified", c)]
     assert sorted(ordered) == sorted(fleet) and len(ordered) == 3
     assert [p["InstanceIds"] for p in runner.sent] == [[iid] for iid in ordered]
     for params in runner.sent:
@@ -187,7 +215,7 @@ def test_failure_stops_the_rollout_and_rolls_back(config: Any, fleet: dict[str, 
                                                   s3_endpoint: str, tmp_path: Path) -> None:
     deploy(config, "1", fleet, s3_endpoint, tmp_path / "deploy-1")
     order = [i.instance_id for i in deployment_fleet(config)]
-    # The second instance has a damaged copy of version 2 on disk: its refresh refuses it.
+    # The second instance has a damaged copy of version 2 on disk: its refresh refuses to serve it.
     bad = fleet[order[1]].server.store / "2"
     bad.mkdir(parents=True)
     (bad / "MANIFEST.sha256").write_text("0" * 64 + "  bundle.json\n")
@@ -198,7 +226,7 @@ def test_failure_stops_the_rollout_and_rolls_back(config: Any, fleet: dict[str, 
         deploy(config, "2", fleet, s3_endpoint, tmp_path / "deploy-2")
 
     message = str(failed.value)
-    assert f"instance {order[1]}: the refresh command failed" in message and "checksum mismatch" in message
+    assert f"instance {order[1]}: the refresh command failed" in message and "holds a different bundle" in message
     assert f"{order[0]} rolled back to version 1" in message
     assert {iid: s.version() for iid, s in fleet.items()} == {iid: "1" for iid in fleet}
     assert s3_text(aws, "models/toy/CURRENT").strip() == "1"  # new servers keep booting the old version
