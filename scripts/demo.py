@@ -52,7 +52,10 @@ def main() -> int:
     print(f"\ngate: {verdict} - {evaluated['gate_reason']}")
     print(f"champion: {evaluated['model_name']} v{evaluated['champion_version']} on this test set: {metrics}")
     deploy_state = next(ti["state"] for ti in client.task_instances(DAG_ID, run_id) if ti["task_id"] == "deploy")
-    print(f"deploy: {'version ' + evaluated['version'] + ' is live' if deploy_state == 'success' else deploy_state}")
+    if deploy_state == "success":
+        print(f"deploy: version {evaluated['version']} is live on the prediction server")
+    else:
+        print(f"deploy: {deploy_state} (version {evaluated['version']} was not promoted; the server keeps the champion)")
     print(f"\n{_try_prediction(serving)}")
     print(f"\nAirflow UI:  {api}/dags/{DAG_ID}   (login {user} / {password})")
     print(f"MLflow run:  {evaluated['mlflow_run_url']}")
