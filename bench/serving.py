@@ -767,6 +767,7 @@ def main(argv: list[str] | None = None) -> int:
         set_autogroup_nice("self", args.nice)
     bundles = dict(item.split("=", 1) for item in args.bundle)
     names = list(dict.fromkeys([*bundles, *([] if bundles else args.models)]))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
     groups = ProcessGroups(args.nice)
