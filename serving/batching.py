@@ -87,8 +87,7 @@ class MicroBatcher:
     def _run(self, group: list[_Pending], rows: int) -> None:
         model = self._current_model()  # one model answers the whole group, so versions never mix in a batch
         if model is not None:
-            served = model.contract.hash  # once per batch: the property hashes the whole contract each time
-            stale = [p for p in group if p.batch.contract_hash != served]
+            stale = [p for p in group if p.batch.contract_hash != model.contract.hash]
             for p in stale:
                 p.error = StaleContract()
                 p.done.set()

@@ -8,7 +8,6 @@ Errors name the field and row and never echo the whole input.
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import math
@@ -159,14 +158,7 @@ def validate(records: Any, contract: Contract, *, max_rows: int, out_of_range: s
         columns[feature.name] = convert(feature, values, from_text, out_of_range, problems, warnings)
     if problems:
         raise _invalid(problems)
-    return Batch(columns, n, warnings[:MAX_DETAILS], _contract_hash(contract))
-
-
-@functools.lru_cache(maxsize=16)
-def _contract_hash(contract: Contract) -> str:
-    # Contract.hash serialises and hashes the whole contract on every access (~0.1 ms, per request);
-    # equal contracts have equal hashes, so a cache keyed by the (frozen, hashable) contract is exact.
-    return contract.hash
+    return Batch(columns, n, warnings[:MAX_DETAILS], contract.hash)
 
 
 def _numeric(feature: Feature, values: list[Any], from_text: bool, out_of_range: str,
