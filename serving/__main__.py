@@ -13,48 +13,18 @@ import json
 import logging
 import os
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from serving import store
 from serving.model import ModelLoadError, load_bundle
+from serving.probe import NotServing, wait_for_version
 
 log = logging.getLogger("serving")
 
 
 class ActivationError(Exception):
     pass
-
-
-def _get_json(url: str, timeout: float = 5.0) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - operator-given URL
-        return json.loads(response.read())
-
-
-def wait_for_version(url: str, version: str, timeout: float, confirmations: int) -> None:
-    """Succeed after `confirmations` consecutive /version answers (spread over the workers) show `version`."""
-    deadline = time.monotonic() + timeout
-    streak, last = 0, "no answer"
-    while time.monotonic() < deadline:
-        try:
-            info = _get_json(f"{url.rstrip('/')}/version")
-        except (OSError, ValueError) as exc:
-            streak, last = 0, f"{type(exc).__name__}: {exc}"
-        else:
-            refused = info.get("refused") or {}
-            if refused.get("version") == version:
-                raise ActivationError(f"the server refused version {version}: {refused.get('error')}")
-            if info.get("version") == version:
-                streak += 1
-                if streak >= confirmations:
-                    return
-                continue
-            streak, last = 0, f"still serving version {info.get('version')}"
-        time.sleep(0.2)
-    raise ActivationError(f"the server at {url} did not switch to version {version} within {timeout:.0f}s ({last})")
 
 
 def activate(store_dir: Path, version: str, url: str | None, timeout: float, confirmations: int) -> dict[str, Any]:
@@ -73,12 +43,12 @@ def activate(store_dir: Path, version: str, url: str | None, timeout: float, con
         store.write_pointer(store_dir, version)
     if url:
         try:
-            wait_for_version(url, version, timeout, confirmations)
-        except ActivationError:
+            wait_for_version(url.rstrip("/"), version, timeout, confirmations)
+        except NotServing as exc:
             if previous and previous != version:
                 store.write_pointer(store_dir, previous)
                 log.error("put CURRENT back to %s", previous)
-            raise
+            raise ActivationError(str(exc)) from exc
     return {"status": "active", "name": model.name, "version": version,
             "previous": previous if previous != version else store.read_pointer(store_dir, store.PREVIOUS),
             "changed": previous != version}

@@ -15,7 +15,6 @@ import shlex
 import shutil
 import subprocess
 import time
-import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -189,26 +188,12 @@ def verify_server(instance: Instance, version: str, timeout: float, confirmation
     """/ready answers 200 and `confirmations` consecutive /version answers show `version`."""
     if not instance.url:
         return  # a local store with no server running: the next server started serves it
-    deadline = time.monotonic() + timeout
-    streak, last = 0, "no answer"
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{instance.url}/ready", timeout=5) as response:
-                ready = response.status == 200
-            with urllib.request.urlopen(f"{instance.url}/version", timeout=5) as response:
-                served = json.loads(response.read()).get("version")
-        except (OSError, ValueError) as exc:
-            streak, last = 0, f"{type(exc).__name__}: {exc}"
-        else:
-            if ready and served == version:
-                streak += 1
-                if streak >= confirmations:
-                    return
-                continue
-            streak, last = 0, f"serving version {served}"
-        time.sleep(0.5)
-    raise DeploymentError(f"instance {instance.instance_id} ({instance.url}) did not serve version {version} "
-                          f"within {timeout:.0f}s: {last}")
+    from serving.probe import NotServing, wait_for_version
+
+    try:
+        wait_for_version(instance.url, version, timeout, confirmations, interval=0.5)
+    except NotServing as exc:
+        raise DeploymentError(f"instance {instance.instance_id}: {exc}") from exc
 
 
 def rollout(store: BundleStore, fleet: Fleet, runner: CommandRunner, *, target: str, model_name: str,
