@@ -128,16 +128,41 @@ class _SummedTrees:
 
     Even with n_jobs=1, sklearn runs every tree's predict through joblib and its config and
     warning-filter wrappers, about 0.1 ms per tree per call: 20-30 ms for 200 trees on one row,
-    most of a worker's CPU under load. This does the same arithmetic (float32 input, each tree's
-    output added in tree order to a float64 sum, divided by the count), so the result is
-    bit-identical; `_check_fast_paths` compares it with sklearn's on known rows at load. Anything
-    unusual (sparse, non-finite, wrong width, extra params) goes to sklearn's own predict.
+    most of a worker's CPU under load. This does the same arithmetic (float32 input compared as
+    float64 with each node's threshold, each tree's leaf value added in tree order to a float64
+    sum, divided by the count), so the result is bit-identical; `_check_fast_paths` compares it
+    with sklearn's on known rows at load. Anything unusual (sparse, non-finite, wrong width, extra
+    params) goes to sklearn's own predict.
+
+    Up to VECTOR_MAX_ROWS rows, all trees are walked at once, one numpy step per level: ~0.1 ms
+    for one row of 200 trees against ~0.5 ms for 200 calls of the trees' own predict. Beyond
+    that the trees' compiled predict, one tree at a time, is faster.
     """
+
+    VECTOR_MAX_ROWS = 64
 
     def __init__(self, forest: Any) -> None:
         self.original = type(forest).predict.__get__(forest)
         self.n_features = forest.n_features_in_
         self.trees = [tree.tree_ for tree in forest.estimators_]
+        # All trees' nodes in flat arrays. A leaf gets threshold +inf and itself as both children,
+        # so a walk of max_depth steps from every root ends on each tree's leaf.
+        offsets = np.cumsum([0] + [tree.node_count for tree in self.trees[:-1]])
+        feature, threshold, children, value = [], [], [], []
+        for tree, offset in zip(self.trees, offsets):
+            leaf = tree.children_left == -1
+            own = np.arange(tree.node_count)
+            feature.append(np.where(leaf, 0, tree.feature))
+            threshold.append(np.where(leaf, np.inf, tree.threshold))
+            children.append(np.stack([np.where(leaf, own, tree.children_left),
+                                      np.where(leaf, own, tree.children_right)], axis=1) + offset)
+            value.append(tree.value[:, 0, 0])
+        self.roots = offsets.astype(np.intp)
+        self.feature = np.concatenate(feature).astype(np.intp)
+        self.threshold = np.concatenate(threshold).astype(np.float64)
+        self.children = np.concatenate(children).ravel().astype(np.intp)  # [2 * node + went right]
+        self.value = np.concatenate(value).astype(np.float64)
+        self.depth = max(tree.max_depth for tree in self.trees)
 
     def __call__(self, X: Any, **params: Any) -> np.ndarray:
         if params or not hasattr(X, "__array__") or hasattr(X, "tocsr"):
@@ -145,11 +170,24 @@ class _SummedTrees:
         x = np.asarray(X, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.n_features or not np.isfinite(x).all():
             return self.original(X)
+        return self._walk_all(x) if x.shape[0] <= self.VECTOR_MAX_ROWS else self._tree_by_tree(x)
+
+    def _tree_by_tree(self, x: np.ndarray) -> np.ndarray:
         total = np.zeros(x.shape[0], dtype=np.float64)
         for tree in self.trees:
             total += tree.predict(x)[:, 0]
         total /= len(self.trees)
         return total
+
+    def _walk_all(self, x: np.ndarray) -> np.ndarray:
+        flat = x.astype(np.float64).ravel()
+        row_start = (np.arange(x.shape[0]) * self.n_features)[:, None]
+        node = np.broadcast_to(self.roots, (x.shape[0], len(self.roots)))
+        for _ in range(self.depth):
+            right = flat.take(self.feature.take(node) + row_start) > self.threshold.take(node)
+            node = self.children.take(2 * node + right)
+        # cumsum adds left to right, as the tree-by-tree loop does; sum() would add pairwise.
+        return np.cumsum(self.value.take(node), axis=1)[:, -1] / len(self.trees)
 
 
 class _NumericColumns:
@@ -243,11 +281,13 @@ def _check_fast_paths(model: LoadedModel) -> None:
                  if isinstance(fast, (_SummedTrees, _NumericColumns))]
     if not installed or not model.self_check_rows:
         return
-    batch = validate(model.self_check_rows, model.contract, max_rows=len(model.self_check_rows))
-    got = model.predict(batch.columns).values
+    # The rows as they are, and repeated past the forest's vectorised size: both of its ways are checked.
+    rows = model.self_check_rows * (1 + _SummedTrees.VECTOR_MAX_ROWS // len(model.self_check_rows))
+    batches = [validate(r, model.contract, max_rows=len(r)) for r in (model.self_check_rows, rows)]
+    got = [model.predict(batch.columns).values for batch in batches]
     for step, name, _ in installed:
         delattr(step, name)
-    expected = model.predict(batch.columns).values
+    expected = [model.predict(batch.columns).values for batch in batches]
     if got == expected:
         for step, name, fast in installed:
             setattr(step, name, fast)

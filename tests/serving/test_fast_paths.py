@@ -17,11 +17,14 @@ def _final(model: model_mod.LoadedModel):
     return model.estimator.steps[-1][1]
 
 
-def test_regression_forest_sums_trees_directly_with_identical_results(bundles: Path) -> None:
+# Both ways of the forest fast path: all trees walked at once (up to VECTOR_MAX_ROWS) and tree by tree.
+@pytest.mark.parametrize("rows", [1, 7, model_mod._SummedTrees.VECTOR_MAX_ROWS,
+                                  model_mod._SummedTrees.VECTOR_MAX_ROWS + 1, 300])
+def test_regression_forest_sums_trees_directly_with_identical_results(bundles: Path, rows: int) -> None:
     model = load_bundle(bundles / "1")
     final = _final(model)
     assert isinstance(vars(final).get("predict"), model_mod._SummedTrees)
-    frame = toy_frame("regression", rows=300, seed=7).drop(columns="y")  # NaN in x1: imputed before the forest
+    frame = toy_frame("regression", rows=rows, seed=7).drop(columns="y")  # NaN in x1: imputed before the forest
     records = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
                for row in frame.to_dict("records")]
     batch = validate(records, model.contract, max_rows=1000)
@@ -44,9 +47,10 @@ def test_classifier_is_left_alone(bundles: Path) -> None:
     assert "predict" not in vars(_final(load_bundle(bundles / "c1")))
 
 
-def test_a_fast_path_that_disagrees_is_dropped(bundles: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = model_mod._SummedTrees.__call__
-    monkeypatch.setattr(model_mod._SummedTrees, "__call__", lambda self, X, **kw: original(self, X, **kw) + 1e-9)
+@pytest.mark.parametrize("way", ["_walk_all", "_tree_by_tree"])
+def test_a_fast_path_that_disagrees_is_dropped(bundles: Path, monkeypatch: pytest.MonkeyPatch, way: str) -> None:
+    original = getattr(model_mod._SummedTrees, way)
+    monkeypatch.setattr(model_mod._SummedTrees, way, lambda self, x: original(self, x) + 1e-9)
     model = load_bundle(bundles / "1")
     assert "predict" not in vars(_final(model))
 
