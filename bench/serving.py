@@ -20,7 +20,7 @@ HistGradientBoosting champion), it
    stalled server cannot hide queueing, as wrk2 does) for p99 at half load.
 
 It prints one table (req/s, rows/s, p50, p99 and our/their ratios) and the targets, and writes
-the raw results as JSON to bench/results/. This is a benchmark, not a test; it takes ~20 minutes on 2 cores.
+the raw results as JSON to bench/results/. This is a benchmark, not a test; it takes ~10 minutes on 2 cores.
 The load generator shares the machine's cores with the servers; each row records the CPU the
 server, wrk and other processes used meanwhile.
 
