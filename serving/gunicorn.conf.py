@@ -4,7 +4,9 @@
 """
 
 import logging
+import logging.handlers
 import os
+import queue
 import shutil
 import tempfile
 
@@ -40,6 +42,25 @@ def on_starting(server):
 
 def post_fork(server, worker):
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
+
+
+def post_worker_init(worker):
+    # Access-log lines to stdout/stderr are written by a thread of their own: a slow sink (a full
+    # journald pipe, a disk flush) then holds that thread, not the request threads waiting on the
+    # handler's lock. In one bench run this removed 30-60 ms stalls (docs/benchmarks.md).
+    # A log file keeps gunicorn's own handler, which USR1 reopens for log rotation.
+    access = logging.getLogger("gunicorn.access")
+    if access.handlers and all(type(h) is logging.StreamHandler for h in access.handlers):
+        lines = queue.SimpleQueue()
+        worker.access_log_writer = logging.handlers.QueueListener(lines, *access.handlers)
+        access.handlers = [logging.handlers.QueueHandler(lines)]
+        worker.access_log_writer.start()
+
+
+def worker_exit(server, worker):
+    writer = getattr(worker, "access_log_writer", None)
+    if writer is not None:
+        writer.stop()  # writes every line still queued
 
 
 def child_exit(server, worker):
