@@ -82,7 +82,7 @@ IDLE_THRESHOLD_CORES = 0.25  # other processes using less than this count as an 
 
 
 class BenchmarkError(RuntimeError):
-    """A stage or the baseline failed; the message carries its output."""
+    """A benchmark step failed; the message carries its output."""
 
 
 # --------------------------------------------------------------------------- data
@@ -279,13 +279,14 @@ def read_separator(config_dir: Path) -> str:
     return ConfigurationManager(config_dir, env={}).config.data_source.separator
 
 
-def stage_env(csv_path: Path, workspace: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of every child: the source, artifacts and MLflow store all inside `workspace`;
-    `extra` (from --env) is applied last, e.g. OMP_NUM_THREADS to try a setting."""
+def stage_env(csv_path: Path | None, workspace: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of every child: the source (None: the config's own), artifacts and MLflow store all
+    inside `workspace`; `extra` (from --env) is applied last, e.g. OMP_NUM_THREADS to try a setting."""
     env = dict(os.environ)
     env.pop("MLOPS_CONFIG_DIR", None)  # --config-dir is passed explicitly
+    if csv_path is not None:
+        env["MLOPS_SOURCE_URI"] = str(csv_path)
     env.update({
-        "MLOPS_SOURCE_URI": str(csv_path),
         "MLOPS_ARTIFACTS_ROOT": str(workspace / "artifacts"),
         "MLOPS_TRACKING_URI": f"sqlite:///{workspace / 'mlflow.db'}",
         "MLOPS_ARTIFACT_LOCATION": str(workspace / "mlflow-artifacts"),
@@ -384,14 +385,16 @@ def run_measured(cmd: list[str], env: dict[str, str], log_dir: Path, label: str,
     if child.returncode != 0:
         raise BenchmarkError(
             f"{label} failed with exit code {child.returncode}: {' '.join(cmd)}\n"
-            f"--- stderr (last {OUTPUT_TAIL_LINES} lines, full: {err_path}) ---\n{_tail(err_path)}\n"
-            f"--- stdout (last {OUTPUT_TAIL_LINES} lines, full: {out_path}) ---\n{_tail(out_path)}")
+            f"--- stderr (last {OUTPUT_TAIL_LINES} lines, full: {err_path}) ---\n{tail(err_path)}\n"
+            f"--- stdout (last {OUTPUT_TAIL_LINES} lines, full: {out_path}) ---\n{tail(out_path)}")
     return measurement
 
 
-def _tail(path: Path) -> str:
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    return "\n".join(lines[-OUTPUT_TAIL_LINES:])
+def tail(path: Path, lines: int = OUTPUT_TAIL_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def baseline_command(config_dir: Path, stage: str) -> list[str]:

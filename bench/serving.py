@@ -63,8 +63,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # This file is bench/serving.py: bench/ must not shadow the `serving` package, so it leaves sys.path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(PROJECT_ROOT))  # run as a script from anywhere
-from bench.pipeline_scaling import (busy_cpu_seconds, machine_facts, wait_until_idle,  # noqa: E402
-                                    write_config_dir)
+from bench.pipeline_scaling import (BenchmarkError, busy_cpu_seconds, machine_facts, stage_env,  # noqa: E402
+                                    tail, wait_until_idle, write_config_dir)
 
 log = logging.getLogger("bench.serving")
 
@@ -109,10 +109,6 @@ function done(summary, latency, requests)
   out:close()
 end
 """
-
-
-class BenchmarkError(RuntimeError):
-    pass
 
 
 # --------------------------------------------------------------------------- processes
@@ -210,22 +206,10 @@ def http(method: str, url: str, body: bytes | None = None, timeout: float = 30.0
 
 
 def workspace_env(workspace: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("MLOPS_CONFIG_DIR", None)
-    env.update({
-        "MLOPS_ARTIFACTS_ROOT": str(workspace / "artifacts"),
-        "MLOPS_TRACKING_URI": f"sqlite:///{workspace / 'mlflow.db'}",
-        "MLOPS_ARTIFACT_LOCATION": str(workspace / "mlflow-artifacts"),
-        # Train and evaluate only: the deploy stage must not touch the project's model store or server.
-        "MLOPS_DEPLOY_TARGET": "none",
-        "MLOPS_MODEL_STORE": str(workspace / "deploy-store"),
-        "MLOPS_SERVING_URL": "http://127.0.0.1:9",
-        "GIT_PYTHON_REFRESH": "quiet",
-        "GX_ANALYTICS_ENABLED": "false",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        "PYTHONUNBUFFERED": "1",
-    })
-    return env
+    # Train and evaluate only: the deploy stage must not touch the project's model store or server.
+    return stage_env(None, workspace, {"MLOPS_DEPLOY_TARGET": "none", "MLOPS_SERVING_URL": "http://127.0.0.1:9",
+                                       "MLOPS_MODEL_STORE": str(workspace / "deploy-store"),
+                                       "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
 
 
 def train_and_export(name: str, config_dir: Path, workspace: Path) -> Path:
@@ -244,7 +228,7 @@ def train_and_export(name: str, config_dir: Path, workspace: Path) -> Path:
         done = subprocess.run([sys.executable, str(PROJECT_ROOT / "main.py"), "--config-dir", str(model_config)],
                               cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     if done.returncode != 0:
-        raise BenchmarkError(f"training {name} failed; see {logfile}:\n{_tail(logfile)}")
+        raise BenchmarkError(f"training {name} failed; see {logfile}:\n{tail(logfile, 40)}")
     store = workspace / "store"
     export = subprocess.run([sys.executable, "-m", "serving", "--store", str(store), "export", "--config-dir",
                              str(model_config), "--activate"], cwd=PROJECT_ROOT, env=env, capture_output=True,
@@ -318,15 +302,13 @@ def in_process_predict(bundle: Path, bodies: dict[int, bytes], repeats: int) -> 
     import pandas as pd
 
     from serving.inputs import mlflow_rows, validate
-    from serving.model import load_bundle
+    from serving.model import _single_threaded, load_bundle
 
     model = load_bundle(bundle)
     pyfunc = mlflow.pyfunc.load_model(str(bundle / "model"))
     pipeline = pyfunc.get_raw_model()
     single = copy.deepcopy(pipeline)
-    for _, step in getattr(single, "steps", [(None, single)]):
-        if "n_jobs" in step.get_params():
-            step.set_params(n_jobs=1)
+    _single_threaded(single)
     stock_calls = {"mlflow_pyfunc": pyfunc.predict, "sklearn_as_trained": pipeline.predict,
                    "sklearn_n_jobs_1": single.predict}
     out: dict[str, Any] = {}
@@ -391,7 +373,7 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, logfile: Path, timeout: 
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if proc.poll() is not None:
-            raise BenchmarkError(f"server exited with {proc.returncode}:\n{_tail(logfile)}")
+            raise BenchmarkError(f"server exited with {proc.returncode}:\n{tail(logfile, 40)}")
         try:
             status, _ = http("GET", url, timeout=2.0)
             if status == 200:
@@ -399,7 +381,7 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, logfile: Path, timeout: 
         except OSError:
             pass
         time.sleep(0.25)
-    raise BenchmarkError(f"server not ready after {timeout:.0f}s:\n{_tail(logfile)}")
+    raise BenchmarkError(f"server not ready after {timeout:.0f}s:\n{tail(logfile, 40)}")
 
 
 # --------------------------------------------------------------------------- load
@@ -760,13 +742,6 @@ def markdown_report(report: dict[str, Any]) -> str:
                          f"{t['threshold']:g}{t['unit']} | {met} |")
         lines.append("")
     return "\n".join(lines)
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 # --------------------------------------------------------------------------- main
