@@ -31,9 +31,8 @@ up: $(STAMP) ## start Airflow (api-server :8080, scheduler, dag-processor, trigg
 down: ## stop exactly what `make up` started
 	scripts/airflow_stack.sh down
 
-serve: $(STAMP) ## prediction server on 127.0.0.1:8000 with the current champion, in the foreground (make run first)
-	$(BIN)/python -m serving --store models export --version champion --activate
-	SERVING_MODEL_STORE=models $(BIN)/gunicorn -c serving/gunicorn.conf.py
+serve: $(STAMP) ## prediction server on the champion, in the foreground (make run first); CONFIG_DIR=examples/<name>
+	$(BIN)/python main.py serve $(if $(CONFIG_DIR),--config-dir $(CONFIG_DIR))
 
 run: $(STAMP) ## run the pipeline once without Airflow (python main.py)
 	$(BIN)/python main.py

@@ -1,38 +1,44 @@
-"""Run the ML pipeline without Airflow: `python main.py` runs every stage in order.
+"""Run the ML pipeline and its commands without Airflow.
 
-    python main.py                      # ingest -> ... -> evaluate -> deploy -> verify
-    python main.py --stage train        # one stage, on the latest run's outputs
-    python main.py --run-id my-run      # choose the run id (artifacts/<run id>/)
-    python main.py --rollback [VERSION] # make an earlier model version champion again, and deploy it
+    python main.py                        # ingest -> validate -> transform -> train -> evaluate -> deploy -> verify
+    python main.py --stage train          # one stage, on the latest run's outputs
+    python main.py --run-id my-run        # choose the run id (artifacts/<run id>/)
+    python main.py --rollback [VERSION]   # make an earlier model version champion again, and deploy it
+    python main.py init --data data.csv --target y --out examples/mine   # draft the three YAML files
+    python main.py export [--version champion] [--store DIR] [--activate] # registry -> a bundle in a model store
+    python main.py serve                  # the prediction server on the champion, in the foreground
+
+Every command takes --config-dir DIR (default: $MLOPS_CONFIG_DIR, else include/config).
+Exit codes: 0 success, 1 a stage or command failed (the message says which and why), 2 configuration error.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
-from include.ml import artifacts, pipeline
+from include import pipeline
+from include.ml import artifacts
 from include.ml.exceptions import ConfigError, PipelineError
 
 if TYPE_CHECKING:
     from include.ml.configuration import ConfigurationManager
 
 log = logging.getLogger("main")
+REPO = Path(__file__).resolve().parent
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=pipeline.STAGES, help="run only this stage")
-    parser.add_argument("--run-id", help="pipeline run id; default: a new one, or the latest run for --stage")
+def _parser(command: str | None, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"main.py {command}" if command else "main.py", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-dir", help="directory with config.yaml, schema.yaml, params.yaml "
-                        "(default: include/config, or $MLOPS_CONFIG_DIR)")
-    parser.add_argument("--force-promote", action="store_true", help="promote the new model whatever the gate says")
-    parser.add_argument("--rollback", nargs="?", const="previous", metavar="VERSION",
-                        help="make VERSION (default: the previous champion) the champion and exit")
+                        "(default: $MLOPS_CONFIG_DIR, else include/config)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return parser.parse_args(argv)
+    return parser
 
 
 class _QuietLibraries(logging.Filter):
@@ -53,11 +59,47 @@ def configure_logging(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    args = COMMANDS[command][0]().parse_args(argv[1:] if command else argv)
     configure_logging(args.verbose)
+    try:
+        return COMMANDS[command][1](args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except PipelineError as exc:
+        print(f"{command or 'pipeline'} failed: {exc}", file=sys.stderr)
+        return 1
+
+
+# --- python main.py: the pipeline ------------------------------------------------------------------------------
+
+def run_parser() -> argparse.ArgumentParser:
+    parser = _parser(None, __doc__)
+    parser.add_argument("--stage", choices=pipeline.STAGES, help="run only this stage")
+    parser.add_argument("--run-id", help="pipeline run id; default: a new one, or the latest run for --stage")
+    parser.add_argument("--force-promote", action="store_true", help="promote the new model whatever the gate says")
+    parser.add_argument("--rollback", nargs="?", const="previous", metavar="VERSION",
+                        help="make VERSION (default: the previous champion) the champion, deploy it and exit")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
     from include.ml.configuration import ConfigurationManager
 
-    current = "configuration"  # what was running when an error surfaced
+    cm = ConfigurationManager(args.config_dir)
+    if args.rollback:
+        return _rollback(cm, None if args.rollback == "previous" else args.rollback)
+    if args.stage:
+        stages = (args.stage,)
+        run_id = args.run_id or (artifacts.new_run_id() if args.stage == "ingest"
+                                 else artifacts.latest_run_id(cm.config.artifacts_root))
+    else:
+        stages, run_id = pipeline.STAGES, args.run_id or artifacts.new_run_id()
+    run_id = artifacts.safe_run_id(run_id)
+    print(f"pipeline run {run_id}: {' -> '.join(stages)} (artifacts: {cm.config.artifacts_root / run_id})")
+    current = "configuration"
 
     def started(index: int, stage: str) -> None:
         nonlocal current
@@ -65,24 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{index}/{len(stages)}] {stage} ...", flush=True)
 
     try:
-        cm = ConfigurationManager(args.config_dir)
-        if args.rollback:
-            return _rollback(cm, args.rollback)
-        if args.stage:
-            stages = (args.stage,)
-            run_id = args.run_id or (artifacts.new_run_id() if args.stage == "ingest"
-                                     else artifacts.latest_run_id(cm.config.artifacts_root))
-        else:
-            stages, run_id = pipeline.STAGES, args.run_id or artifacts.new_run_id()
-        run_id = artifacts.safe_run_id(run_id)
-        print(f"pipeline run {run_id}: {' -> '.join(stages)} (artifacts: {cm.config.artifacts_root / run_id})")
         outcomes = pipeline.run(
-            cm, run_id, stages, force_promote=args.force_promote,
-            on_start=started,
+            cm, run_id, stages, force_promote=args.force_promote, on_start=started,
             on_done=lambda i, o: print(f"[{i}/{len(stages)}] {o.stage} done in {o.seconds:.1f}s", flush=True))
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
     except PipelineError as exc:
         print(f"pipeline failed in stage {current}: {exc}", file=sys.stderr)
         return 1
@@ -92,40 +119,105 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_summary(run_id: str, outcomes: list[pipeline.StageOutcome]) -> None:
     print(f"\nrun {run_id} finished: " + ", ".join(f"{o.stage} {o.seconds:.1f}s" for o in outcomes))
-    evaluated = next((o.result for o in outcomes if o.stage == "evaluate"), None)
-    if evaluated is None:
-        return
-    decision = evaluated.decision
-    print(f"gate: {'PROMOTED' if decision.promoted else 'kept the champion'} - {decision.reason}")
-    print(f"champion: {evaluated.model_name} v{evaluated.champion_version} on this test set: "
-          + ", ".join(f"{k}={v:.4f}" for k, v in evaluated.champion_metrics.items()))
+    results = {o.stage: o.result for o in outcomes}
+    evaluated = results.get("evaluate")
+    if evaluated is not None:
+        decision = evaluated.decision
+        print(f"gate: {'PROMOTED' if decision.promoted else 'kept the champion'} - {decision.reason}")
+        print(f"champion: {evaluated.model_name} v{evaluated.champion_version} on this test set: "
+              + ", ".join(f"{k}={v:.4f}" for k, v in evaluated.champion_metrics.items()))
     for stage in ("deploy", "verify"):
-        result = next((o.result for o in outcomes if o.stage == stage), None)
-        if result is not None:
-            print(f"{stage}: {result.summary()}")
+        if stage in results:
+            print(f"{stage}: {results[stage].summary()}")
 
 
-def _rollback(cm: "ConfigurationManager", version: str) -> int:
-    from mlflow.exceptions import MlflowException
-
-    from include.ml import registry, tracking
-
-    tracking.configure(cm.config.mlflow)
-    name = cm.config.mlflow.registered_model_name
+def _rollback(cm: ConfigurationManager, version: str | None) -> int:
+    """The same two steps as the ml_rollback DAG: move the champion alias, then deploy that version."""
+    rolled_back = pipeline.run_rollback(cm, version)
+    print(rolled_back.summary())
     try:
-        chosen = registry.rollback(name, None if version == "previous" else version)
-    except (LookupError, MlflowException) as exc:
-        print(f"rollback failed: {exc}", file=sys.stderr)
-        return 1
-    print(f"{name}: champion is now version {chosen}")
-    try:
-        deployed = pipeline.run_deploy(cm, artifacts.safe_run_id(f"rollback-{artifacts.new_run_id()}"), chosen)
+        deployed = pipeline.run_deploy(cm, artifacts.safe_run_id(f"rollback-{artifacts.new_run_id()}"),
+                                       rolled_back.champion_after)
     except PipelineError as exc:
-        print(f"rollback deploy failed (the registry already names version {chosen}): {exc}", file=sys.stderr)
-        return 1
+        raise PipelineError(f"rollback deploy (the registry already names version "
+                            f"{rolled_back.champion_after}): {exc}") from exc
     print(f"deploy: {deployed.summary()}")
     return 0
 
+
+# --- python main.py init: draft a config dir from the data -----------------------------------------------------
+
+def init_parser() -> argparse.ArgumentParser:
+    parser = _parser("init", "Draft config.yaml, schema.yaml and params.yaml from a data file; every guess is "
+                             "marked '# guessed:' for review (rules: include/ml/drafting.py).")
+    parser.add_argument("--data", required=True, help="a CSV (or a zip holding one): local path, http(s):// or s3://")
+    parser.add_argument("--target", required=True, help="the column to predict")
+    parser.add_argument("--task", choices=("regression", "classification"), help="default: guessed from the target")
+    parser.add_argument("--separator", help="the CSV separator (default: sniffed; \\t for a tab)")
+    parser.add_argument("--out", required=True, type=Path, help="the config dir to write (must not hold the files)")
+    return parser
+
+
+def init(args: argparse.Namespace) -> int:
+    from include.ml.drafting import draft_config
+
+    separator = "\t" if args.separator == "\\t" else args.separator
+    drafted = draft_config(args.data, args.target, args.out, task=args.task, separator=separator)
+    print(drafted.summary())
+    for guess in drafted.guesses:
+        print(f"  guessed: {guess}")
+    print(f"review every '# guessed:' line, then: python main.py --config-dir {args.out}")
+    return 0
+
+
+# --- python main.py export / serve: a registered version into a model store, and a server on it -----------------
+
+def export_parser() -> argparse.ArgumentParser:
+    parser = _parser("export", "Copy a registered model version from MLflow into a model store as a verified "
+                               "bundle (python -m serving refresh/activate then serve it).")
+    parser.add_argument("--version", default="champion", help="version number or alias (default: champion)")
+    parser.add_argument("--store", type=Path, help="model store (default: deployment.local.model_store)")
+    parser.add_argument("--activate", action="store_true", help="also make it the store's CURRENT version")
+    return parser
+
+
+def export(args: argparse.Namespace) -> int:
+    from include.ml.configuration import ConfigurationManager
+
+    print(pipeline.run_export(ConfigurationManager(args.config_dir), args.version, args.store, args.activate)
+          .summary())
+    return 0
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    parser = _parser("serve", "Export the champion into the config's model store, make it current and run the "
+                              "prediction server on it in the foreground (gunicorn; Ctrl-C stops it).")
+    parser.add_argument("--version", default="champion", help="version number or alias (default: champion)")
+    parser.add_argument("--bind", help="host:port (default: from deployment.local.server_url)")
+    return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    from urllib.parse import urlsplit
+
+    from include.ml.configuration import ConfigurationManager
+
+    cm = ConfigurationManager(args.config_dir)
+    exported = pipeline.run_export(cm, args.version, activate=True)
+    url = urlsplit(cm.config.deployment.local.server_url)
+    bind = args.bind or f"{url.hostname or '127.0.0.1'}:{url.port or 8000}"
+    print(f"{exported.summary()}\nserving it on http://{bind} (a form at /, the API at /openapi.json)", flush=True)
+    env = {**os.environ, "SERVING_MODEL_STORE": str(cm.config.model_store), "SERVING_BIND": bind}
+    command = [sys.executable, "-m", "gunicorn", "-c", str(REPO / "serving" / "gunicorn.conf.py")]
+    os.chdir(REPO)  # gunicorn imports serving.app from here
+    os.execve(sys.executable, command, env)
+    return 1  # not reached
+
+
+COMMANDS: dict[str | None, tuple[Callable[[], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
+    None: (run_parser, run), "init": (init_parser, init), "export": (export_parser, export),
+    "serve": (serve_parser, serve),
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,7 @@
 """
 ### ml_pipeline: train, evaluate, register and deploy the model
 
-One task per stage of `include/ml/pipeline.py`:
+One task per stage of `include/pipeline.py`:
 **ingest → validate → transform → train → evaluate → deploy → verify**. Each task calls
 `run_<stage>(cm, run_id)` with this DAG run's id made path-safe, so a run writes
 `<artifacts_root>/<run id>/<stage>/` exactly as `python main.py --run-id <run id>` would,
@@ -11,7 +11,7 @@ summaries (paths, counts, MLflow ids, the model version, metrics) through XCom.
 **Params** (*Trigger DAG* → run configuration)
 
 * `source`: data source for this run (local path, `http(s)://` or `s3://` URI of a CSV or zip);
-  empty = `data_source.uri` from `include/config/config.yaml`.
+  empty = `data_source.uri` from the config dir's `config.yaml` ($MLOPS_CONFIG_DIR, default `include/config`).
 * `model_family`: train this family instead of `model.family` from `params.yaml` (with the estimator's
   default hyperparameters: the YAML's belong to the configured family); empty = `params.yaml`.
 * `force_promote`: make the new model the champion even if the champion/challenger gate says no.
@@ -34,90 +34,37 @@ Parsing this file imports no ML library: they load inside the tasks.
 
 from __future__ import annotations
 
-import logging
 import os
-import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pendulum
-import yaml
 from airflow.sdk import Asset, Param, dag, task
 from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
 
+from include.ml.configuration import project_config
 from include.ml.models import FAMILIES  # light: names only, estimators are imported when built
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SCHEDULE = "0 2 * * *"
-
-
-def _config_yaml() -> dict[str, Any]:
-    """config.yaml as plain data: a cheap read at parse time (it is validated when tasks run)."""
-    config_dir = Path(os.environ.get("MLOPS_CONFIG_DIR") or PROJECT_ROOT / "include" / "config")
-    with open(config_dir / "config.yaml", encoding="utf-8") as f:
-        return yaml.safe_load(f) or {}
-
-
-def _assets(config: dict[str, Any]) -> tuple[Asset, Asset, Asset]:
-    """Lineage shown in the UI: the configured source -> the run's snapshot -> the registered model."""
-    uri = os.environ.get("MLOPS_SOURCE_URI") or config.get("data_source", {}).get("uri", "")
-    if "://" not in uri:
-        uri = (PROJECT_ROOT / uri).resolve().as_uri()
-    model = config.get("mlflow", {}).get("registered_model_name", "model")
-    return (Asset(name=f"{model}-source", uri=uri),
-            Asset(name=f"{model}-snapshot", uri=f"x-mlops://snapshots/{model}"),
-            Asset(name=f"{model}-registered-model", uri=f"x-mlops://models/{model}"))
-
-
-CONFIG = _config_yaml()
-SOURCE, SNAPSHOT, MODEL = _assets(CONFIG)
-
-
-def _stage(run_id: str, params: dict[str, Any]) -> tuple[Any, str]:
-    """The ConfigurationManager (with this run's overrides) and the path-safe run id for a task."""
-    from include.ml.artifacts import safe_run_id
-    from include.ml.configuration import ConfigurationManager
-
-    # Saving or loading a model, skops (MLflow's sklearn format) looks objects up in every loaded module
-    # and so trips ~1000 of Airflow's deprecated-import shims, each a warning line in the task log.
-    # (Set here, in the task process: filters set while the DAG file is parsed do not outlive the parse.)
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"skops\.io\._utils")
-    # Great Expectations logs ~200 INFO lines about its own API docs while it is imported.
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    cm = ConfigurationManager(source_uri=params.get("source") or None, model_family=params.get("model_family") or None)
-    return cm, safe_run_id(run_id)
-
-
-def _skip_or_return(result: Any) -> dict[str, Any]:
-    """A stage that had nothing to do is shown as skipped in the UI, with the reason in the log."""
-    from dataclasses import asdict
-
-    from airflow.sdk.exceptions import AirflowSkipException
-
-    from include.ml.components.deployment import Skipped
-
-    if isinstance(result, Skipped):
-        raise AirflowSkipException(result.summary())
-    return asdict(result)
-
-
-def _run_url(cm: Any, result: Any) -> str:
-    from include.ml.tracking import run_url
-
-    return run_url(cm.config.mlflow, result.mlflow_run_id)
+PROJECT = project_config()  # config.yaml only, validated: a bad edit shows as this file's import error
+MODEL_NAME = PROJECT.mlflow.registered_model_name
+# Lineage shown in the UI: the configured source -> the run's snapshot -> the registered model.
+SOURCE = Asset(name=f"{MODEL_NAME}-source", uri=PROJECT.data_source.uri if "://" in PROJECT.data_source.uri
+               else Path(PROJECT.data_source.uri).as_uri())
+SNAPSHOT = Asset(name=f"{MODEL_NAME}-snapshot", uri=f"x-mlops://snapshots/{MODEL_NAME}")
+MODEL = Asset(name=f"{MODEL_NAME}-registered-model", uri=f"x-mlops://models/{MODEL_NAME}")
 
 
 @dag(
     dag_id="ml_pipeline",
-    description="ingest -> validate -> transform -> train -> evaluate -> deploy -> verify (include/ml/pipeline.py)",
+    description="ingest -> validate -> transform -> train -> evaluate -> deploy -> verify (include/pipeline.py)",
     doc_md=__doc__,
-    schedule=CONFIG.get("airflow", {}).get("schedule", DEFAULT_SCHEDULE),
+    schedule=PROJECT.airflow.schedule,
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=2),
-    tags=["ml", "training", CONFIG.get("mlflow", {}).get("registered_model_name", "model")],
+    tags=["ml", "training", MODEL_NAME],
     default_args={
         "owner": "mlops",
         "retries": 2,
@@ -147,64 +94,54 @@ def _run_url(cm: Any, result: Any) -> str:
 def ml_pipeline() -> None:
     @task(inlets=[SOURCE], outlets=[SNAPSHOT])
     def ingest(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        from include.ml.pipeline import run_ingest
+        from dags.stage_tasks import stage_config, task_result
+        from include.pipeline import run_ingest
 
-        cm, rid = _stage(run_id, params)
-        result = run_ingest(cm, rid)
-        return {"run_id": rid, "source_uri": result.source_uri, "data_path": result.data_path,
-                "rows": result.rows, "columns": result.columns}
+        return task_result(run_ingest(*stage_config(run_id, params)))
 
     @task(inlets=[SNAPSHOT])
     def validate(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        from include.ml.pipeline import run_validate
+        from dags.stage_tasks import stage_config, task_result
+        from include.pipeline import run_validate
 
-        result = run_validate(*_stage(run_id, params))  # DataValidationError: failed at once by the retry policy
-        return {"success": result.success, "passed": result.passed, "evaluated": result.evaluated,
-                "rows": result.rows, "data_docs": result.data_docs}  # plugins/mlops_links.py links it
+        return task_result(run_validate(*stage_config(run_id, params)))  # DataValidationError: failed at once
 
     @task
     def transform(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        from include.ml.pipeline import run_transform
+        from dags.stage_tasks import stage_config, task_result
+        from include.pipeline import run_transform
 
-        result = run_transform(*_stage(run_id, params))
-        return {"train_path": result.train_path, "test_path": result.test_path,
-                "train_rows": result.train_rows, "test_rows": result.test_rows}
+        return task_result(run_transform(*stage_config(run_id, params)))
 
     @task
     def train(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        from include.ml.pipeline import run_train
+        from dags.stage_tasks import stage_config, task_result
+        from include.pipeline import run_train
 
-        cm, rid = _stage(run_id, params)
-        result = run_train(cm, rid)
-        return {"mlflow_run_id": result.mlflow_run_id, "mlflow_run_url": _run_url(cm, result),
-                "model_uri": result.model_uri, "family": result.family,
-                "estimator": result.estimator, "train_rows": result.train_rows,
-                "fit_seconds": round(result.fit_seconds, 3)}
+        return task_result(run_train(*stage_config(run_id, params)))
 
     @task(outlets=[MODEL])
     def evaluate(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        from include.ml.pipeline import run_evaluate
+        from dags.stage_tasks import stage_config, task_result
+        from include.pipeline import run_evaluate
 
-        cm, rid = _stage(run_id, params)
-        result = run_evaluate(cm, rid, force_promote=bool(params.get("force_promote")))
-        return {"model_name": result.model_name, "version": str(result.version),
-                "mlflow_run_id": result.mlflow_run_id, "mlflow_run_url": _run_url(cm, result), "promoted": result.decision.promoted,
-                "gate_reason": result.decision.reason, "champion_version": str(result.champion_version),
-                "metrics": {name: float(value) for name, value in result.metrics.items()},
-                "champion_metrics": {name: float(value) for name, value in result.champion_metrics.items()}}
+        return task_result(run_evaluate(*stage_config(run_id, params), force_promote=bool(params["force_promote"])))
 
     @task
     def deploy(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        from include.ml.pipeline import run_deploy
+        from dags.stage_tasks import stage_config, task_result
+        from include.pipeline import run_deploy
 
-        return _skip_or_return(run_deploy(*_stage(run_id, params)))
+        return task_result(run_deploy(*stage_config(run_id, params)))
 
     @task
     def verify(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        from include.ml.pipeline import run_verify
+        from dags.stage_tasks import stage_config, task_result
+        from include.pipeline import run_verify
 
-        return _skip_or_return(run_verify(*_stage(run_id, params)))
+        return task_result(run_verify(*stage_config(run_id, params)))
 
     ingest() >> validate() >> transform() >> train() >> evaluate() >> deploy() >> verify()
+
 
 ml_pipeline()

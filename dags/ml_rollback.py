@@ -19,7 +19,7 @@ from airflow.sdk import Param, dag, task
 
 @dag(
     dag_id="ml_rollback",
-    description="Point the champion alias at an earlier model version",
+    description="Point the champion alias at an earlier model version and deploy it",
     doc_md=__doc__,
     schedule=None,
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
@@ -35,31 +35,17 @@ from airflow.sdk import Param, dag, task
 def ml_rollback() -> None:
     @task
     def rollback(params: dict[str, Any] | None = None) -> dict[str, Any]:
-        from include.ml import registry, tracking
-        from include.ml.configuration import ConfigurationManager
+        from dags.stage_tasks import pipeline_config, task_result
+        from include.pipeline import run_rollback
 
-        mlflow_config = ConfigurationManager().config.mlflow
-        tracking.configure(mlflow_config)
-        name = mlflow_config.registered_model_name
-        before = registry.champion_version(name)
-        after = registry.rollback(name, params.get("version") or None)
-        return {"model_name": name, "champion_before": before, "champion_after": after}
+        return task_result(run_rollback(pipeline_config(), params["version"] or None))
 
     @task
     def deploy(rolled_back: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
-        from dataclasses import asdict
+        from dags.stage_tasks import stage_config, task_result
+        from include.pipeline import run_deploy
 
-        from airflow.sdk.exceptions import AirflowSkipException
-
-        from include.ml.artifacts import safe_run_id
-        from include.ml.components.deployment import Skipped
-        from include.ml.configuration import ConfigurationManager
-        from include.ml.pipeline import run_deploy
-
-        result = run_deploy(ConfigurationManager(), safe_run_id(run_id), rolled_back["champion_after"])
-        if isinstance(result, Skipped):
-            raise AirflowSkipException(result.summary())
-        return asdict(result)
+        return task_result(run_deploy(*stage_config(run_id, None), rolled_back["champion_after"]))
 
     deploy(rollback())
 

@@ -9,7 +9,6 @@ Links are read from XCom, so they appear once the task has pushed its result.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
@@ -59,13 +58,13 @@ app = FastAPI(title="MLOps pipeline artifacts")
 @app.get("/data-docs/{run_id}/{path:path}")
 def data_docs(run_id: str, path: str) -> FileResponse:
     from include.ml.artifacts import safe_run_id
-    from include.ml.configuration import ConfigurationManager
+    from include.ml.configuration import project_config
 
     try:
         valid_run_id = safe_run_id(run_id) == run_id
     except ValueError:
         valid_run_id = False
-    root = (ConfigurationManager().config.artifacts_root / run_id / "validate" / "data_docs").resolve()
+    root = (project_config().artifacts_root / run_id / "validate" / "data_docs").resolve()
     target = (root / path).resolve()
     if not valid_run_id or not target.is_relative_to(root) or not target.is_file():
         raise HTTPException(status_code=404, detail=f"no Data Docs file {path!r} for run {run_id!r}")

@@ -8,9 +8,11 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, render_template, request
 
-from serving.app import Service, error_response, json_response
 from serving.inputs import InputError, csv_rows, mlflow_rows, parse_json
+from serving.model import LoadedModel
 from serving.openapi import openapi_spec
+from serving.responses import error_response, json_response
+from serving.service import Service
 
 bp = Blueprint("serving", __name__)
 PROTECTED = {"serving.invocations", "serving.predict"}
@@ -58,7 +60,7 @@ def invocations() -> Response:
     body: dict[str, Any] = {"predictions": prediction.values}
     if batch.warnings:
         body["warnings"] = batch.warnings
-    return json_response(body, headers={"X-Model-Version": model.version})
+    return json_response(body, headers=_model_headers(model))
 
 
 @bp.post("/predict")
@@ -70,7 +72,12 @@ def predict() -> Response:
         body["probabilities"] = prediction.probabilities
     if batch.warnings:
         body["warnings"] = batch.warnings
-    return json_response(body, headers={"X-Model-Version": model.version})
+    return json_response(body, headers=_model_headers(model))
+
+
+def _model_headers(model: LoadedModel) -> dict[str, str]:
+    """Which model answered, on every prediction (the MLflow protocol's body has no room for it)."""
+    return {"X-Model-Name": model.name, "X-Model-Version": model.version}
 
 
 @bp.get("/health")

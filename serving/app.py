@@ -4,58 +4,21 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any, Mapping
 
-import msgspec
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from serving.batching import MicroBatcher, StaleContract
-from serving.inputs import Batch, InputError, validate
+from serving.api import bp
+from serving.batching import MicroBatcher
+from serving.inputs import InputError
 from serving.metrics import Metrics
-from serving.model import LoadedModel, ModelHolder, Prediction
+from serving.model import ModelHolder
+from serving.responses import error_response, json_response
+from serving.service import NoModel, Service
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class NoModel(Exception):
-    """No model has been loaded yet (answered 503)."""
-
-
-@dataclass
-class Service:
-    """What the request handlers share within one worker."""
-
-    settings: Settings
-    holder: ModelHolder
-    metrics: Metrics
-    batcher: MicroBatcher | None
-
-    def model(self) -> LoadedModel:
-        model = self.holder.current
-        if model is None:
-            raise NoModel()
-        return model
-
-    def predict(self, records: Any, from_text: bool = False) -> tuple[LoadedModel, Batch, Prediction]:
-        """Validate against the served model's contract, then predict (batched with others when small)."""
-        for _ in range(3):  # a swap to a model with other inputs between the two steps: validate again
-            model = self.model()
-            batch = validate(records, model.contract, max_rows=self.settings.max_rows,
-                             out_of_range=self.settings.out_of_range, from_text=from_text)
-            if self.batcher is not None and batch.n_rows < self.settings.batch_max_rows:
-                try:
-                    model, prediction = self.batcher.predict(batch)
-                except StaleContract:
-                    continue
-            else:
-                prediction = model.predict(batch.columns)
-                self.metrics.batch_rows.observe(batch.n_rows)
-            self.metrics.predictions.labels(model.name, model.version).inc(batch.n_rows)
-            return model, batch, prediction
-        raise NoModel()
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -77,22 +40,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         batcher = MicroBatcher(lambda: holder.current, settings.batch_max_rows, settings.batch_max_wait_ms / 1000,
                                on_batch=metrics.batch_rows.observe)
     app.extensions["serving"] = Service(settings, holder, metrics, batcher)
-
-    from serving.api import bp
-
     app.register_blueprint(bp)
     _register_error_handlers(app)
     _register_metrics_hooks(app, metrics)
     return app
-
-
-def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(msgspec.json.encode(body), status=status, headers=headers, mimetype="application/json")
-
-
-def error_response(status: int, code: str, message: str, details: list[Any] | None = None,
-                   headers: Mapping[str, str] | None = None) -> Response:
-    return json_response({"error": {"code": code, "message": message, "details": details or []}}, status, headers)
 
 
 def _register_error_handlers(app: Flask) -> None:

@@ -1,6 +1,6 @@
-"""gunicorn settings for the prediction server; every value can be overridden by a SERVING_* variable.
+"""gunicorn settings for the prediction server, from the SERVING_* variables (serving/settings.py).
 
-    gunicorn -c serving/gunicorn.conf.py
+    gunicorn -c serving/gunicorn.conf.py        (from the directory holding serving/)
 """
 
 import logging
@@ -10,17 +10,19 @@ import queue
 import shutil
 import tempfile
 
+from serving.settings import Settings
+
+_settings = Settings.from_env()
 wsgi_app = "serving.app:create_app()"
-bind = os.environ.get("SERVING_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("SERVING_WORKERS", "2"))
-# Threads per worker: requests that wait on the micro-batcher hold a thread each.
-threads = int(os.environ.get("SERVING_THREADS", "16"))
+bind = _settings.bind
+workers = _settings.workers
+threads = _settings.threads
 worker_class = "gthread"
-timeout = int(os.environ.get("SERVING_TIMEOUT", "30"))
-graceful_timeout = int(os.environ.get("SERVING_GRACEFUL_TIMEOUT", "30"))
-keepalive = int(os.environ.get("SERVING_KEEPALIVE", "5"))
-accesslog = os.environ.get("SERVING_ACCESS_LOG", "-") or None
-loglevel = os.environ.get("SERVING_LOG_LEVEL", "info")
+timeout = _settings.timeout
+graceful_timeout = _settings.graceful_timeout
+keepalive = _settings.keepalive
+accesslog = _settings.access_log or None
+loglevel = _settings.log_level
 proc_name = "prediction-server"
 
 # One OpenMP (and OpenBLAS) thread per worker: parallelism comes from the workers and micro-batching.

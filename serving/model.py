@@ -16,7 +16,7 @@ import yaml
 
 from serving import store
 from serving.contract import Contract
-from serving.inputs import Batch, InputError, mlflow_rows, validate
+from serving.inputs import InputError, mlflow_rows, validate
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +104,14 @@ def load_bundle(bundle: Path) -> LoadedModel:
 
 def _load_sklearn(model_dir: Path, mlmodel: dict[str, Any]) -> Any:
     flavor = mlmodel["flavors"]["sklearn"]
-    path = model_dir / flavor["pickled_model"]
-    if flavor.get("serialization_format") == "skops":
-        import skops.io
+    if flavor.get("serialization_format") != "skops":
+        # pickle and cloudpickle run code while loading; MLflow 3 logs scikit-learn models with skops.
+        raise ModelLoadError(f"serialization format {flavor.get('serialization_format')!r} is not served; "
+                             "log the model with serialization_format='skops'")
+    import skops.io
 
-        # Only the types MLflow recorded as trusted when the model was logged may be loaded.
-        return skops.io.load(path, trusted=list(flavor.get("skops_trusted_types") or []))
-    import mlflow.sklearn  # pickle / cloudpickle formats: MLflow's own loader
-
-    return mlflow.sklearn.load_model(str(model_dir))
+    # Only the types MLflow recorded as trusted when the model was logged may be loaded.
+    return skops.io.load(model_dir / flavor["pickled_model"], trusted=list(flavor.get("skops_trusted_types") or []))
 
 
 def _single_threaded(estimator: Any) -> None:

@@ -1,4 +1,8 @@
-"""Server settings, from SERVING_* environment variables (the systemd unit, compose file or shell sets them)."""
+"""Server settings, from SERVING_* environment variables (the systemd unit, compose file or shell sets them).
+
+The one place they are read: the app (create_app) and gunicorn (gunicorn.conf.py) both take them from here.
+An empty variable means "not set", except SERVING_ACCESS_LOG, where empty turns the access log off.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,15 @@ class Settings:
     batch_max_rows: int = 64
     batch_max_wait_ms: float = 1.0
     poll_seconds: float = 1.0  # how often each worker checks the store's CURRENT pointer; 0 disables
+    # gunicorn (serving/gunicorn.conf.py)
+    bind: str = "127.0.0.1:8000"
+    workers: int = 2
+    threads: int = 16  # per worker: requests that wait on the micro-batcher hold a thread each
+    timeout: int = 30
+    graceful_timeout: int = 30
+    keepalive: int = 5
+    access_log: str = "-"  # "-": stdout; a file path; "": off
+    log_level: str = "info"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> "Settings":
@@ -30,7 +43,7 @@ class Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(f"SERVING_{f.name.upper()}")
-            if raw is not None and raw != "":
+            if raw is not None and (raw != "" or f.name == "access_log"):
                 values[f.name] = _parse(f"SERVING_{f.name.upper()}", raw, f.default)
         settings = replace(cls(), **values, **(overrides or {}))
         settings.check()
@@ -39,7 +52,7 @@ class Settings:
     def check(self) -> None:
         if self.out_of_range not in ("reject", "flag"):
             raise SettingsError(f"SERVING_OUT_OF_RANGE must be 'reject' or 'flag', got {self.out_of_range!r}")
-        for name in ("max_rows", "max_body_bytes", "batch_max_rows"):
+        for name in ("max_rows", "max_body_bytes", "batch_max_rows", "workers", "threads", "timeout"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"SERVING_{name.upper()} must be at least 1, got {getattr(self, name)}")
         if self.batch_max_wait_ms < 0 or self.poll_seconds < 0:

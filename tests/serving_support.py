@@ -23,13 +23,13 @@ from include.ml.entities import ColumnSpec, SchemaConfig
 
 REPO = Path(__file__).resolve().parents[1]
 FEATURES = (
-    ColumnSpec("x1", "float", nullable=True, min=-10, max=10),
-    ColumnSpec("x2", "float", min=-10, max=10),
-    ColumnSpec("count", "int", min=0, max=100),
-    ColumnSpec("kind", "category", allowed=("p", "q")),
+    ColumnSpec(name="x1", dtype="float", nullable=True, min=-10, max=10),
+    ColumnSpec(name="x2", dtype="float", min=-10, max=10),
+    ColumnSpec(name="count", dtype="int", min=0, max=100),
+    ColumnSpec(name="kind", dtype="category", allowed=("p", "q")),
 )
-REGRESSION = SchemaConfig("regression", "y", 1, FEATURES + (ColumnSpec("y", "float"),))
-CLASSIFICATION = SchemaConfig("classification", "y", 1, FEATURES + (ColumnSpec("y", "category",
+REGRESSION = SchemaConfig(task="regression", target="y", min_rows=1, columns=FEATURES + (ColumnSpec(name="y", dtype="float"),))
+CLASSIFICATION = SchemaConfig(task="classification", target="y", min_rows=1, columns=FEATURES + (ColumnSpec(name="y", dtype="category",
                                                                                allowed=("a", "b", "c")),))
 GOOD_ROW = {"x1": 0.5, "x2": -1.0, "count": 3, "kind": "p"}
 

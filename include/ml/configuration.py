@@ -1,25 +1,27 @@
-"""Loads and checks config.yaml, schema.yaml and params.yaml into typed entities.
+"""Loads a config dir (config.yaml, schema.yaml, params.yaml) into the typed models of `entities.py`.
 
-Every problem is reported at load time as a `ConfigError` naming the file, the
-key and what was expected, so a bad edit never surfaces mid-run.
+Every problem is reported at load time as a `ConfigError` naming the file, the key path and what was
+expected (the valid keys on a typo), so a bad edit never surfaces mid-run. The environment overrides
+below are applied here and nowhere else; an error in an overridden value names the variable.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import subprocess
+import typing
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any
+from types import UnionType
+from typing import Any, Mapping
 
 import yaml
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from include.ml.entities import (
-    DEPLOY_TARGETS, DTYPES, METRICS, TASKS, ColumnSpec, DataSourceConfig, DeploymentConfig, Ec2TargetConfig,
-    EvaluationConfig, LocalTargetConfig,
-    IngestionConfig, MlflowConfig, ModelConfig, PipelineConfig, PromotionConfig, SchemaConfig,
-    SplitConfig, TrainingConfig, TransformationConfig, ValidationConfig,
+    METRICS, ConfigFile, EvaluationConfig, IngestionConfig, ParamsFile, PipelineConfig, SchemaConfig,
+    TrainingConfig, TransformationConfig, ValidationConfig,
 )
 from include.ml.exceptions import ConfigError
 from include.ml.models import FAMILIES
@@ -27,9 +29,10 @@ from include.ml.models import FAMILIES
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_DIR = PROJECT_ROOT / "include" / "config"
 CONFIG_FILES = ("config.yaml", "schema.yaml", "params.yaml")
+CONFIG_DIR_ENV = "MLOPS_CONFIG_DIR"
 
-# Values that differ per environment; documented in the README.
-ENV_OVERRIDES = {
+# Values that differ per environment: variable -> the config.yaml key it replaces (docs/configuration.md).
+ENV_OVERRIDES: Mapping[str, str] = {
     "MLOPS_SOURCE_URI": "data_source.uri",
     "MLOPS_ARTIFACTS_ROOT": "artifacts_root",
     "MLOPS_TRACKING_URI": "mlflow.tracking_uri",
@@ -40,48 +43,101 @@ ENV_OVERRIDES = {
     "MLOPS_SERVING_URL": "deployment.local.server_url",
     "MLOPS_S3_BUCKET": "deployment.ec2.s3_bucket",
 }
-_MISSING = object()
+# A secret is only ever read from the environment: the key the verify step sends to API-key protected servers.
+SERVING_API_KEY_ENV = "MLOPS_SERVING_API_KEY"
 
 
-class _Section:
-    """Reads one mapping of a YAML file, checking keys and value types."""
-
-    def __init__(self, file: str, prefix: str, raw: Any, allowed: set[str]) -> None:
-        self.file, self.prefix = file, prefix
-        if not isinstance(raw, dict):
-            raise ConfigError(file, prefix or "<top level>", f"expected a mapping, got {_kind(raw)}")
-        unknown = sorted(set(map(str, raw)) - allowed)
-        if unknown:
-            raise ConfigError(file, self._key(unknown[0]),
-                              f"unknown key; expected one of: {', '.join(sorted(allowed))}")
-        self.raw = raw
-
-    def _key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
-
-    def get(self, name: str, types: type | tuple[type, ...], default: Any = _MISSING) -> Any:
-        if name not in self.raw:
-            if default is _MISSING:
-                raise ConfigError(self.file, self._key(name), "missing required key")
-            return default
-        value = self.raw[name]
-        types = types if isinstance(types, tuple) else (types,)
-        if value is None and type(None) in types:
-            return None
-        if float in types and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            raise ConfigError(self.file, self._key(name), f"expected {expected}, got {_kind(value)} {value!r}")
-        return value
-
-    def section(self, name: str, allowed: set[str]) -> "_Section":
-        return _Section(self.file, self._key(name), self.get(name, dict), allowed)
+def resolve_config_dir(config_dir: Path | str | None = None, env: Mapping[str, str] | None = None) -> Path:
+    """The directory given, else $MLOPS_CONFIG_DIR, else include/config; relative to the working directory."""
+    env = os.environ if env is None else env
+    return Path(config_dir or env.get(CONFIG_DIR_ENV) or DEFAULT_CONFIG_DIR).resolve()
 
 
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
+class ConfigurationManager:
+    """Loads the three YAML files of a config directory and hands each stage its view of them."""
 
+    def __init__(self, config_dir: Path | str | None = None, env: Mapping[str, str] | None = None,
+                 source_uri: str | None = None, model_family: str | None = None) -> None:
+        """`source_uri` and `model_family` override the YAML for one run (e.g. from a DAG trigger form).
+
+        Overriding the family drops params.yaml's hyperparameters, which belong to the configured one.
+        """
+        env = dict(os.environ if env is None else env)
+        self.config_dir = resolve_config_dir(config_dir, env)
+        self.config = load(self.config_dir, env, source_uri, model_family)
+
+    def ingestion(self) -> IngestionConfig:
+        return IngestionConfig(self.config.data_source, tuple(c.name for c in self.config.schema.columns))
+
+    def validation(self) -> ValidationConfig:
+        return ValidationConfig(self.config.schema)
+
+    def transformation(self) -> TransformationConfig:
+        return TransformationConfig(self.config.schema, self.config.split)
+
+    def training(self) -> TrainingConfig:
+        c = self.config
+        tags = {f"config.{name}.sha256": digest for name, digest in c.config_hashes.items()}
+        tags["git_sha"] = _git_sha(c.project_root)
+        return TrainingConfig(c.schema, c.model, c.mlflow, tags)
+
+    def evaluation(self) -> EvaluationConfig:
+        return EvaluationConfig(self.config.schema, self.config.promotion, self.config.mlflow)
+
+
+def load(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None,
+         model_family: str | None = None) -> PipelineConfig:
+    paths = {name: config_dir / name for name in CONFIG_FILES}
+    project = read_config_file(config_dir, env, source_uri)
+    schema = _validate(SchemaConfig, _read_yaml(paths["schema.yaml"]), paths["schema.yaml"])
+    _check_schema(schema, paths["schema.yaml"])
+    raw_params, origins = _read_yaml(paths["params.yaml"]), {}
+    model = raw_params.get("model")
+    if model_family and isinstance(model, dict) and model.get("family") != model_family:
+        raw_params["model"] = {**model, "family": model_family, "hyperparameters": {}}
+        origins["model.family"] = "the run's model_family"
+    params = _validate(ParamsFile, raw_params, paths["params.yaml"], origins)
+    _check_params(params, schema, paths["params.yaml"])
+    hashes = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in paths.items()}
+    api_key = env.get(SERVING_API_KEY_ENV)
+    return PipelineConfig(PROJECT_ROOT, config_dir, project.artifacts_root, project.data_source, project.mlflow,
+                          project.airflow, project.deployment, schema, params.split, params.model, params.promotion,
+                          hashes, SecretStr(api_key) if api_key else None)
+
+
+def read_config_file(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None) -> ConfigFile:
+    """config.yaml alone, with the environment applied and every path absolute."""
+    path = config_dir / "config.yaml"
+    raw, origins = _read_yaml(path), {}
+    overrides = [(key, env.get(var), var) for var, key in ENV_OVERRIDES.items()]
+    for key, value, origin in [*overrides, ("data_source.uri", source_uri, "the run's source")]:
+        if value:
+            _put(raw, key, value)
+            origins[key] = origin
+    config = _validate(ConfigFile, raw, path, origins)
+    if config.deployment.target == "ec2" and not config.deployment.ec2.s3_bucket:
+        raise ConfigError(str(path), "deployment.ec2.s3_bucket", "required when deployment.target is ec2")
+    return _absolute_paths(config, PROJECT_ROOT)
+
+
+def project_config(config_dir: Path | str | None = None) -> ConfigFile:
+    """config.yaml of the current config dir, cached per file version and environment.
+
+    What a DAG file needs at parse time and the Airflow plugin per request: no schema, no params, nothing
+    heavy imported.
+    """
+    directory = resolve_config_dir(config_dir)
+    path = directory / "config.yaml"
+    stamp = path.stat().st_mtime_ns if path.is_file() else None
+    return _cached_config_file(directory, stamp, tuple((var, os.environ.get(var, "")) for var in ENV_OVERRIDES))
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_config_file(directory: Path, stamp: int | None, env: tuple[tuple[str, str], ...]) -> ConfigFile:
+    return read_config_file(directory, dict(env))
+
+
+# --- reading and checking --------------------------------------------------------------------------------------
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
@@ -97,208 +153,151 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _absolute(path: str, root: Path) -> Path:
+def _put(raw: dict[str, Any], key: str, value: str) -> None:
+    *parents, last = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else {}
+    node[last] = value
+
+
+_M = typing.TypeVar("_M", bound=BaseModel)
+_EXPECTED_TYPE = {"float_type": "float", "int_type": "int", "bool_type": "bool", "string_type": "str",
+                  "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
+                  "tuple_type": "a list", "list_type": "a list", "path_type": "a path"}
+_BOUNDS = {"greater_than_equal": ("ge", "at least"), "greater_than": ("gt", "more than"),
+           "less_than": ("lt", "less than"), "less_than_equal": ("le", "at most"),
+           "too_short": ("min_length", "this many entries at least:")}
+
+
+def _validate(model: type[_M], raw: dict[str, Any], path: Path, origins: Mapping[str, str] | None = None) -> _M:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise _config_error(model, exc.errors()[0], raw, path, origins or {}) from None
+
+
+def _config_error(model: type[BaseModel], error: Any, raw: Any, path: Path, origins: Mapping[str, str]) -> ConfigError:
+    loc, kind, value = tuple(error["loc"]), error["type"], error.get("input")
+    key = ".".join(_named(loc, raw))
+    got = f", got {_kind(value)} {value!r}"
+    if kind == "missing":
+        problem = "missing required key"
+    elif kind == "extra_forbidden":
+        parent = _annotation_at(model, loc[:-1])
+        valid = sorted(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
+        problem = f"unknown key; expected one of: {', '.join(valid)}"
+    elif kind == "literal_error":
+        problem = f"expected one of {', '.join(map(str, typing.get_args(_annotation_at(model, loc))))}{got}"
+    elif kind == "value_error":
+        problem = str(error["ctx"]["error"])
+    elif kind in _EXPECTED_TYPE:
+        problem = f"expected {_EXPECTED_TYPE[kind]}{got}"
+    elif kind in _BOUNDS:
+        name, words = _BOUNDS[kind]
+        problem = f"expected {words} {error['ctx'][name]}{got}"
+    else:
+        problem = f"{error['msg']}{got}"
+    if key in origins:
+        problem += f" (from {origins[key]})"
+    return ConfigError(str(path), key, problem)
+
+
+def _named(loc: tuple[Any, ...], raw: Any) -> list[str]:
+    """The key path as the user wrote it: schema.yaml's columns are a mapping the model reads as a list."""
+    names, node = [], raw
+    for part in loc:
+        if isinstance(part, int) and isinstance(node, dict) and part < len(node):
+            part = list(node)[part]
+        names.append(str(part))
+        node = node.get(part) if isinstance(node, dict) else None
+    return names
+
+
+def _annotation_at(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
+    """The type a key path leads to, stepping through models, optionals and containers."""
+    annotation: Any = model
+    for part in loc:
+        annotation = _strip_optional(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(part) if isinstance(part, str) else None
+            annotation = field.annotation if field else None
+        else:  # a tuple or mapping: its element type
+            args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+            annotation = args[-1] if args else None
+    return _strip_optional(annotation)
+
+
+def _strip_optional(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (typing.Union, UnionType):
+        others = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return others[0] if len(others) == 1 else annotation
+    return annotation
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _check_schema(schema: SchemaConfig, path: Path) -> None:
+    file, target = str(path), next((c for c in schema.columns if c.name == schema.target), None)
+    if target is None:
+        raise ConfigError(file, "target", f"target {schema.target!r} is not one of the columns")
+    if target.nullable:
+        raise ConfigError(file, f"columns.{target.name}.nullable", "the target column cannot be nullable")
+    if schema.task == "regression" and not target.is_numeric:
+        raise ConfigError(file, f"columns.{target.name}.dtype",
+                          f"a regression target must be float or int, got {target.dtype}")
+    if schema.task == "classification" and target.dtype == "float":
+        raise ConfigError(file, f"columns.{target.name}.dtype",
+                          "a classification target must be int, category or string, got float")
+    if not schema.features:
+        raise ConfigError(file, "columns", "expected at least one feature besides the target")
+
+
+def _check_params(params: ParamsFile, schema: SchemaConfig, path: Path) -> None:
+    metrics = METRICS[schema.task]
+    if params.promotion.metric not in metrics:
+        raise ConfigError(str(path), "promotion.metric", f"{params.promotion.metric!r} is not a {schema.task} "
+                                                         f"metric; expected one of {', '.join(metrics)}")
+    estimator = FAMILIES[params.model.family].estimator_class(schema.task)  # imports scikit-learn
+    valid = set(estimator().get_params()) - {"random_state"}
+    for name in params.model.hyperparameters:
+        if name not in valid:
+            raise ConfigError(str(path), f"model.hyperparameters.{name}", f"not a parameter of {estimator.__name__}; "
+                                                                         f"expected one of {', '.join(sorted(valid))}")
+
+
+# --- paths -----------------------------------------------------------------------------------------------------
+
+def _absolute_paths(config: ConfigFile, root: Path) -> ConfigFile:
+    """Relative paths, including a relative SQLite store, are anchored at the project root, not the working dir."""
+    source, mlflow, local = config.data_source, config.mlflow, config.deployment.local
+    store = local.model_store or Path("models") / mlflow.registered_model_name
+    return config.model_copy(update={
+        "artifacts_root": _absolute(config.artifacts_root, root).resolve(),
+        "data_source": source.model_copy(update={"uri": source.uri if "://" in source.uri
+                                                 else str(_absolute(source.uri, root))}),
+        "mlflow": mlflow.model_copy(update={
+            "tracking_uri": _absolute_uri(mlflow.tracking_uri, root),
+            "artifact_location": None if mlflow.artifact_location is None
+            else _absolute_uri(mlflow.artifact_location, root)}),
+        "deployment": config.deployment.model_copy(update={
+            "local": local.model_copy(update={"model_store": _absolute(store, root)})}),
+    })
+
+
+def _absolute(path: Path | str, root: Path) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() else root / p
 
 
-def _absolute_tracking_uri(uri: str, root: Path) -> str:
-    """Anchor a relative SQLite or file store at the project root, not the working directory."""
+def _absolute_uri(uri: str, root: Path) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"sqlite:///{root / uri[len('sqlite:///'):]}"
     if "://" not in uri:
         return _absolute(uri, root).as_uri()
     return uri
-
-
-def _optional_location(location: str | None, root: Path) -> str | None:
-    return None if location is None else _absolute_tracking_uri(location, root)
-
-
-class ConfigurationManager:
-    """Loads the three YAML files of a config directory and hands out per-stage configs."""
-
-    def __init__(self, config_dir: Path | str | None = None, env: dict[str, str] | None = None,
-                 source_uri: str | None = None, model_family: str | None = None) -> None:
-        """`source_uri` and `model_family` override the YAML for one run (e.g. from a DAG trigger form).
-
-        Overriding the family drops params.yaml's hyperparameters, which belong to the configured one.
-        """
-        env = dict(os.environ if env is None else env)
-        self.config_dir = Path(config_dir or env.get("MLOPS_CONFIG_DIR") or DEFAULT_CONFIG_DIR).resolve()
-        self.config = self._load(env, source_uri, model_family)
-
-    def _load(self, env: dict[str, str], source_uri: str | None, model_family: str | None) -> PipelineConfig:
-        paths = {name: self.config_dir / name for name in CONFIG_FILES}
-        raw = {name: _read_yaml(path) for name, path in paths.items()}
-        hashes = {name: hashlib.sha256(paths[name].read_bytes()).hexdigest() for name in CONFIG_FILES}
-        root = PROJECT_ROOT
-
-        cfg = _Section(str(paths["config.yaml"]), "", raw["config.yaml"],
-                       {"artifacts_root", "data_source", "mlflow", "deployment", "airflow"})
-        src = cfg.section("data_source", {"uri", "separator", "zip_member", "s3_endpoint_url", "timeout_seconds"})
-        uri = source_uri or env.get("MLOPS_SOURCE_URI") or src.get("uri", str)
-        if "://" not in uri:
-            uri = str(_absolute(uri, root))
-        separator = src.get("separator", str)
-        if len(separator) != 1:
-            raise ConfigError(src.file, "data_source.separator", f"expected a single character, got {separator!r}")
-        timeout = src.get("timeout_seconds", float, 30.0)
-        if timeout <= 0:
-            raise ConfigError(src.file, "data_source.timeout_seconds", "expected a positive number")
-        data_source = DataSourceConfig(uri, separator, src.get("zip_member", (str, type(None)), None),
-                                       src.get("s3_endpoint_url", (str, type(None)), None), timeout)
-
-        ml = cfg.section("mlflow", {"tracking_uri", "artifact_location", "experiment_name", "registered_model_name",
-                                    "ui_url"})
-        mlflow_cfg = MlflowConfig(
-            tracking_uri=_absolute_tracking_uri(env.get("MLOPS_TRACKING_URI") or ml.get("tracking_uri", str), root),
-            artifact_location=_optional_location(
-                env.get("MLOPS_ARTIFACT_LOCATION") or ml.get("artifact_location", (str, type(None))), root),
-            experiment_name=ml.get("experiment_name", str),
-            registered_model_name=ml.get("registered_model_name", str),
-            ui_url=(env.get("MLOPS_MLFLOW_UI_URL") or ml.get("ui_url", str)).rstrip("/"),
-        )
-        schedule = cfg.section("airflow", {"schedule"}).get("schedule", (str, type(None)))
-        if schedule is not None and len(schedule.split()) != 5 and not schedule.startswith("@"):
-            raise ConfigError(cfg.file, "airflow.schedule",
-                              f"expected a 5-field cron expression such as '0 2 * * *' (or null), got {schedule!r}")
-
-        deployment = self._deployment(cfg.section("deployment", {
-            "target", "model_alias", "batch_size", "verify_timeout_seconds", "local", "ec2"}), env, root)
-        artifacts_root = _absolute(env.get("MLOPS_ARTIFACTS_ROOT") or cfg.get("artifacts_root", str), root)
-
-        schema = self._schema(_Section(str(paths["schema.yaml"]), "", raw["schema.yaml"],
-                                       {"task", "target", "min_rows", "columns"}))
-        split, model, promotion = self._params(
-            _Section(str(paths["params.yaml"]), "", raw["params.yaml"], {"split", "model", "promotion"}), schema,
-            model_family)
-        return PipelineConfig(root, self.config_dir, artifacts_root.resolve(), data_source, mlflow_cfg,
-                              deployment, schema, split, model, promotion, MappingProxyType(hashes), schedule)
-
-    @staticmethod
-    def _deployment(dep: _Section, env: dict[str, str], root: Path) -> DeploymentConfig:
-        target = env.get("MLOPS_DEPLOY_TARGET") or dep.get("target", str)
-        if target not in DEPLOY_TARGETS:
-            raise ConfigError(dep.file, "deployment.target", f"expected one of {', '.join(DEPLOY_TARGETS)}, "
-                                                             f"got {target!r}")
-        batch_size = dep.get("batch_size", int, 1)
-        if batch_size < 1:
-            raise ConfigError(dep.file, "deployment.batch_size", "expected at least 1 instance per batch")
-        loc = dep.section("local", {"model_store", "server_url"})
-        local = LocalTargetConfig(_absolute(env.get("MLOPS_MODEL_STORE") or loc.get("model_store", str), root),
-                                  (env.get("MLOPS_SERVING_URL") or loc.get("server_url", str)).rstrip("/"))
-        e = dep.section("ec2", {"aws_conn_id", "region", "s3_bucket", "s3_prefix", "tag_key", "tag_value",
-                                "instance_url", "command_timeout_seconds"})
-        ec2 = Ec2TargetConfig(e.get("aws_conn_id", str), e.get("region", str),
-                              env.get("MLOPS_S3_BUCKET") or e.get("s3_bucket", str), e.get("s3_prefix", str),
-                              e.get("tag_key", str), e.get("tag_value", str), e.get("instance_url", str),
-                              e.get("command_timeout_seconds", int, 600))
-        if target == "ec2" and not ec2.s3_bucket:
-            raise ConfigError(dep.file, "deployment.ec2.s3_bucket", "required when deployment.target is ec2")
-        return DeploymentConfig(target, dep.get("model_alias", str), batch_size,
-                                dep.get("verify_timeout_seconds", float, 120.0), local, ec2)
-
-    @staticmethod
-    def _schema(top: _Section) -> SchemaConfig:
-        task = top.get("task", str)
-        if task not in TASKS:
-            raise ConfigError(top.file, "task", f"expected one of {', '.join(TASKS)}, got {task!r}")
-        target = top.get("target", str)
-        min_rows = top.get("min_rows", int, 1)
-        raw_columns = top.get("columns", dict)
-        if not raw_columns:
-            raise ConfigError(top.file, "columns", "expected at least one column")
-        columns = []
-        for name, spec in raw_columns.items():
-            col = _Section(top.file, f"columns.{name}", spec,
-                           {"dtype", "nullable", "max_null_fraction", "min", "max", "allowed"})
-            dtype = col.get("dtype", str)
-            if dtype not in DTYPES:
-                raise ConfigError(top.file, f"columns.{name}.dtype",
-                                  f"expected one of {', '.join(DTYPES)}, got {dtype!r}")
-            lo, hi = col.get("min", (float, type(None)), None), col.get("max", (float, type(None)), None)
-            if dtype not in ("float", "int") and (lo is not None or hi is not None):
-                raise ConfigError(top.file, f"columns.{name}", f"min/max apply to float and int columns, not {dtype}")
-            if lo is not None and hi is not None and lo > hi:
-                raise ConfigError(top.file, f"columns.{name}", f"min ({lo}) is greater than max ({hi})")
-            allowed = col.get("allowed", (list, type(None)), None)
-            if dtype == "category" and not allowed:
-                raise ConfigError(top.file, f"columns.{name}.allowed", "category columns need a non-empty list")
-            fraction = col.get("max_null_fraction", float, 0.5)
-            if not 0 <= fraction < 1:
-                raise ConfigError(top.file, f"columns.{name}.max_null_fraction", "expected a number in [0, 1)")
-            columns.append(ColumnSpec(str(name), dtype, col.get("nullable", bool, False), fraction,
-                                      lo, hi, tuple(allowed) if allowed else None))
-        schema = SchemaConfig(task, target, min_rows, tuple(columns))
-        target_spec = next((c for c in columns if c.name == target), None)
-        if target_spec is None:
-            raise ConfigError(top.file, "target", f"target {target!r} is not one of the columns")
-        if target_spec.nullable:
-            raise ConfigError(top.file, f"columns.{target}.nullable", "the target column cannot be nullable")
-        if task == "regression" and not target_spec.is_numeric:
-            raise ConfigError(top.file, f"columns.{target}.dtype",
-                              f"a regression target must be float or int, got {target_spec.dtype}")
-        if task == "classification" and target_spec.dtype == "float":
-            raise ConfigError(top.file, f"columns.{target}.dtype",
-                              "a classification target must be int, category or string, got float")
-        if not schema.features:
-            raise ConfigError(top.file, "columns", "expected at least one feature besides the target")
-        return schema
-
-    @staticmethod
-    def _params(top: _Section, schema: SchemaConfig,
-                family_override: str | None) -> tuple[SplitConfig, ModelConfig, PromotionConfig]:
-        sp = top.section("split", {"test_size", "random_state"})
-        test_size = sp.get("test_size", float)
-        if not 0 < test_size < 1:
-            raise ConfigError(top.file, "split.test_size", f"expected a number between 0 and 1, got {test_size}")
-        split = SplitConfig(test_size, sp.get("random_state", int))
-
-        md = top.section("model", {"family", "random_state", "hyperparameters"})
-        family = md.get("family", str)
-        hyper = md.get("hyperparameters", (dict, type(None)), None) or {}
-        if family_override and family_override != family:
-            family, hyper = family_override, {}
-        if family not in FAMILIES:
-            raise ConfigError(top.file, "model.family",
-                              f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
-        estimator = FAMILIES[family].estimator_class(schema.task)
-        valid = set(estimator().get_params()) - {"random_state"}
-        for name in hyper:
-            if name not in valid:
-                raise ConfigError(top.file, f"model.hyperparameters.{name}",
-                                  f"not a parameter of {estimator.__name__}; expected one of {', '.join(sorted(valid))}")
-        model = ModelConfig(family, md.get("random_state", int, 0), MappingProxyType(dict(hyper)))
-
-        pr = top.section("promotion", {"metric", "min_improvement"})
-        metric = pr.get("metric", str)
-        metrics = METRICS[schema.task]
-        if metric not in metrics:
-            raise ConfigError(top.file, "promotion.metric",
-                              f"{metric!r} is not a {schema.task} metric; expected one of {', '.join(metrics)}")
-        margin = pr.get("min_improvement", float)
-        if margin < 0:
-            raise ConfigError(top.file, "promotion.min_improvement", "expected a number >= 0")
-        return split, model, PromotionConfig(metric, margin, metrics[metric])
-
-    def ingestion(self) -> IngestionConfig:
-        return IngestionConfig(self.config.data_source, tuple(c.name for c in self.config.schema.columns))
-
-    def validation(self) -> ValidationConfig:
-        return ValidationConfig(self.config.schema)
-
-    def transformation(self) -> TransformationConfig:
-        return TransformationConfig(self.config.schema, self.config.split)
-
-    def training(self) -> TrainingConfig:
-        c = self.config
-        tags = {f"config.{name}.sha256": digest for name, digest in c.config_hashes.items()}
-        tags["git_sha"] = _git_sha(c.project_root)
-        return TrainingConfig(c.schema, c.model, c.mlflow, MappingProxyType(tags))
-
-    def evaluation(self) -> EvaluationConfig:
-        return EvaluationConfig(self.config.schema, self.config.promotion, self.config.mlflow)
 
 
 def _git_sha(root: Path) -> str:

@@ -1,108 +1,185 @@
-"""Typed, immutable configuration objects, built by `configuration.ConfigurationManager`."""
+"""The configuration as typed, immutable models: what the three YAML files of a config dir become.
+
+`configuration.py` reads the files, applies the environment overrides and validates them into these
+models. Every model is frozen (no stage can change its config), strict (YAML `"0.2"` is not a number,
+`true` is not an int) and forbids unknown keys (a typo fails with the valid keys listed). Sections a
+project does not use are optional; their defaults are the ones written here and documented in
+include/config/config.yaml and docs/configuration.md.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, SecretStr, ValidationInfo, \
+    field_validator, model_validator
+
+from include.ml.models import FAMILIES
 
 TASKS = ("regression", "classification")
 DTYPES = ("float", "int", "category", "string")
+DEPLOY_TARGETS = ("none", "local", "ec2")
 # metric name -> True when a higher value is better
 METRICS: Mapping[str, Mapping[str, bool]] = MappingProxyType({
     "regression": MappingProxyType({"rmse": False, "mae": False, "r2": True}),
     "classification": MappingProxyType({"accuracy": True, "f1_macro": True, "roc_auc": True}),
 })
 
-
-@dataclass(frozen=True)
-class DataSourceConfig:
-    uri: str
-    separator: str
-    zip_member: str | None
-    s3_endpoint_url: str | None
-    timeout_seconds: float
+Task = Literal["regression", "classification"]
+# A read-only mapping (a frozen model's dict would still be mutable), dumped as a plain dict.
+FrozenMapping = Annotated[Mapping[str, Any], AfterValidator(MappingProxyType), PlainSerializer(dict)]
 
 
-@dataclass(frozen=True)
-class MlflowConfig:
-    tracking_uri: str
-    artifact_location: str | None  # None: the tracking server's default
-    experiment_name: str
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+# --- config.yaml -----------------------------------------------------------------------------------------------
+
+class DataSourceConfig(Frozen):
+    uri: str  # a local path (relative to the project root), http(s)://, s3://bucket/key; CSV or a zip holding one
+    separator: str = ","
+    zip_member: str | None = None  # the CSV inside a zip; None: its only CSV
+    s3_endpoint_url: str | None = None  # None: AWS (or AWS_ENDPOINT_URL_S3)
+    timeout_seconds: float = Field(30.0, gt=0)
+
+    @field_validator("separator")
+    @classmethod
+    def _one_character(cls, value: str) -> str:
+        if len(value) != 1:
+            raise ValueError(f"expected a single character, got {value!r}")
+        return value
+
+
+class MlflowConfig(Frozen):
+    tracking_uri: str = "sqlite:///mlruns/mlflow.db"
+    artifact_location: str | None = "mlruns/artifacts"  # None: the tracking server's default
+    experiment_name: str  # default: the registered model name
     registered_model_name: str
-    ui_url: str
+    ui_url: str = "http://127.0.0.1:5000"  # where people open the MLflow UI; task links point here
+
+    @model_validator(mode="before")
+    @classmethod
+    def _experiment_defaults_to_model_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "experiment_name" not in data and "registered_model_name" in data:
+            return {**data, "experiment_name": data["registered_model_name"]}
+        return data
+
+    @field_validator("ui_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
 
 
-DEPLOY_TARGETS = ("none", "local", "ec2")
+class AirflowConfig(Frozen):
+    schedule: str | None = "0 2 * * *"  # cron (UTC) of the nightly retrain; None: only when triggered
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and len(value.split()) != 5 and not value.startswith("@"):
+            raise ValueError(f"expected a 5-field cron expression such as '0 2 * * *' (or null), got {value!r}")
+        return value
 
 
-@dataclass(frozen=True)
-class LocalTargetConfig:
-    model_store: Path  # the store the local prediction server reads
-    server_url: str
+class LocalTargetConfig(Frozen):
+    # The store the local prediction server reads; default models/<registered model name>, so two datasets
+    # never share a store (their version names would collide).
+    model_store: Path | None = Field(None, strict=False)
+    server_url: str = "http://127.0.0.1:8000"
+
+    @field_validator("server_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
 
 
-@dataclass(frozen=True)
-class Ec2TargetConfig:
-    aws_conn_id: str
-    region: str
-    s3_bucket: str
-    s3_prefix: str
-    tag_key: str
-    tag_value: str
+class Ec2TargetConfig(Frozen):
+    aws_conn_id: str = "aws_default"  # an Airflow connection; credentials never go in a config file
+    region: str = "us-east-1"
+    s3_bucket: str = ""  # required when deployment.target is ec2
+    s3_prefix: str = "models"
+    tag_key: str = "Role"  # the fleet: running instances with this tag
+    tag_value: str = "prediction-server"
     # How the deploy task reaches an instance's server; fields: instance_id, private_ip, public_ip,
     # private_dns, tags (e.g. {tags[Name]}).
-    instance_url: str
-    command_timeout_seconds: int
+    instance_url: str = "http://{private_ip}:8000"
+    command_timeout_seconds: int = Field(600, ge=1)
 
     def source(self, model_name: str) -> str:
         return f"s3://{self.s3_bucket}/{self.s3_prefix.strip('/')}/{model_name}"
 
 
-@dataclass(frozen=True)
-class DeploymentConfig:
-    target: str  # none | local | ec2
-    model_alias: str
-    batch_size: int
-    verify_timeout_seconds: float
-    local: LocalTargetConfig
-    ec2: Ec2TargetConfig
+class DeploymentConfig(Frozen):
+    target: Literal["none", "local", "ec2"] = "local"
+    batch_size: int = Field(1, ge=1)  # servers refreshed at a time
+    verify_timeout_seconds: float = Field(120.0, gt=0)  # per server: /ready and /version must show the version
+    local: LocalTargetConfig = LocalTargetConfig()
+    ec2: Ec2TargetConfig = Ec2TargetConfig()
 
 
-@dataclass(frozen=True)
-class ColumnSpec:
+class ConfigFile(Frozen):
+    """config.yaml: where the data comes from, where outputs go, how runs are tracked and deployed."""
+
+    artifacts_root: Path = Field(Path("artifacts"), strict=False)
+    data_source: DataSourceConfig
+    mlflow: MlflowConfig
+    airflow: AirflowConfig = AirflowConfig()
+    deployment: DeploymentConfig = DeploymentConfig()
+
+
+# --- schema.yaml -----------------------------------------------------------------------------------------------
+
+class ColumnSpec(Frozen):
     name: str
-    dtype: str
+    dtype: Literal["float", "int", "category", "string"]
     nullable: bool = False
-    max_null_fraction: float = 0.5
-    min: float | None = None
+    max_null_fraction: float = Field(0.5, ge=0, lt=1)  # when nullable: the largest share of missing values
+    min: float | None = None  # inclusive range of float and int columns
     max: float | None = None
-    allowed: tuple[Any, ...] | None = None
+    allowed: tuple[Any, ...] | None = Field(None, strict=False, validate_default=True)  # category values
+
+    @field_validator("allowed")
+    @classmethod
+    def _categories_listed(cls, value: tuple[Any, ...] | None, info: ValidationInfo) -> tuple[Any, ...] | None:
+        if info.data.get("dtype") == "category" and not value:
+            raise ValueError("category columns need a non-empty list")
+        return value
+
+    @model_validator(mode="after")
+    def _range(self) -> ColumnSpec:
+        if not self.is_numeric and (self.min is not None or self.max is not None):
+            raise ValueError(f"min/max apply to float and int columns, not {self.dtype}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
 
     @property
     def is_numeric(self) -> bool:
         return self.dtype in ("float", "int")
 
 
-@dataclass(frozen=True)
-class SchemaConfig:
-    task: str
+class SchemaConfig(Frozen):
+    """schema.yaml: the dataset's contract. In the file, `columns` maps each name to its spec."""
+
+    task: Task
     target: str
-    min_rows: int
-    columns: tuple[ColumnSpec, ...]
+    min_rows: int = Field(1, ge=1)
+    columns: tuple[ColumnSpec, ...] = Field(strict=False, min_length=1)
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _named_columns(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return [{"name": str(name), **spec} if isinstance(spec, dict) else spec for name, spec in value.items()]
+        return value
 
     @property
     def features(self) -> tuple[ColumnSpec, ...]:
         return tuple(c for c in self.columns if c.name != self.target)
-
-    def feature_contract(self) -> dict[str, Any]:
-        """What a served model expects as input; stored with the model so the server validates against it."""
-        return {"task": self.task, "target": self.target, "features": [
-            {k: v for k, v in {"name": c.name, "dtype": c.dtype, "nullable": c.nullable, "min": c.min,
-                               "max": c.max, "allowed": list(c.allowed) if c.allowed else None}.items()
-             if v is not None}
-            for c in self.features]}
 
     @property
     def numeric_features(self) -> list[str]:
@@ -112,46 +189,84 @@ class SchemaConfig:
     def categorical_features(self) -> list[str]:
         return [c.name for c in self.features if not c.is_numeric]
 
+    def feature_contract(self) -> dict[str, Any]:
+        """What a served model expects as input; stored with the model so the server validates against it."""
+        return {"task": self.task, "target": self.target, "features": [
+            c.model_dump(include={"name", "dtype", "nullable", "min", "max", "allowed"}, exclude_none=True)
+            | ({"allowed": list(c.allowed)} if c.allowed else {})
+            for c in self.features]}
 
-@dataclass(frozen=True)
-class SplitConfig:
-    test_size: float
-    random_state: int
+
+# --- params.yaml -----------------------------------------------------------------------------------------------
+
+class SplitConfig(Frozen):
+    test_size: float = 0.2  # share of rows held out for evaluation and the gate
+    random_state: int = 42  # same data + same seed = same split
+
+    @field_validator("test_size")
+    @classmethod
+    def _fraction(cls, value: float) -> float:
+        if not 0 < value < 1:
+            raise ValueError(f"expected a number between 0 and 1, got {value}")
+        return value
 
 
-@dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Frozen):
     family: str
-    random_state: int
-    hyperparameters: Mapping[str, Any]
+    random_state: int = 42
+    hyperparameters: FrozenMapping = Field(default_factory=dict, strict=False)
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, value: str) -> str:
+        if value not in FAMILIES:
+            raise ValueError(f"unknown model family {value!r}; expected one of {', '.join(FAMILIES)}")
+        return value
 
 
-@dataclass(frozen=True)
-class PromotionConfig:
-    metric: str
-    min_improvement: float
-    higher_is_better: bool
+class PromotionConfig(Frozen):
+    metric: str  # the metric the champion/challenger gate compares on the held-out set
+    min_improvement: float = Field(0.001, ge=0)  # the challenger must win by at least this much (absolute)
 
+    @property
+    def higher_is_better(self) -> bool:
+        return any(metrics.get(self.metric, False) for metrics in METRICS.values())
+
+
+class ParamsFile(Frozen):
+    """params.yaml: how the model is trained and when it replaces the serving one."""
+
+    split: SplitConfig = SplitConfig()
+    model: ModelConfig
+    promotion: PromotionConfig
+
+
+# --- everything, and each stage's view of it (built by the loader, not parsed: plain frozen dataclasses) -------
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Everything loaded from the three YAML files, with paths made absolute."""
+    """The three files of a config dir, with paths made absolute and the environment applied."""
 
     project_root: Path
     config_dir: Path
     artifacts_root: Path
     data_source: DataSourceConfig
     mlflow: MlflowConfig
+    airflow: AirflowConfig
     deployment: DeploymentConfig
     schema: SchemaConfig
     split: SplitConfig
     model: ModelConfig
     promotion: PromotionConfig
     config_hashes: Mapping[str, str]
-    schedule: str | None  # cron, UTC; None = only when triggered
+    serving_api_key: SecretStr | None = None  # from MLOPS_SERVING_API_KEY only, never from a file
 
+    @property
+    def model_store(self) -> Path:
+        """The local target's store (the loader always resolves its default)."""
+        assert self.deployment.local.model_store is not None
+        return self.deployment.local.model_store
 
-# Per-stage views: each stage gets exactly what it needs.
 
 @dataclass(frozen=True)
 class IngestionConfig:

@@ -42,6 +42,10 @@ class DeploymentError(PipelineError):
     """A rollout stopped; every server was returned to the version it served before."""
 
 
+class RollbackError(PipelineError):
+    """The requested version cannot become the champion (it does not exist, or there is no previous one)."""
+
+
 class StageInputError(PipelineError):
     """A stage's inputs from an earlier stage are missing."""
 

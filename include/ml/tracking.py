@@ -27,9 +27,6 @@ def configure(config: MlflowConfig) -> str:
     return experiment.experiment_id
 
 
-def run_url(config: MlflowConfig, mlflow_run_id: str) -> str:
+def run_url(config: MlflowConfig, experiment_id: str, mlflow_run_id: str) -> str:
     """The run's page in the MLflow UI."""
-    import mlflow
-
-    run = mlflow.tracking.MlflowClient(config.tracking_uri).get_run(mlflow_run_id)
-    return f"{config.ui_url}/#/experiments/{run.info.experiment_id}/runs/{mlflow_run_id}"
+    return f"{config.ui_url}/#/experiments/{experiment_id}/runs/{mlflow_run_id}"

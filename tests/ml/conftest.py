@@ -22,9 +22,9 @@ FAST = {  # small models keep the tests quick
 
 
 def schema(task: str) -> SchemaConfig:
-    target = ColumnSpec("y", "float") if task == "regression" else ColumnSpec("y", "category", allowed=("a", "b", "c"))
-    return SchemaConfig(task, "y", 1, (ColumnSpec("x1", "float", nullable=True), ColumnSpec("x2", "float"),
-                                       ColumnSpec("kind", "category", allowed=("p", "q")), target))
+    target = ColumnSpec(name="y", dtype="float") if task == "regression" else ColumnSpec(name="y", dtype="category", allowed=("a", "b", "c"))
+    return SchemaConfig(task=task, target="y", min_rows=1, columns=(ColumnSpec(name="x1", dtype="float", nullable=True), ColumnSpec(name="x2", dtype="float"),
+                                       ColumnSpec(name="kind", dtype="category", allowed=("p", "q")), target))
 
 
 def dataset(task: str, rows: int = 120, seed: int = 0) -> pd.DataFrame:
@@ -40,15 +40,16 @@ def dataset(task: str, rows: int = 120, seed: int = 0) -> pd.DataFrame:
 
 @pytest.fixture
 def mlflow_config(tmp_path: Path) -> MlflowConfig:
-    return MlflowConfig(f"sqlite:///{tmp_path}/mlflow.db", (tmp_path / "mlartifacts").as_uri(), "unit", "unit-model",
-                        "http://127.0.0.1:5000")
+    return MlflowConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+                        artifact_location=(tmp_path / "mlartifacts").as_uri(), experiment_name="unit",
+                        registered_model_name="unit-model", ui_url="http://127.0.0.1:5000")
 
 
 def training_config(task: str, family: str, mlflow_config: MlflowConfig, **hyper: Any) -> TrainingConfig:
-    return TrainingConfig(schema(task), ModelConfig(family, 0, MappingProxyType({**FAST[family], **hyper})),
+    return TrainingConfig(schema(task), ModelConfig(family=family, random_state=0, hyperparameters={**FAST[family], **hyper}),
                           mlflow_config, MappingProxyType({"git_sha": "test"}))
 
 
 def evaluation_config(task: str, mlflow_config: MlflowConfig, margin: float = 0.001) -> EvaluationConfig:
-    metric, higher = ("rmse", False) if task == "regression" else ("f1_macro", True)
-    return EvaluationConfig(schema(task), PromotionConfig(metric, margin, higher), mlflow_config)
+    metric = "rmse" if task == "regression" else "f1_macro"
+    return EvaluationConfig(schema(task), PromotionConfig(metric=metric, min_improvement=margin), mlflow_config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from include.ml.configuration import ConfigurationManager
 from include.ml.exceptions import ConfigError
@@ -28,7 +29,7 @@ def test_default_config_loads_with_absolute_paths(config_dir: Path) -> None:
 
 def test_entities_are_immutable(config_dir: Path) -> None:
     config = load(config_dir).config
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValidationError, match="frozen"):
         config.model.family = "elasticnet"  # type: ignore[misc]
     with pytest.raises(TypeError):
         config.model.hyperparameters["n_estimators"] = 1  # type: ignore[index]
@@ -85,8 +86,8 @@ def test_missing_file(config_dir: Path) -> None:
 
 
 def test_missing_key(config_dir: Path, edit_yaml) -> None:
-    edit_yaml(config_dir / "config.yaml", lambda d: d["mlflow"].pop("experiment_name"))
-    expect_error(config_dir, "config.yaml", "mlflow.experiment_name", "missing required key")
+    edit_yaml(config_dir / "config.yaml", lambda d: d["mlflow"].pop("registered_model_name"))
+    expect_error(config_dir, "config.yaml", "mlflow.registered_model_name", "missing required key")
 
 
 def test_unknown_key(config_dir: Path, edit_yaml) -> None:
@@ -159,9 +160,9 @@ def test_separator_must_be_one_character(config_dir: Path, edit_yaml) -> None:
 
 
 def test_schedule_must_be_cron_or_null(config_dir: Path, edit_yaml) -> None:
-    assert load(config_dir).config.schedule == "0 2 * * *"
+    assert load(config_dir).config.airflow.schedule == "0 2 * * *"
     edit_yaml(config_dir / "config.yaml", lambda d: d["airflow"].update(schedule=None))
-    assert load(config_dir).config.schedule is None
+    assert load(config_dir).config.airflow.schedule is None
     edit_yaml(config_dir / "config.yaml", lambda d: d["airflow"].update(schedule="nightly"))
     expect_error(config_dir, "config.yaml", "airflow.schedule", "expected a 5-field cron expression")
 
@@ -188,3 +189,72 @@ def test_deployment_env_overrides(config_dir: Path) -> None:
     assert (deployment.target, deployment.ec2.s3_bucket) == ("ec2", "releases")
     assert deployment.local.model_store == Path("/srv/models") and deployment.local.server_url == "http://127.0.0.1:9"
     assert deployment.ec2.source("wine") == "s3://releases/models/wine"
+
+
+def test_only_the_essentials_are_required(config_dir: Path) -> None:
+    """A config.yaml with the source and the model name; params.yaml with the family and the metric."""
+    (config_dir / "config.yaml").write_text("data_source: {uri: data/wine-quality/winequality-red.csv, "
+                                            "separator: ';'}\nmlflow: {registered_model_name: wine}\n")
+    (config_dir / "params.yaml").write_text("model: {family: elasticnet}\npromotion: {metric: mae}\n")
+    config = load(config_dir).config
+    assert config.mlflow.experiment_name == "wine" and config.airflow.schedule == "0 2 * * *"
+    assert (config.deployment.target, config.deployment.batch_size) == ("local", 1)
+    assert config.model_store == config.project_root / "models" / "wine"  # one store per model name
+    assert (config.split.test_size, config.split.random_state, config.promotion.min_improvement) == (0.2, 42, 0.001)
+
+
+def test_unknown_nested_key_lists_the_valid_ones(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "config.yaml", lambda d: d["deployment"].update(model_alias="champion"))
+    expect_error(config_dir, "config.yaml", "deployment.model_alias",
+                 "unknown key; expected one of: batch_size, ec2, local, target, verify_timeout_seconds")
+
+
+def test_column_errors_name_the_column(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "schema.yaml", lambda d: d["columns"]["pH"].update(min="low"))
+    expect_error(config_dir, "schema.yaml", "columns.pH.min", "expected float, got str 'low'")
+    edit_yaml(config_dir / "schema.yaml", lambda d: d["columns"]["pH"].update(min=2, colour="red"))
+    expect_error(config_dir, "schema.yaml", "columns.pH.colour", "unknown key; expected one of: allowed, dtype,")
+
+
+def test_an_error_in_an_overridden_value_names_the_variable(config_dir: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(config_dir, MLOPS_DEPLOY_TARGET="k8s")
+    assert caught.value.key == "deployment.target"
+    assert "expected one of none, local, ec2, got str 'k8s' (from MLOPS_DEPLOY_TARGET)" in str(caught.value)
+
+
+def test_every_override_in_the_table_reaches_its_key(config_dir: Path) -> None:
+    from include.ml.configuration import ENV_OVERRIDES, read_config_file
+
+    for variable, key in ENV_OVERRIDES.items():
+        value = "ec2" if variable == "MLOPS_DEPLOY_TARGET" else f"/tmp/from-{variable.lower()}"
+        env = {variable: value, "MLOPS_S3_BUCKET": "b"} if variable == "MLOPS_DEPLOY_TARGET" else {variable: value}
+        config = read_config_file(config_dir, env).model_dump()
+        for part in key.split("."):
+            config = config[part]
+        assert str(config).endswith(value), (variable, key, config)
+
+
+def test_the_serving_api_key_comes_only_from_the_environment(config_dir: Path, edit_yaml) -> None:
+    assert load(config_dir).config.serving_api_key is None
+    key = load(config_dir, MLOPS_SERVING_API_KEY="s3cret").config.serving_api_key
+    assert key is not None and key.get_secret_value() == "s3cret" and "s3cret" not in repr(key)
+    edit_yaml(config_dir / "config.yaml", lambda d: d["deployment"].update(api_key="s3cret"))
+    expect_error(config_dir, "config.yaml", "deployment.api_key", "unknown key")
+
+
+def test_project_config_is_cached_until_the_file_or_environment_changes(config_dir: Path, edit_yaml,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from include.ml.configuration import project_config
+
+    monkeypatch.delenv("MLOPS_SERVING_URL", raising=False)
+    first = project_config(config_dir)
+    assert project_config(config_dir) is first
+    monkeypatch.setenv("MLOPS_SERVING_URL", "http://127.0.0.1:9")
+    assert project_config(config_dir).deployment.local.server_url == "http://127.0.0.1:9"
+    edit_yaml(config_dir / "config.yaml", lambda d: d["mlflow"].update(registered_model_name="other"))
+    stat = (config_dir / "config.yaml").stat()
+    os.utime(config_dir / "config.yaml", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert project_config(config_dir).mlflow.registered_model_name == "other"

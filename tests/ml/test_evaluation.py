@@ -15,8 +15,8 @@ from include.ml.entities import MlflowConfig, PromotionConfig
 from include.ml.exceptions import PipelineError
 from tests.ml.conftest import dataset, evaluation_config, training_config
 
-LOWER = PromotionConfig("rmse", 0.01, higher_is_better=False)
-HIGHER = PromotionConfig("r2", 0.01, higher_is_better=True)
+LOWER = PromotionConfig(metric="rmse", min_improvement=0.01)
+HIGHER = PromotionConfig(metric="r2", min_improvement=0.01)
 
 
 def test_no_champion_promotes() -> None:
@@ -42,7 +42,7 @@ def test_gate_uses_direction_and_margin(promotion: PromotionConfig, challenger: 
 
 
 def test_zero_margin_still_needs_a_real_gain() -> None:
-    zero = PromotionConfig("rmse", 0.0, higher_is_better=False)
+    zero = PromotionConfig(metric="rmse", min_improvement=0.0)
     assert not decide({"rmse": 1.0}, {"rmse": 1.0}, "1", zero).promoted
     assert decide({"rmse": 0.99}, {"rmse": 1.0}, "1", zero).promoted
 
@@ -55,7 +55,7 @@ def test_force_and_unscorable_champion() -> None:
 
 def test_undefined_gate_metric_is_an_error() -> None:
     with pytest.raises(PipelineError, match="'roc_auc' is undefined"):
-        decide({"accuracy": 1.0}, None, None, PromotionConfig("roc_auc", 0.0, True))
+        decide({"accuracy": 1.0}, None, None, PromotionConfig(metric="roc_auc", min_improvement=0.0))
 
 
 def test_classification_metrics_include_roc_auc() -> None:

@@ -23,7 +23,7 @@ COLUMNS = ("a", "b", "y")
 
 def config(uri: str, separator: str = ";", zip_member: str | None = None, endpoint: str | None = None,
            timeout: float = 5) -> IngestionConfig:
-    return IngestionConfig(DataSourceConfig(uri, separator, zip_member, endpoint, timeout), COLUMNS)
+    return IngestionConfig(DataSourceConfig(uri=uri, separator=separator, zip_member=zip_member, s3_endpoint_url=endpoint, timeout_seconds=timeout), COLUMNS)
 
 
 def test_local_csv_snapshot_rows_and_sha256(tmp_path: Path) -> None:

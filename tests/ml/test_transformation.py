@@ -12,10 +12,10 @@ from include.ml.components.transformation import build_preprocessor, split, tran
 from include.ml.entities import ColumnSpec, SchemaConfig, SplitConfig, TransformationConfig
 from include.ml.exceptions import PipelineError
 
-SCHEMA = SchemaConfig("classification", "label", 1, (
-    ColumnSpec("size", "float", nullable=True),
-    ColumnSpec("colour", "category", nullable=True, allowed=("red", "blue")),
-    ColumnSpec("label", "category", allowed=("a", "b")),
+SCHEMA = SchemaConfig(task="classification", target="label", min_rows=1, columns=(
+    ColumnSpec(name="size", dtype="float", nullable=True),
+    ColumnSpec(name="colour", dtype="category", nullable=True, allowed=("red", "blue")),
+    ColumnSpec(name="label", dtype="category", allowed=("a", "b")),
 ))
 
 

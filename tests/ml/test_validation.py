@@ -16,10 +16,10 @@ from include.ml.exceptions import DataValidationError
 SCHEMA = SchemaConfig(
     task="classification", target="label", min_rows=5,
     columns=(
-        ColumnSpec("size", "float", min=0, max=10),
-        ColumnSpec("count", "int", min=0, max=100),
-        ColumnSpec("colour", "category", nullable=True, allowed=("red", "blue")),
-        ColumnSpec("label", "category", allowed=("yes", "no")),
+        ColumnSpec(name="size", dtype="float", min=0, max=10),
+        ColumnSpec(name="count", dtype="int", min=0, max=100),
+        ColumnSpec(name="colour", dtype="category", nullable=True, allowed=("red", "blue")),
+        ColumnSpec(name="label", dtype="category", allowed=("yes", "no")),
     ))
 CONFIG = ValidationConfig(SCHEMA)
 

@@ -29,6 +29,7 @@ def test_predict_one_record_and_a_list(client: FlaskClient) -> None:
     many = client.post("/predict", json=ROWS)
     assert one.status_code == many.status_code == 200
     assert one.json["model"] == {"name": "toy", "version": "1"} and one.headers["X-Model-Version"] == "1"
+    assert one.headers["X-Model-Name"] == "toy"
     assert len(many.json["predictions"]) == 2
     assert many.json["predictions"][0] == pytest.approx(one.json["predictions"][0])
     assert "probabilities" not in one.json  # regression

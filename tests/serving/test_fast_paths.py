@@ -59,12 +59,12 @@ def _numeric_preprocessor(categorical: bool = False):
     from include.ml.components.transformation import build_preprocessor
     from include.ml.entities import ColumnSpec, SchemaConfig
 
-    columns = (ColumnSpec("a", "float", nullable=True, min=-10, max=10), ColumnSpec("b", "int", min=0, max=100),
-               *((ColumnSpec("kind", "category", allowed=("p", "q")),) if categorical else ()),
-               ColumnSpec("y", "float"))
+    columns = (ColumnSpec(name="a", dtype="float", nullable=True, min=-10, max=10), ColumnSpec(name="b", dtype="int", min=0, max=100),
+               *((ColumnSpec(name="kind", dtype="category", allowed=("p", "q")),) if categorical else ()),
+               ColumnSpec(name="y", dtype="float"))
     frame = toy_frame("regression", rows=200, seed=3).rename(columns={"x1": "a", "count": "b"})
     frame["b"] = frame["b"].astype(float)
-    ct = build_preprocessor(SchemaConfig("regression", "y", 1, columns))
+    ct = build_preprocessor(SchemaConfig(task="regression", target="y", min_rows=1, columns=columns))
     ct.fit(frame.drop(columns="y"))
     return ct, frame.drop(columns="y")  # x2 (and kind) are left over: the remainder, dropped
 

@@ -1,4 +1,4 @@
-"""The model store: checksummed bundles, atomic pointers, export from a real MLflow registry."""
+"""The model store: checksummed bundles, atomic pointers, fetching a bundle."""
 
 from __future__ import annotations
 
@@ -48,35 +48,6 @@ def test_install_is_atomic_and_idempotent(store: Path, tmp_path: Path) -> None:
     assert store_mod.install(again, store, "7") == target
     assert json.loads((target / "bundle.json").read_text()) == {}  # an installed version is never overwritten
     assert "7" in store_mod.versions(store) and not any(p.name.startswith(".staging") for p in store.iterdir())
-
-
-def test_export_from_a_real_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mlflow
-    from mlflow.models import infer_signature
-    from sklearn.linear_model import LinearRegression
-    import pandas as pd
-
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    experiment = mlflow.create_experiment("export", artifact_location=(tmp_path / "art").as_uri())
-    x = pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0]})
-    model = LinearRegression().fit(x, [0.0, 2.0, 4.0, 6.0])
-    with mlflow.start_run(experiment_id=experiment):
-        mlflow.log_metric("test_rmse", 0.25)
-        info = mlflow.sklearn.log_model(model, name="model", registered_model_name="exported",
-                                        serialization_format="skops", signature=infer_signature(x, model.predict(x)))
-    client = mlflow.tracking.MlflowClient()
-    client.set_registered_model_alias("exported", "champion", "1")
-
-    bundle = store_mod.export("exported", "champion", tmp_path / "store")
-    meta = json.loads((bundle / "bundle.json").read_text())
-    assert bundle.name == "1" and meta["version"] == "1" and meta["run_id"] == info.run_id
-    assert meta["metrics"] == {"test_rmse": 0.25}
-    store_mod.verify_manifest(bundle)
-    loaded = load_bundle(bundle)  # signature fallback: names and types, no ranges
-    assert loaded.contract.names == ("a",) and loaded.predict({"a": [5.0]}).values == pytest.approx([10.0])
-    assert store_mod.export("exported", "1", tmp_path / "store") == bundle  # a second export changes nothing
-    with pytest.raises(store_mod.BundleError, match="no version or alias 'nope'"):
-        store_mod.export("exported", "nope", tmp_path / "store")
 
 
 def test_fetch_keeps_the_same_bundle_and_refuses_a_reused_version_name(store: Path, tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ class EvaluationResult:
     model_name: str
     version: str
     mlflow_run_id: str
+    mlflow_run_url: str
     test_rows: int
     metrics: dict[str, float]
     decision: GateDecision
@@ -47,6 +48,12 @@ class EvaluationResult:
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in self.metrics.items())
         verdict = "promoted" if self.decision.promoted else "not promoted"
         return f"{self.model_name} v{self.version}: {metrics}; {verdict}: {self.decision.reason}"
+
+    def xcom(self) -> dict[str, Any]:  # plugins/mlops_links.py links mlflow_run_url
+        return {"model_name": self.model_name, "version": self.version, "mlflow_run_id": self.mlflow_run_id,
+                "mlflow_run_url": self.mlflow_run_url, "promoted": self.decision.promoted,
+                "gate_reason": self.decision.reason, "champion_version": self.champion_version,
+                "metrics": self.metrics, "champion_metrics": self.champion_metrics}
 
 
 def compute_metrics(task: str, model: Any, x: pd.DataFrame, y: pd.Series) -> dict[str, float]:
@@ -179,8 +186,8 @@ def evaluate(test_frame: pd.DataFrame, config: EvaluationConfig, trained: Traini
         mlflow.set_tags({"registered_version": version, "gate_promoted": str(decision.promoted),
                          "gate_reason": decision.reason})
     champion = version if decision.promoted or current is None else current
-    result = EvaluationResult(name, version, trained.mlflow_run_id, len(x), scores, decision, champion,
-                              champion_scores or {})
+    result = EvaluationResult(name, version, trained.mlflow_run_id, trained.mlflow_run_url, len(x), scores,
+                              decision, champion, champion_scores or {})
     artifacts.write_json(output_dir / RESULT, asdict(result))
     log.info("evaluate: %s", result.summary())
     return result

@@ -11,6 +11,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -39,6 +40,10 @@ class IngestionResult:
     def summary(self) -> str:
         return (f"{self.rows} rows x {self.columns} columns from {self.source_uri} "
                 f"({self.bytes} bytes, sha256 {self.sha256[:12]})")
+
+    def xcom(self) -> dict[str, Any]:
+        return {"source_uri": self.source_uri, "data_path": self.data_path, "rows": self.rows,
+                "columns": self.columns, "sha256": self.sha256}
 
 
 def fetch(source: DataSourceConfig) -> bytes:

@@ -26,6 +26,7 @@ MODEL_NAME = "model"
 @dataclass(frozen=True)
 class TrainingResult:
     mlflow_run_id: str
+    mlflow_run_url: str  # the run's page in the MLflow UI
     experiment_id: str
     model_uri: str
     family: str
@@ -37,6 +38,11 @@ class TrainingResult:
     def summary(self) -> str:
         return (f"{self.estimator} fitted on {self.train_rows} rows in {self.fit_seconds:.1f}s; "
                 f"MLflow run {self.mlflow_run_id}")
+
+    def xcom(self) -> dict[str, Any]:  # plugins/mlops_links.py links mlflow_run_url
+        return {"mlflow_run_id": self.mlflow_run_id, "mlflow_run_url": self.mlflow_run_url,
+                "model_uri": self.model_uri, "family": self.family, "estimator": self.estimator,
+                "train_rows": self.train_rows, "fit_seconds": self.fit_seconds}
 
 
 def build_pipeline(config: TrainingConfig) -> Any:
@@ -99,8 +105,8 @@ def train(train_frame: pd.DataFrame, config: TrainingConfig, run_id: str, output
             signature=infer_signature(example, pipeline.predict(example)), input_example=example,
             metadata={"feature_contract": config.schema.feature_contract()})
         mlflow.set_tag("model_uri", info.model_uri)
-    result = TrainingResult(run.info.run_id, experiment_id, info.model_uri, config.model.family, estimator,
-                            len(x), round(fit_seconds, 3), trusted)
+    result = TrainingResult(run.info.run_id, tracking.run_url(config.mlflow, experiment_id, run.info.run_id), experiment_id,
+                            info.model_uri, config.model.family, estimator, len(x), round(fit_seconds, 3), trusted)
     artifacts.write_json(output_dir / RESULT, asdict(result))
     log.info("train: %s", result.summary())
     return result

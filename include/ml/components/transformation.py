@@ -35,6 +35,10 @@ class TransformationResult:
         return (f"{self.train_rows} train / {self.test_rows} test rows; {len(self.numeric_features)} numeric + "
                 f"{len(self.categorical_features)} categorical features -> {self.encoded_features} model inputs")
 
+    def xcom(self) -> dict[str, Any]:
+        return {"train_path": self.train_path, "test_path": self.test_path, "train_rows": self.train_rows,
+                "test_rows": self.test_rows}
+
 
 def build_preprocessor(schema: SchemaConfig) -> Any:
     """Impute and scale numeric features, impute and one-hot encode categorical ones."""

@@ -45,6 +45,10 @@ class ValidationResult:
         state = "passed" if self.success else "FAILED"
         return f"{state}: {self.passed}/{self.evaluated} expectations met on {self.rows} rows"
 
+    def xcom(self) -> dict[str, Any]:  # plugins/mlops_links.py links data_docs
+        return {"success": self.success, "passed": self.passed, "evaluated": self.evaluated, "rows": self.rows,
+                "data_docs": self.data_docs}
+
 
 def build_suite(schema: SchemaConfig, name: str = "schema") -> Any:
     """The Great Expectations suite that schema.yaml describes."""

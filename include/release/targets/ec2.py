@@ -1,7 +1,8 @@
 """The `ec2` deployment target through the Airflow Amazon provider: S3Hook, EC2Hook and SsmHook.
 
 Credentials come from the Airflow connection named in deployment.ec2.aws_conn_id (an instance role, or the
-connection's own settings); nothing here reads keys. Used by include/ml/components/deployment.py.
+connection's own settings); nothing here reads keys. The provider's hooks are imported when a target is built,
+so nothing Airflow is loaded where this target is not used.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from include.ml.components.deployment import CommandResult, Instance
-from include.ml.exceptions import DeploymentError
 from include.ml.entities import Ec2TargetConfig
+from include.ml.exceptions import DeploymentError
+from include.release.ports import CommandResult, Instance
+from serving.store import MANIFEST
 
 log = logging.getLogger(__name__)
 SSM_DOCUMENT = "AWS-RunShellScript"
@@ -33,8 +35,6 @@ class S3BundleStore:
 
     def publish(self, bundle: Path, version: str) -> None:
         """Every file, the manifest last: a bundle with a manifest in S3 is complete."""
-        from serving.store import MANIFEST
-
         files = sorted((p for p in bundle.rglob("*") if p.is_file()), key=lambda p: p.name == MANIFEST)
         for path in files:
             self.hook.load_file(path, f"{self.prefix}/{version}/{path.relative_to(bundle).as_posix()}",

@@ -1,0 +1,49 @@
+"""What the DAG files share: a task's configuration and its return value. Not a DAG (.airflowignore).
+
+Each task of ml_pipeline and ml_rollback is `task_result(run_<stage>(*stage_config(run_id, params)))`:
+the pipeline's typed result becomes the task's small XCom dict, and `Skipped` a skipped task whose log
+says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from include.ml.configuration import ConfigurationManager
+    from include.pipeline import StageResult
+
+
+def stage_config(run_id: str, params: dict[str, Any] | None) -> tuple[ConfigurationManager, str]:
+    """The configuration with this run's overrides (trigger form), and the path-safe run id."""
+    from include.ml.artifacts import safe_run_id
+
+    return pipeline_config(params), safe_run_id(run_id)
+
+
+def pipeline_config(params: dict[str, Any] | None = None) -> ConfigurationManager:
+    """The configuration of $MLOPS_CONFIG_DIR, with the `source` and `model_family` of a trigger form."""
+    from include.ml.configuration import ConfigurationManager
+
+    # Saving or loading a model, skops (MLflow's sklearn format) looks objects up in every loaded module
+    # and so trips ~1000 of Airflow's deprecated-import shims, each a warning line in the task log.
+    # (Set here, in the task process: filters set while the DAG file is parsed do not outlive the parse.)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"skops\.io\._utils")
+    # Great Expectations logs ~200 INFO lines about its own API docs while it is imported.
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    params = params or {}
+    return ConfigurationManager(source_uri=params.get("source") or None,
+                                model_family=params.get("model_family") or None)
+
+
+def task_result(result: StageResult) -> dict[str, Any]:
+    """The result's XCom form; a stage that had nothing to do is shown as skipped, with the reason in the log."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from include.pipeline import Skipped
+
+    if isinstance(result, Skipped):
+        raise AirflowSkipException(result.summary())
+    return result.xcom()

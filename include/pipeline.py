@@ -1,0 +1,208 @@
+"""Runs the stages for one pipeline run id; what `main.py` and the DAGs call.
+
+Each stage reads the previous stages' outputs from <artifacts_root>/<run id>/ and writes its own, so any
+stage can be re-run alone. Each `run_<stage>` returns its typed result: `.summary()` is the line for logs,
+`.xcom()` the small dict a DAG task returns. A stage with nothing to do returns `Skipped`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from include.ml import artifacts
+from include.ml.configuration import ConfigurationManager
+from include.ml.exceptions import StageInputError
+
+if TYPE_CHECKING:
+    from include.ml.components.evaluation import EvaluationResult
+    from include.ml.components.ingestion import IngestionResult
+    from include.ml.components.training import TrainingResult
+    from include.ml.components.transformation import TransformationResult
+    from include.ml.components.validation import ValidationResult
+    from include.release.export import ExportResult
+    from include.release.ports import DeploymentResult
+    from include.release.verify import VerificationResult
+
+log = logging.getLogger(__name__)
+
+STAGES = ("ingest", "validate", "transform", "train", "evaluate", "deploy", "verify")
+
+
+class StageResult(Protocol):
+    def summary(self) -> str: ...
+    def xcom(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A stage that had nothing to do (shown as skipped in Airflow, with the reason in the log)."""
+
+    reason: str
+
+    def summary(self) -> str:
+        return self.reason
+
+    def xcom(self) -> dict[str, Any]:
+        return {"skipped": self.reason}
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    model_name: str
+    champion_before: str | None
+    champion_after: str
+
+    def summary(self) -> str:
+        return f"{self.model_name}: champion is now version {self.champion_after} (was {self.champion_before})"
+
+    def xcom(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "champion_before": self.champion_before,
+                "champion_after": self.champion_after}
+
+
+def _dir(cm: ConfigurationManager, run_id: str, stage: str) -> Path:
+    return artifacts.stage_dir(cm.config.artifacts_root, run_id, stage)
+
+
+def _read_parquet(path: str) -> Any:
+    import pandas as pd
+
+    if not Path(path).is_file():
+        raise StageInputError(f"{path} is missing; run the stage that writes it first")
+    return pd.read_parquet(path)
+
+
+def run_ingest(cm: ConfigurationManager, run_id: str) -> IngestionResult:
+    from include.ml.components import ingestion
+
+    return ingestion.ingest(cm.ingestion(), _dir(cm, run_id, "ingest"))
+
+
+def run_validate(cm: ConfigurationManager, run_id: str) -> ValidationResult:
+    from include.ml.components import ingestion, validation
+
+    ingested = artifacts.read_json(_dir(cm, run_id, "ingest") / ingestion.RESULT)
+    return validation.validate(_read_parquet(ingested["data_path"]), cm.validation(), _dir(cm, run_id, "validate"))
+
+
+def run_transform(cm: ConfigurationManager, run_id: str) -> TransformationResult:
+    from include.ml.components import ingestion, transformation, validation
+
+    checked = artifacts.read_json(_dir(cm, run_id, "validate") / validation.RESULT)
+    if not checked["success"]:
+        raise StageInputError(f"run {run_id} failed data validation; refusing to transform it")
+    ingested = artifacts.read_json(_dir(cm, run_id, "ingest") / ingestion.RESULT)
+    return transformation.transform(_read_parquet(ingested["data_path"]), cm.transformation(),
+                                    _dir(cm, run_id, "transform"))
+
+
+def run_train(cm: ConfigurationManager, run_id: str) -> TrainingResult:
+    from include.ml.components import ingestion, training, transformation
+
+    split = artifacts.read_json(_dir(cm, run_id, "transform") / transformation.RESULT)
+    ingested = artifacts.read_json(_dir(cm, run_id, "ingest") / ingestion.RESULT)
+    return training.train(_read_parquet(split["train_path"]), cm.training(), run_id, _dir(cm, run_id, "train"),
+                          dataset_source=ingested["source_uri"])
+
+
+def run_evaluate(cm: ConfigurationManager, run_id: str, force_promote: bool = False) -> EvaluationResult:
+    from include.ml.components import evaluation, training, transformation
+
+    split = artifacts.read_json(_dir(cm, run_id, "transform") / transformation.RESULT)
+    trained = training.TrainingResult(**artifacts.read_json(_dir(cm, run_id, "train") / training.RESULT))
+    return evaluation.evaluate(_read_parquet(split["test_path"]), cm.evaluation(), trained,
+                               _dir(cm, run_id, "evaluate"), force_promote=force_promote)
+
+
+def run_deploy(cm: ConfigurationManager, run_id: str, version: str | None = None) -> DeploymentResult | Skipped:
+    """Put `version` (default: this run's model, if evaluation promoted it) on the configured target."""
+    from include.ml.components import evaluation
+    from include.release.deploy import deploy
+
+    if version is None:
+        evaluated = artifacts.read_json(_dir(cm, run_id, "evaluate") / evaluation.RESULT)
+        if not evaluated["decision"]["promoted"]:
+            return Skipped(f"not deployed: version {evaluated['version']} was not promoted "
+                           f"({evaluated['decision']['reason']})")
+        version = str(evaluated["version"])
+    if cm.config.deployment.target == "none":
+        return Skipped("not deployed: deployment.target is none")
+    return deploy(cm.config, version, _dir(cm, run_id, "deploy"))
+
+
+def run_verify(cm: ConfigurationManager, run_id: str) -> VerificationResult | Skipped:
+    """Check every server this run deployed to answers as the deployed bundle does."""
+    from include.release.deploy import RELEASE, RESULT
+    from include.release.verify import verify_fleet
+
+    deployed = _dir(cm, run_id, "deploy") / RESULT
+    if not deployed.is_file():
+        return Skipped("not verified: this run deployed nothing")
+    record = artifacts.read_json(deployed)
+    key = cm.config.serving_api_key
+    return verify_fleet(record["version"], record["instances"], deployed.parent / RELEASE / record["version"],
+                        _dir(cm, run_id, "verify"), key.get_secret_value() if key else None)
+
+
+def run_rollback(cm: ConfigurationManager, version: str | None = None) -> RollbackResult:
+    """Make `version` (default: the previous champion) the champion again; deploy it with run_deploy."""
+    from mlflow.exceptions import MlflowException
+
+    from include.ml import registry, tracking
+    from include.ml.exceptions import RollbackError
+
+    tracking.configure(cm.config.mlflow)
+    name = cm.config.mlflow.registered_model_name
+    before = registry.champion_version(name)
+    try:
+        result = RollbackResult(name, before, registry.rollback(name, version))
+    except (LookupError, MlflowException) as exc:
+        raise RollbackError(f"rollback of {name} failed: {exc}") from exc
+    log.info("rollback: %s", result.summary())
+    return result
+
+
+def run_export(cm: ConfigurationManager, version: str = "champion", store: Path | None = None,
+               activate: bool = False) -> ExportResult:
+    """Copy a registered version (number or alias) into a model store (default: the local target's) as a
+    verified bundle; with `activate`, also make it the version that store's servers serve."""
+    from include.ml import tracking
+    from include.release.export import export_to_store
+
+    tracking.configure(cm.config.mlflow)
+    return export_to_store(cm.config.mlflow.registered_model_name, version, store or cm.config.model_store, activate)
+
+
+RUNNERS: dict[str, Callable[..., StageResult]] = {
+    "ingest": run_ingest, "validate": run_validate, "transform": run_transform,
+    "train": run_train, "evaluate": run_evaluate, "deploy": run_deploy, "verify": run_verify,
+}
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    stage: str
+    seconds: float
+    result: StageResult
+
+
+def run(cm: ConfigurationManager, run_id: str, stages: tuple[str, ...] = STAGES, force_promote: bool = False,
+        on_start: Callable[[int, str], None] | None = None,
+        on_done: Callable[[int, StageOutcome], None] | None = None) -> list[StageOutcome]:
+    """Run `stages` in order for `run_id`; the first failure propagates and stops the run."""
+    outcomes = []
+    for index, stage in enumerate(stages, start=1):
+        if on_start:
+            on_start(index, stage)
+        started = time.perf_counter()
+        options = {"force_promote": force_promote} if stage == "evaluate" else {}
+        result = RUNNERS[stage](cm, run_id, **options)
+        outcome = StageOutcome(stage, time.perf_counter() - started, result)
+        outcomes.append(outcome)
+        if on_done:
+            on_done(index, outcome)
+    return outcomes

@@ -1,0 +1,56 @@
+"""Deploy a registered version to `deployment.target`: export its bundle, roll it out, record what happened."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from include.ml import artifacts, tracking
+from include.ml.entities import PipelineConfig
+from include.ml.exceptions import DeploymentError
+from include.release.export import export_bundle
+from include.release.ports import BundleStore, CommandRunner, DeploymentResult, Fleet, Instance
+from include.release.rollout import rollout
+from include.release.targets.local import DirectoryStore, ShellRunner, StaticFleet, server_answers
+from serving.store import BundleError
+
+log = logging.getLogger(__name__)
+RESULT = "deployment.json"
+RELEASE = "release"  # the exported bundles, under the deploy stage's output dir
+
+
+def deploy(config: PipelineConfig, version: str, output_dir: Path,
+           runner: CommandRunner | None = None) -> DeploymentResult:
+    """Export `version` from the registry as a bundle and roll it out to `deployment.target`.
+
+    `runner` replaces how commands reach the servers (tests run SSM's commands on local stand-ins).
+    """
+    dep, name = config.deployment, config.mlflow.registered_model_name
+    tracking.configure(config.mlflow)
+    try:
+        bundle = export_bundle(name, version, output_dir / RELEASE)
+    except BundleError as exc:
+        raise DeploymentError(f"cannot export {name} version {version}: {exc}") from exc
+    bundles: BundleStore
+    fleet: Fleet
+    if dep.target == "local":
+        url = dep.local.server_url if server_answers(dep.local.server_url) else ""
+        if not url:
+            log.warning("no prediction server answers at %s: the store %s will name version %s, and the next "
+                        "server started on it (make up / main.py serve) serves it", dep.local.server_url,
+                        config.model_store, version)
+        bundles = DirectoryStore(config.artifacts_root / "releases" / name)
+        fleet = StaticFleet([Instance("local", url)])
+        runner = runner or ShellRunner({"MLOPS_APP_DIR": str(config.project_root), "MLOPS_PYTHON": sys.executable,
+                                        "SERVING_MODEL_STORE": str(config.model_store), "SERVING_URL": url})
+    else:
+        from include.release.targets import ec2
+
+        bundles, fleet = ec2.S3BundleStore(dep.ec2, name), ec2.Ec2Fleet(dep.ec2)
+        runner = runner or ec2.SsmRunner(dep.ec2)
+    result = rollout(bundles, fleet, runner, target=dep.target, model_name=name, version=version, bundle=bundle,
+                     batch_size=dep.batch_size, verify_timeout=dep.verify_timeout_seconds)
+    artifacts.write_json(output_dir / RESULT, asdict(result))
+    return result

@@ -1,0 +1,90 @@
+"""Registered MLflow model version -> a bundle in a model store (the format of serving/store.py).
+
+Runs on the pipeline side, where MLflow is installed; a serving host only ever receives finished bundles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from include.ml.exceptions import DeploymentError
+from serving import store
+from serving.activation import ActivationError, activate as activate_bundle
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    model_name: str
+    version: str
+    bundle: str
+    activated: bool
+
+    def summary(self) -> str:
+        where = f"{self.bundle}, the store's CURRENT version" if self.activated else self.bundle
+        return f"{self.model_name} version {self.version} exported to {where}"
+
+    def xcom(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "version": self.version, "bundle": self.bundle,
+                "activated": self.activated}
+
+
+def export_to_store(model_name: str, version_or_alias: str, store_dir: Path, activate: bool = False) -> ExportResult:
+    """`export_bundle`, then (with `activate`) the same checks and pointer move as `python -m serving activate`."""
+    try:
+        bundle = export_bundle(model_name, version_or_alias, store_dir)
+        if activate:
+            activate_bundle(store_dir, bundle.name)
+    except (store.BundleError, ActivationError) as exc:
+        raise DeploymentError(f"cannot export {model_name} {version_or_alias}: {exc}") from exc
+    return ExportResult(model_name, bundle.name, str(bundle), activate)
+
+
+def export_bundle(model_name: str, version_or_alias: str, store_dir: Path) -> Path:
+    """Copy a registered version (number or alias) into `store_dir` as <version>/; an existing one is kept.
+
+    MLflow must already point at the registry (include.ml.tracking.configure). Raises store.BundleError.
+    """
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file floods task logs
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        mv = client.get_model_version(model_name, version_or_alias) if version_or_alias.isdigit() \
+            else client.get_model_version_by_alias(model_name, version_or_alias)
+    except MlflowException as exc:
+        raise store.BundleError(f"model {model_name!r} has no version or alias {version_or_alias!r}") from exc
+    version = str(mv.version)
+    if (store_dir / version).exists():
+        store.verify_manifest(store_dir / version)
+        return store_dir / version
+    run = client.get_run(mv.run_id)
+    staged = store.staging_dir(store_dir)
+    try:
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}",
+                                            dst_path=str(staged / store.MODEL_DIR))
+        metadata = {"name": model_name, "version": version, "run_id": mv.run_id,
+                    "trained_at": _iso(run.info.start_time), "registered_at": _iso(mv.creation_timestamp),
+                    "metrics": {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}}
+        (staged / store.METADATA).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        store.write_manifest(staged)
+        target = store.install(staged, store_dir, version)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    log.info("exported %s version %s to %s", model_name, version, target)
+    return target
+
+
+def _iso(millis: int | None) -> str | None:
+    return None if millis is None else datetime.fromtimestamp(millis / 1000, timezone.utc).isoformat(
+        timespec="seconds")

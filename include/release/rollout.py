@@ -1,0 +1,111 @@
+"""A rolling refresh: publish the bundle, refresh and verify the fleet batch by batch, undo everything on failure.
+
+Plain Python against the Protocols of `ports`, so the same rollout runs for the local target (a directory and a
+shell on this machine) and the ec2 target (S3, EC2 and SSM). Every server runs the same command:
+`python -m serving refresh`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import time
+from pathlib import Path
+from typing import Sequence
+
+from include.ml.exceptions import DeploymentError
+from include.release.ports import BundleStore, CommandRunner, DeploymentResult, Fleet, Instance
+from serving.probe import NotServing, wait_for_version
+
+log = logging.getLogger(__name__)
+
+
+def refresh_commands(source: str, version: str) -> list[str]:
+    """The shell lines every server runs: its own settings come from /etc/mlops/serving.env when present."""
+    return _serving_command(f"refresh --source {shlex.quote(source)} --version {shlex.quote(version)}")
+
+
+def activate_commands(version: str) -> list[str]:
+    """Put a version already on the server back (it keeps earlier bundles, so no download)."""
+    return _serving_command(f"activate {shlex.quote(version)}")
+
+
+def _serving_command(arguments: str) -> list[str]:
+    return [
+        "set -euo pipefail",
+        "set -a; if [ -f /etc/mlops/serving.env ]; then . /etc/mlops/serving.env; fi; set +a",
+        'cd "${MLOPS_APP_DIR:-/opt/mlops/app}"',
+        f'"${{MLOPS_PYTHON:-/opt/mlops/venv/bin/python}}" -m serving {arguments}',
+    ]
+
+
+def verify_server(instance: Instance, version: str, timeout: float, confirmations: int = 5) -> None:
+    """/ready answers 200 and `confirmations` consecutive /version answers show `version`."""
+    if not instance.url:
+        return  # a local store with no server running: the next server started serves it
+    try:
+        wait_for_version(instance.url, version, timeout, confirmations, interval=0.5)
+    except NotServing as exc:
+        raise DeploymentError(f"instance {instance.instance_id}: {exc}") from exc
+
+
+def rollout(store: BundleStore, fleet: Fleet, runner: CommandRunner, *, target: str, model_name: str,
+            version: str, bundle: Path, batch_size: int, verify_timeout: float) -> DeploymentResult:
+    """Publish, then refresh and verify the fleet batch by batch; on failure undo everything and raise."""
+    started = time.perf_counter()
+    instances = fleet.instances()
+    if not instances:
+        raise DeploymentError(f"no servers to deploy to ({target}): nothing was changed")
+    previous_pointer = store.read_pointer()
+    store.publish(bundle, version)
+    store.write_pointer(version)
+    result = DeploymentResult(target, model_name, version, store.source, previous_pointer)
+    log.info("deploying %s version %s to %d server(s) in batches of %d (previous: %s)", model_name, version,
+             len(instances), batch_size, previous_pointer)
+    refreshed: list[tuple[Instance, str | None]] = []  # servers switched so far, with the version they had
+    try:
+        for start in range(0, len(instances), batch_size):
+            batch = instances[start:start + batch_size]
+            for instance in batch:
+                outcome = runner.run(instance, refresh_commands(store.source, version),
+                                     f"refresh {model_name} to version {version}")
+                report = outcome.last_json()
+                if outcome.exit_code != 0:
+                    raise DeploymentError(f"instance {instance.instance_id}: the refresh command failed "
+                                          f"(exit {outcome.exit_code}): {report.get('error') or outcome.tail()}")
+                if report.get("changed"):
+                    refreshed.append((instance, report.get("previous")))
+                result.instances.append({"instance_id": instance.instance_id, "url": instance.url,
+                                         "changed": bool(report.get("changed")), "previous": report.get("previous")})
+            for instance in batch:
+                verify_server(instance, version, verify_timeout)
+                log.info("instance %s: %s (%d/%d)", instance.instance_id,
+                         f"serves version {version}" if instance.url else "no server running; its store names "
+                         f"version {version}", len(result.instances), len(instances))
+    except Exception as exc:
+        undone = _undo(store, runner, refreshed, previous_pointer)
+        if isinstance(exc, DeploymentError):
+            raise DeploymentError(f"{exc}; {undone}") from exc
+        raise DeploymentError(f"deploy stopped by {type(exc).__name__}: {exc}; {undone}") from exc
+    result.seconds = round(time.perf_counter() - started, 2)
+    log.info("deploy: %s", result.summary())
+    return result
+
+
+def _undo(store: BundleStore, runner: CommandRunner, refreshed: Sequence[tuple[Instance, str | None]],
+          previous_pointer: str | None) -> str:
+    """Switch the servers moved so far back, last first, and restore the pointer."""
+    notes = []
+    for instance, previous in reversed(refreshed):
+        if previous is None:
+            notes.append(f"{instance.instance_id} had no earlier version and keeps the new one")
+            continue
+        outcome = runner.run(instance, activate_commands(previous), f"roll back to version {previous}")
+        if outcome.exit_code == 0:
+            notes.append(f"{instance.instance_id} rolled back to version {previous}")
+        else:
+            notes.append(f"{instance.instance_id} ROLLBACK FAILED (exit {outcome.exit_code}): {outcome.tail(200)}")
+        log.warning("rollback: %s", notes[-1])
+    if previous_pointer is not None:
+        store.write_pointer(previous_pointer)
+    return "; ".join(notes) if notes else "no server had switched yet"

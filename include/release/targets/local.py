@@ -1,0 +1,78 @@
+"""The local target: a release directory standing in for S3, the configured server, and a shell on this machine."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from include.release.ports import CommandResult, Instance
+from serving import store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DirectoryStore:
+    """<root>/<version>/ bundles and <root>/CURRENT, like s3://bucket/prefix/model."""
+
+    root: Path
+
+    @property
+    def source(self) -> str:
+        return str(self.root)
+
+    def publish(self, bundle: Path, version: str) -> None:
+        """Like an S3 upload, a new bundle replaces one published earlier under the same version name."""
+        target = self.root / version
+        if target.exists() and (target / store.MANIFEST).read_bytes() == (bundle / store.MANIFEST).read_bytes():
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        staged, old = self.root / f".{version}.partial", self.root / f".{version}.old"
+        for leftover in (staged, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+        shutil.copytree(bundle, staged)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staged, target)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def read_pointer(self) -> str | None:
+        return store.read_pointer(self.root)
+
+    def write_pointer(self, version: str) -> None:
+        store.write_pointer(self.root, version)
+
+
+@dataclass
+class StaticFleet:
+    servers: list[Instance]
+
+    def instances(self) -> list[Instance]:
+        return list(self.servers)
+
+
+@dataclass
+class ShellRunner:
+    """Runs the refresh command on this machine, as SSM runs it on an instance."""
+
+    env: dict[str, str]
+    timeout: float = 600.0
+
+    def run(self, instance: Instance, commands: list[str], comment: str) -> CommandResult:
+        log.info("%s on %s", comment, instance.instance_id)
+        done = subprocess.run(["bash", "-c", "\n".join(commands)], env={**os.environ, **self.env},
+                              capture_output=True, text=True, timeout=self.timeout)
+        return CommandResult(done.returncode, done.stdout, done.stderr)
+
+
+def server_answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=3):
+            return True
+    except (OSError, ValueError):
+        return False

@@ -1,0 +1,50 @@
+"""What the request handlers of one worker share: the settings, the served model, the batcher, the metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from serving.batching import MicroBatcher, StaleContract
+from serving.inputs import Batch, validate
+from serving.metrics import Metrics
+from serving.model import LoadedModel, ModelHolder, Prediction
+from serving.settings import Settings
+
+
+class NoModel(Exception):
+    """No model has been loaded yet (answered 503)."""
+
+
+@dataclass
+class Service:
+    """What the request handlers share within one worker."""
+
+    settings: Settings
+    holder: ModelHolder
+    metrics: Metrics
+    batcher: MicroBatcher | None
+
+    def model(self) -> LoadedModel:
+        model = self.holder.current
+        if model is None:
+            raise NoModel()
+        return model
+
+    def predict(self, records: Any, from_text: bool = False) -> tuple[LoadedModel, Batch, Prediction]:
+        """Validate against the served model's contract, then predict (batched with others when small)."""
+        for _ in range(3):  # a swap to a model with other inputs between the two steps: validate again
+            model = self.model()
+            batch = validate(records, model.contract, max_rows=self.settings.max_rows,
+                             out_of_range=self.settings.out_of_range, from_text=from_text)
+            if self.batcher is not None and batch.n_rows < self.settings.batch_max_rows:
+                try:
+                    model, prediction = self.batcher.predict(batch)
+                except StaleContract:
+                    continue
+            else:
+                prediction = model.predict(batch.columns)
+                self.metrics.batch_rows.observe(batch.n_rows)
+            self.metrics.predictions.labels(model.name, model.version).inc(batch.n_rows)
+            return model, batch, prediction
+        raise NoModel()
