@@ -13,7 +13,9 @@ TEST_TOOLS := docker-compose:docker-compose chromium:chromium chromedriver:chrom
 demo: up ## set up, start Airflow + MLflow, run the DAG once through the scheduler, leave the UIs up
 	$(BIN)/python scripts/demo.py
 
-test: $(STAMP) tools ## set up, then run the whole test suite
+test: $(STAMP) tools ## set up, then ruff (lint), lint-imports (the dependency rule), the whole test suite
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 tools: ## install the missing TEST_TOOLS from apt (root or sudo)
@@ -55,11 +57,11 @@ lock: ## re-resolve requirements.in into the fully pinned requirements.txt
 	rm -rf .venv-lock
 
 bench: $(STAMP) ## pipeline scaling benchmark (minutes; see docs/benchmarks.md)
-	$(BIN)/python bench/pipeline_scaling.py
+	$(BIN)/python -m bench.pipeline_scaling
 
 bench-serving: $(STAMP) ## prediction server vs `mlflow models serve` with wrk (~10 min; see docs/benchmarks.md)
 	@command -v wrk >/dev/null || $(SUDO) apt-get install -y -q wrk || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q wrk; }
-	$(BIN)/python bench/serving.py $(BENCH_ARGS)
+	$(BIN)/python -m bench.prediction_server $(BENCH_ARGS)
 
 clean: down ## stop the stack, remove run outputs (artifacts, MLflow store, Airflow home, model store); keeps .venv
 	rm -rf artifacts mlruns airflow_home models

@@ -9,7 +9,7 @@ Starts a private stack (scripts/airflow_stack.sh) in a temp home on free ports, 
 Per task, overhead = task duration - the stage's work time (process start, imports, Airflow's
 task runner) + the gap before it. Prints a Markdown table of medians; writes JSON to bench/results/.
 
-    .venv/bin/python bench/dag_vs_main.py [--repeats 3]
+    .venv/bin/python -m bench.dag_vs_main [--repeats 3]
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import logging
 import os
 import re
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,21 +29,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import PROJECT_ROOT, free_port
+
 STAGES = ("ingest", "validate", "transform", "train", "evaluate")
 DAG_ID = "ml_pipeline"
 log = logging.getLogger(__name__)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run_main(env: dict[str, str], run_id: str) -> dict[str, Any]:
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "main.py", "--run-id", run_id], cwd=REPO, env=env,
+    done = subprocess.run([sys.executable, "main.py", "--run-id", run_id], cwd=PROJECT_ROOT, env=env,
                           capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
     if done.returncode != 0:
@@ -106,7 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    sys.path.insert(0, str(REPO))
     from scripts.airflow_client import AirflowClient
 
     base = Path(tempfile.mkdtemp(prefix="bench-dag-"))
@@ -118,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",
                MLOPS_ARTIFACTS_ROOT=str(base / "artifacts"), MLOPS_TRACKING_URI=f"sqlite:///{base}/mlflow.db",
                MLOPS_ARTIFACT_LOCATION=str(base / "mlartifacts"))
-    stack = [str(REPO / "scripts" / "airflow_stack.sh")]
+    stack = [str(PROJECT_ROOT / "scripts" / "airflow_stack.sh")]
     subprocess.run([*stack, "up"], env=env, check=True, stdout=subprocess.DEVNULL)
     try:
         client = AirflowClient(f"http://127.0.0.1:{api_port}", "admin", password)
@@ -133,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         subprocess.run([*stack, "down"], env=env, check=False, stdout=subprocess.DEVNULL)
     table = report(main_runs, dag_runs, args.repeats)
-    results = REPO / "bench" / "results"
+    results = PROJECT_ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / "dag_vs_main.json").write_text(json.dumps({"main": main_runs, "dag": dag_runs}, indent=2))
     print(table)

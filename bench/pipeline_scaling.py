@@ -10,12 +10,12 @@ overhead from work that grows with the data.
 
 This is a benchmark, not a test: it takes minutes and its numbers depend on the machine.
 
-    .venv/bin/python bench/pipeline_scaling.py                       # 10k, 100k, 1M rows
-    .venv/bin/python bench/pipeline_scaling.py --rows 20000 --keep   # one size, keep the temp dir
-    .venv/bin/python bench/pipeline_scaling.py --config-dir examples/penguins
+    .venv/bin/python -m bench.pipeline_scaling                       # 10k, 100k, 1M rows
+    .venv/bin/python -m bench.pipeline_scaling --rows 20000 --keep   # one size, keep the temp dir
+    .venv/bin/python -m bench.pipeline_scaling --config-dir examples/penguins
     # 1M rows on a "shared" machine (one busy loop alongside), trying an OpenMP setting:
-    .venv/bin/python bench/pipeline_scaling.py --rows 1000000 --background-load 1 --env OMP_WAIT_POLICY=PASSIVE
-    .venv/bin/python bench/pipeline_scaling.py --report bench/results/<file>.json
+    .venv/bin/python -m bench.pipeline_scaling --rows 1000000 --background-load 1 --env OMP_WAIT_POLICY=PASSIVE
+    .venv/bin/python -m bench.pipeline_scaling --report bench/results/<file>.json
 
 Results: a Markdown table on stdout and a JSON file under bench/results/ (git-ignored).
 Before each measurement it waits (up to --idle-timeout) for other processes to go quiet,
@@ -28,7 +28,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -39,24 +38,32 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
-import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from include.ml.configuration import ConfigurationManager  # noqa: E402
-from include.ml.entities import ColumnSpec, SchemaConfig  # noqa: E402
+from bench.common import (
+    CONFIG_FILES,
+    DEFAULT_CONFIG_DIR,
+    IDLE_THRESHOLD_CORES,
+    OUTPUT_TAIL_LINES,
+    PROJECT_ROOT,
+    RESULTS_DIR,
+    BenchmarkError,
+    busy_cpu_seconds,
+    machine_facts,
+    stage_env,
+    tail,
+    wait_until_idle,
+    write_config_dir,
+)
+from include.ml.configuration import ConfigurationManager
+from include.ml.entities import ColumnSpec, SchemaConfig
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG_DIR = PROJECT_ROOT / "include" / "config"
-RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
-CONFIG_FILES = ("config.yaml", "schema.yaml", "params.yaml")
 STAGES = ("ingest", "validate", "transform", "train", "evaluate")
 # The stages the target in the issue covers: 1M rows in < 3 min and < 4 GB peak on 2 cores.
 TARGET_STAGES = ("ingest", "validate", "train")
@@ -73,16 +80,9 @@ STAGE_IMPORTS: dict[str, tuple[str, ...]] = {
     "evaluate": ("pandas", "pyarrow.parquet", "mlflow", "mlflow.sklearn", "skops.io", "matplotlib.pyplot",
                  "sklearn.inspection", "include.ml.components.evaluation"),
 }
-LIBRARIES = ("numpy", "pandas", "pyarrow", "scikit-learn", "great_expectations", "mlflow", "skops", "matplotlib")
 STRING_VOCABULARY = 20  # distinct values of a generated `string` column (one-hot encoded by the pipeline)
 DEFAULT_NULL_FRACTION = 0.05
-OUTPUT_TAIL_LINES = 80
 MEASURABLE_WORK_S = 1.0  # below this, work (wall - start-up) is mostly measurement noise
-IDLE_THRESHOLD_CORES = 0.25  # other processes using less than this count as an idle machine
-
-
-class BenchmarkError(RuntimeError):
-    """A benchmark step failed; the message carries its output."""
 
 
 # --------------------------------------------------------------------------- data
@@ -93,7 +93,7 @@ def load_schema(config_dir: Path) -> SchemaConfig:
     return ConfigurationManager(config_dir, env={}).config.schema
 
 
-def target_column(schema: SchemaConfigConfig) -> ColumnSpec:
+def target_column(schema: SchemaConfig) -> ColumnSpec:
     return next(c for c in schema.columns if c.name == schema.target)
 
 
@@ -250,8 +250,7 @@ def generate_in_child(config_dir: Path, rows: int, seed: int, path: Path) -> flo
     Keeping the big frame out of this process matters for the measurements: on Linux a child's
     ru_maxrss starts from the RSS of the process that spawned it (it is carried across fork/exec),
     so a parent that once held a million-row frame would inflate every stage's peak."""
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
-            f"from pipeline_scaling import generate_csv; "
+    code = (f"from bench.pipeline_scaling import generate_csv; "
             f"generate_csv({str(config_dir)!r}, {rows}, {seed}, {str(path)!r})")
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True)
@@ -263,39 +262,8 @@ def generate_in_child(config_dir: Path, rows: int, seed: int, path: Path) -> flo
 # --------------------------------------------------------------------------- config
 
 
-def write_config_dir(source: Path, target: Path, family: str, hyperparameters: dict[str, Any]) -> Path:
-    """Copy the three YAML files, switching params.yaml's model to `family` with `hyperparameters`."""
-    target.mkdir(parents=True, exist_ok=True)
-    for name in CONFIG_FILES:
-        shutil.copyfile(source / name, target / name)
-    params = yaml.safe_load((source / "params.yaml").read_text(encoding="utf-8"))
-    params["model"]["family"] = family
-    params["model"]["hyperparameters"] = dict(hyperparameters)
-    (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    return target
-
-
 def read_separator(config_dir: Path) -> str:
     return ConfigurationManager(config_dir, env={}).config.data_source.separator
-
-
-def stage_env(csv_path: Path | None, workspace: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of every child: the source (None: the config's own), artifacts and MLflow store all
-    inside `workspace`; `extra` (from --env) is applied last, e.g. OMP_NUM_THREADS to try a setting."""
-    env = dict(os.environ)
-    env.pop("MLOPS_CONFIG_DIR", None)  # --config-dir is passed explicitly
-    if csv_path is not None:
-        env["MLOPS_SOURCE_URI"] = str(csv_path)
-    env.update({
-        "MLOPS_ARTIFACTS_ROOT": str(workspace / "artifacts"),
-        "MLOPS_TRACKING_URI": f"sqlite:///{workspace / 'mlflow.db'}",
-        "MLOPS_ARTIFACT_LOCATION": str(workspace / "mlflow-artifacts"),
-        "GIT_PYTHON_REFRESH": "quiet",
-        "GX_ANALYTICS_ENABLED": "false",
-        "PYTHONUNBUFFERED": "1",
-    })
-    env.update(extra or {})
-    return env
 
 
 # --------------------------------------------------------------------------- measuring
@@ -310,40 +278,6 @@ class Measurement:
     returncode: int
     # CPU the rest of the machine used meanwhile, in cores (0.0 = we had the machine to ourselves).
     other_cores: float
-
-
-def busy_cpu_seconds() -> float | None:
-    """CPU seconds all processes have spent since boot (Linux /proc/stat); None elsewhere."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_until_idle(timeout: float, threshold: float = IDLE_THRESHOLD_CORES, sample: float = 2.0) -> float | None:
-    """Wait up to `timeout` s for other processes to use under `threshold` cores; return the last reading."""
-    started = time.monotonic()
-    announced = False
-    while True:
-        before = busy_cpu_seconds()
-        if before is None:
-            return None
-        time.sleep(sample)
-        cores = ((busy_cpu_seconds() or before) - before) / sample
-        waited = time.monotonic() - started
-        if cores < threshold:
-            if announced:
-                log.info("machine idle after %.0fs", waited)
-            return cores
-        if waited >= timeout:
-            log.warning("machine still busy after %.0fs (%.2f cores used by other processes); measuring anyway",
-                        waited, cores)
-            return cores
-        if not announced:
-            log.info("machine busy (%.2f cores used by other processes); waiting up to %.0fs", cores, timeout)
-            announced = True
 
 
 @contextmanager
@@ -388,13 +322,6 @@ def run_measured(cmd: list[str], env: dict[str, str], log_dir: Path, label: str,
             f"--- stderr (last {OUTPUT_TAIL_LINES} lines, full: {err_path}) ---\n{tail(err_path)}\n"
             f"--- stdout (last {OUTPUT_TAIL_LINES} lines, full: {out_path}) ---\n{tail(out_path)}")
     return measurement
-
-
-def tail(path: Path, lines: int = OUTPUT_TAIL_LINES) -> str:
-    try:
-        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def baseline_command(config_dir: Path, stage: str) -> list[str]:
@@ -496,35 +423,6 @@ def _fit_seconds(size_dir: Path, run_id: str, stage: str) -> float | None:
 # --------------------------------------------------------------------------- reporting
 
 
-def machine_facts() -> dict[str, Any]:
-    versions = {}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    mem_kib = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                    if line.startswith("MemTotal:")), 0) if Path("/proc/meminfo").exists() else 0
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {
-        "nproc": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)), "cpu_model": cpu,
-        "ram_gb": round(mem_kib / 2**20, 1), "python": platform.python_version(), "platform": platform.platform(),
-        "libraries": versions, "git_sha": _git_sha(), "load_average": list(os.getloadavg()),
-        "thread_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS",
-                                                  "MKL_NUM_THREADS") if k in os.environ},
-    }
-
-
-def _git_sha() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
-                             text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
-
-
 def markdown_report(results: list[SizeResult]) -> str:
     lines = ["| rows | stage | wall s | start-up s | work s | CPU s | peak MB | other load |",
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
@@ -578,7 +476,8 @@ def marginal_cost(small: SizeResult, large: SizeResult) -> str:
     millions = (large.rows - small.rows) / 1e6
     per_s, per_mb = (wall_b - wall_a) / millions, (peak_b - peak_a) / millions
     reach = []
-    for name, value, limit, slope in (("time", wall_b, TARGET_SECONDS, per_s), ("memory", peak_b, TARGET_PEAK_MB, per_mb)):
+    limits = (("time", wall_b, TARGET_SECONDS, per_s), ("memory", peak_b, TARGET_PEAK_MB, per_mb))
+    for name, value, limit, slope in limits:
         if slope > 0 and value < limit:
             reach.append(f"{name} limit at ~{(large.rows + (limit - value) / slope * 1e6) / 1e6:.0f}M rows")
     return (f"Marginal cost of {' + '.join(TARGET_STAGES)} between {_short(small.rows)} and {_short(large.rows)} rows: "
@@ -724,7 +623,8 @@ def main(argv: list[str] | None = None) -> int:
     if floored:  # see generate_in_child: such peaks may be this process's RSS, not the stage's
         log.warning("peaks of %s are within 5%% of this process's own peak (%.0f MB); treat them as upper bounds",
                     ", ".join(floored), parent_peak_mb)
-    output = write_json(results, args, baselines, machine, args.output or RESULTS_DIR / f"pipeline_scaling-{stamp}.json")
+    output = write_json(results, args, baselines, machine,
+                        args.output or RESULTS_DIR / f"pipeline_scaling-{stamp}.json")
     print(settings_note(args.env, args.background_load) + markdown_report(results))
     print(f"\nJSON: {output.relative_to(PROJECT_ROOT) if output.is_relative_to(PROJECT_ROOT) else output}")
     return 0

@@ -46,6 +46,7 @@ class DataDocsLink(BaseOperatorLink):
         if "data_docs" not in _result(ti_key):
             return ""
         from airflow.configuration import conf
+
         from include.ml.artifacts import safe_run_id
 
         base = conf.get("api", "base_url", fallback="http://127.0.0.1:8080").rstrip("/")

@@ -55,7 +55,8 @@ def main() -> int:
     if deploy_state == "success":
         print(f"deploy: version {evaluated['version']} is live on the prediction server")
     else:
-        print(f"deploy: {deploy_state} (version {evaluated['version']} was not promoted; the server keeps the champion)")
+        print(f"deploy: {deploy_state} (version {evaluated['version']} was not promoted; "
+              "the server keeps the champion)")
     print(f"\n{_try_prediction(serving)}")
     print(f"\nAirflow UI:  {api}/dags/{DAG_ID}   (login {user} / {password})")
     print(f"MLflow run:  {evaluated['mlflow_run_url']}")

@@ -202,7 +202,8 @@ def _numeric(feature: Feature, values: list[Any], from_text: bool, out_of_range:
     if feature.max is not None:
         outside |= np.isfinite(arr) & (arr > feature.max)
     if outside.any():
-        lo, hi = ("-inf" if feature.min is None else f"{feature.min:g}"), ("inf" if feature.max is None else f"{feature.max:g}")
+        lo = "-inf" if feature.min is None else f"{feature.min:g}"
+        hi = "inf" if feature.max is None else f"{feature.max:g}"
         problem = f"outside the schema's range [{lo}, {hi}]"
         _report(problems if out_of_range == "reject" else warnings, feature, np.flatnonzero(outside), problem)
     return arr

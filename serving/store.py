@@ -69,8 +69,8 @@ def verify_manifest(bundle: Path) -> None:
         listed[name] = digest
     present = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file() and p.name != MANIFEST}
     if present != set(listed):
-        raise BundleError(f"{bundle}: files differ from the manifest "
-                          f"(missing {sorted(set(listed) - present)[:5]}, unlisted {sorted(present - set(listed))[:5]})")
+        missing, unlisted = sorted(set(listed) - present)[:5], sorted(present - set(listed))[:5]
+        raise BundleError(f"{bundle}: files differ from the manifest (missing {missing}, unlisted {unlisted})")
     for name, digest in listed.items():
         if sha256_file(bundle / name) != digest:
             raise BundleError(f"{bundle}: checksum mismatch for {name}")

@@ -1,4 +1,5 @@
-"""The ML pipeline as plain Python: configuration, components and the pipeline runner.
+"""The ML core as plain Python: configuration, the stage components, the registry and tracking helpers.
 
-Nothing in this package imports Airflow; `main.py` and the DAGs both call it.
+Nothing in this package imports Airflow or the prediction server; include/pipeline.py runs the stages,
+include/release/ ships what they produce.
 """

@@ -20,8 +20,16 @@ import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from include.ml.entities import (
-    METRICS, ConfigFile, EvaluationConfig, IngestionConfig, ParamsFile, PipelineConfig, SchemaConfig,
-    TrainingConfig, TransformationConfig, ValidationConfig,
+    METRICS,
+    ConfigFile,
+    EvaluationConfig,
+    IngestionConfig,
+    ParamsFile,
+    PipelineConfig,
+    SchemaConfig,
+    TrainingConfig,
+    TransformationConfig,
+    ValidationConfig,
 )
 from include.ml.exceptions import ConfigError
 from include.ml.models import FAMILIES

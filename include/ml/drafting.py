@@ -166,9 +166,7 @@ def draft_config(data: str, target: str, out_dir: Path, task: str | None = None,
                 handle.write(header + text)
         except FileExistsError as exc:
             raise OutputExistsError([out_dir / file]) from exc
-    result = DraftResult(out_dir, name, task, rows, len(columns), guesses)
-    log.info("init: %s", result.summary())
-    return result
+    return DraftResult(out_dir, name, task, rows, len(columns), guesses)
 
 
 def _source(uri: str, separator: str) -> DataSourceConfig:

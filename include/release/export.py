@@ -16,7 +16,8 @@ from typing import Any
 
 from include.ml.exceptions import DeploymentError
 from serving import store
-from serving.activation import ActivationError, activate as activate_bundle
+from serving.activation import ActivationError
+from serving.activation import activate as activate_bundle
 
 log = logging.getLogger(__name__)
 

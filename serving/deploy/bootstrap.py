@@ -96,7 +96,8 @@ def write_env_file(path: Path, values: dict[str, str]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as fh:
-            fh.write("# Written by the mlops setup script from SSM Parameter Store; re-running it rewrites this file.\n")
+            fh.write("# Written by the mlops setup script from SSM Parameter Store; "
+                     "re-running it rewrites this file.\n")
             fh.writelines(f"{name}={value}\n" for name, value in values.items())
             fh.flush()
             os.fsync(fh.fileno())

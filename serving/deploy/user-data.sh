@@ -1,6 +1,6 @@
 #!/bin/bash
 # cloud-init user-data: turns a fresh EC2 instance into a prediction server that the Airflow deploy task can
-# update through SSM (README, "Serving on EC2"). Supported: Amazon Linux 2023, Ubuntu 22.04 and 24.04.
+# update through SSM (docs/ec2.md). Supported: Amazon Linux 2023, Ubuntu 22.04 and 24.04.
 #
 #   1. Python: AL2023 -> python3.11 (dnf); Ubuntu 22.04 -> python3.11 (jammy's universe package, 3.11.0);
 #      Ubuntu 24.04 -> python3.12, its system Python (noble has no python3.11 package; every pin in

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.support.project import REPO
+
+pytestmark = pytest.mark.integration  # each check runs Airflow in a fresh interpreter
 
 DAGS = REPO / "dags"
 HEAVY = ("pandas", "sklearn", "mlflow", "great_expectations", "include.ml.components")
@@ -59,7 +61,8 @@ def spy(kind):
         lookups.append(f"{kind}{args[1:] or args}")
         raise LookupError(f"{kind} at parse time")
     return classmethod(lookup)
-Connection.get, Variable.get, BaseHook.get_connection = spy("Connection.get"), spy("Variable.get"), spy("BaseHook.get_connection")
+Connection.get, Variable.get = spy("Connection.get"), spy("Variable.get")
+BaseHook.get_connection = spy("BaseHook.get_connection")
 spec = importlib.util.spec_from_file_location("dag_under_test", sys.argv[1])
 try:
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
@@ -67,7 +70,8 @@ except LookupError:
     pass
 done = time.perf_counter()
 heavy = sorted(name for name in sys.modules if any(name == h or name.startswith(h + ".") for h in sys.argv[2:]))
-print(json.dumps({"heavy": heavy, "lookups": lookups, "airflow_seconds": airflow_loaded - started, "parse_seconds": done - airflow_loaded}))
+print(json.dumps({"heavy": heavy, "lookups": lookups, "airflow_seconds": airflow_loaded - started,
+                  "parse_seconds": done - airflow_loaded}))
 """
 
 

@@ -14,9 +14,9 @@ from serving.model import load_bundle
 
 def test_export_from_a_real_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
+    import pandas as pd
     from mlflow.models import infer_signature
     from sklearn.linear_model import LinearRegression
-    import pandas as pd
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = mlflow.create_experiment("export", artifact_location=(tmp_path / "art").as_uri())

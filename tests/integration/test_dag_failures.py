@@ -23,7 +23,8 @@ import pytest
 
 from include.ml.artifacts import safe_run_id
 from include.ml.components.training import TrainingResult
-from tests.conftest import WINE_CSV
+from tests.support.project import WINE_CSV
+from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 
@@ -96,31 +97,6 @@ def tree_hashes(root: Path) -> dict[str, str]:
             for path in sorted(root.rglob("*")) if path.is_file()}
 
 
-class Store:
-    """The stack's MLflow tracking store and registry, read through its MLflow server."""
-
-    def __init__(self, url: str) -> None:
-        from mlflow import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=url, registry_uri=url)
-
-    def versions(self) -> dict[tuple[str, str], str]:
-        """Every registered model version: (model name, version) -> the MLflow run that produced it."""
-        return {(v.name, str(v.version)): v.run_id for v in self.client.search_model_versions()}
-
-    def champion(self, name: str) -> str:
-        return str(self.client.get_model_version_by_alias(name, "champion").version)
-
-    def pipeline_runs(self, run_id: str) -> list[Any]:
-        """MLflow runs the pipeline run `run_id` (an Airflow run id) started, oldest first."""
-        experiments = [e.experiment_id for e in self.client.search_experiments()]
-        if not experiments:
-            return []
-        runs = self.client.search_runs(experiments, f"tags.pipeline_run_id = '{safe_run_id(run_id)}'",
-                                       order_by=["attributes.start_time ASC"])
-        return list(runs)
-
-
 @dataclass(frozen=True)
 class FinishedRun:
     run_id: str
@@ -141,12 +117,13 @@ def stack(airflow_stack: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def store(stack: Any) -> Store:
-    return Store(stack.mlflow_url)
+def store(stack: Any) -> Registry:
+    """The stack's MLflow tracking store and registry, read through its MLflow server."""
+    return Registry(stack.mlflow_url)
 
 
 @pytest.fixture(scope="module")
-def default_run(stack: Any, store: Store) -> FinishedRun:
+def default_run(stack: Any, store: Registry) -> FinishedRun:
     """One uninterrupted run on the default data and params: the reference the other runs must match."""
     started = time.monotonic()
     run_id = run_and_wait(stack, {}, "test_dag_failures.py: reference run on the default data")
@@ -161,7 +138,7 @@ def default_run(stack: Any, store: Store) -> FinishedRun:
 # --- 1. invalid data --------------------------------------------------------------------------
 
 
-def test_invalid_data_fails_validation_at_once_and_registers_nothing(stack: Any, store: Store,
+def test_invalid_data_fails_validation_at_once_and_registers_nothing(stack: Any, store: Registry,
                                                                        tmp_path: Path) -> None:
     frame = pd.read_csv(WINE_CSV, sep=";")
     frame = frame.drop(columns=["citric acid"])
@@ -211,7 +188,7 @@ def test_invalid_data_fails_validation_at_once_and_registers_nothing(stack: Any,
 # --- 2. idempotent re-trigger ----------------------------------------------------------------------
 
 
-def test_retrigger_on_same_data_changes_nothing_that_exists(stack: Any, store: Store,
+def test_retrigger_on_same_data_changes_nothing_that_exists(stack: Any, store: Registry,
                                                              default_run: FinishedRun) -> None:
     first = default_run
     name = first.evaluated["model_name"]
@@ -272,7 +249,7 @@ def _task_process(stack: Any, ti: dict[str, Any]) -> psutil.Process | None:
     return process
 
 
-def _kill_train_mid_mlflow_run(stack: Any, store: Store, run_id: str, timeout: float = 180) -> tuple[int, str]:
+def _kill_train_mid_mlflow_run(stack: Any, store: Registry, run_id: str, timeout: float = 180) -> tuple[int, str]:
     """Wait until train is running and has opened its MLflow run, then SIGKILL the task process.
 
     Returns the killed pid and the MLflow run id the killed attempt left RUNNING.
@@ -299,7 +276,7 @@ def _kill_train_mid_mlflow_run(stack: Any, store: Store, run_id: str, timeout: f
                 pytrace=False)
 
 
-def test_killed_train_task_is_retried_and_registers_once(stack: Any, store: Store,
+def test_killed_train_task_is_retried_and_registers_once(stack: Any, store: Registry,
                                                          default_run: FinishedRun) -> None:
     """SIGKILL train's task process while its MLflow run is open; the retry must finish the job exactly once.
 

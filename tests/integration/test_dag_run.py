@@ -1,24 +1,56 @@
-"""The ml_pipeline DAG under a real Airflow 3 stack: triggered and checked through the REST API."""
+"""The ml_pipeline DAG under a real Airflow 3 stack: triggered and checked through the REST API.
+
+The tests share the session stack with tests/integration/test_dag_failures.py and run in any order, alone or
+together: each reads the registry (the model's versions, its champion) and the prediction server's version
+before its runs and asserts what its own runs changed. A forced promotion makes a run's model the champion
+whatever ran before.
+"""
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
+from typing import Any
 
 import pytest
 import requests
 
 from include.ml.artifacts import safe_run_id
-from tests.conftest import REPO
-from tests.serving_support import Poller, get_json
+from tests.support.network import get_json
+from tests.support.project import REPO
+from tests.support.registry import Registry
+from tests.support.servers import Poller
 
 pytestmark = pytest.mark.integration
 
 DAG_ID = "ml_pipeline"
+MODEL = "wine-quality"  # include/config's mlflow.registered_model_name: the model the stack's runs register
+FORCED = {"model_family": "elasticnet", "force_promote": True}
 STAGES = ("ingest", "validate", "transform", "train", "evaluate", "deploy", "verify")
 # A real wine from the default dataset, as a client of the prediction server sends it.
 WINE = {"fixed acidity": 7.4, "volatile acidity": 0.7, "citric acid": 0.0, "residual sugar": 1.9, "chlorides": 0.076,
         "free sulfur dioxide": 11.0, "total sulfur dioxide": 34.0, "density": 0.9978, "pH": 3.51, "sulphates": 0.56,
         "alcohol": 9.4}
+
+
+def served_version(url: str) -> str | None:
+    """The version the prediction server answers with; None while it has no model (503)."""
+    try:
+        return get_json(f"{url}/version")["version"]
+    except urllib.error.HTTPError as exc:
+        if exc.code == 503:
+            return None
+        raise
+
+
+def searched_versions(stack: Any, name: str) -> list[tuple[str, str]]:
+    """(version, run id) of every version of `name`, through the stack's MLflow server's REST API."""
+    response = requests.get(f"{stack.mlflow_url}/api/2.0/mlflow/model-versions/search",
+                            params={"filter": f"name = '{name}'"}, timeout=30)
+    response.raise_for_status()
+    return sorted(((v["version"], v["run_id"]) for v in response.json().get("model_versions", [])),
+                  key=lambda pair: int(pair[0]))
 
 
 def test_triggered_run_succeeds_and_registers_a_model(airflow_stack) -> None:
@@ -27,10 +59,15 @@ def test_triggered_run_succeeds_and_registers_a_model(airflow_stack) -> None:
     client.wait_for_dag(DAG_ID, timeout=120)
     airflow_stack.timings["DAG parsed and listed by the API (s)"] = time.monotonic() - started
     client.unpause(DAG_ID)
+    registry = Registry(airflow_stack.mlflow_url)
+    versions_before = searched_versions(airflow_stack, MODEL)
+    champion_before = registry.champion_or_none(MODEL)
+    served_before = served_version(airflow_stack.serving_url)
+    expected = str(max((int(version) for version, _ in versions_before), default=0) + 1)
     started = time.monotonic()
-    # A trigger param reaches the tasks: elasticnet instead of params.yaml's random forest (and quicker).
-    run_id = client.trigger(DAG_ID, conf={"model_family": "elasticnet"},
-                            note="tests/integration/test_dag_run.py")["dag_run_id"]
+    # Trigger params reach the tasks: elasticnet instead of params.yaml's random forest (and quicker), and a
+    # forced promotion, so that this run's model becomes the champion whatever ran on the stack before.
+    run_id = client.trigger(DAG_ID, conf=FORCED, note="tests/integration/test_dag_run.py")["dag_run_id"]
     client.wait_for_run(DAG_ID, run_id, timeout=240)
     airflow_stack.timings["ml_pipeline run, trigger to success (s)"] = time.monotonic() - started
 
@@ -44,17 +81,20 @@ def test_triggered_run_succeeds_and_registers_a_model(airflow_stack) -> None:
     assert not (REPO / "artifacts" / safe_run_id(run_id)).exists()
     assert client.xcom(DAG_ID, run_id, "train")["estimator"] == "ElasticNet"
 
-    # A fresh store: the run registered version 1 and the gate made it champion.
+    # The run registered the next version and the gate made it champion (forced).
     evaluated = client.xcom(DAG_ID, run_id, "evaluate")
-    assert (evaluated["version"], evaluated["promoted"], evaluated["champion_version"]) == ("1", True, "1")
+    assert evaluated["model_name"] == MODEL
+    assert (evaluated["version"], evaluated["promoted"], evaluated["champion_version"]) == (expected, True, expected)
+    assert evaluated["gate_reason"] == "forced promotion"
     assert set(evaluated["metrics"]) == {"rmse", "mae", "r2"}
+    assert registry.champion(MODEL) == expected
+    aliases = registry.client.get_registered_model(MODEL).aliases
+    assert str(aliases["champion"]) == expected
+    if champion_before is not None:
+        assert str(aliases["previous_champion"]) == champion_before
 
-    # The stack's MLflow server reads the same store the tasks wrote to.
-    response = requests.get(f"{airflow_stack.mlflow_url}/api/2.0/mlflow/model-versions/search",
-                            params={"filter": f"name = '{evaluated['model_name']}'"}, timeout=30)
-    response.raise_for_status()
-    versions = response.json()["model_versions"]
-    assert [(v["version"], v["run_id"]) for v in versions] == [("1", evaluated["mlflow_run_id"])]
+    # The stack's MLflow server reads the same store the tasks wrote to: exactly one version more.
+    assert searched_versions(airflow_stack, MODEL) == [*versions_before, (expected, evaluated["mlflow_run_id"])]
 
     # The plugin's task links: the MLflow run page and the Data Docs the api-server serves.
     links = client.links(DAG_ID, run_id, "evaluate")
@@ -75,17 +115,21 @@ def test_triggered_run_succeeds_and_registers_a_model(airflow_stack) -> None:
     assets = {a["name"] for a in client.get("assets")["assets"]}
     assert {"wine-quality-source", "wine-quality-snapshot", "wine-quality-registered-model"} <= assets
 
-    # The deploy task put version 1 on the stack's prediction server, and verify checked its answers.
+    # The deploy task put the new version on the stack's prediction server (switching it from what it served
+    # before), and verify checked its answers.
     deployed = client.xcom(DAG_ID, run_id, "deploy")
-    assert (deployed["target"], deployed["version"]) == ("local", "1")
-    assert deployed["instances"] == [{"instance_id": "local", "url": airflow_stack.serving_url, "changed": True,
-                                      "previous": None}]
+    assert (deployed["target"], deployed["model_name"], deployed["version"], deployed["servers"]) == \
+        ("local", MODEL, expected, 1)
+    record = json.loads((run_dir / "deploy" / "deployment.json").read_text())
+    assert record["version"] == expected
+    assert record["instances"] == [{"instance_id": "local", "url": airflow_stack.serving_url, "changed": True,
+                                    "previous": served_before}]
     assert client.xcom(DAG_ID, run_id, "verify")["servers"].keys() == {"local"}
-    assert get_json(f"{airflow_stack.serving_url}/version")["version"] == "1"
+    assert get_json(f"{airflow_stack.serving_url}/version")["version"] == expected
 
     # Task logs are readable through the API and hold the pipeline's own log lines.
     log = client.task_log(DAG_ID, run_id, "evaluate")
-    assert f"evaluate: {evaluated['model_name']} v1" in log
+    assert f"evaluate: {evaluated['model_name']} v{expected}" in log
     assert "Done. Returned value was" in log
 
 
@@ -94,13 +138,21 @@ def test_new_champion_reaches_the_server_without_a_failed_request_and_rollback_r
     client = airflow_stack.client
     client.wait_for_dag(DAG_ID, timeout=120)
     client.unpause(DAG_ID)
+    registry = Registry(airflow_stack.mlflow_url)
+    champion_before = registry.champion_or_none(MODEL)
+    if champion_before is None:  # alone on a fresh stack: first a champion for the rollback to come back to
+        first = client.trigger(DAG_ID, conf=FORCED, note="test_dag_run.py: a first champion")["dag_run_id"]
+        client.wait_for_run(DAG_ID, first, timeout=300)
+        champion_before = registry.champion(MODEL)
+    assert served_version(airflow_stack.serving_url) == champion_before, "the server does not serve the champion"
     with Poller(airflow_stack.serving_url, WINE) as poller:
-        run_id = client.trigger(DAG_ID, conf={"model_family": "elasticnet", "force_promote": True})["dag_run_id"]
+        run_id = client.trigger(DAG_ID, conf=FORCED)["dag_run_id"]
         client.wait_for_run(DAG_ID, run_id, timeout=300)
     promoted = client.xcom(DAG_ID, run_id, "evaluate")
     assert promoted["promoted"] and promoted["gate_reason"] == "forced promotion"
+    assert promoted["champion_version"] == promoted["version"] != champion_before
     assert not poller.failures(), poller.outcomes
-    assert poller.versions() == {str(int(promoted["version"]) - 1), promoted["version"]}
+    assert poller.versions() == {champion_before, promoted["version"]}
     assert get_json(f"{airflow_stack.serving_url}/version")["version"] == promoted["version"]
 
     # Not better and not forced: nothing is deployed, and the server keeps the champion.
@@ -119,6 +171,7 @@ def test_new_champion_reaches_the_server_without_a_failed_request_and_rollback_r
     moved = client.xcom("ml_rollback", rollback_id, "rollback")
     assert moved["champion_before"] == promoted["version"]
     assert int(moved["champion_after"]) < int(promoted["version"])
+    assert moved["champion_after"] == champion_before  # the previous champion, whatever its number
     assert not poller.failures(), poller.outcomes
     assert get_json(f"{airflow_stack.serving_url}/version")["version"] == moved["champion_after"]
 

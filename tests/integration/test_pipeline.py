@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -13,14 +10,10 @@ import pandas as pd
 import pytest
 
 import main
-from tests.conftest import REPO, WINE_CSV, free_port, outputs_env
+from tests.support.network import free_port
+from tests.support.project import REPO, WINE_CSV, outputs_env, run_main
 
 pytestmark = pytest.mark.integration
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -41,7 +34,7 @@ def first_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One real end-to-end run of the default project through the CLI, shared by the tests below."""
     root = tmp_path_factory.mktemp("pipeline")
     env = outputs_env(root)
-    done = run_cli("--run-id", "first", env=env)
+    done = run_main("--run-id", "first", env=env)
     assert done.returncode == 0, done.stderr
     return {"root": root, "env": env, "out": done.stdout}
 
@@ -74,13 +67,14 @@ def test_rerun_on_same_data_keeps_the_champion(first_run: dict, monkeypatch: pyt
 
 def test_single_stages_and_help(first_run: dict) -> None:
     env = first_run["env"]
-    assert run_cli("--stage", "ingest", "--run-id", "stepwise", env=env).returncode == 0
-    done = run_cli("--stage", "validate", env=env)  # defaults to the latest run
+    assert run_main("--stage", "ingest", "--run-id", "stepwise", env=env).returncode == 0
+    done = run_main("--stage", "validate", env=env)  # defaults to the latest run
     assert done.returncode == 0 and "pipeline run stepwise: validate" in done.stdout
     assert (first_run["root"] / "artifacts" / "stepwise" / "validate" / "result.json").is_file()
     assert not (first_run["root"] / "artifacts" / "stepwise" / "train").exists()
-    helped = run_cli("--help")
-    assert helped.returncode == 0 and "--stage {ingest,validate,transform,train,evaluate,deploy,verify}" in helped.stdout
+    helped = run_main("--help")
+    assert helped.returncode == 0
+    assert "--stage {ingest,validate,transform,train,evaluate,deploy,verify}" in helped.stdout
 
 
 def bad_csv(change: Callable[[pd.DataFrame], pd.DataFrame]) -> Callable[[Path], bytes]:
@@ -154,17 +148,22 @@ def test_bad_input_fails_clearly_and_loses_nothing(case: str, first_run: dict, t
     assert not (artifacts_root / "bad" / "train").exists()  # nothing reached training
 
 
-def test_second_dataset_needs_only_the_three_yaml_files(tmp_path: Path) -> None:
-    """Palmer Penguins: classification, numeric + categorical columns, missing values."""
+def test_second_dataset_needs_only_the_three_yaml_files_and_its_data(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Palmer Penguins: classification, numeric + categorical columns, missing values; its config names its data."""
     import palmerpenguins
 
     example = REPO / "examples" / "penguins"
-    assert sorted(p.name for p in example.iterdir()) == ["config.yaml", "params.yaml", "schema.yaml"]
-    source = Path(palmerpenguins.__file__).parent / "data" / "penguins.csv"
+    assert sorted(p.name for p in example.iterdir()) == ["SOURCE.md", "config.yaml", "params.yaml", "penguins.csv",
+                                                         "schema.yaml"]
+    source = example / "penguins.csv"
+    # SOURCE.md says it is the palmerpenguins package's file, byte for byte.
+    assert source.read_bytes() == (Path(palmerpenguins.__file__).parent / "data" / "penguins.csv").read_bytes()
     frame = pd.read_csv(source)
     assert frame.isna().any().any() and (frame.dtypes == "str").any()
-    env = {**outputs_env(tmp_path), "MLOPS_SOURCE_URI": str(source)}
-    done = run_cli("--config-dir", str(example), "--run-id", "penguins", env=env)
+    monkeypatch.delenv("MLOPS_SOURCE_URI", raising=False)  # the data comes from config.yaml's data_source.uri
+    env = outputs_env(tmp_path)
+    done = run_main("--config-dir", "examples/penguins", "--run-id", "penguins", env=env)
     assert done.returncode == 0, done.stderr
     assert "gate: PROMOTED - no champion yet" in done.stdout
     assert "champion: penguins-species v1 on this test set: accuracy=" in done.stdout

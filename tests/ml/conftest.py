@@ -1,41 +1,12 @@
-"""Tiny in-memory datasets and configs for component tests (a real SQLite MLflow store in tmp)."""
+"""Fixtures of the component tests: a real SQLite MLflow store in tmp (datasets, configs: tests/support/frames.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any
 
-import numpy as np
-import pandas as pd
 import pytest
 
-from include.ml.entities import (
-    ColumnSpec, EvaluationConfig, MlflowConfig, ModelConfig, PromotionConfig, SchemaConfig, TrainingConfig,
-)
-
-FAST = {  # small models keep the tests quick
-    "elasticnet": {},
-    "random_forest": {"n_estimators": 5},
-    "hist_gradient_boosting": {"max_iter": 10},
-}
-
-
-def schema(task: str) -> SchemaConfig:
-    target = ColumnSpec(name="y", dtype="float") if task == "regression" else ColumnSpec(name="y", dtype="category", allowed=("a", "b", "c"))
-    return SchemaConfig(task=task, target="y", min_rows=1, columns=(ColumnSpec(name="x1", dtype="float", nullable=True), ColumnSpec(name="x2", dtype="float"),
-                                       ColumnSpec(name="kind", dtype="category", allowed=("p", "q")), target))
-
-
-def dataset(task: str, rows: int = 120, seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    x1, x2 = rng.normal(size=rows), rng.normal(size=rows)
-    kind = rng.choice(["p", "q"], rows)
-    signal = 2 * x1 - x2 + (kind == "p")
-    y = signal + rng.normal(scale=0.1, size=rows) if task == "regression" else \
-        np.select([signal < -0.5, signal < 1.0], ["a", "b"], "c")
-    x1[::10] = np.nan
-    return pd.DataFrame({"x1": x1, "x2": x2, "kind": kind, "y": y})
+from include.ml.entities import MlflowConfig
 
 
 @pytest.fixture
@@ -43,13 +14,3 @@ def mlflow_config(tmp_path: Path) -> MlflowConfig:
     return MlflowConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
                         artifact_location=(tmp_path / "mlartifacts").as_uri(), experiment_name="unit",
                         registered_model_name="unit-model", ui_url="http://127.0.0.1:5000")
-
-
-def training_config(task: str, family: str, mlflow_config: MlflowConfig, **hyper: Any) -> TrainingConfig:
-    return TrainingConfig(schema(task), ModelConfig(family=family, random_state=0, hyperparameters={**FAST[family], **hyper}),
-                          mlflow_config, MappingProxyType({"git_sha": "test"}))
-
-
-def evaluation_config(task: str, mlflow_config: MlflowConfig, margin: float = 0.001) -> EvaluationConfig:
-    metric = "rmse" if task == "regression" else "f1_macro"
-    return EvaluationConfig(schema(task), PromotionConfig(metric=metric, min_improvement=margin), mlflow_config)

@@ -22,7 +22,7 @@ from include.ml.drafting import (
     UnknownTargetError,
     draft_config,
 )
-from tests.conftest import WINE_CSV
+from tests.support.project import WINE_CSV
 
 FILES = ("config.yaml", "schema.yaml", "params.yaml")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from include.ml import registry
@@ -13,7 +12,7 @@ from include.ml.components.evaluation import compute_metrics, decide, evaluate
 from include.ml.components.training import train
 from include.ml.entities import MlflowConfig, PromotionConfig
 from include.ml.exceptions import PipelineError
-from tests.ml.conftest import dataset, evaluation_config, training_config
+from tests.support.frames import dataset, evaluation_config, training_config
 
 LOWER = PromotionConfig(metric="rmse", min_improvement=0.01)
 HIGHER = PromotionConfig(metric="r2", min_improvement=0.01)

@@ -15,7 +15,7 @@ import pytest
 from include.ml.components.ingestion import ingest
 from include.ml.entities import DataSourceConfig, IngestionConfig
 from include.ml.exceptions import IngestionError
-from tests.conftest import free_port
+from tests.support.network import free_port
 
 CSV = b"a;b;y\n1;x;0.5\n2;y;1.5\n3;x;2.5\n"
 COLUMNS = ("a", "b", "y")
@@ -23,7 +23,9 @@ COLUMNS = ("a", "b", "y")
 
 def config(uri: str, separator: str = ";", zip_member: str | None = None, endpoint: str | None = None,
            timeout: float = 5) -> IngestionConfig:
-    return IngestionConfig(DataSourceConfig(uri=uri, separator=separator, zip_member=zip_member, s3_endpoint_url=endpoint, timeout_seconds=timeout), COLUMNS)
+    source = DataSourceConfig(uri=uri, separator=separator, zip_member=zip_member, s3_endpoint_url=endpoint,
+                              timeout_seconds=timeout)
+    return IngestionConfig(source, COLUMNS)
 
 
 def test_local_csv_snapshot_rows_and_sha256(tmp_path: Path) -> None:
@@ -89,6 +91,7 @@ def test_http_404_is_a_clear_error(http_server: str, tmp_path: Path) -> None:
         ingest(config(f"{http_server}/missing.csv"), tmp_path / "out")
 
 
+@pytest.mark.integration  # a moto server
 def test_s3_source(s3_endpoint: str, tmp_path: Path) -> None:
     import boto3
 
@@ -111,6 +114,7 @@ def test_unreachable_source(tmp_path: Path, uri: str, message: str) -> None:
     assert not (tmp_path / "out" / "result.json").exists()
 
 
+@pytest.mark.integration  # a moto server
 def test_missing_s3_object(s3_endpoint: str, tmp_path: Path) -> None:
     with pytest.raises(IngestionError, match="s3://no-such-bucket/data.csv is unreachable"):
         ingest(config("s3://no-such-bucket/data.csv", endpoint=s3_endpoint), tmp_path / "out")

@@ -11,7 +11,7 @@ from include.ml.components.training import skops_trusted_types, train
 from include.ml.entities import MlflowConfig
 from include.ml.exceptions import TrainingError
 from include.ml.models import FAMILIES
-from tests.ml.conftest import dataset, training_config
+from tests.support.frames import dataset, training_config
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -20,7 +20,8 @@ def test_family_trains_logs_and_loads(task: str, family: str, mlflow_config: Mlf
     import mlflow
 
     data = dataset(task)
-    result = train(data, training_config(task, family, mlflow_config), "run-1", tmp_path, dataset_source="/data/unit.csv")
+    result = train(data, training_config(task, family, mlflow_config), "run-1", tmp_path,
+                   dataset_source="/data/unit.csv")
     assert result.family == family and result.train_rows == len(data)
     assert json.loads((tmp_path / "result.json").read_text())["model_uri"] == result.model_uri
 

@@ -10,8 +10,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from serving.app import create_app
-from tests.conftest import free_port
-from tests.serving_support import PredictionServer, copy_store, make_bundle
+from tests.support.bundles import copy_store, make_bundle
+from tests.support.network import free_port
+from tests.support.servers import PredictionServer
 
 
 @pytest.fixture(scope="session")
@@ -56,5 +57,6 @@ def client(app: Flask) -> FlaskClient:
 
 @pytest.fixture
 def server(store: Path, tmp_path: Path) -> Iterator[PredictionServer]:
+    """A real gunicorn prediction server on `store` (tests using it are marked integration)."""
     with PredictionServer(store, free_port(), tmp_path / "gunicorn.log") as running:
         yield running

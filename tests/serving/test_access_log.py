@@ -14,8 +14,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import free_port
-from tests.serving_support import GOOD_ROW, REPO, PredictionServer, get_json
+import pytest
+
+from tests.support.bundles import GOOD_ROW
+from tests.support.network import free_port, get_json
+from tests.support.project import REPO
+from tests.support.servers import PredictionServer
+
+pytestmark = pytest.mark.integration  # a real gunicorn server
 
 REQUESTS = 1500  # ~190 KB of access log: three times what a pipe holds before its writer blocks
 

@@ -11,7 +11,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from serving import store as store_mod
-from tests.serving_support import GOOD_ROW
+from tests.support.bundles import GOOD_ROW
 
 ROWS = [GOOD_ROW, {**GOOD_ROW, "x1": None, "kind": "q", "count": 40}]
 

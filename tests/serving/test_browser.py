@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from serving import store as store_mod
-from tests.conftest import free_port
-from tests.serving_support import FEATURES, GOOD_ROW, PredictionServer
+from tests.support.bundles import FEATURES, GOOD_ROW
+from tests.support.network import free_port
+from tests.support.servers import PredictionServer
 
 pytestmark = pytest.mark.integration
 

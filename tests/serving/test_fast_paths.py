@@ -10,7 +10,7 @@ import pytest
 from serving import model as model_mod
 from serving.inputs import validate
 from serving.model import load_bundle
-from tests.serving_support import toy_frame
+from tests.support.bundles import toy_frame
 
 
 def _final(model: model_mod.LoadedModel):
@@ -59,7 +59,8 @@ def _numeric_preprocessor(categorical: bool = False):
     from include.ml.components.transformation import build_preprocessor
     from include.ml.entities import ColumnSpec, SchemaConfig
 
-    columns = (ColumnSpec(name="a", dtype="float", nullable=True, min=-10, max=10), ColumnSpec(name="b", dtype="int", min=0, max=100),
+    columns = (ColumnSpec(name="a", dtype="float", nullable=True, min=-10, max=10),
+               ColumnSpec(name="b", dtype="int", min=0, max=100),
                *((ColumnSpec(name="kind", dtype="category", allowed=("p", "q")),) if categorical else ()),
                ColumnSpec(name="y", dtype="float"))
     frame = toy_frame("regression", rows=200, seed=3).rename(columns={"x1": "a", "count": "b"})

@@ -17,8 +17,12 @@ from typing import Any
 import pytest
 
 from serving import store as store_mod
-from tests.conftest import free_port
-from tests.serving_support import GOOD_ROW, REPO, PredictionServer, break_bundle, get_json, make_bundle, wait_until
+from tests.support.bundles import GOOD_ROW, break_bundle, make_bundle
+from tests.support.network import free_port, get_json, wait_until
+from tests.support.project import REPO
+from tests.support.servers import PredictionServer
+
+pytestmark = pytest.mark.integration  # real gunicorn servers, and `python -m serving` in child processes
 
 
 @dataclass

@@ -53,7 +53,7 @@ def test_install_is_atomic_and_idempotent(store: Path, tmp_path: Path) -> None:
 def test_fetch_keeps_the_same_bundle_and_refuses_a_reused_version_name(store: Path, tmp_path: Path) -> None:
     import shutil
 
-    from tests.serving_support import make_bundle
+    from tests.support.bundles import make_bundle
 
     same = tmp_path / "same"
     shutil.copytree(store / "1", same / "1")

@@ -1,6 +1,6 @@
 """ml_pipeline on the production topology, run natively: CeleryExecutor, PostgreSQL, Redis, two workers.
 
-The stack (tests/topology/conftest.py) is scripts/airflow_stack.sh with environment settings only.
+The stack (tests/support/stacks.py) is scripts/airflow_stack.sh with environment settings only.
 Runs are triggered through the REST API. Which worker ran a task is read from the task instance's
 hostname: each worker records its own Celery node name there (scripts/stack_hostname.py), since
 both share this machine's hostname.
@@ -18,7 +18,8 @@ import psutil
 import pytest
 
 from include.ml.artifacts import safe_run_id
-from tests.topology.conftest import CeleryStack, pg_url
+from tests.support.registry import Registry
+from tests.support.stacks import CeleryStack, pg_url
 
 pytestmark = pytest.mark.integration
 
@@ -99,26 +100,9 @@ def assert_rest_skipped(stack: CeleryStack, run_id: str) -> None:
     assert set(rest.values()) <= {"skipped"}, rest
 
 
-class Registry:
-    """The stack's MLflow tracking server (PostgreSQL-backed) through its REST API."""
-
-    def __init__(self, url: str) -> None:
-        from mlflow import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=url, registry_uri=url)
-
-    def versions(self) -> dict[tuple[str, str], str]:
-        return {(v.name, str(v.version)): v.run_id for v in self.client.search_model_versions()}
-
-    def pipeline_runs(self, run_id: str) -> dict[str, str]:
-        """MLflow run id -> status, for the runs an Airflow run's tasks started."""
-        experiments = [e.experiment_id for e in self.client.search_experiments()]
-        runs = self.client.search_runs(experiments, f"tags.pipeline_run_id = '{safe_run_id(run_id)}'") \
-            if experiments else []
-        return {r.info.run_id: r.info.status for r in runs}
-
-    def model_location(self, name: str, version: str) -> str:
-        return self.client.get_model_version_download_uri(name, version)
+def run_statuses(registry: Registry, run_id: str) -> dict[str, str]:
+    """MLflow run id -> status, for the runs an Airflow run's tasks started."""
+    return {r.info.run_id: r.info.status for r in registry.pipeline_runs(run_id)}
 
 
 def s3_objects(stack: CeleryStack) -> dict[str, str]:
@@ -248,7 +232,7 @@ def test_killed_worker_task_is_retried_on_the_other_worker(stack: CeleryStack) -
     deadline = time.monotonic() + 180
     while True:
         train = wait_for_task(stack, run_id, "train", "running")
-        open_runs = [r for r, status in registry.pipeline_runs(run_id).items() if status == "RUNNING"]
+        open_runs = [r for r, status in run_statuses(registry, run_id).items() if status == "RUNNING"]
         if train["hostname"] in stack.workers.values() and train["pid"] and open_runs:
             break
         assert time.monotonic() < deadline, f"train never opened its MLflow run\n{report(stack, run_id)}"
@@ -283,7 +267,7 @@ def test_killed_worker_task_is_retried_on_the_other_worker(stack: CeleryStack) -
         added = {key: run for key, run in versions_after.items() if key not in versions_before}
         assert added == {(evaluated["model_name"], evaluated["version"]): trained["mlflow_run_id"]}
         # The killed try's MLflow run was closed by the retry, not left RUNNING.
-        assert registry.pipeline_runs(run_id) == {open_runs[0]: "FAILED", trained["mlflow_run_id"]: "FINISHED"}
+        assert run_statuses(registry, run_id) == {open_runs[0]: "FAILED", trained["mlflow_run_id"]: "FINISHED"}
 
         # Every artifact stored before is still there, unchanged; the new model's files are complete.
         objects_after = s3_objects(stack)

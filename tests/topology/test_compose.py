@@ -22,8 +22,10 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tests.conftest import REPO
-from tests.topology.conftest import STACK_SCRIPT, unavailable
+from tests.support.project import REPO
+from tests.support.stacks import STACK_SCRIPT, unavailable
+
+pytestmark = pytest.mark.integration  # docker-compose and scripts/airflow_stack.sh run in child processes
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +165,8 @@ def test_health_checks_and_start_order(compose: dict[str, Any]) -> None:
         for dependency, condition in service.get("depends_on", {}).items():
             if condition["condition"] == "service_healthy":
                 assert "healthcheck" in svc[dependency], f"{name} waits for {dependency}'s health, which has no check"
-    ready = {"postgres": "service_healthy", "redis": "service_healthy", "airflow-init": "service_completed_successfully"}
+    ready = {"postgres": "service_healthy", "redis": "service_healthy",
+             "airflow-init": "service_completed_successfully"}
     for name in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"):
         assert {k: v["condition"] for k, v in svc[name]["depends_on"].items()} == ready, name
     # Workers run task processes that call the api-server's Execution API and log to MLflow.
@@ -212,7 +215,8 @@ def test_airflow_services_share_one_configuration(compose: dict[str, Any], secre
     assert (conn.scheme, conn.hostname, conn.port, conn.path) == (
         "postgresql+psycopg2", "postgres", 5432, f"/{postgres['POSTGRES_DB']}")
     assert (conn.username, conn.password) == (postgres["POSTGRES_USER"], secret_values["POSTGRES_PASSWORD"])
-    # Celery's results: none configured, so Airflow keeps them in the metadata DB (checked live in test_celery_topology).
+    # Celery's results: none configured, so Airflow keeps them in the metadata DB (checked live in
+    # test_celery_topology).
     assert "AIRFLOW__CELERY__RESULT_BACKEND" not in reference
     broker = urlsplit(reference["AIRFLOW__CELERY__BROKER_URL"])
     assert (broker.scheme, broker.hostname, broker.port) == ("redis", "redis", 6379)
@@ -275,8 +279,9 @@ def native_stack_env(env: dict[str, str]) -> dict[str, str]:
 
 
 def test_pipeline_settings_point_at_the_compose_services(compose: dict[str, Any]) -> None:
-    from include.ml.configuration import ConfigurationManager
     from mlflow.server.security_utils import is_allowed_host_header
+
+    from include.ml.configuration import ConfigurationManager
 
     worker_env = env_of(compose, "airflow-worker")
     config = ConfigurationManager(env=worker_env).config
@@ -331,7 +336,7 @@ def test_prediction_server_follows_the_serving_contract(compose: dict[str, Any])
     deployed = mounts(compose, "airflow-worker")[MODEL_STORE]
     assert served[0] == deployed[0] and served[0] in compose["volumes"]
     assert (served[1], deployed[1]) == ("ro", "rw")
-    assert env_of(compose, "airflow-worker")["SERVING_MODEL_STORE"] == MODEL_STORE  # `python -m serving export`
+    assert env_of(compose, "airflow-worker")["MLOPS_MODEL_STORE"] == MODEL_STORE  # and `python main.py export`
 
 
 def test_deploy_task_reaches_the_prediction_server(compose: dict[str, Any]) -> None:

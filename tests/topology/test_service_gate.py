@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port
+from tests.support.network import free_port
+from tests.support.project import REPO
+
+pytestmark = pytest.mark.integration  # a child pytest per case
 
 log = logging.getLogger(__name__)
 

@@ -95,7 +95,8 @@ def decide(challenger: dict[str, float], champion: dict[str, float] | None, cham
                             f"({better} is better, margin {promotion.min_improvement})", metric, new, old,
                             champion_version)
     return GateDecision(False, f"not better: {metric} {new:.4f} vs champion v{champion_version} {old:.4f}; "
-                        f"needs to be at least {promotion.min_improvement} {better}", metric, new, old, champion_version)
+                        f"needs to be at least {promotion.min_improvement} {better}", metric, new, old,
+                        champion_version)
 
 
 def _score_champion(config: EvaluationConfig, version: str, x: pd.DataFrame, y: pd.Series) -> dict[str, float] | None:

@@ -88,7 +88,8 @@ def train(train_frame: pd.DataFrame, config: TrainingConfig, run_id: str, output
         mlflow.set_tags({**config.tags, "pipeline_run_id": run_id, "model_family": config.model.family,
                          "task": config.schema.task, "estimator": estimator})
         mlflow.log_params({"family": config.model.family, "random_state": config.model.random_state,
-                           "train_rows": len(x), **{f"model.{k}": v for k, v in pipeline.named_steps["model"].get_params().items()}})
+                           "train_rows": len(x),
+                           **{f"model.{k}": v for k, v in pipeline.named_steps["model"].get_params().items()}})
         mlflow.log_input(mlflow.data.from_pandas(train_frame, source=dataset_source,
                                                  targets=config.schema.target, name="train"), context="training")
         started = time.perf_counter()
@@ -105,7 +106,8 @@ def train(train_frame: pd.DataFrame, config: TrainingConfig, run_id: str, output
             signature=infer_signature(example, pipeline.predict(example)), input_example=example,
             metadata={"feature_contract": config.schema.feature_contract()})
         mlflow.set_tag("model_uri", info.model_uri)
-    result = TrainingResult(run.info.run_id, tracking.run_url(config.mlflow, experiment_id, run.info.run_id), experiment_id,
+    run_url = tracking.run_url(config.mlflow, experiment_id, run.info.run_id)
+    result = TrainingResult(run.info.run_id, run_url, experiment_id,
                             info.model_uri, config.model.family, estimator, len(x), round(fit_seconds, 3), trusted)
     artifacts.write_json(output_dir / RESULT, asdict(result))
     log.info("train: %s", result.summary())

@@ -67,7 +67,8 @@ def build_suite(schema: SchemaConfig, name: str = "schema") -> Any:
 
 def _column_expectations(E: Any, col: ColumnSpec) -> list[Any]:
     types = _NULLABLE_INT_TYPES if col.dtype == "int" and col.nullable else _TYPES[col.dtype]
-    found = [E.ExpectColumnToExist(column=col.name), E.ExpectColumnValuesToBeInTypeList(column=col.name, type_list=types)]
+    found = [E.ExpectColumnToExist(column=col.name),
+             E.ExpectColumnValuesToBeInTypeList(column=col.name, type_list=types)]
     if col.nullable:
         found.append(E.ExpectColumnValuesToNotBeNull(column=col.name, mostly=round(1 - col.max_null_fraction, 6)))
     else:
@@ -115,7 +116,8 @@ def _failure(result: Any, schema: SchemaConfig, frame: pd.DataFrame) -> dict[str
     if config.type == "expect_table_columns_to_match_set" and observed is not None:
         missing = sorted(set(columns) - set(observed))
         unexpected = sorted(set(observed) - set(columns))
-        observed = "; ".join(filter(None, [missing and f"missing {missing}", unexpected and f"unexpected {unexpected}"]))
+        observed = "; ".join(filter(None, [missing and f"missing {missing}",
+                                           unexpected and f"unexpected {unexpected}"]))
     return {
         "column": config.kwargs.get("column"),
         "expectation": config.type,

@@ -109,10 +109,10 @@ class SsmRunner:
             except self.hook.conn.exceptions.InvocationDoesNotExist:
                 invocation = {"Status": "Pending"}  # not registered yet, right after sending
             if invocation["Status"] in _TERMINAL:
+                status = "" if invocation["Status"] == "Success" else f"\nSSM status: {invocation['Status']}"
                 return CommandResult(int(invocation.get("ResponseCode", -1)),
                                      invocation.get("StandardOutputContent", ""),
-                                     invocation.get("StandardErrorContent", "") +
-                                     ("" if invocation["Status"] == "Success" else f"\nSSM status: {invocation['Status']}"))
+                                     invocation.get("StandardErrorContent", "") + status)
             if time.monotonic() > deadline:
                 raise DeploymentError(f"SSM command {command_id} on {instance.instance_id} still "
                                       f"{invocation['Status']} after {self.timeout}s")

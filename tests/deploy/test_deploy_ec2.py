@@ -21,17 +21,21 @@ from typing import Any, Iterator
 
 import pytest
 
-from include.aws import SSM_DOCUMENT, SsmRunner
-from include.ml.components import deployment
-from include.ml.components.deployment import CommandResult, Instance
 from include.ml.configuration import ConfigurationManager
 from include.ml.exceptions import DeploymentError
-from tests.conftest import free_port
-from tests.serving_support import REPO, Poller, PredictionServer, get_json, register_toy_model
+from include.release import deploy as deployment
+from include.release.ports import CommandResult, Instance
+from include.release.rollout import refresh_commands
+from include.release.targets.ec2 import SSM_DOCUMENT, Ec2Fleet, SsmRunner
+from tests.support.bundles import register_toy_model
+from tests.support.network import free_port, get_json
+from tests.support.project import REPO
+from tests.support.servers import Poller, PredictionServer
 
 pytestmark = pytest.mark.integration
 MODEL = "toy"
 CONN_ID = "aws_moto"
+LOGGERS = ("include.release.targets.ec2", "include.release.rollout")  # the SSM commands, the verified servers
 
 
 class StandInSsmRunner(SsmRunner):
@@ -153,13 +157,13 @@ class Steps(logging.Handler):
         self.messages.append(record.getMessage())
 
     def __enter__(self) -> "Steps":
-        for name in ("include.aws", "include.ml.components.deployment"):
+        for name in LOGGERS:
             logging.getLogger(name).addHandler(self)
             logging.getLogger(name).setLevel(logging.INFO)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for name in ("include.aws", "include.ml.components.deployment"):
+        for name in LOGGERS:
             logging.getLogger(name).removeHandler(self)
 
 
@@ -171,7 +175,7 @@ def test_rolling_deploy_to_the_fleet(config: Any, fleet: dict[str, StandIn], aws
         for stand_in in fleet.values():
             polling.enter_context(stand_in.poller)
         # two instances at a time: both are refreshed, then both verified, then the third
-        in_pairs = replace(config, deployment=replace(config.deployment, batch_size=2))
+        in_pairs = replace(config, deployment=config.deployment.model_copy(update={"batch_size": 2}))
         with Steps() as steps:
             result, runner = deploy(in_pairs, "2", fleet, s3_endpoint, tmp_path / "deploy-2")
 
@@ -190,12 +194,13 @@ def test_rolling_deploy_to_the_fleet(config: Any, fleet: dict[str, StandIn], aws
     ordered = [i["instance_id"] for i in result.instances]
     a, b, c = ordered
     assert [("refresh" if "SSM command" in m else "verified", iid) for m in steps.messages for iid in ordered
-            if iid in m and ("SSM command" in m or "serves version" in m)] == [("refresh", a), ("refresh", b), ("verified", a), ("verified", b), ("refresh", c), ("verified", c)]
+            if iid in m and ("SSM command" in m or "serves version" in m)] == \
+        [("refresh", a), ("refresh", b), ("verified", a), ("verified", b), ("refresh", c), ("verified", c)]
     assert sorted(ordered) == sorted(fleet) and len(ordered) == 3
     assert [p["InstanceIds"] for p in runner.sent] == [[iid] for iid in ordered]
     for params in runner.sent:
         assert params["DocumentName"] == SSM_DOCUMENT
-        assert params["Parameters"]["commands"] == deployment.refresh_commands("s3://releases/models/toy", "2")
+        assert params["Parameters"]["commands"] == refresh_commands("s3://releases/models/toy", "2")
     # moto lists all instances on every command (a moto quirk), so it is checked through the comment
     recorded = sorted(aws["ssm"].list_commands()["Commands"], key=lambda c: c["RequestedDateTime"])[-3:]
     assert [c["Comment"] for c in recorded] == [f"refresh toy to version 2 on {iid}" for iid in ordered]
@@ -204,7 +209,8 @@ def test_rolling_deploy_to_the_fleet(config: Any, fleet: dict[str, StandIn], aws
     # every server serves version 2; no client saw anything but a 200 during the rollout
     assert {iid: s.version() for iid, s in fleet.items()} == {iid: "2" for iid in fleet}
     for iid, stand_in in fleet.items():
-        assert not stand_in.poller.failures() and stand_in.poller.versions() == {"1", "2"}, (iid, stand_in.poller.outcomes)
+        assert not stand_in.poller.failures() and stand_in.poller.versions() == {"1", "2"}, \
+            (iid, stand_in.poller.outcomes)
     assert json.loads((tmp_path / "deploy-2" / deployment.RESULT).read_text())["version"] == "2"
 
     again, _ = deploy(config, "2", fleet, s3_endpoint, tmp_path / "deploy-2-again")
@@ -245,6 +251,4 @@ def test_no_instances_changes_nothing(config: Any, aws: Any, s3_endpoint: str, t
 
 
 def deployment_fleet(config: Any) -> list[Instance]:
-    from include.aws import Ec2Fleet
-
     return Ec2Fleet(config.deployment.ec2).instances()

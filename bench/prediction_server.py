@@ -5,7 +5,7 @@ HistGradientBoosting champion), it
 
 1. trains the champion with `main.py --config-dir D` into a throw-away workspace (temporary
    config dir, SQLite MLflow store, artifacts), and exports it with
-   `python -m serving --store S export --activate` (or takes an existing bundle: --bundle);
+   `python main.py export --store S --activate` (or takes an existing bundle: --bundle);
 2. times the in-process predict two ways: the model's own (stock MLflow pyfunc / scikit-learn
    predict on a DataFrame) and our server's model path (`serving.model.load_bundle(b).predict`);
 3. starts, one at a time, each server on that bundle, each in its own process group:
@@ -24,10 +24,10 @@ the raw results as JSON to bench/results/. This is a benchmark, not a test; it t
 The load generator shares the machine's cores with the servers; each row records the CPU the
 server, wrk and other processes used meanwhile.
 
-    .venv/bin/python bench/serving.py                       # rf and hgb, 16 connections
-    .venv/bin/python bench/serving.py --models rf --duration 10
-    .venv/bin/python bench/serving.py --bundle rf=models/1  # an existing bundle, no training
-    .venv/bin/python bench/serving.py --report bench/results/serving-<ts>.json
+    .venv/bin/python -m bench.prediction_server                       # rf and hgb, 16 connections
+    .venv/bin/python -m bench.prediction_server --models rf --duration 10
+    .venv/bin/python -m bench.prediction_server --bundle rf=models/1  # an existing bundle, no training
+    .venv/bin/python -m bench.prediction_server --report bench/results/serving-<ts>.json
 
 Needs wrk (Debian: `apt-get install -y wrk`). Ctrl-C stops every server it started.
 """
@@ -44,7 +44,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,24 +51,29 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# This file is bench/serving.py: bench/ must not shadow the `serving` package, so it leaves sys.path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(PROJECT_ROOT))  # run as a script from anywhere
-from bench.pipeline_scaling import (BenchmarkError, busy_cpu_seconds, machine_facts, stage_env,  # noqa: E402
-                                    tail, wait_until_idle, write_config_dir)
+from bench.common import (
+    DEFAULT_CONFIG_DIR,
+    PROJECT_ROOT,
+    RESULTS_DIR,
+    BenchmarkError,
+    busy_cpu_seconds,
+    free_port,
+    machine_facts,
+    stage_env,
+    tail,
+    wait_until_idle,
+    write_config_dir,
+)
 
-log = logging.getLogger("bench.serving")
+log = logging.getLogger(__name__)
 
-RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
-DEFAULT_CONFIG_DIR = PROJECT_ROOT / "include" / "config"
 VENV_BIN = Path(sys.executable).parent
 # name -> (model family, hyperparameters); None keeps params.yaml as it is (the default champion).
 MODELS: dict[str, tuple[str, dict[str, Any]] | None] = {
@@ -186,12 +190,6 @@ def group_cpu_seconds(pgid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def http(method: str, url: str, body: bytes | None = None, timeout: float = 30.0) -> tuple[int, bytes]:
     request = urllib.request.Request(url, data=body, method=method,
                                      headers={"Content-Type": "application/json"} if body else {})
@@ -230,12 +228,12 @@ def train_and_export(name: str, config_dir: Path, workspace: Path) -> Path:
     if done.returncode != 0:
         raise BenchmarkError(f"training {name} failed; see {logfile}:\n{tail(logfile, 40)}")
     store = workspace / "store"
-    export = subprocess.run([sys.executable, "-m", "serving", "--store", str(store), "export", "--config-dir",
+    export = subprocess.run([sys.executable, "main.py", "export", "--store", str(store), "--config-dir",
                              str(model_config), "--activate"], cwd=PROJECT_ROOT, env=env, capture_output=True,
                             text=True)
     if export.returncode != 0:
         raise BenchmarkError(f"export of {name} failed:\n{export.stdout}\n{export.stderr}")
-    version = json.loads(export.stdout.strip().splitlines()[-1])["version"]
+    version = (store / "CURRENT").read_text().strip()
     log.info("%s: trained and exported in %.0fs", name, time.perf_counter() - started)
     return store / version
 
@@ -317,10 +315,11 @@ def in_process_predict(bundle: Path, bodies: dict[int, bytes], repeats: int) -> 
         records, _ = mlflow_rows(request)
         batch = validate(records, model.contract, max_rows=10_000)
         frame = pd.DataFrame(request["dataframe_split"]["data"], columns=request["dataframe_split"]["columns"])
-        ours = _timed(lambda: model.predict(batch.columns), repeats)
+        ours = _timed(lambda batch=batch: model.predict(batch.columns), repeats)
         ours["predictions"] = model.predict(batch.columns).values
         # The stock paths cost ~10x more per call; a third of the calls keeps the child under a minute.
-        stock = {name: _timed(lambda call=call: call(frame), max(repeats // 3, 20)) for name, call in stock_calls.items()}
+        stock = {name: _timed(lambda call=call, frame=frame: call(frame), max(repeats // 3, 20))
+                 for name, call in stock_calls.items()}
         fastest = min(stock, key=lambda name: stock[name]["p50_ms"])
         out[str(rows)] = {**ours, "stock": {**stock[fastest], "via": fastest, "all": stock}}
     return out

@@ -1,0 +1,55 @@
+"""Tiny in-memory datasets and stage configs for the component tests of tests/ml (the `mlflow_config` fixture of
+tests/ml/conftest.py gives them a real SQLite MLflow store in tmp)."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from include.ml.entities import (
+    ColumnSpec,
+    EvaluationConfig,
+    MlflowConfig,
+    ModelConfig,
+    PromotionConfig,
+    SchemaConfig,
+    TrainingConfig,
+)
+
+FAST = {  # small models keep the tests quick
+    "elasticnet": {},
+    "random_forest": {"n_estimators": 5},
+    "hist_gradient_boosting": {"max_iter": 10},
+}
+
+
+def schema(task: str) -> SchemaConfig:
+    target = ColumnSpec(name="y", dtype="float") if task == "regression" else \
+        ColumnSpec(name="y", dtype="category", allowed=("a", "b", "c"))
+    return SchemaConfig(task=task, target="y", min_rows=1, columns=(
+        ColumnSpec(name="x1", dtype="float", nullable=True), ColumnSpec(name="x2", dtype="float"),
+        ColumnSpec(name="kind", dtype="category", allowed=("p", "q")), target))
+
+
+def dataset(task: str, rows: int = 120, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.normal(size=rows), rng.normal(size=rows)
+    kind = rng.choice(["p", "q"], rows)
+    signal = 2 * x1 - x2 + (kind == "p")
+    y = signal + rng.normal(scale=0.1, size=rows) if task == "regression" else \
+        np.select([signal < -0.5, signal < 1.0], ["a", "b"], "c")
+    x1[::10] = np.nan
+    return pd.DataFrame({"x1": x1, "x2": x2, "kind": kind, "y": y})
+
+
+def training_config(task: str, family: str, mlflow_config: MlflowConfig, **hyper: Any) -> TrainingConfig:
+    model = ModelConfig(family=family, random_state=0, hyperparameters={**FAST[family], **hyper})
+    return TrainingConfig(schema(task), model, mlflow_config, MappingProxyType({"git_sha": "test"}))
+
+
+def evaluation_config(task: str, mlflow_config: MlflowConfig, margin: float = 0.001) -> EvaluationConfig:
+    metric = "rmse" if task == "regression" else "f1_macro"
+    return EvaluationConfig(schema(task), PromotionConfig(metric=metric, min_improvement=margin), mlflow_config)
