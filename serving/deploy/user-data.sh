@@ -74,7 +74,7 @@ source_kind() {
     esac
 }
 
-# The deploy task's refresh command, line for line (refresh_commands in include/ml/components/deployment.py):
+# The deploy task's refresh command, line for line (refresh_commands in include/release/rollout.py):
 # settings from serving.env, then `python -m serving refresh --source <source> --version <version>`. Through
 # MLOPS_PYTHON (the wrapper below) it runs as mlops, exactly as it does when SSM sends it as root.
 refresh_model() {
