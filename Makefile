@@ -4,11 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test tools up down serve run venv lock bench bench-serving clean
+.PHONY: demo test tools up down serve run keys venv lock bench bench-serving clean
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # Debian packages the tests drive: docker-compose validates docker-compose.yaml (no engine needed),
 # chromium + chromium-driver run the prediction form in a browser, shellcheck lints the EC2 user data.
-TEST_TOOLS := docker-compose:docker-compose chromium:chromium chromedriver:chromium-driver shellcheck:shellcheck
+TEST_TOOLS := docker-compose:docker-compose chromium:chromium chromedriver:chromium-driver shellcheck:shellcheck nginx:nginx
 
 demo: up ## set up, start Airflow + MLflow, run the DAG once through the scheduler, leave the UIs up
 	$(BIN)/python scripts/demo.py
@@ -35,6 +35,9 @@ down: ## stop exactly what `make up` started
 
 serve: $(STAMP) ## prediction server on the champion, in the foreground (make run first); CONFIG_DIR=examples/<name>
 	$(BIN)/python main.py serve $(if $(CONFIG_DIR),--config-dir $(CONFIG_DIR))
+
+keys: $(STAMP) ## the bundle-signing key pair in keys/ (made on first use by run/up/serve too); prints the public key
+	$(BIN)/python main.py keys
 
 run: $(STAMP) ## run the pipeline once without Airflow (python main.py)
 	$(BIN)/python main.py

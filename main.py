@@ -7,6 +7,7 @@
     python main.py init --data data.csv --target y --out examples/mine   # draft the three YAML files
     python main.py export [--version champion] [--store DIR] [--activate] # registry -> a bundle in a model store
     python main.py serve                  # the prediction server on the champion, in the foreground
+    python main.py keys                   # the bundle-signing keys (made on first use); what servers trust
 
 Every command takes --config-dir DIR (default: $MLOPS_CONFIG_DIR, else include/config).
 Exit codes: 0 success, 1 a stage or command failed (the message says which and why), 2 configuration error.
@@ -207,16 +208,31 @@ def serve(args: argparse.Namespace) -> int:
     url = urlsplit(cm.config.deployment.local.server_url)
     bind = args.bind or f"{url.hostname or '127.0.0.1'}:{url.port or 8000}"
     print(f"{exported.summary()}\nserving it on http://{bind} (a form at /, the API at /openapi.json)", flush=True)
-    env = {**os.environ, "SERVING_MODEL_STORE": str(cm.config.model_store), "SERVING_BIND": bind}
+    env = {**os.environ, "SERVING_MODEL_STORE": str(cm.config.model_store), "SERVING_BIND": bind,
+           "SERVING_PUBLIC_KEY": str(cm.config.signing.public_key)}
     command = [sys.executable, "-m", "gunicorn", "-c", str(REPO / "serving" / "gunicorn.conf.py")]
     os.chdir(REPO)  # gunicorn imports serving.app from here
     os.execve(sys.executable, command, env)
     return 1  # not reached
 
 
+def keys_parser() -> argparse.ArgumentParser:
+    return _parser("keys", "The key pair (or KMS key) that signs bundles, made on first use; prints the public key "
+                           "every prediction server must be given (SERVING_PUBLIC_KEY).")
+
+
+def keys(args: argparse.Namespace) -> int:
+    from include.ml.configuration import ConfigurationManager
+
+    prepared = pipeline.run_keys(ConfigurationManager(args.config_dir))
+    print(prepared.summary())
+    print(prepared.public_key.read_text(), end="")
+    return 0
+
+
 COMMANDS: dict[str | None, tuple[Callable[[], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
     None: (run_parser, run), "init": (init_parser, init), "export": (export_parser, export),
-    "serve": (serve_parser, serve),
+    "serve": (serve_parser, serve), "keys": (keys_parser, keys),
 }
 
 if __name__ == "__main__":

@@ -74,8 +74,12 @@ MODEL = Asset(name=f"{MODEL_NAME}-registered-model", uri=f"x-mlops://models/{MOD
         "max_retry_delay": timedelta(minutes=10),
         "execution_timeout": timedelta(minutes=45),
         "retry_policy": ExceptionRetryPolicy(rules=[
-            RetryRule(exception=["include.ml.exceptions.DataValidationError", "include.ml.exceptions.ConfigError"],
+            RetryRule(exception=["include.ml.exceptions.DataValidationError", "include.ml.exceptions.ConfigError",
+                                 "include.ml.exceptions.SourceTooLargeError"],
                       action=RetryAction.FAIL, reason="bad data or configuration: retrying cannot fix it"),
+            # The champion/challenger gate refused: the same models give the same answer on every try.
+            RetryRule(exception=["include.ml.exceptions.ChampionGateError"],
+                      action=RetryAction.FAIL, reason="the gate refused; force_promote overrides it"),
             # A failed rollout has already put every server back; a person should look before another try.
             RetryRule(exception=["include.ml.exceptions.DeploymentError"],
                       action=RetryAction.FAIL, reason="deploy failed and was rolled back"),
@@ -83,7 +87,8 @@ MODEL = Asset(name=f"{MODEL_NAME}-registered-model", uri=f"x-mlops://models/{MOD
     },
     params={
         "source": Param(None, type=["null", "string"],
-                        description="Data source URI for this run; empty = data_source.uri from config.yaml"),
+                        description="Data source URI for this run, within data_source.allowed_sources of config.yaml "
+                                    "(by default only data_source.uri itself); empty = data_source.uri"),
         "model_family": Param(None, type=["null", "string"], enum=[None, *FAMILIES],
                               description="Model family for this run, with default hyperparameters; "
                                           "empty = model.family from params.yaml"),

@@ -8,6 +8,7 @@ says why.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ def pipeline_config(params: dict[str, Any] | None = None) -> ConfigurationManage
     """The configuration of $MLOPS_CONFIG_DIR, with the `source` and `model_family` of a trigger form."""
     from include.ml.configuration import ConfigurationManager
 
+    _mlflow_login_from_connection()
     # Saving or loading a model, skops (MLflow's sklearn format) looks objects up in every loaded module
     # and so trips ~1000 of Airflow's deprecated-import shims, each a warning line in the task log.
     # (Set here, in the task process: filters set while the DAG file is parsed do not outlive the parse.)
@@ -36,6 +38,25 @@ def pipeline_config(params: dict[str, Any] | None = None) -> ConfigurationManage
     params = params or {}
     return ConfigurationManager(source_uri=params.get("source") or None,
                                 model_family=params.get("model_family") or None)
+
+
+MLFLOW_CONN_ID = "mlflow_default"
+
+
+def _mlflow_login_from_connection() -> None:
+    """An Airflow connection `mlflow_default` (login, password) is how tasks log in to an MLflow server with basic
+    auth; without it, MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD from the environment (docs/topology.md).
+    MLflow's client reads those variables, so the pipeline itself never sees Airflow."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        connection = Connection.get(MLFLOW_CONN_ID)
+    except AirflowNotFoundException:
+        return
+    if connection.login:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = connection.login
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = connection.password or ""
 
 
 def task_result(result: StageResult) -> dict[str, Any]:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from include.ml.components.validation import ValidationResult
     from include.release.export import ExportResult
     from include.release.ports import DeploymentResult
+    from include.release.signing import SigningKeys
     from include.release.verify import VerificationResult
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ def run_deploy(cm: ConfigurationManager, run_id: str, version: str | None = None
 def run_verify(cm: ConfigurationManager, run_id: str) -> VerificationResult | Skipped:
     """Check every server this run deployed to answers as the deployed bundle does."""
     from include.release.deploy import RELEASE, RESULT
+    from include.release.signing import trusted_keys
     from include.release.verify import verify_fleet
 
     deployed = _dir(cm, run_id, "deploy") / RESULT
@@ -145,7 +147,8 @@ def run_verify(cm: ConfigurationManager, run_id: str) -> VerificationResult | Sk
     record = artifacts.read_json(deployed)
     key = cm.config.serving_api_key
     return verify_fleet(record["version"], record["instances"], deployed.parent / RELEASE / record["version"],
-                        _dir(cm, run_id, "verify"), key.get_secret_value() if key else None)
+                        _dir(cm, run_id, "verify"), trusted_keys(cm.config.signing),
+                        key.get_secret_value() if key else None)
 
 
 def run_rollback(cm: ConfigurationManager, version: str | None = None) -> RollbackResult:
@@ -174,7 +177,15 @@ def run_export(cm: ConfigurationManager, version: str = "champion", store: Path 
     from include.release.export import export_to_store
 
     tracking.configure(cm.config.mlflow)
-    return export_to_store(cm.config.mlflow.registered_model_name, version, store or cm.config.model_store, activate)
+    return export_to_store(cm.config.mlflow.registered_model_name, version, store or cm.config.model_store,
+                           cm.config.signing, activate)
+
+
+def run_keys(cm: ConfigurationManager) -> SigningKeys:
+    """The bundle-signing keys of `signing:` (the local pair is made on first use); what servers must trust."""
+    from include.release.signing import prepare_keys
+
+    return prepare_keys(cm.config.signing)
 
 
 RUNNERS: dict[str, Callable[..., StageResult]] = {

@@ -5,15 +5,23 @@
   FastAPI app below from <artifacts_root>/<run id>/validate/data_docs/ (only that folder).
 
 Links are read from XCom, so they appear once the task has pushed its result.
+
+The Data Docs show sample values of the data, so the route asks what the rest of the api-server asks: an
+Airflow login (the UI's `_token` cookie, or a Bearer token from POST /auth/token; 401 without), and read
+access to the runs of every DAG that has a run with that id (the auth manager decides; 403 without). A path
+that is not a plain file inside that run's folder (a NUL byte, `..`, an unknown run) is a 404.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import BaseOperatorLink
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse
 
 URL_PREFIX = "/mlops"
@@ -56,19 +64,52 @@ class DataDocsLink(BaseOperatorLink):
 app = FastAPI(title="MLOps pipeline artifacts")
 
 
-@app.get("/data-docs/{run_id}/{path:path}")
-def data_docs(run_id: str, path: str) -> FileResponse:
-    from include.ml.artifacts import safe_run_id
+def _docs_file(run_id: str, path: str) -> Path | None:
+    """The file `path` names in the run's Data Docs folder; None unless it is a plain file inside that folder."""
     from include.ml.configuration import project_config
 
+    if "\0" in path:
+        return None
     try:
-        valid_run_id = safe_run_id(run_id) == run_id
+        root = (project_config().artifacts_root / run_id / "validate" / "data_docs").resolve()
+        target = (root / path).resolve()
+        return target if target.is_relative_to(root) and target.is_file() else None
+    except (ValueError, OSError):  # a name the file system refuses
+        return None
+
+
+def _dags_with_run(run_id: str) -> list[str]:
+    """The DAGs that have a run whose folder name is `run_id` (safe_run_id of its run id); [] for a bad name."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from include.ml.artifacts import safe_run_id
+
+    try:
+        if "\0" in run_id or safe_run_id(run_id) != run_id:  # only [A-Za-z0-9_.-]: nothing LIKE treats specially
+            return []
     except ValueError:
-        valid_run_id = False
-    root = (project_config().artifacts_root / run_id / "validate" / "data_docs").resolve()
-    target = (root / path).resolve()
-    if not valid_run_id or not target.is_relative_to(root) or not target.is_file():
-        raise HTTPException(status_code=404, detail=f"no Data Docs file {path!r} for run {run_id!r}")
+        return []
+    # safe_run_id turned each stretch of other characters into one "_": match loosely, then exactly.
+    pattern = "%" + run_id.replace("_", "%") + "%"
+    with create_session() as session:
+        rows = session.execute(select(DagRun.dag_id, DagRun.run_id).where(DagRun.run_id.like(pattern))).all()
+    return sorted({dag_id for dag_id, full_id in rows if safe_run_id(full_id) == run_id})
+
+
+@app.get("/data-docs/{run_id}/{path:path}")
+def data_docs(run_id: str, path: str, request: Request, user: GetUserDep) -> FileResponse:
+    """One file of a pipeline run's Data Docs: 401 without a login, 403 without read access to the run's DAG."""
+    missing = HTTPException(status_code=404, detail=f"no Data Docs file {path!r} for run {run_id!r}")
+    dag_ids = _dags_with_run(run_id)
+    if not dag_ids:
+        raise missing
+    for dag_id in dag_ids:  # what the run's own pages in the UI need
+        requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=dag_id)(request, user)
+    target = _docs_file(run_id, path)
+    if target is None:
+        raise missing
     return FileResponse(target)
 
 

@@ -11,8 +11,10 @@ From a shell, against the stack `scripts/airflow_stack.sh up` started:
 
     .venv/bin/python -m scripts.airflow_client ml_pipeline [--conf '{"force_promote": true}']
 
-Authentication: the SimpleAuthManager hands out a JWT for a username and password at
-POST /auth/token; the client sends it as a Bearer token and fetches a new one on a 401.
+Authentication: the auth manager hands out a JWT for a username and password at POST /auth/token (the
+SimpleAuthManager of the embedded stack and the FAB auth manager of the production topology both do); the
+client sends it as a Bearer token and fetches a new one on a 401. `stack_login()` finds the login of the stack
+scripts/airflow_stack.sh runs with the caller's AIRFLOW_STACK_* settings.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -71,6 +74,13 @@ class AirflowClient:
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params or None).json()
+
+    def fetch(self, url: str, **kwargs: Any) -> requests.Response:
+        """GET any api-server URL (a plugin's page, say) with the login's token; the response, whatever its status."""
+        kwargs.setdefault("timeout", self.timeout)
+        headers = {"Authorization": f"Bearer {self.token()}", **kwargs.pop("headers", {})}
+        return self.session.get(url if "://" in url else f"{self.base_url}/{url.lstrip('/')}", headers=headers,
+                                **kwargs)
 
     # --- API ----------------------------------------------------------------------------
 
@@ -196,20 +206,26 @@ def _error_lines(detail: Any) -> list[str]:
     return lines or [f"  error_detail={detail}"]
 
 
+def stack_login(env: Mapping[str, str] | None = None) -> tuple[str, str, str]:
+    """(API URL, user, password) of the stack scripts/airflow_stack.sh runs with these AIRFLOW_STACK_* settings:
+    the password is AIRFLOW_STACK_ADMIN_PASSWORD, or the one `up` keeps in the stack home (the passwords file of
+    the auth manager that AIRFLOW_STACK_AUTH names)."""
+    from scripts.stack import Settings
+
+    s = Settings.from_env(os.environ if env is None else env)
+    password = s.admin_password or json.loads(Path(s.passwords_file).read_text())[s.admin_user]
+    return s.api_url, s.admin_user, password
+
+
 def main(argv: list[str] | None = None) -> int:
-    root = Path(__file__).resolve().parents[1]
     parser = argparse.ArgumentParser(description="Trigger a DAG on a running stack and wait for it.")
     parser.add_argument("dag_id")
     parser.add_argument("--conf", default="{}", help="run configuration (JSON)")
-    parser.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('AIRFLOW_STACK_API_PORT', '8080')}")
-    parser.add_argument("--user", default=os.environ.get("AIRFLOW_STACK_ADMIN_USER", "admin"))
-    parser.add_argument("--home", default=os.environ.get("AIRFLOW_STACK_HOME", str(root / "airflow_home")),
-                        help="stack home holding simple_auth_manager_passwords.json")
+    parser.add_argument("--home", help="the stack home (default: AIRFLOW_STACK_HOME, else airflow_home/)")
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args(argv)
-    password = os.environ.get("AIRFLOW_STACK_ADMIN_PASSWORD") or json.loads(
-        (Path(args.home) / "simple_auth_manager_passwords.json").read_text())[args.user]
-    client = AirflowClient(args.url, args.user, password)
+    url, user, password = stack_login({**os.environ, **({"AIRFLOW_STACK_HOME": args.home} if args.home else {})})
+    client = AirflowClient(url, user, password)
     client.wait_for_dag(args.dag_id)
     client.unpause(args.dag_id)
     started = time.monotonic()

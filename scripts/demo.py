@@ -16,17 +16,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from scripts.airflow_client import AirflowClient, DagRunFailed  # noqa: E402
+from scripts.airflow_client import AirflowClient, DagRunFailed, stack_login  # noqa: E402
 
 DAG_ID = "ml_pipeline"
 
 
 def main() -> int:
-    home = Path(os.environ.get("AIRFLOW_STACK_HOME", REPO / "airflow_home"))
-    api = f"http://127.0.0.1:{os.environ.get('AIRFLOW_STACK_API_PORT', '8080')}"
+    api, user, password = stack_login()  # the login `make up` printed (AIRFLOW_STACK_* settings)
     serving = f"http://127.0.0.1:{os.environ.get('AIRFLOW_STACK_SERVING_PORT', '8000')}"
-    user = os.environ.get("AIRFLOW_STACK_ADMIN_USER", "admin")
-    password = json.loads((home / "simple_auth_manager_passwords.json").read_text())[user]
     client = AirflowClient(api, user, password)
 
     client.wait_for_dag(DAG_ID)

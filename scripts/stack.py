@@ -13,12 +13,19 @@ The caller's environment reaches every process, tasks included: set MLOPS_* (inc
 AIRFLOW__SECTION__KEY before `up` to change them. Everything lives in the stack home: airflow.db, logs/ (task
 logs), stack/<component>.log and .pid ("pid start-time"), stack/secrets.env (JWT secret, API secret key, Fernet
 key; made once, mode 600) and simple_auth_manager_passwords.json (the UI/API login).
+
+Authentication: the embedded default runs Airflow's SimpleAuthManager (development only) and an MLflow UI without
+any login, both on loopback. AIRFLOW_STACK_AUTH=fab runs the FAB auth manager (users in the metadata DB; `up`
+creates or updates the admin, login kept in fab_passwords.json). With an MLflow backend URI (the production
+topology) MLflow runs its basic-auth app: its admin login is stack/mlflow.env (MLFLOW_TRACKING_USERNAME/PASSWORD,
+what every process, tasks included, authenticates with), its user store mlflow-auth/basic_auth.db.
 """
 
 from __future__ import annotations
 
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import re
@@ -29,8 +36,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
-from base64 import urlsafe_b64encode
+from base64 import b64encode, urlsafe_b64encode
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, fields, replace
@@ -52,6 +60,31 @@ ENV_LINES = (  # what `env` prints, when set
     "AIRFLOW__API__BASE_URL", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "AIRFLOW__LOGGING__BASE_LOG_FOLDER",
     "AIRFLOW__CORE__PARALLELISM", "AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CELERY__RESULT_BACKEND",
     "MLOPS_TRACKING_URI", "PYTHONPATH", "PATH")
+AUTH_MANAGERS = {  # AIRFLOW_STACK_AUTH -> [core] auth_manager
+    "simple": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",  # development only
+    "fab": "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager",  # apache-airflow-providers-fab
+}
+# Creates the FAB admin, or sets its password, from AIRFLOW_ADMIN_USER / AIRFLOW_ADMIN_PASSWORD (never argv, which
+# other users see in ps). docker-compose.yaml's airflow-init runs the same script (tests/topology checks that).
+FAB_ADMIN_SCRIPT = """\
+import os
+import sys
+
+from airflow.providers.fab.auth_manager.cli_commands.utils import get_application_builder
+from werkzeug.security import check_password_hash
+
+user, password = os.environ["AIRFLOW_ADMIN_USER"], os.environ["AIRFLOW_ADMIN_PASSWORD"]
+with get_application_builder() as appbuilder:
+    sm = appbuilder.sm
+    found = sm.find_user(username=user)
+    if found is None:
+        if not sm.add_user(user, "Airflow", "Admin", user + "@localhost", sm.find_role("Admin"), password):
+            sys.exit("could not create the Airflow admin " + user)
+        print("Airflow admin " + user + " created")
+    elif not check_password_hash(found.password, password):
+        sm.reset_password(found.id, password)
+        print("Airflow admin " + user + ": password set")
+"""
 
 
 class StackError(Exception):
@@ -71,6 +104,7 @@ class Settings:
     serving: bool = True  # 0 = no prediction server
     admin_user: str = "admin"
     admin_password: str = ""  # "" = generated on the first `up`, then kept in the passwords file
+    auth: str = "simple"  # simple (SimpleAuthManager, development only) or fab (FAB auth manager)
     dags_folder: Path = REPO / "dags"
     plugins_folder: Path = REPO / "plugins"
     venv: Path = REPO / ".venv"
@@ -86,6 +120,10 @@ class Settings:
     # The MLflow server's store, e.g. postgresql://...: tasks then log through the server
     # (MLOPS_TRACKING_URI=http://<host>:<mlflow port>) and artifacts go to MLOPS_ARTIFACT_LOCATION.
     mlflow_backend_uri: str = ""
+    # ... and the server then runs MLflow's basic-auth app (mlflow_auth) with this admin, whom every process uses.
+    mlflow_admin_user: str = "admin"
+    mlflow_admin_password: str = ""  # "" = generated on the first `up`, then kept in stack/mlflow.env
+    mlflow_auth_db_uri: str = ""  # the auth app's user store; "" = sqlite:///<home>/mlflow-auth/basic_auth.db
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -100,6 +138,8 @@ class Settings:
         s = cls(**values)
         s = replace(s, sql_conn=s.sql_conn or f"sqlite:///{s.home}/airflow.db",
                     queues=s.queues or env.get("AIRFLOW__OPERATORS__DEFAULT_QUEUE") or "default")
+        if s.auth not in AUTH_MANAGERS:
+            raise StackError(f"AIRFLOW_STACK_AUTH must be simple or fab, not '{s.auth}'")
         if s.executor not in ("local", "celery"):
             raise StackError(f"AIRFLOW_STACK_EXECUTOR must be local or celery, not '{s.executor}'")
         if s.executor == "celery" and not s.broker_url:
@@ -111,7 +151,11 @@ class Settings:
         return s
 
     run_dir = property(lambda self: self.home / "stack")
-    passwords_file = property(lambda self: self.home / "simple_auth_manager_passwords.json")
+    passwords_file = property(lambda self: self.home / (
+        "fab_passwords.json" if self.auth == "fab" else "simple_auth_manager_passwords.json"))
+    mlflow_auth = property(lambda self: bool(self.mlflow_backend_uri))  # the production topology's MLflow server
+    mlflow_login_file = property(lambda self: self.run_dir / "mlflow.env")
+    mlflow_auth_dir = property(lambda self: self.home / "mlflow-auth")
     api_url = property(lambda self: f"http://{self.host}:{self.api_port}")
     mlflow_url = property(lambda self: f"http://{self.host}:{self.mlflow_port}")
     serving_url = property(lambda self: f"http://{self.host}:{self.serving_port}")
@@ -151,6 +195,20 @@ def stack_secrets(path: Path) -> dict[str, str]:
     return dict(word.split("=", 1) for word in shlex.split(path.read_text(), comments=True) if "=" in word)
 
 
+def mlflow_login(path: Path, user: str, wanted: str) -> dict[str, str]:
+    """MLFLOW_TRACKING_USERNAME/PASSWORD in a KEY='value' file (mode 600): the password kept unless `wanted`."""
+    try:
+        kept = dict(word.split("=", 1) for word in shlex.split(path.read_text(), comments=True) if "=" in word)
+    except FileNotFoundError:
+        kept = {}
+    same_user = kept.get("MLFLOW_TRACKING_USERNAME") == user
+    password = wanted or (same_user and kept.get("MLFLOW_TRACKING_PASSWORD")) or secrets.token_urlsafe(18)
+    login = {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}  # MLflow wants >= 12 chars
+    if kept != login:
+        write_private(path, "".join(f"{key}={shlex.quote(value)}\n" for key, value in login.items()))
+    return login
+
+
 def ensure_password(path: Path, user: str, wanted: str) -> str:
     """The SimpleAuthManager reads {"user": "password"} from this file and never overwrites an entry."""
     try:
@@ -173,9 +231,7 @@ def stack_env(s: Settings, base: Mapping[str, str], secret: Mapping[str, str]) -
         AIRFLOW__CORE__PLUGINS_FOLDER=str(s.plugins_folder), AIRFLOW__CORE__LOAD_EXAMPLES="False",
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=s.sql_conn,
         AIRFLOW__CORE__EXECUTOR="CeleryExecutor" if s.executor == "celery" else "LocalExecutor",
-        AIRFLOW__CORE__AUTH_MANAGER="airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=f"{s.admin_user}:admin",
-        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(s.passwords_file),
+        AIRFLOW__CORE__AUTH_MANAGER=AUTH_MANAGERS[s.auth],
         AIRFLOW__API__HOST=s.host, AIRFLOW__API__PORT=str(s.api_port), AIRFLOW__API__BASE_URL=s.api_url,
         # Task processes report to the api-server's Execution API; must follow a non-default port.
         AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{s.api_url}/execution/",
@@ -187,6 +243,9 @@ def stack_env(s: Settings, base: Mapping[str, str], secret: Mapping[str, str]) -
         OMP_WAIT_POLICY=base.get("OMP_WAIT_POLICY") or "PASSIVE",
         PYTHONPATH=":".join(filter(None, (str(REPO), base.get("PYTHONPATH")))),  # tasks import include.ml
         PATH=f"{s.venv / 'bin'}:{base.get('PATH', os.defpath)}")
+    if s.auth == "simple":
+        env.update(AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=f"{s.admin_user}:admin",
+                   AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(s.passwords_file))
     if s.executor == "celery":  # results go to the metadata DB unless AIRFLOW__CELERY__RESULT_BACKEND says otherwise
         env["AIRFLOW__CELERY__BROKER_URL"] = s.broker_url
     if s.mlflow_backend_uri:  # tasks log through the tracking server; only the server talks to its store
@@ -198,18 +257,41 @@ def stack_env(s: Settings, base: Mapping[str, str], secret: Mapping[str, str]) -
     return env
 
 
+def mlflow_auth_env(s: Settings, env: Mapping[str, str]) -> dict[str, str]:
+    """The MLflow server's basic-auth settings: its config file (written here; no secret in it), its admin
+    (created in the user store on the server's first start; later starts check the login, see wait_healthy),
+    and the secret its forms' CSRF tokens are signed with (derived from the stack's API secret key)."""
+    s.mlflow_auth_dir.mkdir(parents=True, exist_ok=True)
+    store = s.mlflow_auth_db_uri or f"sqlite:///{s.mlflow_auth_dir / 'basic_auth.db'}"
+    config = s.mlflow_auth_dir / "basic_auth.ini"
+    write_private(config, "[mlflow]\n"  # configparser reads %% as %
+                          "# a logged-in user may read what no permission of theirs says otherwise about\n"
+                          "default_permission = READ\n"
+                          f"database_uri = {store.replace('%', '%%')}\n"
+                          "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    secret_key = hashlib.sha256(f"mlflow-server:{env['AIRFLOW__API__SECRET_KEY']}".encode()).hexdigest()
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": secret_key,
+            "MLFLOW_AUTH_ADMIN_USERNAME": env["MLFLOW_TRACKING_USERNAME"],
+            "MLFLOW_AUTH_ADMIN_PASSWORD": env["MLFLOW_TRACKING_PASSWORD"]}
+
+
 def prepare(s: Settings) -> dict[str, str]:
     """Check the venv, make the folders and the secrets; return the components' environment."""
     if not os.access(s.bin("python"), os.X_OK):
         raise StackError(f"no Python at {s.bin('python')}; run 'make venv' first (or set AIRFLOW_STACK_VENV)")
     for folder in (s.run_dir, s.dags_folder, s.plugins_folder):
         folder.mkdir(parents=True, exist_ok=True)
-    return stack_env(s, os.environ, stack_secrets(s.run_dir / "secrets.env"))
+    secret = stack_secrets(s.run_dir / "secrets.env")
+    if s.mlflow_auth:  # every process, tasks included, logs to MLflow as its admin (MLflow's own variables)
+        secret = {**secret, **mlflow_login(s.mlflow_login_file, s.mlflow_admin_user, s.mlflow_admin_password)}
+    return stack_env(s, os.environ, secret)
 
 
 def env_lines(s: Settings, env: Mapping[str, str]) -> list[str]:
     """Shell lines that point the `airflow` CLI at this stack."""
-    return [f"set -a; . '{s.run_dir / 'secrets.env'}'; set +a",
+    files = [s.run_dir / "secrets.env", *([s.mlflow_login_file] if s.mlflow_auth else [])]
+    sourced = " ".join(f". '{path}';" for path in files)
+    return [f"set -a; {sourced} set +a",
             *(f"export {name}={shlex.quote(env[name])}" for name in ENV_LINES if name in env)]
 
 
@@ -298,9 +380,25 @@ def wait_groups(seconds: float, groups: list[int]) -> list[int]:
 
 # --- commands --------------------------------------------------------------------------------------------------
 
-def http_get(url: str) -> tuple[int, bytes]:
-    with urllib.request.urlopen(url, timeout=5) as response:
+def http_get(url: str, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=dict(headers or {})), timeout=5) as response:
         return response.status, response.read()
+
+
+def mlflow_login_refused(s: Settings, env: Mapping[str, str]) -> str | None:
+    """Why the MLflow server turns the stack's login away (None: it accepts it). The auth app takes its admin's
+    password from the settings only when it creates that admin, so a password changed later no longer works."""
+    login = f"{env['MLFLOW_TRACKING_USERNAME']}:{env['MLFLOW_TRACKING_PASSWORD']}"
+    try:
+        http_get(f"{s.mlflow_url}/api/2.0/mlflow/users/current",
+                 {"Authorization": "Basic " + b64encode(login.encode()).decode()})
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return (f"the MLflow server refuses the login of {env['MLFLOW_TRACKING_USERNAME']} from "
+                    f"{s.mlflow_login_file} (HTTP {exc.code}); its user store {s.mlflow_auth_dir} keeps the password "
+                    "it was first started with: set that one, or change it with MLflow's users/update-password API")
+        raise
+    return None
 
 
 def probe(url: str) -> str:
@@ -342,6 +440,9 @@ def wait_healthy(s: Settings, env: Mapping[str, str], since: int, started: list[
                 state[component] = info.get("status") if fresh else "starting"
             if s.mlflow:
                 state["mlflow"] = probe(f"{s.mlflow_url}/health")
+                if s.mlflow_auth and state["mlflow"] == "healthy" and (refused := mlflow_login_refused(s, env)):
+                    print(f"airflow_stack: {refused}", file=sys.stderr)
+                    return False
             if s.serving:  # live, model or not: the first deploy gives it one
                 state["serving"] = probe(f"{s.serving_url}/health")
             if workers:  # a Celery worker is healthy once it answers a ping through the broker
@@ -379,11 +480,16 @@ def start(s: Settings, name: str, env: dict[str, str], pipeline: Callable[[], Co
         extra = {"AIRFLOW_STACK_WORKER_NAME": worker_node(name),
                  "AIRFLOW__CORE__HOSTNAME_CALLABLE": "scripts.stack_hostname.hostname"}
     elif name == "serving":
+        from include.release.signing import ensure_local_key_pair
+
         store = str(pipeline().deployment.local.model_store)
         os.makedirs(store, exist_ok=True)
+        if not pipeline().signing.kms_key_id:
+            ensure_local_key_pair(pipeline().signing)  # the server trusts what the pipeline signs
         command = [s.bin("gunicorn"), "-c", str(REPO / "serving" / "gunicorn.conf.py")]
         extra = {"SERVING_MODEL_STORE": store, "SERVING_BIND": f"{s.host}:{s.serving_port}",
-                 "SERVING_WORKERS": env.get("SERVING_WORKERS") or "2"}
+                 "SERVING_WORKERS": env.get("SERVING_WORKERS") or "2",
+                 "SERVING_PUBLIC_KEY": str(pipeline().signing.public_key)}
     elif name == "mlflow":
         tracking = s.mlflow_backend_uri or pipeline().mlflow.tracking_uri  # the server's own store: tasks use HTTP
         if tracking.startswith(("http://", "https://", "databricks")):
@@ -397,6 +503,9 @@ def start(s: Settings, name: str, env: dict[str, str], pipeline: Callable[[], Co
                    *(["--default-artifact-root", artifacts] if artifacts else [])]
         # The server's job runner (GenAI jobs, ~7 extra processes) is not needed for a tracking UI.
         extra = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": env.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION") or "false"}
+        if s.mlflow_auth:  # the production topology: nobody reads or writes without a login
+            command[2:2] = ["--app-name", "basic-auth"]
+            extra.update(mlflow_auth_env(s, env))
     log_path = s.run_dir / f"{name}.log"
     with open(log_path, "a") as log:  # detached: a session and process group of its own
         log.write(f"==== {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} starting: {' '.join(command)}\n")
@@ -431,6 +540,13 @@ def up(s: Settings) -> int:
             if subprocess.run([s.bin("airflow"), "db", "migrate"], check=False, env=env, stdout=log,
                               stderr=log).returncode:
                 raise StackError(f"airflow db migrate failed; see {s.run_dir}/db-migrate.log")
+        if s.auth == "fab":  # the FAB auth manager's users live in the metadata DB (migrated just now)
+            print(f"  FAB auth manager: admin {s.admin_user}")
+            with open(s.run_dir / "fab-admin.log", "a") as log:
+                if subprocess.run([s.bin("python"), "-c", FAB_ADMIN_SCRIPT], check=False, stdout=log, stderr=log,
+                                  env={**env, "AIRFLOW_ADMIN_USER": s.admin_user,
+                                       "AIRFLOW_ADMIN_PASSWORD": password}).returncode:
+                    raise StackError(f"could not create the FAB admin; see {s.run_dir}/fab-admin.log")
     for name in to_start:
         if not start(s, name, env, pipeline):
             s = replace(s, mlflow=False)
@@ -439,9 +555,11 @@ def up(s: Settings) -> int:
     if not wait_healthy(s, env, since, started):
         return 1
     print(f"\nAirflow UI:  {s.api_url}   (REST API: {s.api_url}/api/v2, docs: {s.api_url}/docs)")
-    print(f"  login:     {s.admin_user} / {password}   (kept in {s.passwords_file})")
+    print(f"  login:     {s.admin_user} / {password}   (kept in {s.passwords_file}; auth manager: {s.auth})")
     if s.mlflow:
-        print(f"MLflow UI:   {s.mlflow_url}")
+        login = f"   (login {env['MLFLOW_TRACKING_USERNAME']}, password in {s.mlflow_login_file})" if s.mlflow_auth \
+            else "   (no login: loopback only, for development)"
+        print(f"MLflow UI:   {s.mlflow_url}{login}")
     if s.serving:
         print(f"Predictions: {s.serving_url}   (model store {pipeline().deployment.local.model_store})")
     if s.worker_count:

@@ -13,9 +13,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from serving import store
 from serving.activation import ActivationError, activate
+from serving.settings import Settings, SettingsError
+from serving.signing import verify_signature
 
 log = logging.getLogger("serving")
 
@@ -36,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
                                                            "(the deploy step's command on every server)")
     ref.add_argument("--source", required=True, help="s3://bucket/prefix/model or a directory holding <version>/")
     ref.add_argument("--version", required=True)
+    ref.add_argument("--manifest-sha256", help="refuse any bundle whose manifest has another sha256 (the deploy "
+                                               "step passes the one it published)")
     sub.add_parser("activate", parents=[switch], help="make VERSION the served one").add_argument("version")
     sub.add_parser("rollback", parents=[switch], help="go back to the PREVIOUS version")
     sub.add_parser("status", help="versions in the store and the pointers")
@@ -43,25 +48,38 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store_dir = args.store.resolve()
     try:
-        if args.command == "refresh":
-            store.fetch(args.source, args.version, store_dir)
-            result = activate(store_dir, args.version, args.url, args.timeout, args.confirmations)
-        elif args.command == "activate":
-            result = activate(store_dir, args.version, args.url, args.timeout, args.confirmations)
-        elif args.command == "rollback":
-            previous = store.read_pointer(store_dir, store.PREVIOUS)
-            if not previous:
-                raise ActivationError(f"{store_dir} has no PREVIOUS version to roll back to")
-            result = activate(store_dir, previous, args.url, args.timeout, args.confirmations)
+        if args.command == "status":
+            result: dict[str, Any] = {
+                "store": str(store_dir), "current": store.read_pointer(store_dir),
+                "previous": store.read_pointer(store_dir, store.PREVIOUS), "versions": store.versions(store_dir)}
         else:
-            result = {"store": str(store_dir), "current": store.read_pointer(store_dir),
-                      "previous": store.read_pointer(store_dir, store.PREVIOUS), "versions": store.versions(store_dir)}
-    except (ActivationError, store.BundleError) as exc:
+            result = _switch(args, store_dir, Settings.from_env())
+    except (ActivationError, store.BundleError, SettingsError) as exc:
         print(json.dumps({"status": "failed", "command": args.command, "error": str(exc)}))
         log.error("%s failed: %s", args.command, exc)
         return 1
     print(json.dumps(result))
     return 0
+
+
+def _switch(args: argparse.Namespace, store_dir: Path, settings: Settings) -> dict[str, Any]:
+    """refresh, activate or rollback, holding the store's lock; then prune bundles beyond the kept ones."""
+    trusted = settings.trusted_keys()
+    with store.locked(store_dir):
+        if args.command == "refresh":
+            # The signature is checked on the staged copy: a bundle nobody trusted never enters the store.
+            store.fetch(args.source, args.version, store_dir, args.manifest_sha256,
+                        check=lambda staged: verify_signature(staged, trusted))
+            version = args.version
+        elif args.command == "activate":
+            version = args.version
+        else:
+            version = store.read_pointer(store_dir, store.PREVIOUS) or ""
+            if not version:
+                raise ActivationError(f"{store_dir} has no PREVIOUS version to roll back to")
+        result = activate(store_dir, version, trusted, args.url, args.timeout, args.confirmations)
+        result["pruned"] = store.prune(store_dir, settings.keep_bundles)
+    return result
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any
 from serving import store
 from serving.model import ModelLoadError, load_bundle
 from serving.probe import NotServing, wait_for_version
+from serving.signing import PublicKeys
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +23,16 @@ class ActivationError(Exception):
     """The version is not in the store, failed its checks, or the server did not switch to it."""
 
 
-def activate(store_dir: Path, version: str, url: str | None = None, timeout: float = 60.0,
+def activate(store_dir: Path, version: str, trusted: PublicKeys, url: str | None = None, timeout: float = 60.0,
              confirmations: int = 10) -> dict[str, Any]:
+    """Check the bundle with the server's own loader (signature with a `trusted` key first), then move CURRENT.
+    The caller holds the store's lock (store.locked)."""
     store.check_version_name(version)
     bundle = store_dir / version
     if not bundle.is_dir():
         raise ActivationError(f"no bundle {bundle}; available: {store.versions(store_dir)}")
     try:
-        model = load_bundle(bundle)  # the same checks a server worker runs, before any server sees it
+        model = load_bundle(bundle, trusted)  # the same checks a server worker runs, before any server sees it
     except ModelLoadError as exc:
         raise ActivationError(f"refused: {exc}") from exc
     previous = store.read_pointer(store_dir)

@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, render_template, request
 
-from serving.inputs import InputError, csv_rows, mlflow_rows, parse_json
+from serving.inputs import InputError, csv_rows, mlflow_input, parse_json
 from serving.model import LoadedModel
 from serving.openapi import openapi_spec
 from serving.responses import error_response, json_response
@@ -41,6 +41,11 @@ def _body() -> bytes:
     return request.get_data(cache=False)  # over MAX_CONTENT_LENGTH: werkzeug raises 413 before reading it
 
 
+def _json_body() -> Any:
+    """The decoded body, its nesting and row count checked first (400 / 413 before any object is built)."""
+    return parse_json(_body(), service().settings.max_rows)
+
+
 def _require_json() -> None:
     if request.mimetype != "application/json":
         raise InputError(415, "unsupported_media_type",
@@ -50,13 +55,13 @@ def _require_json() -> None:
 @bp.post("/invocations")
 def invocations() -> Response:
     if request.mimetype in ("text/csv", "application/csv"):
-        records, from_text = csv_rows(_body()), True
+        rows, from_text = csv_rows(_body(), service().settings.max_rows), True
     elif request.mimetype == "application/json":
-        records, from_text = mlflow_rows(parse_json(_body()))
+        rows, from_text = mlflow_input(_json_body()), False
     else:
         raise InputError(415, "unsupported_media_type",
                          f"expected application/json or text/csv, got {request.mimetype or 'none'}")
-    model, batch, prediction = service().predict(records, from_text)
+    model, batch, prediction = service().predict(rows, from_text)
     body: dict[str, Any] = {"predictions": prediction.values}
     if batch.warnings:
         body["warnings"] = batch.warnings
@@ -66,7 +71,7 @@ def invocations() -> Response:
 @bp.post("/predict")
 def predict() -> Response:
     _require_json()
-    model, batch, prediction = service().predict(parse_json(_body()))
+    model, batch, prediction = service().predict(_json_body())
     body: dict[str, Any] = {"predictions": prediction.values, "model": {"name": model.name, "version": model.version}}
     if prediction.probabilities is not None:
         body["probabilities"] = prediction.probabilities

@@ -27,7 +27,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     metrics = Metrics()
-    holder = ModelHolder(settings.model_store.resolve(),
+    trusted = settings.trusted_keys()
+    if not trusted:
+        log.error("SERVING_PUBLIC_KEY is not set: no bundle can be verified, so none will be served")
+    holder = ModelHolder(settings.model_store.resolve(), trusted,
                          on_event=lambda version, outcome: metrics.model_loads.labels(version, outcome).inc())
     holder.refresh()
     if holder.current is None:

@@ -3,6 +3,11 @@
 Every format of the MLflow scoring protocol is normalised to one shape, a
 column per feature (numpy arrays in contract order), before the model sees it.
 Errors name the field and row and never echo the whole input.
+
+A body is bounded before it is decoded (check_structure): decoding builds a
+Python object per JSON value and recurses once per nesting level, so a 10 MB
+body could otherwise cost a gigabyte or a RecursionError. Column-wise formats
+stay column-wise: no dict is built per row.
 """
 
 from __future__ import annotations
@@ -21,6 +26,19 @@ from serving.contract import Contract, Feature
 
 MAX_DETAILS = 20  # an error lists at most this many problems; the count says how many there were
 MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+# The deepest legitimate body nests 4 levels ({"dataframe_split": {"data": [[...]]}}), params a few more. Both
+# parsers recurse once per level and raise RecursionError (a 500) near Python's limit of ~1000 frames, minus the
+# frames of the server below them; 32 leaves room for any real request and stays far from that.
+MAX_DEPTH = 32
+# The rows of every request shape sit in one JSON array or object (a list of records, dataframe_split.data, each
+# column of columnar input), so check_structure refuses any container holding more than max_rows items. Containers
+# that are not lists of rows (a record, a dataframe_split row, its columns) hold one item per column: the limit is
+# never below this many, so a small SERVING_MAX_ROWS does not refuse a wide row (validate counts rows exactly).
+MAX_COLUMNS = 1_000
+# What check_structure reads of a body, a byte per mark: the change of nesting level (-1 as 0xff), a quote as 2.
+_NOT_MARKS = bytes(sorted(set(range(256)) - set(b'[{]},"')))
+_STEPS = bytes.maketrans(b'[{]},"', b"\x01\x01\xff\xff\x00\x02")
+_QUOTE = b"\x02"
 
 
 class InputError(Exception):
@@ -35,6 +53,17 @@ class InputError(Exception):
 
 
 @dataclass
+class Columns:
+    """Rows given column by column (columnar `inputs`/`instances`, `dataframe_split`, CSV), all of one length."""
+
+    values: dict[str, list[Any]]
+    n_rows: int
+
+    def records(self) -> list[dict[str, Any]]:
+        return [{name: column[i] for name, column in self.values.items()} for i in range(self.n_rows)]
+
+
+@dataclass
 class Batch:
     """Validated rows as one array per feature, in contract order."""
 
@@ -45,20 +74,89 @@ class Batch:
     contract_hash: str = ""  # the contract these rows were checked against
 
 
-def parse_json(body: bytes) -> Any:
+def check_structure(body: bytes, max_rows: int) -> None:
+    """Refuse a JSON body nested deeper than MAX_DEPTH (400) or with more than max_rows rows (413), undecoded."""
+    limit = max(max_rows, MAX_COLUMNS)
+    if len(body) < limit and body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
+        return  # too short for that many commas, too few brackets to nest that deep: a request of a few rows
+    deepest, items = nesting_and_items(body, limit)
+    if deepest > MAX_DEPTH:
+        raise InputError(400, "too_deeply_nested", f"the JSON body nests deeper than {MAX_DEPTH} levels")
+    if items > limit:
+        raise InputError(413, "too_many_rows", f"a JSON array or object holds {items} items; the limit is "
+                                               f"{max_rows} rows per request")
+
+
+def nesting_and_items(body: bytes, limit: int = 0) -> tuple[int, int]:
+    """The deepest nesting of a JSON body and the most items in one of its arrays or objects (an empty one counts
+    1), from its bytes: numpy over the brackets and commas outside strings, one byte each; about half the time
+    msgspec takes to decode a valid body, and a few times its size in memory at most.
+
+    Exact up to MAX_DEPTH levels (deeper gives MAX_DEPTH + 1, items uncounted) and above `limit` items (below,
+    0 may be given). Assumes UTF-8, where every byte of a multi-byte character is >= 0x80. Malformed JSON gives
+    the numbers of the part before the fault, as far as a parser reads it.
+    """
+    steps = _steps_outside_strings(body)
+    depth = np.cumsum(steps, dtype=np.int8)  # the level after each mark
+    # int8 is exact until the level first leaves [0, MAX_DEPTH] (it moves by one), and that is where this stops.
+    deepest = int(depth.max(initial=0))
+    if deepest > MAX_DEPTH or depth.min(initial=0) < 0:
+        first = int(((depth < 0) | (depth > MAX_DEPTH)).argmax())
+        if depth[first] > MAX_DEPTH:
+            return MAX_DEPTH + 1, 0
+        return int(depth[:first].max(initial=0)), 0  # a bracket closed that was never opened: the parser says where
+    if len(steps) - np.count_nonzero(steps) < limit:
+        return deepest, 0  # fewer commas in all than the limit
+    most = 0
+    for level in range(1, deepest + 1):
+        events = steps[depth == level]
+        events = events[events >= 0]  # in order: 1 opens a container at this level, each 0 is one of its commas
+        if len(events) - np.count_nonzero(events) >= limit:
+            most = max(most, int(np.diff(np.flatnonzero(events), append=len(events)).max()))  # commas + 1
+    return deepest, most
+
+
+def _steps_outside_strings(body: bytes) -> np.ndarray:
+    """The brackets and commas of a JSON body outside strings, as level steps: 1 opens, -1 closes, 0 a comma."""
+    if b"\\" in body:  # escaped backslashes go first, then escaped quotes: every quote left opens or closes a string
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    # Marks and quotes only, then adjacent quotes go: a string with no bracket or comma in it (nearly every one)
+    # vanishes, and dropping two adjacent quotes never changes which marks are inside a string.
+    marks = body.translate(_STEPS, _NOT_MARKS).replace(_QUOTE * 2, b"")
+    steps = np.frombuffer(marks, dtype=np.int8)
+    if _QUOTE not in marks:
+        return steps
+    quotes = steps == _QUOTE[0]
+    inside = np.cumsum(quotes, dtype=np.uint8)  # odd from an opening quote to its closing one (the parity survives
+    inside &= 1                                 # the uint8 wrap-around)
+    inside |= quotes
+    return steps[inside == 0]
+
+
+def parse_json(body: bytes, max_rows: int) -> Any:
+    """The decoded body, once check_structure has found it shallow and small enough to decode."""
+    check_structure(body, max_rows)
     try:
         return msgspec.json.decode(body)
     except msgspec.DecodeError:
         pass
     try:
         # The stdlib accepts NaN/Infinity literals (Python clients send them); validation then names the field.
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        # UTF-8 only (RFC 8259), as check_structure assumes: json.loads(bytes) would also guess UTF-16 or -32.
+        return json.loads(body.decode("utf-8-sig"))
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise InputError(400, "malformed_json", f"the body is not valid JSON: {_short(exc)}") from None
 
 
 def mlflow_rows(payload: Any) -> tuple[Any, bool]:
-    """The rows of an MLflow scoring request (`dataframe_split`, `dataframe_records`, `instances`, `inputs`)."""
+    """The rows of an MLflow scoring request as records (a list of dicts), e.g. a model's saved input example."""
+    rows = mlflow_input(payload)
+    return (rows.records() if isinstance(rows, Columns) else rows), False
+
+
+def mlflow_input(payload: Any) -> Any:
+    """The rows of an MLflow scoring request (`dataframe_split`, `dataframe_records`, `instances`, `inputs`):
+    records as sent, or Columns for the column-wise formats."""
     if not isinstance(payload, dict):
         raise InputError(400, "invalid_request", f"expected a JSON object with one of {', '.join(MLFLOW_KEYS)}")
     keys = [k for k in MLFLOW_KEYS if k in payload]
@@ -72,20 +170,26 @@ def mlflow_rows(payload: Any) -> tuple[Any, bool]:
     key = keys[0]
     value = payload[key]
     if key == "dataframe_split":
-        return _split_to_records(value), False
+        return _split_columns(value)
     if key in ("instances", "inputs") and isinstance(value, dict):
-        return _columnar_to_records(value), False
-    return value, False
+        return _columnar(value)
+    return value
 
 
-def csv_rows(body: bytes) -> list[dict[str, Any]]:
+def csv_rows(body: bytes, max_rows: int) -> Columns:
+    """The rows of a CSV body with a header row, read lazily up to one row past max_rows (then 413)."""
+    # Decoded as it is read, so no text copy of the whole body (a StringIO would hold 4 bytes per character).
+    lines = io.TextIOWrapper(io.BytesIO(body), encoding="utf-8-sig", newline="")
+    rows: list[list[str]] = []
     try:
-        text = body.decode("utf-8-sig")
+        for row in csv.reader(lines):
+            if row:
+                rows.append(row)
+            if len(rows) > max_rows + 1:  # the header and one row too many
+                raise InputError(413, "too_many_rows", f"more than {max_rows} rows in one request; "
+                                                       f"the limit is {max_rows}")
     except UnicodeDecodeError:
         raise InputError(400, "malformed_csv", "the CSV body is not UTF-8 text") from None
-    reader = csv.reader(io.StringIO(text))
-    try:
-        rows = [r for r in reader if r]
     except csv.Error as exc:
         raise InputError(400, "malformed_csv", f"the CSV body cannot be parsed: {_short(exc)}") from None
     if not rows:
@@ -96,44 +200,73 @@ def csv_rows(body: bytes) -> list[dict[str, Any]]:
             raise InputError(400, "malformed_csv",
                              f"data row {i} has {len(row)} fields, the header has {len(header)}",
                              [{"row": i, "problem": "field count differs from the header"}])
-    return [dict(zip(header, row)) for row in data]
+    return Columns(dict(zip(header, map(list, zip(*data)))) if data else {}, len(data))
 
 
-def _split_to_records(value: Any) -> list[dict[str, Any]]:
+def _split_columns(value: Any) -> Columns:
     if not isinstance(value, dict) or not isinstance(value.get("columns"), list) \
             or not isinstance(value.get("data"), list):
         raise InputError(400, "invalid_request", "dataframe_split must be an object with 'columns' and 'data' lists")
-    columns = value["columns"]
+    columns, data = value["columns"], value["data"]
     if len(set(map(str, columns))) != len(columns) or not all(isinstance(c, str) for c in columns):
         raise InputError(400, "invalid_request", "dataframe_split.columns must be distinct strings")
-    records = []
-    for i, row in enumerate(value["data"]):
+    for i, row in enumerate(data):
         if not isinstance(row, list) or len(row) != len(columns):
             raise InputError(400, "invalid_request",
                              f"dataframe_split.data row {i} must be a list of {len(columns)} values",
                              [{"row": i, "problem": "wrong number of values"}])
-        records.append(dict(zip(columns, row)))
-    return records
+    return Columns(dict(zip(columns, map(list, zip(*data)))) if data else {}, len(data))
 
 
-def _columnar_to_records(value: dict[str, Any]) -> list[dict[str, Any]]:
+def _columnar(value: dict[str, Any]) -> Columns:
     lengths = {len(v) if isinstance(v, list) else -1 for v in value.values()}
     if -1 in lengths or len(lengths) > 1:
         raise InputError(400, "invalid_request", "columnar input must map each column to a list, all of one length")
-    n = lengths.pop() if lengths else 0
-    names = list(value)
-    return [{name: value[name][i] for name in names} for i in range(n)]
+    return Columns(value, lengths.pop() if lengths else 0)
 
 
-def validate(records: Any, contract: Contract, *, max_rows: int, out_of_range: str = "reject",
+def validate(rows: Any, contract: Contract, *, max_rows: int, out_of_range: str = "reject",
              from_text: bool = False) -> Batch:
-    """Check rows against the contract; `out_of_range` is "reject" (error) or "flag" (warn in the response)."""
+    """Check rows (one record, a list of records, or Columns) against the contract; `out_of_range` is "reject"
+    (error) or "flag" (warn in the response)."""
+    given = rows if isinstance(rows, Columns) else _record_columns(rows, contract, max_rows)
+    _check_count(given.n_rows, max_rows)
+    # Column-wise input names its columns once: an unknown or missing one is a problem of the column, not of a row.
+    problems: list[dict[str, Any]] = \
+        [{"field": _short(name), "problem": "unknown column"}
+         for name in sorted(set(given.values) - set(contract.names))[:MAX_DETAILS]] + \
+        [{"field": f.name, "problem": "missing column"}
+         for f in contract.features if not f.nullable and f.name not in given.values]
+    if problems:
+        raise _invalid(problems)
+    n = given.n_rows
+    columns, warnings = {}, []
+    for feature in contract.features:
+        values = given.values.get(feature.name)
+        values = [None] * n if values is None else values  # a missing nullable column is all missing
+        if from_text:
+            values = [None if v == "" else v for v in values]
+        convert = _numeric if feature.is_numeric else _categorical
+        columns[feature.name] = convert(feature, values, from_text, out_of_range, problems, warnings)
+    if problems:
+        raise _invalid(problems)
+    return Batch(columns, n, warnings[:MAX_DETAILS], contract.hash)
+
+
+def _check_count(n_rows: int, max_rows: int) -> None:
+    if not n_rows:
+        raise InputError(400, "invalid_request", "expected a non-empty list of records (JSON objects)")
+    if n_rows > max_rows:
+        raise InputError(413, "too_many_rows", f"{n_rows} rows in one request; the limit is {max_rows}")
+
+
+def _record_columns(records: Any, contract: Contract, max_rows: int) -> Columns:
+    """Records (JSON objects keyed by column name) as Columns of the contract's features, each row's keys checked."""
     if isinstance(records, dict):
         records = [records]
-    if not isinstance(records, list) or not records:
+    if not isinstance(records, list):
         raise InputError(400, "invalid_request", "expected a non-empty list of records (JSON objects)")
-    if len(records) > max_rows:
-        raise InputError(413, "too_many_rows", f"{len(records)} rows in one request; the limit is {max_rows}")
+    _check_count(len(records), max_rows)
     problems: list[dict[str, Any]] = []
     known = set(contract.names)
     required = {f.name for f in contract.features if not f.nullable}
@@ -148,17 +281,7 @@ def validate(records: Any, contract: Contract, *, max_rows: int, out_of_range: s
                 problems.append({"row": i, "field": name, "problem": "missing column"})
     if problems:
         raise _invalid(problems)
-    n = len(records)
-    columns, warnings = {}, []
-    for feature in contract.features:
-        values = [rec.get(feature.name) for rec in records]
-        if from_text:
-            values = [None if v == "" else v for v in values]
-        convert = _numeric if feature.is_numeric else _categorical
-        columns[feature.name] = convert(feature, values, from_text, out_of_range, problems, warnings)
-    if problems:
-        raise _invalid(problems)
-    return Batch(columns, n, warnings[:MAX_DETAILS], contract.hash)
+    return Columns({name: [rec.get(name) for rec in records] for name in contract.names}, len(records))
 
 
 def _numeric(feature: Feature, values: list[Any], from_text: bool, out_of_range: str,
@@ -238,12 +361,12 @@ def _report(target: list[dict[str, Any]], feature: Feature, rows: Iterable[int],
 
 
 def _invalid(problems: list[dict[str, Any]]) -> InputError:
-    rows = len({p.get("row") for p in problems})
+    rows = len({p["row"] for p in problems if "row" in p})
     first = problems[0]
     where = f"row {first['row']}, " if "row" in first else ""
     return InputError(422, "invalid_input",
-                      f"{len(problems)} problem(s) in {rows} row(s); first: {where}field "
-                      f"{first.get('field')!r}: {first['problem']}", problems[:MAX_DETAILS])
+                      f"{len(problems)} problem(s)" + (f" in {rows} row(s)" if rows else "") +
+                      f"; first: {where}field {first.get('field')!r}: {first['problem']}", problems[:MAX_DETAILS])
 
 
 def _kind(value: Any) -> str:

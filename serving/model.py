@@ -17,6 +17,8 @@ import yaml
 from serving import store
 from serving.contract import Contract
 from serving.inputs import InputError, mlflow_rows, validate
+from serving.signing import PublicKeys, verify_signature
+from serving.trust import load_sklearn
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +75,17 @@ class LoadedModel:
                 "loaded_at": self.loaded_at}
 
 
-def load_bundle(bundle: Path) -> LoadedModel:
-    """Verify checksums, load the sklearn pipeline once, self-check it. Raises ModelLoadError."""
+def load_bundle(bundle: Path, trusted: PublicKeys) -> LoadedModel:
+    """Verify the signature with a `trusted` key, then every file against the signed manifest, and only then
+    read the model (with serving/trust.py's allow-list); self-check it. Raises ModelLoadError."""
     try:
+        verify_signature(bundle, trusted)
         store.verify_manifest(bundle)
         meta = store.read_metadata(bundle)
         model_dir = bundle / store.MODEL_DIR
         mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
         contract = Contract.from_mlmodel(mlmodel)
-        estimator = _load_sklearn(model_dir, mlmodel)
+        estimator = load_sklearn(model_dir, mlmodel)
     except Exception as exc:  # noqa: BLE001 - whatever a bad bundle raises, it is refused, never served
         raise ModelLoadError(f"bundle {bundle.name}: {type(exc).__name__}: {exc}") from exc
     _single_threaded(estimator)
@@ -100,18 +104,6 @@ def load_bundle(bundle: Path) -> LoadedModel:
         raise ModelLoadError(f"bundle {bundle.name}: self-check prediction failed: {type(exc).__name__}: {exc}") \
             from exc
     return model
-
-
-def _load_sklearn(model_dir: Path, mlmodel: dict[str, Any]) -> Any:
-    flavor = mlmodel["flavors"]["sklearn"]
-    if flavor.get("serialization_format") != "skops":
-        # pickle and cloudpickle run code while loading; MLflow 3 logs scikit-learn models with skops.
-        raise ModelLoadError(f"serialization format {flavor.get('serialization_format')!r} is not served; "
-                             "log the model with serialization_format='skops'")
-    import skops.io
-
-    # Only the types MLflow recorded as trusted when the model was logged may be loaded.
-    return skops.io.load(model_dir / flavor["pickled_model"], trusted=list(flavor.get("skops_trusted_types") or []))
 
 
 def _single_threaded(estimator: Any) -> None:
@@ -307,8 +299,9 @@ def _input_example(model_dir: Path, mlmodel: dict[str, Any]) -> list[dict[str, A
 class ModelHolder:
     """The model a worker serves. Follows the store's CURRENT pointer; swaps only to a model that passed its checks."""
 
-    def __init__(self, store_dir: Path, on_event: Callable[[str, str], None] = lambda version, outcome: None):
-        self.store_dir = store_dir
+    def __init__(self, store_dir: Path, trusted: PublicKeys,
+                 on_event: Callable[[str, str], None] = lambda version, outcome: None):
+        self.store_dir, self.trusted = store_dir, trusted
         self.current: LoadedModel | None = None
         self.refused: dict[str, str] | None = None  # the last version refused, and why
         self._on_event = on_event
@@ -324,7 +317,7 @@ class ModelHolder:
                 return False
             started = time.perf_counter()
             try:
-                model = load_bundle(self.store_dir / wanted)
+                model = load_bundle(self.store_dir / wanted, self.trusted)
             except ModelLoadError as exc:
                 self.refused = {"version": wanted, "error": str(exc)}
                 log.error("refused model %s; still serving %s: %s", wanted,

@@ -11,6 +11,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from serving.signing import PublicKeys, load_public_keys
+
 
 class SettingsError(ValueError):
     """A SERVING_* variable holds a value the server cannot use."""
@@ -27,6 +29,10 @@ class Settings:
     batch_max_rows: int = 64
     batch_max_wait_ms: float = 1.0
     poll_seconds: float = 1.0  # how often each worker checks the store's CURRENT pointer; 0 disables
+    # PEM file of the public key(s) bundle signatures must verify with (serving/signing.py). Not set: every
+    # bundle is refused, since none can be verified.
+    public_key: Path | None = None
+    keep_bundles: int = 5  # bundles a store keeps besides CURRENT and PREVIOUS; older ones are pruned
     # gunicorn (serving/gunicorn.conf.py)
     bind: str = "127.0.0.1:8000"
     workers: int = 2
@@ -44,7 +50,7 @@ class Settings:
         for f in fields(cls):
             raw = env.get(f"SERVING_{f.name.upper()}")
             if raw is not None and (raw != "" or f.name == "access_log"):
-                values[f.name] = _parse(f"SERVING_{f.name.upper()}", raw, f.default)
+                values[f.name] = _parse(f"SERVING_{f.name.upper()}", raw, f.default, str(f.type))
         settings = replace(cls(), **values, **(overrides or {}))
         settings.check()
         return settings
@@ -52,20 +58,29 @@ class Settings:
     def check(self) -> None:
         if self.out_of_range not in ("reject", "flag"):
             raise SettingsError(f"SERVING_OUT_OF_RANGE must be 'reject' or 'flag', got {self.out_of_range!r}")
-        for name in ("max_rows", "max_body_bytes", "batch_max_rows", "workers", "threads", "timeout"):
+        for name in ("max_rows", "max_body_bytes", "batch_max_rows", "workers", "threads", "timeout", "keep_bundles"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"SERVING_{name.upper()} must be at least 1, got {getattr(self, name)}")
         if self.batch_max_wait_ms < 0 or self.poll_seconds < 0:
             raise SettingsError("SERVING_BATCH_MAX_WAIT_MS and SERVING_POLL_SECONDS cannot be negative")
 
+    def trusted_keys(self) -> PublicKeys:
+        """The public keys of SERVING_PUBLIC_KEY ({} when it is not set: then nothing verifies)."""
+        if self.public_key is None:
+            return {}
+        try:
+            return load_public_keys(self.public_key)
+        except (OSError, ValueError) as exc:
+            raise SettingsError(f"SERVING_PUBLIC_KEY={self.public_key}: {exc}") from exc
 
-def _parse(name: str, raw: str, default: Any) -> Any:
+
+def _parse(name: str, raw: str, default: Any, annotation: str) -> Any:
     try:
         if isinstance(default, bool):
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
                 raise ValueError(raw)
             return raw.lower() in ("1", "true", "yes", "on")
-        if isinstance(default, Path):
+        if annotation.startswith("Path"):
             return Path(raw)
         if default is None or isinstance(default, str):
             return raw

@@ -22,6 +22,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from include.ml.entities import (
     METRICS,
     ConfigFile,
+    DataSourceConfig,
     EvaluationConfig,
     IngestionConfig,
     ParamsFile,
@@ -50,6 +51,9 @@ ENV_OVERRIDES: Mapping[str, str] = {
     "MLOPS_MODEL_STORE": "deployment.local.model_store",
     "MLOPS_SERVING_URL": "deployment.local.server_url",
     "MLOPS_S3_BUCKET": "deployment.ec2.s3_bucket",
+    "MLOPS_SIGNING_KEY": "signing.private_key",
+    "MLOPS_SIGNING_PUBLIC_KEY": "signing.public_key",
+    "MLOPS_KMS_KEY_ID": "signing.kms_key_id",
 }
 # A secret is only ever read from the environment: the key the verify step sends to API-key protected servers.
 SERVING_API_KEY_ENV = "MLOPS_SERVING_API_KEY"
@@ -109,8 +113,8 @@ def load(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None
     hashes = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in paths.items()}
     api_key = env.get(SERVING_API_KEY_ENV)
     return PipelineConfig(PROJECT_ROOT, config_dir, project.artifacts_root, project.data_source, project.mlflow,
-                          project.airflow, project.deployment, schema, params.split, params.model, params.promotion,
-                          hashes, SecretStr(api_key) if api_key else None)
+                          project.airflow, project.deployment, project.signing, schema, params.split, params.model,
+                          params.promotion, hashes, SecretStr(api_key) if api_key else None)
 
 
 def read_config_file(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None) -> ConfigFile:
@@ -118,14 +122,34 @@ def read_config_file(config_dir: Path, env: Mapping[str, str], source_uri: str |
     path = config_dir / "config.yaml"
     raw, origins = _read_yaml(path), {}
     overrides = [(key, env.get(var), var) for var, key in ENV_OVERRIDES.items()]
-    for key, value, origin in [*overrides, ("data_source.uri", source_uri, "the run's source")]:
+    for key, value, origin in overrides:
         if value:
             _put(raw, key, value)
             origins[key] = origin
+    if source_uri:  # request input, unlike the YAML and MLOPS_SOURCE_URI: checked against the operator's list
+        _check_run_source(source_uri, _validate(ConfigFile, raw, path, origins).data_source, path)
+        _put(raw, "data_source.uri", source_uri)
+        origins["data_source.uri"] = "the run's source"
     config = _validate(ConfigFile, raw, path, origins)
     if config.deployment.target == "ec2" and not config.deployment.ec2.s3_bucket:
         raise ConfigError(str(path), "deployment.ec2.s3_bucket", "required when deployment.target is ec2")
     return _absolute_paths(config, PROJECT_ROOT)
+
+
+def _check_run_source(source_uri: str, configured: DataSourceConfig, path: Path) -> None:
+    """A run's source (a trigger form's `source`) must lie under data_source.allowed_sources; by default that is
+    exactly the configured data_source.uri. Compared normalised (ingestion.refused_source)."""
+    from include.ml.components.ingestion import refused_source  # here, not at the top: it imports pandas
+
+    allowed = configured.allowed_sources or (configured.uri,)
+    try:
+        reason = refused_source(source_uri, allowed, PROJECT_ROOT)
+    except ValueError as exc:  # an entry of the list itself
+        raise ConfigError(str(path), "data_source.allowed_sources", str(exc)) from None
+    if reason:
+        listed = "" if configured.allowed_sources else " (data_source.uri; list others in data_source.allowed_sources)"
+        raise ConfigError(str(path), "data_source.allowed_sources", f"the run's source {source_uri!r} is refused: "
+                          f"{reason}; allowed: {', '.join(allowed)}{listed}")
 
 
 def project_config(config_dir: Path | str | None = None) -> ConfigFile:
@@ -282,7 +306,11 @@ def _absolute_paths(config: ConfigFile, root: Path) -> ConfigFile:
     """Relative paths, including a relative SQLite store, are anchored at the project root, not the working dir."""
     source, mlflow, local = config.data_source, config.mlflow, config.deployment.local
     store = local.model_store or Path("models") / mlflow.registered_model_name
+    signing = config.signing
     return config.model_copy(update={
+        "signing": signing.model_copy(update={"private_key": _absolute(signing.private_key, root),
+                                              "public_key": _absolute(signing.public_key, root),
+                                              "kms_region": signing.kms_region or config.deployment.ec2.region}),
         "artifacts_root": _absolute(config.artifacts_root, root).resolve(),
         "data_source": source.model_copy(update={"uri": source.uri if "://" in source.uri
                                                  else str(_absolute(source.uri, root))}),

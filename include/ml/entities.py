@@ -54,6 +54,15 @@ class DataSourceConfig(Frozen):
     zip_member: str | None = None  # the CSV inside a zip; None: its only CSV
     s3_endpoint_url: str | None = None  # None: AWS (or AWS_ENDPOINT_URL_S3)
     timeout_seconds: float = Field(30.0, gt=0)
+    # Where a run's own source (the trigger form's) may point: URI prefixes (scheme + host + path; an entry
+    # ending in "/" admits everything under it, others exactly that object) or local directories. Empty: only
+    # `uri`. `uri` itself and MLOPS_SOURCE_URI are operator settings and are not checked against it.
+    allowed_sources: tuple[str, ...] = Field((), strict=False)
+    # Caps enforced while reading: 1 GiB is ~13x the 1M-row benchmark CSV (~80 MB), beyond the ~8M rows at which
+    # a stage process reaches the 4 GB memory budget anyway (docs/benchmarks.md).
+    max_bytes: int = Field(1 << 30, ge=1)  # the download (the archive, for a zip)
+    max_uncompressed_bytes: int = Field(1 << 30, ge=1)  # the CSV inside a zip archive
+    max_compression_ratio: float = Field(100.0, ge=1)  # uncompressed / compressed size of that CSV
 
     @field_validator("separator")
     @classmethod
@@ -130,6 +139,19 @@ class DeploymentConfig(Frozen):
     ec2: Ec2TargetConfig = Ec2TargetConfig()
 
 
+class SigningConfig(Frozen):
+    """Who signs bundles (export, deploy); servers trust the matching public key (SERVING_PUBLIC_KEY) only."""
+
+    # The embedded default: a local ECDSA P-256 key pair, created on first use (private key mode 0600, keys/ is
+    # git-ignored). A leaked private key lets its holder sign what every server then loads: keep it off servers.
+    private_key: Path = Field(Path("keys/bundle-signing.key"), strict=False)
+    public_key: Path = Field(Path("keys/bundle-signing.pub"), strict=False)
+    # Production: an AWS KMS asymmetric key (key spec ECC_NIST_P256, usage SIGN_VERIFY) signs instead; the
+    # private key never leaves KMS. Its public key (aws kms get-public-key) is what servers are given.
+    kms_key_id: str | None = None
+    kms_region: str | None = None  # default: deployment.ec2.region
+
+
 class ConfigFile(Frozen):
     """config.yaml: where the data comes from, where outputs go, how runs are tracked and deployed."""
 
@@ -138,6 +160,7 @@ class ConfigFile(Frozen):
     mlflow: MlflowConfig
     airflow: AirflowConfig = AirflowConfig()
     deployment: DeploymentConfig = DeploymentConfig()
+    signing: SigningConfig = SigningConfig()
 
 
 # --- schema.yaml -----------------------------------------------------------------------------------------------
@@ -263,6 +286,7 @@ class PipelineConfig:
     mlflow: MlflowConfig
     airflow: AirflowConfig
     deployment: DeploymentConfig
+    signing: SigningConfig
     schema: SchemaConfig
     split: SplitConfig
     model: ModelConfig

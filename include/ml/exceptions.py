@@ -22,6 +22,45 @@ class IngestionError(PipelineError):
     """The data source could not be read or parsed."""
 
 
+class SourceTooLargeError(IngestionError):
+    """The source, or the CSV inside its zip archive, breaks one of data_source's size caps; nothing was written."""
+
+    def __init__(self, source: str, setting: str, limit: float, found: str) -> None:
+        self.source, self.setting, self.limit, self.found = source, setting, limit, found
+        super().__init__(f"source {source} refused: {found}, over data_source.{setting} = {limit:,}; "
+                         "nothing was written")
+
+
+class ChampionGateError(PipelineError):
+    """The gate cannot weigh the challenger against the champion, so the champion alias does not move; only a
+    forced promotion overrides this. `problem` completes "forced promotion over ..." in the gate's reason."""
+
+    def __init__(self, champion_version: str, problem: str, challenger: str = "the challenger",
+                 hint: str = "") -> None:
+        self.champion_version, self.problem = champion_version, problem
+        super().__init__(f"{challenger} was not promoted over {problem}. The champion alias stays on "
+                         f"v{champion_version}; rerun with --force-promote (trigger form: force_promote) to replace "
+                         f"it anyway{hint}")
+
+
+class IncompatibleChampionError(ChampionGateError):
+    """The champion was trained for another task, target or feature set (names, dtypes) than the challenger."""
+
+    def __init__(self, champion_version: str, differences: list[str], challenger: str = "the challenger") -> None:
+        self.differences = differences
+        super().__init__(champion_version, f"an incompatible champion v{champion_version}: {'; '.join(differences)}",
+                         challenger, ", or give a different dataset or task its own mlflow.registered_model_name")
+
+
+class UnscorableChampionError(ChampionGateError):
+    """The champion could not be scored on this test set for another reason (it would not load or predict)."""
+
+    def __init__(self, champion_version: str, cause: str, challenger: str = "the challenger") -> None:
+        self.cause = cause
+        super().__init__(champion_version, f"champion v{champion_version}, which could not be scored on this "
+                         f"test set ({cause})", challenger)
+
+
 class DataValidationError(PipelineError):
     """The data broke the expectations generated from schema.yaml."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -13,6 +14,22 @@ CHAMPION = "champion"
 PREVIOUS_CHAMPION = "previous_champion"
 HISTORY_TAG = "champion_history"
 HISTORY_LENGTH = 20  # tag values are size-limited; older entries stay on the versions' own tags
+
+
+def load_model(model_uri: str) -> Any:
+    """A logged or registered scikit-learn model (`runs:/...`, `models:/name/version`), built with the prediction
+    server's own allow-list: never MLflow's pickle path, never the trusted-type list the MLmodel file carries.
+    Raises serving.trust.UntrustedModelError for anything else."""
+    import tempfile
+
+    import mlflow
+    import yaml
+
+    from serving.trust import load_sklearn
+
+    with tempfile.TemporaryDirectory(prefix="model-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        return load_sklearn(local, yaml.safe_load((local / "MLmodel").read_text()))
 
 
 def _client() -> Any:

@@ -13,7 +13,9 @@ from include.ml.exceptions import DeploymentError
 from include.release.export import export_bundle
 from include.release.ports import BundleStore, CommandRunner, DeploymentResult, Fleet, Instance
 from include.release.rollout import rollout
+from include.release.signing import signer_for, trusted_keys
 from include.release.targets.local import DirectoryStore, ShellRunner, StaticFleet, server_answers
+from serving.model import ModelLoadError
 from serving.store import BundleError
 
 log = logging.getLogger(__name__)
@@ -23,15 +25,16 @@ RELEASE = "release"  # the exported bundles, under the deploy stage's output dir
 
 def deploy(config: PipelineConfig, version: str, output_dir: Path,
            runner: CommandRunner | None = None) -> DeploymentResult:
-    """Export `version` from the registry as a bundle and roll it out to `deployment.target`.
+    """Export `version` from the registry as a signed bundle and roll it out to `deployment.target`.
 
     `runner` replaces how commands reach the servers (tests run SSM's commands on local stand-ins).
     """
     dep, name = config.deployment, config.mlflow.registered_model_name
     tracking.configure(config.mlflow)
     try:
-        bundle = export_bundle(name, version, output_dir / RELEASE)
-    except BundleError as exc:
+        bundle = export_bundle(name, version, output_dir / RELEASE, signer_for(config.signing),
+                               trusted_keys(config.signing))
+    except (BundleError, ModelLoadError) as exc:
         raise DeploymentError(f"cannot export {name} version {version}: {exc}") from exc
     bundles: BundleStore
     fleet: Fleet
@@ -44,7 +47,8 @@ def deploy(config: PipelineConfig, version: str, output_dir: Path,
         bundles = DirectoryStore(config.artifacts_root / "releases" / name)
         fleet = StaticFleet([Instance("local", url)])
         runner = runner or ShellRunner({"MLOPS_APP_DIR": str(config.project_root), "MLOPS_PYTHON": sys.executable,
-                                        "SERVING_MODEL_STORE": str(config.model_store), "SERVING_URL": url})
+                                        "SERVING_MODEL_STORE": str(config.model_store), "SERVING_URL": url,
+                                        "SERVING_PUBLIC_KEY": str(config.signing.public_key)})
     else:
         from include.release.targets import ec2
 

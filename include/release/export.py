@@ -14,10 +14,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from include.ml.entities import SigningConfig
 from include.ml.exceptions import DeploymentError
+from include.release.signing import Signer, sign_bundle, signer_for, trusted_keys
 from serving import store
 from serving.activation import ActivationError
 from serving.activation import activate as activate_bundle
+from serving.model import ModelLoadError, load_bundle
+from serving.signing import PublicKeys, verify_signature
+from serving.trust import UntrustedModelError, check_model
 
 log = logging.getLogger(__name__)
 
@@ -27,35 +32,44 @@ class ExportResult:
     model_name: str
     version: str
     bundle: str
+    manifest_sha256: str
     activated: bool
 
     def summary(self) -> str:
         where = f"{self.bundle}, the store's CURRENT version" if self.activated else self.bundle
-        return f"{self.model_name} version {self.version} exported to {where}"
+        return f"{self.model_name} version {self.version} exported, checked and signed to {where}"
 
     def xcom(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "version": self.version, "bundle": self.bundle,
-                "activated": self.activated}
+                "manifest_sha256": self.manifest_sha256, "activated": self.activated}
 
 
-def export_to_store(model_name: str, version_or_alias: str, store_dir: Path, activate: bool = False) -> ExportResult:
+def export_to_store(model_name: str, version_or_alias: str, store_dir: Path, signing: SigningConfig,
+                    activate: bool = False) -> ExportResult:
     """`export_bundle`, then (with `activate`) the same checks and pointer move as `python -m serving activate`."""
+    trusted = trusted_keys(signing)
     try:
-        bundle = export_bundle(model_name, version_or_alias, store_dir)
+        bundle = export_bundle(model_name, version_or_alias, store_dir, signer_for(signing), trusted)
         if activate:
-            activate_bundle(store_dir, bundle.name)
-    except (store.BundleError, ActivationError) as exc:
+            with store.locked(store_dir):
+                activate_bundle(store_dir, bundle.name, trusted)
+    except (store.BundleError, ActivationError, ModelLoadError) as exc:
         raise DeploymentError(f"cannot export {model_name} {version_or_alias}: {exc}") from exc
-    return ExportResult(model_name, bundle.name, str(bundle), activate)
+    return ExportResult(model_name, bundle.name, str(bundle), store.sha256_file(bundle / store.MANIFEST), activate)
 
 
-def export_bundle(model_name: str, version_or_alias: str, store_dir: Path) -> Path:
-    """Copy a registered version (number or alias) into `store_dir` as <version>/; an existing one is kept.
+def export_bundle(model_name: str, version_or_alias: str, store_dir: Path, signer: Signer,
+                  trusted: PublicKeys) -> Path:
+    """Copy a registered version (number or alias) into `store_dir` as a signed bundle <version>/.
 
-    MLflow must already point at the registry (include.ml.tracking.configure). Raises store.BundleError.
+    The model is checked against the servers' allow-list before anything is signed, and the signed bundle is
+    loaded with the servers' own loader (signature, checksums, self-check) before it is installed. A version
+    already in the store is kept once its signature verifies. MLflow must already point at the registry
+    (include.ml.tracking.configure). Raises store.BundleError or serving.model.ModelLoadError.
     """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file floods task logs
     import mlflow
+    import yaml
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -67,22 +81,29 @@ def export_bundle(model_name: str, version_or_alias: str, store_dir: Path) -> Pa
         raise store.BundleError(f"model {model_name!r} has no version or alias {version_or_alias!r}") from exc
     version = str(mv.version)
     if (store_dir / version).exists():
+        verify_signature(store_dir / version, trusted)
         store.verify_manifest(store_dir / version)
         return store_dir / version
     run = client.get_run(mv.run_id)
     staged = store.staging_dir(store_dir)
     try:
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}",
-                                            dst_path=str(staged / store.MODEL_DIR))
+        model_dir = staged / store.MODEL_DIR
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}", dst_path=str(model_dir))
+        try:
+            check_model(model_dir, yaml.safe_load((model_dir / "MLmodel").read_text()))
+        except (UntrustedModelError, OSError, yaml.YAMLError) as exc:  # a registry writer must not reach servers
+            raise store.BundleError(f"{model_name} version {version} is refused: {exc}") from exc
         metadata = {"name": model_name, "version": version, "run_id": mv.run_id,
                     "trained_at": _iso(run.info.start_time), "registered_at": _iso(mv.creation_timestamp),
                     "metrics": {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}}
         (staged / store.METADATA).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
         store.write_manifest(staged)
+        sign_bundle(staged, signer)
+        load_bundle(staged, trusted)  # exactly what every server will do with it
         target = store.install(staged, store_dir, version)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
-    log.info("exported %s version %s to %s", model_name, version, target)
+    log.info("exported %s version %s to %s (signed)", model_name, version, target)
     return target
 
 

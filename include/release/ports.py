@@ -61,6 +61,7 @@ class DeploymentResult:
     version: str
     source: str
     previous_pointer: str | None
+    manifest_sha256: str  # of the published bundle's manifest: every server refuses any other
     instances: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 

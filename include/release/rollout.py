@@ -7,6 +7,7 @@ shell on this machine) and the ec2 target (S3, EC2 and SSM). Every server runs t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shlex
 import time
@@ -16,13 +17,16 @@ from typing import Sequence
 from include.ml.exceptions import DeploymentError
 from include.release.ports import BundleStore, CommandRunner, DeploymentResult, Fleet, Instance
 from serving.probe import NotServing, wait_for_version
+from serving.store import MANIFEST
 
 log = logging.getLogger(__name__)
 
 
-def refresh_commands(source: str, version: str) -> list[str]:
-    """The shell lines every server runs: its own settings come from /etc/mlops/serving.env when present."""
-    return _serving_command(f"refresh --source {shlex.quote(source)} --version {shlex.quote(version)}")
+def refresh_commands(source: str, version: str, manifest_sha256: str) -> list[str]:
+    """The shell lines every server runs: its own settings come from /etc/mlops/serving.env when present. The
+    manifest's digest rides along, so a server refuses any bundle but the one this deploy published."""
+    return _serving_command(f"refresh --source {shlex.quote(source)} --version {shlex.quote(version)} "
+                            f"--manifest-sha256 {shlex.quote(manifest_sha256)}")
 
 
 def activate_commands(version: str) -> list[str]:
@@ -51,15 +55,16 @@ def verify_server(instance: Instance, version: str, timeout: float, confirmation
 
 def rollout(store: BundleStore, fleet: Fleet, runner: CommandRunner, *, target: str, model_name: str,
             version: str, bundle: Path, batch_size: int, verify_timeout: float) -> DeploymentResult:
-    """Publish, then refresh and verify the fleet batch by batch; on failure undo everything and raise."""
+    """Publish, then refresh and verify the fleet batch by batch, and only then move the pointer that servers
+    started later follow; on failure undo everything and raise."""
     started = time.perf_counter()
     instances = fleet.instances()
     if not instances:
         raise DeploymentError(f"no servers to deploy to ({target}): nothing was changed")
     previous_pointer = store.read_pointer()
+    manifest_sha256 = hashlib.sha256((bundle / MANIFEST).read_bytes()).hexdigest()
     store.publish(bundle, version)
-    store.write_pointer(version)
-    result = DeploymentResult(target, model_name, version, store.source, previous_pointer)
+    result = DeploymentResult(target, model_name, version, store.source, previous_pointer, manifest_sha256)
     log.info("deploying %s version %s to %d server(s) in batches of %d (previous: %s)", model_name, version,
              len(instances), batch_size, previous_pointer)
     refreshed: list[tuple[Instance, str | None]] = []  # servers switched so far, with the version they had
@@ -67,7 +72,7 @@ def rollout(store: BundleStore, fleet: Fleet, runner: CommandRunner, *, target: 
         for start in range(0, len(instances), batch_size):
             batch = instances[start:start + batch_size]
             for instance in batch:
-                outcome = runner.run(instance, refresh_commands(store.source, version),
+                outcome = runner.run(instance, refresh_commands(store.source, version, manifest_sha256),
                                      f"refresh {model_name} to version {version}")
                 report = outcome.last_json()
                 if outcome.exit_code != 0:
@@ -82,8 +87,9 @@ def rollout(store: BundleStore, fleet: Fleet, runner: CommandRunner, *, target: 
                 log.info("instance %s: %s (%d/%d)", instance.instance_id,
                          f"serves version {version}" if instance.url else "no server running; its store names "
                          f"version {version}", len(result.instances), len(instances))
+        store.write_pointer(version)  # every server verified: now new servers may start on it
     except Exception as exc:
-        undone = _undo(store, runner, refreshed, previous_pointer)
+        undone = _undo(runner, refreshed)
         if isinstance(exc, DeploymentError):
             raise DeploymentError(f"{exc}; {undone}") from exc
         raise DeploymentError(f"deploy stopped by {type(exc).__name__}: {exc}; {undone}") from exc
@@ -92,9 +98,8 @@ def rollout(store: BundleStore, fleet: Fleet, runner: CommandRunner, *, target: 
     return result
 
 
-def _undo(store: BundleStore, runner: CommandRunner, refreshed: Sequence[tuple[Instance, str | None]],
-          previous_pointer: str | None) -> str:
-    """Switch the servers moved so far back, last first, and restore the pointer."""
+def _undo(runner: CommandRunner, refreshed: Sequence[tuple[Instance, str | None]]) -> str:
+    """Switch the servers moved so far back, last first (the pointer has not moved yet)."""
     notes = []
     for instance, previous in reversed(refreshed):
         if previous is None:
@@ -106,6 +111,4 @@ def _undo(store: BundleStore, runner: CommandRunner, refreshed: Sequence[tuple[I
         else:
             notes.append(f"{instance.instance_id} ROLLBACK FAILED (exit {outcome.exit_code}): {outcome.tail(200)}")
         log.warning("rollback: %s", notes[-1])
-    if previous_pointer is not None:
-        store.write_pointer(previous_pointer)
     return "; ".join(notes) if notes else "no server had switched yet"

@@ -15,6 +15,7 @@ from include.ml import artifacts
 from include.ml.exceptions import DeploymentError
 from serving.inputs import validate
 from serving.model import ModelLoadError, load_bundle
+from serving.signing import PublicKeys
 
 log = logging.getLogger(__name__)
 RESULT = "verification.json"
@@ -35,12 +36,12 @@ class VerificationResult:
         return asdict(self)
 
 
-def verify_fleet(version: str, servers: list[dict[str, Any]], bundle: Path, output_dir: Path,
+def verify_fleet(version: str, servers: list[dict[str, Any]], bundle: Path, output_dir: Path, trusted: PublicKeys,
                  api_key: str | None = None) -> VerificationResult:
     """POST the bundle's self-check rows to every server in `servers` ({"instance_id", "url"}); the answers
     and the X-Model-Version header must equal the bundle's own predictions and `version`."""
     try:
-        model = load_bundle(bundle)  # the server's own loader: the same checks and the same engine
+        model = load_bundle(bundle, trusted)  # the server's own loader: the same checks and the same engine
     except ModelLoadError as exc:
         raise DeploymentError(f"cannot verify version {version}: {exc}") from exc
     rows = model.self_check_rows

@@ -1,1 +1,3 @@
-"""EC2 deployment assets: systemd unit, cloud-init user-data, IAM policies, and the setup script's AWS look-ups."""
+"""EC2 deployment assets: cloud-init user-data, the systemd unit, nginx's site template, the IAM and bucket
+policies, the setup script's AWS look-ups (bootstrap.py) and the requirement hashes' generator
+(requirements_hashes.py)."""

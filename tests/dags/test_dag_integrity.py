@@ -25,7 +25,8 @@ MAX_PARSE_SECONDS = 5.0  # Airflow's own limit ([core] dagbag_import_timeout) is
 LOAD_DAGBAG = """
 import json, sys
 from airflow.dag_processing.dagbag import DagBag
-from include.ml.exceptions import ConfigError, DataValidationError, DeploymentError
+from include.ml.exceptions import (ConfigError, DataValidationError, DeploymentError, IncompatibleChampionError,
+                                   SourceTooLargeError)
 
 bag = DagBag(sys.argv[1])
 dags = {}
@@ -40,6 +41,8 @@ for dag_id, dag in bag.dags.items():
                          for name, error in [("DataValidationError", DataValidationError([], None)),
                                              ("ConfigError", ConfigError("f", "k", "bad")),
                                              ("DeploymentError", DeploymentError("refused")),
+                                             ("IncompatibleChampionError", IncompatibleChampionError("1", ["task"])),
+                                             ("SourceTooLargeError", SourceTooLargeError("s", "max_bytes", 1, "2")),
                                              ("RuntimeError", RuntimeError("flaky"))]},
         }
     dags[dag_id] = {"file": dag.fileloc, "tags": sorted(dag.tags), "catchup": dag.catchup,
@@ -111,6 +114,7 @@ def test_ml_pipeline_shape(dagbag: dict) -> None:
         assert task["backoff"] > 1  # exponential backoff between retries
         # bad data or config fails at once; anything else gets the normal retries
         assert task["on_error"] == {"DataValidationError": "fail", "ConfigError": "fail", "DeploymentError": "fail",
+                                    "IncompatibleChampionError": "fail", "SourceTooLargeError": "fail",
                                     "RuntimeError": "default"}
 
 

@@ -1,14 +1,19 @@
 """The EC2 release assets checked without starting a process (the rest: test_deploy_assets.py, integration).
 
-- serving/requirements.txt: exactly the root pins, closed under dependencies.
+- serving/requirements.txt: exactly the root pins, closed under dependencies, every pin with the sha256 of a wheel
+  for each platform user-data.sh supports.
 - prediction-server.service: its stop timeout outlasts gunicorn's graceful timeout.
+- nginx-prediction-server.conf: the limits that keep slow clients away from gunicorn match the server's settings.
 - the deployer's IAM policy: what the deploy task calls and no more, SendCommand limited to the document and the
   tagged fleet.
+- who may write what in the bucket (all four policies, evaluated): the deployer only its model's bundles, the
+  release publisher only the app releases, the instances nothing.
 - serving/deploy/bootstrap.py: the setup script's AWS look-ups, against moto's in-process mock.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import runpy
 from importlib import metadata
@@ -17,17 +22,27 @@ from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
+from packaging.tags import Tag, compatible_tags, cpython_tags
+from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from include.release.targets.ec2 import SSM_DOCUMENT
 from tests.support.assets import (
+    BUCKET_POLICY,
     DEPLOYER_POLICY,
+    INSTANCE_POLICY,
+    NGINX_TEMPLATE,
+    PUBLISHER_POLICY,
+    RELEASE_PREFIX,
+    REQUIREMENTS_WHEELS,
     SERVING_REQUIREMENTS,
     UNIT,
     actions,
+    allowed,
     check_s3_scope,
     ec2_config,
     pins,
+    render_policy,
+    requirements,
     statements,
     unit_settings,
 )
@@ -63,6 +78,48 @@ def test_serving_pins_are_closed_under_dependencies() -> None:
     assert not missing, f"dependencies not in serving/requirements.txt: {missing}"
 
 
+def test_every_serving_pin_carries_the_hashes_of_its_wheels() -> None:
+    """pip install --require-hashes (user-data.sh) installs only files listed here: every pin has hashes, and they
+    are the wheels serving/deploy/requirements-wheels.json names (python -m serving.deploy.requirements_hashes)."""
+    found = requirements(SERVING_REQUIREMENTS)
+    unhashed = sorted(name for name, (_, hashes) in found.items() if not hashes)
+    assert not unhashed, f"pins without --hash: {unhashed}"
+    for name, (_, hashes) in found.items():
+        assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes) and len(set(hashes)) == len(hashes), name
+    wheels = json.loads(REQUIREMENTS_WHEELS.read_text())["wheels"]
+    listed = {canonicalize_name(spec.partition("==")[0]): (spec.partition("==")[2], files)
+              for spec, files in wheels.items()}
+    assert set(listed) == set(found)
+    for name, (version, hashes) in found.items():
+        assert listed[name][0] == version, name
+        assert sorted(set(listed[name][1].values())) == sorted(hashes), f"{name}: the hashes are not its wheels'"
+        for filename in listed[name][1]:
+            wheel_name, wheel_version, _, _ = parse_wheel_filename(filename)
+            assert (wheel_name, str(wheel_version)) == (name, version), filename
+
+
+def _host_tags(python: tuple[int, int], arch: str, glibc_minor: int) -> set[Tag]:
+    """What pip on such a host installs: manylinux tags up to its glibc (aliases included), abi3, pure Python."""
+    platforms = [f"manylinux_2_{minor}_{arch}" for minor in range(glibc_minor, 4, -1)] + [f"manylinux2014_{arch}"]
+    if arch == "x86_64":
+        platforms += ["manylinux2010_x86_64", "manylinux1_x86_64"]
+    return set(cpython_tags(python, platforms=platforms)) | set(compatible_tags(python, platforms=platforms))
+
+
+# The hosts user-data.sh supports (its python_for), with their glibc.
+HOSTS = {"amzn-2023": ((3, 11), 34), "ubuntu-22.04": ((3, 11), 35), "ubuntu-24.04": ((3, 12), 39)}
+
+
+@pytest.mark.parametrize("host", sorted(HOSTS))
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_every_pin_has_a_hashed_wheel_for_each_supported_host(host: str, arch: str) -> None:
+    python, glibc = HOSTS[host]
+    tags = _host_tags(python, arch, glibc)
+    wheels = json.loads(REQUIREMENTS_WHEELS.read_text())["wheels"]
+    missing = [spec for spec, files in wheels.items() if not any(parse_wheel_filename(f)[3] & tags for f in files)]
+    assert not missing, f"no hashed wheel for {host} {arch}: {missing}"
+
+
 # --- prediction-server.service ----------------------------------------------------------------------------------
 
 def test_unit_stop_timeout_outlasts_gunicorns_graceful_timeout(monkeypatch: pytest.MonkeyPatch,
@@ -75,13 +132,54 @@ def test_unit_stop_timeout_outlasts_gunicorns_graceful_timeout(monkeypatch: pyte
     assert int(service["TimeoutStopSec"]) >= conf["graceful_timeout"] + 10
 
 
+# --- nginx-prediction-server.conf -------------------------------------------------------------------------------
+
+def nginx_directives(text: str) -> dict[str, list[str]]:
+    """directive -> its values, over the template's active lines (not the #TLS#/#REDIRECT#/... ones)."""
+    found: dict[str, list[str]] = {}
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip().rstrip(";")
+        if line and not line.endswith(("{", "}")):
+            name, _, value = line.partition(" ")
+            found.setdefault(name, []).append(value.strip())
+    return found
+
+
+def _seconds(value: str) -> float:
+    number, unit = re.fullmatch(r"(\d+)(ms|s|m)?", value).groups()
+    return int(number) * {"ms": 0.001, "s": 1, "m": 60, None: 1}[unit]
+
+
+def test_nginx_front_limits_match_the_server() -> None:
+    """Slow clients are dropped by nginx, bodies above the server's limit stop at nginx, gunicorn gets whole
+    requests and gives whole responses, and the timeouts line up with gunicorn's."""
+    from serving.settings import Settings
+
+    server = Settings.from_env({})
+    conf = nginx_directives(NGINX_TEMPLATE.read_text())
+    size = re.fullmatch(r"(\d+)([km]?)", conf["client_max_body_size"][0]).groups()
+    assert int(size[0]) * {"": 1, "k": 1024, "m": 1024 ** 2}[size[1]] == server.max_body_bytes
+    for name in ("client_header_timeout", "client_body_timeout", "send_timeout"):
+        assert 0 < _seconds(conf[name][0]) <= 15, name
+    upstream_idle, client_idle = (_seconds(v) for v in conf["keepalive_timeout"])  # upstream {} first
+    assert client_idle > 60  # above an ALB's idle timeout
+    assert upstream_idle < server.keepalive  # nginx drops idle upstream connections before gunicorn does
+    assert conf["proxy_buffering"] == ["on"] and conf["proxy_request_buffering"] == ["on"]
+    assert _seconds(conf["proxy_read_timeout"][0]) > server.timeout  # gunicorn times out first, with an answer
+    assert conf["proxy_pass"] == ["http://prediction_server"] and conf["server"] == ["@BACKEND@"]
+    assert any(v.startswith("prediction_per_client ") for v in conf["limit_conn"])
+    assert conf["server_tokens"] == ["off"]
+
+
 # --- IAM policies -----------------------------------------------------------------------------------------------
 
 def test_deployer_policy_allows_what_the_deploy_task_calls_and_no_more() -> None:
     ec2 = ec2_config().deployment.ec2
     found = statements(DEPLOYER_POLICY)
     assert actions(found, "s3") == {"s3:PutObject", "s3:GetObject", "s3:ListBucket", "s3:AbortMultipartUpload"}
-    check_s3_scope(found)
+    check_s3_scope(found, ["arn:aws:s3:::BUCKET/PREFIX/MODEL_NAME/*"], ["PREFIX/MODEL_NAME/*"])
+    denied = [s for s in found if s["Effect"] == "Deny"]
+    assert [s["Resource"] for s in denied] == [[f"arn:aws:s3:::BUCKET/{RELEASE_PREFIX.split('/')[0]}/*"]]
     assert actions(found, "ec2") == {"ec2:DescribeInstances"}
     assert actions(found, "ssm") == {"ssm:SendCommand", "ssm:GetCommandInvocation", "ssm:ListCommandInvocations"}
     send = [s for s in found if "ssm:SendCommand" in s["Action"]]
@@ -94,8 +192,111 @@ def test_deployer_policy_allows_what_the_deploy_task_calls_and_no_more() -> None
             assert statement["Condition"] == {"StringEquals": {f"aws:ResourceTag/{ec2.tag_key}": ec2.tag_value}}
         else:
             assert "Condition" not in statement and all(":document/" in r for r in statement["Resource"])
-    wildcard = {a for s in found if "*" in s["Resource"] for a in s["Action"]}
+    wildcard = {a for s in found if s["Effect"] == "Allow" and "*" in s["Resource"] for a in s["Action"]}
     assert wildcard == {"ec2:DescribeInstances", "ssm:GetCommandInvocation", "ssm:ListCommandInvocations"}
+
+
+def test_publisher_and_instance_policies_are_scoped() -> None:
+    publisher = statements(PUBLISHER_POLICY)
+    assert actions(publisher, "s3") == {"s3:PutObject", "s3:GetObject", "s3:ListBucket", "s3:AbortMultipartUpload"}
+    check_s3_scope(publisher, [f"arn:aws:s3:::BUCKET/{RELEASE_PREFIX}/*"], [f"{RELEASE_PREFIX}/*"])
+    assert {a.partition(":")[0] for s in publisher for a in s["Action"]} == {"s3"}
+    instance = statements(INSTANCE_POLICY)
+    assert actions(instance, "s3") == {"s3:GetObject", "s3:ListBucket"}
+    check_s3_scope(instance, ["arn:aws:s3:::BUCKET/PREFIX/MODEL_NAME/*", f"arn:aws:s3:::BUCKET/{RELEASE_PREFIX}/*"],
+                   ["PREFIX/MODEL_NAME/*"])
+    assert all(s["Effect"] == "Deny" and s["Principal"] == "*" for s in statements(BUCKET_POLICY))  # only takes away
+
+
+# Who may do what, evaluated with the placeholders filled in as docs/ec2.md's sed does.
+ACCOUNT = "123456789012"
+PUBLISHER_ROLE = f"arn:aws:iam::{ACCOUNT}:role/release-publisher"
+DEPLOYER_ROLE = f"arn:aws:iam::{ACCOUNT}:role/airflow"
+INSTANCE_ROLE = f"arn:aws:iam::{ACCOUNT}:role/prediction-server"
+KMS_KEY_ID = "1234abcd-12ab-34cd-56ef-1234567890ab"
+OTHER_WRITES = ("s3:DeleteObject", "s3:DeleteObjectVersion", "s3:PutObjectAcl", "s3:RestoreObject",
+                "s3:PutObjectTagging")
+
+
+@pytest.fixture(scope="module")
+def layout() -> dict[str, Any]:
+    config = ec2_config()
+    ec2, model = config.deployment.ec2, config.mlflow.registered_model_name
+    bucket = ec2.s3_bucket or "my-mlops-bucket"
+    values = {"BUCKET": bucket, "PREFIX": ec2.s3_prefix.strip("/"), "MODEL_NAME": model, "REGION": "us-east-1",
+              "ACCOUNT_ID": ACCOUNT, "RELEASE_PUBLISHER_ROLE": PUBLISHER_ROLE.rpartition("/")[2],
+              "KMS_KEY_ID": KMS_KEY_ID}
+    source = ec2.model_copy(update={"s3_bucket": bucket}).source(model)  # where the deploy task writes
+    bundles = "arn:aws:s3:::" + source.removeprefix("s3://")
+    arn = f"arn:aws:s3:::{bucket}"
+    policies = {name: render_policy(path, values) for name, path in (
+        ("deployer", DEPLOYER_POLICY), ("publisher", PUBLISHER_POLICY), ("instance", INSTANCE_POLICY),
+        ("bucket", BUCKET_POLICY))}
+    return {
+        "policies": policies, "bucket": arn, "principals": {
+            "deployer": (policies["deployer"], DEPLOYER_ROLE),
+            "publisher": (policies["publisher"], PUBLISHER_ROLE),
+            "instance": (policies["instance"], INSTANCE_ROLE)},
+        "keys": {
+            "bundle": f"{bundles}/12/model/model.skops", "manifest": f"{bundles}/12/MANIFEST.sha256",
+            "pointer": f"{bundles}/CURRENT",
+            "release": f"{arn}/{RELEASE_PREFIX}/app-0123abc.tar.gz",
+            "old release location": f"{arn}/{values['PREFIX']}/app/release.tar.gz",
+            "another model": f"{arn}/{values['PREFIX']}/another-model/1/MANIFEST.sha256",
+            "elsewhere": f"{arn}/notes.txt", "another bucket": f"arn:aws:s3:::other-bucket/{RELEASE_PREFIX}/x.tar.gz"}}
+
+
+def can(layout: dict[str, Any], who: str, action: str, key: str) -> bool:
+    policy, role = layout["principals"][who]
+    return allowed([policy, layout["policies"]["bucket"]], action, layout["keys"][key], {"aws:PrincipalArn": role})
+
+
+# principal -> (keys it may PutObject, keys it may GetObject)
+ACCESS = {
+    "deployer": ({"bundle", "manifest", "pointer"}, {"bundle", "manifest", "pointer"}),
+    "publisher": ({"release"}, {"release"}),
+    "instance": (set(), {"bundle", "manifest", "pointer", "release"}),
+}
+
+
+@pytest.mark.parametrize("who", sorted(ACCESS))
+def test_who_writes_and_reads_what(layout: dict[str, Any], who: str) -> None:
+    """The deployer writes only its model's bundles and pointer (never the app release that instances run as
+    root), the release publisher only the release prefix, the instances nothing at all."""
+    writes, reads = ACCESS[who]
+    for key in layout["keys"]:
+        assert can(layout, who, "s3:PutObject", key) == (key in writes), (who, "PutObject", key)
+        assert can(layout, who, "s3:GetObject", key) == (key in reads), (who, "GetObject", key)
+        for action in OTHER_WRITES:
+            assert not can(layout, who, action, key), (who, action, key)
+    for action in ("s3:PutBucketPolicy", "s3:PutBucketVersioning", "s3:DeleteBucket", "s3:PutLifecycleConfiguration"):
+        assert not allowed([layout["principals"][who][0]], action, layout["bucket"]), (who, action)
+
+
+def test_release_writes_are_denied_even_to_a_broader_grant(layout: dict[str, Any]) -> None:
+    """The deployer's own Deny and the bucket policy both stop a release write that another policy would allow
+    (say an s3:PutObject on the whole bucket, attached to the Airflow role by mistake)."""
+    broad = [{"Effect": "Allow", "Action": ["s3:PutObject", "s3:DeleteObjectVersion"],
+              "Resource": [layout["bucket"] + "/*"]}]
+    release, bucket_policy = layout["keys"]["release"], layout["policies"]["bucket"]
+    assert allowed([broad], "s3:PutObject", release)  # the broad grant alone would allow it
+    assert not allowed([layout["policies"]["deployer"], broad], "s3:PutObject", release)  # the deployer's Deny
+    for action in ("s3:PutObject", "s3:DeleteObjectVersion"):  # the bucket policy, for any role but the publisher
+        assert not allowed([broad, bucket_policy], action, release, {"aws:PrincipalArn": DEPLOYER_ROLE}), action
+    assert allowed([broad, bucket_policy], "s3:PutObject", release, {"aws:PrincipalArn": PUBLISHER_ROLE})
+    assert not allowed([broad, bucket_policy], "s3:PutObject", release,
+                       {"aws:PrincipalArn": PUBLISHER_ROLE, "aws:SecureTransport": "false"})  # TLS only
+
+
+def test_listing_is_limited_to_each_roles_prefix(layout: dict[str, Any]) -> None:
+    bucket = layout["bucket"]
+    models = layout["keys"]["pointer"].removeprefix(bucket + "/").rpartition("/")[0]
+    for who, mine, other in (("deployer", models, RELEASE_PREFIX), ("instance", models, RELEASE_PREFIX),
+                             ("publisher", RELEASE_PREFIX, models)):
+        policy = layout["principals"][who][0]
+        assert allowed([policy], "s3:ListBucket", bucket, {"s3:prefix": f"{mine}/"}), who
+        assert not allowed([policy], "s3:ListBucket", bucket, {"s3:prefix": f"{other}/"}), who
+        assert not allowed([policy], "s3:ListBucket", bucket, {"s3:prefix": ""}), who
 
 
 # --- serving/deploy/bootstrap.py: the setup script's AWS look-ups, against moto ------------------------------------
@@ -139,3 +340,14 @@ def test_api_key_refuses_plain_or_unsafe_values(mocked_aws: Any, value: str, kin
         bootstrap.api_key("/k")
     with pytest.raises(bootstrap.BootstrapError, match="cannot read SSM parameter"):
         bootstrap.api_key("/missing")
+
+
+def test_only_the_deployer_signs_and_only_with_the_release_key(layout: dict[str, Any]) -> None:
+    """kms:Sign on the configured key, with the algorithm servers verify; no other key, no other principal."""
+    key = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/{KMS_KEY_ID}"
+    context = {"kms:SigningAlgorithm": "ECDSA_SHA_256"}
+    deployer, publisher, instance = (layout["principals"][who][0] for who in ("deployer", "publisher", "instance"))
+    assert allowed([deployer], "kms:Sign", key, context) and allowed([deployer], "kms:GetPublicKey", key)
+    assert not allowed([deployer], "kms:Sign", key, {"kms:SigningAlgorithm": "ECDSA_SHA_512"})
+    assert not allowed([deployer], "kms:Sign", f"arn:aws:kms:us-east-1:{ACCOUNT}:key/another-key", context)
+    assert not allowed([publisher], "kms:Sign", key, context) and not allowed([instance], "kms:Sign", key, context)

@@ -1,8 +1,9 @@
 """The ec2 deploy target against moto in server mode, with real gunicorn servers standing in for the instances.
 
-The Amazon provider's S3Hook, EC2Hook and SsmHook talk to moto over HTTP. moto records SSM commands but does not
-run them, so the runner below sends each command through SSM as production does and then runs the very same
-shell lines on this machine, against the stand-in server of that instance.
+The Amazon provider's S3Hook, EC2Hook and SsmHook talk to moto over HTTP, and bundles are signed by a KMS key
+there, as in production; the stand-in servers trust only that key's public half. moto records SSM commands but
+does not run them, so the runner below sends each command through SSM as production does and then runs the very
+same shell lines on this machine, against the stand-in server of that instance.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from include.release import deploy as deployment
 from include.release.ports import CommandResult, Instance
 from include.release.rollout import refresh_commands
 from include.release.targets.ec2 import SSM_DOCUMENT, Ec2Fleet, SsmRunner
+from serving.signing import load_public_keys
+from tests.support.attacks import tampered
 from tests.support.bundles import register_toy_model
 from tests.support.network import free_port, get_json
 from tests.support.project import REPO
@@ -41,9 +44,11 @@ LOGGERS = ("include.release.targets.ec2", "include.release.rollout")  # the SSM 
 class StandInSsmRunner(SsmRunner):
     """Sends through SSM (to moto), then runs the sent lines locally in the instance's environment."""
 
-    def __init__(self, config: Any, instances: dict[str, "StandIn"], endpoint: str) -> None:
+    def __init__(self, config: Any, instances: dict[str, StandIn], endpoint: str,
+                 after: dict[int, Any] | None = None) -> None:
         super().__init__(config, poll_seconds=0.1)
         self.instances, self.endpoint = instances, endpoint
+        self.after = after or {}  # command number -> something to do once that command has run (an attacker)
         self.sent: list[dict[str, Any]] = []
         # Record the request as it goes on the wire (moto lists every instance on a command; see below).
         self.hook.conn.meta.events.register("provide-client-params.ssm.SendCommand",
@@ -53,11 +58,10 @@ class StandInSsmRunner(SsmRunner):
         command_id = self.send(instance, commands, comment)
         assert self.wait(command_id, instance).exit_code == 0  # moto answers Success without running anything
         stand_in = self.instances[instance.instance_id]
-        env = {**os.environ, "MLOPS_APP_DIR": str(REPO), "MLOPS_PYTHON": sys.executable,
-               "SERVING_MODEL_STORE": str(stand_in.server.store), "SERVING_URL": stand_in.server.url,
-               "AWS_ENDPOINT_URL": self.endpoint}
-        done = subprocess.run(["bash", "-c", "\n".join(commands)], env=env, capture_output=True, text=True,
-                              timeout=120)
+        done = subprocess.run(["bash", "-c", "\n".join(commands)], env=stand_in.env(self.endpoint),
+                              capture_output=True, text=True, timeout=120)
+        if len(self.sent) in self.after:
+            self.after.pop(len(self.sent))()
         return CommandResult(done.returncode, done.stdout, done.stderr)
 
 
@@ -71,6 +75,12 @@ class StandIn:
     def version(self) -> str:
         return get_json(f"{self.server.url}/version")["version"]
 
+    def env(self, endpoint: str) -> dict[str, str]:
+        """What /etc/mlops/serving.env gives the instance's store commands."""
+        return {**os.environ, "MLOPS_APP_DIR": str(REPO), "MLOPS_PYTHON": sys.executable,
+                "SERVING_MODEL_STORE": str(self.server.store), "SERVING_URL": self.server.url,
+                "SERVING_PUBLIC_KEY": self.server.env["SERVING_PUBLIC_KEY"], "AWS_ENDPOINT_URL": endpoint}
+
 
 @pytest.fixture
 def aws(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
@@ -80,15 +90,29 @@ def aws(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps({
         "conn_type": "aws", "login": "testing", "password": "testing",
         "extra": {"region_name": "us-east-1", "endpoint_url": s3_endpoint}}))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KMS", s3_endpoint)  # the signer's boto3 client: KMS on moto
     clients = {name: boto3.client(name, endpoint_url=s3_endpoint, region_name="us-east-1")
-               for name in ("s3", "ec2", "ssm")}
+               for name in ("s3", "ec2", "ssm", "kms")}
     clients["s3"].create_bucket(Bucket="releases")
     yield clients
 
 
 @pytest.fixture
-def config(config_dir: Path, edit_yaml: Any, isolated_env: Path, aws: Any) -> Any:
+def kms_key(aws: Any, tmp_path: Path) -> tuple[str, Path]:
+    """An ECC_NIST_P256 signing key in (moto's) KMS, and its public key as a PEM file: what servers are given."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = aws["kms"].create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    public = serialization.load_der_public_key(aws["kms"].get_public_key(KeyId=key)["PublicKey"])
+    pem = tmp_path / "kms-public.pem"
+    pem.write_bytes(public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return key, pem
+
+
+@pytest.fixture
+def config(config_dir: Path, edit_yaml: Any, isolated_env: Path, aws: Any, kms_key: tuple[str, Path]) -> Any:
     def change(data: dict[str, Any]) -> None:
+        data["signing"] = {"kms_key_id": kms_key[0], "kms_region": "us-east-1", "public_key": str(kms_key[1])}
         data["mlflow"]["registered_model_name"] = MODEL
         data["deployment"].update(target="ec2", verify_timeout_seconds=60)
         data["deployment"]["ec2"].update(aws_conn_id=CONN_ID, s3_bucket="releases", s3_prefix="models",
@@ -104,10 +128,11 @@ def config(config_dir: Path, edit_yaml: Any, isolated_env: Path, aws: Any) -> An
 
 
 @pytest.fixture
-def fleet(aws: Any, tmp_path: Path) -> Iterator[dict[str, StandIn]]:
-    """Three tagged instances in moto, each with a real gunicorn server on its own port and store."""
+def fleet(aws: Any, kms_key: tuple[str, Path], tmp_path: Path) -> Iterator[dict[str, StandIn]]:
+    """Three tagged instances in moto, each with a real gunicorn server on its own port and store, trusting
+    only the KMS key's public half."""
     stand_ins: dict[str, StandIn] = {}
-    with _servers(tmp_path, 3) as servers:
+    with _servers(tmp_path, 3, kms_key[1]) as servers:
         for server in servers:
             launched = aws["ec2"].run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, TagSpecifications=[{
                 "ResourceType": "instance", "Tags": [{"Key": "Role", "Value": "toy-server"},
@@ -123,9 +148,9 @@ def fleet(aws: Any, tmp_path: Path) -> Iterator[dict[str, StandIn]]:
 
 
 class _servers:
-    def __init__(self, tmp_path: Path, count: int) -> None:
-        self.servers = [PredictionServer(tmp_path / f"instance-{i}" / "models", free_port(), tmp_path / f"{i}.log")
-                        for i in range(count)]
+    def __init__(self, tmp_path: Path, count: int, public_key: Path) -> None:
+        self.servers = [PredictionServer(tmp_path / f"instance-{i}" / "models", free_port(), tmp_path / f"{i}.log",
+                                         SERVING_PUBLIC_KEY=str(public_key)) for i in range(count)]
 
     def __enter__(self) -> list[PredictionServer]:
         for server in self.servers:
@@ -137,8 +162,9 @@ class _servers:
             server.__exit__(*exc)
 
 
-def deploy(config: Any, version: str, fleet: dict[str, StandIn], endpoint: str, out: Path) -> tuple[Any, Any]:
-    runner = StandInSsmRunner(config.deployment.ec2, fleet, endpoint)
+def deploy(config: Any, version: str, fleet: dict[str, StandIn], endpoint: str, out: Path,
+           after: dict[int, Any] | None = None) -> tuple[Any, Any]:
+    runner = StandInSsmRunner(config.deployment.ec2, fleet, endpoint, after)
     return deployment.deploy(config, version, out, runner=runner), runner
 
 
@@ -183,7 +209,12 @@ def test_rolling_deploy_to_the_fleet(config: Any, fleet: dict[str, StandIn], aws
     manifest = s3_text(aws, "models/toy/2/MANIFEST.sha256")
     listed = dict(reversed(line.split("  ", 1)) for line in manifest.splitlines())
     keys = {o["Key"] for o in aws["s3"].list_objects_v2(Bucket="releases", Prefix="models/toy/2/")["Contents"]}
-    assert keys == {f"models/toy/2/{name}" for name in listed} | {"models/toy/2/MANIFEST.sha256"}
+    assert keys == {f"models/toy/2/{name}" for name in listed} | {"models/toy/2/MANIFEST.sha256",
+                                                                 "models/toy/2/MANIFEST.sig"}
+    # signed by the KMS key: the signature names it and verifies with its public key
+    signed = json.loads(s3_text(aws, "models/toy/2/MANIFEST.sig"))
+    assert signed["key_id"] == next(iter(load_public_keys(fleet_key(fleet))))
+    assert result.manifest_sha256 == hashlib.sha256(manifest.encode()).hexdigest()
     for name, digest in listed.items():
         body = aws["s3"].get_object(Bucket="releases", Key=f"models/toy/2/{name}")["Body"].read()
         assert hashlib.sha256(body).hexdigest() == digest
@@ -200,7 +231,8 @@ def test_rolling_deploy_to_the_fleet(config: Any, fleet: dict[str, StandIn], aws
     assert [p["InstanceIds"] for p in runner.sent] == [[iid] for iid in ordered]
     for params in runner.sent:
         assert params["DocumentName"] == SSM_DOCUMENT
-        assert params["Parameters"]["commands"] == refresh_commands("s3://releases/models/toy", "2")
+        assert params["Parameters"]["commands"] == refresh_commands("s3://releases/models/toy", "2",
+                                                                    result.manifest_sha256)
     # moto lists all instances on every command (a moto quirk), so it is checked through the comment
     recorded = sorted(aws["ssm"].list_commands()["Commands"], key=lambda c: c["RequestedDateTime"])[-3:]
     assert [c["Comment"] for c in recorded] == [f"refresh toy to version 2 on {iid}" for iid in ordered]
@@ -252,3 +284,48 @@ def test_no_instances_changes_nothing(config: Any, aws: Any, s3_endpoint: str, t
 
 def deployment_fleet(config: Any) -> list[Instance]:
     return Ec2Fleet(config.deployment.ec2).instances()
+
+
+def fleet_key(fleet: dict[str, StandIn]) -> Path:
+    return Path(next(iter(fleet.values())).server.env["SERVING_PUBLIC_KEY"])
+
+
+def test_a_bundle_someone_else_uploads_to_the_prefix_is_refused_everywhere(
+        config: Any, fleet: dict[str, StandIn], aws: Any, s3_endpoint: str, tmp_path: Path) -> None:
+    """Whoever can write the S3 prefix (but not sign with the KMS key) swaps version 2 for their own bundle
+    while the rollout runs: the next instance refuses it, the rollout rolls back, and every instance refuses it
+    later too, with or without the digest the deploy step sends. Its payload never runs."""
+    deploy(config, "1", fleet, s3_endpoint, tmp_path / "deploy-1")
+    order = [i.instance_id for i in deployment_fleet(config)]
+    marker = tmp_path / "marker"
+
+    def swap_in_a_hostile_bundle() -> None:
+        good = tmp_path / "downloaded" / "2"
+        for obj in aws["s3"].list_objects_v2(Bucket="releases", Prefix="models/toy/2/")["Contents"]:
+            target = good / obj["Key"].removeprefix("models/toy/2/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            aws["s3"].download_file("releases", obj["Key"], str(target))
+        hostile = tampered(good, tmp_path / "hostile" / "2", "other-key", marker, tmp_path / "attacker.key")
+        for path in (p for p in hostile.rglob("*") if p.is_file()):
+            aws["s3"].upload_file(str(path), "releases", f"models/toy/2/{path.relative_to(hostile).as_posix()}")
+
+    with ExitStack() as polling, pytest.raises(DeploymentError) as failed:
+        for stand_in in fleet.values():
+            polling.enter_context(stand_in.poller)
+        deploy(config, "2", fleet, s3_endpoint, tmp_path / "deploy-2", after={1: swap_in_a_hostile_bundle})
+
+    assert f"instance {order[1]}: the refresh command failed" in str(failed.value)
+    assert "is not the manifest this deploy published" in str(failed.value)
+    assert f"{order[0]} rolled back to version 1" in str(failed.value)
+    assert {iid: s.version() for iid, s in fleet.items()} == {iid: "1" for iid in fleet}
+    assert s3_text(aws, "models/toy/CURRENT").strip() == "1"
+    for iid, stand_in in fleet.items():
+        assert not stand_in.poller.failures(), (iid, stand_in.poller.outcomes)
+        # as user-data's first boot would run it: no digest, so the signature is what refuses it
+        done = subprocess.run([sys.executable, "-m", "serving", "refresh", "--source", "s3://releases/models/toy",
+                               "--version", "2"], cwd=REPO, env=stand_in.env(s3_endpoint), capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 1, (iid, done.stdout)
+        assert "not trusted here" in done.stdout or "holds a different bundle" in done.stdout, done.stdout
+        assert stand_in.version() == "1"
+    assert not marker.exists()

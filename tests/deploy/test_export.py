@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from include.release.export import export_bundle
+from include.release.signing import LocalSigner
 from serving import store
 from serving.model import load_bundle
+from tests.support.signing import signing_config, trusted_keys
 
 
 def test_export_from_a_real_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -29,13 +31,49 @@ def test_export_from_a_real_registry(tmp_path: Path, monkeypatch: pytest.MonkeyP
     client = mlflow.tracking.MlflowClient()
     client.set_registered_model_alias("exported", "champion", "1")
 
-    bundle = export_bundle("exported", "champion", tmp_path / "store")
+    signer = LocalSigner(signing_config().private_key)
+    bundle = export_bundle("exported", "champion", tmp_path / "store", signer, trusted_keys())
     meta = json.loads((bundle / "bundle.json").read_text())
     assert bundle.name == "1" and meta["version"] == "1" and meta["run_id"] == info.run_id
     assert meta["metrics"] == {"test_rmse": 0.25}
     store.verify_manifest(bundle)
-    loaded = load_bundle(bundle)  # signature fallback: names and types, no ranges
+    loaded = load_bundle(bundle, trusted_keys())  # MLflow-signature fallback: names and types, no ranges
     assert loaded.contract.names == ("a",) and loaded.predict({"a": [5.0]}).values == pytest.approx([10.0])
-    assert export_bundle("exported", "1", tmp_path / "store") == bundle  # a second export changes nothing
+    assert export_bundle("exported", "1", tmp_path / "store", signer, trusted_keys()) == bundle  # unchanged
     with pytest.raises(store.BundleError, match="no version or alias 'nope'"):
-        export_bundle("exported", "nope", tmp_path / "store")
+        export_bundle("exported", "nope", tmp_path / "store", signer, trusted_keys())
+
+
+@pytest.mark.parametrize("case", ["pickle-format", "extra-trusted-type"])
+def test_export_refuses_what_a_registry_writer_slipped_in(case: str, tmp_path: Path) -> None:
+    """Someone who can write the registry's artifacts replaces a registered model: export refuses it before
+    anything is deserialized or signed, and nothing enters the store."""
+    import mlflow
+    import yaml
+
+    from tests.support.attacks import pickle_payload, skops_payload
+    from tests.support.bundles import register_toy_model
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = mlflow.create_experiment("export", artifact_location=(tmp_path / "art").as_uri())
+    version = register_toy_model("victim", experiment)
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+    location = ModelsArtifactRepository.get_underlying_uri(f"models:/victim/{version}")
+    model_dir = Path(location.removeprefix("file://"))
+    marker = tmp_path / "marker"
+    mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+    (model_dir / mlmodel["flavors"]["sklearn"]["pickled_model"]).unlink()
+    if case == "pickle-format":
+        (model_dir / "model.pkl").write_bytes(pickle_payload(marker))
+        mlmodel["flavors"]["sklearn"].update(pickled_model="model.pkl", serialization_format="pickle")
+    else:
+        (model_dir / "model.skops").write_bytes(skops_payload(marker))
+        mlmodel["flavors"]["sklearn"].update(pickled_model="model.skops",
+                                             skops_trusted_types=["numpy.dtype", "tests.support.attacks.Marker"])
+    (model_dir / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+
+    signer = LocalSigner(signing_config().private_key)
+    with pytest.raises(store.BundleError, match=f"victim version {version} is refused"):
+        export_bundle("victim", version, tmp_path / "store", signer, trusted_keys())
+    assert store.versions(tmp_path / "store") == [] and not marker.exists()

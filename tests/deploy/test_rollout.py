@@ -4,10 +4,12 @@ A BundleStore that records what is published and every pointer read and write, a
 CommandRunner that answers each command as `python -m serving` does (one JSON line), keeps each instance's store
 pointer, can fail (or raise) on a chosen instance, and records every command in order. Instances have no URL, so
 verification is skipped and only logged, except in the tests that verify against a tiny HTTP server in a thread.
+The store's pointer (what servers started later boot with) moves only once every server is verified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import logging
@@ -26,7 +28,9 @@ from include.release.rollout import activate_commands, refresh_commands, rollout
 
 SOURCE = "s3://releases/models/toy"
 MODEL = "toy"
-REFRESH = refresh_commands(SOURCE, "2")
+MANIFEST = "0" * 64 + "  bundle.json\n"  # the published bundle's manifest: its digest rides on every refresh
+MANIFEST_SHA256 = hashlib.sha256(MANIFEST.encode()).hexdigest()
+REFRESH = refresh_commands(SOURCE, "2", MANIFEST_SHA256)
 REFRESH_COMMENT = f"refresh {MODEL} to version 2"
 
 
@@ -40,6 +44,7 @@ class FakeStore:
     pointer: str | None = "1"
     source: str = SOURCE
     calls: list[tuple[str, ...]] = field(default_factory=list)
+    events: list[tuple[str, ...]] | None = None  # shared with the hosts' events, to see when the pointer moves
 
     def publish(self, bundle: Path, version: str) -> None:
         self.calls.append(("publish", str(bundle), version))
@@ -50,6 +55,8 @@ class FakeStore:
 
     def write_pointer(self, version: str) -> None:
         self.calls.append(("write_pointer", version))
+        if self.events is not None:
+            self.events.append(("pointer", version))
         self.pointer = version
 
 
@@ -108,6 +115,7 @@ class FakeRunner:
         if command == "refresh":
             version = argv[argv.index("--version") + 1]
             assert argv[argv.index("--source") + 1] == SOURCE
+            assert argv[argv.index("--manifest-sha256") + 1] == MANIFEST_SHA256
             if iid in self.fail_refresh:
                 return answer(1, {"status": "failed", "command": "refresh",
                                   "error": f"{SOURCE}/{version} holds a different bundle"})
@@ -162,7 +170,10 @@ def deploy(store: BundleStore, fleet: Fleet, runner: CommandRunner, bundle: Path
 
 @pytest.fixture
 def bundle(tmp_path: Path) -> Path:
-    return tmp_path / "release" / "2"  # never read: the fake store only records it
+    bundle = tmp_path / "release" / "2"  # only its manifest is read (for the digest); the fake store records it
+    bundle.mkdir(parents=True)
+    (bundle / "MANIFEST.sha256").write_text(MANIFEST)
+    return bundle
 
 
 # --- a rollout that succeeds ----------------------------------------------------------------------------------------
@@ -177,17 +188,18 @@ def test_batches_are_refreshed_then_verified_in_fleet_order(batch_size: int, bat
                                                            bundle: Path) -> None:
     servers = fleet_of(5)
     hosts = Hosts(current={s.instance_id: "1" for s in servers})
-    store, runner = FakeStore(), FakeRunner(hosts)
+    store, runner = FakeStore(events=hosts.events), FakeRunner(hosts)
     with Verifications(hosts.events):
         result = deploy(store, FakeFleet(servers), runner, bundle, batch_size=batch_size)
 
     expected: list[tuple[str, str]] = []
     for batch in batches:  # a whole batch is switched before any of it is verified, then the next batch
         expected += [("refresh", iid) for iid in batch] + [("verified", iid) for iid in batch]
-    assert hosts.events == expected
+    assert hosts.events == [*expected, ("pointer", "2")]  # the pointer moves once every server is verified
     assert runner.calls == [(s.instance_id, REFRESH, REFRESH_COMMENT) for s in servers]
-    # Published before any server is asked, and the pointer names the new version from then on.
+    # Published before any server is asked; the pointer names the new version only at the end.
     assert store.calls == [("read_pointer",), ("publish", str(bundle), "2"), ("write_pointer", "2")]
+    assert result.manifest_sha256 == MANIFEST_SHA256
     assert store.pointer == "2" and hosts.current == {s.instance_id: "2" for s in servers}
     assert (result.target, result.model_name, result.version, result.source, result.previous_pointer) == \
         ("ec2", MODEL, "2", SOURCE, "1")
@@ -226,20 +238,19 @@ def test_refresh_failure_on_instance_k_rolls_back_the_earlier_ones_last_first(fa
     notes = "; ".join(f"{iid} rolled back to version 1" for iid in reversed(before)) or "no server had switched yet"
     assert str(failed.value) == (f"instance i-{failing}: the refresh command failed (exit 1): "
                                  f"{SOURCE}/2 holds a different bundle; {notes}")
-    # The pointer is back on the version new servers booted with before the deploy.
-    assert store.calls == [("read_pointer",), ("publish", str(bundle), "2"), ("write_pointer", "2"),
-                           ("write_pointer", "1")]
+    # The pointer never moved: new servers keep booting the version they booted before the deploy.
+    assert store.calls == [("read_pointer",), ("publish", str(bundle), "2")]
     assert store.pointer == "1" and set(hosts.current.values()) == {"1"}
 
 
-def test_without_an_earlier_pointer_none_is_written_back(bundle: Path) -> None:
+def test_without_an_earlier_pointer_none_is_written(bundle: Path) -> None:
     servers = fleet_of(3)
     hosts = Hosts(current={s.instance_id: "1" for s in servers})
     store, runner = FakeStore(pointer=None), FakeRunner(hosts, fail_refresh={"i-2"})
     with pytest.raises(DeploymentError, match="i-1 rolled back to version 1$"):
         deploy(store, FakeFleet(servers), runner, bundle)
-    assert store.calls == [("read_pointer",), ("publish", str(bundle), "2"), ("write_pointer", "2")]
-    assert store.pointer == "2"
+    assert store.calls == [("read_pointer",), ("publish", str(bundle), "2")]
+    assert store.pointer is None
 
 
 def test_an_instance_with_no_earlier_version_keeps_the_new_one(bundle: Path) -> None:
@@ -313,7 +324,7 @@ def test_an_unexpected_exception_becomes_a_deployment_error_with_the_rollback_no
     assert [(iid, comment) for iid, _, comment in runner.calls] == [
         ("i-1", REFRESH_COMMENT), ("i-2", REFRESH_COMMENT), ("i-3", REFRESH_COMMENT),
         ("i-2", "roll back to version 1"), ("i-1", "roll back to version 1")]
-    assert store.calls[-1] == ("write_pointer", "1")
+    assert store.calls == [("read_pointer",), ("publish", str(bundle), "2")]  # the pointer never moved
 
 
 # --- verification against servers (an HTTP server in a thread) ----------------------------------------------------
@@ -391,5 +402,5 @@ def test_a_server_that_keeps_the_old_version_fails_verification_and_everything_r
         ("i-1", REFRESH), ("i-2", REFRESH), ("i-2", activate_commands("1")), ("i-1", activate_commands("1"))]
     assert collapsed(hosts.events)[:4] == [("refresh", "i-1"), ("verified", "i-1"), ("refresh", "i-2"),
                                            ("verified", "i-2")]
-    assert store.calls[-2:] == [("write_pointer", "2"), ("write_pointer", "1")] and store.pointer == "1"
+    assert store.calls == [("read_pointer",), ("publish", str(bundle), "2")] and store.pointer == "1"
     assert hosts.current == {"i-1": "1", "i-2": "1", "i-3": "1"} and hosts.served["i-1"] == "1"

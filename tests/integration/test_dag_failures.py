@@ -138,13 +138,22 @@ def default_run(stack: Any, store: Registry) -> FinishedRun:
 # --- 1. invalid data --------------------------------------------------------------------------
 
 
-def test_invalid_data_fails_validation_at_once_and_registers_nothing(stack: Any, store: Registry,
-                                                                       tmp_path: Path) -> None:
+def test_a_source_outside_the_allow_list_fails_ingest_at_once(stack: Any, store: Registry) -> None:
+    versions_before = store.versions()
+    run_id = run_and_wait(stack, {"source": "/etc/passwd"}, "test_dag_failures.py: refused source", expect="failed")
+    with diagnosed(stack, run_id):
+        assert task_states(stack, run_id)["ingest"] == ("failed", 1)  # ConfigError: failed at once, no retry
+        log = stack.client.task_log(DAG_ID, run_id, "ingest")
+        assert "'/etc/passwd'" in log and "data_source.allowed_sources" in log
+        assert store.versions() == versions_before
+
+
+def test_invalid_data_fails_validation_at_once_and_registers_nothing(stack: Any, store: Registry) -> None:
     frame = pd.read_csv(WINE_CSV, sep=";")
     frame = frame.drop(columns=["citric acid"])
     bad_ph = [9.87, 1.23, 12.34]  # the schema allows 2.5 <= pH <= 4.5
     frame.loc[[3, 10, 20], "pH"] = bad_ph
-    source = tmp_path / "winequality-red-broken.csv"
+    source = stack.sources / "winequality-red-broken.csv"
     frame.to_csv(source, sep=";", index=False)
 
     versions_before = store.versions()

@@ -105,11 +105,13 @@ def test_triggered_run_succeeds_and_registers_a_model(airflow_stack) -> None:
                         params={"run_id": evaluated["mlflow_run_id"]}, timeout=30).status_code == 200
     docs_url = client.links(DAG_ID, run_id, "validate")["Data Docs"]
     assert docs_url == f"{airflow_stack.api_url}/mlops/data-docs/{safe_run_id(run_id)}/index.html"
-    page = requests.get(docs_url, timeout=30)
+    # The Data Docs show the data: a login is needed (the UI's cookie or the API's token), as for the run's pages.
+    assert requests.get(docs_url, timeout=30).status_code == 401
+    page = client.fetch(docs_url)
     assert page.status_code == 200 and "Expectation" in page.text
-    for escape in ("..%2F..%2Fingest%2Fdata.csv", "..%2F..%2F..%2F..%2F..%2Fetc%2Fpasswd"):
-        assert requests.get(docs_url.replace("index.html", escape), timeout=30).status_code == 404
-    assert requests.get(f"{airflow_stack.api_url}/mlops/data-docs/..%2F..%2Fetc/passwd", timeout=30).status_code == 404
+    for escape in ("..%2F..%2Fingest%2Fdata.csv", "..%2F..%2F..%2F..%2F..%2Fetc%2Fpasswd", "%00"):
+        assert client.fetch(docs_url.replace("index.html", escape)).status_code == 404, escape
+    assert client.fetch(f"{airflow_stack.api_url}/mlops/data-docs/..%2F..%2Fetc/passwd").status_code == 404
 
     # Lineage: the source, the run's snapshot and the registered model are Assets.
     assets = {a["name"] for a in client.get("assets")["assets"]}

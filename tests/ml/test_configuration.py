@@ -44,7 +44,8 @@ def test_environment_overrides(config_dir: Path, tmp_path: Path) -> None:
     assert config.mlflow.artifact_location == (tmp_path / "m").as_uri()
 
 
-def test_run_overrides_for_source_and_family(config_dir: Path) -> None:
+def test_run_overrides_for_source_and_family(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "config.yaml", lambda d: d["data_source"].update(allowed_sources=["http://127.0.0.1:1/"]))
     cm = ConfigurationManager(config_dir, env={}, source_uri="http://127.0.0.1:1/x.csv", model_family="elasticnet")
     assert cm.config.data_source.uri == "http://127.0.0.1:1/x.csv"
     # the YAML's hyperparameters belong to random_forest, so the override starts from defaults
@@ -258,3 +259,101 @@ def test_project_config_is_cached_until_the_file_or_environment_changes(config_d
     stat = (config_dir / "config.yaml").stat()
     os.utime(config_dir / "config.yaml", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     assert project_config(config_dir).mlflow.registered_model_name == "other"
+
+
+# --- a run's source (the trigger form's) against data_source.allowed_sources ----------------------------------
+
+def test_by_default_a_run_may_only_name_the_configured_source(config_dir: Path) -> None:
+    configured = ConfigurationManager(config_dir, env={}).config.data_source.uri
+    for same in ("data/wine-quality/winequality-red.csv", configured, f"file://{configured}",
+                 "data/wine-quality/../wine-quality/winequality-red.csv"):
+        assert ConfigurationManager(config_dir, env={}, source_uri=same).config.data_source.uri.endswith(
+            "winequality-red.csv")
+    with pytest.raises(ConfigError) as refused:
+        ConfigurationManager(config_dir, env={}, source_uri="/etc/passwd")
+    assert refused.value.key == "data_source.allowed_sources"
+    assert ("the run's source '/etc/passwd' is refused: it is not under any allowed source; allowed: "
+            "data/wine-quality/winequality-red.csv (data_source.uri; list others in data_source.allowed_sources)"
+            ) in str(refused.value)
+
+
+def test_operator_settings_are_not_checked_against_the_list(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "config.yaml", lambda d: d["data_source"].update(allowed_sources=["s3://only/this/"]))
+    env = {"MLOPS_SOURCE_URI": "s3://elsewhere/data.csv"}
+    assert ConfigurationManager(config_dir, env=env).config.data_source.uri == "s3://elsewhere/data.csv"
+    edit_yaml(config_dir / "config.yaml", lambda d: d["data_source"].update(allowed_sources=[]))
+    same = ConfigurationManager(config_dir, env=env, source_uri="s3://elsewhere/data.csv")  # the default: uri
+    assert same.config.data_source.uri == "s3://elsewhere/data.csv"
+    with pytest.raises(ConfigError, match="allowed: s3://elsewhere/data.csv"):
+        ConfigurationManager(config_dir, env=env, source_uri="s3://elsewhere/data.csv/other")
+
+
+ALLOWED = ["s3://my-bucket/wine/", "https://data.example.org/exports/", "data/"]
+
+
+@pytest.mark.parametrize("source", [
+    "s3://my-bucket/wine/2024-06.csv",
+    "s3://my-bucket/wine/monthly/2024-06.zip",
+    "https://data.example.org/exports/wine.csv?signature=abc",
+    "https://DATA.example.org:443/exports/wine.csv",  # the host's case and the default port do not matter
+    "https://data.example.org/ex%70orts/wine.csv",  # nor percent-encoding
+    "data/wine-quality/winequality-red.csv",
+    "file://{root}/data/wine-quality/winequality-red.csv",
+])
+def test_sources_under_an_allowed_prefix_pass(config_dir: Path, edit_yaml, source: str) -> None:
+    from include.ml.configuration import PROJECT_ROOT
+
+    edit_yaml(config_dir / "config.yaml", lambda d: d["data_source"].update(allowed_sources=ALLOWED))
+    source = source.format(root=PROJECT_ROOT)
+    assert ConfigurationManager(config_dir, env={}, source_uri=source).config.data_source.uri.endswith(
+        source.rpartition("/")[2])
+
+
+@pytest.mark.parametrize("source, reason", [
+    ("s3://my-bucket/wine/../secret/keys.csv", "'..' path segment"),
+    ("s3://my-bucket/wine/%2e%2e/secret.csv", "'..' path segment"),
+    ("s3://my-bucket/wine-private/data.csv", "not under any allowed source"),  # a prefix by whole segments
+    ("s3://my-bucket/data.csv", "not under any allowed source"),
+    ("s3://other-bucket/wine/data.csv", "not under any allowed source"),
+    ("https://data.example.org@evil.example/exports/x.csv", "credentials (user@host)"),
+    ("http://data.example.org/exports/x.csv", "not under any allowed source"),  # scheme
+    ("https://data.example.org:8443/exports/x.csv", "not under any allowed source"),  # port
+    ("https://data.example.org.evil.example/exports/x.csv", "not under any allowed source"),  # host
+    ("https://data.example.org/exports/..%2f..%2fadmin", "'..' path segment"),
+    ("https://data.example.org/exports/a\tb.csv", "whitespace or control characters"),
+    ("/data/wine/../../etc/passwd", "not under any allowed source"),
+    ("data/../../../../etc/passwd", "not under any allowed source"),
+    ("data/../include/config/config.yaml", "not under any allowed source"),
+    ("file://data/x.csv", "a file:// URI must hold an absolute path"),
+    ("ftp://data.example.org/exports/x.csv", "not under any allowed source"),
+])
+def test_sources_outside_the_list_fail_at_once(config_dir: Path, edit_yaml, source: str, reason: str) -> None:
+    edit_yaml(config_dir / "config.yaml", lambda d: d["data_source"].update(allowed_sources=ALLOWED))
+    with pytest.raises(ConfigError) as refused:
+        ConfigurationManager(config_dir, env={}, source_uri=source)
+    message = str(refused.value)
+    assert f"the run's source {source!r} is refused: " in message and reason in message
+    assert "allowed: s3://my-bucket/wine/, https://data.example.org/exports/, data/" in message
+
+
+def test_a_symlink_out_of_an_allowed_directory_is_refused(config_dir: Path, edit_yaml, tmp_path: Path) -> None:
+    inside, outside = tmp_path / "inside", tmp_path / "outside"
+    inside.mkdir()
+    outside.mkdir()
+    (outside / "secret.csv").write_text("a,b\n1,2\n")
+    (inside / "link.csv").symlink_to(outside / "secret.csv")
+    (inside / "real.csv").write_text("a,b\n1,2\n")
+    edit_yaml(config_dir / "config.yaml", lambda d: d["data_source"].update(allowed_sources=[str(inside)]))
+    assert ConfigurationManager(config_dir, env={}, source_uri=str(inside / "real.csv"))
+    with pytest.raises(ConfigError, match="not under any allowed source"):
+        ConfigurationManager(config_dir, env={}, source_uri=str(inside / "link.csv"))
+
+
+def test_size_caps_are_checked_like_any_key(config_dir: Path, edit_yaml) -> None:
+    source = load(config_dir).config.data_source
+    assert (source.allowed_sources, source.max_bytes, source.max_uncompressed_bytes) == ((), 1 << 30, 1 << 30)
+    assert source.max_compression_ratio == 100
+    edit_yaml(config_dir / "config.yaml", lambda d: d["data_source"].update(max_bytes=0))
+    expect_error(config_dir, "config.yaml", "data_source.max_bytes", "expected at least 1, got int 0")
+    edit_yaml(config_dir / "config.yaml", lambda d: d["data_source"].update(max_bytes=10, allowed_sources="s3://b/"))
+    expect_error(config_dir, "config.yaml", "data_source.allowed_sources", "expected a list")

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from include.ml import registry
-from include.ml.components.evaluation import compute_metrics, decide, evaluate
+from include.ml.components.evaluation import compute_metrics, contract_differences, decide, evaluate
 from include.ml.components.training import train
-from include.ml.entities import MlflowConfig, PromotionConfig
-from include.ml.exceptions import PipelineError
-from tests.support.frames import dataset, evaluation_config, training_config
+from include.ml.entities import EvaluationConfig, MlflowConfig, PromotionConfig, SchemaConfig, TrainingConfig
+from include.ml.exceptions import IncompatibleChampionError, PipelineError, UnscorableChampionError
+from tests.support.frames import dataset, evaluation_config, schema, training_config
 
 LOWER = PromotionConfig(metric="rmse", min_improvement=0.01)
 HIGHER = PromotionConfig(metric="r2", min_improvement=0.01)
@@ -48,8 +48,12 @@ def test_zero_margin_still_needs_a_real_gain() -> None:
 
 def test_force_and_unscorable_champion() -> None:
     assert decide({"rmse": 9.0}, {"rmse": 1.0}, "1", LOWER, force=True).reason == "forced promotion"
-    decision = decide({"rmse": 9.0}, None, "1", LOWER)
-    assert decision.promoted and "could not be scored" in decision.reason
+    # A champion the gate could not weigh used to be replaced ("could not be scored"): now only by force.
+    with pytest.raises(UnscorableChampionError, match=r"over champion v1, which could not be scored .*--force-promote"):
+        decide({"rmse": 9.0}, None, "1", LOWER)
+    with pytest.raises(UnscorableChampionError, match="its rmse is undefined on this test set"):
+        decide({"rmse": 9.0}, {"mae": 1.0}, "1", LOWER)
+    assert decide({"rmse": 9.0}, None, "1", LOWER, force=True).promoted
 
 
 def test_undefined_gate_metric_is_an_error() -> None:
@@ -135,3 +139,94 @@ def test_rollback_to_unknown_version_fails_cleanly(mlflow_config: MlflowConfig, 
     with pytest.raises(MlflowException):
         registry.rollback("unit-model", "42")
     assert registry.champion_version("unit-model") == "1"
+
+
+def test_contract_differences_name_task_target_features_and_dtypes() -> None:
+    champion = schema("regression").feature_contract()
+    assert contract_differences(champion, champion) == []
+    widened = schema("regression").model_copy(update={"columns": tuple(
+        c.model_copy(update={"min": -100.0, "nullable": True}) if c.name == "x2" else c
+        for c in schema("regression").columns)})
+    assert contract_differences(champion, widened.feature_contract()) == []  # ranges and nulls may evolve
+    other = {"task": "classification", "target": "species",
+             "features": [{"name": "x1", "dtype": "int"}, {"name": "x2", "dtype": "float"},
+                          {"name": "bill", "dtype": "float"}]}
+    assert contract_differences(champion, other) == [
+        "task 'regression' (champion) vs 'classification' (challenger)",
+        "target 'y' (champion) vs 'species' (challenger)",
+        "features the challenger lacks: kind",
+        "features new in the challenger: bill",
+        "dtypes changed (champion -> challenger): x1 float -> int",
+    ]
+    assert "no feature_contract" in contract_differences(None, other)[0]
+
+
+def without_kind(task: str) -> SchemaConfig:
+    full = schema(task)
+    return full.model_copy(update={"columns": tuple(c for c in full.columns if c.name != "kind")})
+
+
+def test_an_incompatible_champion_is_never_replaced_automatically(mlflow_config: MlflowConfig, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    test = dataset("regression", rows=60, seed=99)
+    champion = trained("regression", "elasticnet", mlflow_config, tmp_path, "champion")
+    assert evaluate(test, evaluation_config("regression", mlflow_config), champion, tmp_path / "e1").version == "1"
+
+    narrow = without_kind("regression")
+    config = EvaluationConfig(narrow, PromotionConfig(metric="rmse", min_improvement=0.001), mlflow_config)
+    training = training_config("regression", "random_forest", mlflow_config)
+    challenger = train(dataset("regression"), TrainingConfig(narrow, training.model, mlflow_config, training.tags),
+                       "narrow", tmp_path / "narrow", dataset_source="/data/unit.csv")
+    loaded: list[str] = []
+    load_model = registry.load_model
+    monkeypatch.setattr(registry, "load_model", lambda uri: loaded.append(uri) or load_model(uri))
+    with pytest.raises(IncompatibleChampionError) as refused:
+        evaluate(test, config, challenger, tmp_path / "e2")
+    assert str(refused.value).startswith("unit-model v2 was not promoted over an incompatible champion v1: "
+                                         "features the challenger lacks: kind. The champion alias stays on v1")
+    assert refused.value.differences == ["features the challenger lacks: kind"]
+    assert "models:/unit-model/1" not in loaded  # judged from its MLmodel file, never deserialized
+    client = mlflow.MlflowClient()
+    assert client.get_registered_model("unit-model").aliases == {"champion": 1}
+    assert client.get_model_version("unit-model", "2").tags["gate_decision"].startswith("refused: an incompatible")
+    assert not (tmp_path / "e2" / "result.json").exists()
+
+    forced = evaluate(test, config, challenger, tmp_path / "e3", force_promote=True)
+    assert forced.decision.promoted and forced.champion_version == "2"
+    assert forced.decision.reason == ("forced promotion over an incompatible champion v1: "
+                                      "features the challenger lacks: kind")
+    assert client.get_registered_model("unit-model").aliases == {"champion": 2, "previous_champion": 1}
+    assert registry.history("unit-model")[-1]["reason"] == forced.decision.reason
+
+
+def test_an_unscorable_champion_fails_the_gate(mlflow_config: MlflowConfig, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    test = dataset("regression", rows=60, seed=99)
+    config = evaluation_config("regression", mlflow_config)
+    first = trained("regression", "elasticnet", mlflow_config, tmp_path, "first")
+    evaluate(test, config, first, tmp_path / "e1")
+    second = trained("regression", "random_forest", mlflow_config, tmp_path, "second")
+    load_model = registry.load_model
+
+    def broken_champion(uri: str):
+        if uri == "models:/unit-model/1":
+            raise OSError("artifact store lost the model")
+        return load_model(uri)
+
+    monkeypatch.setattr(registry, "load_model", broken_champion)
+    with pytest.raises(UnscorableChampionError, match=r"over champion v1, which could not be scored on this test "
+                                                      r"set \(OSError: artifact store lost the model\)"):
+        evaluate(test, config, second, tmp_path / "e2")
+    assert registry.champion_version("unit-model") == "1"
+    forced = evaluate(test, config, second, tmp_path / "e3", force_promote=True)
+    assert forced.decision.reason.startswith("forced promotion over champion v1, which could not be scored")
+    assert registry.champion_version("unit-model") == "2"
+
+
+def test_long_differences_are_shortened() -> None:
+    champion = {"task": "regression", "target": "y", "features": [{"name": f"f{i:02}", "dtype": "float"}
+                                                                   for i in range(25)]}
+    assert contract_differences(champion, {"task": "regression", "target": "y", "features": []}) == [
+        "features the challenger lacks: f00, f01, f02, f03, f04, f05, f06, f07, f08, f09 and 15 more"]

@@ -60,3 +60,15 @@ def test_fit_failure_is_a_training_error(mlflow_config: MlflowConfig, tmp_path: 
     with pytest.raises(TrainingError, match="HistGradientBoostingRegressor could not be fitted"):
         train(dataset("regression"), config, "r", tmp_path, dataset_source="/data/unit.csv")
     assert not (tmp_path / "result.json").exists()
+
+
+def test_types_the_servers_would_refuse_are_refused_at_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What trains can always be served: a type missing from serving/trust.py's list fails training."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    from include.ml.components import training
+
+    monkeypatch.setattr(training, "ALLOWED_SKOPS_TYPES", frozenset({"numpy.dtype"}))
+    fitted = RandomForestRegressor(n_estimators=2).fit([[0.0], [1.0]], [0.0, 1.0])
+    with pytest.raises(TrainingError, match=r"the prediction server refuses to load: \['sklearn.tree._tree.Tree'\]"):
+        skops_trusted_types(fitted, "random_forest")

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from scripts.stack import (
+    AUTH_MANAGERS,
+    FAB_ADMIN_SCRIPT,
     REPO,
     Settings,
     StackError,
@@ -24,6 +26,8 @@ from scripts.stack import (
     kill,
     lock,
     main,
+    mlflow_auth_env,
+    mlflow_login,
     processes,
     recorded_pid,
     redacted,
@@ -47,6 +51,9 @@ def test_defaults_match_the_documented_ones() -> None:
         "http://127.0.0.1:8080", "http://127.0.0.1:5000", "http://127.0.0.1:8000")
     assert (s.timeout, s.stop_timeout, s.admin_user, s.admin_password) == (180, 20, "admin", "")
     assert s.sql_conn == f"sqlite:///{REPO}/airflow_home/airflow.db" and s.queues == "default"
+    # The embedded default: the development-only SimpleAuthManager, and an MLflow UI without a login.
+    assert s.auth == "simple" and s.passwords_file == REPO / "airflow_home" / "simple_auth_manager_passwords.json"
+    assert not s.mlflow_auth
     assert s.components() == ["api-server", "scheduler", "dag-processor", "triggerer", "mlflow", "serving"]
 
 
@@ -69,6 +76,7 @@ def test_settings_from_the_environment(tmp_path: Path, monkeypatch: pytest.Monke
     ({**CELERY, "AIRFLOW_STACK_SQL_CONN": ""}, "the CeleryExecutor cannot use SQLite; set AIRFLOW_STACK_SQL_CONN"),
     ({**CELERY, "AIRFLOW_STACK_WORKERS": "0"}, "AIRFLOW_STACK_WORKERS must be a positive integer, not '0'"),
     ({"AIRFLOW_STACK_API_PORT": "http"}, "AIRFLOW_STACK_API_PORT must be a number, not 'http'"),
+    ({"AIRFLOW_STACK_AUTH": "ldap"}, "AIRFLOW_STACK_AUTH must be simple or fab, not 'ldap'"),
 ])
 def test_invalid_settings_are_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(StackError, match=message):
@@ -178,3 +186,80 @@ def test_usage_and_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsy
     monkeypatch.setenv("AIRFLOW_STACK_VENV", str(tmp_path / "no-venv"))
     assert main(["env"]) == 1 and "airflow_stack: no Python at" in capsys.readouterr().err
     assert main(["down"]) == 0 and capsys.readouterr().out == f"Stack in {tmp_path / 'home'} was not running.\n"
+
+
+# --- logins ----------------------------------------------------------------------------------------------------
+
+
+def test_auth_managers() -> None:
+    simple = stack_env(Settings.from_env({"AIRFLOW_STACK_HOME": "/srv/stack"}), {}, {})
+    assert simple["AIRFLOW__CORE__AUTH_MANAGER"] == AUTH_MANAGERS["simple"]
+    assert simple["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "admin:admin"
+    assert simple["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] == \
+        "/srv/stack/simple_auth_manager_passwords.json"
+    s = Settings.from_env({"AIRFLOW_STACK_HOME": "/srv/stack", "AIRFLOW_STACK_AUTH": "fab"})
+    fab = stack_env(s, {}, {})
+    assert fab["AIRFLOW__CORE__AUTH_MANAGER"] == "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+    assert not [key for key in fab if "SIMPLE_AUTH_MANAGER" in key]
+    assert s.passwords_file == Path("/srv/stack/fab_passwords.json")
+    from airflow.providers.fab.auth_manager.fab_auth_manager import FabAuthManager  # the pinned provider has it
+
+    assert f"{FabAuthManager.__module__}.{FabAuthManager.__name__}" == AUTH_MANAGERS["fab"]
+    compile(FAB_ADMIN_SCRIPT, "FAB_ADMIN_SCRIPT", "exec")
+    assert "argv" not in FAB_ADMIN_SCRIPT and 'os.environ["AIRFLOW_ADMIN_PASSWORD"]' in FAB_ADMIN_SCRIPT
+
+
+def test_mlflow_login_is_made_once_and_private(tmp_path: Path) -> None:
+    path = tmp_path / "mlflow.env"
+    made = mlflow_login(path, "admin", "")
+    assert made["MLFLOW_TRACKING_USERNAME"] == "admin" and len(made["MLFLOW_TRACKING_PASSWORD"]) >= 12
+    assert path.stat().st_mode & 0o777 == 0o600 and mlflow_login(path, "admin", "") == made  # kept
+    read_back = dict(w.split("=", 1) for w in shlex.split(path.read_text()))  # what `. mlflow.env` sets
+    assert read_back == made
+    assert mlflow_login(path, "admin", "it's a $password")["MLFLOW_TRACKING_PASSWORD"] == "it's a $password"
+    assert dict(w.split("=", 1) for w in shlex.split(path.read_text()))["MLFLOW_TRACKING_PASSWORD"] == \
+        "it's a $password"
+    other = mlflow_login(path, "pipeline", "")  # another user gets a password of its own
+    assert other["MLFLOW_TRACKING_USERNAME"] == "pipeline" and other["MLFLOW_TRACKING_PASSWORD"] != "it's a $password"
+
+
+def test_mlflow_auth_follows_the_backend_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a backend URI (the production topology) every process gets the MLflow login, and `env` sources it."""
+    s = Settings.from_env({**CELERY, "AIRFLOW_STACK_HOME": str(tmp_path), "AIRFLOW_STACK_MLFLOW_BACKEND_URI": "pg://m",
+                           "AIRFLOW_STACK_MLFLOW_ADMIN_USER": "pipeline"})
+    assert s.mlflow_auth and s.mlflow_login_file == tmp_path / "stack" / "mlflow.env"
+    monkeypatch.setenv("AIRFLOW_STACK_VENV", sys.prefix)
+    from scripts.stack import prepare
+
+    env = prepare(s)
+    assert env["MLFLOW_TRACKING_USERNAME"] == "pipeline" and env["MLFLOW_TRACKING_PASSWORD"]
+    assert env_lines(s, env)[0] == f"set -a; . '{tmp_path}/stack/secrets.env'; . '{tmp_path}/stack/mlflow.env'; set +a"
+    embedded = Settings.from_env({"AIRFLOW_STACK_HOME": str(tmp_path / "embedded")})
+    assert "MLFLOW_TRACKING_PASSWORD" not in prepare(embedded)
+
+
+def test_mlflow_auth_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The basic-auth app's config as MLflow reads it; the admin and the secret key come by environment."""
+    home = tmp_path / "100% stack"  # configparser would read a bare % as an interpolation
+    s = Settings.from_env({**CELERY, "AIRFLOW_STACK_HOME": str(home), "AIRFLOW_STACK_MLFLOW_BACKEND_URI": "pg://m"})
+    env = {"AIRFLOW__API__SECRET_KEY": "k1", "MLFLOW_TRACKING_USERNAME": "admin",
+           "MLFLOW_TRACKING_PASSWORD": "twelve chars"}
+    extra = mlflow_auth_env(s, env)
+    config = Path(extra["MLFLOW_AUTH_CONFIG_PATH"])
+    assert config == home / "mlflow-auth" / "basic_auth.ini" and config.stat().st_mode & 0o777 == 0o600
+    assert (extra["MLFLOW_AUTH_ADMIN_USERNAME"], extra["MLFLOW_AUTH_ADMIN_PASSWORD"]) == ("admin", "twelve chars")
+    key = extra["MLFLOW_FLASK_SERVER_SECRET_KEY"]
+    assert len(key) == 64 and mlflow_auth_env(s, env)["MLFLOW_FLASK_SERVER_SECRET_KEY"] == key  # stable
+    assert mlflow_auth_env(s, {**env, "AIRFLOW__API__SECRET_KEY": "k2"})["MLFLOW_FLASK_SERVER_SECRET_KEY"] != key
+    from mlflow.server.auth.config import read_auth_config
+
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(config))
+    for name in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    read = read_auth_config()
+    assert read.database_uri == f"sqlite:///{home}/mlflow-auth/basic_auth.db"
+    assert read.default_permission == "READ" and read.admin_password is None  # no secret in the file
+    s = Settings.from_env({**CELERY, "AIRFLOW_STACK_HOME": str(home), "AIRFLOW_STACK_MLFLOW_BACKEND_URI": "pg://m",
+                           "AIRFLOW_STACK_MLFLOW_AUTH_DB_URI": "postgresql+psycopg2://u:p%40ss@db/mlflow_auth"})
+    mlflow_auth_env(s, env)
+    assert read_auth_config().database_uri == "postgresql+psycopg2://u:p%40ss@db/mlflow_auth"

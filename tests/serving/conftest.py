@@ -13,6 +13,7 @@ from serving.app import create_app
 from tests.support.bundles import copy_store, make_bundle
 from tests.support.network import free_port
 from tests.support.servers import PredictionServer
+from tests.support.signing import public_key_file
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +36,7 @@ def make_app(store: Path) -> Iterator[Any]:
     apps: list[Flask] = []
 
     def make(**settings: Any) -> Flask:
-        app = create_app({"model_store": store, "poll_seconds": 0, **settings})
+        app = create_app({"model_store": store, "poll_seconds": 0, "public_key": public_key_file(), **settings})
         app.config["TESTING"] = True
         apps.append(app)
         return app

@@ -16,6 +16,7 @@ from serving import store as store_mod
 from tests.support.bundles import FEATURES, GOOD_ROW
 from tests.support.network import free_port
 from tests.support.servers import PredictionServer
+from tests.support.signing import sign
 
 pytestmark = pytest.mark.integration
 
@@ -139,6 +140,7 @@ def test_category_values_keep_their_json_type(browser: WebDriver, store: Path, t
     # The saved input example still says "p"; without it the load-time self-check uses the contract's example row.
     (bundle / store_mod.MODEL_DIR / "serving_input_example.json").unlink()
     store_mod.write_manifest(bundle)
+    sign(bundle)
     record = {**GOOD_ROW, "kind": 2}
     with PredictionServer(store, free_port(), tmp_path / "gunicorn.log") as server:
         expected = post_predict(server, record)["predictions"][0]

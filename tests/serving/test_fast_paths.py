@@ -11,6 +11,7 @@ from serving import model as model_mod
 from serving.inputs import validate
 from serving.model import load_bundle
 from tests.support.bundles import toy_frame
+from tests.support.signing import trusted_keys
 
 
 def _final(model: model_mod.LoadedModel):
@@ -21,7 +22,7 @@ def _final(model: model_mod.LoadedModel):
 @pytest.mark.parametrize("rows", [1, 7, model_mod._SummedTrees.VECTOR_MAX_ROWS,
                                   model_mod._SummedTrees.VECTOR_MAX_ROWS + 1, 300])
 def test_regression_forest_sums_trees_directly_with_identical_results(bundles: Path, rows: int) -> None:
-    model = load_bundle(bundles / "1")
+    model = load_bundle(bundles / "1", trusted_keys())
     final = _final(model)
     assert isinstance(vars(final).get("predict"), model_mod._SummedTrees)
     frame = toy_frame("regression", rows=rows, seed=7).drop(columns="y")  # NaN in x1: imputed before the forest
@@ -35,7 +36,7 @@ def test_regression_forest_sums_trees_directly_with_identical_results(bundles: P
 
 
 def test_unusual_input_goes_to_sklearn(bundles: Path) -> None:
-    final = _final(load_bundle(bundles / "1"))
+    final = _final(load_bundle(bundles / "1", trusted_keys()))
     fast = vars(final)["predict"]
     x = np.full((2, final.n_features_in_), np.nan)  # non-finite: sklearn decides (forests may route NaN)
     assert np.array_equal(fast(x), type(final).predict(final, x))
@@ -44,14 +45,14 @@ def test_unusual_input_goes_to_sklearn(bundles: Path) -> None:
 
 
 def test_classifier_is_left_alone(bundles: Path) -> None:
-    assert "predict" not in vars(_final(load_bundle(bundles / "c1")))
+    assert "predict" not in vars(_final(load_bundle(bundles / "c1", trusted_keys())))
 
 
 @pytest.mark.parametrize("way", ["_walk_all", "_tree_by_tree"])
 def test_a_fast_path_that_disagrees_is_dropped(bundles: Path, monkeypatch: pytest.MonkeyPatch, way: str) -> None:
     original = getattr(model_mod._SummedTrees, way)
     monkeypatch.setattr(model_mod._SummedTrees, way, lambda self, x: original(self, x) + 1e-9)
-    model = load_bundle(bundles / "1")
+    model = load_bundle(bundles / "1", trusted_keys())
     assert "predict" not in vars(_final(model))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ from tests.support.bundles import GOOD_ROW, break_bundle, make_bundle
 from tests.support.network import free_port, get_json, wait_until
 from tests.support.project import REPO
 from tests.support.servers import PredictionServer
+from tests.support.signing import public_key_file
 
 pytestmark = pytest.mark.integration  # real gunicorn servers, and `python -m serving` in child processes
 
@@ -67,7 +69,8 @@ class Load:
 
 def serving_cli(*args: str, store: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "serving", "--store", str(store), *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "SERVING_PUBLIC_KEY": str(public_key_file())})
 
 
 def test_swap_under_load_drops_nothing(server: PredictionServer) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from serving import store as store_mod
 from serving.model import ModelLoadError, load_bundle
+from tests.support.signing import sign, trusted_keys
 
 
 def test_manifest_catches_unlisted_missing_and_changed_files(store: Path) -> None:
@@ -32,8 +33,9 @@ def test_load_bundle_refuses_a_model_without_input_description(store: Path) -> N
     cut = text.index("metadata:")
     mlmodel.write_text(text[:cut])  # no metadata, no signature after it
     store_mod.write_manifest(store / "1")
+    sign(store / "1")
     with pytest.raises(ModelLoadError, match="neither metadata.feature_contract nor a signature"):
-        load_bundle(store / "1")
+        load_bundle(store / "1", trusted_keys())
 
 
 def test_install_is_atomic_and_idempotent(store: Path, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from include.ml.entities import ColumnSpec, SchemaConfig
+from tests.support.signing import sign
 
 FEATURES = (
     ColumnSpec(name="x1", dtype="float", nullable=True, min=-10, max=10),
@@ -78,6 +79,7 @@ def make_bundle(store: Path, version: str, task: str = "regression", offset: flo
         "name": name, "version": version, "run_id": f"run-{version}", "trained_at": "2026-11-27T00:00:00+00:00",
         "metrics": {"test_rmse": 0.1}}))
     store_mod.write_manifest(staged)
+    sign(staged)
     return store_mod.install(staged, store, version)
 
 
@@ -94,12 +96,13 @@ def register_toy_model(name: str, experiment_id: str, offset: float = 0.0) -> st
 
 
 def break_bundle(bundle: Path) -> None:
-    """Corrupt the model file but keep the manifest consistent: only loading can tell."""
+    """Corrupt the model file but keep the manifest consistent and signed: only loading can tell."""
     from serving import store as store_mod
 
     model_file = next((bundle / store_mod.MODEL_DIR).glob("model.*"))
     model_file.write_bytes(b"this is not a model")
     store_mod.write_manifest(bundle)
+    sign(bundle)
 
 
 def copy_store(source: Path, target: Path, current: str | None = None) -> Path:

@@ -22,7 +22,9 @@ def outputs_env(root: Path) -> dict[str, str]:
     (and a serving URL where nothing listens), so tests never touch the project's own."""
     return {"MLOPS_ARTIFACTS_ROOT": str(root / "artifacts"), "MLOPS_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
             "MLOPS_ARTIFACT_LOCATION": str(root / "mlartifacts"), "MLOPS_MODEL_STORE": str(root / "models"),
-            "MLOPS_SERVING_URL": f"http://127.0.0.1:{free_port()}"}
+            "MLOPS_SERVING_URL": f"http://127.0.0.1:{free_port()}",
+            "MLOPS_SIGNING_KEY": str(root / "keys" / "bundle-signing.key"),
+            "MLOPS_SIGNING_PUBLIC_KEY": str(root / "keys" / "bundle-signing.pub")}
 
 
 def run_main(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

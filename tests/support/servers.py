@@ -22,6 +22,7 @@ from typing import Any, Iterator
 from tests.support.bundles import GOOD_ROW
 from tests.support.network import free_port, get_json, wait_for_http
 from tests.support.project import REPO
+from tests.support.signing import public_key_file
 
 
 class PredictionServer:
@@ -32,7 +33,7 @@ class PredictionServer:
         self.url = f"http://127.0.0.1:{port}"
         self.env = {**os.environ, "SERVING_MODEL_STORE": str(store), "SERVING_BIND": f"127.0.0.1:{port}",
                     "SERVING_WORKERS": str(workers), "SERVING_POLL_SECONDS": "0.2", "SERVING_ACCESS_LOG": "",
-                    "PYTHONPATH": str(REPO), **env}
+                    "SERVING_PUBLIC_KEY": str(public_key_file()), "PYTHONPATH": str(REPO), **env}
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.process: subprocess.Popen[bytes] | None = None
 

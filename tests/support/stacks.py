@@ -8,8 +8,9 @@ processes because each component inherits them from the script.
 `running_celery_stack`: the production topology on this machine's own services, by environment settings only
 (no code differs from the embedded stack): CeleryExecutor, metadata DB in a fresh PostgreSQL database, Redis as
 broker, two Celery workers as separate processes, and an MLflow tracking server on a second fresh PostgreSQL
-database with artifacts in S3 (a moto server). Each session gets its own databases, Redis DB number and key
-prefix, S3 bucket, ports and temp dirs, and removes all of them afterwards.
+database with artifacts in S3 (a moto server). It runs with the production logins: the FAB auth manager, and
+MLflow's basic-auth app, whose admin the tasks log in as. Each session gets its own databases, Redis DB number
+and key prefix, S3 bucket, ports, temp dirs and passwords, and removes all of them afterwards.
 
 The services default to PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth) and Redis on 127.0.0.1:6379;
 TOPOLOGY_POSTGRES_DSN and TOPOLOGY_REDIS_URL point elsewhere. A missing service skips the tests that need it
@@ -36,7 +37,7 @@ import pytest
 
 from scripts.airflow_client import AirflowClient
 from tests.support.network import free_ports
-from tests.support.project import REPO, outputs_env
+from tests.support.project import REPO, edit_yaml, outputs_env
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,11 @@ class AirflowStack:
         return Path(self.env["MLOPS_ARTIFACTS_ROOT"])
 
     @property
+    def sources(self) -> Path:
+        """Where a trigger's `source` may point (the stack config's data_source.allowed_sources)."""
+        return self.home.parent / "sources"
+
+    @property
     def tracking_uri(self) -> str:
         return self.env["MLOPS_TRACKING_URI"]
 
@@ -91,9 +97,15 @@ class AirflowStack:
 
 
 def airflow_stack(base: Path) -> AirflowStack:
-    """The settings of an embedded stack living in `base` (not started)."""
+    """The settings of an embedded stack living in `base` (not started). Its config dir is a copy of the default
+    whose `data_source.allowed_sources` admits <base>/sources/: the trigger form's `source` may point there."""
     outputs = base / "outputs"
     api_port, mlflow_port, serving_port = free_ports(3)
+    config_dir = base / "config"
+    shutil.copytree(REPO / "include" / "config", config_dir)
+    (base / "sources").mkdir()
+    edit_yaml(config_dir / "config.yaml",
+              lambda data: data["data_source"].update(allowed_sources=[f"{base / 'sources'}/"]))
     # Nothing from the caller's Airflow, MLflow or pipeline settings leaks into the test stack.
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AIRFLOW", "MLOPS_")) and k != "MLFLOW_TRACKING_URI"}
@@ -106,6 +118,7 @@ def airflow_stack(base: Path) -> AirflowStack:
         AIRFLOW_STACK_VENV=sys.prefix,
         AIRFLOW_STACK_TIMEOUT="150",
         **outputs_env(outputs),
+        MLOPS_CONFIG_DIR=str(config_dir),
         # Only the runs a test triggers: no cron runs, whatever the time of day.
         AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",
         # The killed-task test waits for a retry: 1 s instead of 30 s (then exponential backoff).
@@ -253,6 +266,11 @@ class CeleryStack:
     timings: dict[str, float] = field(default_factory=lambda: CELERY_TIMINGS)
 
     @property
+    def mlflow_login(self) -> tuple[str, str]:
+        """The MLflow admin the stack's processes log in as (MLFLOW_TRACKING_USERNAME/PASSWORD)."""
+        return self.env["AIRFLOW_STACK_MLFLOW_ADMIN_USER"], self.env["AIRFLOW_STACK_MLFLOW_ADMIN_PASSWORD"]
+
+    @property
     def artifacts_root(self) -> Path:
         return Path(self.env["MLOPS_ARTIFACTS_ROOT"])
 
@@ -286,6 +304,10 @@ def celery_env(base: Path, databases: dict[str, str], broker: RedisBroker, s3_en
         AIRFLOW_STACK_WORKERS=str(WORKERS),
         AIRFLOW_STACK_WORKER_CONCURRENCY="1",  # one task at a time each: where a task runs is then clear-cut
         AIRFLOW_STACK_MLFLOW_BACKEND_URI=pg_url(databases["mlflow"], "psycopg2"),
+        # The production logins: FAB for Airflow; MLflow's basic-auth app (on by the backend URI) with this admin.
+        AIRFLOW_STACK_AUTH="fab",
+        AIRFLOW_STACK_MLFLOW_ADMIN_USER="pipeline",
+        AIRFLOW_STACK_MLFLOW_ADMIN_PASSWORD=secrets.token_urlsafe(18),
         AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX=broker.prefix,
         MLOPS_ARTIFACTS_ROOT=str(outputs / "artifacts"),
         MLOPS_ARTIFACT_LOCATION=f"s3://{bucket}/mlflow",

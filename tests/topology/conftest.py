@@ -6,6 +6,7 @@ skips these tests with the reason, except under CI=true, where it fails them.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Iterator
 
@@ -49,7 +50,17 @@ def celery_stack(tmp_path_factory: pytest.TempPathFactory, redis_broker: RedisBr
         pytest.skip("scripts/airflow_stack.sh needs Linux (/proc, setsid)")
     with running_celery_stack(tmp_path_factory.mktemp("celery_stack"), postgres_databases, redis_broker,
                               s3_endpoint, s3_bucket) as stack:
-        yield stack
+        # The tests' own MLflow clients (tests/support/registry.py) log in as the tasks do: MLflow's variables.
+        saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = stack.mlflow_login
+        try:
+            yield stack
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 COMPOSE_FILE = REPO / "docker-compose.yaml"
 ENV_EXAMPLE = REPO / ".env.example"
 SECRETS = ("POSTGRES_PASSWORD", "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET",
-           "AIRFLOW_API_SECRET_KEY")
+           "AIRFLOW_API_SECRET_KEY", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_SECRET_KEY")
 OPTIONAL_SECRETS = ("SERVING_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 AIRFLOW_SERVICES = ("airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
                     "airflow-triggerer", "airflow-worker")
@@ -40,6 +40,7 @@ LONG_RUNNING = ("postgres", "redis", "airflow-apiserver", "airflow-scheduler", "
                 "airflow-triggerer", "airflow-worker", "mlflow", "prediction-server")
 SERVING_COMMAND = ["gunicorn", "-c", "serving/gunicorn.conf.py", "serving.app:create_app()"]
 MODEL_STORE = "/opt/mlops/models"
+FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 
 
 # --- running docker-compose ------------------------------------------------------------------------
@@ -141,6 +142,7 @@ def test_compose_refuses_to_run_without_each_secret(tmp_path: Path, secret_value
 def test_services_and_commands(compose: dict[str, Any]) -> None:
     assert set(services(compose)) == {"postgres", "redis", "mlflow", "prediction-server", *AIRFLOW_SERVICES}
     commands = {name: service.get("command") for name, service in services(compose).items()}
+    assert commands["mlflow"][:2] == ["mlflow", "server"] and option(commands["mlflow"], "--app-name") == "basic-auth"
     assert commands["airflow-apiserver"] == ["airflow", "api-server", "--port", "8080"]
     assert commands["airflow-scheduler"] == ["airflow", "scheduler"]
     assert commands["airflow-dag-processor"] == ["airflow", "dag-processor"]
@@ -226,11 +228,8 @@ def test_airflow_services_share_one_configuration(compose: dict[str, Any], secre
     api_port = option(services(compose)["airflow-apiserver"]["command"], "--port")
     assert (execution.hostname, str(execution.port), execution.path) == ("airflow-apiserver", api_port, "/execution/")
 
-    # Login: the init writes the passwords file the api-server's SimpleAuthManager reads, on a shared volume.
-    passwords = reference["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]
-    auth_dir = str(Path(passwords).parent)
-    assert mounts(compose, "airflow-init")[auth_dir][0] == mounts(compose, "airflow-apiserver")[auth_dir][0]
-    assert env_of(compose, "airflow-init")["AIRFLOW_ADMIN_PASSWORD"] == secret_values["AIRFLOW_ADMIN_PASSWORD"]
+    # Login: the FAB auth manager (checked below), the same in every component.
+    assert reference["AIRFLOW__CORE__AUTH_MANAGER"] == FAB_AUTH_MANAGER
 
 
 def test_code_is_mounted_read_only(compose: dict[str, Any]) -> None:
@@ -253,7 +252,7 @@ def test_same_settings_as_the_native_celery_stack(compose: dict[str, Any], tmp_p
         **base_env(tmp_path), "AIRFLOW_STACK_HOME": str(tmp_path / "home"), "AIRFLOW_STACK_VENV": sys.prefix,
         "AIRFLOW_STACK_EXECUTOR": "celery", "AIRFLOW_STACK_SQL_CONN": "postgresql+psycopg2://u@db:5432/airflow",
         "AIRFLOW_STACK_BROKER_URL": "redis://broker:6379/0",
-        "AIRFLOW_STACK_MLFLOW_BACKEND_URI": "postgresql+psycopg2://u@db:5432/mlflow",
+        "AIRFLOW_STACK_MLFLOW_BACKEND_URI": "postgresql+psycopg2://u@db:5432/mlflow", "AIRFLOW_STACK_AUTH": "fab",
     })
     containers = env_of(compose, "airflow-worker")
     listening = {"AIRFLOW__API__HOST", "AIRFLOW__API__PORT"}
@@ -261,9 +260,11 @@ def test_same_settings_as_the_native_celery_stack(compose: dict[str, Any], tmp_p
     assert sorted(native_keys - set(containers)) == [], "settings the native stack has and the containers lack"
     for key in ("AIRFLOW__CORE__EXECUTOR", "AIRFLOW__CORE__LOAD_EXAMPLES", "AIRFLOW__CORE__AUTH_MANAGER"):
         assert containers[key] == native[key], key
-    # Both send the tasks' MLflow calls to the tracking server, never to its database.
+    # Both send the tasks' MLflow calls to the tracking server, never to its database, and log in to it.
     assert native["MLOPS_TRACKING_URI"].startswith("http://")
     assert containers["MLOPS_TRACKING_URI"].startswith("http://")
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        assert native[key] and containers[key], key
 
 
 def native_stack_env(env: dict[str, str]) -> dict[str, str]:
@@ -273,6 +274,94 @@ def native_stack_env(env: dict[str, str]) -> dict[str, str]:
     dumped = subprocess.run(["bash", "-c", lines.stdout + "\nenv -0"], env=env, capture_output=True, timeout=60)
     assert dumped.returncode == 0, dumped.stderr
     return dict(item.split("=", 1) for item in dumped.stdout.decode().split("\0") if "=" in item)
+
+
+# --- logins -------------------------------------------------------------------------------------------------
+
+
+def test_airflow_login_is_the_fab_auth_manager_with_the_admin_from_env(compose: dict[str, Any],
+                                                                      secret_values: dict[str, str]) -> None:
+    """Not the SimpleAuthManager (development only): FAB, whose admin airflow-init makes from .env."""
+    from scripts.stack import AUTH_MANAGERS, FAB_ADMIN_SCRIPT
+
+    assert AUTH_MANAGERS["fab"] == FAB_AUTH_MANAGER
+    for name in AIRFLOW_SERVICES:
+        env = env_of(compose, name)
+        assert env["AIRFLOW__CORE__AUTH_MANAGER"] == FAB_AUTH_MANAGER, name
+        assert not [key for key in env if "SIMPLE_AUTH_MANAGER" in key], name
+    init = env_of(compose, "airflow-init")
+    assert init["AIRFLOW_ADMIN_USER"] == env_example()["AIRFLOW_ADMIN_USER"]
+    assert init["AIRFLOW_ADMIN_PASSWORD"] == secret_values["AIRFLOW_ADMIN_PASSWORD"]
+    # Only the init needs the admin's password; the running services check logins against the metadata DB.
+    for name in set(services(compose)) - {"airflow-init"}:
+        assert secret_values["AIRFLOW_ADMIN_PASSWORD"] not in str(services(compose)[name]), name
+    # It migrates (FAB's tables too), then runs the native stack's admin script, which tests/topology runs live.
+    script = services(compose)["airflow-init"]["command"][2]
+    assert script.index("airflow db migrate") < script.index(FAB_ADMIN_SCRIPT)
+    assert "AIRFLOW_ADMIN_PASSWORD" not in script.replace(FAB_ADMIN_SCRIPT, ""), "the password must stay off argv"
+    assert "apache-airflow-providers-fab==" in (REPO / "requirements.txt").read_text()
+
+
+def test_mlflow_runs_basic_auth_with_the_admin_from_env(compose: dict[str, Any], secret_values: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    mlflow = services(compose)["mlflow"]
+    env = env_of(compose, "mlflow")
+    assert option(mlflow["command"], "--app-name") == "basic-auth"
+    assert env["MLFLOW_AUTH_ADMIN_USERNAME"] == env_example()["MLFLOW_ADMIN_USER"]
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == secret_values["MLFLOW_ADMIN_PASSWORD"]
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == secret_values["MLFLOW_SECRET_KEY"]
+    # The entrypoint writes the app's config, naming its user store: a database of its own on postgres.
+    entrypoint = mlflow["entrypoint"]
+    assert entrypoint[:3] == ["/usr/bin/tini", "--", "bash"]
+    source, mode = mounts(compose, "mlflow")[entrypoint[3]]
+    assert mode == "ro" and Path(source) == REPO / "docker" / "mlflow" / "basic-auth-entrypoint.sh"
+    store = urlsplit(env["MLFLOW_AUTH_DATABASE_URI"])
+    postgres = env_of(compose, "postgres")
+    assert (store.scheme, store.hostname, store.path) == ("postgresql+psycopg2", "postgres",
+                                                          f"/{postgres['MLFLOW_AUTH_DB_NAME']}")
+    assert store.path not in (f"/{postgres['POSTGRES_DB']}", f"/{postgres['MLFLOW_DB_NAME']}")
+    assert "MLFLOW_AUTH_DB_NAME" in (REPO / "docker" / "postgres" / "create-mlflow-db.sh").read_text()
+
+    # Run the entrypoint as the container would (its command: print the environment): MLflow reads the config it
+    # wrote, with the user store's URL intact (a % in the password included), and the command runs.
+    config = tmp_path / "auth" / "basic_auth.ini"
+    database = env["MLFLOW_AUTH_DATABASE_URI"].replace(secret_values["POSTGRES_PASSWORD"], "p%40ss%word")
+    ran = subprocess.run(["bash", source, "env"], capture_output=True, text=True, timeout=60, env={
+        **base_env(tmp_path), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_DATABASE_URI": database})
+    assert ran.returncode == 0, ran.stderr
+    assert "MLFLOW_AUTH_DATABASE_URI" not in ran.stdout, "the URL (with its password) must not reach the server"
+    assert config.stat().st_mode & 0o077 == 0, "the config holds the database password: private to its owner"
+    read = subprocess.run([sys.executable, "-c", "from mlflow.server.auth.config import read_auth_config as r; "
+                           "c = r(); print(c.database_uri); print(c.default_permission)"],
+                          env={**base_env(tmp_path), "MLFLOW_AUTH_CONFIG_PATH": str(config)},
+                          capture_output=True, text=True, timeout=120)
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.split() == [database, "READ"]
+
+
+def test_mlflow_is_reachable_on_loopback_only(tmp_path: Path, secret_values: dict[str, str]) -> None:
+    """Even with PUBLISH_HOST=0.0.0.0 (the Airflow UI and the prediction server for the network), MLflow's port is
+    published on 127.0.0.1 only: basic auth over plain HTTP does not leave the machine."""
+    result = run_compose({**base_env(tmp_path), **secret_values, "PUBLISH_HOST": "0.0.0.0"}, "config")
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)["services"]
+    published = [port if isinstance(port, str) else f"{port.get('host_ip', '')}:{port['published']}"
+                 for port in resolved["mlflow"]["ports"]]
+    assert published and all(port.startswith("127.0.0.1:") for port in published), published
+    assert resolved["airflow-apiserver"]["ports"] != resolved["mlflow"]["ports"]  # PUBLISH_HOST did reach others
+    for name, service in resolved.items():
+        assert service.get("network_mode") != "host", f"{name} would bypass the published ports"
+
+
+def test_workers_log_in_to_mlflow_with_the_admin_from_env(compose: dict[str, Any],
+                                                         secret_values: dict[str, str]) -> None:
+    mlflow = env_of(compose, "mlflow")
+    for name in AIRFLOW_SERVICES:  # the workers' tasks, and `python main.py ...` in any Airflow container
+        env = env_of(compose, name)
+        assert env["MLFLOW_TRACKING_USERNAME"] == mlflow["MLFLOW_AUTH_ADMIN_USERNAME"], name
+        assert env["MLFLOW_TRACKING_PASSWORD"] == mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"] == \
+            secret_values["MLFLOW_ADMIN_PASSWORD"], name
 
 
 # --- MLflow and the pipeline ------------------------------------------------------------------------------
@@ -354,6 +443,23 @@ def test_deploy_task_reaches_the_prediction_server(compose: dict[str, Any]) -> N
     assert worker_env["MLOPS_SERVING_API_KEY"] == server["SERVING_API_KEY"]
 
 
+def test_workers_sign_and_the_server_trusts_only_their_key(compose: dict[str, Any]) -> None:
+    """The pipeline signs with the private key (or KMS); the server gets the public half and nothing else."""
+    from include.ml.configuration import ConfigurationManager
+
+    worker_env = env_of(compose, "airflow-worker")
+    signing = ConfigurationManager(env=worker_env).config.signing
+    server = services(compose)["prediction-server"]
+    assert str(signing.private_key) == "/run/secrets/bundle_signing_key"
+    assert str(signing.public_key) == env_of(compose, "prediction-server")["SERVING_PUBLIC_KEY"] \
+        == "/run/secrets/bundle_signing_public_key"
+    assert [s["source"] if isinstance(s, dict) else s for s in server["secrets"]] == ["bundle_signing_public_key"]
+    for name in ("airflow-worker", "airflow-apiserver", "airflow-scheduler"):
+        assert {s["source"] if isinstance(s, dict) else s for s in services(compose)[name]["secrets"]} == \
+            {"bundle_signing_key", "bundle_signing_public_key"}, name
+    assert compose["secrets"]["bundle_signing_key"]["file"].endswith("keys/bundle-signing.key")
+
+
 # --- Dockerfiles ------------------------------------------------------------------------------------------
 
 
@@ -376,7 +482,11 @@ def test_dockerfiles_install_the_pinned_requirements(dockerfile: str) -> None:
     # /tmp/requirements.txt is one of the project's fully pinned files.
     pinned = next(args[0] for args in copies if args[-1] == "/tmp/requirements.txt")
     assert pinned in ("requirements.txt", "serving/requirements.txt")
-    lines = [line for line in (REPO / pinned).read_text().splitlines() if line and not line.startswith("#")]
+    # One requirement a line (continuation lines joined), each an exact pin; --hash options (pip's hash-checking
+    # mode, which a file with hashes turns on by itself) may follow.
+    text = re.sub(r"\\\n", " ", (REPO / pinned).read_text())
+    lines = [re.sub(r"\s+--hash=sha256:[0-9a-f]{64}", "", line).strip() for line in text.splitlines()
+             if line.strip() and not line.startswith("#")]
     assert lines and all(re.fullmatch(r"[A-Za-z0-9_.\[\],-]+==[A-Za-z0-9_.+-]+", line) for line in lines), pinned
     ignored = (REPO / ".dockerignore").read_text().split()
     for args in copies:

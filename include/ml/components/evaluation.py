@@ -6,7 +6,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -14,7 +14,12 @@ import pandas as pd
 from include.ml import artifacts, registry, tracking
 from include.ml.components.training import TrainingResult, split_xy
 from include.ml.entities import EvaluationConfig, PromotionConfig, SchemaConfig
-from include.ml.exceptions import PipelineError
+from include.ml.exceptions import (
+    ChampionGateError,
+    IncompatibleChampionError,
+    PipelineError,
+    UnscorableChampionError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +80,11 @@ def compute_metrics(task: str, model: Any, x: pd.DataFrame, y: pd.Series) -> dic
 
 def decide(challenger: dict[str, float], champion: dict[str, float] | None, champion_version: str | None,
            promotion: PromotionConfig, force: bool = False) -> GateDecision:
-    """Promote when there is no champion, or the challenger beats it by at least the margin."""
+    """Promote when there is no champion, or the challenger beats it by at least the margin.
+
+    A champion that could not be scored (`champion` None or without the metric) is never replaced silently:
+    UnscorableChampionError, unless `force`.
+    """
     metric = promotion.metric
     if metric not in challenger:
         raise PipelineError(f"promotion metric {metric!r} is undefined on this test set; computed: {list(challenger)}")
@@ -86,8 +95,8 @@ def decide(challenger: dict[str, float], champion: dict[str, float] | None, cham
     if champion_version is None:
         return GateDecision(True, "no champion yet", metric, new, None, None)
     if old is None:
-        return GateDecision(True, f"champion v{champion_version} could not be scored on this test set",
-                            metric, new, None, champion_version)
+        raise UnscorableChampionError(champion_version, "no scores given" if champion is None
+                                      else f"its {metric} is undefined on this test set")
     gain = (new - old) if promotion.higher_is_better else (old - new)
     better = "higher" if promotion.higher_is_better else "lower"
     if gain >= promotion.min_improvement and gain > 0:
@@ -99,15 +108,66 @@ def decide(challenger: dict[str, float], champion: dict[str, float] | None, cham
                         champion_version)
 
 
-def _score_champion(config: EvaluationConfig, version: str, x: pd.DataFrame, y: pd.Series) -> dict[str, float] | None:
-    import mlflow
+def contract_differences(champion: Mapping[str, Any] | None, challenger: Mapping[str, Any]) -> list[str]:
+    """What differs between two models' feature contracts: task, target, feature names and dtypes. Ranges,
+    allowed values and nullability may evolve between versions; these may not."""
+    if not champion:
+        return ["its MLmodel holds no feature_contract, so nothing shows it is compatible"]
+    differences = [f"{key} {champion.get(key)!r} (champion) vs {challenger.get(key)!r} (challenger)"
+                   for key in ("task", "target") if champion.get(key) != challenger.get(key)]
+    old = {f["name"]: f["dtype"] for f in champion.get("features", [])}
+    new = {f["name"]: f["dtype"] for f in challenger.get("features", [])}
+    if removed := sorted(old.keys() - new.keys()):
+        differences.append(f"features the challenger lacks: {_listed(removed)}")
+    if added := sorted(new.keys() - old.keys()):
+        differences.append(f"features new in the challenger: {_listed(added)}")
+    if changed := [f"{n} {old[n]} -> {new[n]}" for n in sorted(old.keys() & new.keys()) if old[n] != new[n]]:
+        differences.append(f"dtypes changed (champion -> challenger): {_listed(changed)}")
+    return differences
 
+
+def _listed(items: list[str], most: int = 10) -> str:
+    """A short list: the gate's reason ends up in size-limited MLflow tags (champion_history)."""
+    more = f" and {len(items) - most} more" if len(items) > most else ""
+    return ", ".join(items[:most]) + more
+
+
+def stored_contract(model_name: str, version: str) -> dict[str, Any] | None:
+    """The feature_contract training stored in a registered version's MLmodel metadata. Only that YAML file is
+    downloaded: the model itself is not deserialized (one built for other data need not even load)."""
+    import tempfile
+
+    import mlflow
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="mlmodel-") as tmp:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}/MLmodel",
+                                                   dst_path=tmp)
+        mlmodel = yaml.safe_load(Path(path).read_text())
+    return (mlmodel.get("metadata") or {}).get("feature_contract")
+
+
+def _score_champion(config: EvaluationConfig, version: str, challenger: str, x: pd.DataFrame,
+                    y: pd.Series) -> dict[str, float]:
+    """The champion's metrics on this test set, or a ChampionGateError: its contract differs from the
+    challenger's (checked before the model is loaded), or it fails to load, predict or yield the gate's metric."""
+    name = config.mlflow.registered_model_name
     try:
-        model = mlflow.sklearn.load_model(f"models:/{config.mlflow.registered_model_name}/{version}")
-        return compute_metrics(config.schema.task, model, x, y)
-    except Exception as exc:  # a champion trained on another schema cannot score this data
-        log.warning("champion v%s could not be scored: %s", version, exc)
-        return None
+        contract = stored_contract(name, version)
+    except Exception as exc:  # the registry or artifact store failed: nothing to compare against
+        raise UnscorableChampionError(version, f"its MLmodel could not be read: {exc}", challenger) from exc
+    differences = contract_differences(contract, config.schema.feature_contract())
+    if differences:
+        raise IncompatibleChampionError(version, differences, challenger)
+    try:
+        model = registry.load_model(f"models:/{name}/{version}")
+        scores = compute_metrics(config.schema.task, model, x, y)
+    except Exception as exc:  # whatever the cause, an unscored champion must not be replaced silently
+        raise UnscorableChampionError(version, f"{type(exc).__name__}: {exc}", challenger) from exc
+    if config.promotion.metric not in scores:
+        raise UnscorableChampionError(version, f"its {config.promotion.metric} is undefined on this test set",
+                                      challenger)
+    return scores
 
 
 def _log_plots(schema: SchemaConfig, model: Any, x: pd.DataFrame, y: pd.Series) -> None:
@@ -159,7 +219,7 @@ def evaluate(test_frame: pd.DataFrame, config: EvaluationConfig, trained: Traini
     tracking.configure(config.mlflow)
     name = config.mlflow.registered_model_name
     x, y = split_xy(test_frame, config.schema)
-    model = mlflow.sklearn.load_model(trained.model_uri)
+    model = registry.load_model(trained.model_uri)
     scores = compute_metrics(config.schema.task, model, x, y)
     with mlflow.start_run(run_id=trained.mlflow_run_id):
         mlflow.log_metrics({f"test_{k}": v for k, v in scores.items()})
@@ -168,18 +228,28 @@ def evaluate(test_frame: pd.DataFrame, config: EvaluationConfig, trained: Traini
 
     version = registry.register(name, trained.model_uri, trained.mlflow_run_id)
     current = registry.champion_version(name)
-    champion_scores = scores if current in (None, version) else _score_champion(config, current, x, y)
+    metric = config.promotion.metric
+    client = mlflow.tracking.MlflowClient()
+    champion_scores: dict[str, float] | None = scores
     if current == version:
-        metric = config.promotion.metric
         decision = GateDecision(False, f"v{version} is already the champion", metric,
                                 scores[metric], scores[metric], current)
     else:
-        decision = decide(scores, None if current is None else champion_scores, current, config.promotion,
-                          force_promote)
+        try:
+            champion_scores = None if current is None else _score_champion(config, current, f"{name} v{version}",
+                                                                              x, y)
+            decision = decide(scores, champion_scores, current, config.promotion, force_promote)
+        except ChampionGateError as refused:
+            if not force_promote:  # the alias stays; the version says why it was not weighed
+                client.set_model_version_tag(name, version, "gate_decision", f"refused: {refused.problem}")
+                raise
+            champion_scores = None
+            decision = GateDecision(True, f"forced promotion over {refused.problem}", metric, scores[metric], None,
+                                    current)
+            log.warning("evaluate: %s v%s: %s", name, version, decision.reason)
         if decision.promoted:
             registry.promote(name, version, decision.reason)
             champion_scores = scores
-    client = mlflow.tracking.MlflowClient()
     for key, value in scores.items():
         client.set_model_version_tag(name, version, f"test_{key}", f"{value:.6f}")
     client.set_model_version_tag(name, version, "gate_decision", decision.reason)

@@ -16,6 +16,7 @@ from include.ml.components.transformation import build_preprocessor
 from include.ml.entities import SchemaConfig, TrainingConfig
 from include.ml.exceptions import TrainingError
 from include.ml.models import FAMILIES
+from serving.trust import ALLOWED_SKOPS_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,10 @@ def skops_trusted_types(pipeline: Any, family: str) -> list[str]:
     if unexpected:
         raise TrainingError(f"the fitted {family} pipeline holds types not on its skops allow-list: {unexpected}; "
                             "review them and add them to include/ml/models.py if they are safe")
+    unservable = sorted(set(needed) - ALLOWED_SKOPS_TYPES)
+    if unservable:  # what trains must load on every prediction server
+        raise TrainingError(f"the fitted {family} pipeline holds types the prediction server refuses to load: "
+                            f"{unservable}; they must be in serving/trust.py too")
     return needed
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from include.ml.entities import Ec2TargetConfig
 from include.ml.exceptions import DeploymentError
 from include.release.ports import CommandResult, Instance
-from serving.store import MANIFEST
+from serving.store import MANIFEST, SIGNATURE
 
 log = logging.getLogger(__name__)
 SSM_DOCUMENT = "AWS-RunShellScript"
@@ -34,8 +34,10 @@ class S3BundleStore:
         self.source = config.source(model_name)
 
     def publish(self, bundle: Path, version: str) -> None:
-        """Every file, the manifest last: a bundle with a manifest in S3 is complete."""
-        files = sorted((p for p in bundle.rglob("*") if p.is_file()), key=lambda p: p.name == MANIFEST)
+        """Every file, then the signature, the manifest last: a bundle with a manifest in S3 is complete."""
+        last = {SIGNATURE: 1, MANIFEST: 2}
+        files = sorted((p for p in bundle.rglob("*") if p.is_file()),
+                       key=lambda p: last.get(p.relative_to(bundle).as_posix(), 0))
         for path in files:
             self.hook.load_file(path, f"{self.prefix}/{version}/{path.relative_to(bundle).as_posix()}",
                                 bucket_name=self.bucket, replace=True)

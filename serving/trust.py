@@ -1,0 +1,48 @@
+"""What a model file may contain: decided here, never by the bundle, the registry or the MLmodel file.
+
+scikit-learn models are loaded with skops, which builds only the types it is told to trust and refuses a
+file holding any other before constructing anything. The list below is what the pipeline's model families
+need (include/ml/models.py keeps each family's subset; training refuses a model that needs more, so what
+trains can always be served). pickle and cloudpickle files run code while they load, so they are refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+# Beyond skops' own defaults (scikit-learn estimators, numpy arrays, builtins).
+ALLOWED_SKOPS_TYPES: frozenset[str] = frozenset({
+    "numpy.dtype",
+    "sklearn.tree._tree.Tree",  # random forests, extra trees
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",  # histogram gradient boosting
+})
+
+
+class UntrustedModelError(Exception):
+    """The model file is not skops, or holds a type outside ALLOWED_SKOPS_TYPES; nothing of it was built."""
+
+
+def load_sklearn(model_dir: Path, mlmodel: Mapping[str, Any]) -> Any:
+    """The scikit-learn model of an MLflow model directory, built only from trusted types."""
+    import skops.io
+
+    return skops.io.load(check_model(model_dir, mlmodel), trusted=sorted(ALLOWED_SKOPS_TYPES))
+
+
+def check_model(model_dir: Path, mlmodel: Mapping[str, Any]) -> Path:
+    """Refuse anything but a skops file of allowed types, reading only its schema (nothing is constructed);
+    returns the model file."""
+    import skops.io
+
+    flavor = (mlmodel.get("flavors") or {}).get("sklearn") or {}
+    if flavor.get("serialization_format") != "skops":
+        raise UntrustedModelError(f"serialization format {flavor.get('serialization_format')!r} is not loaded "
+                                  "(it runs code while loading); log the model with serialization_format='skops'")
+    path = model_dir / str(flavor.get("pickled_model", ""))
+    if not path.is_file() or path.parent != model_dir:
+        raise UntrustedModelError(f"no model file {flavor.get('pickled_model')!r} in {model_dir}")
+    untrusted = sorted(set(skops.io.get_untrusted_types(file=path)) - ALLOWED_SKOPS_TYPES)
+    if untrusted:
+        raise UntrustedModelError(f"{path.name} holds types outside the serving allow-list: {untrusted}")
+    return path
