@@ -67,3 +67,26 @@ def test_fetch_keeps_the_same_bundle_and_refuses_a_reused_version_name(store: Pa
     with pytest.raises(store_mod.BundleError, match="no bundle at"):
         store_mod.fetch(str(other), "9", store)
     assert not any(p.name.startswith(".staging") for p in store.iterdir())  # nothing half-written left behind
+
+
+def test_prune_keeps_the_newest_the_current_and_the_previous(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    for version in ("1", "2", "3", "4", "5", "6"):
+        (store / version).mkdir(parents=True)
+    store_mod.write_pointer(store, "2")  # an operator rolled far back
+    store_mod.write_pointer(store, "1", store_mod.PREVIOUS)
+    assert store_mod.prune(store, keep=2) == ["3", "4"]
+    assert store_mod.versions(store) == ["1", "2", "5", "6"]
+    assert store_mod.prune(store, keep=2) == []  # nothing more to do
+    assert store_mod.prune(store, keep=0) == []  # 0: keep everything
+    assert not any(p.name.endswith(".pruned") for p in store.iterdir())
+
+
+def test_one_store_command_at_a_time(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    with store_mod.locked(store):
+        with pytest.raises(store_mod.BundleError, match="locked by another store command"):
+            with store_mod.locked(store, timeout=0.3):
+                pass
+    with store_mod.locked(store, timeout=0.3):  # released with the block
+        pass

@@ -33,7 +33,9 @@ class PredictionServer:
         self.url = f"http://127.0.0.1:{port}"
         self.env = {**os.environ, "SERVING_MODEL_STORE": str(store), "SERVING_BIND": f"127.0.0.1:{port}",
                     "SERVING_WORKERS": str(workers), "SERVING_POLL_SECONDS": "0.2", "SERVING_ACCESS_LOG": "",
-                    "SERVING_PUBLIC_KEY": str(public_key_file()), "PYTHONPATH": str(REPO), **env}
+                    "SERVING_PUBLIC_KEY": str(public_key_file()), "PYTHONPATH": str(REPO),
+                    # A browser's idle keep-alive connections would hold a graceful stop for the default 30 s.
+                    "SERVING_GRACEFUL_TIMEOUT": "5", **env}
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.process: subprocess.Popen[bytes] | None = None
 
