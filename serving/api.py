@@ -133,8 +133,8 @@ CARD_HEADERS = {"Content-Security-Policy": "default-src 'none'; img-src data:; s
 def model_card() -> Response:
     model = service().model()
     if model.card_html is None:
-        return error_response(404, "no_model_card", f"{model.name} version {model.version} was exported without "
-                                                    "a model card (re-export it from the registry to add one)")
+        return error_response(404, "no_model_card", f"{model.name} version {model.version} has no model card: its "
+                                                    "bundle was exported before model cards existed")
     return Response(model.card_html, mimetype="text/html", headers=CARD_HEADERS)
 
 

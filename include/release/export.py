@@ -120,6 +120,7 @@ def _copy_card(client: Any, run_id: str, bundle: Path) -> None:
             path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{card.ARTIFACT_DIR}/{name}",
                                                        dst_path=str(bundle / ".card"))
             os.replace(path, bundle / target)
+            os.chmod(bundle / target, 0o644)  # the stage wrote it owner-only; a server may run as another user
     shutil.rmtree(bundle / ".card", ignore_errors=True)
 
 

@@ -16,7 +16,7 @@ from include.ml.components.training import build_pipeline, split_xy, train
 from include.ml.configuration import ConfigurationManager
 from include.ml.entities import CardConfig, EvaluationConfig, MlflowConfig
 from include.ml.exceptions import ConfigError
-from tests.support.frames import dataset, evaluation_config, schema, training_config
+from tests.support.frames import dataset, evaluation_config, training_config
 
 SHA = "0123456789abcdef" * 4
 FILLED = CardConfig(intended_use="Ranking wines for a tasting panel.", limitations="Red wines from one region only.",
@@ -76,7 +76,8 @@ def test_card_names_the_model_its_data_metrics_gate_and_importance(facts: model_
     assert f"| rmse (gate) | {rmse} | 9.2500 |" in card.markdown
     assert f"rmse (gate) {rmse} 9.2500" in seen and "v6 (champion)" in seen
     # Every schema column with its type and allowed values; the target marked.
-    assert "| kind | category | no | p, q | feature |" in card.markdown and "| y | float | no |  | target |" in card.markdown
+    assert "| kind | category | no | p, q | feature |" in card.markdown
+    assert "| y | float | no |  | target |" in card.markdown
     # Importance, highest first.
     assert seen.index("x1 0.8000") < seen.index("x2 0.3000") < seen.index("kind 0.0100")
     # The plot is inside the HTML file (a data: URI), byte for byte.
@@ -94,6 +95,9 @@ def test_description_is_the_short_form(facts: model_card.CardFacts) -> None:
     assert f"Gate: promoted: {facts.reason}" in description
     assert "Intended use: Ranking wines for a tasting panel." in description
     assert "card/model_card.html" in description
+    # However long the config's text, the registry's description stays a few short lines (MLflow caps its size).
+    long = model_card.build(facts, CardConfig(intended_use="Tasting.\n" + "very " * 5000)).description
+    assert len(long.splitlines()) == len(lines) and len(long) < len(description) + 400
 
 
 def test_unfilled_fields_are_placeholders_that_say_so(facts: model_card.CardFacts) -> None:

@@ -36,6 +36,8 @@ def test_export_ships_the_runs_card_in_the_signed_bundle(tmp_path: Path) -> None
     bundle = export_bundle("carded", version, tmp_path / "store", signer, trusted_keys())
     assert (bundle / store_mod.CARD_HTML).read_text() == CARD
     assert (bundle / store_mod.CARD_MARKDOWN).read_text() == "# toy v1\n"
+    assert {(bundle / name).stat().st_mode & 0o777 for name in (store_mod.CARD_HTML, store_mod.CARD_MARKDOWN)} \
+        == {0o644}  # readable by a server running as another user
     listed = {line.partition("  ")[2] for line in (bundle / store_mod.MANIFEST).read_text().splitlines()}
     assert {store_mod.CARD_HTML, store_mod.CARD_MARKDOWN} <= listed  # signed with the model
     assert not list(bundle.glob(".*"))  # no download leftovers
@@ -66,8 +68,8 @@ def test_a_tampered_card_refuses_the_bundle(store: Path, tamper: str, error: str
 
 def test_model_card_is_served_as_html_without_script(store: Path, make_app: Any) -> None:
     add_card(store / "1", CARD)
-    client = make_app().test_client()
-    response = client.get("/model-card")
+    client = make_app(api_key="card-test-key-0123456789").test_client()
+    response = client.get("/model-card")  # open like /version and the form page: no key needed
     assert response.status_code == 200 and response.get_data(as_text=True) == CARD
     assert response.headers["Content-Type"] == "text/html; charset=utf-8"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
@@ -81,7 +83,7 @@ def test_a_bundle_without_a_card_answers_404_json(client: Any) -> None:
     response = client.get("/model-card")
     assert response.status_code == 404 and response.mimetype == "application/json"
     error = response.get_json()["error"]
-    assert error["code"] == "no_model_card" and "toy version 1 was exported without a model card" in error["message"]
+    assert error["code"] == "no_model_card" and "toy version 1 has no model card" in error["message"]
     assert 'href="/model-card"' not in client.get("/").get_data(as_text=True)
 
 

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import base64
 import functools
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from include.ml import artifacts
 from include.ml.entities import CardConfig, ColumnSpec, SchemaConfig
-
-log = logging.getLogger(__name__)
 
 ARTIFACT_DIR = "card"  # in the training run's MLflow artifacts, and in the evaluate stage's directory
 MARKDOWN = "model_card.md"

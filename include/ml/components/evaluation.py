@@ -264,12 +264,15 @@ def evaluate(test_frame: pd.DataFrame, config: EvaluationConfig, trained: Traini
             decision = GateDecision(True, f"forced promotion over {refused.problem}", metric, scores[metric], None,
                                     current)
             log.warning("evaluate: %s v%s: %s", name, version, decision.reason)
-    # Rendered before the alias moves: a card that fails to render promotes nothing.
+    # The card is written before the alias moves: a card that fails to render or log promotes nothing.
     card = model_card.build(model_card.CardFacts(
         name, version, trained.mlflow_run_url, trained.family, trained.estimator,
         model.named_steps["model"].get_params(),
         config.schema, data, trained.train_rows, len(x), scores, decision.champion_version,
         champion_scores or {}, metric, decision.promoted, decision.reason, importance, plots), config.card)
+    model_card.write(card, output_dir / model_card.ARTIFACT_DIR)
+    client.log_artifacts(trained.mlflow_run_id, str(output_dir / model_card.ARTIFACT_DIR), model_card.ARTIFACT_DIR)
+    client.update_model_version(name, version, description=card.description)
     if decision.promoted:
         registry.promote(name, version, decision.reason)
     for key, value in scores.items():
@@ -278,9 +281,6 @@ def evaluate(test_frame: pd.DataFrame, config: EvaluationConfig, trained: Traini
     with mlflow.start_run(run_id=trained.mlflow_run_id):
         mlflow.set_tags({"registered_version": version, "gate_promoted": str(decision.promoted),
                          "gate_reason": decision.reason})
-        model_card.write(card, output_dir / model_card.ARTIFACT_DIR)
-        mlflow.log_artifacts(str(output_dir / model_card.ARTIFACT_DIR), model_card.ARTIFACT_DIR)
-    client.update_model_version(name, version, description=card.description)
     champion = version if decision.promoted or current is None else current
     result = EvaluationResult(name, version, trained.mlflow_run_id, trained.mlflow_run_url, len(x), scores,
                               decision, champion, scores if decision.promoted else champion_scores or {})
