@@ -111,12 +111,14 @@ def run_train(cm: ConfigurationManager, run_id: str) -> TrainingResult:
 
 
 def run_evaluate(cm: ConfigurationManager, run_id: str, force_promote: bool = False) -> EvaluationResult:
-    from include.ml.components import evaluation, training, transformation
+    from include.ml.components import card, evaluation, ingestion, training, transformation
 
     split = artifacts.read_json(_dir(cm, run_id, "transform") / transformation.RESULT)
     trained = training.TrainingResult(**artifacts.read_json(_dir(cm, run_id, "train") / training.RESULT))
+    ingested = artifacts.read_json(_dir(cm, run_id, "ingest") / ingestion.RESULT)
     return evaluation.evaluate(_read_parquet(split["test_path"]), cm.evaluation(), trained,
-                               _dir(cm, run_id, "evaluate"), force_promote=force_promote)
+                               _dir(cm, run_id, "evaluate"), force_promote=force_promote,
+                               data=card.TrainingData(ingested["source_uri"], ingested["sha256"], ingested["rows"]))
 
 
 def run_deploy(cm: ConfigurationManager, run_id: str, version: str | None = None) -> DeploymentResult | Skipped:

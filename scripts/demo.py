@@ -58,7 +58,7 @@ def main() -> int:
     print(f"\nAirflow UI:  {api}/dags/{DAG_ID}   (login {user} / {password})")
     print(f"MLflow run:  {evaluated['mlflow_run_url']}")
     print(f"Data Docs:   {client.links(DAG_ID, run_id, 'validate')['Data Docs']}")
-    print(f"Predictions: {serving}   (a form at /, the API at /openapi.json)")
+    print(f"Predictions: {serving}   (a form at /, the API at /openapi.json, the model card at /model-card)")
     print("Everything keeps running; stop it with: make down")
     return 0
 

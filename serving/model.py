@@ -45,6 +45,7 @@ class LoadedModel:
     estimator: Any
     loaded_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     self_check_rows: list[dict[str, Any]] = field(default_factory=list)
+    card_html: str | None = None  # the bundle's model card, as verified at load; None: the bundle has none
 
     def predict(self, columns: dict[str, np.ndarray]) -> Prediction:
         import pandas as pd
@@ -86,13 +87,16 @@ def load_bundle(bundle: Path, trusted: PublicKeys) -> LoadedModel:
         mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
         contract = Contract.from_mlmodel(mlmodel)
         estimator = load_sklearn(model_dir, mlmodel)
+        card = bundle / store.CARD_HTML
+        card_html = card.read_text(encoding="utf-8") if card.is_file() else None
     except Exception as exc:  # noqa: BLE001 - whatever a bad bundle raises, it is refused, never served
         raise ModelLoadError(f"bundle {bundle.name}: {type(exc).__name__}: {exc}") from exc
     _single_threaded(estimator)
     _install_fast_paths(estimator)
     model = LoadedModel(bundle.name, str(meta.get("name", "model")), str(meta.get("version", bundle.name)),
                         meta.get("run_id"), meta.get("trained_at"), meta.get("metrics") or {}, contract, estimator,
-                        self_check_rows=[contract.example_row(), *_input_example(model_dir, mlmodel)])
+                        self_check_rows=[contract.example_row(), *_input_example(model_dir, mlmodel)],
+                        card_html=card_html)
     try:
         _check_fast_paths(model)
         model.self_check()

@@ -93,6 +93,9 @@ def openapi_spec(contract: Contract | None, version: str | None, settings: Setti
             "/metrics": {"get": {"summary": "Prometheus metrics (all workers)", "responses": {"200": {
                 "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": json_ok}}},
+            "/model-card": {"get": {"summary": "The served model's card: data, metrics, gate decision, intended use",
+                                    "responses": {"200": {"description": "HTML page", "content": {"text/html": {
+                                        "schema": {"type": "string"}}}}, "404": _ERROR, "503": _ERROR}}},
             "/": {"get": {"summary": "A form to try the model", "responses": {"200": {
                 "description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
         },

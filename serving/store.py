@@ -2,6 +2,7 @@
 
     <store>/<version>/bundle.json       name, version, run id, trained at, metrics
     <store>/<version>/model/            the MLflow model directory
+    <store>/<version>/model_card.html   the model card (and model_card.md); bundles exported before cards lack it
     <store>/<version>/MANIFEST.sha256   checksum of every file above
     <store>/<version>/MANIFEST.sig      the signature over the manifest (serving/signing.py)
     <store>/CURRENT                     the version the servers should serve
@@ -32,6 +33,8 @@ MANIFEST = "MANIFEST.sha256"
 SIGNATURE = "MANIFEST.sig"
 METADATA = "bundle.json"
 MODEL_DIR = "model"
+CARD_HTML = "model_card.html"  # served at GET /model-card
+CARD_MARKDOWN = "model_card.md"
 CURRENT = "CURRENT"
 PREVIOUS = "PREVIOUS"
 LOCK = ".lock"

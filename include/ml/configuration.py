@@ -94,7 +94,7 @@ class ConfigurationManager:
         return TrainingConfig(c.schema, c.model, c.mlflow, tags)
 
     def evaluation(self) -> EvaluationConfig:
-        return EvaluationConfig(self.config.schema, self.config.promotion, self.config.mlflow)
+        return EvaluationConfig(self.config.schema, self.config.promotion, self.config.mlflow, self.config.card)
 
 
 def load(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None,
@@ -114,7 +114,7 @@ def load(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None
     api_key = env.get(SERVING_API_KEY_ENV)
     return PipelineConfig(PROJECT_ROOT, config_dir, project.artifacts_root, project.data_source, project.mlflow,
                           project.airflow, project.deployment, project.signing, schema, params.split, params.model,
-                          params.promotion, hashes, SecretStr(api_key) if api_key else None)
+                          params.promotion, hashes, SecretStr(api_key) if api_key else None, project.card)
 
 
 def read_config_file(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None) -> ConfigFile:

@@ -152,6 +152,16 @@ class SigningConfig(Frozen):
     kms_region: str | None = None  # default: deployment.ec2.region
 
 
+class CardConfig(Frozen):
+    """What the model card of every version says about its use (evaluate writes the card). A missing field is
+    shown as a placeholder that says it is unfilled; the text is escaped, never read as HTML."""
+
+    intended_use: str | None = None  # what the model is for, and for whom
+    limitations: str | None = None  # where it must not be trusted: data it never saw, known biases
+    owners: str | None = None  # who answers for it: a team, a person, a contact address
+    license: str | None = None  # the model's licence (and the training data's, if it differs)
+
+
 class ConfigFile(Frozen):
     """config.yaml: where the data comes from, where outputs go, how runs are tracked and deployed."""
 
@@ -161,6 +171,7 @@ class ConfigFile(Frozen):
     airflow: AirflowConfig = AirflowConfig()
     deployment: DeploymentConfig = DeploymentConfig()
     signing: SigningConfig = SigningConfig()
+    card: CardConfig = CardConfig()
 
 
 # --- schema.yaml -----------------------------------------------------------------------------------------------
@@ -293,6 +304,7 @@ class PipelineConfig:
     promotion: PromotionConfig
     config_hashes: Mapping[str, str]
     serving_api_key: SecretStr | None = None  # from MLOPS_SERVING_API_KEY only, never from a file
+    card: CardConfig = CardConfig()
 
     @property
     def model_store(self) -> Path:
@@ -331,3 +343,4 @@ class EvaluationConfig:
     schema: SchemaConfig
     promotion: PromotionConfig
     mlflow: MlflowConfig
+    card: CardConfig = CardConfig()

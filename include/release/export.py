@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from include.ml.components import card
 from include.ml.entities import SigningConfig
 from include.ml.exceptions import DeploymentError
 from include.release.signing import Signer, sign_bundle, signer_for, trusted_keys
@@ -97,7 +98,8 @@ def export_bundle(model_name: str, version_or_alias: str, store_dir: Path, signe
                     "trained_at": _iso(run.info.start_time), "registered_at": _iso(mv.creation_timestamp),
                     "metrics": {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}}
         (staged / store.METADATA).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-        store.write_manifest(staged)
+        _copy_card(client, mv.run_id, staged)
+        store.write_manifest(staged)  # the card too: signed like the model
         sign_bundle(staged, signer)
         load_bundle(staged, trusted)  # exactly what every server will do with it
         target = store.install(staged, store_dir, version)
@@ -105,6 +107,21 @@ def export_bundle(model_name: str, version_or_alias: str, store_dir: Path, signe
         shutil.rmtree(staged, ignore_errors=True)
     log.info("exported %s version %s to %s (signed)", model_name, version, target)
     return target
+
+
+def _copy_card(client: Any, run_id: str, bundle: Path) -> None:
+    """The version's model card (evaluate logged it to the run) into the bundle; a run without one, evaluated
+    before cards existed, gives a bundle without one."""
+    import mlflow
+
+    logged = {Path(a.path).name for a in client.list_artifacts(run_id, card.ARTIFACT_DIR)}
+    for name, target in ((card.HTML, store.CARD_HTML), (card.MARKDOWN, store.CARD_MARKDOWN)):
+        if name in logged:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{card.ARTIFACT_DIR}/{name}",
+                                                       dst_path=str(bundle / ".card"))
+            os.replace(path, bundle / target)
+            os.chmod(bundle / target, 0o644)  # the stage wrote it owner-only; a server may run as another user
+    shutil.rmtree(bundle / ".card", ignore_errors=True)
 
 
 def _iso(millis: int | None) -> str | None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
@@ -13,6 +11,7 @@ import pytest
 import yaml
 
 from serving import store as store_mod
+from tests.support.browser import chromium, require_chromium
 from tests.support.bundles import FEATURES, GOOD_ROW
 from tests.support.network import free_port
 from tests.support.servers import PredictionServer
@@ -20,18 +19,9 @@ from tests.support.signing import sign
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-if not (CHROMIUM and CHROMEDRIVER):
-    # CI must run these tests, so a missing browser fails there; a laptop without one may skip.
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        raise RuntimeError("chromium and chromedriver are required under CI: apt-get install -y chromium "
-                           "chromium-driver (or `make tools`)")
-    pytest.skip("chromium/chromedriver not installed (`make tools` installs them)", allow_module_level=True)
+require_chromium()
 
-from selenium import webdriver  # noqa: E402 - after the skip, so a machine without selenium's browser skips cleanly
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402 - after the skip, so a machine without selenium's browser skips cleanly
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.select import Select  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -41,17 +31,8 @@ TIMEOUT = 15  # seconds for the page's fetch to answer; generous for 2 loaded co
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    # --no-sandbox: CI containers run as root, where Chromium's sandbox refuses to start.
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(arg)
-    # An explicit driver path keeps Selenium Manager from trying to download one.
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def post_predict(server: PredictionServer, record: dict[str, Any]) -> dict[str, Any]:

@@ -113,3 +113,13 @@ def copy_store(source: Path, target: Path, current: str | None = None) -> Path:
 
         store_mod.write_pointer(target, current)
     return target
+
+
+def add_card(bundle: Path, html: str, markdown: str = "# card\n") -> None:
+    """Put a model card in a stored bundle as export does: the manifest lists it, the signature covers it."""
+    from serving import store as store_mod
+
+    (bundle / store_mod.CARD_HTML).write_text(html)
+    (bundle / store_mod.CARD_MARKDOWN).write_text(markdown)
+    store_mod.write_manifest(bundle)
+    sign(bundle)

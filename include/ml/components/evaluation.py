@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from include.ml import artifacts, registry, tracking
+from include.ml.components import card as model_card
 from include.ml.components.training import TrainingResult, split_xy
 from include.ml.entities import EvaluationConfig, PromotionConfig, SchemaConfig
 from include.ml.exceptions import (
@@ -170,7 +172,10 @@ def _score_champion(config: EvaluationConfig, version: str, challenger: str, x: 
     return scores
 
 
-def _log_plots(schema: SchemaConfig, model: Any, x: pd.DataFrame, y: pd.Series) -> None:
+def _log_plots(schema: SchemaConfig, model: Any, x: pd.DataFrame,
+               y: pd.Series) -> tuple[dict[str, bytes], dict[str, float]]:
+    """Log the residual or confusion-matrix plot and the permutation importance to the active run; return the
+    plots as PNG (title -> bytes) and the importance (feature -> mean drop in score) for the model card."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,12 +196,14 @@ def _log_plots(schema: SchemaConfig, model: Any, x: pd.DataFrame, y: pd.Series) 
         right.set(xlabel="predicted", ylabel="residual (actual - predicted)", title="Residuals")
         fig.tight_layout()
         mlflow.log_figure(fig, "plots/residuals.png")
+        plots = {"Predicted vs actual, and residuals (test set)": _png(fig)}
     else:
         fig, ax = plt.subplots(figsize=(6, 5))
         ConfusionMatrixDisplay.from_estimator(model, x, y, ax=ax, colorbar=False)
         ax.set_title("Confusion matrix (test set)")
         fig.tight_layout()
         mlflow.log_figure(fig, "plots/confusion_matrix.png")
+        plots = {"Confusion matrix (test set)": _png(fig)}
     plt.close(fig)
 
     sample = x.sample(min(len(x), IMPORTANCE_ROWS), random_state=0)
@@ -207,13 +214,23 @@ def _log_plots(schema: SchemaConfig, model: Any, x: pd.DataFrame, y: pd.Series) 
     ax.set(xlabel="drop in score when shuffled", title="Permutation feature importance (test set)")
     fig.tight_layout()
     mlflow.log_figure(fig, "plots/feature_importance.png")
+    plots["Permutation feature importance (test set)"] = _png(fig)
     plt.close(fig)
-    mlflow.log_dict({c: float(v) for c, v in zip(x.columns, importance.importances_mean)},
-                    "feature_importance.json")
+    importances = {c: float(v) for c, v in zip(x.columns, importance.importances_mean)}
+    mlflow.log_dict(importances, "feature_importance.json")
+    return plots, importances
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
 def evaluate(test_frame: pd.DataFrame, config: EvaluationConfig, trained: TrainingResult, output_dir: Path,
-             force_promote: bool = False) -> EvaluationResult:
+             force_promote: bool = False, data: model_card.TrainingData | None = None) -> EvaluationResult:
+    """Score the trained model on the test set, register it, let the gate decide, and write its model card
+    (`data`: the training snapshot the card names)."""
     import mlflow
 
     tracking.configure(config.mlflow)
@@ -224,7 +241,7 @@ def evaluate(test_frame: pd.DataFrame, config: EvaluationConfig, trained: Traini
     with mlflow.start_run(run_id=trained.mlflow_run_id):
         mlflow.log_metrics({f"test_{k}": v for k, v in scores.items()})
         mlflow.log_metric("test_rows", len(x))
-        _log_plots(config.schema, model, x, y)
+        plots, importance = _log_plots(config.schema, model, x, y)
 
     version = registry.register(name, trained.model_uri, trained.mlflow_run_id)
     current = registry.champion_version(name)
@@ -247,9 +264,17 @@ def evaluate(test_frame: pd.DataFrame, config: EvaluationConfig, trained: Traini
             decision = GateDecision(True, f"forced promotion over {refused.problem}", metric, scores[metric], None,
                                     current)
             log.warning("evaluate: %s v%s: %s", name, version, decision.reason)
-        if decision.promoted:
-            registry.promote(name, version, decision.reason)
-            champion_scores = scores
+    # The card is written before the alias moves: a card that fails to render or log promotes nothing.
+    card = model_card.build(model_card.CardFacts(
+        name, version, trained.mlflow_run_url, trained.family, trained.estimator,
+        model.named_steps["model"].get_params(),
+        config.schema, data, trained.train_rows, len(x), scores, decision.champion_version,
+        champion_scores or {}, metric, decision.promoted, decision.reason, importance, plots), config.card)
+    model_card.write(card, output_dir / model_card.ARTIFACT_DIR)
+    client.log_artifacts(trained.mlflow_run_id, str(output_dir / model_card.ARTIFACT_DIR), model_card.ARTIFACT_DIR)
+    client.update_model_version(name, version, description=card.description)
+    if decision.promoted:
+        registry.promote(name, version, decision.reason)
     for key, value in scores.items():
         client.set_model_version_tag(name, version, f"test_{key}", f"{value:.6f}")
     client.set_model_version_tag(name, version, "gate_decision", decision.reason)
@@ -258,7 +283,7 @@ def evaluate(test_frame: pd.DataFrame, config: EvaluationConfig, trained: Traini
                          "gate_reason": decision.reason})
     champion = version if decision.promoted or current is None else current
     result = EvaluationResult(name, version, trained.mlflow_run_id, trained.mlflow_run_url, len(x), scores,
-                              decision, champion, champion_scores or {})
+                              decision, champion, scores if decision.promoted else champion_scores or {})
     artifacts.write_json(output_dir / RESULT, asdict(result))
     log.info("evaluate: %s", result.summary())
     return result

@@ -1,0 +1,119 @@
+"""The model card of a registered version: what the model is, what it learnt from, how it scored against the
+champion and why the gate decided as it did, and what it is for (config.yaml's `card:`).
+
+Rendered from Jinja2 templates (include/ml/templates/) in Markdown and as one self-contained HTML page, its plots
+embedded as data: URIs; the registry's description is the card's short summary. Every value is escaped
+(autoescape), so text from the config or the data never becomes markup.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from include.ml import artifacts
+from include.ml.entities import CardConfig, ColumnSpec, SchemaConfig
+
+ARTIFACT_DIR = "card"  # in the training run's MLflow artifacts, and in the evaluate stage's directory
+MARKDOWN = "model_card.md"
+HTML = "model_card.html"
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+UNFILLED = "Not filled in: set card.{} in config.yaml."
+LABELS = {"intended_use": "Intended use", "limitations": "Limitations", "owners": "Owners and contact",
+          "license": "License"}  # the keys of CardConfig
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The snapshot the model was trained on (the ingest stage's record of it)."""
+
+    source: str
+    sha256: str
+    rows: int
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """What evaluate knows about a version once the gate has decided."""
+
+    model_name: str
+    version: str
+    run_url: str
+    family: str
+    estimator: str
+    hyperparameters: Mapping[str, Any]
+    schema: SchemaConfig
+    data: TrainingData | None  # None: the caller did not say (the card shows it as not recorded)
+    train_rows: int
+    test_rows: int
+    metrics: Mapping[str, float]
+    champion_version: str | None  # the champion the gate weighed this version against; None: there was none
+    champion_metrics: Mapping[str, float]
+    gate_metric: str
+    promoted: bool
+    reason: str
+    importance: Mapping[str, float] = field(default_factory=dict)  # feature -> drop in score when shuffled
+    plots: Mapping[str, bytes] = field(default_factory=dict)  # title -> PNG
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    markdown: str
+    html: str
+    description: str  # the short form: the registered version's description
+
+
+@functools.cache
+def _environment() -> Any:
+    import jinja2
+
+    # Autoescape in every template, Markdown included: an escaped "<" shows as "<" there too, never as a tag.
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                              keep_trailing_newline=True)
+
+
+def build(facts: CardFacts, config: CardConfig) -> ModelCard:
+    """Render the card of one version; a `card:` field left out shows as a placeholder saying so."""
+    context = {
+        "f": facts, "labels": LABELS, "card_path": f"{ARTIFACT_DIR}/{HTML}", "values": _values, "number": _number,
+        "usage": {key: getattr(config, key) or UNFILLED.format(key) for key in LABELS},
+        "unfilled": {key for key in LABELS if not getattr(config, key)},
+        "hyperparameters": {k: _shown(v) for k, v in sorted(facts.hyperparameters.items())},
+        "importance": sorted(facts.importance.items(), key=lambda item: -item[1]),
+        "metric_names": list(dict.fromkeys([*facts.metrics, *facts.champion_metrics])),
+        "plots": list(facts.plots),
+        "images": {title: base64.b64encode(png).decode() for title, png in facts.plots.items()},
+    }
+    env = _environment()
+    return ModelCard(env.get_template("model_card.md.j2").render(context),
+                     env.get_template("model_card.html.j2").render(context),
+                     env.get_template("model_card_summary.md.j2").render(context).strip())
+
+
+def write(card: ModelCard, directory: Path) -> None:
+    """The Markdown and HTML card into `directory`, each file atomically."""
+    artifacts.write_bytes(directory / MARKDOWN, card.markdown.encode())
+    artifacts.write_bytes(directory / HTML, card.html.encode())
+
+
+def _shown(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _values(column: ColumnSpec) -> str:
+    """What a column may hold, as schema.yaml says."""
+    if column.allowed is not None:
+        return ", ".join(map(str, column.allowed))
+    if column.min is not None and column.max is not None:
+        return f"{column.min} to {column.max}"
+    if column.min is not None:
+        return f"at least {column.min}"
+    return "" if column.max is None else f"at most {column.max}"
