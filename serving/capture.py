@@ -303,7 +303,7 @@ class ShipResult:
 def ship(directory: Path, destination: str, client: Any = None) -> ShipResult:
     """Upload every closed capture file to `destination` (s3://bucket/prefix: the same <model>/<date>/<file>
     layout below it), deleting each after its upload succeeded; add the counts to <directory>/shipped.json.
-    Raises ShipError on the first failed upload (what was shipped before it is counted)."""
+    A failed upload leaves its file for the next run; ShipError at the end names them."""
     if not destination.startswith("s3://") or not destination.removeprefix("s3://").split("/")[0]:
         raise ShipError(f"the destination must be s3://bucket/prefix, got {destination!r}")
     bucket, _, prefix = destination.removeprefix("s3://").partition("/")
@@ -315,21 +315,25 @@ def ship(directory: Path, destination: str, client: Any = None) -> ShipResult:
     from botocore.exceptions import BotoCoreError, ClientError
 
     files = rows = 0
-    try:
-        for path in closed_files(directory):
-            key = "/".join(filter(None, (prefix, path.relative_to(directory).as_posix())))
+    failed = []
+    for path in closed_files(directory):
+        key = "/".join(filter(None, (prefix, path.relative_to(directory).as_posix())))
+        try:
             count = sum(1 for _ in gzip.open(path, "rb"))
-            try:
-                with path.open("rb") as body:  # one PUT: files are rotated well below S3's 5 GB single-PUT limit
-                    client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/gzip")
-            except (BotoCoreError, ClientError) as exc:
-                raise ShipError(f"upload of {path} to s3://{bucket}/{key} failed: {exc}") from exc
-            path.unlink()
-            files, rows = files + 1, rows + count
-            log.info("shipped %s (%d rows) to s3://%s/%s", path.name, count, bucket, key)
-    finally:
-        if files:
-            _add_shipped(directory, files, rows)
+            with path.open("rb") as body:  # one PUT: files are rotated far below S3's 5 GB single-PUT limit
+                client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/gzip")
+        except (BotoCoreError, ClientError, OSError, EOFError) as exc:
+            log.error("capture file %s not shipped to s3://%s/%s: %s", path, bucket, key, exc)
+            failed.append(f"{path.name}: {exc}")
+            continue
+        path.unlink()
+        files, rows = files + 1, rows + count
+        log.info("shipped %s (%d rows) to s3://%s/%s", path.name, count, bucket, key)
+    if files:
+        _add_shipped(directory, files, rows)
+    if failed:
+        raise ShipError(f"{len(failed)} capture files not shipped to {destination} (kept for the next run; "
+                        f"{files} shipped): {'; '.join(failed[:5])}")
     return ShipResult(files, rows, destination)
 
 
