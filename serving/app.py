@@ -17,7 +17,7 @@ from serving.metrics import Metrics
 from serving.model import ModelHolder
 from serving.responses import error_response, json_response
 from serving.service import NoModel, Service
-from serving.settings import Settings
+from serving.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # create_app runs in each gunicorn worker after the fork (no preload), so the writer thread is the worker's own.
     capture = None
     if settings.capture_dir is not None:
-        capture = CaptureWriter(settings.capture_dir.resolve(), sample=settings.capture_sample,
-                                max_fill=settings.capture_max_fill, rotate_bytes=settings.capture_rotate_bytes,
-                                rotate_seconds=settings.capture_rotate_seconds,
-                                queue_rows=settings.capture_queue_rows, counters=metrics.capture_counters())
+        try:
+            capture = CaptureWriter(settings.capture_dir.resolve(), sample=settings.capture_sample,
+                                    max_fill=settings.capture_max_fill, rotate_bytes=settings.capture_rotate_bytes,
+                                    rotate_seconds=settings.capture_rotate_seconds,
+                                    queue_rows=settings.capture_queue_rows, counters=metrics.capture_counters())
+        except OSError as exc:
+            raise SettingsError(f"SERVING_CAPTURE_DIR={settings.capture_dir} cannot be used: {exc}") from exc
     app.extensions["serving"] = Service(settings, holder, metrics, batcher, capture)
     app.register_blueprint(bp)
     _register_request_id(app)

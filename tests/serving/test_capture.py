@@ -237,6 +237,13 @@ def test_bad_capture_settings_are_refused(env: dict[str, str], error: str) -> No
     assert error in str(raised.value)
 
 
+def test_an_unusable_capture_dir_stops_the_app_naming_the_setting(make_app: Callable[..., Flask],
+                                                                  tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    with pytest.raises(SettingsError, match=r"SERVING_CAPTURE_DIR=.*a-file/capture cannot be used"):
+        make_app(capture_dir=tmp_path / "a-file" / "capture")
+
+
 def test_capture_is_off_unless_a_directory_is_set() -> None:
     assert Settings.from_env({}).capture_dir is None
     assert Settings.from_env({"SERVING_CAPTURE_DIR": ""}).capture_dir is None
