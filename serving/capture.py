@@ -132,8 +132,9 @@ class CaptureWriter:
         """Queue a request's rows if it is sampled (all its rows or none); never blocks. True when queued."""
         if self.sample < 1.0 and random.random() >= self.sample:
             return False
-        reason = None
-        with self._lock:
+        item = _Request(request_id, datetime.now(timezone.utc), model_name, model_version, columns, n_rows,
+                        predictions, probabilities)
+        with self._lock:  # held for the put too: nothing is queued behind close()'s stop mark
             if self._closed:
                 reason = "shutdown"
             elif not self.enabled:
@@ -142,12 +143,10 @@ class CaptureWriter:
                 reason = "queue_full"
             else:
                 self._pending += n_rows
-        if reason is not None:
-            self.counters.dropped(reason, n_rows)
-            return False
-        self._queue.put(_Request(request_id, datetime.now(timezone.utc), model_name, model_version, columns,
-                                 n_rows, predictions, probabilities))
-        return True
+                self._queue.put(item)  # unbounded SimpleQueue: never blocks
+                return True
+        self.counters.dropped(reason, n_rows)
+        return False
 
     def close(self, timeout: float = 30.0) -> None:
         """Write everything queued, close and rename the open files; later submits are dropped ("shutdown")."""
@@ -155,7 +154,7 @@ class CaptureWriter:
             if self._closed:
                 return
             self._closed = True
-        self._queue.put(_STOP)
+            self._queue.put(_STOP)
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.error("capture writer did not finish within %.0fs; %d rows may be lost", timeout, self._pending)
@@ -184,7 +183,12 @@ class CaptureWriter:
             if not self.enabled:
                 self.counters.dropped("disk_full", item.n_rows)
                 return
-            lines = self._encode(item)
+            try:
+                lines = self._encode(item)
+            except Exception as exc:  # noqa: BLE001 - a value the encoder refuses costs its request's rows only
+                log.error("capture: cannot encode request %s: %s", item.request_id, exc)
+                self.counters.dropped("error", item.n_rows)
+                return
             key = (item.model_name, item.timestamp.strftime("%Y-%m-%d"))
             try:
                 handle = self._files.get(key) or self._open(*key)

@@ -194,6 +194,36 @@ def test_a_write_error_is_counted_and_the_writer_carries_on(tmp_path: Path) -> N
     assert [r["request_id"] for r in records(tmp_path / "capture")] == ["kept"]
 
 
+def test_a_value_the_encoder_refuses_costs_only_its_request(tmp_path: Path) -> None:
+    recorded = Recorded()
+    writer = make_writer(tmp_path, recorded)
+    writer.submit("bad", "toy", "1", {"x1": np.array([object()], dtype=object)}, 1, [1.0], None)
+    submit(writer, "good")
+    writer.close()
+    assert recorded.dropped == Counter({"error": 1}) and recorded.captured == 1
+    assert [r["request_id"] for r in records(tmp_path / "capture")] == ["good"]
+
+
+def test_concurrent_submits_and_close_lose_nothing_uncounted(tmp_path: Path) -> None:
+    """Every submitted row is either written or dropped and counted, even when close() races the submits."""
+    recorded = Recorded()
+    writer = make_writer(tmp_path, recorded, queue_rows=50)
+
+    def client(number: int) -> None:
+        for i in range(300):
+            submit(writer, f"c{number}-{i}")
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    writer.close()
+    for thread in threads:
+        thread.join()
+    assert len(records(tmp_path / "capture")) == recorded.captured
+    assert recorded.captured + sum(recorded.dropped.values()) == 1200
+    assert set(recorded.dropped) <= {"queue_full", "shutdown"}
+
+
 def test_sampling_takes_about_the_fraction_and_whole_requests(tmp_path: Path) -> None:
     n, p = 2_000, 0.5
     writer = make_writer(tmp_path, sample=p)
