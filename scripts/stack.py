@@ -306,6 +306,14 @@ def pipeline_settings(env: Mapping[str, str]) -> ConfigFile:
         raise StackError(f"cannot read the pipeline's configuration: {exc}") from exc
 
 
+def capture_dir(config: ConfigFile, env: Mapping[str, str]) -> Path:
+    """Where the local prediction server writes its capture files, for the monitor to read: the config's
+    monitoring.capture_dir (default "capture"), MLOPS_CAPTURE_DIR when set; relative to the project root."""
+    monitoring = getattr(config, "monitoring", None)  # the monitor's optional section (issue 13)
+    path = Path(env.get("MLOPS_CAPTURE_DIR") or getattr(monitoring, "capture_dir", None) or "capture")
+    return path if path.is_absolute() else REPO / path
+
+
 # --- processes -------------------------------------------------------------------------------------------------
 
 def proc_stat(pid: int) -> list[str]:
@@ -489,7 +497,8 @@ def start(s: Settings, name: str, env: dict[str, str], pipeline: Callable[[], Co
         command = [s.bin("gunicorn"), "-c", str(REPO / "serving" / "gunicorn.conf.py")]
         extra = {"SERVING_MODEL_STORE": store, "SERVING_BIND": f"{s.host}:{s.serving_port}",
                  "SERVING_WORKERS": env.get("SERVING_WORKERS") or "2",
-                 "SERVING_PUBLIC_KEY": str(pipeline().signing.public_key)}
+                 "SERVING_PUBLIC_KEY": str(pipeline().signing.public_key),
+                 "SERVING_CAPTURE_DIR": str(capture_dir(pipeline(), env))}
     elif name == "mlflow":
         tracking = s.mlflow_backend_uri or pipeline().mlflow.tracking_uri  # the server's own store: tasks use HTTP
         if tracking.startswith(("http://", "https://", "databricks")):

@@ -1,8 +1,9 @@
-"""Model store commands on a serving host: `python -m serving {refresh,activate,rollback,status}`.
+"""Model store commands on a serving host: `python -m serving {refresh,activate,rollback,status,ship-capture}`.
 
 `refresh` is what the deploy step runs on every server: fetch a bundle, verify it, activate it.
 `activate` and `rollback` switch between bundles already in the store (serving/activation.py). Exporting
 a model from the MLflow registry into a store is the pipeline's job: `python main.py export`.
+`ship-capture` uploads the closed prediction capture files to S3 and deletes them (serving/capture.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from serving import store
 from serving.activation import ActivationError, activate
+from serving.capture import ShipError, ship
 from serving.settings import Settings, SettingsError
 from serving.signing import verify_signature
 
@@ -44,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("activate", parents=[switch], help="make VERSION the served one").add_argument("version")
     sub.add_parser("rollback", parents=[switch], help="go back to the PREVIOUS version")
     sub.add_parser("status", help="versions in the store and the pointers")
+    shipping = sub.add_parser("ship-capture", help="upload the closed capture files of SERVING_CAPTURE_DIR to S3, "
+                                                   "then delete them (an EC2 systemd timer runs it)")
+    shipping.add_argument("--to", required=True, help="s3://bucket/<prefix>/capture: files go to "
+                                                      "<to>/<model>/<date>/<file>.jsonl.gz")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store_dir = args.store.resolve()
@@ -52,14 +58,26 @@ def main(argv: list[str] | None = None) -> int:
             result: dict[str, Any] = {
                 "store": str(store_dir), "current": store.read_pointer(store_dir),
                 "previous": store.read_pointer(store_dir, store.PREVIOUS), "versions": store.versions(store_dir)}
+        elif args.command == "ship-capture":
+            result = _ship_capture(args.to, Settings.from_env())
         else:
             result = _switch(args, store_dir, Settings.from_env())
-    except (ActivationError, store.BundleError, SettingsError) as exc:
+    except (ActivationError, store.BundleError, SettingsError, ShipError) as exc:
         print(json.dumps({"status": "failed", "command": args.command, "error": str(exc)}))
         log.error("%s failed: %s", args.command, exc)
         return 1
     print(json.dumps(result))
     return 0
+
+
+def _ship_capture(destination: str, settings: Settings) -> dict[str, Any]:
+    if settings.capture_dir is None:
+        raise SettingsError("SERVING_CAPTURE_DIR is not set: there is no capture directory to ship")
+    if not settings.capture_dir.is_dir():
+        return {"status": "ok", "files": 0, "rows": 0, "destination": destination}  # the server captured nothing yet
+    shipped = ship(settings.capture_dir, destination)
+    log.info("%s", shipped.summary())
+    return {"status": "ok", "files": shipped.files, "rows": shipped.rows, "destination": destination}
 
 
 def _switch(args: argparse.Namespace, store_dir: Path, settings: Settings) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import hmac
 import os
 from typing import Any
 
-from flask import Blueprint, Response, current_app, render_template, request
+from flask import Blueprint, Response, current_app, g, render_template, request
 
 from serving.inputs import InputError, csv_rows, mlflow_input, parse_json
 from serving.model import LoadedModel
@@ -62,6 +62,7 @@ def invocations() -> Response:
         raise InputError(415, "unsupported_media_type",
                          f"expected application/json or text/csv, got {request.mimetype or 'none'}")
     model, batch, prediction = service().predict(rows, from_text)
+    service().record(g.request_id, model, batch, prediction)
     body: dict[str, Any] = {"predictions": prediction.values}
     if batch.warnings:
         body["warnings"] = batch.warnings
@@ -72,6 +73,7 @@ def invocations() -> Response:
 def predict() -> Response:
     _require_json()
     model, batch, prediction = service().predict(_json_body())
+    service().record(g.request_id, model, batch, prediction)
     body: dict[str, Any] = {"predictions": prediction.values, "model": {"name": model.name, "version": model.version}}
     if prediction.probabilities is not None:
         body["probabilities"] = prediction.probabilities

@@ -11,12 +11,13 @@ from werkzeug.exceptions import HTTPException
 
 from serving.api import bp
 from serving.batching import MicroBatcher
+from serving.capture import CaptureWriter, request_id
 from serving.inputs import InputError
 from serving.metrics import Metrics
 from serving.model import ModelHolder
 from serving.responses import error_response, json_response
 from serving.service import NoModel, Service
-from serving.settings import Settings
+from serving.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     settings = Settings.from_env(overrides=test_config)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    metrics = Metrics()
+    metrics = Metrics(settings.capture_dir)
     trusted = settings.trusted_keys()
     if not trusted:
         log.error("SERVING_PUBLIC_KEY is not set: no bundle can be verified, so none will be served")
@@ -42,11 +43,40 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if settings.batching:
         batcher = MicroBatcher(lambda: holder.current, settings.batch_max_rows, settings.batch_max_wait_ms / 1000,
                                on_batch=metrics.batch_rows.observe)
-    app.extensions["serving"] = Service(settings, holder, metrics, batcher)
+    # create_app runs in each gunicorn worker after the fork (no preload), so the writer thread is the worker's own.
+    capture = None
+    if settings.capture_dir is not None:
+        try:
+            capture = CaptureWriter(settings.capture_dir.resolve(), sample=settings.capture_sample,
+                                    max_fill=settings.capture_max_fill, rotate_bytes=settings.capture_rotate_bytes,
+                                    rotate_seconds=settings.capture_rotate_seconds,
+                                    queue_rows=settings.capture_queue_rows, counters=metrics.capture_counters())
+        except OSError as exc:
+            raise SettingsError(f"SERVING_CAPTURE_DIR={settings.capture_dir} cannot be used: {exc}") from exc
+    app.extensions["serving"] = Service(settings, holder, metrics, batcher, capture)
     app.register_blueprint(bp)
+    _register_request_id(app)
     _register_error_handlers(app)
     _register_metrics_hooks(app, metrics)
     return app
+
+
+def shutdown(app: Flask) -> None:
+    """Stop the worker's threads: write every captured row still queued, stop following the store
+    (gunicorn.conf.py's worker_exit; tests)."""
+    app.extensions["serving"].close()
+
+
+def _register_request_id(app: Flask) -> None:
+    """Every response carries X-Request-ID: the client's own when it is safe, else a new one (capture records it)."""
+    @app.before_request
+    def take_request_id() -> None:
+        g.request_id = request_id(request.headers.get("X-Request-ID"))
+
+    @app.after_request
+    def give_request_id(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id") or request_id(None)
+        return response
 
 
 def _register_error_handlers(app: Flask) -> None:

@@ -60,6 +60,13 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
+    # Graceful stop, max-requests restart, reload, or SIGQUIT: the captured rows still queued are written and
+    # the capture files closed (serving/capture.py) before the worker is gone.
+    app = getattr(worker, "wsgi", None)
+    if app is not None and "serving" in getattr(app, "extensions", {}):
+        from serving.app import shutdown
+
+        shutdown(app)
     writer = getattr(worker, "access_log_writer", None)
     if writer is not None:
         writer.stop()  # writes every line still queued

@@ -8,15 +8,21 @@ sums them. Without it (tests, a single process) the app's own registry is used.
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from serving.capture import CaptureCounters, shipped_totals
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, capture_dir: Path | None = None) -> None:
         self.registry = CollectorRegistry()  # one per app, so several apps can live in one test process
         self.requests = Counter("serving_requests", "HTTP requests by endpoint, method and status",
                                 ["endpoint", "method", "status"], registry=self.registry)
@@ -28,10 +34,43 @@ class Metrics:
                                    ["version", "outcome"], registry=self.registry)
         self.batch_rows = Histogram("serving_batch_rows", "Rows per model call (micro-batching)",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 10_000), registry=self.registry)
+        self.capture_rows = Counter("serving_capture_rows", "Rows written to prediction capture files",
+                                    registry=self.registry)
+        self.capture_dropped = Counter("serving_capture_dropped_rows", "Sampled rows not captured, by reason "
+                                       "(queue_full, disk_full, error, shutdown)", ["reason"], registry=self.registry)
+        # livemin: 0 as soon as one live worker has stopped capturing (the disk is shared, so all soon will).
+        self.capture_enabled = Gauge("serving_capture_enabled", "1 while prediction capture writes, 0 when it is "
+                                     "off or stopped by the disk fill level", registry=self.registry,
+                                     multiprocess_mode="livemin")
+        self.capture_enabled.set(0)
+        # The shipper is another process (a systemd timer): its totals come from its file in the capture dir.
+        self.collectors: list[Collector] = [_ShippedCollector(capture_dir)] if capture_dir is not None else []
+        for collector in self.collectors:
+            self.registry.register(collector)
+
+    def capture_counters(self) -> CaptureCounters:
+        return CaptureCounters(captured=self.capture_rows.inc,
+                               dropped=lambda reason, rows: self.capture_dropped.labels(reason).inc(rows),
+                               enabled=lambda on: self.capture_enabled.set(1 if on else 0))
 
     def exposition(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
+            for collector in self.collectors:
+                registry.register(collector)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+class _ShippedCollector(Collector):
+    """Capture files and rows shipped to S3 so far (serving/capture.py's ship() keeps the totals)."""
+
+    def __init__(self, capture_dir: Path) -> None:
+        self.capture_dir = capture_dir
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        totals = shipped_totals(self.capture_dir)
+        yield CounterMetricFamily("serving_capture_shipped_files", "Capture files shipped to S3",
+                                  value=totals["files"])
+        yield CounterMetricFamily("serving_capture_shipped_rows", "Capture rows shipped to S3", value=totals["rows"])

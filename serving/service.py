@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from serving.batching import MicroBatcher, StaleContract
+from serving.capture import CaptureWriter
 from serving.inputs import Batch, validate
 from serving.metrics import Metrics
 from serving.model import LoadedModel, ModelHolder, Prediction
@@ -24,6 +25,7 @@ class Service:
     holder: ModelHolder
     metrics: Metrics
     batcher: MicroBatcher | None
+    capture: CaptureWriter | None = None
 
     def model(self) -> LoadedModel:
         model = self.holder.current
@@ -48,3 +50,14 @@ class Service:
             self.metrics.predictions.labels(model.name, model.version).inc(batch.n_rows)
             return model, batch, prediction
         raise NoModel()
+
+    def record(self, request_id: str, model: LoadedModel, batch: Batch, prediction: Prediction) -> None:
+        """Hand a prediction to the capture writer (when capture is on); never blocks, never raises."""
+        if self.capture is not None:
+            self.capture.submit(request_id, model.name, model.version, batch.columns, batch.n_rows,
+                                prediction.values, prediction.probabilities)
+
+    def close(self) -> None:
+        self.holder.stop()
+        if self.capture is not None:
+            self.capture.close()

@@ -33,6 +33,14 @@ class Settings:
     # bundle is refused, since none can be verified.
     public_key: Path | None = None
     keep_bundles: int = 5  # bundles a store keeps besides CURRENT and PREVIOUS; older ones are pruned
+    # Prediction capture (serving/capture.py, docs/serving.md): gzip JSON lines of sampled requests under this
+    # directory, for the monitor. Not set: capture is off.
+    capture_dir: Path | None = None
+    capture_sample: float = 1.0  # fraction of prediction requests captured, whole requests (the demo: all)
+    capture_max_fill: float = 0.75  # capture stops while the disk is fuller than this (SageMaker's guidance)
+    capture_rotate_bytes: int = 16 * 1024 * 1024  # a file is closed after this many JSON bytes (uncompressed) ...
+    capture_rotate_seconds: float = 300.0  # ... or this long after it was opened
+    capture_queue_rows: int = 100_000  # rows waiting for the writer thread; beyond, sampled rows are dropped
     # gunicorn (serving/gunicorn.conf.py)
     bind: str = "127.0.0.1:8000"
     workers: int = 2
@@ -58,11 +66,22 @@ class Settings:
     def check(self) -> None:
         if self.out_of_range not in ("reject", "flag"):
             raise SettingsError(f"SERVING_OUT_OF_RANGE must be 'reject' or 'flag', got {self.out_of_range!r}")
-        for name in ("max_rows", "max_body_bytes", "batch_max_rows", "workers", "threads", "timeout", "keep_bundles"):
+        for name in ("max_rows", "max_body_bytes", "batch_max_rows", "workers", "threads", "timeout", "keep_bundles",
+                     "capture_rotate_bytes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"SERVING_{name.upper()} must be at least 1, got {getattr(self, name)}")
         if self.batch_max_wait_ms < 0 or self.poll_seconds < 0:
             raise SettingsError("SERVING_BATCH_MAX_WAIT_MS and SERVING_POLL_SECONDS cannot be negative")
+        if not 0.0 <= self.capture_sample <= 1.0:
+            raise SettingsError(f"SERVING_CAPTURE_SAMPLE must be a fraction from 0 to 1, got {self.capture_sample}")
+        if not 0.0 < self.capture_max_fill <= 1.0:
+            raise SettingsError(f"SERVING_CAPTURE_MAX_FILL must be a fraction above 0, at most 1, got "
+                                f"{self.capture_max_fill}")
+        if not self.capture_rotate_seconds > 0:
+            raise SettingsError(f"SERVING_CAPTURE_ROTATE_SECONDS must be positive, got {self.capture_rotate_seconds}")
+        if self.capture_queue_rows < self.max_rows:  # else a request of max_rows rows could never be captured
+            raise SettingsError(f"SERVING_CAPTURE_QUEUE_ROWS ({self.capture_queue_rows}) must be at least "
+                                f"SERVING_MAX_ROWS ({self.max_rows})")
 
     def trusted_keys(self) -> PublicKeys:
         """The public keys of SERVING_PUBLIC_KEY ({} when it is not set: then nothing verifies)."""

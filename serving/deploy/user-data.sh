@@ -19,6 +19,8 @@
 #   7. nginx on SERVING_PORT in front of it (serving/deploy/nginx-prediction-server.conf: slow clients dropped,
 #      whole requests and responses buffered, optional TLS)
 #   8. the model s3://BUCKET/PREFIX/MODEL_NAME/CURRENT names, through the deploy task's own refresh command
+#   9. prediction capture (CAPTURE_SAMPLE above 0): the server writes /var/lib/mlops-capture, and
+#      capture-ship.timer ships the closed files to s3://BUCKET/PREFIX/capture/MODEL_NAME/<date>/ every 5 minutes
 #
 # Idempotent: run it again at any time with `sudo /usr/local/sbin/mlops-setup` (a copy of this script) to pick up
 # a new APP_SOURCE release, a rotated API key or changed settings. Fails on the first error (set -Eeuo pipefail)
@@ -63,6 +65,9 @@ AWS_REGION=""                       # empty: this instance's region, from the in
 # Paste it between the quotes, line breaks and all. Empty: the script refuses to set the instance up, since the
 # server loads only bundles signed by a key it trusts.
 SIGNING_PUBLIC_KEY=""
+# Prediction capture for the monitor (docs/serving.md): the fraction of prediction requests recorded, from 0 (off)
+# to 1 (all). Files go to s3://BUCKET/PREFIX/capture/MODEL_NAME/<date>/ (the instance policy allows that prefix).
+CAPTURE_SAMPLE="1.0"
 
 # ---- fixed layout (serving/deploy/prediction-server.service uses the same paths) ----------------------------
 MLOPS_ROOT=/opt/mlops
@@ -76,6 +81,8 @@ NGINX_TEMPLATE=serving/deploy/nginx-prediction-server.conf  # in the app code
 NGINX_SITE=/etc/nginx/conf.d/prediction-server.conf
 RELEASE_PREFIX=releases/app         # s3://BUCKET/RELEASE_PREFIX/: the release publisher's, read-only to instances
 SERVICE=prediction-server
+SHIP_SERVICE=capture-ship           # capture-ship.service and .timer, from serving/deploy/
+CAPTURE_DIR=/var/lib/mlops-capture  # the units' StateDirectory=mlops-capture
 SERVICE_USER=mlops
 LOG_FILE=/var/log/mlops-setup.log
 SELF=/usr/local/sbin/mlops-setup
@@ -199,6 +206,8 @@ check_settings() {
             [[ "$TLS_REDIRECT_PORT" =~ ^([0-9.]+:)?[0-9]+$ ]] || die "TLS_REDIRECT_PORT must be a port, got '$TLS_REDIRECT_PORT'"
         fi
     fi
+    [[ "$CAPTURE_SAMPLE" =~ ^(0|1|0?\.[0-9]+|0\.[0-9]*|1\.0*)$ ]] ||
+        die "CAPTURE_SAMPLE must be a fraction from 0 (capture off) to 1 (every request), got '$CAPTURE_SAMPLE'"
     if [ -n "$TRUSTED_PROXY_CIDR" ]; then
         [[ "$TRUSTED_PROXY_CIDR" =~ ^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$ ]] ||
             die "TRUSTED_PROXY_CIDR must be an address or CIDR block, got '$TRUSTED_PROXY_CIDR'"
@@ -339,7 +348,8 @@ fetch_app() {
         tar -xzf "$archive" -C "$new" --no-same-owner
         rm -f "$archive"
     fi
-    for f in serving/gunicorn.conf.py serving/requirements.txt "serving/deploy/$SERVICE.service" "$NGINX_TEMPLATE"; do
+    for f in serving/gunicorn.conf.py serving/requirements.txt "serving/deploy/$SERVICE.service" \
+        "serving/deploy/$SHIP_SERVICE.service" "serving/deploy/$SHIP_SERVICE.timer" "$NGINX_TEMPLATE"; do
         [ -f "$new/$f" ] || die "$APP_SOURCE has no $f at its top level (make the tarball at the repository root: git archive --format=tar.gz -o release.tar.gz HEAD)"
     done
     printf '%s %s %s\n' "$APP_SOURCE" "$pin" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$new/.release"
@@ -401,6 +411,7 @@ MLOPS_APP_DIR=${APP_DIR}
 MLOPS_PYTHON=${BIN_DIR}/python
 AWS_REGION=${REGION}
 AWS_DEFAULT_REGION=${REGION}
+$(capture_settings)
 EOF
     # refresh, activate and rollback run as the store's owner even when called as root (SSM runs commands as
     # root): bundles and the CURRENT pointer are then owned by mlops and always readable by the server.
@@ -432,6 +443,18 @@ EOF
     fi
 }
 
+capture_on() {
+    [[ ! "$CAPTURE_SAMPLE" =~ ^0?\.?0*$ ]]
+}
+
+# serving.env lines for prediction capture (none when CAPTURE_SAMPLE is 0: capture off).
+capture_settings() {
+    if capture_on; then
+        printf '%s\n' "SERVING_CAPTURE_DIR=${CAPTURE_DIR}" "SERVING_CAPTURE_SAMPLE=${CAPTURE_SAMPLE}" \
+            "MLOPS_CAPTURE_SHIP_TO=s3://${BUCKET}/${PREFIX}/capture"
+    fi
+}
+
 wait_for() {
     local url=$1 seconds=$2 deadline insecure=()
     deadline=$((SECONDS + seconds))
@@ -444,8 +467,16 @@ wait_for() {
 }
 
 start_service() {
-    install -m 0644 -o root -g root "$APP_DIR/serving/deploy/$SERVICE.service" "/etc/systemd/system/$SERVICE.service"
+    local unit
+    for unit in "$SERVICE.service" "$SHIP_SERVICE.service" "$SHIP_SERVICE.timer"; do
+        install -m 0644 -o root -g root "$APP_DIR/serving/deploy/$unit" "/etc/systemd/system/$unit"
+    done
     systemctl daemon-reload
+    if capture_on; then
+        systemctl enable --quiet --now "$SHIP_SERVICE.timer"
+    else
+        systemctl disable --quiet --now "$SHIP_SERVICE.timer"
+    fi
     systemctl enable --quiet "$SERVICE"
     systemctl restart "$SERVICE"   # new code, venv and settings; Type=notify: returns once gunicorn listens
     wait_for "http://127.0.0.1:${SERVING_BACKEND_PORT}/health" 120 ||

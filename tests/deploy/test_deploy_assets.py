@@ -7,7 +7,8 @@ interpreter (what needs no process: test_deploy_assets_static.py).
   the release it installs as root is pinned (APP_SHA256, a full git commit) and checked before extraction, pip
   installs with --require-hashes, the bundle-signing public key is required and written for the server.
 - prediction-server.service: systemd-analyze verify (when present) and the settings that matter, read back.
-- the instance's IAM policy: valid, read-only, scoped to the prefix and the API key parameter.
+- the instance's IAM policy: valid, read-only but for its capture prefix, scoped to the prefix and the API key
+  parameter.
 - bootstrap.py's secrets file and the settings file read the same through a shell as through systemd.
 """
 
@@ -483,6 +484,8 @@ def _valid_settings() -> str:
     ("TLS_CERTIFICATE=/nonexistent/server.crt TLS_CERTIFICATE_KEY=/nonexistent/server.key", "does not exist"),
     ("TLS_CERTIFICATE='/etc/x.crt; evil' TLS_CERTIFICATE_KEY=/etc/x.key", "must both be absolute paths"),
     ("TRUSTED_PROXY_CIDR='10.0.0.0/16; allow all'", "TRUSTED_PROXY_CIDR must be"),
+    ("CAPTURE_SAMPLE=1.5", "CAPTURE_SAMPLE must be a fraction from 0"),
+    ("CAPTURE_SAMPLE='0.5; rm -rf /'", "CAPTURE_SAMPLE must be a fraction from 0"),
 ])
 def test_settings_are_checked_before_anything_is_installed(tmp_path: Path, change: str, error: str) -> None:
     good = user_data(_valid_settings(), "check_settings s3", env={"TEST_KEY": public_key_pem()}, check=False)
@@ -554,9 +557,11 @@ def test_unit_settings() -> None:
         assert service.get(key) == "yes", key
     assert service["ProtectSystem"] == "strict"
     assert service["CapabilityBoundingSet"] == ""
-    # Writable: only the runtime directory holding the Prometheus files. The store stays read-only here.
+    # Writable: only the runtime directory holding the Prometheus files and the capture directory. The store
+    # stays read-only here.
     assert "PROMETHEUS_MULTIPROC_DIR=/run/prediction-server/metrics" in unit["Service"]["Environment"]
     assert service["RuntimeDirectory"] == "prediction-server"
+    assert f"/var/lib/{service['StateDirectory']}" == user_data_setting("CAPTURE_DIR")
     assert "ReadWritePaths" not in service
     assert f"SERVING_MODEL_STORE={user_data_setting('MODEL_STORE')}" in unit["Service"]["Environment"]
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
@@ -596,13 +601,15 @@ def test_systemd_analyze_verify_catches_a_bad_directive(tmp_path: Path) -> None:
 # --- IAM policies -----------------------------------------------------------------------------------------------
 
 
-def test_instance_policy_is_read_only_and_scoped() -> None:
+def test_instance_policy_is_read_only_but_for_its_capture_prefix_and_scoped() -> None:
     found = statements(INSTANCE_POLICY)
     s3 = actions(found, "s3")
-    assert s3 == {"s3:GetObject", "s3:ListBucket"}
-    assert not any(re.match(r"s3:(Put|Delete|Create|Restore|Replicate|Abort)", a) for a in s3)
-    check_s3_scope(found, ["arn:aws:s3:::BUCKET/PREFIX/MODEL_NAME/*", f"arn:aws:s3:::BUCKET/{RELEASE_PREFIX}/*"],
-                   ["PREFIX/MODEL_NAME/*"])
+    assert s3 == {"s3:GetObject", "s3:ListBucket", "s3:PutObject"}
+    assert not any(re.match(r"s3:(Delete|Create|Restore|Replicate|Abort)", a) for a in s3)
+    assert [s["Resource"] for s in found if "s3:PutObject" in s["Action"]] == [
+        ["arn:aws:s3:::BUCKET/PREFIX/capture/MODEL_NAME/*"]]  # where capture-ship.service uploads, nothing else
+    check_s3_scope(found, ["arn:aws:s3:::BUCKET/PREFIX/MODEL_NAME/*", f"arn:aws:s3:::BUCKET/{RELEASE_PREFIX}/*",
+                           "arn:aws:s3:::BUCKET/PREFIX/capture/MODEL_NAME/*"], ["PREFIX/MODEL_NAME/*"])
     assert actions(found, "ssm") == {"ssm:GetParameter"}
     ssm_resources = [r for s in found if "ssm:GetParameter" in s["Action"] for r in s["Resource"]]
     assert ssm_resources == [f"arn:aws:ssm:REGION:ACCOUNT_ID:parameter{user_data_setting('API_KEY_PARAMETER')}"]
@@ -667,10 +674,15 @@ def test_settings_file_and_the_store_commands_run_as_the_service_user(layout: Pa
                       "SERVING_PUBLIC_KEY": f"{layout}/etc/bundle-signing.pub",
                       "SERVING_URL": "http://127.0.0.1:8001", "MLOPS_APP_DIR": f"{layout}/app",
                       "MLOPS_PYTHON": f"{layout}/bin/python", "AWS_REGION": "eu-west-1",
-                      "AWS_DEFAULT_REGION": "eu-west-1"}
+                      "AWS_DEFAULT_REGION": "eu-west-1", "SERVING_CAPTURE_DIR": "/var/lib/mlops-capture",
+                      "SERVING_CAPTURE_SAMPLE": "1.0", "MLOPS_CAPTURE_SHIP_TO": "s3://my-mlops-bucket/models/capture"}
     key = layout / "etc" / "bundle-signing.pub"
     assert key.read_text() == public_key_pem() and key.stat().st_mode & 0o777 == 0o644
     assert key.stat().st_uid == os.geteuid()  # root's on an instance: the script runs as root
+    off = user_data(settings + 'SIGNING_PUBLIC_KEY="$TEST_KEY"; CAPTURE_SAMPLE=0; write_config',
+                    env={"TEST_KEY": public_key_pem()})
+    assert off.returncode == 0 and "SERVING_CAPTURE" not in env_file.read_text()  # capture off: nothing set
+    done = user_data(settings + 'SIGNING_PUBLIC_KEY="$TEST_KEY"; write_config', env={"TEST_KEY": public_key_pem()})
     ran = subprocess.run([str(layout / "bin" / "mlops-serving"), "rollback"], capture_output=True, text=True,
                          timeout=30)
     assert ran.returncode == 0, ran.stderr

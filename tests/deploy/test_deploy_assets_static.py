@@ -7,7 +7,7 @@
 - the deployer's IAM policy: what the deploy task calls and no more, SendCommand limited to the document and the
   tagged fleet.
 - who may write what in the bucket (all four policies, evaluated): the deployer only its model's bundles, the
-  release publisher only the app releases, the instances nothing.
+  release publisher only the app releases, the instances only their model's prediction capture files.
 - serving/deploy/bootstrap.py: the setup script's AWS look-ups, against moto's in-process mock.
 """
 
@@ -202,9 +202,12 @@ def test_publisher_and_instance_policies_are_scoped() -> None:
     check_s3_scope(publisher, [f"arn:aws:s3:::BUCKET/{RELEASE_PREFIX}/*"], [f"{RELEASE_PREFIX}/*"])
     assert {a.partition(":")[0] for s in publisher for a in s["Action"]} == {"s3"}
     instance = statements(INSTANCE_POLICY)
-    assert actions(instance, "s3") == {"s3:GetObject", "s3:ListBucket"}
-    check_s3_scope(instance, ["arn:aws:s3:::BUCKET/PREFIX/MODEL_NAME/*", f"arn:aws:s3:::BUCKET/{RELEASE_PREFIX}/*"],
-                   ["PREFIX/MODEL_NAME/*"])
+    assert actions(instance, "s3") == {"s3:GetObject", "s3:ListBucket", "s3:PutObject"}
+    check_s3_scope(instance, ["arn:aws:s3:::BUCKET/PREFIX/MODEL_NAME/*", f"arn:aws:s3:::BUCKET/{RELEASE_PREFIX}/*",
+                              "arn:aws:s3:::BUCKET/PREFIX/capture/MODEL_NAME/*"], ["PREFIX/MODEL_NAME/*"])
+    puts = [s for s in instance if "s3:PutObject" in s["Action"]]  # capture shipping: PutObject there, nothing else
+    assert [(s["Action"], s["Resource"]) for s in puts] == [(["s3:PutObject"],
+                                                             ["arn:aws:s3:::BUCKET/PREFIX/capture/MODEL_NAME/*"])]
     assert all(s["Effect"] == "Deny" and s["Principal"] == "*" for s in statements(BUCKET_POLICY))  # only takes away
 
 
@@ -243,6 +246,8 @@ def layout() -> dict[str, Any]:
             "release": f"{arn}/{RELEASE_PREFIX}/app-0123abc.tar.gz",
             "old release location": f"{arn}/{values['PREFIX']}/app/release.tar.gz",
             "another model": f"{arn}/{values['PREFIX']}/another-model/1/MANIFEST.sha256",
+            "capture": f"{arn}/{values['PREFIX']}/capture/{model}/2026-01-31/host-1-20260131T000000Z-000001.jsonl.gz",
+            "another model's capture": f"{arn}/{values['PREFIX']}/capture/another-model/2026-01-31/x.jsonl.gz",
             "elsewhere": f"{arn}/notes.txt", "another bucket": f"arn:aws:s3:::other-bucket/{RELEASE_PREFIX}/x.tar.gz"}}
 
 
@@ -255,14 +260,15 @@ def can(layout: dict[str, Any], who: str, action: str, key: str) -> bool:
 ACCESS = {
     "deployer": ({"bundle", "manifest", "pointer"}, {"bundle", "manifest", "pointer"}),
     "publisher": ({"release"}, {"release"}),
-    "instance": (set(), {"bundle", "manifest", "pointer", "release"}),
+    "instance": ({"capture"}, {"bundle", "manifest", "pointer", "release"}),
 }
 
 
 @pytest.mark.parametrize("who", sorted(ACCESS))
 def test_who_writes_and_reads_what(layout: dict[str, Any], who: str) -> None:
     """The deployer writes only its model's bundles and pointer (never the app release that instances run as
-    root), the release publisher only the release prefix, the instances nothing at all."""
+    root), the release publisher only the release prefix, the instances only their model's capture files (shipped
+    by capture-ship.service; never read back, deleted or overwritten elsewhere)."""
     writes, reads = ACCESS[who]
     for key in layout["keys"]:
         assert can(layout, who, "s3:PutObject", key) == (key in writes), (who, "PutObject", key)

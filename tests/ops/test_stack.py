@@ -20,6 +20,7 @@ from scripts.stack import (
     REPO,
     Settings,
     StackError,
+    capture_dir,
     descendants,
     ensure_password,
     env_lines,
@@ -263,3 +264,16 @@ def test_mlflow_auth_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
                            "AIRFLOW_STACK_MLFLOW_AUTH_DB_URI": "postgresql+psycopg2://u:p%40ss@db/mlflow_auth"})
     mlflow_auth_env(s, env)
     assert read_auth_config().database_uri == "postgresql+psycopg2://u:p%40ss@db/mlflow_auth"
+
+
+def test_the_local_server_captures_where_the_monitor_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SERVING_CAPTURE_DIR of the stack's prediction server: the config's monitoring.capture_dir, or
+    MLOPS_CAPTURE_DIR; relative paths at the project root."""
+    from scripts.stack import pipeline_settings
+
+    for name in ("MLOPS_CAPTURE_DIR", "MLOPS_CONFIG_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    config = pipeline_settings({})
+    assert capture_dir(config, {}) == REPO / "capture"
+    assert capture_dir(config, {"MLOPS_CAPTURE_DIR": "/srv/capture"}) == Path("/srv/capture")
+    assert capture_dir(config, {"MLOPS_CAPTURE_DIR": "elsewhere"}) == REPO / "elsewhere"

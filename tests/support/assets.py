@@ -16,6 +16,8 @@ from tests.support.project import REPO
 DEPLOY = REPO / "serving" / "deploy"
 USER_DATA = DEPLOY / "user-data.sh"
 UNIT = DEPLOY / "prediction-server.service"
+SHIP_UNIT = DEPLOY / "capture-ship.service"  # and its .timer: prediction capture files to S3
+SHIP_TIMER = DEPLOY / "capture-ship.timer"
 NGINX_TEMPLATE = DEPLOY / "nginx-prediction-server.conf"
 INSTANCE_POLICY = DEPLOY / "iam-policy.json"
 DEPLOYER_POLICY = DEPLOY / "airflow-deployer-policy.json"

@@ -156,6 +156,20 @@ def test_services_and_commands(compose: dict[str, Any]) -> None:
     assert services(compose)["prediction-server"]["build"]["dockerfile"] == "docker/serving/Dockerfile"
 
 
+def test_the_prediction_server_captures_where_the_monitor_reads(compose: dict[str, Any]) -> None:
+    """Capture (serving/capture.py) is on in the server, into a volume every Airflow service reads from
+    monitoring.capture_dir (MLOPS_CAPTURE_DIR); only the server writes it."""
+    serving = env_of(compose, "prediction-server")
+    assert serving["SERVING_CAPTURE_DIR"] == "/opt/mlops/capture" and serving["SERVING_CAPTURE_SAMPLE"] == "1.0"
+    volume = mounts(compose, "prediction-server")["/opt/mlops/capture"]
+    assert volume[1] == "rw"
+    for name in AIRFLOW_SERVICES:
+        assert env_of(compose, name)["MLOPS_CAPTURE_DIR"] == "/opt/mlops/capture", name
+        assert mounts(compose, name)["/opt/mlops/capture"] == (volume[0], "ro"), name
+    dockerfile = (REPO / "docker" / "serving" / "Dockerfile").read_text()
+    assert "/opt/mlops/capture" in dockerfile  # the volume starts owned by the server's user, as the image has it
+
+
 def test_health_checks_and_start_order(compose: dict[str, Any]) -> None:
     svc = services(compose)
     for name in LONG_RUNNING:

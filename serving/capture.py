@@ -1,0 +1,357 @@
+"""Prediction capture: a sample of the requests a worker answers, as gzip JSON lines for the monitor.
+
+Layout (the contract the monitor reads, docs/serving.md "Prediction capture"):
+
+    <capture_dir>/<model_name>/<YYYY-MM-DD>/<host>-<pid>-<start>-<seq>.jsonl.gz
+
+one JSON object per input row of a sampled request: request_id, row, timestamp (UTC), model_name, model_version,
+inputs (each contract feature, as validated), prediction, probabilities. A file is written as `<name>.part` and
+renamed when closed, so a reader sees only complete files.
+
+Writing is off the request path: a request puts one item on a queue bounded in rows (full: the rows are dropped
+and counted, the request never waits) and a writer thread per worker encodes, compresses and rotates the files
+(by size and age). The writer checks the disk's fill level every CHECK_ROWS rows or CHECK_SECONDS seconds and
+stops capturing above `capture_max_fill`, with one log line and serving_capture_enabled 0; it resumes below.
+`close()` (gunicorn's worker_exit: graceful stop, max-requests restart, reload) writes every queued row and closes
+the files: a sampled row is lost only when dropped, and every drop is counted by reason.
+
+`ship()` moves closed files to S3 (`python -m serving ship-capture`, a systemd timer on EC2).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import queue
+import random
+import re
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import msgspec
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+SUFFIX = ".jsonl.gz"
+PART = ".part"
+SHIPPED_FILE = "shipped.json"  # the shipper's running totals, read by /metrics
+CHECK_ROWS = 1_000  # the disk's fill level is checked after this many rows written ...
+CHECK_SECONDS = 5.0  # ... or this many seconds, whichever comes first (never per request)
+_STOP = object()
+
+
+def request_id(given: str | None) -> str:
+    """The client's X-Request-ID when it is safe to log and echo (letters, digits, . _ : -, up to 128), else a
+    fresh uuid4 hex: an unsafe value is never echoed."""
+    if given and SAFE_REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
+
+
+def disk_fill(path: Path) -> float:
+    """The used fraction of the file system holding `path`, as `df` counts it (blocks unavailable to users)."""
+    stat = os.statvfs(path)
+    return 1.0 - stat.f_bavail / stat.f_blocks if stat.f_blocks else 0.0
+
+
+@dataclass(frozen=True)
+class CaptureCounters:
+    """Where the writer reports: rows written, rows dropped by reason, and whether it is capturing (1) or not."""
+
+    captured: Callable[[int], None] = lambda rows: None
+    dropped: Callable[[str, int], None] = lambda reason, rows: None
+    enabled: Callable[[bool], None] = lambda on: None
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One sampled request, as the request thread hands it over (encoded by the writer thread)."""
+
+    request_id: str
+    timestamp: datetime
+    model_name: str
+    model_version: str
+    columns: dict[str, np.ndarray]
+    n_rows: int
+    predictions: list[Any]
+    probabilities: list[dict[str, float]] | None
+
+
+@dataclass
+class _OpenFile:
+    part: Path
+    stream: gzip.GzipFile
+    opened: float
+    size: int = 0  # uncompressed bytes written
+
+
+class CaptureWriter:
+    """The capture of one worker: `submit` on request threads, a writer thread doing all the I/O."""
+
+    def __init__(self, directory: Path, *, sample: float = 1.0, max_fill: float = 0.75,
+                 rotate_bytes: int = 16 * 1024 * 1024, rotate_seconds: float = 300.0, queue_rows: int = 100_000,
+                 counters: CaptureCounters | None = None, fill: Callable[[Path], float] = disk_fill,
+                 check_seconds: float = CHECK_SECONDS) -> None:
+        self.directory = directory
+        self.sample, self.max_fill, self.queue_rows = sample, max_fill, queue_rows
+        self.rotate_bytes, self.rotate_seconds = rotate_bytes, rotate_seconds
+        self.counters = counters or CaptureCounters()
+        self._fill, self._check_seconds = fill, check_seconds
+        self._prefix = "-".join((re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "host", str(os.getpid()),
+                                 datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")))
+        self._seq = 0
+        self._files: dict[tuple[str, str], _OpenFile] = {}
+        self._encoder = msgspec.json.Encoder()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._pending = 0  # rows queued, not yet written
+        self._closed = False
+        self._rows_since_check, self._checked_at = 0, 0.0
+        directory.mkdir(parents=True, exist_ok=True)
+        self.enabled = True
+        self._check_disk()  # reports a stop itself
+        if self.enabled:
+            self.counters.enabled(True)
+        self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
+        self._thread.start()
+
+    # --- request threads ------------------------------------------------------------------------------------
+
+    def submit(self, request_id: str, model_name: str, model_version: str, columns: dict[str, np.ndarray],
+               n_rows: int, predictions: list[Any], probabilities: list[dict[str, float]] | None) -> bool:
+        """Queue a request's rows if it is sampled (all its rows or none); never blocks. True when queued."""
+        if self.sample < 1.0 and random.random() >= self.sample:
+            return False
+        item = _Request(request_id, datetime.now(timezone.utc), model_name, model_version, columns, n_rows,
+                        predictions, probabilities)
+        with self._lock:  # held for the put too: nothing is queued behind close()'s stop mark
+            if self._closed:
+                reason = "shutdown"
+            elif not self.enabled:
+                reason = "disk_full"
+            elif self._pending + n_rows > self.queue_rows:
+                reason = "queue_full"
+            else:
+                self._pending += n_rows
+                self._queue.put(item)  # unbounded SimpleQueue: never blocks
+                return True
+        self.counters.dropped(reason, n_rows)
+        return False
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write everything queued, close and rename the open files; later submits are dropped ("shutdown")."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("capture writer did not finish within %.0fs; %d rows may be lost", timeout, self._pending)
+
+    # --- the writer thread ----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        tick = max(0.05, min(1.0, self.rotate_seconds / 4, self._check_seconds / 2))
+        while True:
+            try:
+                item = self._queue.get(timeout=tick)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                break
+            try:
+                if item is not None:
+                    self._write(item)
+                self._maintain()
+            except Exception:  # noqa: BLE001 - the writer must outlive any one bad record or disk error
+                log.exception("capture writer error; carrying on")
+        self._close_all()
+
+    def _write(self, item: _Request) -> None:
+        try:
+            if not self.enabled:
+                self.counters.dropped("disk_full", item.n_rows)
+                return
+            try:
+                lines = self._encode(item)
+            except Exception as exc:  # noqa: BLE001 - a value the encoder refuses costs its request's rows only
+                log.error("capture: cannot encode request %s: %s", item.request_id, exc)
+                self.counters.dropped("error", item.n_rows)
+                return
+            key = (item.model_name, item.timestamp.strftime("%Y-%m-%d"))
+            try:
+                handle = self._files.get(key) or self._open(*key)
+                handle.stream.write(lines)
+                handle.size += len(lines)
+            except OSError as exc:
+                log.error("capture: cannot write %s rows to %s: %s", item.n_rows, self.directory, exc)
+                self.counters.dropped("error", item.n_rows)
+                self._finish(key)
+                return
+            self.counters.captured(item.n_rows)
+            self._rows_since_check += item.n_rows
+            if handle.size >= self.rotate_bytes:
+                self._finish(key)
+        finally:
+            with self._lock:
+                self._pending -= item.n_rows
+
+    def _encode(self, item: _Request) -> bytes:
+        names = list(item.columns)
+        values = [item.columns[name].tolist() for name in names]  # numpy scalars to Python; NaN encodes as null
+        timestamp = item.timestamp.isoformat(timespec="microseconds").replace("+00:00", "Z")
+        probabilities = item.probabilities or [None] * item.n_rows
+        records = [{"request_id": item.request_id, "row": i, "timestamp": timestamp, "model_name": item.model_name,
+                    "model_version": item.model_version,
+                    "inputs": {name: column[i] for name, column in zip(names, values)},
+                    "prediction": item.predictions[i], "probabilities": probabilities[i]}
+                   for i in range(item.n_rows)]
+        return b"".join(self._encoder.encode(record) + b"\n" for record in records)
+
+    def _open(self, model_name: str, date: str) -> _OpenFile:
+        folder = self.directory / _safe_name(model_name) / date
+        folder.mkdir(parents=True, exist_ok=True)
+        self._seq += 1
+        part = folder / f"{self._prefix}-{self._seq:06d}{SUFFIX}{PART}"
+        handle = _OpenFile(part, gzip.GzipFile(part, "wb", compresslevel=6), time.monotonic())
+        self._files[(model_name, date)] = handle
+        return handle
+
+    def _finish(self, key: tuple[str, str]) -> None:
+        """Close a file and give it its final name (readers take only those)."""
+        handle = self._files.pop(key, None)
+        if handle is None:
+            return
+        try:
+            handle.stream.close()
+            os.replace(handle.part, handle.part.with_name(handle.part.name.removesuffix(PART)))
+        except OSError as exc:
+            log.error("capture: cannot close %s: %s", handle.part, exc)
+
+    def _close_all(self) -> None:
+        for key in list(self._files):
+            self._finish(key)
+
+    def _maintain(self) -> None:
+        now = time.monotonic()
+        for key, handle in list(self._files.items()):
+            if now - handle.opened >= self.rotate_seconds:
+                self._finish(key)
+        if self._rows_since_check >= CHECK_ROWS or now - self._checked_at >= self._check_seconds:
+            self._check_disk()
+
+    def _check_disk(self) -> None:
+        self._rows_since_check, self._checked_at = 0, time.monotonic()
+        try:
+            fill = self._fill(self.directory)
+        except OSError as exc:
+            log.error("capture: cannot read the fill level of %s: %s", self.directory, exc)
+            return
+        if self.enabled and fill >= self.max_fill:
+            self.enabled = False
+            self._close_all()
+            log.warning("capture stopped: the disk of %s is %.1f%% full (SERVING_CAPTURE_MAX_FILL %.4g%%); "
+                        "sampled rows are dropped (serving_capture_dropped_rows{reason=\"disk_full\"}) until it "
+                        "drops below", self.directory, 100 * fill, 100 * self.max_fill)
+            self.counters.enabled(False)
+        elif not self.enabled and fill < self.max_fill:
+            self.enabled = True
+            log.warning("capture resumed: the disk of %s is %.1f%% full, below SERVING_CAPTURE_MAX_FILL %.4g%%",
+                        self.directory, 100 * fill, 100 * self.max_fill)
+            self.counters.enabled(True)
+
+
+def _safe_name(name: str) -> str:
+    """A model name as one path component (registered model names are free text)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "model"
+
+
+# --- reading and shipping ---------------------------------------------------------------------------------------
+
+
+def closed_files(directory: Path) -> Iterator[Path]:
+    """The complete capture files under `directory` (<model>/<date>/<file>.jsonl.gz), oldest date first."""
+    return iter(sorted(directory.glob(f"*/*/*{SUFFIX}"), key=lambda p: (p.parent.name, p.name)))
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    with gzip.open(path, "rb") as stream:
+        return [json.loads(line) for line in stream if line.strip()]
+
+
+class ShipError(Exception):
+    """Shipping capture files to S3 failed; the files not shipped stay for the next run."""
+
+
+@dataclass(frozen=True)
+class ShipResult:
+    files: int
+    rows: int
+    destination: str
+
+    def summary(self) -> str:
+        return f"shipped {self.files} capture files ({self.rows} rows) to {self.destination}"
+
+
+def ship(directory: Path, destination: str, client: Any = None) -> ShipResult:
+    """Upload every closed capture file to `destination` (s3://bucket/prefix: the same <model>/<date>/<file>
+    layout below it), deleting each after its upload succeeded; add the counts to <directory>/shipped.json.
+    A failed upload leaves its file for the next run; ShipError at the end names them."""
+    if not destination.startswith("s3://") or not destination.removeprefix("s3://").split("/")[0]:
+        raise ShipError(f"the destination must be s3://bucket/prefix, got {destination!r}")
+    bucket, _, prefix = destination.removeprefix("s3://").partition("/")
+    prefix = prefix.strip("/")
+    if client is None:
+        import boto3
+
+        client = boto3.client("s3")
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    files = rows = 0
+    failed = []
+    for path in closed_files(directory):
+        key = "/".join(filter(None, (prefix, path.relative_to(directory).as_posix())))
+        try:
+            count = sum(1 for _ in gzip.open(path, "rb"))
+            with path.open("rb") as body:  # one PUT: files are rotated far below S3's 5 GB single-PUT limit
+                client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/gzip")
+        except (BotoCoreError, ClientError, OSError, EOFError) as exc:
+            log.error("capture file %s not shipped to s3://%s/%s: %s", path, bucket, key, exc)
+            failed.append(f"{path.name}: {exc}")
+            continue
+        path.unlink()
+        files, rows = files + 1, rows + count
+        log.info("shipped %s (%d rows) to s3://%s/%s", path.name, count, bucket, key)
+    if files:
+        _add_shipped(directory, files, rows)
+    if failed:
+        raise ShipError(f"{len(failed)} capture files not shipped to {destination} (kept for the next run; "
+                        f"{files} shipped): {'; '.join(failed[:5])}")
+    return ShipResult(files, rows, destination)
+
+
+def shipped_totals(directory: Path) -> dict[str, int]:
+    try:
+        data = json.loads((directory / SHIPPED_FILE).read_text())
+        return {"files": int(data["files"]), "rows": int(data["rows"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"files": 0, "rows": 0}
+
+
+def _add_shipped(directory: Path, files: int, rows: int) -> None:
+    totals = shipped_totals(directory)
+    totals = {"files": totals["files"] + files, "rows": totals["rows"] + rows}
+    tmp = directory / f".{SHIPPED_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(totals))
+    os.replace(tmp, directory / SHIPPED_FILE)
