@@ -1,0 +1,206 @@
+"""Batch prediction (include/release/batch.py): toy models registered in a real MLflow store, exported and loaded as
+a server loads them; files scored chunk by chunk, checked with the real GX suite, written atomically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from include.ml.entities import BatchConfig, BatchPredictionConfig, DataSourceConfig
+from include.ml.exceptions import BatchPredictionError, DataValidationError, DeploymentError, IngestionError
+from include.release.batch import predict_file
+from serving.inputs import validate
+from serving.model import load_bundle
+from tests.support.bundles import CLASSIFICATION, REGRESSION, register_toy_model, toy_frame
+from tests.support.signing import signing_config, trusted_keys
+
+MODELS = {"regression": "toy-regression", "classification": "toy-classification"}
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One MLflow store holding a champion of each task; yields where their model stores go."""
+    import mlflow
+
+    root = tmp_path_factory.mktemp("batch-registry")
+    uri = f"sqlite:///{root}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    experiment = mlflow.create_experiment("batch", artifact_location=(root / "art").as_uri())
+    client = mlflow.MlflowClient()
+    for task, name in MODELS.items():
+        client.set_registered_model_alias(name, "champion", register_toy_model(name, experiment, task=task))
+    yield root / "models"
+
+
+@pytest.fixture(autouse=True)
+def _tracking(registry: Path) -> None:
+    import mlflow
+
+    uri = f"sqlite:///{registry.parent}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
+def config(registry: Path, task: str = "regression", chunk_rows: int = 7, id_column: str = "id",
+           uri: str = "unused.csv") -> BatchPredictionConfig:
+    return BatchPredictionConfig(REGRESSION if task == "regression" else CLASSIFICATION,
+                                 DataSourceConfig(uri=uri), BatchConfig(chunk_rows=chunk_rows, id_column=id_column),
+                                 MODELS[task], registry / MODELS[task], signing_config())
+
+
+def write_input(path: Path, frame: pd.DataFrame) -> Path:
+    frame.to_csv(path, index=False)
+    return path
+
+
+def read_output(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+def served_answers(registry: Path, task: str, frame: pd.DataFrame) -> Any:
+    """What the prediction server answers for these rows: its loader, its request validation, its predictor."""
+    model = load_bundle(registry / MODELS[task] / "1", trusted_keys())
+    records = frame.drop(columns="y", errors="ignore").astype(object).where(frame.notna(), None) \
+        .to_dict(orient="records")
+    return model.predict(validate(records, model.contract, max_rows=len(records)).columns)
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+
+
+def test_every_row_scored_as_the_server_scores_it(registry: Path, tmp_path: Path) -> None:
+    frame = toy_frame("regression", rows=50)  # with the target column and missing values
+    source = write_input(tmp_path / "in.csv", frame)
+    result = predict_file(config(registry), str(source), str(tmp_path / "out.csv"))
+
+    out = read_output(tmp_path / "out.csv")
+    assert (result.rows, result.chunks, result.model_version) == (50, 8, "1")
+    assert list(out.columns) == ["id", "prediction", "model_name", "model_version"] == result.columns
+    assert out["id"].tolist() == list(range(50))  # no id column in the input: the 0-based row number
+    assert out["prediction"].tolist() == served_answers(registry, "regression", frame).values
+    assert set(out["model_name"]) == {"toy-regression"} and set(out["model_version"]) == {1}
+    assert "50 rows in 8 chunk(s) scored with toy-regression version 1" in result.summary()
+
+
+def test_classification_with_an_id_column_to_parquet(registry: Path, tmp_path: Path) -> None:
+    frame = toy_frame("classification", rows=30).drop(columns="y")
+    frame.insert(0, "order", [f"o-{i}" for i in range(30)])
+    source = write_input(tmp_path / "in.csv", frame)
+    predict_file(config(registry, "classification", chunk_rows=100, id_column="order"), str(source),
+                 str(tmp_path / "out.parquet"))
+
+    out = read_output(tmp_path / "out.parquet")
+    served = served_answers(registry, "classification", frame.drop(columns="order"))
+    assert list(out.columns) == ["order", "prediction", "probability_a", "probability_b", "probability_c",
+                                 "model_name", "model_version"]
+    assert out["order"].tolist() == frame["order"].tolist()
+    assert out["prediction"].tolist() == served.values
+    assert out.filter(like="probability_").rename(columns=lambda c: c.removeprefix("probability_")) \
+        .to_dict(orient="records") == served.probabilities
+    assert np.allclose(out.filter(like="probability_").sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize("output", ["out.csv", "out.parquet"])
+@pytest.mark.parametrize("case", ["missing column", "wrong type in a later chunk"])
+def test_a_broken_file_fails_naming_the_column_and_leaves_the_output_alone(
+        registry: Path, tmp_path: Path, output: str, case: str) -> None:
+    frame = toy_frame("regression", rows=40)
+    if case == "missing column":
+        frame = frame.drop(columns="x2")
+    else:
+        frame["x2"] = frame["x2"].astype(object)
+        frame.loc[33, "x2"] = "high"  # chunk 5 of 7-row chunks: four chunks were already scored
+    source = write_input(tmp_path / "in.csv", frame)
+    target = tmp_path / "out" / output
+    target.parent.mkdir()
+    target.write_bytes(b"yesterday's predictions")
+
+    with pytest.raises(DataValidationError) as error:
+        predict_file(config(registry), str(source), str(target))
+    message = str(error.value)
+    expected = ["x2: expect_column_to_exist"] if case == "missing column" else \
+        ["x2: expect_column_values_to_be_in_type_list (expected dtype=float)", "e.g. ['high'] in rows [33]"]
+    assert all(part in message for part in expected), message
+    assert target.read_bytes() == b"yesterday's predictions" and leftovers(target.parent) == []
+
+
+def test_bad_rows_are_counted_over_the_whole_file_with_row_ids(registry: Path, tmp_path: Path) -> None:
+    frame = toy_frame("regression", rows=40)
+    frame.loc[[3, 20, 21], "x2"] = 99.0  # out of [-10, 10], in chunks 1 and 3
+    frame.loc[36, "kind"] = "z"  # not an allowed category, in the last chunk
+    frame.insert(0, "id", range(1000, 1040))
+    source = write_input(tmp_path / "in.csv", frame)
+
+    with pytest.raises(DataValidationError) as error:
+        predict_file(config(registry), str(source), str(tmp_path / "out.csv"))
+    failures = {(f["column"], f["expectation"]): f for f in error.value.failures}
+    assert set(failures) == {("x2", "expect_column_values_to_be_between"),
+                             ("kind", "expect_column_values_to_be_in_set")}
+    between = failures[("x2", "expect_column_values_to_be_between")]
+    assert (between["unexpected_count"], between["rows"], between["examples"]) == (3, [1003, 1020, 1021], [99.0] * 3)
+    assert between["unexpected_percent"] == pytest.approx(7.5)
+    assert failures[("kind", "expect_column_values_to_be_in_set")]["rows"] == [1036]
+    assert not (tmp_path / "out.csv").exists() and leftovers(tmp_path) == []
+
+
+def test_an_existing_output_is_replaced_whole(registry: Path, tmp_path: Path) -> None:
+    source = write_input(tmp_path / "in.csv", toy_frame("regression", rows=20))
+    target = tmp_path / "out.csv"
+    target.write_text("old\n")
+    old_inode = target.stat().st_ino
+    predict_file(config(registry), str(source), str(target))
+    assert len(read_output(target)) == 20
+    assert target.stat().st_ino != old_inode and leftovers(tmp_path) == []  # a new file renamed into place
+
+
+@pytest.mark.parametrize("case, error, message", [
+    ("output extension", BatchPredictionError, "expected one of .csv, .parquet, got '.json'"),
+    ("output is a directory", BatchPredictionError, "is a directory"),
+    ("missing input", IngestionError, "is not a file"),
+    ("header only", IngestionError, "has a header but no data rows"),
+    ("not a CSV", IngestionError, "is not a valid CSV"),
+    ("unknown version", DeploymentError, "no version or alias '7'"),
+])
+def test_bad_arguments_fail_clearly(registry: Path, tmp_path: Path, case: str, error: type, message: str) -> None:
+    source = write_input(tmp_path / "in.csv", toy_frame("regression", rows=5))
+    output, version = str(tmp_path / "out.csv"), "champion"
+    if case == "output extension":
+        output = str(tmp_path / "out.json")
+    elif case == "output is a directory":
+        output = str(tmp_path / "out.csv")
+        (tmp_path / "out.csv").mkdir()
+    elif case == "missing input":
+        source = tmp_path / "nope.csv"
+    elif case == "header only":
+        source.write_text("x1,x2,count,kind\n")
+    elif case == "not a CSV":
+        source.write_bytes(b'"unterminated\n' + os.urandom(64))
+    else:
+        version = "7"
+    with pytest.raises(error, match=message):
+        predict_file(config(registry), str(source), output, version)
+    assert (tmp_path / "out.csv").is_dir() == (case == "output is a directory") and leftovers(tmp_path) == []
+
+
+def test_s3_input_and_output_uploaded_only_when_complete(registry: Path, tmp_path: Path,
+                                                         mocked_aws: dict[str, Any]) -> None:
+    s3 = mocked_aws["s3"]
+    good = toy_frame("regression", rows=20)
+    s3.put_object(Bucket="fleet-bucket", Key="in/good.csv", Body=good.to_csv(index=False).encode())
+    s3.put_object(Bucket="fleet-bucket", Key="in/bad.csv", Body=good.drop(columns="kind").to_csv(index=False).encode())
+
+    with pytest.raises(DataValidationError, match="kind: expect_column_to_exist"):
+        predict_file(config(registry), "s3://fleet-bucket/in/bad.csv", "s3://fleet-bucket/out/bad.parquet")
+    assert "Contents" not in s3.list_objects_v2(Bucket="fleet-bucket", Prefix="out/")
+
+    result = predict_file(config(registry), "s3://fleet-bucket/in/good.csv", "s3://fleet-bucket/out/good.parquet")
+    s3.download_file("fleet-bucket", "out/good.parquet", str(tmp_path / "good.parquet"))
+    assert result.rows == 20 and read_output(tmp_path / "good.parquet")["prediction"].tolist() == \
+        served_answers(registry, "regression", good).values
