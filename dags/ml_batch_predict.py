@@ -85,8 +85,8 @@ def ml_batch_predict() -> None:
         from dags.stage_tasks import pipeline_config, task_result
         from include.pipeline import run_predict
 
-        # pipeline_config checks a trigger form's input against data_source.allowed_sources.
-        return task_result(run_predict(pipeline_config({"source": params["input"]}), params["input"],
+        cm = pipeline_config({"source": params["input"]})  # checks the input against data_source.allowed_sources
+        return task_result(run_predict(cm, params["input"] and cm.config.data_source.uri,  # as checked: absolute
                                        params["output"], params["version"] or "champion"))
 
     predict()

@@ -186,7 +186,6 @@ def run_predict(cm: ConfigurationManager, input_uri: str | None = None, output_u
                 version: str = "champion") -> BatchPredictionResult:
     """Score the CSV `input_uri` with a registered version (number or alias) into `output_uri` (.csv or .parquet);
     by default batch.input_uri and batch.output_uri. The caller checks the input against the allow-list."""
-    from include.ml import tracking
     from include.ml.exceptions import BatchPredictionError
     from include.release.batch import predict_file
 
@@ -195,7 +194,6 @@ def run_predict(cm: ConfigurationManager, input_uri: str | None = None, output_u
     if not input_uri or not output_uri:
         raise BatchPredictionError("give the input and the output (or set batch.input_uri and batch.output_uri "
                                    "in config.yaml)")
-    tracking.configure(cm.config.mlflow)
     return predict_file(cm.batch_prediction(), input_uri, output_uri, version)
 
 

@@ -99,8 +99,7 @@ class ConfigurationManager:
 
     def batch_prediction(self) -> BatchPredictionConfig:
         c = self.config
-        return BatchPredictionConfig(c.schema, c.data_source, c.batch, c.mlflow.registered_model_name, c.model_store,
-                                     c.signing)
+        return BatchPredictionConfig(c.schema, c.data_source, c.batch, c.mlflow, c.model_store, c.signing)
 
 
 def load(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None,

@@ -354,6 +354,6 @@ class BatchPredictionConfig:
     schema: SchemaConfig
     source: DataSourceConfig  # the CSV format, size caps and S3 endpoint of inputs (uri: the configured one)
     batch: BatchConfig
-    model_name: str
+    mlflow: MlflowConfig  # the registry holding mlflow.registered_model_name
     model_store: Path  # where the scoring version is exported to as a bundle, as `main.py export` does
     signing: SigningConfig

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from include.ml import artifacts
+from include.ml import artifacts, tracking
 from include.ml.components import ingestion
 from include.ml.components.validation import frame_checker
 from include.ml.entities import BatchPredictionConfig, DataSourceConfig
@@ -77,8 +77,8 @@ def predict_file(config: BatchPredictionConfig, input_uri: str, output_uri: str,
     """
     suffix = _format(output_uri)
     started = time.perf_counter()
-    model = _load(config, version)
     check = frame_checker(config.schema.model_copy(update={"columns": config.schema.features}))
+    model: LoadedModel | None = None  # loaded once the first chunk passed: a broken file fails sooner
     bad: dict[tuple[str | None, str], dict[str, Any]] = {}
     rows = chunks = 0
     with _staged_output(output_uri, config.source) as staged, _writer(staged, suffix, config.source) as write:
@@ -92,6 +92,7 @@ def predict_file(config: BatchPredictionConfig, input_uri: str, output_uri: str,
                 raise DataValidationError(broken, None)
             _count(bad, failures)
             if not bad:  # once a row is bad the run fails: the rest is only checked, to report every bad row
+                model = model or _load(config, version)
                 write(_scored(model, features, ids, config.batch.id_column))
             rows, chunks = rows + len(chunk), chunks + 1
             log.info("predict: chunk %d: %d rows (%d so far, %.0f rows/s)", chunks, len(chunk), rows,
@@ -100,6 +101,7 @@ def predict_file(config: BatchPredictionConfig, input_uri: str, output_uri: str,
             raise IngestionError(f"input {input_uri} has a header but no data rows")
         if bad:
             raise DataValidationError(_report(bad, rows), None)
+    assert model is not None  # rows were scored
     result = BatchPredictionResult(input_uri, output_uri, model.name, model.version, rows, chunks,
                                    round(time.perf_counter() - started, 2), _columns(model, config.batch.id_column))
     log.info("predict: %s", result.summary())
@@ -116,7 +118,8 @@ def _format(output_uri: str) -> str:
 
 def _load(config: BatchPredictionConfig, version: str) -> LoadedModel:
     """The version as a verified bundle in the model store, loaded as every prediction server loads it."""
-    exported = export_to_store(config.model_name, version, config.model_store, config.signing)
+    tracking.configure(config.mlflow)
+    exported = export_to_store(config.mlflow.registered_model_name, version, config.model_store, config.signing)
     model = load_bundle(Path(exported.bundle), trusted_keys(config.signing))
     log.info("predict: scoring with %s version %s", model.name, model.version)
     return model

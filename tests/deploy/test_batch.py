@@ -11,12 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.ml.entities import BatchConfig, BatchPredictionConfig, DataSourceConfig
+from include.ml.entities import BatchConfig, BatchPredictionConfig, DataSourceConfig, MlflowConfig
 from include.ml.exceptions import BatchPredictionError, DataValidationError, DeploymentError, IngestionError
 from include.release.batch import predict_file
 from serving.inputs import validate
 from serving.model import load_bundle
 from tests.support.bundles import CLASSIFICATION, REGRESSION, register_toy_model, toy_frame
+from tests.support.project import WINE_CSV
 from tests.support.signing import signing_config, trusted_keys
 
 MODELS = {"regression": "toy-regression", "classification": "toy-classification"}
@@ -38,20 +39,13 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield root / "models"
 
 
-@pytest.fixture(autouse=True)
-def _tracking(registry: Path) -> None:
-    import mlflow
-
-    uri = f"sqlite:///{registry.parent}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-
-
 def config(registry: Path, task: str = "regression", chunk_rows: int = 7, id_column: str = "id",
            uri: str = "unused.csv") -> BatchPredictionConfig:
+    mlflow = MlflowConfig(tracking_uri=f"sqlite:///{registry.parent}/mlflow.db", artifact_location=None,
+                          registered_model_name=MODELS[task])
     return BatchPredictionConfig(REGRESSION if task == "regression" else CLASSIFICATION,
                                  DataSourceConfig(uri=uri), BatchConfig(chunk_rows=chunk_rows, id_column=id_column),
-                                 MODELS[task], registry / MODELS[task], signing_config())
+                                 mlflow, registry / MODELS[task], signing_config())
 
 
 def write_input(path: Path, frame: pd.DataFrame) -> Path:
@@ -204,3 +198,19 @@ def test_s3_input_and_output_uploaded_only_when_complete(registry: Path, tmp_pat
     s3.download_file("fleet-bucket", "out/good.parquet", str(tmp_path / "good.parquet"))
     assert result.rows == 20 and read_output(tmp_path / "good.parquet")["prediction"].tolist() == \
         served_answers(registry, "regression", good).values
+
+
+def test_cli_exits_1_naming_the_missing_column(config_dir: Path, isolated_env: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """A broken file fails on its first chunk, before any model is looked up (this registry is empty)."""
+    import main
+
+    broken = tmp_path / "no-alcohol.csv"
+    pd.read_csv(WINE_CSV, sep=";").drop(columns="alcohol").to_csv(broken, sep=";", index=False)
+    output = tmp_path / "scored.parquet"
+    assert main.main(["predict", "--config-dir", str(config_dir), "--input", str(broken), "--output", str(output)]) == 1
+    error = capsys.readouterr().err
+    assert "predict failed: data validation failed" in error and "alcohol: expect_column_to_exist" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["no-alcohol.csv", config_dir.name,
+                                                                 isolated_env.name])  # no output, no temp file
+
