@@ -13,16 +13,16 @@ holds the rows, chunks, seconds and version.
 
 * `input`: the CSV to score: a local path, `http(s)://` or `s3://` URI within `data_source.allowed_sources` of
   `config.yaml`; empty = `batch.input_uri`.
-* `output`: where the predictions go: a local path or `s3://` URI ending in `.csv` or `.parquet`;
-  empty = `batch.output_uri`.
+* `output`: where the predictions go: a local path or `s3://` URI ending in `.csv` or `.parquet`, within
+  `batch.allowed_outputs` of `config.yaml`; empty = `batch.output_uri`.
 * `version`: a registered version number or alias; empty = the champion.
 
 **Schedule**: `batch.schedule` of `config.yaml` (default none: only when triggered); a scheduled run scores
 `batch.input_uri` into `batch.output_uri`.
 
 **Failures**: a broken file (a missing column, a wrong type), rows that break the schema (counted per expectation,
-with sample row ids, in the log), an input refused by the allow-list, an unknown version or an unwritable output
-fail at once and leave no output; anything else (an unreachable source) is retried with backoff.
+with sample row ids, in the log), an input or output refused by its allow-list, an unknown version or an
+unwritable output fail at once and leave no output; anything else (an unreachable source) is retried with backoff.
 
 Parsing this file imports no ML library: they load inside the task.
 """
@@ -74,7 +74,7 @@ PROJECT = project_config()  # config.yaml only, validated: a bad edit shows as t
                                    "of config.yaml; empty = batch.input_uri"),
         "output": Param(None, type=["null", "string"],
                         description="Where to write the predictions: a local path or s3:// URI ending in .csv or "
-                                    ".parquet; empty = batch.output_uri"),
+                                    ".parquet, within batch.allowed_outputs of config.yaml; empty = batch.output_uri"),
         "version": Param(None, type=["null", "string"],
                          description="Registered model version number or alias; empty = the champion"),
     },
@@ -87,7 +87,7 @@ def ml_batch_predict() -> None:
 
         cm = pipeline_config({"source": params["input"]})  # checks the input against data_source.allowed_sources
         return task_result(run_predict(cm, params["input"] and cm.config.data_source.uri,  # as checked: absolute
-                                       params["output"], params["version"] or "champion"))
+                                       params["output"], params["version"] or "champion", form_output=True))
 
     predict()
 

@@ -183,13 +183,16 @@ def run_export(cm: ConfigurationManager, version: str = "champion", store: Path 
 
 
 def run_predict(cm: ConfigurationManager, input_uri: str | None = None, output_uri: str | None = None,
-                version: str = "champion") -> BatchPredictionResult:
+                version: str = "champion", form_output: bool = False) -> BatchPredictionResult:
     """Score the CSV `input_uri` with a registered version (number or alias) into `output_uri` (.csv or .parquet);
-    by default batch.input_uri and batch.output_uri. The caller checks the input against the allow-list."""
+    by default batch.input_uri and batch.output_uri. The caller checks the input against the allow-list; with
+    `form_output` (a trigger form's), the output must lie under batch.allowed_outputs."""
     from include.ml.exceptions import BatchPredictionError
-    from include.release.batch import predict_file
+    from include.release.batch import allowed_output, predict_file
 
     batch = cm.config.batch
+    if output_uri and form_output:
+        output_uri = allowed_output(output_uri, batch, cm.config.project_root)
     input_uri, output_uri = input_uri or batch.input_uri, output_uri or batch.output_uri
     if not input_uri or not output_uri:
         raise BatchPredictionError("give the input and the output (or set batch.input_uri and batch.output_uri "

@@ -113,6 +113,9 @@ class BatchConfig(Frozen):
     # under data_source.allowed_sources; None: the form must name it.
     input_uri: str | None = None
     output_uri: str | None = None
+    # Where a trigger form's output may go, as data_source.allowed_sources lists inputs: local directories or URI
+    # prefixes (an entry ending in "/" admits everything under it). Empty: only `output_uri`. The CLI writes anywhere.
+    allowed_outputs: tuple[str, ...] = Field((), strict=False)
     id_column: str = "id"  # copied to the output when the input has it; otherwise the 0-based row number
     chunk_rows: int = Field(100_000, ge=1)  # rows read, validated and scored at a time: bounds the memory
 

@@ -31,7 +31,7 @@ import pandas as pd
 from include.ml import artifacts, tracking
 from include.ml.components import ingestion
 from include.ml.components.validation import frame_checker
-from include.ml.entities import BatchPredictionConfig, DataSourceConfig
+from include.ml.entities import BatchConfig, BatchPredictionConfig, DataSourceConfig
 from include.ml.exceptions import BatchPredictionError, DataValidationError, IngestionError
 from include.release.export import export_to_store
 from include.release.signing import trusted_keys
@@ -106,6 +106,23 @@ def predict_file(config: BatchPredictionConfig, input_uri: str, output_uri: str,
                                    round(time.perf_counter() - started, 2), _columns(model, config.batch.id_column))
     log.info("predict: %s", result.summary())
     return result
+
+
+def allowed_output(uri: str, batch: BatchConfig, root: Path) -> str:
+    """A trigger form's output, made absolute (relative to the project root, as it is checked) if it is a local
+    path; refused unless it lies under batch.allowed_outputs (default: exactly batch.output_uri), so a DAG run
+    cannot write over whatever the worker may write."""
+    allowed = batch.allowed_outputs or ((batch.output_uri,) if batch.output_uri else ())
+    try:
+        reason = ingestion.refused_source(uri, allowed, root) if allowed else "no output is allowed"
+    except ValueError as exc:  # an entry of the list itself
+        raise BatchPredictionError(f"batch.allowed_outputs: {exc}") from None
+    if reason:
+        raise BatchPredictionError(f"output {uri!r} is refused: {reason}; allowed: {', '.join(allowed) or 'none'} "
+                                   "(list others in batch.allowed_outputs of config.yaml)")
+    if "://" in uri and not uri.startswith("file://"):
+        return uri
+    return str((root / Path(uri.removeprefix("file://")).expanduser()).resolve())  # where it was checked
 
 
 def _format(output_uri: str) -> str:

@@ -13,7 +13,7 @@ import pytest
 
 from include.ml.entities import BatchConfig, BatchPredictionConfig, DataSourceConfig, MlflowConfig
 from include.ml.exceptions import BatchPredictionError, DataValidationError, DeploymentError, IngestionError
-from include.release.batch import predict_file
+from include.release.batch import allowed_output, predict_file
 from serving.inputs import validate
 from serving.model import load_bundle
 from tests.support.bundles import CLASSIFICATION, REGRESSION, register_toy_model, toy_frame
@@ -213,4 +213,19 @@ def test_cli_exits_1_naming_the_missing_column(config_dir: Path, isolated_env: P
     assert "predict failed: data validation failed" in error and "alcohol: expect_column_to_exist" in error
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["no-alcohol.csv", config_dir.name,
                                                                  isolated_env.name])  # no output, no temp file
+
+
+def test_a_trigger_forms_output_must_be_allowed(tmp_path: Path) -> None:
+    listed = BatchConfig(allowed_outputs=(f"{tmp_path}/scored/", "s3://bucket/scored/"))
+    assert allowed_output("scored/today.csv", listed, tmp_path) == str(tmp_path / "scored" / "today.csv")
+    assert allowed_output("s3://bucket/scored/today.parquet", listed, tmp_path) == "s3://bucket/scored/today.parquet"
+    for outside in (f"{tmp_path}/scored/../data/train.csv", "data/train.csv", "s3://bucket/scored-not/x.csv"):
+        with pytest.raises(BatchPredictionError, match=f"output {outside!r} is refused: it is not under any allowed"):
+            allowed_output(outside, listed, tmp_path)
+    only_configured = BatchConfig(output_uri="s3://bucket/nightly.parquet")
+    assert allowed_output("s3://bucket/nightly.parquet", only_configured, tmp_path) == "s3://bucket/nightly.parquet"
+    with pytest.raises(BatchPredictionError, match="allowed: s3://bucket/nightly.parquet"):
+        allowed_output("s3://bucket/other.parquet", only_configured, tmp_path)
+    with pytest.raises(BatchPredictionError, match="no output is allowed"):
+        allowed_output(f"{tmp_path}/x.csv", BatchConfig(), tmp_path)
 

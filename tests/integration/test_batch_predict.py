@@ -72,13 +72,13 @@ def test_cli_answers_as_the_prediction_server(airflow_stack: Any, champion: str,
 
 
 def test_dag_scores_an_allowed_file_and_refuses_another(airflow_stack: Any, champion: str,
-                                                        cli_output: pd.DataFrame, tmp_path: Path) -> None:
+                                                        cli_output: pd.DataFrame) -> None:
     client = airflow_stack.client
     client.wait_for_dag(DAG_ID, timeout=120)
     client.unpause(DAG_ID)
     source = airflow_stack.sources / "wine-to-score.csv"  # under the stack's data_source.allowed_sources
     pd.read_csv(WINE_CSV, sep=";").drop(columns=TARGET).to_csv(source, sep=";", index=False)
-    output = tmp_path / "scored.csv"
+    output = airflow_stack.batch_outputs / "scored.csv"  # under the stack's batch.allowed_outputs
 
     run_id = client.trigger(DAG_ID, conf={"input": str(source), "output": str(output)})["dag_run_id"]
     client.wait_for_run(DAG_ID, run_id, timeout=180)
@@ -90,10 +90,11 @@ def test_dag_scores_an_allowed_file_and_refuses_another(airflow_stack: Any, cham
     assert scored["prediction"].tolist() == cli_output["prediction"].tolist()  # the same code path as the CLI
 
     # The repo's own copy of the file is outside the allow-list: the task fails at once (no retry), writing nothing.
-    refused = client.trigger(DAG_ID, conf={"input": str(WINE_CSV), "output": str(tmp_path / "refused.csv")})
+    refused = client.trigger(DAG_ID, conf={"input": str(WINE_CSV),
+                                           "output": str(airflow_stack.batch_outputs / "refused.csv")})
     client.wait_for_run(DAG_ID, refused["dag_run_id"], timeout=180, expect="failed")
     (task,) = client.task_instances(DAG_ID, refused["dag_run_id"])
     assert (task["state"], task["try_number"]) == ("failed", 1)
     assert "is refused: it is not under any allowed source" in client.task_log(DAG_ID, refused["dag_run_id"],
                                                                                "predict")
-    assert not (tmp_path / "refused.csv").exists()
+    assert not (airflow_stack.batch_outputs / "refused.csv").exists()
