@@ -32,7 +32,7 @@ from include.ml import artifacts, tracking
 from include.ml.components import ingestion
 from include.ml.components.validation import frame_checker
 from include.ml.entities import BatchConfig, BatchPredictionConfig, DataSourceConfig
-from include.ml.exceptions import BatchPredictionError, DataValidationError, IngestionError
+from include.ml.exceptions import BatchPredictionError, DataValidationError
 from include.release.export import export_to_store
 from include.release.signing import trusted_keys
 from serving.model import LoadedModel, load_bundle
@@ -72,8 +72,9 @@ def predict_file(config: BatchPredictionConfig, input_uri: str, output_uri: str,
 
     Raises DataValidationError (a missing column or a wrong type at once, naming the column; rows breaking the
     schema's ranges, sets or nulls once the whole file is checked, counted per expectation with sample row ids),
-    IngestionError (the input cannot be read), BatchPredictionError (the output cannot be written), or
-    DeploymentError (the version cannot be exported). None of them leaves an output behind.
+    BatchPredictionError (the input is not a CSV file with data rows, or the output cannot be written),
+    IngestionError (a remote input cannot be fetched, or breaks data_source's caps), or DeploymentError (the
+    version cannot be exported). None of them leaves an output behind.
     """
     suffix = _format(output_uri)
     started = time.perf_counter()
@@ -98,7 +99,7 @@ def predict_file(config: BatchPredictionConfig, input_uri: str, output_uri: str,
             log.info("predict: chunk %d: %d rows (%d so far, %.0f rows/s)", chunks, len(chunk), rows,
                      rows / (time.perf_counter() - started))
         if not rows:
-            raise IngestionError(f"input {input_uri} has a header but no data rows")
+            raise BatchPredictionError(f"input {input_uri} has a header but no data rows")
         if bad:
             raise DataValidationError(_report(bad, rows), None)
     assert model is not None  # rows were scored
@@ -150,7 +151,7 @@ def _read_chunks(uri: str, source: DataSourceConfig, chunk_rows: int) -> Iterato
     local = "://" not in uri or uri.startswith("file://")
     path = Path(uri.removeprefix("file://"))
     if local and not path.is_file():
-        raise IngestionError(f"input {uri} is not a file")
+        raise BatchPredictionError(f"input {uri} is not a file")
     if local and not zipfile.is_zipfile(path):
         handle: Any = path
     else:
@@ -160,7 +161,8 @@ def _read_chunks(uri: str, source: DataSourceConfig, chunk_rows: int) -> Iterato
         with pd.read_csv(handle, sep=source.separator, chunksize=chunk_rows) as reader:
             yield from reader
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:  # EmptyDataError is a ValueError
-        raise IngestionError(f"input {uri} is not a valid CSV with separator {source.separator!r}: {exc}") from exc
+        raise BatchPredictionError(f"input {uri} is not a valid CSV with separator {source.separator!r}: {exc}") \
+            from exc
 
 
 def _split(chunk: pd.DataFrame, config: BatchPredictionConfig, offset: int) -> tuple[pd.DataFrame, pd.Series]:

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from include.ml.entities import BatchConfig, BatchPredictionConfig, DataSourceConfig, MlflowConfig
-from include.ml.exceptions import BatchPredictionError, DataValidationError, DeploymentError, IngestionError
+from include.ml.exceptions import BatchPredictionError, DataValidationError, DeploymentError
 from include.release.batch import allowed_output, predict_file
 from serving.inputs import validate
 from serving.model import load_bundle
@@ -157,9 +157,9 @@ def test_an_existing_output_is_replaced_whole(registry: Path, tmp_path: Path) ->
 @pytest.mark.parametrize("case, error, message", [
     ("output extension", BatchPredictionError, "expected one of .csv, .parquet, got '.json'"),
     ("output is a directory", BatchPredictionError, "is a directory"),
-    ("missing input", IngestionError, "is not a file"),
-    ("header only", IngestionError, "has a header but no data rows"),
-    ("not a CSV", IngestionError, "is not a valid CSV"),
+    ("missing input", BatchPredictionError, "is not a file"),
+    ("header only", BatchPredictionError, "has a header but no data rows"),
+    ("not a CSV", BatchPredictionError, "is not a valid CSV"),
     ("unknown version", DeploymentError, "no version or alias '7'"),
 ])
 def test_bad_arguments_fail_clearly(registry: Path, tmp_path: Path, case: str, error: type, message: str) -> None:
