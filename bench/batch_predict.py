@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args.config_dir = args.config_dir.resolve()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # ~200 INFO lines about its own API docs
     workspace = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     try:
         result = {"benchmark": "batch_predict", "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
