@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 
 from include.ml.entities import BatchConfig, BatchPredictionConfig, DataSourceConfig, MlflowConfig
-from include.ml.exceptions import BatchPredictionError, DataValidationError, DeploymentError
+from include.ml.exceptions import BatchPredictionError, DataValidationError, DeploymentError, IngestionError
 from include.release.batch import allowed_output, predict_file
 from serving.inputs import validate
 from serving.model import load_bundle
 from tests.support.bundles import CLASSIFICATION, REGRESSION, register_toy_model, toy_frame
+from tests.support.network import static_http_server
 from tests.support.project import WINE_CSV
 from tests.support.signing import signing_config, trusted_keys
 
@@ -181,6 +182,20 @@ def test_bad_arguments_fail_clearly(registry: Path, tmp_path: Path, case: str, e
     with pytest.raises(error, match=message):
         predict_file(config(registry), str(source), output, version)
     assert (tmp_path / "out.csv").is_dir() == (case == "output is a directory") and leftovers(tmp_path) == []
+
+
+def test_http_input(registry: Path, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    frame = toy_frame("regression", rows=20)
+    write_input(site / "today.csv", frame)
+    with static_http_server(site) as url:
+        result = predict_file(config(registry), f"{url}/today.csv", str(tmp_path / "out.csv"))
+        with pytest.raises(IngestionError, match="answered HTTP 404"):
+            predict_file(config(registry), f"{url}/missing.csv", str(tmp_path / "missing.csv"))
+    assert result.rows == 20 and read_output(tmp_path / "out.csv")["prediction"].tolist() == \
+        served_answers(registry, "regression", frame).values
+    assert not (tmp_path / "missing.csv").exists()
 
 
 def test_s3_input_and_output_uploaded_only_when_complete(registry: Path, tmp_path: Path,
