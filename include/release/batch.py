@@ -166,14 +166,13 @@ def _read_chunks(uri: str, source: DataSourceConfig, chunk_rows: int) -> Iterato
 
 
 def _split(chunk: pd.DataFrame, config: BatchPredictionConfig, offset: int) -> tuple[pd.DataFrame, pd.Series]:
-    """The chunk's features (without the target, if the file has it) indexed by row id, and the row ids: the id
-    column if the file has one, else the 0-based row number."""
+    """The chunk's features (without the target or the id column, if the file has them) indexed by row id, and the
+    row ids: the id column if the file has one (it may be a feature too), else the 0-based row number."""
     id_column = config.batch.id_column
-    if id_column in chunk:
-        ids = chunk.pop(id_column)
-    else:
-        ids = pd.Series(np.arange(offset, offset + len(chunk)), index=chunk.index, name=id_column)
-    features = chunk.drop(columns=[config.schema.target], errors="ignore")
+    ids = chunk[id_column] if id_column in chunk else \
+        pd.Series(np.arange(offset, offset + len(chunk)), index=chunk.index, name=id_column)
+    names = {c.name for c in config.schema.features}
+    features = chunk.drop(columns=[c for c in (id_column, config.schema.target) if c in chunk and c not in names])
     features.index = pd.Index(ids.to_numpy())  # validation reports bad rows by these labels (unnamed: bare ids)
     return features, ids
 

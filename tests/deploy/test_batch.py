@@ -106,6 +106,15 @@ def test_classification_with_an_id_column_to_parquet(registry: Path, tmp_path: P
     assert np.allclose(out.filter(like="probability_").sum(axis=1), 1.0)
 
 
+def test_a_feature_may_be_the_id_column(registry: Path, tmp_path: Path) -> None:
+    frame = toy_frame("regression", rows=10).drop(columns="y")
+    source = write_input(tmp_path / "in.csv", frame)
+    predict_file(config(registry, id_column="count"), str(source), str(tmp_path / "out.csv"))
+    out = read_output(tmp_path / "out.csv")
+    assert out["count"].tolist() == frame["count"].tolist()
+    assert out["prediction"].tolist() == served_answers(registry, "regression", frame).values
+
+
 @pytest.mark.parametrize("output", ["out.csv", "out.parquet"])
 @pytest.mark.parametrize("case", ["missing column", "wrong type in a later chunk"])
 def test_a_broken_file_fails_naming_the_column_and_leaves_the_output_alone(
