@@ -3,7 +3,7 @@
 The version is exported as a signed bundle (as `main.py export` does) and loaded with the prediction server's own
 loader and predictor (serving/model.py), so a file scored here gets the answers `/invocations` gives for the same
 rows. Each chunk is checked with the Great Expectations suite of schema.yaml (the target left out) before it is
-scored: ~0.2 s per 100,000 rows of the wine schema, a few seconds for a million, so there is no separate fast path.
+scored: ~0.16 s per 100,000 rows of the wine schema, ~2 s for a million, so there is no separate fast path.
 Memory is bounded by `batch.chunk_rows` whatever the size of a local file; an http(s) or s3 input is downloaded
 whole within data_source.max_bytes first (the ingestion stage's reader and caps).
 
