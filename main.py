@@ -8,6 +8,7 @@
     python main.py export [--version champion] [--store DIR] [--activate] # registry -> a bundle in a model store
     python main.py serve                  # the prediction server on the champion, in the foreground
     python main.py keys                   # the bundle-signing keys (made on first use); what servers trust
+    python main.py predict --input in.csv --output out.parquet [--version V]  # score a file with the champion
 
 Every command takes --config-dir DIR (default: $MLOPS_CONFIG_DIR, else include/config).
 Exit codes: 0 success, 1 a stage or command failed (the message says which and why), 2 configuration error.
@@ -230,9 +231,30 @@ def keys(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- python main.py predict: score a file -----------------------------------------------------------------------
+
+def predict_parser() -> argparse.ArgumentParser:
+    parser = _parser("predict", "Score a CSV file (the configured separator; with or without the target column) "
+                                "with a registered version, checked against schema.yaml chunk by chunk, into a CSV "
+                                "or Parquet file (by its extension), written atomically.")
+    parser.add_argument("--input", help="local path, http(s):// or s3:// URI (default: batch.input_uri)")
+    parser.add_argument("--output", help="a .csv or .parquet path or s3:// URI (default: batch.output_uri)")
+    parser.add_argument("--version", default="champion", help="version number or alias (default: champion)")
+    return parser
+
+
+def predict(args: argparse.Namespace) -> int:
+    from include.ml.configuration import ConfigurationManager
+
+    # The user's own files: no allow-list here (the ml_batch_predict DAG applies data_source.allowed_sources).
+    print(pipeline.run_predict(ConfigurationManager(args.config_dir), args.input, args.output, args.version)
+          .summary())
+    return 0
+
+
 COMMANDS: dict[str | None, tuple[Callable[[], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
     None: (run_parser, run), "init": (init_parser, init), "export": (export_parser, export),
-    "serve": (serve_parser, serve), "keys": (keys_parser, keys),
+    "serve": (serve_parser, serve), "keys": (keys_parser, keys), "predict": (predict_parser, predict),
 }
 
 if __name__ == "__main__":

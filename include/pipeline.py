@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from include.ml.components.training import TrainingResult
     from include.ml.components.transformation import TransformationResult
     from include.ml.components.validation import ValidationResult
+    from include.release.batch import BatchPredictionResult
     from include.release.export import ExportResult
     from include.release.ports import DeploymentResult
     from include.release.signing import SigningKeys
@@ -181,6 +182,24 @@ def run_export(cm: ConfigurationManager, version: str = "champion", store: Path 
     tracking.configure(cm.config.mlflow)
     return export_to_store(cm.config.mlflow.registered_model_name, version, store or cm.config.model_store,
                            cm.config.signing, activate)
+
+
+def run_predict(cm: ConfigurationManager, input_uri: str | None = None, output_uri: str | None = None,
+                version: str = "champion", form_output: bool = False) -> BatchPredictionResult:
+    """Score the CSV `input_uri` with a registered version (number or alias) into `output_uri` (.csv or .parquet);
+    by default batch.input_uri and batch.output_uri. The caller checks the input against the allow-list; with
+    `form_output` (a trigger form's), the output must lie under batch.allowed_outputs."""
+    from include.ml.exceptions import BatchPredictionError
+    from include.release.batch import allowed_output, predict_file
+
+    batch = cm.config.batch
+    if output_uri and form_output:
+        output_uri = allowed_output(output_uri, batch, cm.config.project_root)
+    input_uri, output_uri = input_uri or batch.input_uri, output_uri or batch.output_uri
+    if not input_uri or not output_uri:
+        raise BatchPredictionError("give the input and the output (or set batch.input_uri and batch.output_uri "
+                                   "in config.yaml)")
+    return predict_file(cm.batch_prediction(), input_uri, output_uri, version)
 
 
 def run_keys(cm: ConfigurationManager) -> SigningKeys:

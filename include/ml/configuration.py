@@ -21,6 +21,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from include.ml.entities import (
     METRICS,
+    BatchPredictionConfig,
     ConfigFile,
     DataSourceConfig,
     EvaluationConfig,
@@ -96,6 +97,10 @@ class ConfigurationManager:
     def evaluation(self) -> EvaluationConfig:
         return EvaluationConfig(self.config.schema, self.config.promotion, self.config.mlflow, self.config.card)
 
+    def batch_prediction(self) -> BatchPredictionConfig:
+        c = self.config
+        return BatchPredictionConfig(c.schema, c.data_source, c.batch, c.mlflow, c.model_store, c.signing)
+
 
 def load(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None,
          model_family: str | None = None) -> PipelineConfig:
@@ -114,7 +119,8 @@ def load(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None
     api_key = env.get(SERVING_API_KEY_ENV)
     return PipelineConfig(PROJECT_ROOT, config_dir, project.artifacts_root, project.data_source, project.mlflow,
                           project.airflow, project.deployment, project.signing, schema, params.split, params.model,
-                          params.promotion, hashes, SecretStr(api_key) if api_key else None, project.card)
+                          params.promotion, hashes, SecretStr(api_key) if api_key else None, card=project.card,
+                          batch=project.batch)
 
 
 def read_config_file(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None) -> ConfigFile:

@@ -92,15 +92,32 @@ class MlflowConfig(Frozen):
         return value.rstrip("/")
 
 
-class AirflowConfig(Frozen):
-    schedule: str | None = "0 2 * * *"  # cron (UTC) of the nightly retrain; None: only when triggered
+def _cron(value: str | None) -> str | None:
+    if value is not None and len(value.split()) != 5 and not value.startswith("@"):
+        raise ValueError(f"expected a 5-field cron expression such as '0 2 * * *' (or null), got {value!r}")
+    return value
 
-    @field_validator("schedule")
-    @classmethod
-    def _cron(cls, value: str | None) -> str | None:
-        if value is not None and len(value.split()) != 5 and not value.startswith("@"):
-            raise ValueError(f"expected a 5-field cron expression such as '0 2 * * *' (or null), got {value!r}")
-        return value
+
+Cron = Annotated[str | None, AfterValidator(_cron)]
+
+
+class AirflowConfig(Frozen):
+    schedule: Cron = "0 2 * * *"  # cron (UTC) of the nightly retrain; None: only when triggered
+
+
+class BatchConfig(Frozen):
+    """Batch prediction: the ml_batch_predict DAG and `python main.py predict`."""
+
+    schedule: Cron = None  # cron (UTC) of the DAG; None: only when triggered
+    # What a run scores when its trigger form leaves them empty (a scheduled run always does). The input must lie
+    # under data_source.allowed_sources; None: the form must name it.
+    input_uri: str | None = None
+    output_uri: str | None = None
+    # Where a trigger form's output may go, as data_source.allowed_sources lists inputs: local directories or URI
+    # prefixes (an entry ending in "/" admits everything under it). Empty: only `output_uri`. The CLI writes anywhere.
+    allowed_outputs: tuple[str, ...] = Field((), strict=False)
+    id_column: str = "id"  # copied to the output when the input has it; otherwise the 0-based row number
+    chunk_rows: int = Field(100_000, ge=1)  # rows read, validated and scored at a time: bounds the memory
 
 
 class LocalTargetConfig(Frozen):
@@ -172,6 +189,7 @@ class ConfigFile(Frozen):
     deployment: DeploymentConfig = DeploymentConfig()
     signing: SigningConfig = SigningConfig()
     card: CardConfig = CardConfig()
+    batch: BatchConfig = BatchConfig()
 
 
 # --- schema.yaml -----------------------------------------------------------------------------------------------
@@ -305,6 +323,7 @@ class PipelineConfig:
     config_hashes: Mapping[str, str]
     serving_api_key: SecretStr | None = None  # from MLOPS_SERVING_API_KEY only, never from a file
     card: CardConfig = CardConfig()
+    batch: BatchConfig = BatchConfig()
 
     @property
     def model_store(self) -> Path:
@@ -344,3 +363,13 @@ class EvaluationConfig:
     promotion: PromotionConfig
     mlflow: MlflowConfig
     card: CardConfig = CardConfig()
+
+
+@dataclass(frozen=True)
+class BatchPredictionConfig:
+    schema: SchemaConfig
+    source: DataSourceConfig  # the CSV format, size caps and S3 endpoint of inputs (uri: the configured one)
+    batch: BatchConfig
+    mlflow: MlflowConfig  # the registry holding mlflow.registered_model_name
+    model_store: Path  # where the scoring version is exported to as a bundle, as `main.py export` does
+    signing: SigningConfig

@@ -73,6 +73,10 @@ class DataValidationError(PipelineError):
         super().__init__("\n".join(lines))
 
 
+class BatchPredictionError(PipelineError):
+    """A batch prediction's input cannot be scored or its output cannot be written; no output was left."""
+
+
 class TrainingError(PipelineError):
     """The model could not be trained or logged."""
 
@@ -100,6 +104,8 @@ def format_failure(failure: dict[str, Any]) -> str:
     if failure.get("unexpected_count"):
         text += (f"; {failure['unexpected_count']} bad value(s) ({failure['unexpected_percent']:.1f}%), "
                  f"e.g. {failure['examples']}")
+        if failure.get("rows"):
+            text += f" in rows {failure['rows']}"
     if failure.get("error"):
         text += f"; {failure['error']}"
     return text

@@ -25,8 +25,8 @@ MAX_PARSE_SECONDS = 5.0  # Airflow's own limit ([core] dagbag_import_timeout) is
 LOAD_DAGBAG = """
 import json, sys
 from airflow.dag_processing.dagbag import DagBag
-from include.ml.exceptions import (ConfigError, DataValidationError, DeploymentError, IncompatibleChampionError,
-                                   SourceTooLargeError)
+from include.ml.exceptions import (BatchPredictionError, ConfigError, DataValidationError, DeploymentError,
+                                   IncompatibleChampionError, SourceTooLargeError)
 
 bag = DagBag(sys.argv[1])
 dags = {}
@@ -43,6 +43,7 @@ for dag_id, dag in bag.dags.items():
                                              ("DeploymentError", DeploymentError("refused")),
                                              ("IncompatibleChampionError", IncompatibleChampionError("1", ["task"])),
                                              ("SourceTooLargeError", SourceTooLargeError("s", "max_bytes", 1, "2")),
+                                             ("BatchPredictionError", BatchPredictionError("unwritable")),
                                              ("RuntimeError", RuntimeError("flaky"))]},
         }
     dags[dag_id] = {"file": dag.fileloc, "tags": sorted(dag.tags), "catchup": dag.catchup,
@@ -115,7 +116,19 @@ def test_ml_pipeline_shape(dagbag: dict) -> None:
         # bad data or config fails at once; anything else gets the normal retries
         assert task["on_error"] == {"DataValidationError": "fail", "ConfigError": "fail", "DeploymentError": "fail",
                                     "IncompatibleChampionError": "fail", "SourceTooLargeError": "fail",
-                                    "RuntimeError": "default"}
+                                    "BatchPredictionError": "default", "RuntimeError": "default"}
+
+
+def test_ml_batch_predict_shape(dagbag: dict) -> None:
+    dag = dagbag["dags"]["ml_batch_predict"]
+    assert list(dag["tasks"]) == ["predict"]
+    assert (dag["catchup"], dag["max_active_runs"]) == (False, 1)
+    assert dag["params"] == ["input", "output", "version"]
+    # a bad file, output, version or configuration fails at once; anything else (a flaky source) is retried
+    assert dag["tasks"]["predict"]["on_error"] == {
+        "DataValidationError": "fail", "ConfigError": "fail", "DeploymentError": "fail",
+        "IncompatibleChampionError": "default", "SourceTooLargeError": "fail", "BatchPredictionError": "fail",
+        "RuntimeError": "default"}
 
 
 @pytest.mark.parametrize("dag_file", sorted(DAGS.glob("*.py")), ids=lambda p: p.name)

@@ -168,6 +168,18 @@ def test_schedule_must_be_cron_or_null(config_dir: Path, edit_yaml) -> None:
     expect_error(config_dir, "config.yaml", "airflow.schedule", "expected a 5-field cron expression")
 
 
+def test_batch_section_is_optional_with_checked_values(config_dir: Path, edit_yaml) -> None:
+    batch = load(config_dir).config.batch
+    assert (batch.schedule, batch.input_uri, batch.output_uri, batch.allowed_outputs, batch.id_column,
+            batch.chunk_rows) == (None, None, None, (), "id", 100_000)
+    edit_yaml(config_dir / "config.yaml", lambda d: d.pop("batch"))
+    assert load(config_dir).config.batch == batch  # the reference YAML shows the defaults
+    edit_yaml(config_dir / "config.yaml", lambda d: d.update(batch={"schedule": "nightly"}))
+    expect_error(config_dir, "config.yaml", "batch.schedule", "expected a 5-field cron expression")
+    edit_yaml(config_dir / "config.yaml", lambda d: d.update(batch={"chunk_rows": 0}))
+    expect_error(config_dir, "config.yaml", "batch.chunk_rows", "expected at least 1")
+
+
 def test_ec2_deployment_needs_a_bucket(config_dir: Path, edit_yaml) -> None:
     edit_yaml(config_dir / "config.yaml", lambda d: d["deployment"].update(target="ec2"))
     expect_error(config_dir, "config.yaml", "deployment.ec2.s3_bucket", "required when deployment.target is ec2")

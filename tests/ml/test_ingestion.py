@@ -17,7 +17,7 @@ import pytest
 from include.ml.components.ingestion import ingest
 from include.ml.entities import DataSourceConfig, IngestionConfig
 from include.ml.exceptions import IngestionError, SourceTooLargeError
-from tests.support.network import free_port
+from tests.support.network import free_port, static_http_server
 
 CSV = b"a;b;y\n1;x;0.5\n2;y;1.5\n3;x;2.5\n"
 COLUMNS = ("a", "b", "y")
@@ -74,13 +74,8 @@ def http_server(tmp_path: Path) -> Iterator[str]:
     """A real HTTP server on loopback serving tmp_path/site."""
     site = tmp_path / "site"
     site.mkdir()
-    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(site))  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with static_http_server(site) as url:
+        yield url
 
 
 def test_http_source(http_server: str, tmp_path: Path) -> None:

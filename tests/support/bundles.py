@@ -83,11 +83,11 @@ def make_bundle(store: Path, version: str, task: str = "regression", offset: flo
     return store_mod.install(staged, store, version)
 
 
-def register_toy_model(name: str, experiment_id: str, offset: float = 0.0) -> str:
+def register_toy_model(name: str, experiment_id: str, offset: float = 0.0, task: str = "regression") -> str:
     """Log and register a toy model in the current MLflow tracking store, as training does; returns its version."""
     import mlflow
 
-    pipeline, x, schema, trusted = _fit_toy("regression", offset, 5)
+    pipeline, x, schema, trusted = _fit_toy(task, offset, 5)
     with mlflow.start_run(experiment_id=experiment_id):
         mlflow.log_metric("test_rmse", 0.1)
         info = mlflow.sklearn.log_model(pipeline, name="model", registered_model_name=name,

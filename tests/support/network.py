@@ -1,13 +1,17 @@
-"""Loopback ports, waiting for an HTTP server or a condition, reading a JSON answer."""
+"""Loopback ports, waiting for an HTTP server or a condition, reading a JSON answer, a static file server."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 
 def free_port() -> int:
@@ -54,3 +58,17 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: fl
             return None
         time.sleep(interval)
     raise TimeoutError("condition not met in time")
+
+
+@contextmanager
+def static_http_server(directory: Path) -> Iterator[str]:
+    """A real HTTP server on loopback serving the files of `directory` (a thread of this process); its base URL."""
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(directory))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+

@@ -86,6 +86,11 @@ class AirflowStack:
         return self.home.parent / "sources"
 
     @property
+    def batch_outputs(self) -> Path:
+        """Where a trigger's batch-prediction `output` may go (the stack config's batch.allowed_outputs)."""
+        return self.home.parent / "batch-outputs"
+
+    @property
     def tracking_uri(self) -> str:
         return self.env["MLOPS_TRACKING_URI"]
 
@@ -98,14 +103,20 @@ class AirflowStack:
 
 def airflow_stack(base: Path) -> AirflowStack:
     """The settings of an embedded stack living in `base` (not started). Its config dir is a copy of the default
-    whose `data_source.allowed_sources` admits <base>/sources/: the trigger form's `source` may point there."""
+    whose `data_source.allowed_sources` admits <base>/sources/ (the trigger form's `source` may point there) and
+    whose `batch.allowed_outputs` admits <base>/batch-outputs/ (ml_batch_predict's `output`)."""
     outputs = base / "outputs"
     api_port, mlflow_port, serving_port = free_ports(3)
     config_dir = base / "config"
     shutil.copytree(REPO / "include" / "config", config_dir)
     (base / "sources").mkdir()
-    edit_yaml(config_dir / "config.yaml",
-              lambda data: data["data_source"].update(allowed_sources=[f"{base / 'sources'}/"]))
+    (base / "batch-outputs").mkdir()
+
+    def allow(data: dict) -> None:
+        data["data_source"]["allowed_sources"] = [f"{base / 'sources'}/"]
+        data["batch"]["allowed_outputs"] = [f"{base / 'batch-outputs'}/"]
+
+    edit_yaml(config_dir / "config.yaml", allow)
     # Nothing from the caller's Airflow, MLflow or pipeline settings leaks into the test stack.
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AIRFLOW", "MLOPS_")) and k != "MLFLOW_TRACKING_URI"}

@@ -7,7 +7,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -50,27 +50,31 @@ class ValidationResult:
                 "data_docs": self.data_docs}
 
 
-def build_suite(schema: SchemaConfig, name: str = "schema") -> Any:
-    """The Great Expectations suite that schema.yaml describes."""
+def build_suite(schema: SchemaConfig, name: str = "schema", per_row: bool = False) -> Any:
+    """The Great Expectations suite that schema.yaml describes. With `per_row`, only what each row meets or breaks
+    on its own (no row count, no share of missing values): the checks of a file scored in chunks."""
     import great_expectations as gx
 
     E = gx.expectations
     suite = gx.ExpectationSuite(name=name)
     names = [c.name for c in schema.columns]
     suite.add_expectation(E.ExpectTableColumnsToMatchSet(column_set=names, exact_match=True))
-    suite.add_expectation(E.ExpectTableRowCountToBeBetween(min_value=schema.min_rows))
+    if not per_row:
+        suite.add_expectation(E.ExpectTableRowCountToBeBetween(min_value=schema.min_rows))
     for col in schema.columns:
-        for expectation in _column_expectations(E, col):
+        for expectation in _column_expectations(E, col, per_row):
             suite.add_expectation(expectation)
     return suite
 
 
-def _column_expectations(E: Any, col: ColumnSpec) -> list[Any]:
+def _column_expectations(E: Any, col: ColumnSpec, per_row: bool = False) -> list[Any]:
     types = _NULLABLE_INT_TYPES if col.dtype == "int" and col.nullable else _TYPES[col.dtype]
     found = [E.ExpectColumnToExist(column=col.name),
              E.ExpectColumnValuesToBeInTypeList(column=col.name, type_list=types)]
     if col.nullable:
-        found.append(E.ExpectColumnValuesToNotBeNull(column=col.name, mostly=round(1 - col.max_null_fraction, 6)))
+        if not per_row:
+            found.append(E.ExpectColumnValuesToNotBeNull(column=col.name,
+                                                         mostly=round(1 - col.max_null_fraction, 6)))
     else:
         found.append(E.ExpectColumnValuesToNotBeNull(column=col.name))
     if col.min is not None or col.max is not None:
@@ -80,13 +84,18 @@ def _column_expectations(E: Any, col: ColumnSpec) -> list[Any]:
     return found
 
 
-def _context(docs_dir: Path) -> Any:
+def _ephemeral_context() -> Any:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
+
+
+def _context(docs_dir: Path) -> Any:
+    context = _ephemeral_context()
     # Replace the default site, which writes to a fresh temporary directory every time.
     for name, site in list(context.list_data_docs_sites().items()):
         context.delete_data_docs_site(name)
@@ -126,6 +135,7 @@ def _failure(result: Any, schema: SchemaConfig, frame: pd.DataFrame) -> dict[str
         "unexpected_count": outcome.get("unexpected_count"),
         "unexpected_percent": outcome.get("unexpected_percent"),
         "examples": (outcome.get("partial_unexpected_list") or [])[:_EXAMPLES],
+        "rows": [_plain(i) for i in (outcome.get("partial_unexpected_index_list") or [])[:_EXAMPLES]],
         "error": error,
     }
 
@@ -135,7 +145,13 @@ def _non_numeric(column: pd.Series) -> dict[str, Any]:
     bad = column[pd.to_numeric(column, errors="coerce").isna() & column.notna()]
     return {"observed_value": f"dtype {column.dtype}", "unexpected_count": len(bad),
             "unexpected_percent": 100 * len(bad) / max(len(column), 1),
-            "partial_unexpected_list": bad.head(_EXAMPLES).tolist()}
+            "partial_unexpected_list": bad.head(_EXAMPLES).tolist(),
+            "partial_unexpected_index_list": bad.index[:_EXAMPLES].tolist()}
+
+
+def _plain(label: Any) -> Any:
+    """A row label as JSON has it (numpy integers are not JSON)."""
+    return label.item() if hasattr(label, "item") else label
 
 
 def _root_causes(failures: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -152,6 +168,24 @@ def _for_gx(frame: pd.DataFrame) -> pd.DataFrame:
     """GX 1.x cannot match pandas 3's default `str` dtype in type checks; hand it text columns as object."""
     text = [c for c in frame.columns if isinstance(frame[c].dtype, pd.StringDtype)]
     return frame.astype({c: object for c in text}) if text else frame
+
+
+def frame_checker(schema: SchemaConfig) -> Callable[[pd.DataFrame], list[dict[str, Any]]]:
+    """Check frame after frame (the chunks of a large file) against the per-row suite of `schema`, without Data
+    Docs: one context and suite for all calls, each call returning its frame's failures as `validate` reports
+    them, the failing rows' index labels in "rows"."""
+    context = _ephemeral_context()
+    batches = context.data_sources.add_pandas("frames").add_dataframe_asset("frame") \
+        .add_batch_definition_whole_dataframe("all")
+    suite = context.suites.add(build_suite(schema, per_row=True))
+    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": _EXAMPLES}
+
+    def check(frame: pd.DataFrame) -> list[dict[str, Any]]:
+        outcome = batches.get_batch(batch_parameters={"dataframe": _for_gx(frame)}).validate(
+            suite, result_format=result_format)
+        return _root_causes([_failure(r, schema, frame) for r in outcome.results if not r.success])
+
+    return check
 
 
 def validate(frame: pd.DataFrame, config: ValidationConfig, output_dir: Path) -> ValidationResult:
