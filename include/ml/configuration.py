@@ -25,6 +25,7 @@ from include.ml.entities import (
     DataSourceConfig,
     EvaluationConfig,
     IngestionConfig,
+    MonitorConfig,
     ParamsFile,
     PipelineConfig,
     SchemaConfig,
@@ -98,6 +99,10 @@ class ConfigurationManager:
 
     def evaluation(self) -> EvaluationConfig:
         return EvaluationConfig(self.config.schema, self.config.promotion, self.config.mlflow)
+
+    def monitor(self) -> MonitorConfig:
+        c = self.config
+        return MonitorConfig(c.schema, c.promotion, c.mlflow, c.monitoring, c.monitoring_params, c.artifacts_root)
 
 
 def load(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None,

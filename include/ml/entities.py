@@ -374,3 +374,18 @@ class EvaluationConfig:
     schema: SchemaConfig
     promotion: PromotionConfig
     mlflow: MlflowConfig
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    schema: SchemaConfig
+    promotion: PromotionConfig
+    mlflow: MlflowConfig
+    capture: MonitoringConfig
+    params: MonitoringParams
+    artifacts_root: Path
+
+    @property
+    def experiment_name(self) -> str:
+        """The monitoring experiment: one run per period next to the training runs' experiment."""
+        return f"{self.mlflow.experiment_name}-monitoring"

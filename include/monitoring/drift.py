@@ -54,8 +54,10 @@ class FeatureDrift:
     def describe(self) -> str:
         if self.status == NOT_ENOUGH_DATA:
             return f"{self.name}: not enough data ({self.rows_current} current, {self.rows_reference} reference rows)"
-        return (f"{self.name}: {self.test} {self.statistic:.4g}, p {self.p_value:.3g} (corrected {self.p_adjusted:.3g}"
-                f" < {self.threshold_p_value}), {self.distance_name} {self.distance:.4g} (> {self.threshold_distance})")
+        return (f"{self.name}: {self.test} {self.statistic:.4g}, p {self.p_value:.3g} "
+                f"(corrected {self.p_adjusted:.3g}), {self.distance_name} {self.distance:.4g}; "
+                f"drift is corrected p < {self.threshold_p_value} and "
+                f"{self.distance_name} > {self.threshold_distance}")
 
     def to_json(self) -> dict[str, Any]:
         return {**{k: v for k, v in asdict(self).items() if k != "name"}, "drifted": self.drifted}
