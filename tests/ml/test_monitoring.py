@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,16 @@ from include.ml import registry
 from include.ml.components.evaluation import compute_metrics
 from include.ml.components.training import split_xy, train
 from include.ml.components.transformation import split
+from include.ml.configuration import ConfigurationManager
 from include.ml.entities import MlflowConfig, MonitorConfig, MonitoringConfig, MonitoringParams, SplitConfig
 from include.ml.entities import TransformationConfig as Split
+from include.ml.exceptions import ConfigError
 from include.monitoring import capture
 from include.monitoring.monitor import monitor
 from include.pipeline import Skipped, drift_signal
 from tests.support.capture import write_capture
 from tests.support.frames import dataset, evaluation_config, schema, training_config
-from tests.support.project import CONFIG_DIR, WINE_CSV
+from tests.support.project import CONFIG_DIR, WINE_CSV, edit_yaml
 
 END = datetime(2026, 3, 2, 6, 0, tzinfo=timezone.utc)
 
@@ -100,6 +103,34 @@ def test_cli_bad_input_exits_1_with_a_clear_message(wine: pd.DataFrame, tmp_path
     code, out, err = run_cli(capsys, "--reference", str(reference), "--current", str(current), "--json")
     assert code == 1 and out == ""
     assert err.startswith("monitor failed: ") and re.search(message, err), err
+
+
+# --- configuration ----------------------------------------------------------------------------------------------
+
+def test_monitoring_settings_load_with_defaults_and_env_overrides(tmp_path: Path) -> None:
+    shutil.copytree(CONFIG_DIR, tmp_path / "config")
+    config = ConfigurationManager(tmp_path / "config", env={"MLOPS_CAPTURE_DIR": "s3://bucket/capture",
+                                                            "MLOPS_RETRAIN_ON": "both"}).config
+    assert (config.monitoring.capture_dir, config.airflow.retrain_on) == ("s3://bucket/capture", "both")
+    assert config.airflow.monitor_schedule == "0 6 * * *" and config.monitoring_params == MonitoringParams()
+    local = ConfigurationManager(tmp_path / "config", env={}).config.monitoring
+    assert Path(local.capture_dir).is_absolute() and local.ground_truth_uri is None
+
+
+@pytest.mark.parametrize("file, change, key, problem", [
+    ("params.yaml", {"features": {"colour": {"psi": 0.2}}}, "monitoring.features.colour", "not a feature"),
+    ("params.yaml", {"p_value": 1.5}, "monitoring.p_value", "expected less than 1"),
+    ("params.yaml", {"correction": "holm"}, "monitoring.correction", "expected one of bonferroni, benjamini_hochberg"),
+    ("params.yaml", {"features": {"pH": {"distance": 1}}}, "monitoring.features.pH.distance", "unknown key"),
+    ("config.yaml", {"capture": "x"}, "monitoring.capture", "unknown key; expected one of: capture_dir,"),
+])
+def test_bad_monitoring_settings_name_the_key(tmp_path: Path, file: str, change: dict, key: str,
+                                              problem: str) -> None:
+    shutil.copytree(CONFIG_DIR, tmp_path / "config")
+    edit_yaml(tmp_path / "config" / file, lambda data: data["monitoring"].update(change))
+    with pytest.raises(ConfigError) as caught:
+        ConfigurationManager(tmp_path / "config", env={})
+    assert caught.value.key == key and problem in caught.value.problem, caught.value
 
 
 # --- capture files ----------------------------------------------------------------------------------------------
