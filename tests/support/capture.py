@@ -39,3 +39,26 @@ def _scalar(value: Any) -> Any:
     if hasattr(value, "item"):
         value = value.item()
     return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def post_rows(serving_url: str, frame: pd.DataFrame, batch: int = 25) -> set[str]:
+    """Send `frame` to the prediction server's /invocations in batches; the model versions that answered."""
+    import requests
+
+    versions = set()
+    for start in range(0, len(frame), batch):
+        part = frame.iloc[start:start + batch]
+        response = requests.post(f"{serving_url}/invocations", timeout=30, json={
+            "dataframe_split": {"columns": list(part.columns), "data": part.to_numpy().tolist()}})
+        response.raise_for_status()
+        versions.add(response.headers["X-Model-Version"])
+    return versions
+
+
+def captured_rows(capture_dir: str | Path, model: str, version: str) -> int:
+    """Rows of `model` `version` in the complete capture files (the server renames a file from .part when closed)."""
+    rows = 0
+    for path in Path(capture_dir, model).glob("*/*.jsonl.gz"):
+        with gzip.open(path, "rt") as lines:
+            rows += sum(json.loads(line)["model_version"] == version for line in lines)
+    return rows

@@ -24,7 +24,8 @@ def outputs_env(root: Path) -> dict[str, str]:
             "MLOPS_ARTIFACT_LOCATION": str(root / "mlartifacts"), "MLOPS_MODEL_STORE": str(root / "models"),
             "MLOPS_SERVING_URL": f"http://127.0.0.1:{free_port()}",
             "MLOPS_SIGNING_KEY": str(root / "keys" / "bundle-signing.key"),
-            "MLOPS_SIGNING_PUBLIC_KEY": str(root / "keys" / "bundle-signing.pub")}
+            "MLOPS_SIGNING_PUBLIC_KEY": str(root / "keys" / "bundle-signing.pub"),
+            "MLOPS_CAPTURE_DIR": str(root / "capture")}
 
 
 def run_main(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
