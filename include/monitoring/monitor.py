@@ -59,7 +59,8 @@ class MonitorResult:
         return f"{head}: {verdict}{predictions}{live}"
 
     def xcom(self) -> dict[str, Any]:  # plugins/mlops_links.py links monitor_report and mlflow_run_url
-        return {"model_name": self.model_name, "version": self.version, "drifted": self.drifted,
+        return {"summary": self.summary(), "model_name": self.model_name, "version": self.version,
+                "drifted": self.drifted,
                 "drift_details": self.drift_details, "not_enough_data": self.not_enough_data,
                 "prediction_drifted": self.prediction_drifted, "quality_dropped": self.quality_dropped,
                 "rows": {"reference": self.rows_reference, "current": self.rows_current},
