@@ -23,8 +23,8 @@ from include.ml.components.transformation import split
 from include.ml.configuration import ConfigurationManager
 from include.ml.entities import MlflowConfig, MonitorConfig, MonitoringConfig, MonitoringParams, SplitConfig
 from include.ml.entities import TransformationConfig as Split
-from include.ml.exceptions import ConfigError
-from include.monitoring import capture
+from include.ml.exceptions import ConfigError, MonitoringError
+from include.monitoring import capture, quality
 from include.monitoring.monitor import monitor
 from include.pipeline import Skipped, drift_signal
 from tests.support.capture import write_capture
@@ -153,11 +153,55 @@ def test_collect_reads_the_versions_rows_of_the_period_and_only_complete_files(t
     assert set(got.frame["row"]) == {0, 1, 2, 3} and got.frame["request_id"].nunique() == 5
 
 
+@pytest.mark.integration  # a moto server stands in for S3
+def test_collect_reads_an_s3_capture_dir_as_ec2_hosts_ship_it(s3_endpoint: str, tmp_path: Path) -> None:
+    import boto3
+
+    frame = dataset("regression", rows=30).drop(columns=["y"])
+    local = write_capture(tmp_path, "m", "3", frame, range(30), END - timedelta(hours=1))
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="capture-test")
+    folder = f"models/capture/m/{END:%Y-%m-%d}"
+    s3.upload_file(str(local), "capture-test", f"{folder}/host-1.jsonl.gz")
+    s3.upload_file(str(local), "capture-test", f"{folder}/host-2.jsonl.gz.part")  # not shipped yet: ignored
+    config = MonitoringConfig(capture_dir="s3://capture-test/models/capture", s3_endpoint_url=s3_endpoint)
+    got = capture.collect(config, schema("regression"), "m", "3", END - timedelta(hours=24), END)
+    assert (got.files, len(got.frame)) == (1, 30)
+    with pytest.raises(MonitoringError, match="could not be read"):
+        capture.collect(MonitoringConfig(capture_dir="s3://no-such-bucket/capture", s3_endpoint_url=s3_endpoint),
+                        schema("regression"), "m", "3", END - timedelta(hours=1), END)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "is not a file"),
+    ("request_id,truth\na,1\n", r"lacks the column\(s\) \['y'\]"),
+    ("\x00\x01garbage", "could not be read|lacks the column"),
+])
+def test_bad_ground_truth_is_a_clear_error(tmp_path: Path, content: str | None, message: str) -> None:
+    path = tmp_path / "truth.csv"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(MonitoringError, match=message):
+        quality.read_ground_truth(str(path), "y")
+
+
+def test_ground_truth_rows_default_to_0_and_join_the_capture(tmp_path: Path) -> None:
+    captured = pd.DataFrame({"request_id": ["a", "b", "b"], "row": [0, 0, 1], "prediction": [1.0, 2.0, 3.0]})
+    truth = pd.DataFrame({"request_id": ["a", "b"], "y": [1.0, 2.5]})
+    truth.to_parquet(tmp_path / "truth.parquet")
+    live = quality.live_quality(captured, quality.read_ground_truth(str(tmp_path / "truth.parquet"), "y"),
+                                schema("regression"),
+                                evaluation_config("regression", MlflowConfig(experiment_name="x",
+                                                                             registered_model_name="x")).promotion,
+                                {"rmse": 0.2}, min_rows=2, drop=0.1)
+    assert live.rows == 2 and live.live == pytest.approx(((0 + 0.25) / 2) ** 0.5) and live.dropped
+
+
 def test_a_corrupt_capture_file_is_a_clear_error(tmp_path: Path) -> None:
     folder = tmp_path / "m" / END.strftime("%Y-%m-%d")
     folder.mkdir(parents=True)
     (folder / "bad.jsonl.gz").write_bytes(gzip.compress(b"{not json\n"))
-    with pytest.raises(Exception, match="is not valid capture JSON lines"):
+    with pytest.raises(MonitoringError, match="is not valid capture JSON lines"):
         capture.collect(MonitoringConfig(capture_dir=str(tmp_path)), schema("regression"), "m", "1",
                         END - timedelta(hours=1), END + timedelta(hours=1))
 
