@@ -46,8 +46,10 @@ DRIFT = drift_asset(MODEL_NAME)
         "retries": 2,
         "retry_delay": timedelta(minutes=1),
         "retry_policy": ExceptionRetryPolicy(rules=[
-            RetryRule(exception=["include.ml.exceptions.ConfigError", "include.ml.exceptions.MonitoringError"],
-                      action=RetryAction.FAIL, reason="bad configuration or capture files: retrying cannot fix it"),
+            RetryRule(exception=["include.ml.exceptions.ConfigError", "include.ml.exceptions.MonitoringError",
+                                 "include.ml.exceptions.StageInputError"],
+                      action=RetryAction.FAIL,
+                      reason="bad configuration, capture files or reference data: retrying cannot fix it"),
         ]),
     },
 )

@@ -13,7 +13,7 @@ drift. Missing values are left out of the tests and reported as rates, as are va
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal, Mapping
 
 import numpy as np
@@ -68,8 +68,7 @@ class DriftReport:
     features: dict[str, FeatureDrift]
     rows_reference: int
     rows_current: int
-    prediction: FeatureDrift | None = None
-    notes: list[str] = field(default_factory=list)
+    prediction: FeatureDrift | None = None  # the predictions against the champion's own, when measured
 
     @property
     def drifted(self) -> list[str]:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from include.ml import artifacts, tracking
+from include.ml import artifacts, registry, tracking
 from include.ml.entities import MonitorConfig
 from include.monitoring import capture, drift, quality, reference, report
 
@@ -72,7 +72,7 @@ def monitor(config: MonitorConfig, run_id: str, end: datetime, output_dir: Path)
     """The period of `params.period_hours` before `end`; None when the model has no champion yet."""
     tracking.configure(config.mlflow)
     name = config.mlflow.registered_model_name
-    version = reference.champion(name)
+    version = registry.champion_version(name)
     if version is None:
         return None
     start = end - timedelta(hours=config.params.period_hours)
@@ -83,8 +83,8 @@ def monitor(config: MonitorConfig, run_id: str, end: datetime, output_dir: Path)
                              specs)
     kind: drift.Kind = "numeric" if config.schema.task == "regression" else "categorical"
     predicted = current[capture.PREDICTION]
-    compared = drift.DriftReport(compared.features, compared.rows_reference, compared.rows_current,
-                                 drift.compare_one("prediction", ref.predictions, predicted, kind, config.params))
+    compared = replace(compared, prediction=drift.compare_one("prediction", ref.predictions, predicted, kind,
+                                                              config.params))
     live = None
     if config.capture.ground_truth_uri:
         truth = quality.read_ground_truth(config.capture.ground_truth_uri, config.schema.target)
@@ -100,7 +100,7 @@ def monitor(config: MonitorConfig, run_id: str, end: datetime, output_dir: Path)
         lines.append(live.describe())
     header = {"model_name": name, "version": version, "period_start": start.isoformat(), "period_end": end.isoformat(),
               "reference": ref.source, "run_id": run_id}
-    summary = report.summary_json(header, compared, None if live is None else asdict(live))
+    summary = {**header, **compared.to_json(), "quality": None if live is None else asdict(live)}
     page = report.render(f"Monitoring {name} v{version}, {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC",
                          lines, compared, ref.features, current, (ref.predictions, predicted))
     artifacts.write_bytes(output_dir / REPORT, page.encode())

@@ -35,10 +35,6 @@ class Reference:
     test_metrics: dict[str, float]
 
 
-def champion(model_name: str) -> str | None:
-    return registry.champion_version(model_name)
-
-
 def load(model_name: str, version: str, schema: SchemaConfig, artifacts_root: Path) -> Reference:
     from mlflow.tracking import MlflowClient
 

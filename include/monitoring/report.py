@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -85,6 +84,3 @@ def _plot(feature: FeatureDrift, reference: pd.Series, current: pd.Series) -> st
 def _sample(values: pd.Series) -> pd.Series:
     return values.sample(PLOT_ROWS, random_state=0) if len(values) > PLOT_ROWS else values
 
-
-def summary_json(header: dict[str, Any], report: DriftReport, quality: dict[str, Any] | None) -> dict[str, Any]:
-    return {**header, **report.to_json(), "quality": quality}
