@@ -62,20 +62,21 @@ def main() -> int:
     print(f"MLflow run:  {evaluated['mlflow_run_url']}")
     print(f"Data Docs:   {client.links(DAG_ID, run_id, 'validate')['Data Docs']}")
     print(f"Predictions: {serving}   (a form at /, the API at /openapi.json)")
-    if _monitor(client, serving) != 0:
+    if _monitor(client, serving, client.xcom(DAG_ID, run_id, "transform")["test_path"]) != 0:
         return 1
     print("Everything keeps running; stop it with: make down")
     return 0
 
 
-def _monitor(client: AirflowClient, serving: str) -> int:
-    """Traffic to the server (captured), then ml_monitor over it: its summary line and report link."""
+def _monitor(client: AirflowClient, serving: str, wines: str) -> int:
+    """Traffic to the server (captured), then ml_monitor over it: its summary line and report link. The traffic
+    is the run's test split: wines the model did not train on, as live ones would be."""
     from include.ml.configuration import project_config
 
-    version, sent = _send_traffic(serving)
+    version, sent = _send_traffic(serving, wines)
     capture = Path(project_config().monitoring.capture_dir)
-    print(f"\nsent {sent} wines to {serving}/invocations (v{version} answered); waiting for the capture files "
-          f"in {capture} ...", flush=True)
+    print(f"\nsent {sent} wines of the test split to {serving}/invocations (v{version} answered); waiting for the "
+          f"capture files in {capture} ...", flush=True)
     deadline = time.monotonic() + float(os.environ.get("DEMO_CAPTURE_WAIT_SECONDS", "90"))
     while _captured(capture, version) < sent and time.monotonic() < deadline:
         time.sleep(2)  # the server closes a file every SERVING_CAPTURE_ROTATE_SECONDS
@@ -95,21 +96,22 @@ def _monitor(client: AirflowClient, serving: str) -> int:
     return 0
 
 
-def _send_traffic(serving: str) -> tuple[str, int]:
-    """TRAFFIC_ROWS wines of the dataset, 20 per /invocations request; (the version that answered, rows sent)."""
-    import csv
+def _send_traffic(serving: str, wines: str) -> tuple[str, int]:
+    """Up to TRAFFIC_ROWS rows of the parquet file `wines`, 20 per /invocations request; (the version that
+    answered, rows sent)."""
     import urllib.request
 
-    with open(REPO / "data" / "wine-quality" / "winequality-red.csv", newline="") as f:
-        rows = list(csv.reader(f, delimiter=";"))
-    header, wines = rows[0][:-1], [[float(v) for v in row[:-1]] for row in rows[1::5][:TRAFFIC_ROWS]]
+    import pandas as pd
+
+    frame = pd.read_parquet(wines).drop(columns=["quality"]).head(TRAFFIC_ROWS)
     version = "?"
-    for start in range(0, len(wines), 20):
-        body = json.dumps({"dataframe_split": {"columns": header, "data": wines[start:start + 20]}}).encode()
-        request = urllib.request.Request(f"{serving}/invocations", body, {"Content-Type": "application/json"})
+    for start in range(0, len(frame), 20):
+        part = frame.iloc[start:start + 20]
+        body = json.dumps({"dataframe_split": {"columns": list(part.columns), "data": part.to_numpy().tolist()}})
+        request = urllib.request.Request(f"{serving}/invocations", body.encode(), {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as response:
             version = response.headers.get("X-Model-Version", version)
-    return version, len(wines)
+    return version, len(frame)
 
 
 def _captured(capture: Path, version: str) -> int:
