@@ -82,6 +82,9 @@ def test_drift_in_captured_traffic_is_reported_signalled_and_starts_a_retrain(ai
     assert requests.get(link, timeout=30).status_code == 401
     page = client.fetch(link)
     assert page.status_code == 200 and "alcohol" in page.text and "data:image/png;base64," in page.text
+    assert client.fetch(link.replace("report.html", "summary.json")).json()["drifted"] == SHIFTED
+    for escape in ("..%2Fvalidate%2Fresult.json", "..%2F..%2F..%2F..%2Fetc%2Fpasswd", "%00"):
+        assert client.fetch(link.replace("report.html", escape)).status_code == 404, escape
     run = requests.get(f"{airflow_stack.mlflow_url}/api/2.0/mlflow/runs/get",
                        params={"run_id": monitored["mlflow_run_id"]}, timeout=30).json()["run"]
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}

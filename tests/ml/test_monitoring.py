@@ -172,13 +172,14 @@ def test_collect_reads_an_s3_capture_dir_as_ec2_hosts_ship_it(s3_endpoint: str, 
                         schema("regression"), "m", "3", END - timedelta(hours=1), END)
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "is not a file"),
-    ("request_id,truth\na,1\n", r"lacks the column\(s\) \['y'\]"),
-    ("\x00\x01garbage", "could not be read|lacks the column"),
+@pytest.mark.parametrize("name, content, message", [
+    ("truth.csv", None, "is not a file"),
+    ("truth.csv", "request_id,truth\na,1\n", r"lacks the column\(s\) \['y'\]; it needs request_id, optional row"),
+    ("truth.csv", "\x00\x01garbage", r"lacks the column\(s\) \['request_id', 'y'\]"),
+    ("truth.parquet", "not parquet", "could not be read"),
 ])
-def test_bad_ground_truth_is_a_clear_error(tmp_path: Path, content: str | None, message: str) -> None:
-    path = tmp_path / "truth.csv"
+def test_bad_ground_truth_is_a_clear_error(tmp_path: Path, name: str, content: str | None, message: str) -> None:
+    path = tmp_path / name
     if content is not None:
         path.write_text(content)
     with pytest.raises(MonitoringError, match=message):
