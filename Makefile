@@ -10,6 +10,8 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # chromium + chromium-driver run the prediction form in a browser, shellcheck lints the EC2 user data.
 TEST_TOOLS := docker-compose:docker-compose chromium:chromium chromedriver:chromium-driver shellcheck:shellcheck nginx:nginx
 
+# The demo's monitor run reads its own traffic: the server closes capture files within seconds (default 300).
+demo: export SERVING_CAPTURE_ROTATE_SECONDS ?= 5
 demo: up ## set up, start Airflow + MLflow, run the DAG once through the scheduler, leave the UIs up
 	$(BIN)/python scripts/demo.py
 

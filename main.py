@@ -9,6 +9,7 @@
     python main.py serve                  # the prediction server on the champion, in the foreground
     python main.py keys                   # the bundle-signing keys (made on first use); what servers trust
     python main.py predict --input in.csv --output out.parquet [--version V]  # score a file with the champion
+    python main.py monitor --reference train.csv --current live.csv [--json]   # per-feature drift of two files
 
 Every command takes --config-dir DIR (default: $MLOPS_CONFIG_DIR, else include/config).
 Exit codes: 0 success, 1 a stage or command failed (the message says which and why), 2 configuration error.
@@ -252,9 +253,39 @@ def predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- python main.py monitor: drift between two files ----------------------------------------------------------
+
+def monitor_parser() -> argparse.ArgumentParser:
+    parser = _parser("monitor", "Compare each feature of two CSV files with the same columns (data_source.separator; "
+                                "the target column is ignored): Kolmogorov-Smirnov + PSI for numeric features, "
+                                "chi-square + Jensen-Shannon for categorical ones, with params.yaml's monitoring "
+                                "thresholds. Exit 0 whether or not drift is found, 1 on bad input.")
+    parser.add_argument("--reference", required=True, type=Path, help="the reference CSV, e.g. the training data")
+    parser.add_argument("--current", required=True, type=Path, help="the CSV to compare with it, e.g. live inputs")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    return parser
+
+
+def monitor(args: argparse.Namespace) -> int:
+    import json
+
+    from include.ml.configuration import ConfigurationManager
+
+    report = pipeline.run_compare(ConfigurationManager(args.config_dir), args.reference, args.current)
+    if args.json:
+        print(json.dumps(report.to_json()))
+        return 0
+    print(f"{report.rows_current} current rows vs {report.rows_reference} reference rows; drifted: "
+          f"{', '.join(report.drifted) or 'none'}")
+    for feature in report.features.values():
+        print(f"  {feature.status:>15}  {feature.describe()}")
+    return 0
+
+
 COMMANDS: dict[str | None, tuple[Callable[[], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
     None: (run_parser, run), "init": (init_parser, init), "export": (export_parser, export),
     "serve": (serve_parser, serve), "keys": (keys_parser, keys), "predict": (predict_parser, predict),
+    "monitor": (monitor_parser, monitor),
 }
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ answers equal the registered model's own predictions.
 at once (retrying cannot fix the data; a person should look at a failed rollout); anything else is
 retried with exponential backoff.
 
+**Schedule**: `airflow.schedule` (nightly), the `<model>-drift` Asset event of `ml_monitor`, or both, as
+`airflow.retrain_on` of `config.yaml` says (default: the schedule only).
+
 **Links and lineage**: validate has a *Data Docs* button, train and evaluate an *MLflow run* button
 (`plugins/mlops_links.py`); the Assets view shows source → snapshot → registered model.
 
@@ -40,9 +43,10 @@ from pathlib import Path
 from typing import Any
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
 
+from dags.stage_tasks import drift_asset
 from include.ml.configuration import project_config
 from include.ml.models import FAMILIES  # light: names only, estimators are imported when built
 
@@ -55,11 +59,20 @@ SNAPSHOT = Asset(name=f"{MODEL_NAME}-snapshot", uri=f"x-mlops://snapshots/{MODEL
 MODEL = Asset(name=f"{MODEL_NAME}-registered-model", uri=f"x-mlops://models/{MODEL_NAME}")
 
 
+def _schedule(retrain_on: str, cron: str | None) -> Any:
+    """airflow.retrain_on: the nightly cron, ml_monitor's drift Asset event, or whichever comes first."""
+    if retrain_on == "schedule":
+        return cron
+    if retrain_on == "drift" or cron is None:
+        return [drift_asset(MODEL_NAME)]
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=[drift_asset(MODEL_NAME)])
+
+
 @dag(
     dag_id="ml_pipeline",
     description="ingest -> validate -> transform -> train -> evaluate -> deploy -> verify (include/pipeline.py)",
     doc_md=__doc__,
-    schedule=PROJECT.airflow.schedule,
+    schedule=_schedule(PROJECT.airflow.retrain_on, PROJECT.airflow.schedule),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

@@ -13,8 +13,17 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from airflow.sdk import Asset
+
     from include.ml.configuration import ConfigurationManager
     from include.pipeline import StageResult
+
+
+def drift_asset(model_name: str) -> Asset:
+    """What ml_monitor emits when the model's inputs drift, and what ml_pipeline may be scheduled on."""
+    from airflow.sdk import Asset
+
+    return Asset(name=f"{model_name}-drift", uri=f"x-mlops://drift/{model_name}")
 
 
 def stage_config(run_id: str, params: dict[str, Any] | None) -> tuple[ConfigurationManager, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from include.ml.components.training import TrainingResult
     from include.ml.components.transformation import TransformationResult
     from include.ml.components.validation import ValidationResult
+    from include.monitoring.drift import DriftReport
+    from include.monitoring.monitor import MonitorResult
     from include.release.batch import BatchPredictionResult
     from include.release.export import ExportResult
     from include.release.ports import DeploymentResult
@@ -207,6 +210,46 @@ def run_keys(cm: ConfigurationManager) -> SigningKeys:
     from include.release.signing import prepare_keys
 
     return prepare_keys(cm.config.signing)
+
+
+@dataclass(frozen=True)
+class DriftSignal:
+    """The monitor found drift: the features and their statistics (what the drift Asset event announces)."""
+
+    model_name: str
+    version: str
+    features: list[str]
+    details: list[str]
+
+    def summary(self) -> str:
+        return f"drift in {self.model_name} v{self.version}: " + "; ".join(self.details)
+
+    def xcom(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "version": self.version, "drifted": self.features}
+
+
+def run_monitor(cm: ConfigurationManager, run_id: str, end: datetime | None = None) -> MonitorResult | Skipped:
+    """Drift and live quality of the champion's captured traffic in the period before `end` (default: now)."""
+    from include.monitoring.monitor import monitor
+
+    result = monitor(cm.monitor(), run_id, end or datetime.now(timezone.utc), _dir(cm, run_id, "monitor"))
+    return result or Skipped(f"nothing to monitor: {cm.config.mlflow.registered_model_name} has no champion yet")
+
+
+def drift_signal(monitored: dict[str, Any]) -> DriftSignal | Skipped:
+    """From run_monitor's XCom: the drift to announce, or Skipped (no drift, or no champion to monitor)."""
+    if monitored.get("skipped") or not monitored.get("drifted"):
+        return Skipped(f"no drift to announce ({monitored.get('skipped') or 'no feature drifted'})")
+    return DriftSignal(monitored["model_name"], monitored["version"], monitored["drifted"],
+                       monitored["drift_details"])
+
+
+def run_compare(cm: ConfigurationManager, reference: Path, current: Path) -> DriftReport:
+    """`main.py monitor`: two CSV files (data_source.separator) compared with params.yaml's monitoring thresholds."""
+    from include.monitoring.files import compare_files
+
+    return compare_files(reference, current, cm.config.schema, cm.config.data_source.separator,
+                         cm.config.monitoring_params)
 
 
 RUNNERS: dict[str, Callable[..., StageResult]] = {

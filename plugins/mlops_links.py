@@ -1,12 +1,14 @@
-"""Airflow plugin: task links to the MLflow run and to the GX Data Docs of a pipeline run.
+"""Airflow plugin: task links to the MLflow run, the GX Data Docs and the monitoring report of a pipeline run.
 
-- "MLflow run" opens the run a `train` or `evaluate` task logged (its XCom `mlflow_run_url`).
+- "MLflow run" opens the run a `train`, `evaluate` or `monitor` task logged (its XCom `mlflow_run_url`).
 - "Data Docs" opens the Great Expectations report of a `validate` task, served by the small
   FastAPI app below from <artifacts_root>/<run id>/validate/data_docs/ (only that folder).
+- "Monitoring report" opens the drift report of ml_monitor's `monitor` task, served the same way from
+  <artifacts_root>/<run id>/monitor/ (only that folder).
 
 Links are read from XCom, so they appear once the task has pushed its result.
 
-The Data Docs show sample values of the data, so the route asks what the rest of the api-server asks: an
+Both reports show sample values of the data, so the route asks what the rest of the api-server asks: an
 Airflow login (the UI's `_token` cookie, or a Bearer token from POST /auth/token; 401 without), and read
 access to the runs of every DAG that has a run with that id (the auth manager decides; 403 without). A path
 that is not a plain file inside that run's folder (a NUL byte, `..`, an unknown run) is a 404.
@@ -53,25 +55,42 @@ class DataDocsLink(BaseOperatorLink):
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
         if "data_docs" not in _result(ti_key):
             return ""
-        from airflow.configuration import conf
 
         from include.ml.artifacts import safe_run_id
 
-        base = conf.get("api", "base_url", fallback="http://127.0.0.1:8080").rstrip("/")
-        return f"{base}{URL_PREFIX}/data-docs/{safe_run_id(ti_key.run_id)}/index.html"
+        return _served(f"data-docs/{safe_run_id(ti_key.run_id)}/index.html")
+
+
+class MonitoringReportLink(BaseOperatorLink):
+    name = "Monitoring report"
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        if "monitor_report" not in _result(ti_key):
+            return ""
+        from include.ml.artifacts import safe_run_id
+
+        return _served(f"monitoring/{safe_run_id(ti_key.run_id)}/report.html")
+
+
+def _served(path: str) -> str:
+    from airflow.configuration import conf
+
+    base = conf.get("api", "base_url", fallback="http://127.0.0.1:8080").rstrip("/")
+    return f"{base}{URL_PREFIX}/{path}"
 
 
 app = FastAPI(title="MLOps pipeline artifacts")
+FOLDERS = {"data-docs": ("validate", "data_docs"), "monitoring": ("monitor",)}  # route -> folder of a run's artifacts
 
 
-def _docs_file(run_id: str, path: str) -> Path | None:
-    """The file `path` names in the run's Data Docs folder; None unless it is a plain file inside that folder."""
+def _docs_file(run_id: str, path: str, route: str = "data-docs") -> Path | None:
+    """The file `path` names in the run's folder of `route`; None unless it is a plain file inside that folder."""
     from include.ml.configuration import project_config
 
     if "\0" in path:
         return None
     try:
-        root = (project_config().artifacts_root / run_id / "validate" / "data_docs").resolve()
+        root = project_config().artifacts_root.joinpath(run_id, *FOLDERS[route]).resolve()
         target = (root / path).resolve()
         return target if target.is_relative_to(root) and target.is_file() else None
     except (ValueError, OSError):  # a name the file system refuses
@@ -101,13 +120,23 @@ def _dags_with_run(run_id: str) -> list[str]:
 @app.get("/data-docs/{run_id}/{path:path}")
 def data_docs(run_id: str, path: str, request: Request, user: GetUserDep) -> FileResponse:
     """One file of a pipeline run's Data Docs: 401 without a login, 403 without read access to the run's DAG."""
-    missing = HTTPException(status_code=404, detail=f"no Data Docs file {path!r} for run {run_id!r}")
+    return _run_file("data-docs", run_id, path, request, user)
+
+
+@app.get("/monitoring/{run_id}/{path:path}")
+def monitoring(run_id: str, path: str, request: Request, user: GetUserDep) -> FileResponse:
+    """One file of an ml_monitor run's report folder, with the same checks as the Data Docs."""
+    return _run_file("monitoring", run_id, path, request, user)
+
+
+def _run_file(route: str, run_id: str, path: str, request: Request, user: Any) -> FileResponse:
+    missing = HTTPException(status_code=404, detail=f"no {route} file {path!r} for run {run_id!r}")
     dag_ids = _dags_with_run(run_id)
     if not dag_ids:
         raise missing
     for dag_id in dag_ids:  # what the run's own pages in the UI need
         requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=dag_id)(request, user)
-    target = _docs_file(run_id, path)
+    target = _docs_file(run_id, path, route)
     if target is None:
         raise missing
     return FileResponse(target)
@@ -115,5 +144,5 @@ def data_docs(run_id: str, path: str, request: Request, user: GetUserDep) -> Fil
 
 class MlopsLinksPlugin(AirflowPlugin):
     name = "mlops_links"
-    global_operator_extra_links = [MlflowRunLink(), DataDocsLink()]
+    global_operator_extra_links = [MlflowRunLink(), DataDocsLink(), MonitoringReportLink()]
     fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "MLOps pipeline artifacts"}]

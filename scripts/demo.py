@@ -1,8 +1,9 @@
 """`make demo`: run the ml_pipeline DAG once on the running stack and show what it did.
 
 Triggers the DAG through Airflow's REST API, waits, prints each task's state, the champion's
-metrics and a prediction from the local prediction server the deploy task refreshed, and leaves
-the Airflow and MLflow UIs and the prediction server running.
+metrics and a prediction from the local prediction server the deploy task refreshed, then sends
+a few hundred wines to the server (which captures them) and runs ml_monitor over that traffic,
+and leaves the Airflow and MLflow UIs and the prediction server running.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ sys.path.insert(0, str(REPO))
 from scripts.airflow_client import AirflowClient, DagRunFailed, stack_login  # noqa: E402
 
 DAG_ID = "ml_pipeline"
+MONITOR_DAG_ID = "ml_monitor"
+TRAFFIC_ROWS = 300
 
 
 def main() -> int:
@@ -59,8 +62,67 @@ def main() -> int:
     print(f"MLflow run:  {evaluated['mlflow_run_url']}")
     print(f"Data Docs:   {client.links(DAG_ID, run_id, 'validate')['Data Docs']}")
     print(f"Predictions: {serving}   (a form at /, the API at /openapi.json, the model card at /model-card)")
+    if _monitor(client, serving, client.xcom(DAG_ID, run_id, "transform")["test_path"]) != 0:
+        return 1
     print("Everything keeps running; stop it with: make down")
     return 0
+
+
+def _monitor(client: AirflowClient, serving: str, wines: str) -> int:
+    """Traffic to the server (captured), then ml_monitor over it: its summary line and report link. The traffic
+    is the run's test split: wines the model did not train on, as live ones would be."""
+    from include.ml.configuration import project_config
+
+    version, sent = _send_traffic(serving, wines)
+    capture = Path(project_config().monitoring.capture_dir)
+    print(f"\nsent {sent} wines of the test split to {serving}/invocations (v{version} answered); waiting for the "
+          f"capture files in {capture} ...", flush=True)
+    deadline = time.monotonic() + float(os.environ.get("DEMO_CAPTURE_WAIT_SECONDS", "90"))
+    while _captured(capture, version) < sent and time.monotonic() < deadline:
+        time.sleep(2)  # the server closes a file every SERVING_CAPTURE_ROTATE_SECONDS
+    client.wait_for_dag(MONITOR_DAG_ID)
+    if client.dag(MONITOR_DAG_ID).get("is_paused"):
+        client.unpause(MONITOR_DAG_ID)
+    run_id = client.trigger(MONITOR_DAG_ID, note="make demo")["dag_run_id"]
+    try:
+        client.wait_for_run(MONITOR_DAG_ID, run_id, timeout=300)
+    except DagRunFailed as failed:
+        print(failed, file=sys.stderr)
+        return 1
+    monitored = client.xcom(MONITOR_DAG_ID, run_id, "monitor")
+    print(f"monitor: {monitored['summary']}")
+    print(f"Monitoring report: {client.links(MONITOR_DAG_ID, run_id, 'monitor')['Monitoring report']}")
+    print(f"MLflow monitoring run: {monitored['mlflow_run_url']}")
+    return 0
+
+
+def _send_traffic(serving: str, wines: str) -> tuple[str, int]:
+    """Up to TRAFFIC_ROWS rows of the parquet file `wines`, 20 per /invocations request; (the version that
+    answered, rows sent)."""
+    import urllib.request
+
+    import pandas as pd
+
+    frame = pd.read_parquet(wines).drop(columns=["quality"]).head(TRAFFIC_ROWS)
+    version = "?"
+    for start in range(0, len(frame), 20):
+        part = frame.iloc[start:start + 20]
+        body = json.dumps({"dataframe_split": {"columns": list(part.columns), "data": part.to_numpy().tolist()}})
+        request = urllib.request.Request(f"{serving}/invocations", body.encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            version = response.headers.get("X-Model-Version", version)
+    return version, len(frame)
+
+
+def _captured(capture: Path, version: str) -> int:
+    """Rows of `version` in the closed capture files (any model: the demo serves one)."""
+    import gzip
+
+    rows = 0
+    for path in capture.glob("*/*/*.jsonl.gz"):
+        with gzip.open(path, "rt") as lines:
+            rows += sum(json.loads(line).get("model_version") == version for line in lines)
+    return rows
 
 
 def _try_prediction(serving: str) -> str:

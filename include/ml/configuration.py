@@ -26,6 +26,7 @@ from include.ml.entities import (
     DataSourceConfig,
     EvaluationConfig,
     IngestionConfig,
+    MonitorConfig,
     ParamsFile,
     PipelineConfig,
     SchemaConfig,
@@ -55,6 +56,9 @@ ENV_OVERRIDES: Mapping[str, str] = {
     "MLOPS_SIGNING_KEY": "signing.private_key",
     "MLOPS_SIGNING_PUBLIC_KEY": "signing.public_key",
     "MLOPS_KMS_KEY_ID": "signing.kms_key_id",
+    "MLOPS_RETRAIN_ON": "airflow.retrain_on",
+    "MLOPS_CAPTURE_DIR": "monitoring.capture_dir",
+    "MLOPS_GROUND_TRUTH_URI": "monitoring.ground_truth_uri",
 }
 # A secret is only ever read from the environment: the key the verify step sends to API-key protected servers.
 SERVING_API_KEY_ENV = "MLOPS_SERVING_API_KEY"
@@ -101,6 +105,10 @@ class ConfigurationManager:
         c = self.config
         return BatchPredictionConfig(c.schema, c.data_source, c.batch, c.mlflow, c.model_store, c.signing)
 
+    def monitor(self) -> MonitorConfig:
+        c = self.config
+        return MonitorConfig(c.schema, c.promotion, c.mlflow, c.monitoring, c.monitoring_params, c.artifacts_root)
+
 
 def load(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None,
          model_family: str | None = None) -> PipelineConfig:
@@ -119,8 +127,8 @@ def load(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None
     api_key = env.get(SERVING_API_KEY_ENV)
     return PipelineConfig(PROJECT_ROOT, config_dir, project.artifacts_root, project.data_source, project.mlflow,
                           project.airflow, project.deployment, project.signing, schema, params.split, params.model,
-                          params.promotion, hashes, SecretStr(api_key) if api_key else None, card=project.card,
-                          batch=project.batch)
+                          params.promotion, hashes, project.monitoring, params.monitoring,
+                          SecretStr(api_key) if api_key else None, card=project.card, batch=project.batch)
 
 
 def read_config_file(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None) -> ConfigFile:
@@ -304,6 +312,11 @@ def _check_params(params: ParamsFile, schema: SchemaConfig, path: Path) -> None:
         if name not in valid:
             raise ConfigError(str(path), f"model.hyperparameters.{name}", f"not a parameter of {estimator.__name__}; "
                                                                          f"expected one of {', '.join(sorted(valid))}")
+    features = [c.name for c in schema.features]
+    for name in params.monitoring.features:
+        if name not in features:
+            raise ConfigError(str(path), f"monitoring.features.{name}", f"not a feature of schema.yaml; expected "
+                                                                        f"one of {', '.join(features)}")
 
 
 # --- paths -----------------------------------------------------------------------------------------------------
@@ -312,8 +325,11 @@ def _absolute_paths(config: ConfigFile, root: Path) -> ConfigFile:
     """Relative paths, including a relative SQLite store, are anchored at the project root, not the working dir."""
     source, mlflow, local = config.data_source, config.mlflow, config.deployment.local
     store = local.model_store or Path("models") / mlflow.registered_model_name
-    signing = config.signing
+    signing, monitoring = config.signing, config.monitoring
     return config.model_copy(update={
+        "monitoring": monitoring.model_copy(update={
+            "capture_dir": _absolute_location(monitoring.capture_dir, root),
+            "ground_truth_uri": monitoring.ground_truth_uri and _absolute_location(monitoring.ground_truth_uri, root)}),
         "signing": signing.model_copy(update={"private_key": _absolute(signing.private_key, root),
                                               "public_key": _absolute(signing.public_key, root),
                                               "kms_region": signing.kms_region or config.deployment.ec2.region}),
@@ -332,6 +348,11 @@ def _absolute_paths(config: ConfigFile, root: Path) -> ConfigFile:
 def _absolute(path: Path | str, root: Path) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() else root / p
+
+
+def _absolute_location(location: str, root: Path) -> str:
+    """A local path made absolute; a URI (s3://...) as it is."""
+    return location if "://" in location else str(_absolute(location, root))
 
 
 def _absolute_uri(uri: str, root: Path) -> str:

@@ -103,6 +103,9 @@ Cron = Annotated[str | None, AfterValidator(_cron)]
 
 class AirflowConfig(Frozen):
     schedule: Cron = "0 2 * * *"  # cron (UTC) of the nightly retrain; None: only when triggered
+    # What starts ml_pipeline: its cron (`schedule`), the monitor's drift Asset event, or whichever comes first.
+    retrain_on: Literal["schedule", "drift", "both"] = "schedule"
+    monitor_schedule: Cron = "0 6 * * *"  # cron (UTC) of ml_monitor, after the nightly retrain window
 
 
 class BatchConfig(Frozen):
@@ -179,6 +182,15 @@ class CardConfig(Frozen):
     license: str | None = None  # the model's licence (and the training data's, if it differs)
 
 
+class MonitoringConfig(Frozen):
+    """Where the prediction server's captured requests and the delayed true labels are (docs/monitoring.md)."""
+
+    # A local directory (relative to the project root) or s3://bucket/prefix; under it <model>/<YYYY-MM-DD>/.
+    capture_dir: str = "capture"
+    ground_truth_uri: str | None = None  # CSV or Parquet: request_id, optional row, the target; None: no labels
+    s3_endpoint_url: str | None = None  # for s3:// capture dirs, e.g. a local S3 stand-in; None: AWS
+
+
 class ConfigFile(Frozen):
     """config.yaml: where the data comes from, where outputs go, how runs are tracked and deployed."""
 
@@ -190,6 +202,7 @@ class ConfigFile(Frozen):
     signing: SigningConfig = SigningConfig()
     card: CardConfig = CardConfig()
     batch: BatchConfig = BatchConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
 
 # --- schema.yaml -----------------------------------------------------------------------------------------------
@@ -294,12 +307,40 @@ class PromotionConfig(Frozen):
         return any(metrics.get(self.metric, False) for metrics in METRICS.values())
 
 
+class DriftThresholds(Frozen):
+    """Per-feature overrides of the global drift thresholds; a key left out keeps the global value."""
+
+    p_value: float | None = Field(None, gt=0, lt=1)
+    psi: float | None = Field(None, gt=0)
+    jensen_shannon: float | None = Field(None, gt=0, le=1)
+
+
+class MonitoringParams(Frozen):
+    """How the monitor decides that live inputs drifted from the champion's training data (docs/monitoring.md).
+
+    A feature drifts only when its test is significant after the correction across features AND its distance is
+    past the threshold: with large samples every tiny difference is significant, so the effect size must matter too.
+    """
+
+    period_hours: float = Field(24.0, gt=0)  # the captured rows of this many hours before the run's time
+    min_rows: int = Field(100, ge=2)  # fewer non-missing values on either side: "not enough data", never drift
+    p_value: float = Field(0.05, gt=0, lt=1)  # after the correction for testing many features
+    correction: Literal["bonferroni", "benjamini_hochberg"] = "bonferroni"
+    psi: float = Field(0.1, gt=0)  # numeric: population stability index on the reference's quantile bins
+    jensen_shannon: float = Field(0.1, gt=0, le=1)  # categorical: Jensen-Shannon distance (base 2)
+    bins: int = Field(10, ge=2)  # quantile bins of the PSI
+    quality_drop: float = Field(0.1, ge=0)  # a live promotion metric this much (relative) worse than the test's
+    features: Annotated[Mapping[str, DriftThresholds], AfterValidator(MappingProxyType), PlainSerializer(dict)] = \
+        Field(default_factory=dict, strict=False)
+
+
 class ParamsFile(Frozen):
     """params.yaml: how the model is trained and when it replaces the serving one."""
 
     split: SplitConfig = SplitConfig()
     model: ModelConfig
     promotion: PromotionConfig
+    monitoring: MonitoringParams = MonitoringParams()
 
 
 # --- everything, and each stage's view of it (built by the loader, not parsed: plain frozen dataclasses) -------
@@ -321,6 +362,8 @@ class PipelineConfig:
     model: ModelConfig
     promotion: PromotionConfig
     config_hashes: Mapping[str, str]
+    monitoring: MonitoringConfig = MonitoringConfig()
+    monitoring_params: MonitoringParams = MonitoringParams()
     serving_api_key: SecretStr | None = None  # from MLOPS_SERVING_API_KEY only, never from a file
     card: CardConfig = CardConfig()
     batch: BatchConfig = BatchConfig()
@@ -373,3 +416,18 @@ class BatchPredictionConfig:
     mlflow: MlflowConfig  # the registry holding mlflow.registered_model_name
     model_store: Path  # where the scoring version is exported to as a bundle, as `main.py export` does
     signing: SigningConfig
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    schema: SchemaConfig
+    promotion: PromotionConfig
+    mlflow: MlflowConfig
+    capture: MonitoringConfig
+    params: MonitoringParams
+    artifacts_root: Path
+
+    @property
+    def experiment_name(self) -> str:
+        """The monitoring experiment: one run per period next to the training runs' experiment."""
+        return f"{self.mlflow.experiment_name}-monitoring"

@@ -89,6 +89,10 @@ class RollbackError(PipelineError):
     """The requested version cannot become the champion (it does not exist, or there is no previous one)."""
 
 
+class MonitoringError(PipelineError):
+    """The monitor's inputs are unusable: a missing or empty file, columns that differ, a value of the wrong type."""
+
+
 class StageInputError(PipelineError):
     """A stage's inputs from an earlier stage are missing."""
 

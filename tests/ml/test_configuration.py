@@ -240,7 +240,8 @@ def test_every_override_in_the_table_reaches_its_key(config_dir: Path) -> None:
     from include.ml.configuration import ENV_OVERRIDES, read_config_file
 
     for variable, key in ENV_OVERRIDES.items():
-        value = "ec2" if variable == "MLOPS_DEPLOY_TARGET" else f"/tmp/from-{variable.lower()}"
+        literal = {"MLOPS_DEPLOY_TARGET": "ec2", "MLOPS_RETRAIN_ON": "drift"}
+        value = literal.get(variable, f"/tmp/from-{variable.lower()}")
         env = {variable: value, "MLOPS_S3_BUCKET": "b"} if variable == "MLOPS_DEPLOY_TARGET" else {variable: value}
         config = read_config_file(config_dir, env).model_dump()
         for part in key.split("."):

@@ -112,9 +112,12 @@ def airflow_stack(base: Path) -> AirflowStack:
     (base / "sources").mkdir()
     (base / "batch-outputs").mkdir()
 
+    # No cron schedule: only the runs a test triggers, whatever the time of day, and the ml_pipeline runs the drift
+    # Asset event of an ml_monitor run starts (tests/integration/test_monitor.py).
     def allow(data: dict) -> None:
         data["data_source"]["allowed_sources"] = [f"{base / 'sources'}/"]
         data["batch"]["allowed_outputs"] = [f"{base / 'batch-outputs'}/"]
+        data["airflow"].update(retrain_on="drift", monitor_schedule=None)
 
     edit_yaml(config_dir / "config.yaml", allow)
     # Nothing from the caller's Airflow, MLflow or pipeline settings leaks into the test stack.
@@ -130,8 +133,8 @@ def airflow_stack(base: Path) -> AirflowStack:
         AIRFLOW_STACK_TIMEOUT="150",
         **outputs_env(outputs),
         MLOPS_CONFIG_DIR=str(config_dir),
-        # Only the runs a test triggers: no cron runs, whatever the time of day.
-        AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",
+        # Capture files are closed (readable by the monitor) within seconds, not the default 5 minutes.
+        SERVING_CAPTURE_ROTATE_SECONDS="2",
         # The killed-task test waits for a retry: 1 s instead of 30 s (then exponential backoff).
         MLOPS_RETRY_DELAY_SECONDS="1",
     )
@@ -330,8 +333,8 @@ def celery_env(base: Path, databases: dict[str, str], broker: RedisBroker, s3_en
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",
         AWS_DEFAULT_REGION="us-east-1",
-        # Only the runs a test triggers: no cron runs, whatever the time of day.
-        AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",
+        # Capture files are closed (readable by the monitor) within seconds, not the default 5 minutes.
+        SERVING_CAPTURE_ROTATE_SECONDS="2",
         # A killed worker's task is noticed (no heartbeat) after 20 s, not 5 min, and retried after ~1 s.
         AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT="20",
         AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL="5",

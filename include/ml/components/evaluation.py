@@ -66,18 +66,26 @@ class EvaluationResult:
 def compute_metrics(task: str, model: Any, x: pd.DataFrame, y: pd.Series) -> dict[str, float]:
     from sklearn import metrics
 
-    predicted = model.predict(x)
+    scores = prediction_metrics(task, y, model.predict(x))
     if task == "regression":
-        return {"rmse": float(math.sqrt(metrics.mean_squared_error(y, predicted))),
-                "mae": float(metrics.mean_absolute_error(y, predicted)),
-                "r2": float(metrics.r2_score(y, predicted))}
-    scores = {"accuracy": float(metrics.accuracy_score(y, predicted)),
-              "f1_macro": float(metrics.f1_score(y, predicted, average="macro"))}
+        return scores
     if hasattr(model, "predict_proba") and y.nunique() > 1 and set(y.unique()) <= set(model.classes_):
         proba = model.predict_proba(x)
         scores["roc_auc"] = float(metrics.roc_auc_score(y, proba[:, 1]) if len(model.classes_) == 2 else
                                   metrics.roc_auc_score(y, proba, multi_class="ovr", labels=model.classes_))
     return scores
+
+
+def prediction_metrics(task: str, y: Any, predicted: Any) -> dict[str, float]:
+    """The gate's metrics that need only the predicted values (roc_auc needs the model's probabilities)."""
+    from sklearn import metrics
+
+    if task == "regression":
+        return {"rmse": float(math.sqrt(metrics.mean_squared_error(y, predicted))),
+                "mae": float(metrics.mean_absolute_error(y, predicted)),
+                "r2": float(metrics.r2_score(y, predicted))}
+    return {"accuracy": float(metrics.accuracy_score(y, predicted)),
+            "f1_macro": float(metrics.f1_score(y, predicted, average="macro"))}
 
 
 def decide(challenger: dict[str, float], champion: dict[str, float] | None, champion_version: str | None,

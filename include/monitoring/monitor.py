@@ -1,0 +1,148 @@
+"""The monitor: the champion's captured traffic of a period against its training data, and its live quality.
+
+Writes report.html and summary.json to the run's monitor/ folder, and logs both with the per-feature numbers to
+MLflow's `<experiment>-monitoring` experiment: one run per period and model version (a re-run of the period logs
+into the same run), tagged with the model name and version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from include.ml import artifacts, registry, tracking
+from include.ml.entities import MonitorConfig
+from include.monitoring import capture, drift, quality, reference, report
+
+log = logging.getLogger(__name__)
+
+REPORT = "report.html"
+SUMMARY = "summary.json"
+_METRIC_KEY = re.compile(r"[^A-Za-z0-9_\-. /]+")  # what MLflow accepts in a metric name
+
+
+@dataclass(frozen=True)
+class MonitorResult:
+    model_name: str
+    version: str
+    period_start: str
+    period_end: str
+    rows_reference: int
+    rows_current: int
+    drifted: list[str]
+    drift_details: list[str]  # one line per drifted feature: its statistics and thresholds
+    not_enough_data: bool
+    prediction_drifted: bool
+    quality: str | None  # the live-quality line; None without ground truth
+    quality_dropped: bool
+    report_path: str
+    summary_path: str
+    mlflow_run_id: str
+    mlflow_run_url: str
+
+    def summary(self) -> str:
+        head = (f"{self.model_name} v{self.version}, {self.rows_current} captured rows vs {self.rows_reference} "
+                "reference rows")
+        if self.not_enough_data:
+            verdict = "not enough data for a drift verdict"
+        elif self.drifted:
+            verdict = f"DRIFT in {len(self.drifted)} feature(s): {', '.join(self.drifted)}"
+        else:
+            verdict = "no drift"
+        predictions = "; predictions drifted" if self.prediction_drifted else ""
+        live = f"; {self.quality}" if self.quality else ""
+        return f"{head}: {verdict}{predictions}{live}"
+
+    def xcom(self) -> dict[str, Any]:  # plugins/mlops_links.py links monitor_report and mlflow_run_url
+        return {"summary": self.summary(), "model_name": self.model_name, "version": self.version,
+                "drifted": self.drifted,
+                "drift_details": self.drift_details, "not_enough_data": self.not_enough_data,
+                "prediction_drifted": self.prediction_drifted, "quality_dropped": self.quality_dropped,
+                "rows": {"reference": self.rows_reference, "current": self.rows_current},
+                "monitor_report": self.report_path, "mlflow_run_id": self.mlflow_run_id,
+                "mlflow_run_url": self.mlflow_run_url}
+
+
+def monitor(config: MonitorConfig, run_id: str, end: datetime, output_dir: Path) -> MonitorResult | None:
+    """The period of `params.period_hours` before `end`; None when the model has no champion yet."""
+    tracking.configure(config.mlflow)
+    name = config.mlflow.registered_model_name
+    version = registry.champion_version(name)
+    if version is None:
+        return None
+    start = end - timedelta(hours=config.params.period_hours)
+    ref = reference.load(name, version, config.schema, config.artifacts_root)
+    current = capture.collect(config.capture, config.schema, name, version, start, end).frame
+    specs = {c.name: c for c in config.schema.features}
+    compared = drift.compare(ref.features, current, drift.kinds_from_schema(config.schema.features), config.params,
+                             specs)
+    kind: drift.Kind = "numeric" if config.schema.task == "regression" else "categorical"
+    predicted = current[capture.PREDICTION]
+    compared = replace(compared, prediction=drift.compare_one("prediction", ref.predictions, predicted, kind,
+                                                              config.params))
+    live = None
+    if config.capture.ground_truth_uri:
+        truth = quality.read_ground_truth(config.capture.ground_truth_uri, config.schema.target)
+        live = quality.live_quality(current, truth, config.schema, config.promotion, ref.test_metrics,
+                                    config.params.min_rows, config.params.quality_drop)
+    details = [compared.features[n].describe() for n in compared.drifted]
+    if compared.prediction is not None and compared.prediction.drifted:
+        details.append(compared.prediction.describe())
+    lines = [f"{name} v{version}: captured {start.isoformat()} to {end.isoformat()} ({len(current)} rows) vs "
+             f"{len(ref.features)} rows of {ref.source} (pipeline run {ref.pipeline_run_id})",
+             f"drifted: {', '.join(compared.drifted) or 'none'}", *details]
+    if live is not None:
+        lines.append(live.describe())
+    header = {"model_name": name, "version": version, "period_start": start.isoformat(), "period_end": end.isoformat(),
+              "reference": ref.source, "run_id": run_id}
+    summary = {**header, **compared.to_json(), "quality": None if live is None else asdict(live)}
+    page = report.render(f"Monitoring {name} v{version}, {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC",
+                         lines, compared, ref.features, current, (ref.predictions, predicted))
+    artifacts.write_bytes(output_dir / REPORT, page.encode())
+    artifacts.write_json(output_dir / SUMMARY, summary)
+    mlflow_run_id, url = _log_to_mlflow(config, name, version, start, end, run_id, compared, live, output_dir)
+    if details:
+        log.warning("monitor: drift in %s v%s:\n  %s", name, version, "\n  ".join(details))
+    result = MonitorResult(
+        name, version, start.isoformat(), end.isoformat(), len(ref.features), len(current), compared.drifted, details,
+        compared.not_enough_data, bool(compared.prediction and compared.prediction.drifted),
+        None if live is None else live.describe(), bool(live and live.dropped), str(output_dir / REPORT),
+        str(output_dir / SUMMARY), mlflow_run_id, url)
+    log.info("monitor: %s", result.summary())
+    return result
+
+
+def _log_to_mlflow(config: MonitorConfig, name: str, version: str, start: datetime, end: datetime, run_id: str,
+                   compared: drift.DriftReport, live: quality.LiveQuality | None,
+                   output_dir: Path) -> tuple[str, str]:
+    import mlflow
+
+    experiment_id = tracking.configure(config.mlflow.model_copy(update={"experiment_name": config.experiment_name}))
+    tags = {"model_name": name, "model_version": version, "period_end": end.isoformat()}
+    existing = mlflow.search_runs([experiment_id], " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items()),
+                                  output_format="list", max_results=1)
+    with mlflow.start_run(run_id=existing[0].info.run_id if existing else None, experiment_id=experiment_id,
+                          run_name=None if existing else f"{name}-v{version}-{end:%Y%m%dT%H%M}") as run:
+        mlflow.set_tags({**tags, "period_start": start.isoformat(), "pipeline_run_id": run_id,
+                         "drifted": json.dumps(compared.drifted)})
+        metrics: dict[str, float] = {"rows_current": compared.rows_current, "rows_reference": compared.rows_reference,
+                                     "drifted_features": len(compared.drifted)}
+        for feature in [*compared.features.values(), *([compared.prediction] if compared.prediction else [])]:
+            key = _METRIC_KEY.sub("_", feature.name)
+            metrics[f"{key}.drifted"] = float(feature.drifted)
+            metrics[f"{key}.missing_rate"] = feature.missing_current
+            for field in ("statistic", "p_value", "p_adjusted", "distance", "out_of_range"):
+                if getattr(feature, field) is not None:
+                    metrics[f"{key}.{field}"] = getattr(feature, field)
+        if live is not None:
+            metrics |= {f"live_{k}": v for k, v in live.metrics.items()} | {"live_rows": live.rows,
+                                                                            "quality_dropped": float(live.dropped)}
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifact(str(output_dir / REPORT))
+        mlflow.log_artifact(str(output_dir / SUMMARY))
+    return run.info.run_id, tracking.run_url(config.mlflow, experiment_id, run.info.run_id)

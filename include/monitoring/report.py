@@ -1,0 +1,86 @@
+"""The monitor's HTML report (a summary table, a histogram per feature, reference vs current, as embedded PNGs)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import numpy as np
+import pandas as pd
+
+from include.monitoring.drift import DRIFTED, NOT_ENOUGH_DATA, DriftReport, FeatureDrift
+
+PLOT_ROWS = 200_000  # histograms of a sample: the shape is the same, the plot much cheaper
+
+
+def render(title: str, lines: list[str], report: DriftReport, reference: pd.DataFrame, current: pd.DataFrame,
+           predictions: tuple[pd.Series, pd.Series] | None) -> str:
+    """A self-contained HTML page: drifted features first and highlighted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    features = sorted(report.features.values(), key=lambda f: (not f.drifted, f.name))
+    if report.prediction is not None:
+        features.append(report.prediction)
+    frames = {f.name: (reference[f.name], current[f.name]) for f in report.features.values()}
+    if predictions is not None and report.prediction is not None:
+        frames[report.prediction.name] = predictions
+    rows = "".join(_row(f) for f in features)
+    plots = "".join(f'<figure><img alt="{html.escape(f.name)}" src="data:image/png;base64,{_plot(f, *frames[f.name])}">'
+                    f"<figcaption>{html.escape(f.name)}: {html.escape(f.status)}</figcaption></figure>"
+                    for f in features)
+    summary = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>
+body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} td:first-child,th:first-child{{text-align:left}}
+tr.drifted{{background:#fdd;font-weight:bold}}
+tr.nodata{{color:#888}} figure{{display:inline-block;margin:4px}} figcaption{{font-size:small;text-align:center}}
+</style></head><body><h1>{html.escape(title)}</h1><ul>{summary}</ul>
+<table><tr><th>feature</th><th>status</th><th>test</th><th>statistic</th><th>p-value</th><th>corrected</th>
+<th>distance</th><th>threshold</th><th>rows (ref / cur)</th><th>missing (ref / cur)</th><th>out of range</th></tr>
+{rows}</table><h2>Reference (blue) vs current (orange)</h2>{plots}</body></html>
+"""
+
+
+def _number(value: float | None, spec: str = ".4g") -> str:
+    return "" if value is None else format(value, spec)
+
+
+def _row(f: FeatureDrift) -> str:
+    css = {DRIFTED: "drifted", NOT_ENOUGH_DATA: "nodata"}.get(f.status, "")
+    cells = [f.name, f.status, f.test, _number(f.statistic), _number(f.p_value, ".3g"), _number(f.p_adjusted, ".3g"),
+             f"{f.distance_name} {_number(f.distance)}", f"p < {f.threshold_p_value}, > {f.threshold_distance}",
+             f"{f.rows_reference} / {f.rows_current}", f"{f.missing_reference:.1%} / {f.missing_current:.1%}",
+             "" if f.out_of_range is None else f"{f.out_of_range:.1%}"]
+    return f'<tr class="{css}">' + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
+
+
+def _plot(feature: FeatureDrift, reference: pd.Series, current: pd.Series) -> str:
+    import matplotlib.pyplot as plt
+
+    ref, cur = _sample(reference.dropna()), _sample(current.dropna())
+    fig, ax = plt.subplots(figsize=(4.2, 2.6), dpi=80)
+    if feature.kind == "numeric" and len(ref) + len(cur):
+        values = np.concatenate([ref.to_numpy(dtype=float), cur.to_numpy(dtype=float)])
+        edges = np.histogram_bin_edges(values, bins=30)
+        for series, label in ((ref, "reference"), (cur, "current")):
+            if len(series):
+                ax.hist(series.to_numpy(dtype=float), bins=edges, density=True, alpha=0.5, label=label)
+    elif len(ref) + len(cur):
+        shares = pd.concat([ref.astype(str).value_counts(normalize=True).rename("reference"),
+                            cur.astype(str).value_counts(normalize=True).rename("current")], axis=1).fillna(0)
+        shares.head(20).plot.bar(ax=ax, alpha=0.7, legend=False)
+    ax.set_title(feature.name, fontsize=9, color="red" if feature.drifted else "black")
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _sample(values: pd.Series) -> pd.Series:
+    return values.sample(PLOT_ROWS, random_state=0) if len(values) > PLOT_ROWS else values
+

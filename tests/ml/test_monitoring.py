@@ -1,0 +1,290 @@
+"""The monitor: `main.py monitor` on two files (every bad input), capture files read back per the contract, and a
+whole monitor run against a real champion in a real SQLite MLflow store: report, summary, MLflow run, live quality."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import shutil
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import pytest
+
+import main
+from include.ml import registry
+from include.ml.components.evaluation import compute_metrics
+from include.ml.components.training import split_xy, train
+from include.ml.components.transformation import split
+from include.ml.configuration import ConfigurationManager
+from include.ml.entities import MlflowConfig, MonitorConfig, MonitoringConfig, MonitoringParams, SplitConfig
+from include.ml.entities import TransformationConfig as Split
+from include.ml.exceptions import ConfigError, MonitoringError
+from include.monitoring import capture, quality
+from include.monitoring.monitor import monitor
+from include.pipeline import Skipped, drift_signal
+from tests.support.capture import write_capture
+from tests.support.frames import dataset, evaluation_config, schema, training_config
+from tests.support.project import CONFIG_DIR, WINE_CSV, edit_yaml
+
+END = datetime(2026, 3, 2, 6, 0, tzinfo=timezone.utc)
+
+
+# --- main.py monitor --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def wine() -> pd.DataFrame:
+    return pd.read_csv(WINE_CSV, sep=";").sample(frac=1, random_state=0).reset_index(drop=True)
+
+
+def write(frame: pd.DataFrame, path: Path) -> Path:
+    frame.to_csv(path, sep=";", index=False)
+    return path
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main.main(["monitor", "--config-dir", str(CONFIG_DIR), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_json_names_the_shifted_feature_and_ignores_the_target(wine: pd.DataFrame, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    reference = write(wine.iloc[:800], tmp_path / "reference.csv")
+    same = write(wine.iloc[800:], tmp_path / "same.csv")
+    shifted = write(wine.iloc[800:].assign(alcohol=lambda f: f["alcohol"] + f["alcohol"].std()),
+                    tmp_path / "shifted.csv")
+    code, out, _ = run_cli(capsys, "--reference", str(reference), "--current", str(same), "--json")
+    assert code == 0
+    payload = json.loads(out)
+    assert payload["drifted"] == [] and payload["rows"] == {"reference": 800, "current": len(wine) - 800}
+    assert "quality" not in payload["features"] and len(payload["features"]) == 11
+    assert {"statistic", "p_value", "distance", "drifted"} <= set(payload["features"]["alcohol"])
+    code, out, _ = run_cli(capsys, "--reference", str(reference), "--current", str(shifted), "--json")
+    assert code == 0 and json.loads(out)["drifted"] == ["alcohol"]
+    code, out, _ = run_cli(capsys, "--reference", str(reference), "--current", str(shifted))
+    assert code == 0 and "drifted: alcohol" in out.splitlines()[0]
+
+
+def bad_current(kind: str, folder: Path, wine: pd.DataFrame) -> Path:
+    """A current file with one kind of bad input."""
+    path = folder / f"{kind.replace(' ', '-')}.csv"
+    if kind == "missing file":
+        return path
+    if kind == "different columns":
+        return write(wine.drop(columns=["pH"]), path)
+    if kind == "non-numeric":
+        return write(wine.astype({"pH": object}).assign(pH=["high", *wine["pH"][1:]]), path)
+    if kind == "empty file":
+        path.write_text("")
+    elif kind == "header only":
+        path.write_text(";".join(wine.columns) + "\n")
+    else:  # another separator than data_source.separator
+        path.write_text(wine.to_csv(index=False))
+    return path
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("missing file", "the current file .* does not exist"),
+    ("different columns", r"different columns: only in the reference \['pH'\], only in the current \[\]"),
+    ("non-numeric", r"column 'pH' is numeric, but 1 value\(s\) are not numbers, e.g. \['high'\] \(row 2 of the file\)"),
+    ("empty file", "the current file .* is empty"),
+    ("header only", "has a header but no rows"),
+    ("wrong separator", r"different columns: .*is data_source.separator ';' right\?"),
+])
+def test_cli_bad_input_exits_1_with_a_clear_message(wine: pd.DataFrame, tmp_path: Path, kind: str, message: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    reference = write(wine.iloc[:500], tmp_path / "reference.csv")
+    current = bad_current(kind, tmp_path, wine.iloc[500:700].reset_index(drop=True))
+    code, out, err = run_cli(capsys, "--reference", str(reference), "--current", str(current), "--json")
+    assert code == 1 and out == ""
+    assert err.startswith("monitor failed: ") and re.search(message, err), err
+
+
+# --- configuration ----------------------------------------------------------------------------------------------
+
+def test_monitoring_settings_load_with_defaults_and_env_overrides(tmp_path: Path) -> None:
+    shutil.copytree(CONFIG_DIR, tmp_path / "config")
+    config = ConfigurationManager(tmp_path / "config", env={"MLOPS_CAPTURE_DIR": "s3://bucket/capture",
+                                                            "MLOPS_RETRAIN_ON": "both"}).config
+    assert (config.monitoring.capture_dir, config.airflow.retrain_on) == ("s3://bucket/capture", "both")
+    assert config.airflow.monitor_schedule == "0 6 * * *" and config.monitoring_params == MonitoringParams()
+    local = ConfigurationManager(tmp_path / "config", env={}).config.monitoring
+    assert Path(local.capture_dir).is_absolute() and local.ground_truth_uri is None
+
+
+@pytest.mark.parametrize("file, change, key, problem", [
+    ("params.yaml", {"features": {"colour": {"psi": 0.2}}}, "monitoring.features.colour", "not a feature"),
+    ("params.yaml", {"p_value": 1.5}, "monitoring.p_value", "expected less than 1"),
+    ("params.yaml", {"correction": "holm"}, "monitoring.correction", "expected one of bonferroni, benjamini_hochberg"),
+    ("params.yaml", {"features": {"pH": {"distance": 1}}}, "monitoring.features.pH.distance", "unknown key"),
+    ("config.yaml", {"capture": "x"}, "monitoring.capture", "unknown key; expected one of: capture_dir,"),
+])
+def test_bad_monitoring_settings_name_the_key(tmp_path: Path, file: str, change: dict, key: str,
+                                              problem: str) -> None:
+    shutil.copytree(CONFIG_DIR, tmp_path / "config")
+    edit_yaml(tmp_path / "config" / file, lambda data: data["monitoring"].update(change))
+    with pytest.raises(ConfigError) as caught:
+        ConfigurationManager(tmp_path / "config", env={})
+    assert caught.value.key == key and problem in caught.value.problem, caught.value
+
+
+# --- capture files ----------------------------------------------------------------------------------------------
+
+def test_collect_reads_the_versions_rows_of_the_period_and_only_complete_files(tmp_path: Path) -> None:
+    config = MonitoringConfig(capture_dir=str(tmp_path))
+    frame = dataset("regression", rows=30).drop(columns=["y"])
+    inside = END - timedelta(hours=1)
+    write_capture(tmp_path, "m", "3", frame.iloc[:20], range(20), inside, rows_per_request=4)
+    write_capture(tmp_path, "m", "3", frame.iloc[20:], range(10), END - timedelta(hours=30))  # a day before
+    write_capture(tmp_path, "m", "3", frame.iloc[20:], range(10), END)  # the end is excluded
+    write_capture(tmp_path, "m", "2", frame, range(30), inside)  # another version
+    part = write_capture(tmp_path, "m", "3", frame, range(30), inside)
+    part.rename(part.with_name(part.name + ".part"))  # still being written
+    got = capture.collect(config, schema("regression"), "m", "3", END - timedelta(hours=24), END)
+    assert got.files == 4 and len(got.frame) == 20
+    assert list(got.frame["prediction"]) == list(range(20))
+    assert got.frame["kind"].tolist() == frame["kind"].iloc[:20].tolist()
+    assert got.frame["x1"].isna().sum() == frame["x1"].iloc[:20].isna().sum()
+    assert set(got.frame["row"]) == {0, 1, 2, 3} and got.frame["request_id"].nunique() == 5
+
+
+@pytest.mark.integration  # a moto server stands in for S3
+def test_collect_reads_an_s3_capture_dir_as_ec2_hosts_ship_it(s3_endpoint: str, tmp_path: Path) -> None:
+    import boto3
+
+    frame = dataset("regression", rows=30).drop(columns=["y"])
+    local = write_capture(tmp_path, "m", "3", frame, range(30), END - timedelta(hours=1))
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="capture-test")
+    folder = f"models/capture/m/{END:%Y-%m-%d}"
+    s3.upload_file(str(local), "capture-test", f"{folder}/host-1.jsonl.gz")
+    s3.upload_file(str(local), "capture-test", f"{folder}/host-2.jsonl.gz.part")  # not shipped yet: ignored
+    config = MonitoringConfig(capture_dir="s3://capture-test/models/capture", s3_endpoint_url=s3_endpoint)
+    got = capture.collect(config, schema("regression"), "m", "3", END - timedelta(hours=24), END)
+    assert (got.files, len(got.frame)) == (1, 30)
+    with pytest.raises(MonitoringError, match="could not be read"):
+        capture.collect(MonitoringConfig(capture_dir="s3://no-such-bucket/capture", s3_endpoint_url=s3_endpoint),
+                        schema("regression"), "m", "3", END - timedelta(hours=1), END)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("truth.csv", None, "is not a file"),
+    ("truth.csv", "request_id,truth\na,1\n", r"lacks the column\(s\) \['y'\]; it needs request_id, optional row"),
+    ("truth.csv", "\x00\x01garbage", r"lacks the column\(s\) \['request_id', 'y'\]"),
+    ("truth.parquet", "not parquet", "could not be read"),
+])
+def test_bad_ground_truth_is_a_clear_error(tmp_path: Path, name: str, content: str | None, message: str) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(MonitoringError, match=message):
+        quality.read_ground_truth(str(path), "y")
+
+
+def test_ground_truth_rows_default_to_0_and_join_the_capture(tmp_path: Path) -> None:
+    captured = pd.DataFrame({"request_id": ["a", "b", "b"], "row": [0, 0, 1], "prediction": [1.0, 2.0, 3.0]})
+    truth = pd.DataFrame({"request_id": ["a", "b"], "y": [1.0, 2.5]})
+    truth.to_parquet(tmp_path / "truth.parquet")
+    live = quality.live_quality(captured, quality.read_ground_truth(str(tmp_path / "truth.parquet"), "y"),
+                                schema("regression"),
+                                evaluation_config("regression", MlflowConfig(experiment_name="x",
+                                                                             registered_model_name="x")).promotion,
+                                {"rmse": 0.2}, min_rows=2, drop=0.1)
+    assert live.rows == 2 and live.live == pytest.approx(((0 + 0.25) / 2) ** 0.5) and live.dropped
+
+
+def test_a_corrupt_capture_file_is_a_clear_error(tmp_path: Path) -> None:
+    folder = tmp_path / "m" / END.strftime("%Y-%m-%d")
+    folder.mkdir(parents=True)
+    (folder / "bad.jsonl.gz").write_bytes(gzip.compress(b"{not json\n"))
+    with pytest.raises(MonitoringError, match="is not valid capture JSON lines"):
+        capture.collect(MonitoringConfig(capture_dir=str(tmp_path)), schema("regression"), "m", "1",
+                        END - timedelta(hours=1), END + timedelta(hours=1))
+
+
+# --- a whole monitor run against a real champion ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory: pytest.TempPathFactory) -> tuple[MlflowConfig, Path, object]:
+    """A registered champion of the tiny regression dataset (elasticnet, weak penalty), its test metrics on its run
+    and its splits in the artifacts, as training and evaluation leave them (evaluation's plots left out: slow)."""
+    root = tmp_path_factory.mktemp("champion")
+    mlflow_config = MlflowConfig(tracking_uri=f"sqlite:///{root}/mlflow.db",
+                                 artifact_location=(root / "mlartifacts").as_uri(), experiment_name="unit",
+                                 registered_model_name="unit-model")
+    artifacts_root = root / "artifacts"
+    train_frame, test_frame = split(dataset("regression", rows=600), Split(schema("regression"), SplitConfig()))
+    (artifacts_root / "run-1" / "transform").mkdir(parents=True)
+    train_frame.to_parquet(artifacts_root / "run-1" / "transform" / "train.parquet")
+    test_frame.to_parquet(artifacts_root / "run-1" / "transform" / "test.parquet")
+    trained = train(train_frame, training_config("regression", "elasticnet", mlflow_config, alpha=0.001), "run-1",
+                    root / "train", dataset_source="memory")
+    model = registry.load_model(trained.model_uri)
+    x, y = split_xy(test_frame, schema("regression"))
+    with mlflow.start_run(run_id=trained.mlflow_run_id):
+        mlflow.log_metrics({f"test_{k}": v for k, v in compute_metrics("regression", model, x, y).items()})
+    registry.promote("unit-model", registry.register("unit-model", trained.model_uri, trained.mlflow_run_id), "test")
+    return mlflow_config, artifacts_root, model
+
+
+def monitor_config(mlflow_config: MlflowConfig, artifacts_root: Path, capture_dir: Path,
+                   truth: Path | None = None, **params: Any) -> MonitorConfig:
+    return MonitorConfig(schema("regression"), evaluation_config("regression", mlflow_config).promotion,
+                         mlflow_config, MonitoringConfig(capture_dir=str(capture_dir),
+                                                         ground_truth_uri=str(truth) if truth else None),
+                         MonitoringParams(**params), artifacts_root)
+
+
+def test_monitor_reports_drift_logs_to_mlflow_and_flags_a_live_quality_drop(
+        champion: tuple[MlflowConfig, Path, Any], tmp_path: Path) -> None:
+    mlflow_config, artifacts_root, model = champion
+    live = dataset("regression", rows=300, seed=1)
+    shifted = live.drop(columns=["y"]).assign(x2=lambda f: f["x2"] + 1.0)  # one sd
+    path = write_capture(tmp_path / "capture", "unit-model", "1", shifted, model.predict(shifted),
+                         END - timedelta(hours=2), rows_per_request=3)
+    with gzip.open(path, "rt") as lines:
+        keys = [(r["request_id"], r["row"]) for r in map(json.loads, lines)]
+    truth = pd.DataFrame(keys, columns=["request_id", "row"]).assign(y=live["y"])
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    config = monitor_config(mlflow_config, artifacts_root, tmp_path / "capture", tmp_path / "truth.csv", min_rows=50)
+
+    result = monitor(config, "monitor-run", END, tmp_path / "out")
+    assert result is not None and result.version == "1"
+    assert result.drifted == ["x2"] and result.rows_current == 300 and not result.not_enough_data
+    assert result.drift_details[0].startswith("x2: ks ")
+    assert result.quality_dropped and "DROPPED" in result.quality and result.prediction_drifted, result.quality
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4 and '<tr class="drifted"><td>x2</td>' in page
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["drifted"] == ["x2"] and summary["quality"]["metric"] == "rmse" and summary["version"] == "1"
+    run = mlflow.get_run(result.mlflow_run_id)
+    assert mlflow.get_experiment(run.info.experiment_id).name == "unit-monitoring"
+    assert run.data.tags["model_version"] == "1" and run.data.tags["model_name"] == "unit-model"
+    assert run.data.metrics["x2.drifted"] == 1.0 and run.data.metrics["x1.drifted"] == 0.0
+    assert run.data.metrics["quality_dropped"] == 1.0 and "x2.p_value" in run.data.metrics
+    listed = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(result.mlflow_run_id)}
+    assert listed == {"report.html", "summary.json"}
+    signal = drift_signal(result.xcom())
+    assert signal.features == ["x2"] and "x2: ks" in signal.summary()
+
+    again = monitor(config, "monitor-run-retry", END, tmp_path / "out2")
+    assert again.mlflow_run_id == result.mlflow_run_id  # one run per period and version
+
+
+def test_no_traffic_is_not_enough_data_and_no_signal(champion: tuple[MlflowConfig, Path, Any],
+                                                     tmp_path: Path) -> None:
+    mlflow_config, artifacts_root, _ = champion
+    result = monitor(monitor_config(mlflow_config, artifacts_root, tmp_path / "none"), "quiet", END, tmp_path / "out")
+    assert result.not_enough_data and result.drifted == [] and result.rows_current == 0
+    assert "not enough data" in result.summary()
+    assert isinstance(drift_signal(result.xcom()), Skipped)
+
+
+def test_without_a_champion_there_is_nothing_to_monitor(mlflow_config: MlflowConfig, tmp_path: Path) -> None:
+    assert monitor(monitor_config(mlflow_config, tmp_path, tmp_path), "none", END, tmp_path / "out") is None
+    assert isinstance(drift_signal({"skipped": "no champion"}), Skipped)
