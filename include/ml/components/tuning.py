@@ -21,7 +21,7 @@ import pandas as pd
 
 from include.ml import artifacts, tracking
 from include.ml.components.evaluation import compute_metrics
-from include.ml.components.training import build_pipeline, split_xy
+from include.ml.components.training import build_pipeline, close_abandoned_runs, split_xy
 from include.ml.entities import METRICS, ModelConfig, SearchParam, TrainingConfig, TuningStageConfig
 from include.ml.exceptions import TuningError
 
@@ -73,6 +73,7 @@ def tune(train_frame: pd.DataFrame, config: TuningStageConfig, run_id: str, outp
 
     training, tuning = config.training, config.tuning
     experiment_id = tracking.configure(training.mlflow)
+    close_abandoned_runs(experiment_id, run_id, "tune")
     x, y = split_xy(train_frame, training.schema)
     folds = list(_folds(training.schema.task, tuning.cv_folds, tuning.seed).split(x, y))
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial from us instead
@@ -88,7 +89,8 @@ def tune(train_frame: pd.DataFrame, config: TuningStageConfig, run_id: str, outp
         hyperparameters = {**(training.model.hyperparameters if family == training.model.family else {}), **searched}
         model = ModelConfig(family=family, random_state=training.model.random_state, hyperparameters=hyperparameters)
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"trial-{trial.number}", nested=True):
-            mlflow.set_tags({"pipeline_run_id": run_id, "trial": str(trial.number), "model_family": family})
+            mlflow.set_tags({"pipeline_run_id": run_id, "pipeline_stage": "tune", "trial": str(trial.number),
+                             "model_family": family})
             mlflow.log_params({"family": family, **{f"model.{k}": v for k, v in hyperparameters.items()}})
             scores = _cross_validate(trial, replace(training, model=model), config.metric, x, y, folds)
             mean, std = float(np.mean(scores)), float(np.std(scores))
@@ -106,7 +108,8 @@ def tune(train_frame: pd.DataFrame, config: TuningStageConfig, run_id: str, outp
 
     started = time.perf_counter()
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"tune-{run_id}") as parent:
-        mlflow.set_tags({**training.tags, "pipeline_run_id": run_id, "stage": "tune", "task": training.schema.task})
+        mlflow.set_tags({**training.tags, "pipeline_run_id": run_id, "pipeline_stage": "tune",
+                         "task": training.schema.task})
         mlflow.log_params({"metric": config.metric, "n_trials": tuning.n_trials, "timeout_seconds":
                            tuning.timeout_seconds, "cv_folds": tuning.cv_folds, "seed": tuning.seed,
                            "families": ",".join(config.spaces), "train_rows": len(x)})
