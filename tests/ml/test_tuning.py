@@ -88,6 +88,12 @@ def test_no_completed_trial_is_an_error_and_writes_nothing(mlflow_config: Mlflow
     assert not (tmp_path / "result.json").exists()
 
 
+def test_more_folds_than_rows_is_an_error(mlflow_config: MlflowConfig, tmp_path: Path) -> None:
+    with pytest.raises(TuningError, match="cannot split 4 training rows into tuning.cv_folds = 5 folds"):
+        tune(dataset("regression", rows=4), tuning_config("regression", mlflow_config, TREES, cv_folds=5), "r",
+             tmp_path)
+
+
 @pytest.mark.parametrize("task", ["regression", "classification"])
 def test_default_search_spaces_name_parameters_of_their_estimators(task: str) -> None:
     for name, family in FAMILIES.items():

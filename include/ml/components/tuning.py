@@ -75,7 +75,11 @@ def tune(train_frame: pd.DataFrame, config: TuningStageConfig, run_id: str, outp
     experiment_id = tracking.configure(training.mlflow)
     close_abandoned_runs(experiment_id, run_id, "tune")
     x, y = split_xy(train_frame, training.schema)
-    folds = list(_folds(training.schema.task, tuning.cv_folds, tuning.seed).split(x, y))
+    try:
+        folds = list(_folds(training.schema.task, tuning.cv_folds, tuning.seed).split(x, y))
+    except ValueError as exc:  # fewer rows (or, for classification, rows of every class) than folds
+        raise TuningError(f"cannot split {len(x)} training rows into tuning.cv_folds = {tuning.cv_folds} folds: "
+                          f"{exc}") from exc
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial from us instead
     study = optuna.create_study(
         direction="maximize" if METRICS[training.schema.task][config.metric] else "minimize",
