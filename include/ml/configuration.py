@@ -143,11 +143,12 @@ def _override_tuning(raw_params: dict[str, Any], origins: dict[str, str], model_
 
 def search_spaces(config: PipelineConfig) -> dict[str, dict[str, SearchParam]]:
     """What each family the tuning searches draws its hyperparameters from: params.yaml's space, else its default."""
-    task, tuning = config.schema.task, config.tuning
-    return {family: dict(tuning.search_space.get(family) or {
-                name: SearchParam.model_validate(spec)
-                for name, spec in FAMILIES[family].default_search_space(task).items()})
-            for family in tuning.families or FAMILIES}
+    spaces: dict[str, dict[str, SearchParam]] = {}
+    for family in config.tuning.families or FAMILIES:
+        default = FAMILIES[family].default_search_space(config.schema.task)
+        spaces[family] = dict(config.tuning.search_space.get(
+            family, {name: SearchParam.model_validate(spec) for name, spec in default.items()}))
+    return spaces
 
 
 def read_config_file(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None) -> ConfigFile:
