@@ -1,7 +1,8 @@
 """Run the ML pipeline and its commands without Airflow.
 
-    python main.py                        # ingest -> validate -> transform -> train -> evaluate -> deploy -> verify
-    python main.py --stage train          # one stage, on the latest run's outputs
+    python main.py                        # ingest -> validate -> transform -> tune -> train -> evaluate -> deploy
+                                          #   -> verify (tune: when params.yaml's tuning: is on)
+    python main.py --stage tune           # one stage, on the latest run's outputs
     python main.py --run-id my-run        # choose the run id (artifacts/<run id>/)
     python main.py --rollback [VERSION]   # make an earlier model version champion again, and deploy it
     python main.py init --data data.csv --target y --out examples/mine   # draft the three YAML files

@@ -2,7 +2,7 @@
 ### ml_pipeline: train, evaluate, register and deploy the model
 
 One task per stage of `include/pipeline.py`:
-**ingest → validate → transform → train → evaluate → deploy → verify**. Each task calls
+**ingest → validate → transform → tune → train → evaluate → deploy → verify**. Each task calls
 `run_<stage>(cm, run_id)` with this DAG run's id made path-safe, so a run writes
 `<artifacts_root>/<run id>/<stage>/` exactly as `python main.py --run-id <run id>` would,
 and any task can be cleared and re-run alone. Tasks pass each other only small
@@ -13,8 +13,17 @@ summaries (paths, counts, MLflow ids, the model version, metrics) through XCom.
 * `source`: data source for this run (local path, `http(s)://` or `s3://` URI of a CSV or zip);
   empty = `data_source.uri` from the config dir's `config.yaml` ($MLOPS_CONFIG_DIR, default `include/config`).
 * `model_family`: train this family instead of `model.family` from `params.yaml` (with the estimator's
-  default hyperparameters: the YAML's belong to the configured family); empty = `params.yaml`.
+  default hyperparameters: the YAML's belong to the configured family); with tuning on, tune within this
+  family only; empty = `params.yaml`.
+* `tune`: run the hyperparameter search (on) or train `params.yaml`'s model as written (off);
+  empty = `tuning.enabled` from `params.yaml` (off when it has no `tuning:` section).
+* `tune_trials`: the search's trial budget for this run; empty = `tuning.n_trials` from `params.yaml`.
 * `force_promote`: make the new model the champion even if the champion/challenger gate says no.
+
+**Tune** (when tuning is on; otherwise *skipped*) searches the model families and their hyperparameters
+with Optuna, scoring each trial by k-fold cross-validation on the training split only (the test split is
+first read by evaluate), each trial a nested MLflow run under the tune run; **train** then fits the best
+configuration on the whole training split. Same data and seed give the same best trial.
 
 **Deploy** runs only when evaluation promoted a new champion (otherwise it is *skipped*, and its log says
 why): it puts the champion on `deployment.target` from `config.yaml` — `local`, the prediction server of
@@ -29,7 +38,7 @@ retried with exponential backoff.
 **Schedule**: `airflow.schedule` (nightly), the `<model>-drift` Asset event of `ml_monitor`, or both, as
 `airflow.retrain_on` of `config.yaml` says (default: the schedule only).
 
-**Links and lineage**: validate has a *Data Docs* button, train and evaluate an *MLflow run* button
+**Links and lineage**: validate has a *Data Docs* button, tune, train and evaluate an *MLflow run* button
 (`plugins/mlops_links.py`); the Assets view shows source → snapshot → registered model.
 
 Parsing this file imports no ML library: they load inside the tasks.
@@ -70,7 +79,8 @@ def _schedule(retrain_on: str, cron: str | None) -> Any:
 
 @dag(
     dag_id="ml_pipeline",
-    description="ingest -> validate -> transform -> train -> evaluate -> deploy -> verify (include/pipeline.py)",
+    description="ingest -> validate -> transform -> tune -> train -> evaluate -> deploy -> verify "
+                "(include/pipeline.py)",
     doc_md=__doc__,
     schedule=_schedule(PROJECT.airflow.retrain_on, PROJECT.airflow.schedule),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
@@ -88,7 +98,7 @@ def _schedule(retrain_on: str, cron: str | None) -> Any:
         "execution_timeout": timedelta(minutes=45),
         "retry_policy": ExceptionRetryPolicy(rules=[
             RetryRule(exception=["include.ml.exceptions.DataValidationError", "include.ml.exceptions.ConfigError",
-                                 "include.ml.exceptions.SourceTooLargeError"],
+                                 "include.ml.exceptions.SourceTooLargeError", "include.ml.exceptions.TuningError"],
                       action=RetryAction.FAIL, reason="bad data or configuration: retrying cannot fix it"),
             # The champion/challenger gate refused: the same models give the same answer on every try.
             RetryRule(exception=["include.ml.exceptions.ChampionGateError"],
@@ -105,6 +115,11 @@ def _schedule(retrain_on: str, cron: str | None) -> Any:
         "model_family": Param(None, type=["null", "string"], enum=[None, *FAMILIES],
                               description="Model family for this run, with default hyperparameters; "
                                           "empty = model.family from params.yaml"),
+        "tune": Param(None, type=["null", "boolean"],
+                      description="Search hyperparameters before training (on) or train params.yaml's model (off); "
+                                  "empty = tuning.enabled from params.yaml"),
+        "tune_trials": Param(None, type=["null", "integer"], minimum=1,
+                             description="Trials the search may run; empty = tuning.n_trials from params.yaml"),
         "force_promote": Param(False, type="boolean",
                                description="Promote the new model even if the champion/challenger gate says no"),
     },
@@ -132,6 +147,13 @@ def ml_pipeline() -> None:
         return task_result(run_transform(*stage_config(run_id, params)))
 
     @task
+    def tune(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        from dags.stage_tasks import stage_config, task_result
+        from include.pipeline import run_tune
+
+        return task_result(run_tune(*stage_config(run_id, params)))  # Skipped when tuning is off
+
+    @task(trigger_rule="none_failed")  # also after a skipped tune (tuning off)
     def train(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
         from dags.stage_tasks import stage_config, task_result
         from include.pipeline import run_train
@@ -159,7 +181,7 @@ def ml_pipeline() -> None:
 
         return task_result(run_verify(*stage_config(run_id, params)))
 
-    ingest() >> validate() >> transform() >> train() >> evaluate() >> deploy() >> verify()
+    ingest() >> validate() >> transform() >> tune() >> train() >> evaluate() >> deploy() >> verify()
 
 
 ml_pipeline()

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from include.ml.components.ingestion import IngestionResult
     from include.ml.components.training import TrainingResult
     from include.ml.components.transformation import TransformationResult
+    from include.ml.components.tuning import TuningResult
     from include.ml.components.validation import ValidationResult
     from include.monitoring.drift import DriftReport
     from include.monitoring.monitor import MonitorResult
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STAGES = ("ingest", "validate", "transform", "train", "evaluate", "deploy", "verify")
+STAGES = ("ingest", "validate", "transform", "tune", "train", "evaluate", "deploy", "verify")
 
 
 class StageResult(Protocol):
@@ -105,12 +106,28 @@ def run_transform(cm: ConfigurationManager, run_id: str) -> TransformationResult
                                     _dir(cm, run_id, "transform"))
 
 
+def run_tune(cm: ConfigurationManager, run_id: str) -> TuningResult | Skipped:
+    """Search for the best family and hyperparameters on the training split (never the test split)."""
+    from include.ml.components import transformation, tuning
+
+    if not cm.config.tuning.enabled:
+        return Skipped("not tuned: tuning is off (params.yaml tuning.enabled, trigger form: tune); "
+                       "train fits params.yaml's model")
+    split = artifacts.read_json(_dir(cm, run_id, "transform") / transformation.RESULT)
+    return tuning.tune(_read_parquet(split["train_path"]), cm.tuning(), run_id, _dir(cm, run_id, "tune"))
+
+
 def run_train(cm: ConfigurationManager, run_id: str) -> TrainingResult:
-    from include.ml.components import ingestion, training, transformation
+    """Fit params.yaml's model, or with tuning on, the tune stage's best configuration, on the training split."""
+    from include.ml.components import ingestion, training, transformation, tuning
 
     split = artifacts.read_json(_dir(cm, run_id, "transform") / transformation.RESULT)
     ingested = artifacts.read_json(_dir(cm, run_id, "ingest") / ingestion.RESULT)
-    return training.train(_read_parquet(split["train_path"]), cm.training(), run_id, _dir(cm, run_id, "train"),
+    config = cm.training()
+    if cm.config.tuning.enabled:
+        tuned = tuning.TuningResult(**artifacts.read_json(_dir(cm, run_id, "tune") / tuning.RESULT))
+        config = tuned.training_config(config)
+    return training.train(_read_parquet(split["train_path"]), config, run_id, _dir(cm, run_id, "train"),
                           dataset_source=ingested["source_uri"])
 
 
@@ -253,7 +270,7 @@ def run_compare(cm: ConfigurationManager, reference: Path, current: Path) -> Dri
 
 
 RUNNERS: dict[str, Callable[..., StageResult]] = {
-    "ingest": run_ingest, "validate": run_validate, "transform": run_transform,
+    "ingest": run_ingest, "validate": run_validate, "transform": run_transform, "tune": run_tune,
     "train": run_train, "evaluate": run_evaluate, "deploy": run_deploy, "verify": run_verify,
 }
 

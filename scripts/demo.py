@@ -1,9 +1,10 @@
 """`make demo`: run the ml_pipeline DAG once on the running stack and show what it did.
 
-Triggers the DAG through Airflow's REST API, waits, prints each task's state, the champion's
-metrics and a prediction from the local prediction server the deploy task refreshed, then sends
-a few hundred wines to the server (which captures them) and runs ml_monitor over that traffic,
-and leaves the Airflow and MLflow UIs and the prediction server running.
+Triggers the DAG through Airflow's REST API, waits, prints each task's state, the tuning's best
+trial, the gate's decision, the champion's test metrics (MAE among them) and a prediction from
+the local prediction server the deploy task refreshed, then sends a few hundred wines to the
+server (which captures them) and runs ml_monitor over that traffic, and leaves the Airflow and
+MLflow UIs and the prediction server running.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def main() -> int:
         print(f"unpausing {DAG_ID}: it now also runs nightly on its schedule")
         client.unpause(DAG_ID)
     run_id = client.trigger(DAG_ID, note="make demo")["dag_run_id"]
-    print(f"triggered {DAG_ID} run {run_id}; waiting (about 30 s, longer if a scheduled run goes first) ...",
+    print(f"triggered {DAG_ID} run {run_id}; waiting (about a minute, longer if a scheduled run goes first) ...",
           flush=True)
     started = time.monotonic()
     try:
@@ -46,12 +47,19 @@ def main() -> int:
     print(f"run succeeded in {time.monotonic() - started:.0f}s:")
     print(client.describe(DAG_ID, run_id))
 
+    states = {ti["task_id"]: ti["state"] for ti in client.task_instances(DAG_ID, run_id)}
+    print()
+    if states["tune"] == "success":  # skipped when tuning is off
+        tuned = client.xcom(DAG_ID, run_id, "tune")
+        print(f"tune: best of {tuned['trials']} trials ({tuned['pruned']} pruned) is trial {tuned['best_trial']}: "
+              f"{tuned['family']} {tuned['hyperparameters']}, cross-validated {tuned['metric']} "
+              f"{tuned['cv_mean']:.4f} ± {tuned['cv_std']:.4f} on the training split")
     evaluated = client.xcom(DAG_ID, run_id, "evaluate")
     verdict = "PROMOTED" if evaluated["promoted"] else "kept the champion"
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in evaluated["champion_metrics"].items())
-    print(f"\ngate: {verdict} - {evaluated['gate_reason']}")
+    print(f"gate: {verdict} - {evaluated['gate_reason']}")
     print(f"champion: {evaluated['model_name']} v{evaluated['champion_version']} on this test set: {metrics}")
-    deploy_state = next(ti["state"] for ti in client.task_instances(DAG_ID, run_id) if ti["task_id"] == "deploy")
+    deploy_state = states["deploy"]
     if deploy_state == "success":
         print(f"deploy: version {evaluated['version']} is live on the prediction server")
     else:

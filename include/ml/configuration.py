@@ -30,8 +30,10 @@ from include.ml.entities import (
     ParamsFile,
     PipelineConfig,
     SchemaConfig,
+    SearchParam,
     TrainingConfig,
     TransformationConfig,
+    TuningStageConfig,
     ValidationConfig,
 )
 from include.ml.exceptions import ConfigError
@@ -74,14 +76,17 @@ class ConfigurationManager:
     """Loads the three YAML files of a config directory and hands each stage its view of them."""
 
     def __init__(self, config_dir: Path | str | None = None, env: Mapping[str, str] | None = None,
-                 source_uri: str | None = None, model_family: str | None = None) -> None:
-        """`source_uri` and `model_family` override the YAML for one run (e.g. from a DAG trigger form).
+                 source_uri: str | None = None, model_family: str | None = None, tune: bool | None = None,
+                 tune_trials: int | None = None) -> None:
+        """`source_uri`, `model_family`, `tune` and `tune_trials` override the YAML for one run (e.g. from a DAG
+        trigger form).
 
-        Overriding the family drops params.yaml's hyperparameters, which belong to the configured one.
+        Overriding the family drops params.yaml's hyperparameters, which belong to the configured one, and
+        tunes within that family only. `tune` turns tuning on or off; `tune_trials` replaces tuning.n_trials.
         """
         env = dict(os.environ if env is None else env)
         self.config_dir = resolve_config_dir(config_dir, env)
-        self.config = load(self.config_dir, env, source_uri, model_family)
+        self.config = load(self.config_dir, env, source_uri, model_family, tune, tune_trials)
 
     def ingestion(self) -> IngestionConfig:
         return IngestionConfig(self.config.data_source, tuple(c.name for c in self.config.schema.columns))
@@ -98,6 +103,10 @@ class ConfigurationManager:
         tags["git_sha"] = _git_sha(c.project_root)
         return TrainingConfig(c.schema, c.model, c.mlflow, tags)
 
+    def tuning(self) -> TuningStageConfig:
+        c = self.config
+        return TuningStageConfig(self.training(), c.tuning, c.promotion.metric, search_spaces(c))
+
     def evaluation(self) -> EvaluationConfig:
         return EvaluationConfig(self.config.schema, self.config.promotion, self.config.mlflow, self.config.card)
 
@@ -111,7 +120,7 @@ class ConfigurationManager:
 
 
 def load(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None,
-         model_family: str | None = None) -> PipelineConfig:
+         model_family: str | None = None, tune: bool | None = None, tune_trials: int | None = None) -> PipelineConfig:
     paths = {name: config_dir / name for name in CONFIG_FILES}
     project = read_config_file(config_dir, env, source_uri)
     schema = _validate(SchemaConfig, _read_yaml(paths["schema.yaml"]), paths["schema.yaml"])
@@ -121,6 +130,7 @@ def load(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None
     if model_family and isinstance(model, dict) and model.get("family") != model_family:
         raw_params["model"] = {**model, "family": model_family, "hyperparameters": {}}
         origins["model.family"] = "the run's model_family"
+    _override_tuning(raw_params, origins, model_family, tune, tune_trials)
     params = _validate(ParamsFile, raw_params, paths["params.yaml"], origins)
     _check_params(params, schema, paths["params.yaml"])
     hashes = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in paths.items()}
@@ -128,7 +138,32 @@ def load(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None
     return PipelineConfig(PROJECT_ROOT, config_dir, project.artifacts_root, project.data_source, project.mlflow,
                           project.airflow, project.deployment, project.signing, schema, params.split, params.model,
                           params.promotion, hashes, project.monitoring, params.monitoring,
-                          SecretStr(api_key) if api_key else None, card=project.card, batch=project.batch)
+                          SecretStr(api_key) if api_key else None, card=project.card, batch=project.batch,
+                          tuning=params.tuning)
+
+
+def _override_tuning(raw_params: dict[str, Any], origins: dict[str, str], model_family: str | None,
+                     tune: bool | None, tune_trials: int | None) -> None:
+    tuning = raw_params.get("tuning")
+    if (tuning is None and tune is None) or not isinstance(tuning, (dict, type(None))):
+        return  # no section and no request: no tuning (a malformed section is reported by validation)
+    tuning = dict(tuning or {})
+    for key, value, origin in (("enabled", tune, "the run's tune"), ("n_trials", tune_trials, "the run's tune_trials"),
+                               ("families", [model_family] if model_family else None, "the run's model_family")):
+        if value is not None:
+            tuning[key] = value
+            origins[f"tuning.{key}"] = origin
+    raw_params["tuning"] = tuning
+
+
+def search_spaces(config: PipelineConfig) -> dict[str, dict[str, SearchParam]]:
+    """What each family the tuning searches draws its hyperparameters from: params.yaml's space, else its default."""
+    spaces: dict[str, dict[str, SearchParam]] = {}
+    for family in config.tuning.families or FAMILIES:
+        default = FAMILIES[family].default_search_space(config.schema.task)
+        spaces[family] = dict(config.tuning.search_space.get(
+            family, {name: SearchParam.model_validate(spec) for name, spec in default.items()}))
+    return spaces
 
 
 def read_config_file(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None) -> ConfigFile:
@@ -306,17 +341,27 @@ def _check_params(params: ParamsFile, schema: SchemaConfig, path: Path) -> None:
     if params.promotion.metric not in metrics:
         raise ConfigError(str(path), "promotion.metric", f"{params.promotion.metric!r} is not a {schema.task} "
                                                          f"metric; expected one of {', '.join(metrics)}")
-    estimator = FAMILIES[params.model.family].estimator_class(schema.task)  # imports scikit-learn
-    valid = set(estimator().get_params()) - {"random_state"}
-    for name in params.model.hyperparameters:
-        if name not in valid:
-            raise ConfigError(str(path), f"model.hyperparameters.{name}", f"not a parameter of {estimator.__name__}; "
-                                                                         f"expected one of {', '.join(sorted(valid))}")
+    _check_estimator_params(path, "model.hyperparameters", params.model.family, schema.task,
+                            params.model.hyperparameters)
+    for family, space in params.tuning.search_space.items():
+        if family not in FAMILIES:
+            raise ConfigError(str(path), f"tuning.search_space.{family}",
+                              f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
+        _check_estimator_params(path, f"tuning.search_space.{family}", family, schema.task, space)
     features = [c.name for c in schema.features]
     for name in params.monitoring.features:
         if name not in features:
             raise ConfigError(str(path), f"monitoring.features.{name}", f"not a feature of schema.yaml; expected "
                                                                         f"one of {', '.join(features)}")
+
+
+def _check_estimator_params(path: Path, key: str, family: str, task: str, names: Mapping[str, Any]) -> None:
+    estimator = FAMILIES[family].estimator_class(task)  # imports scikit-learn
+    valid = set(estimator().get_params()) - {"random_state"}
+    for name in names:
+        if name not in valid:
+            raise ConfigError(str(path), f"{key}.{name}", f"not a parameter of {estimator.__name__}; "
+                                                          f"expected one of {', '.join(sorted(valid))}")
 
 
 # --- paths -----------------------------------------------------------------------------------------------------

@@ -352,7 +352,7 @@ split:
   random_state: 42
 
 model:
-  family: random_forest  # elasticnet | random_forest | hist_gradient_boosting
+  family: random_forest  # elasticnet | random_forest | extra_trees | hist_gradient_boosting
   random_state: 42
   hyperparameters:
     n_estimators: 100{leaf}

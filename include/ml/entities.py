@@ -334,6 +334,62 @@ class MonitoringParams(Frozen):
         Field(default_factory=dict, strict=False)
 
 
+class SearchParam(Frozen):
+    """One hyperparameter's search range: `low`..`high` (ints when both are ints; `log`: sampled on a log
+    scale) or a list of `choices`."""
+
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] | None = Field(None, strict=False, min_length=1)
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SearchParam:
+        bounds = (self.low, self.high)
+        if self.choices is not None:
+            if bounds != (None, None) or self.log:
+                raise ValueError("give either choices or low/high (and log), not both")
+        elif None in bounds:
+            raise ValueError("expected low and high (a range) or choices (a list)")
+        elif self.low >= self.high:  # type: ignore[operator]
+            raise ValueError(f"low ({self.low}) must be less than high ({self.high})")
+        elif self.log and self.low <= 0:  # type: ignore[operator]
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+
+class TuningConfig(Frozen):
+    """The `tuning:` section: an Optuna search before training. Without the section there is no tuning."""
+
+    enabled: bool = True
+    n_trials: int | None = Field(20, ge=1)  # None: until timeout_seconds
+    timeout_seconds: float | None = Field(None, gt=0)  # None: until n_trials; a running trial always finishes
+    cv_folds: int = Field(3, ge=2)  # k-fold cross-validation on the training split
+    seed: int = 42  # same data + same seed = same trials, same best trial
+    families: tuple[str, ...] | None = Field(None, strict=False, min_length=1)  # None: every family
+    # family -> hyperparameter -> range; a family listed here is searched over exactly these (replacing
+    # its default space in include/ml/models.py).
+    search_space: Mapping[str, Mapping[str, SearchParam]] = Field(default_factory=dict, strict=False)
+
+    @field_validator("families")
+    @classmethod
+    def _known_families(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for family in value or ():
+            ModelConfig._known_family(family)
+        return value
+
+    @field_validator("search_space")
+    @classmethod
+    def _read_only(cls, value: Mapping[str, Any]) -> Mapping[str, Any]:
+        return MappingProxyType(dict(value))  # families and parameter names: checked by the loader
+
+    @model_validator(mode="after")
+    def _bounded(self) -> TuningConfig:
+        if self.enabled and self.n_trials is None and self.timeout_seconds is None:
+            raise ValueError("set n_trials or timeout_seconds (or both): the search needs a budget")
+        return self
+
+
 class ParamsFile(Frozen):
     """params.yaml: how the model is trained and when it replaces the serving one."""
 
@@ -341,6 +397,7 @@ class ParamsFile(Frozen):
     model: ModelConfig
     promotion: PromotionConfig
     monitoring: MonitoringParams = MonitoringParams()
+    tuning: TuningConfig = TuningConfig(enabled=False)
 
 
 # --- everything, and each stage's view of it (built by the loader, not parsed: plain frozen dataclasses) -------
@@ -367,6 +424,7 @@ class PipelineConfig:
     serving_api_key: SecretStr | None = None  # from MLOPS_SERVING_API_KEY only, never from a file
     card: CardConfig = CardConfig()
     batch: BatchConfig = BatchConfig()
+    tuning: TuningConfig = TuningConfig(enabled=False)
 
     @property
     def model_store(self) -> Path:
@@ -398,6 +456,14 @@ class TrainingConfig:
     model: ModelConfig
     mlflow: MlflowConfig
     tags: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class TuningStageConfig:
+    training: TrainingConfig  # what each trial fits (model.hyperparameters apply when model.family is tried)
+    tuning: TuningConfig
+    metric: str  # promotion.metric: the gate's yardstick, cross-validated
+    spaces: Mapping[str, Mapping[str, SearchParam]]  # each family searched -> its space
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,10 @@ class TrainingError(PipelineError):
     """The model could not be trained or logged."""
 
 
+class TuningError(PipelineError):
+    """The hyperparameter search found no configuration: every trial failed or was pruned."""
+
+
 class DeploymentError(PipelineError):
     """A rollout stopped; every server was returned to the version it served before."""
 

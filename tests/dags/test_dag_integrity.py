@@ -26,7 +26,7 @@ LOAD_DAGBAG = """
 import json, sys
 from airflow.dag_processing.dagbag import DagBag
 from include.ml.exceptions import (BatchPredictionError, ConfigError, DataValidationError, DeploymentError,
-                                   IncompatibleChampionError, SourceTooLargeError)
+                                   IncompatibleChampionError, SourceTooLargeError, TuningError)
 
 bag = DagBag(sys.argv[1])
 dags = {}
@@ -37,6 +37,7 @@ for dag_id, dag in bag.dags.items():
         tasks[task.task_id] = {
             "retries": task.retries,
             "backoff": task.retry_exponential_backoff,
+            "trigger_rule": task.trigger_rule.value,
             "on_error": {name: policy.evaluate(error, 1, task.retries + 1).action.value if policy else None
                          for name, error in [("DataValidationError", DataValidationError([], None)),
                                              ("ConfigError", ConfigError("f", "k", "bad")),
@@ -44,6 +45,7 @@ for dag_id, dag in bag.dags.items():
                                              ("IncompatibleChampionError", IncompatibleChampionError("1", ["task"])),
                                              ("SourceTooLargeError", SourceTooLargeError("s", "max_bytes", 1, "2")),
                                              ("BatchPredictionError", BatchPredictionError("unwritable")),
+                                             ("TuningError", TuningError("no trial completed")),
                                              ("RuntimeError", RuntimeError("flaky"))]},
         }
     dags[dag_id] = {"file": dag.fileloc, "tags": sorted(dag.tags), "catchup": dag.catchup,
@@ -108,15 +110,16 @@ def test_every_dag_is_tagged_and_retries(dagbag: dict) -> None:
 
 def test_ml_pipeline_shape(dagbag: dict) -> None:
     dag = dagbag["dags"]["ml_pipeline"]
-    assert list(dag["tasks"]) == ["ingest", "validate", "transform", "train", "evaluate", "deploy", "verify"]
+    assert list(dag["tasks"]) == ["ingest", "validate", "transform", "tune", "train", "evaluate", "deploy", "verify"]
     assert (dag["catchup"], dag["max_active_runs"]) == (False, 1)
-    assert dag["params"] == ["force_promote", "model_family", "source"]
+    assert dag["params"] == ["force_promote", "model_family", "source", "tune", "tune_trials"]
+    assert dag["tasks"]["train"]["trigger_rule"] == "none_failed"  # runs after a skipped tune (tuning off)
     for task in dag["tasks"].values():
         assert task["backoff"] > 1  # exponential backoff between retries
         # bad data or config fails at once; anything else gets the normal retries
         assert task["on_error"] == {"DataValidationError": "fail", "ConfigError": "fail", "DeploymentError": "fail",
                                     "IncompatibleChampionError": "fail", "SourceTooLargeError": "fail",
-                                    "BatchPredictionError": "default", "RuntimeError": "default"}
+                                    "BatchPredictionError": "default", "TuningError": "fail", "RuntimeError": "default"}
 
 
 def test_ml_batch_predict_shape(dagbag: dict) -> None:
@@ -128,7 +131,7 @@ def test_ml_batch_predict_shape(dagbag: dict) -> None:
     assert dag["tasks"]["predict"]["on_error"] == {
         "DataValidationError": "fail", "ConfigError": "fail", "DeploymentError": "fail",
         "IncompatibleChampionError": "default", "SourceTooLargeError": "fail", "BatchPredictionError": "fail",
-        "RuntimeError": "default"}
+        "TuningError": "default", "RuntimeError": "default"}
 
 
 @pytest.mark.parametrize("dag_file", sorted(DAGS.glob("*.py")), ids=lambda p: p.name)

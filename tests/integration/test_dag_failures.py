@@ -29,8 +29,8 @@ from tests.support.registry import Registry
 pytestmark = pytest.mark.integration
 
 DAG_ID = "ml_pipeline"
-STAGES = ("ingest", "validate", "transform", "train", "evaluate", "deploy", "verify")
-TRAINING = STAGES[:5]
+STAGES = ("ingest", "validate", "transform", "tune", "train", "evaluate", "deploy", "verify")
+TRAINING = STAGES[:6]
 NOT_DEPLOYED = {"deploy": ("skipped", 1), "verify": ("skipped", 0)}  # the gate kept the champion
 RUN_TIMEOUT = 300  # a default run takes ~25 s; a retried train adds the DAG's retry delay (59 s, see below)
 
@@ -166,7 +166,7 @@ def test_invalid_data_fails_validation_at_once_and_registers_nothing(stack: Any,
         assert states["ingest"] == ("success", 1)
         # DataValidationError is failed at once by the DAG's retry policy: one try, never up_for_retry.
         assert states["validate"] == ("failed", 1)
-        for stage in ("transform", "train", "evaluate"):
+        for stage in ("transform", "tune", "train", "evaluate"):
             assert states[stage] == ("upstream_failed", 0), f"{stage} should never have run"
 
         # Nothing reached MLflow: no run for this pipeline run, no new model version.

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 DAG_ID = "ml_pipeline"
 MODEL = "wine-quality"  # include/config's mlflow.registered_model_name: the model the stack's runs register
 FORCED = {"model_family": "elasticnet", "force_promote": True}
-STAGES = ("ingest", "validate", "transform", "train", "evaluate", "deploy", "verify")
+STAGES = ("ingest", "validate", "transform", "tune", "train", "evaluate", "deploy", "verify")
 # A real wine from the default dataset, as a client of the prediction server sends it.
 WINE = {"fixed acidity": 7.4, "volatile acidity": 0.7, "citric acid": 0.0, "residual sugar": 1.9, "chlorides": 0.076,
         "free sulfur dioxide": 11.0, "total sulfur dioxide": 34.0, "density": 0.9978, "pH": 3.51, "sulphates": 0.56,
@@ -65,9 +65,10 @@ def test_triggered_run_succeeds_and_registers_a_model(airflow_stack) -> None:
     served_before = served_version(airflow_stack.serving_url)
     expected = str(max((int(version) for version, _ in versions_before), default=0) + 1)
     started = time.monotonic()
-    # Trigger params reach the tasks: elasticnet instead of params.yaml's random forest (and quicker), and a
-    # forced promotion, so that this run's model becomes the champion whatever ran on the stack before.
-    run_id = client.trigger(DAG_ID, conf=FORCED, note="tests/integration/test_dag_run.py")["dag_run_id"]
+    # Trigger params reach the tasks: elasticnet instead of params.yaml's random forest (and quicker), tuned in
+    # 2 trials, and a forced promotion, so that this run's model becomes the champion whatever ran on the stack before.
+    run_id = client.trigger(DAG_ID, conf={**FORCED, "tune_trials": 2},
+                            note="tests/integration/test_dag_run.py")["dag_run_id"]
     client.wait_for_run(DAG_ID, run_id, timeout=240)
     airflow_stack.timings["ml_pipeline run, trigger to success (s)"] = time.monotonic() - started
 
@@ -79,6 +80,8 @@ def test_triggered_run_succeeds_and_registers_a_model(airflow_stack) -> None:
     assert client.xcom(DAG_ID, run_id, "ingest")["data_path"].startswith(str(run_dir))
     assert (run_dir / "evaluate" / "result.json").is_file()
     assert not (REPO / "artifacts" / safe_run_id(run_id)).exists()
+    tuned = client.xcom(DAG_ID, run_id, "tune")
+    assert (tuned["family"], tuned["trials"]) == ("elasticnet", 2)  # tuned within the run's family, on its budget
     assert client.xcom(DAG_ID, run_id, "train")["estimator"] == "ElasticNet"
 
     # The run registered the next version and the gate made it champion (forced).
@@ -157,10 +160,12 @@ def test_new_champion_reaches_the_server_without_a_failed_request_and_rollback_r
     assert poller.versions() == {champion_before, promoted["version"]}
     assert get_json(f"{airflow_stack.serving_url}/version")["version"] == promoted["version"]
 
-    # Not better and not forced: nothing is deployed, and the server keeps the champion.
-    kept = client.trigger(DAG_ID, conf={"model_family": "elasticnet"})["dag_run_id"]
+    # Not better and not forced (elasticnet untuned, tune off: the trigger form's switch): nothing is deployed,
+    # and the server keeps the champion.
+    kept = client.trigger(DAG_ID, conf={"model_family": "elasticnet", "tune": False})["dag_run_id"]
     client.wait_for_run(DAG_ID, kept, timeout=300)
     states = {ti["task_id"]: ti["state"] for ti in client.task_instances(DAG_ID, kept)}
+    assert (states["tune"], states["train"]) == ("skipped", "success")
     assert (states["evaluate"], states["deploy"], states["verify"]) == ("success", "skipped", "skipped")
     assert "not deployed: version" in client.task_log(DAG_ID, kept, "deploy")
     assert get_json(f"{airflow_stack.serving_url}/version")["version"] == promoted["version"]

@@ -41,9 +41,9 @@ def first_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_default_pipeline_end_to_end(first_run: dict) -> None:
     out, root = first_run["out"], first_run["root"]
-    for index, stage in enumerate(["ingest", "validate", "transform", "train", "evaluate", "deploy", "verify"],
-                                  start=1):
-        assert f"[{index}/7] {stage} done in" in out
+    for index, stage in enumerate(["ingest", "validate", "transform", "tune", "train", "evaluate", "deploy",
+                                   "verify"], start=1):
+        assert f"[{index}/8] {stage} done in" in out
     assert "gate: PROMOTED - no champion yet" in out
     assert "champion: wine-quality v1 on this test set: rmse=" in out
     run_dir = root / "artifacts" / "first"
@@ -74,7 +74,7 @@ def test_single_stages_and_help(first_run: dict) -> None:
     assert not (first_run["root"] / "artifacts" / "stepwise" / "train").exists()
     helped = run_main("--help")
     assert helped.returncode == 0
-    assert "--stage {ingest,validate,transform,train,evaluate,deploy,verify}" in helped.stdout
+    assert "--stage {ingest,validate,transform,tune,train,evaluate,deploy,verify}" in helped.stdout
 
 
 def bad_csv(change: Callable[[pd.DataFrame], pd.DataFrame]) -> Callable[[Path], bytes]:

@@ -109,7 +109,8 @@ def test_bool_is_not_a_number(config_dir: Path, edit_yaml) -> None:
 def test_unknown_model_family(config_dir: Path, edit_yaml) -> None:
     edit_yaml(config_dir / "params.yaml", lambda d: d["model"].update(family="xgboost"))
     expect_error(config_dir, "params.yaml", "model.family",
-                 "unknown model family 'xgboost'; expected one of elasticnet, random_forest, hist_gradient_boosting")
+                 "unknown model family 'xgboost'; expected one of elasticnet, random_forest, extra_trees, "
+                 "hist_gradient_boosting")
 
 
 def test_unknown_hyperparameter(config_dir: Path, edit_yaml) -> None:

@@ -16,12 +16,16 @@ from include.ml.entities import (
     ModelConfig,
     PromotionConfig,
     SchemaConfig,
+    SearchParam,
     TrainingConfig,
+    TuningConfig,
+    TuningStageConfig,
 )
 
 FAST = {  # small models keep the tests quick
     "elasticnet": {},
     "random_forest": {"n_estimators": 5},
+    "extra_trees": {"n_estimators": 5},
     "hist_gradient_boosting": {"max_iter": 10},
 }
 
@@ -53,3 +57,13 @@ def training_config(task: str, family: str, mlflow_config: MlflowConfig, **hyper
 def evaluation_config(task: str, mlflow_config: MlflowConfig, margin: float = 0.001) -> EvaluationConfig:
     metric = "rmse" if task == "regression" else "f1_macro"
     return EvaluationConfig(schema(task), PromotionConfig(metric=metric, min_improvement=margin), mlflow_config)
+
+
+def tuning_config(task: str, mlflow_config: MlflowConfig, spaces: dict[str, dict[str, dict[str, Any]]],
+                  **tuning: Any) -> TuningStageConfig:
+    """A tiny search (3 trials, 2 folds unless given) over `spaces`: family -> parameter -> range as in params.yaml;
+    the first family is the configured model.family."""
+    settings = TuningConfig(**{"n_trials": 3, "cv_folds": 2, "seed": 0, **tuning})
+    searched = {family: {name: SearchParam(**spec) for name, spec in space.items()} for family, space in spaces.items()}
+    return TuningStageConfig(training_config(task, next(iter(spaces)), mlflow_config), settings,
+                             "rmse" if task == "regression" else "f1_macro", searched)

@@ -31,12 +31,14 @@ class Registry:
         except MlflowException:
             return None
 
-    def pipeline_runs(self, run_id: str) -> list[Any]:
-        """MLflow runs the pipeline run `run_id` (an Airflow run id) started, oldest first."""
+    def pipeline_runs(self, run_id: str, stage: str = "train") -> list[Any]:
+        """MLflow runs a stage (train: the model's run, which evaluate logs to too) of the pipeline run `run_id` (an
+        Airflow run id) started, oldest first."""
         experiments = [e.experiment_id for e in self.client.search_experiments()]
         if not experiments:
             return []
-        runs = self.client.search_runs(experiments, f"tags.pipeline_run_id = '{safe_run_id(run_id)}'",
+        runs = self.client.search_runs(experiments, f"tags.pipeline_run_id = '{safe_run_id(run_id)}' and "
+                                       f"tags.pipeline_stage = '{stage}'",
                                        order_by=["attributes.start_time ASC"])
         return list(runs)
 

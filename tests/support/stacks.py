@@ -103,8 +103,9 @@ class AirflowStack:
 
 def airflow_stack(base: Path) -> AirflowStack:
     """The settings of an embedded stack living in `base` (not started). Its config dir is a copy of the default
-    whose `data_source.allowed_sources` admits <base>/sources/ (the trigger form's `source` may point there) and
-    whose `batch.allowed_outputs` admits <base>/batch-outputs/ (ml_batch_predict's `output`)."""
+    whose `data_source.allowed_sources` admits <base>/sources/ (the trigger form's `source` may point there),
+    whose `batch.allowed_outputs` admits <base>/batch-outputs/ (ml_batch_predict's `output`) and whose tuning
+    runs 4 trials."""
     outputs = base / "outputs"
     api_port, mlflow_port, serving_port = free_ports(3)
     config_dir = base / "config"
@@ -120,6 +121,8 @@ def airflow_stack(base: Path) -> AirflowStack:
         data["airflow"].update(retrain_on="drift", monitor_schedule=None)
 
     edit_yaml(config_dir / "config.yaml", allow)
+    # The tune task runs as configured, on a small budget: its search is tested in tests/ml/test_tuning.py.
+    edit_yaml(config_dir / "params.yaml", lambda data: data["tuning"].update(n_trials=4))
     # Nothing from the caller's Airflow, MLflow or pipeline settings leaks into the test stack.
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AIRFLOW", "MLOPS_")) and k != "MLFLOW_TRACKING_URI"}

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)
 
 DAG_ID = "ml_pipeline"
-STAGES = ("ingest", "validate", "transform", "train", "evaluate")  # then deploy and verify, skipped here
+STAGES = ("ingest", "validate", "transform", "tune", "train", "evaluate")  # then deploy and verify, skipped here
 QUEUE = "default"  # [operators] default_queue: every task of the DAG goes there
 RUN_TIMEOUT = 300
 
@@ -189,7 +189,7 @@ def test_run_executes_on_both_workers_and_registers_in_postgres(stack: CelerySta
         hosts = {t: ti["hostname"] for t, ti in tis.items()}
         assert hosts["ingest"] == first
         assert hosts["validate"] in (first, second)
-        assert [hosts[stage] for stage in ("transform", "train", "evaluate")] == [second] * 3
+        assert [hosts[stage] for stage in ("transform", "tune", "train", "evaluate")] == [second] * 4
         assert set(hosts.values()) == {first, second}
 
         # The metadata DB is the session's PostgreSQL database (no SQLite file), and holds the same.

@@ -80,7 +80,7 @@ def train(train_frame: pd.DataFrame, config: TrainingConfig, run_id: str, output
     from mlflow.models import infer_signature
 
     experiment_id = tracking.configure(config.mlflow)
-    _close_abandoned_runs(experiment_id, run_id)
+    close_abandoned_runs(experiment_id, run_id, "train")
     x, y = split_xy(train_frame, config.schema)
     pipeline = build_pipeline(config)
     estimator = type(pipeline.named_steps["model"]).__name__
@@ -90,7 +90,8 @@ def train(train_frame: pd.DataFrame, config: TrainingConfig, run_id: str, output
         # local path is a fine dataset source: both MLflow hints are noise here.
         warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column")
         warnings.filterwarnings("ignore", message=".*dataset source can be interpreted in multiple ways")
-        mlflow.set_tags({**config.tags, "pipeline_run_id": run_id, "model_family": config.model.family,
+        mlflow.set_tags({**config.tags, "pipeline_run_id": run_id, "pipeline_stage": "train",
+                         "model_family": config.model.family,
                          "task": config.schema.task, "estimator": estimator})
         mlflow.log_params({"family": config.model.family, "random_state": config.model.random_state,
                            "train_rows": len(x),
@@ -119,12 +120,13 @@ def train(train_frame: pd.DataFrame, config: TrainingConfig, run_id: str, output
     return result
 
 
-def _close_abandoned_runs(experiment_id: str, run_id: str) -> None:
-    """Mark runs a killed attempt of this pipeline run left RUNNING as failed, so only one looks alive."""
+def close_abandoned_runs(experiment_id: str, run_id: str, stage: str) -> None:
+    """Mark runs a killed attempt of this stage of this pipeline run left RUNNING as failed, so only one looks
+    alive."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     for stale in client.search_runs([experiment_id], f"tags.pipeline_run_id = '{run_id}' and "
-                                    "attributes.status = 'RUNNING'"):
+                                    f"tags.pipeline_stage = '{stage}' and attributes.status = 'RUNNING'"):
         log.warning("marking MLflow run %s of an earlier, interrupted attempt as FAILED", stale.info.run_id)
         client.set_terminated(stale.info.run_id, status="FAILED")

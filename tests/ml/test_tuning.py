@@ -1,0 +1,204 @@
+"""The tune stage: a seeded, budgeted Optuna search on the training split only, every trial a nested MLflow run,
+and train fitting its best configuration; its `tuning:` section fails at load time naming file and key."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from include import pipeline
+from include.ml import artifacts
+from include.ml.components.tuning import tune
+from include.ml.configuration import ConfigurationManager
+from include.ml.entities import MlflowConfig, SearchParam
+from include.ml.exceptions import ConfigError, TuningError
+from include.ml.models import FAMILIES
+from tests.support.frames import dataset, tuning_config
+from tests.support.project import CONFIG_DIR, WINE_CSV, edit_yaml, outputs_env
+
+TREES = {"extra_trees": {"n_estimators": {"low": 3, "high": 8}, "min_samples_leaf": {"low": 1, "high": 6}}}
+SMALL = {**TREES, "elasticnet": {"alpha": {"low": 1e-3, "high": 1.0, "log": True}}}
+
+
+@pytest.fixture(scope="module")
+def mlflow_config(tmp_path_factory: pytest.TempPathFactory) -> MlflowConfig:
+    """One real MLflow store for the component tests below (creating one takes seconds); each run is found by id."""
+    root = tmp_path_factory.mktemp("mlflow")
+    return MlflowConfig(tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_location=(root / "artifacts").as_uri(),
+                        experiment_name="unit", registered_model_name="unit-model")
+
+
+def test_same_data_and_seed_pick_the_same_trial(mlflow_config: MlflowConfig, tmp_path: Path) -> None:
+    config = tuning_config("regression", mlflow_config, SMALL, n_trials=4)
+    first, second = (tune(dataset("regression"), config, "r", tmp_path / name) for name in ("one", "two"))
+    assert first.mlflow_run_id != second.mlflow_run_id
+    picked = ("best_trial", "family", "hyperparameters", "cv_mean", "cv_std", "trials")
+    assert [getattr(first, f) for f in picked] == [getattr(second, f) for f in picked]
+    assert first.trials == 4 and first.train_rows == 120 and first.family in SMALL
+    assert artifacts.read_json(tmp_path / "one" / "result.json")["hyperparameters"] == first.hyperparameters
+
+
+def test_every_trial_is_a_nested_run_and_the_parent_logs_the_best(mlflow_config: MlflowConfig,
+                                                                  tmp_path: Path) -> None:
+    import mlflow
+
+    result = tune(dataset("regression"), tuning_config("regression", mlflow_config, TREES), "run-7", tmp_path)
+    trials = mlflow.search_runs(experiment_names=["unit"], output_format="list",
+                                filter_string=f"tags.mlflow.parentRunId = '{result.mlflow_run_id}'")
+    assert len(trials) == result.trials == 3
+    for trial in trials:
+        assert trial.data.tags["pipeline_run_id"] == "run-7" and trial.data.params["family"] == "extra_trees"
+        assert {"cv_rmse_mean", "cv_rmse_std"} <= set(trial.data.metrics)
+        assert {"model.n_estimators", "model.min_samples_leaf"} <= set(trial.data.params)
+    best = next(t for t in trials if t.data.tags["trial"] == str(result.best_trial))
+    assert best.data.metrics["cv_rmse_mean"] == pytest.approx(result.cv_mean)
+    assert min(t.data.metrics["cv_rmse_mean"] for t in trials) == pytest.approx(result.cv_mean)  # lower is better
+
+    parent = mlflow.get_run(result.mlflow_run_id)
+    assert parent.data.params["best.family"] == "extra_trees"
+    assert parent.data.params["best.model.n_estimators"] == str(result.hyperparameters["n_estimators"])
+    assert parent.data.metrics["best_cv_rmse_mean"] == pytest.approx(result.cv_mean)
+    plots = {a.path for a in mlflow.MlflowClient().list_artifacts(result.mlflow_run_id, "tuning")}
+    assert plots == {"tuning/optimization_history.png", "tuning/param_importances.png"}
+
+
+def test_the_timeout_stops_the_search(mlflow_config: MlflowConfig, tmp_path: Path) -> None:
+    config = tuning_config("regression", mlflow_config, TREES, n_trials=10_000, timeout_seconds=2.0)
+    started = time.monotonic()
+    result = tune(dataset("regression"), config, "r", tmp_path)
+    assert time.monotonic() - started < 20  # the budget plus the trial running at the deadline, on a busy machine
+    assert 1 <= result.trials < 10_000
+
+
+def test_classification_is_scored_on_stratified_folds(mlflow_config: MlflowConfig, tmp_path: Path) -> None:
+    result = tune(dataset("classification"), tuning_config("classification", mlflow_config, TREES, n_trials=2),
+                  "r", tmp_path)
+    assert result.metric == "f1_macro" and 0 < result.cv_mean <= 1
+
+
+def test_no_completed_trial_is_an_error_and_writes_nothing(mlflow_config: MlflowConfig, tmp_path: Path) -> None:
+    broken = {"hist_gradient_boosting": {"learning_rate": {"choices": [-1.0]}}}  # the estimator refuses it
+    with pytest.raises(TuningError, match=r"no trial of 2 completed \(0 pruned, 2 failed"):
+        tune(dataset("regression"), tuning_config("regression", mlflow_config, broken, n_trials=2), "r", tmp_path)
+    assert not (tmp_path / "result.json").exists()
+
+
+def test_more_folds_than_rows_is_an_error(mlflow_config: MlflowConfig, tmp_path: Path) -> None:
+    with pytest.raises(TuningError, match="cannot split 4 training rows into tuning.cv_folds = 5 folds"):
+        tune(dataset("regression", rows=4), tuning_config("regression", mlflow_config, TREES, cv_folds=5), "r",
+             tmp_path)
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_default_search_spaces_name_parameters_of_their_estimators(task: str) -> None:
+    for name, family in FAMILIES.items():
+        space = family.default_search_space(task)
+        assert space, name
+        assert set(space) <= set(family.estimator_class(task)().get_params()), name
+        for spec in space.values():
+            SearchParam.model_validate(spec)
+
+
+# --- the stage in the pipeline: on a prepared run of a wine sample whose test split is gone ---------------------
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], str]:
+    """ingest, validate, transform on 200 wines with a tiny search configured; then the test split is deleted, so
+    the stages below cannot have read it."""
+    root = tmp_path_factory.mktemp("tune")
+    config_dir = root / "config"
+    shutil.copytree(CONFIG_DIR, config_dir)
+    pd.read_csv(WINE_CSV, sep=";").head(200).to_csv(root / "wine.csv", sep=";", index=False)
+
+    def tiny(params: dict[str, Any]) -> None:
+        params["model"]["hyperparameters"]["n_estimators"] = 10
+        params["tuning"].update(n_trials=3, cv_folds=2, families=["extra_trees"], search_space=TREES)
+    edit_yaml(config_dir / "params.yaml", tiny)
+    env = {**outputs_env(root / "outputs"), "MLOPS_SOURCE_URI": str(root / "wine.csv")}
+    pipeline.run(ConfigurationManager(config_dir, env=env), "r1", ("ingest", "validate", "transform"))
+    split = artifacts.read_json(root / "outputs" / "artifacts" / "r1" / "transform" / "result.json")
+    Path(split["test_path"]).unlink()
+    return config_dir, env, "r1"
+
+
+def test_train_fits_the_tuned_configuration_never_seeing_the_test_split(prepared: tuple) -> None:
+    import mlflow
+
+    config_dir, env, run_id = prepared
+    cm = ConfigurationManager(config_dir, env=env)
+    tuned = pipeline.run_tune(cm, run_id)
+    assert tuned.train_rows == 160 and tuned.family == "extra_trees"  # the 80% training split, nothing more
+    trained = pipeline.run_train(cm, run_id)
+    assert trained.family == "extra_trees" and trained.train_rows == 160
+    run = mlflow.get_run(trained.mlflow_run_id)
+    assert run.data.tags["tuning_run_id"] == tuned.mlflow_run_id
+    assert run.data.params["model.n_estimators"] == str(tuned.hyperparameters["n_estimators"])
+
+    # Off (params.yaml or the trigger form): the stage is skipped and train fits params.yaml's model as before,
+    # whatever an earlier attempt left in tune/.
+    off = ConfigurationManager(config_dir, env=env, tune=False)
+    assert isinstance(pipeline.run_tune(off, run_id), pipeline.Skipped)
+    untuned = pipeline.run_train(off, run_id)
+    assert untuned.family == "random_forest"
+    assert mlflow.get_run(untuned.mlflow_run_id).data.params["model.n_estimators"] == "10"
+
+
+def test_train_with_tuning_on_needs_the_tune_result(prepared: tuple) -> None:
+    config_dir, env, _ = prepared
+    cm = ConfigurationManager(config_dir, env=env)
+    shutil.copytree(cm.config.artifacts_root / "r1" / "transform", cm.config.artifacts_root / "r2" / "transform")
+    shutil.copytree(cm.config.artifacts_root / "r1" / "ingest", cm.config.artifacts_root / "r2" / "ingest")
+    with pytest.raises(pipeline.StageInputError, match=r"r2/tune/result.json is missing"):
+        pipeline.run_train(cm, "r2")
+
+
+# --- the tuning: section and the run's overrides -----------------------------------------------------------------
+
+def test_run_overrides(config_dir: Path, edit_yaml) -> None:
+    cm = ConfigurationManager(config_dir, env={}, model_family="hist_gradient_boosting", tune_trials=7)
+    assert cm.config.tuning.families == ("hist_gradient_boosting",) and cm.config.tuning.n_trials == 7
+    assert list(cm.tuning().spaces) == ["hist_gradient_boosting"]  # tuned only within the run's family
+    assert ConfigurationManager(config_dir, env={}, tune=False).config.tuning.enabled is False
+
+    edit_yaml(config_dir / "params.yaml", lambda d: d.pop("tuning"))
+    assert ConfigurationManager(config_dir, env={}).config.tuning.enabled is False  # no section: no tuning
+    on = ConfigurationManager(config_dir, env={}, tune=True).tuning()
+    assert on.tuning.enabled and on.tuning.n_trials == 20 and list(on.spaces) == list(FAMILIES)
+    assert on.spaces["random_forest"]["n_estimators"] == SearchParam(low=50, high=250, log=True)  # the default
+
+
+def test_a_family_listed_in_search_space_is_searched_over_exactly_that(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "params.yaml",
+              lambda d: d["tuning"].update(search_space={"extra_trees": {"max_depth": {"choices": [2, 4]}}}))
+    spaces = ConfigurationManager(config_dir, env={}).tuning().spaces
+    assert spaces["extra_trees"] == {"max_depth": SearchParam(choices=(2, 4))}
+    assert set(spaces["random_forest"]) == set(FAMILIES["random_forest"].search_space)
+
+
+@pytest.mark.parametrize(("change", "key", "words"), [
+    ({"search_space": {"svm": {}}}, "tuning.search_space.svm", "unknown model family 'svm'"),
+    ({"search_space": {"random_forest": {"depth": {"low": 1, "high": 3}}}}, "tuning.search_space.random_forest.depth",
+     "not a parameter of RandomForestRegressor"),
+    ({"families": ["random_forest", "svm"]}, "tuning.families", "unknown model family 'svm'"),
+    ({"search_space": {"extra_trees": {"n_estimators": {"low": 9, "high": 3}}}},
+     "tuning.search_space.extra_trees.n_estimators", "low (9) must be less than high (3)"),
+    ({"search_space": {"extra_trees": {"max_depth": {"low": 1}}}}, "tuning.search_space.extra_trees.max_depth",
+     "expected low and high (a range) or choices (a list)"),
+    ({"search_space": {"elasticnet": {"alpha": {"low": 0.0, "high": 1.0, "log": True}}}},
+     "tuning.search_space.elasticnet.alpha", "a log range needs low > 0"),
+    ({"n_trials": None, "timeout_seconds": None}, "tuning", "the search needs a budget"),
+    ({"cv_folds": 1}, "tuning.cv_folds", "expected at least 2"),
+    ({"trials": 5}, "tuning.trials", "unknown key; expected one of: cv_folds, enabled, families"),
+])
+def test_a_bad_tuning_section_names_file_and_key(config_dir: Path, edit_yaml, change: dict, key: str,
+                                                 words: str) -> None:
+    edit_yaml(config_dir / "params.yaml", lambda d: d["tuning"].update(change))
+    with pytest.raises(ConfigError) as caught:
+        ConfigurationManager(config_dir, env={})
+    assert caught.value.file.endswith("params.yaml") and caught.value.key == key, caught.value
+    assert words in str(caught.value)
