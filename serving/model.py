@@ -142,7 +142,8 @@ class ModelHolder:
     """The model a worker serves. Follows the store's CURRENT pointer; swaps only to a model that passed its checks."""
 
     def __init__(self, store_dir: Path, trusted: PublicKeys,
-                 on_event: Callable[[str, str], None] = lambda version, outcome: None):
+                 on_event: Callable[..., None] = lambda version, outcome, engine=None: None):
+        """on_event(version, outcome, engine): outcome "loaded" (engine: its name and fallback reason) or "refused"."""
         self.store_dir, self.trusted = store_dir, trusted
         self.current: LoadedModel | None = None
         self.refused: dict[str, str] | None = None  # the last version refused, and why
@@ -169,7 +170,7 @@ class ModelHolder:
             old, self.current, self.refused = self.current, model, None  # one reference assignment: atomic
             log.info("now serving %s version %s (was %s); loaded and checked in %.2fs", model.name, model.version,
                      old.version if old else "nothing", time.perf_counter() - started)
-            self._on_event(model.version, "loaded")
+            self._on_event(model.version, "loaded", (model.engine.name, model.engine.reason))
             return True
 
     def watch(self, interval: float) -> threading.Thread:
