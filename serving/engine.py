@@ -61,16 +61,18 @@ class OnnxPredictor:
         options.intra_op_num_threads = options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-        self.numeric = [f.name for f in contract.features if f.is_numeric]
-        self.text = [f.name for f in contract.features if not f.is_numeric]
+        # skl2onnx makes names valid identifiers ("fixed acidity" -> "fixed_acidity"); inputs keep their order.
+        inputs = [i.name for i in self.session.get_inputs()]
+        self.numeric = [(f.name, i) for f, i in zip(contract.features, inputs) if f.is_numeric]
+        self.text = [(f.name, i) for f, i in zip(contract.features, inputs) if not f.is_numeric]
         self.classes = classes
         self.outputs = [o.name for o in self.session.get_outputs()][:1 if classes is None else 2]
 
     def predict(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-        feeds = {name: columns[name].reshape(-1, 1) for name in self.numeric}
-        for name in self.text:
-            values = columns[name]
-            feeds[name] = np.array([MISSING_CATEGORY if v is None else v for v in values], dtype=object).reshape(-1, 1)
+        feeds = {onnx_name: columns[name].reshape(-1, 1) for name, onnx_name in self.numeric}
+        for name, onnx_name in self.text:
+            values = [MISSING_CATEGORY if v is None else v for v in columns[name]]
+            feeds[onnx_name] = np.array(values, dtype=object).reshape(-1, 1)
         out = self.session.run(self.outputs, feeds)
         if self.classes is None:
             return out[0].reshape(-1), None

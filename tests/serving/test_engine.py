@@ -51,7 +51,7 @@ def test_forest_trees_sum_in_double_as_sklearn_does() -> None:
 
 def test_edge_rows_cover_each_range_category_and_missing_value() -> None:
     _, contract = fitted("elasticnet", "regression")
-    rows = engine.edge_rows(contract, [GOOD_ROW])
+    rows = engine.edge_rows(contract, records("regression", 1, seed=0))
     for feature in contract.features:
         values = {row[feature.name] for row in rows}
         if feature.is_numeric:

@@ -11,10 +11,10 @@ from include.ml.entities import ColumnSpec, SchemaConfig
 from serving.contract import Contract
 from tests.support.bundles import toy_frame
 
-# The toy features, with missing values in a number and in a category.
+# The toy features, with missing values in a number and in a category, and a name that is no identifier.
 FEATURES = (
     ColumnSpec(name="x1", dtype="float", nullable=True, min=-10, max=10),
-    ColumnSpec(name="x2", dtype="float", min=-10, max=10),
+    ColumnSpec(name="x 2", dtype="float", min=-10, max=10),
     ColumnSpec(name="count", dtype="int", min=0, max=100),
     ColumnSpec(name="kind", dtype="category", nullable=True, allowed=("p", "q")),
 )
@@ -35,7 +35,7 @@ def fitted(family: str, task: str, hyperparameters: dict[str, Any] | None = None
     from include.ml.components.transformation import build_preprocessor
     from include.ml.models import FAMILIES
 
-    frame = toy_frame(task, offset=offset)
+    frame = toy_frame(task, offset=offset).rename(columns={"x2": "x 2"})
     frame["kind"] = frame["kind"].astype(object)
     frame.loc[::9, "kind"] = np.nan
     x, y = frame.drop(columns="y"), frame["y"]
@@ -48,7 +48,7 @@ def fitted(family: str, task: str, hyperparameters: dict[str, Any] | None = None
 
 def records(task: str, rows: int, seed: int) -> list[dict[str, Any]]:
     """Request rows (None where missing) from a toy frame other than the training one."""
-    frame = toy_frame(task, rows=rows, seed=seed).drop(columns="y")
+    frame = toy_frame(task, rows=rows, seed=seed).drop(columns="y").rename(columns={"x2": "x 2"})
     frame["kind"] = frame["kind"].astype(object)
     frame.loc[::4, "kind"] = None
     return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
