@@ -297,7 +297,7 @@ def in_process_predict(bundle: Path, bodies: dict[int, bytes], repeats: int) -> 
     """Predict times in this process, per payload size:
 
     - "ours": the server's model path (serving.model.load_bundle(b).predict on validated columns,
-      with its fast paths);
+      served by the engine load_bundle chose: ONNX Runtime or sklearn, serving/engine.py);
     - "stock": the model's own predict as a user calls it in-process, the fastest of
       `mlflow.pyfunc.load_model(m).predict(df)` (what `mlflow models serve` calls), the scikit-learn
       Pipeline's `predict(df)` as trained, and the same with n_jobs=1 on every step.
