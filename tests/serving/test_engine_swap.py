@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import urllib.request
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
+from include.release.verify import verify_fleet
 from serving import store as store_mod
 from tests.support.bundles import make_bundle
 from tests.support.network import get_json, wait_until
 from tests.support.servers import Poller, PredictionServer
+from tests.support.signing import trusted_keys
 
 pytestmark = pytest.mark.integration  # a real gunicorn server
 
@@ -23,7 +26,7 @@ def _answered(pollers: list[Poller]) -> int:
     return sum(p.outcomes.total() for p in pollers)
 
 
-def test_swap_between_engines_under_load_drops_nothing(server: PredictionServer) -> None:
+def test_swap_between_engines_under_load_drops_nothing(server: PredictionServer, tmp_path: Path) -> None:
     # A Poisson-loss gradient boosting has no converter: sklearn serves it, and says why.
     make_bundle(server.store, "s", offset=100.0, family="hist_gradient_boosting",
                 hyperparameters={"loss": "poisson", "max_iter": 20})
@@ -51,3 +54,7 @@ def test_swap_between_engines_under_load_drops_nothing(server: PredictionServer)
     metrics = urllib.request.urlopen(f"{server.url}/metrics").read().decode()
     assert 'serving_engine{engine="onnxruntime",reason="",version="1"} 1.0' in metrics
     assert 'serving_engine{engine="sklearn",reason="NotImplementedError: ' in metrics
+    # The deploy verify step computes its expected answers with the same engine choice, and the server agrees.
+    verified = verify_fleet("1", [{"instance_id": "i-1", "url": server.url}], server.store / "1", tmp_path,
+                            trusted_keys())
+    assert verified.engine == "onnxruntime" and list(verified.servers) == ["i-1"]
