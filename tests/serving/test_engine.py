@@ -124,3 +124,22 @@ def test_version_and_metrics_show_the_fallback(make_app, monkeypatch: pytest.Mon
     text = client.get("/metrics").data.decode()
     assert 'serving_engine{engine="sklearn",reason="NotImplementedError: no converter for this test",version="1"} 1.0' \
         in text
+
+
+def test_plain_numbers_are_checked_at_once_and_anything_else_column_by_column() -> None:
+    from serving import inputs
+
+    _, contract = fitted("elasticnet", "regression")
+    plain = records("regression", 20, seed=5)
+    for row in plain:
+        row["x1"] = row["x1"] if row["x1"] is not None else 1.5
+    given = inputs._record_columns(plain, contract, 100).values
+    at_once = inputs._plain_numbers(contract, given)
+    assert set(at_once) == {"x1", "x 2", "count"}
+    for name, column in at_once.items():
+        assert column.tolist() == [float(v) for v in given[name]]
+    for odd in ({"x1": None}, {"x1": True}, {"count": 2.5}, {"x 2": 11.0}, {"count": 10**400}):
+        rows = [dict(plain[0]), {**plain[1], **odd}]
+        assert inputs._plain_numbers(contract, inputs._record_columns(rows, contract, 100).values) == {}
+    with pytest.raises(inputs.InputError, match="expected an integer"):  # the precise error, from the column path
+        validate([{**plain[0], "count": 2.5}], contract, max_rows=1)
