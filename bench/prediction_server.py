@@ -346,7 +346,7 @@ class ServerSpec:
 
     @property
     def ready_path(self) -> str:
-        return {"mlflow": "/ping", "mlserver": "/v2/health/ready"}.get(self.kind, "/ready")
+        return {"mlflow": "/ping", "mlserver": "/v2/models/model/ready"}.get(self.kind, "/ready")
 
     @property
     def predict_path(self) -> str:
