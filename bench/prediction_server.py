@@ -1,4 +1,4 @@
-"""Prediction server benchmark: our gunicorn server vs `mlflow models serve`, same model, same payloads.
+"""Prediction server benchmark: our gunicorn server vs `mlflow models serve` and MLServer, same model, same payloads.
 
 For each model (by default the pipeline's default champion, a 200-tree RandomForest, and a
 HistGradientBoosting champion), it
@@ -12,9 +12,13 @@ HistGradientBoosting champion), it
    - `mlflow models serve -m <bundle>/model --env-manager local` with its defaults (1 worker),
    - the same with `-w N` (our worker count),
    - ours: `gunicorn -c serving/gunicorn.conf.py` with SERVING_* env (defaults: micro-batching on),
+   - MLServer 1.7.1 (sklearn runtime, adaptive batching, our worker count as parallel workers) from its own
+     virtualenv bench/.mlserver-venv, built on first use from bench/mlserver-requirements.txt, fed the same
+     rows in the V2 inference protocol; its in-process mode if its parallel workers fail to start;
    - ours with SERVING_BATCHING=0;
 4. drives each with wrk (1 thread, N connections, a Lua script POSTing the body) on
-   /invocations with the same MLflow `dataframe_split` payloads: 1 row and 100 rows;
+   /invocations with the same MLflow `dataframe_split` payloads: 1 row and 100 rows; and our /health
+   at the same concurrency, the server's own floor;
 5. sends single-row requests at a constant rate of half of the server's own measured
    maximum (an open-loop generator: latency counts from the scheduled send time, so a
    stalled server cannot hide queueing, as wrk2 does) for p99 at half load.
