@@ -38,6 +38,16 @@ def test_every_family_is_served_by_onnx_runtime_with_sklearn_answers(family: str
         np.testing.assert_allclose(got_proba, expected_proba, rtol=0, atol=engine.PROBABILITY_ATOL)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_binary_classifiers_are_served_by_onnx_runtime(family: str) -> None:
+    pipeline, contract = fitted(family, "classification", binary=True)
+    reference = sklearn_predict(pipeline, "classification")
+    predictor, chosen = engine.compile_predictor(pipeline, contract, records("classification", 50, seed=4), reference)
+    assert chosen.name == engine.ONNX, chosen.reason
+    assert predictor.predict(validate(records("classification", 3, seed=6), contract, max_rows=3).columns)[1].shape \
+        == (3, 2)
+
+
 def test_forest_trees_sum_in_double_as_sklearn_does() -> None:
     """skl2onnx's own float32 trees are ~1e-6 off for a forest this size; ours must be within 1e-9."""
     pipeline, contract = fitted("random_forest", "regression", {"n_estimators": 100})

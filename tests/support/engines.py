@@ -27,9 +27,9 @@ def schema(task: str) -> SchemaConfig:
 
 
 def fitted(family: str, task: str, hyperparameters: dict[str, Any] | None = None,
-           offset: float = 0.0) -> tuple[Any, Contract]:
+           offset: float = 0.0, binary: bool = False) -> tuple[Any, Contract]:
     """A pipeline trained as the pipeline trains (preprocessor + family), on toy rows with NaN in x1 and kind
-    (`offset` shifts a regression target)."""
+    (`offset` shifts a regression target; `binary`: two classes instead of three)."""
     from sklearn.pipeline import Pipeline
 
     from include.ml.components.transformation import build_preprocessor
@@ -39,6 +39,8 @@ def fitted(family: str, task: str, hyperparameters: dict[str, Any] | None = None
     frame["kind"] = frame["kind"].astype(object)
     frame.loc[::9, "kind"] = np.nan
     x, y = frame.drop(columns="y"), frame["y"]
+    if binary:
+        y = y.where(y != "c", "b")
     params = {"n_estimators": 20} if family == "random_forest" else {}
     pipeline = Pipeline([("preprocess", build_preprocessor(schema(task))),
                          ("model", FAMILIES[family].build(task, 0, {**params, **(hyperparameters or {})}))])
