@@ -115,7 +115,9 @@ def convert(estimator: Any, contract: Contract) -> bytes:
                            custom_shape_calculators=shapes)
     for opset in onx.opset_import:
         if opset.domain == "ai.onnx.ml":
-            opset.version = 5  # the ops skl2onnx writes are the same in ai.onnx.ml 5, which adds TreeEnsemble
+            # TreeEnsemble needs 5. The other ai.onnx.ml ops skl2onnx writes mean the same at 5; the agreement
+            # check would catch one that did not.
+            opset.version = 5
     return onx.SerializeToString()
 
 
@@ -339,6 +341,7 @@ def _convert_trees(scope: Any, operator: Any, container: Any) -> None:
         container.add_node("Cast", [x32], [x64], to=TensorProto.DOUBLE)
         x = x64
     summed, raw = name("summed"), name("raw")
+    # op_version 3: skl2onnx refuses a node above its target opset; convert() raises the model's to 5 afterwards.
     container.add_node("TreeEnsemble", [x], [summed], op_domain="ai.onnx.ml", op_version=3,
                        name=scope.get_unique_operator_name("TreeEnsemble"),
                        **_tree_ensemble_attributes(trees, n_targets))

@@ -50,8 +50,8 @@ class LoadedModel:
     compiled: OnnxPredictor | None = None  # beside the estimator, which stays untouched
 
     def predict(self, columns: dict[str, np.ndarray]) -> Prediction:
-        compiled = self.compiled  # one read: a predictor swapped in meanwhile does not mix into this answer
-        values, probabilities = compiled.predict(columns) if compiled else self.sklearn_predict(columns)
+        # ONNX Runtime's session.run is safe from many threads at once; the estimator stays for the fallback.
+        values, probabilities = self.compiled.predict(columns) if self.compiled else self.sklearn_predict(columns)
         if probabilities is None:
             return Prediction(values.tolist(), None)
         classes = [str(c) for c in self.estimator.classes_]
