@@ -20,6 +20,7 @@ from gunicorn.workers.gthread import ThreadWorker
 
 SLOTS = 64  # workers at once, old ones finishing during a reload included; beyond that a worker is not balanced
 GONE = -1
+RECHECK_S = 0.002  # how often a worker whose accepts balancing holds off looks again
 _counts: Any = None  # the shared array: one open-connection count per slot, GONE where no worker accepts
 
 
@@ -79,6 +80,12 @@ class BalancedThreadWorker(ThreadWorker):
     @worker_connections.setter
     def worker_connections(self, value: int) -> None:
         self._worker_connections = value
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        # gthread waits up to 1 s for an event. While balancing holds this worker's accepts off, no event of its
+        # own tells it that another worker caught up: look again every few milliseconds instead.
+        held = not self._accepting and self._nr_conns < self._worker_connections
+        super().wait_for_and_dispatch_events(min(timeout, RECHECK_S) if held else timeout)
 
     @property
     def alive(self) -> bool:
