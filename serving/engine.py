@@ -69,7 +69,8 @@ class OnnxPredictor:
         self.outputs = [o.name for o in self.session.get_outputs()][:1 if classes is None else 2]
 
     def predict(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-        feeds = {onnx_name: columns[name].reshape(-1, 1) for name, onnx_name in self.numeric}
+        feeds = {onnx_name: np.asarray(columns[name], dtype=np.float64).reshape(-1, 1)
+                 for name, onnx_name in self.numeric}
         for name, onnx_name in self.text:
             values = [MISSING_CATEGORY if v is None else v for v in columns[name]]
             feeds[onnx_name] = np.array(values, dtype=object).reshape(-1, 1)
