@@ -240,9 +240,11 @@ def validate(rows: Any, contract: Contract, *, max_rows: int, out_of_range: str 
     if problems:
         raise _invalid(problems)
     n = given.n_rows
-    columns, warnings = ({}, []) if from_text else (_plain_numbers(contract, given.values), [])
+    plain = {} if from_text else _plain_numbers(contract, given.values)
+    columns, warnings = {}, []
     for feature in contract.features:
-        if feature.name in columns:
+        if feature.name in plain:
+            columns[feature.name] = plain[feature.name]
             continue
         values = given.values.get(feature.name)
         values = [None] * n if values is None else values  # a missing nullable column is all missing
