@@ -64,7 +64,7 @@ lock: ## re-resolve requirements.in into the fully pinned requirements.txt
 bench: $(STAMP) ## pipeline scaling benchmark (minutes; see docs/benchmarks.md)
 	$(BIN)/python -m bench.pipeline_scaling
 
-bench-serving: $(STAMP) ## prediction server vs `mlflow models serve` with wrk (~10 min; see docs/benchmarks.md)
+bench-serving: $(STAMP) ## prediction server vs `mlflow models serve` and MLServer with wrk (~15 min; see docs/benchmarks.md)
 	@command -v wrk >/dev/null || $(SUDO) apt-get install -y -q wrk || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q wrk; }
 	$(BIN)/python -m bench.prediction_server $(BENCH_ARGS)
 

@@ -1,4 +1,4 @@
-"""Prediction server benchmark: our gunicorn server vs `mlflow models serve`, same model, same payloads.
+"""Prediction server benchmark: our gunicorn server vs `mlflow models serve` and MLServer, same model, same payloads.
 
 For each model (by default the pipeline's default champion, a 200-tree RandomForest, and a
 HistGradientBoosting champion), it
@@ -12,9 +12,13 @@ HistGradientBoosting champion), it
    - `mlflow models serve -m <bundle>/model --env-manager local` with its defaults (1 worker),
    - the same with `-w N` (our worker count),
    - ours: `gunicorn -c serving/gunicorn.conf.py` with SERVING_* env (defaults: micro-batching on),
+   - MLServer 1.7.1 (sklearn runtime, adaptive batching, our worker count as parallel workers) from its own
+     virtualenv bench/.mlserver-venv, built on first use from bench/mlserver-requirements.txt, fed the same
+     rows in the V2 inference protocol; its in-process mode if its parallel workers fail to start;
    - ours with SERVING_BATCHING=0;
 4. drives each with wrk (1 thread, N connections, a Lua script POSTing the body) on
-   /invocations with the same MLflow `dataframe_split` payloads: 1 row and 100 rows;
+   /invocations with the same MLflow `dataframe_split` payloads: 1 row and 100 rows; and our /health
+   at the same concurrency, the server's own floor;
 5. sends single-row requests at a constant rate of half of the server's own measured
    maximum (an open-loop generator: latency counts from the scheduled send time, so a
    stalled server cannot hide queueing, as wrk2 does) for p99 at half load.
@@ -75,6 +79,8 @@ from bench.common import (
 log = logging.getLogger(__name__)
 
 VENV_BIN = Path(sys.executable).parent
+MLSERVER_VENV = PROJECT_ROOT / "bench" / ".mlserver-venv"
+MLSERVER_REQUIREMENTS = PROJECT_ROOT / "bench" / "mlserver-requirements.txt"
 # name -> (model family, hyperparameters); None keeps params.yaml as it is (the default champion).
 MODELS: dict[str, tuple[str, dict[str, Any]] | None] = {
     "rf": None,
@@ -86,18 +92,22 @@ IDLE_THRESHOLD_CORES = 0.3
 STOP_GRACE_S = 10.0
 
 # Targets from the issue.
-TARGET_VS_DEFAULT = 3.0  # single-row req/s vs `mlflow models serve` with its defaults
+TARGET_VS_DEFAULT = 10.0  # single-row req/s vs `mlflow models serve` with its defaults (issue 14; was 3)
+TARGET_VS_MLSERVER = 8.0  # single-row req/s vs MLServer with adaptive batching, and a lower p99
+TARGET_OF_HEALTH = 0.7  # single-row /invocations req/s vs the same server's /health at the same concurrency
 TARGET_VS_EQUAL = 1.5  # single-row req/s vs `mlflow models serve -w <our workers>`
 TARGET_BATCHING = 10.0  # RandomForest, 16 clients, micro-batching vs mlflow defaults
 TARGET_P99_FACTOR = 3.0  # p99 at half of our max throughput vs the in-process predict time
 
 WRK_SCRIPT = r"""
--- POSTs the file $BENCH_BODY_FILE to the URL; writes a JSON summary to $BENCH_RESULT_FILE.
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
-wrk.body = f:read("*a")
-f:close()
+-- POSTs the file $BENCH_BODY_FILE to the URL (a GET without it); writes a JSON summary to $BENCH_RESULT_FILE.
+if os.getenv("BENCH_BODY_FILE") ~= "" then
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+  local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
+  wrk.body = f:read("*a")
+  f:close()
+end
 
 function done(summary, latency, requests)
   local out = assert(io.open(os.getenv("BENCH_RESULT_FILE"), "w"))
@@ -291,7 +301,7 @@ def in_process_predict(bundle: Path, bodies: dict[int, bytes], repeats: int) -> 
     """Predict times in this process, per payload size:
 
     - "ours": the server's model path (serving.model.load_bundle(b).predict on validated columns,
-      with its fast paths);
+      served by the engine load_bundle chose: ONNX Runtime or sklearn, serving/engine.py);
     - "stock": the model's own predict as a user calls it in-process, the fastest of
       `mlflow.pyfunc.load_model(m).predict(df)` (what `mlflow models serve` calls), the scikit-learn
       Pipeline's `predict(df)` as trained, and the same with n_jobs=1 on every step.
@@ -301,8 +311,9 @@ def in_process_predict(bundle: Path, bodies: dict[int, bytes], repeats: int) -> 
 
     from serving.inputs import mlflow_rows, validate
     from serving.model import _single_threaded, load_bundle
+    from serving.signing import load_public_keys
 
-    model = load_bundle(bundle)
+    model = load_bundle(bundle, load_public_keys(Path(os.environ["SERVING_PUBLIC_KEY"])))
     pyfunc = mlflow.pyfunc.load_model(str(bundle / "model"))
     pipeline = pyfunc.get_raw_model()
     single = copy.deepcopy(pipeline)
@@ -322,6 +333,7 @@ def in_process_predict(bundle: Path, bodies: dict[int, bytes], repeats: int) -> 
                  for name, call in stock_calls.items()}
         fastest = min(stock, key=lambda name: stock[name]["p50_ms"])
         out[str(rows)] = {**ours, "stock": {**stock[fastest], "via": fastest, "all": stock}}
+    out["engine"] = {"name": model.engine.name, "reason": model.engine.reason}
     return out
 
 
@@ -332,13 +344,17 @@ def in_process_predict(bundle: Path, bodies: dict[int, bytes], repeats: int) -> 
 class ServerSpec:
     key: str
     label: str
-    kind: str  # "mlflow" | "ours"
+    kind: str  # "mlflow" | "mlserver" | "ours"
     workers: int
     env: dict[str, str] = field(default_factory=dict)
 
     @property
     def ready_path(self) -> str:
-        return "/ping" if self.kind == "mlflow" else "/ready"
+        return {"mlflow": "/ping", "mlserver": "/v2/models/model/ready"}.get(self.kind, "/ready")
+
+    @property
+    def predict_path(self) -> str:
+        return "/v2/models/model/infer" if self.kind == "mlserver" else "/invocations"
 
 
 def server_specs(workers: int, extra_env: list[str] | None = None) -> list[ServerSpec]:
@@ -346,14 +362,57 @@ def server_specs(workers: int, extra_env: list[str] | None = None) -> list[Serve
     return [
         ServerSpec("mlflow_default", "`mlflow models serve` (defaults: 1 worker)", "mlflow", 1),
         ServerSpec("mlflow_equal", f"`mlflow models serve -w {workers}`", "mlflow", workers),
+        ServerSpec("mlserver", f"MLServer 1.7 sklearn runtime, adaptive batching, {workers} parallel workers",
+                   "mlserver", workers),
         ServerSpec("ours", f"ours, {workers} workers, micro-batching on (defaults)", "ours", workers, extra),
         ServerSpec("ours_nobatch", f"ours, {workers} workers, SERVING_BATCHING=0", "ours", workers,
                    {**extra, "SERVING_BATCHING": "0"}),
     ]
 
 
+def mlserver_venv() -> Path:
+    """bench/.mlserver-venv from bench/mlserver-requirements.txt, made on first use (MLServer's own pins must not
+    meet the project's virtualenv)."""
+    python = MLSERVER_VENV / "bin" / "python"
+    stamp = MLSERVER_VENV / "requirements.txt"
+    if not (python.exists() and stamp.exists() and stamp.read_text() == MLSERVER_REQUIREMENTS.read_text()):
+        log.info("building %s from %s (a few minutes, once)", MLSERVER_VENV, MLSERVER_REQUIREMENTS)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(MLSERVER_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(MLSERVER_REQUIREMENTS)], check=True)
+        shutil.copyfile(MLSERVER_REQUIREMENTS, stamp)
+    return MLSERVER_VENV / "bin" / "mlserver"
+
+
+def mlserver_model_dir(bundle: Path, port: int, workers: int, workdir: Path) -> Path:
+    """The bundle's pipeline as model.joblib (what the sklearn runtime loads), adaptive batching on, `workers`
+    parallel inference workers (0: in the server's own process)."""
+    import joblib
+    import mlflow.sklearn
+
+    directory = workdir / f"mlserver-{port}"
+    (directory / "model").mkdir(parents=True, exist_ok=True)
+    joblib.dump(mlflow.sklearn.load_model(str(bundle / "model")), directory / "model" / "model.joblib")
+    (directory / "model" / "model-settings.json").write_text(json.dumps({
+        "name": "model", "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": "./model.joblib"}, "max_batch_size": 32, "max_batch_time": 0.005}))
+    (directory / "settings.json").write_text(json.dumps({
+        "host": "127.0.0.1", "http_port": port, "grpc_port": free_port(), "metrics_port": free_port(),
+        "parallel_workers": workers}))
+    return directory
+
+
+def v2_request(columns: list[str], rows: list[list[float]]) -> bytes:
+    """The same rows in the V2 inference protocol, decoded by MLServer as a DataFrame (content type pd)."""
+    return json.dumps({"parameters": {"content_type": "pd"}, "inputs": [
+        {"name": c, "datatype": "FP64", "shape": [len(rows)], "data": [r[i] for r in rows]}
+        for i, c in enumerate(columns)]}).encode()
+
+
 def server_command(spec: ServerSpec, bundle: Path, port: int, workdir: Path) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
+    if spec.kind == "mlserver":
+        return [str(mlserver_venv()), "start", str(mlserver_model_dir(bundle, port, spec.workers, workdir))], \
+            {k: v for k, v in env.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"  # mlflow execs `uvicorn` from PATH
     if spec.kind == "mlflow":
         cmd = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", str(bundle / "model"), "--env-manager", "local",
@@ -386,14 +445,15 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, logfile: Path, timeout: 
 # --------------------------------------------------------------------------- load
 
 
-def run_wrk(groups: ProcessGroups, url: str, body_file: Path, connections: int, duration: float, workdir: Path,
-            server_pgid: int) -> dict[str, Any]:
-    """wrk -t1 (one load-generator thread: the machine has 2 cores) with the POST script; CPU use alongside."""
+def run_wrk(groups: ProcessGroups, url: str, body_file: Path | None, connections: int, duration: float,
+            workdir: Path, server_pgid: int) -> dict[str, Any]:
+    """wrk -t1 (one load-generator thread: the machine has 2 cores) with the POST script (GET without a body);
+    CPU use alongside."""
     script = workdir / "post.lua"
     if not script.exists():
         script.write_text(WRK_SCRIPT)
     result_file = workdir / f"wrk-{time.monotonic_ns()}.json"
-    env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_RESULT_FILE": str(result_file)}
+    env = {**os.environ, "BENCH_BODY_FILE": str(body_file or ""), "BENCH_RESULT_FILE": str(result_file)}
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "30s", "--latency",
            "-s", str(script), url]
     busy0, server0, wall0 = busy_cpu_seconds(), group_cpu_seconds(server_pgid), time.monotonic()
@@ -550,10 +610,12 @@ def bench_model(name: str, bundle: Path, args: argparse.Namespace, groups: Proce
                 ) -> dict[str, Any]:
     columns = model_columns(bundle)
     bodies = {n: dataframe_split(columns, payload_rows(args.config_dir, columns, n)) for n in PAYLOAD_ROWS}
-    body_files = {}
-    for n, body in bodies.items():
-        body_files[n] = workdir / f"{name}-{n}row.json"
-        body_files[n].write_bytes(body)
+    v2_bodies = {n: v2_request(columns, payload_rows(args.config_dir, columns, n)) for n in PAYLOAD_ROWS}
+    body_files, v2_files = {}, {}
+    for n in PAYLOAD_ROWS:
+        body_files[n], v2_files[n] = workdir / f"{name}-{n}row.json", workdir / f"{name}-{n}row-v2.json"
+        body_files[n].write_bytes(bodies[n])
+        v2_files[n].write_bytes(v2_bodies[n])
     # In a child, as a server worker would: with the default OpenMP threads and with the single thread
     # serving/gunicorn.conf.py sets; the faster of the two is "the in-process predict time" (the strict choice).
     inproc: dict[str, Any] = {}
@@ -570,7 +632,7 @@ def bench_model(name: str, bundle: Path, args: argparse.Namespace, groups: Proce
     for r in runs:
         for n in PAYLOAD_ROWS:
             r[str(n)].pop("predictions")
-    inproc.update({str(n): best[str(n)] for n in PAYLOAD_ROWS})
+    inproc.update({str(n): best[str(n)] for n in PAYLOAD_ROWS}, engine=best["engine"])
     inproc["stock"] = {str(n): min((r[str(n)]["stock"] for r in runs), key=lambda s: s["p50_ms"])
                        for n in PAYLOAD_ROWS}
     result: dict[str, Any] = {"model": name, "label": MODEL_LABELS.get(name, name), "bundle": str(bundle),
@@ -586,10 +648,31 @@ def bench_model(name: str, bundle: Path, args: argparse.Namespace, groups: Proce
                                  "command": " ".join(cmd), "env": {k: v for k, v in env.items()
                                                                    if k.startswith("SERVING_")}, "runs": {}}
         try:
-            entry["ready_s"] = wait_ready(proc, f"http://127.0.0.1:{port}{spec.ready_path}", logfile)
-            url = f"http://127.0.0.1:{port}/invocations"
-            status, answer = http("POST", url, bodies[100])
-            got = json.loads(answer).get("predictions") if status == 200 else None
+            try:
+                entry["ready_s"] = wait_ready(proc, f"http://127.0.0.1:{port}{spec.ready_path}", logfile)
+            except BenchmarkError as exc:
+                if spec.kind != "mlserver" or not spec.workers:
+                    raise
+                # MLServer 1.7's parallel workers can die at start ("There is no current event loop"):
+                # then its in-process mode (parallel_workers 0), and the table says so.
+                log.warning("MLServer with %d parallel workers did not start (%s); using its in-process mode",
+                            spec.workers, str(exc).splitlines()[0])
+                groups.stop(proc)
+                entry["parallel_workers_failed"] = tail(logfile, 20)
+                port = free_port()
+                spec = ServerSpec(spec.key, "MLServer 1.7 sklearn runtime, adaptive batching, in-process "
+                                  "(its parallel workers failed to start)", "mlserver", 0)
+                cmd, env = server_command(spec, bundle, port, workdir)
+                proc = groups.start(cmd, env, logfile)
+                entry.update(label=spec.label, workers=0, command=" ".join(cmd))
+                entry["ready_s"] = wait_ready(proc, f"http://127.0.0.1:{port}{spec.ready_path}", logfile)
+            url = f"http://127.0.0.1:{port}{spec.predict_path}"
+            files = v2_files if spec.kind == "mlserver" else body_files
+            status, answer = http("POST", url, (v2_bodies if spec.kind == "mlserver" else bodies)[100])
+            got = None
+            if status == 200:
+                got = json.loads(answer)["outputs"][0]["data"] if spec.kind == "mlserver" \
+                    else json.loads(answer).get("predictions")
             if got is None or len(got) != len(expected):
                 raise BenchmarkError(f"{spec.key} answered {status}: {answer[:300]!r}")
             entry["max_abs_diff_vs_in_process"] = max(abs(a - b) for a, b in zip(got, expected)) \
@@ -598,8 +681,8 @@ def bench_model(name: str, bundle: Path, args: argparse.Namespace, groups: Proce
                 log.info("%s / %s / %d row(s): warm-up %.0fs, then %.0fs at %d connections", name, spec.key, n,
                          args.warmup, args.duration, args.connections)
                 wait_until_idle(args.idle_timeout, IDLE_THRESHOLD_CORES)
-                run_wrk(groups, url, body_files[n], args.connections, args.warmup, workdir, proc.pid)
-                run = run_wrk(groups, url, body_files[n], args.connections, args.duration, workdir, proc.pid)
+                run_wrk(groups, url, files[n], args.connections, args.warmup, workdir, proc.pid)
+                run = run_wrk(groups, url, files[n], args.connections, args.duration, workdir, proc.pid)
                 run["rows_per_s"] = run["req_per_s"] * n
                 run["server_cpu_ms_per_req"] = run["server_cores"] * 1e3 / run["req_per_s"] if run["requests"] else None
                 entry["runs"][str(n)] = run
@@ -608,6 +691,13 @@ def bench_model(name: str, bundle: Path, args: argparse.Namespace, groups: Proce
                          run["p50_ms"], run["p99_ms"], {k: v for k, v in run["errors"].items() if v},
                          run["server_cores"], run["server_cpu_ms_per_req"] or 0.0, run["wrk_cores"],
                          run["other_cores"] or 0.0)
+            if spec.key == "ours":  # the server's own floor: a trivial endpoint under the same load
+                wait_until_idle(args.idle_timeout, IDLE_THRESHOLD_CORES)
+                health = f"http://127.0.0.1:{port}/health"
+                run_wrk(groups, health, None, args.connections, args.warmup, workdir, proc.pid)
+                entry["health"] = run_wrk(groups, health, None, args.connections, args.duration, workdir, proc.pid)
+                log.info("  /health: %.1f req/s, p99 %.1f ms", entry["health"]["req_per_s"],
+                         entry["health"]["p99_ms"])
             if args.rate_duration > 0 and spec.key in ("ours", "mlflow_default"):
                 rate = args.rate or entry["runs"]["1"]["req_per_s"] / 2
                 log.info("%s / %s: 1 row at a constant %.0f req/s (half of its max) for %.0fs", name, spec.key,
@@ -646,7 +736,7 @@ def targets(result: dict[str, Any], connections: int) -> list[dict[str, Any]]:
             note: str = "") -> None:
         met = None if measured is None else (measured >= target if higher_is_better else measured <= target)
         out.append({"target": name, "measured": measured, "threshold": target, "unit": unit, "met": met,
-                    "note": note})
+                    "note": note, "higher_is_better": higher_is_better})
 
     add("single-row req/s, ours ÷ mlflow defaults", _ratio(rps("ours"), rps("mlflow_default")), TARGET_VS_DEFAULT,
         "×")
@@ -660,6 +750,17 @@ def targets(result: dict[str, Any], connections: int) -> list[dict[str, Any]]:
         add(f"micro-batching, {connections} clients, ours ÷ mlflow defaults",
             _ratio(rps("ours"), rps("mlflow_default")), TARGET_BATCHING, "×",
             note="" if connections == 16 else "the target is stated for 16 clients")
+    health = servers.get("ours", {}).get("health", {}).get("req_per_s")
+    add(f"single-row /invocations ÷ /health req/s, ours, {connections} clients", _ratio(rps("ours"), health),
+        TARGET_OF_HEALTH, "×", note=f"/health {health:,.0f} req/s: the server's own floor" if health else "")
+    mlserver = servers.get("mlserver", {})
+    p99s = (servers.get("ours", {}).get("runs", {}).get("1", {}).get("p99_ms"),
+            mlserver.get("runs", {}).get("1", {}).get("p99_ms"))
+    add(f"single-row req/s, ours ÷ MLServer, {connections} clients", _ratio(rps("ours"), rps("mlserver")),
+        TARGET_VS_MLSERVER, "×", note=mlserver.get("label", "") + (
+            f"; p99 ours {p99s[0]:.1f} ms vs {p99s[1]:.1f} ms" if None not in p99s else ""))
+    if None not in p99s:
+        add("single-row p99, MLServer ÷ ours", p99s[1] / p99s[0], 1.0, "×", note="lower p99 than MLServer")
     half = servers.get("ours", {}).get("half_load")
     ours = result["in_process"]["1"]["p50_ms"]
     stock = result["in_process"].get("stock", {}).get("1")  # absent in reports from before it was measured
@@ -671,7 +772,8 @@ def targets(result: dict[str, Any], connections: int) -> list[dict[str, Any]]:
                 note=f"{at}; the fastest stock call, {stock['via']}: {stock['p50_ms']:.2f} ms")
         add("p99 at half of our max single-row throughput ÷ our server's in-process model path (1 row, p50)",
             half["p99_ms"] / ours, TARGET_P99_FACTOR, "×", higher_is_better=False,
-            note=f"{at}; load_bundle(b).predict with the fast paths: {ours:.2f} ms"
+            note=f"{at}; load_bundle(b).predict ({result['in_process'].get('engine', {}).get('name', 'sklearn')}): "
+                 f"{ours:.2f} ms"
                  + ("; informative, the stricter reading" if stock else ""))
     return out
 
@@ -721,6 +823,15 @@ def markdown_report(report: dict[str, Any]) -> str:
                              f"{_fmt(run['p50_ms'])} | {_fmt(run['p99_ms'])} | {errors} | {vs} | {p99} | "
                              f"{run['server_cores']:.2f} / {run['wrk_cores']:.2f} / "
                              f"{_fmt(run['other_cores'], 2)} |")
+        health = servers.get("ours", {}).get("health")
+        if health:
+            lines += ["", f"The server's own floor, GET /health on ours at the same {conns} connections: "
+                          f"{_fmt(health['req_per_s'])} req/s, p50 {_fmt(health['p50_ms'])} ms, "
+                          f"p99 {_fmt(health['p99_ms'])} ms."]
+        engine = result["in_process"].get("engine")
+        if engine:
+            lines += ["", f"Engine serving this model: {engine['name']}"
+                          + (f" (fallback: {engine['reason']})" if engine["reason"] else "") + "."]
         halves = [(k, e["half_load"]) for k, e in servers.items() if e.get("half_load")]
         if halves:
             lines += ["", "Constant rate, 1 row, half of the server's own max req/s above (open loop, latency "
@@ -734,7 +845,7 @@ def markdown_report(report: dict[str, Any]) -> str:
                              f"{_fmt(half['send_lag_p99_ms'])} |")
         lines += ["", "| target | measured | needed | met |", "|---|---:|---:|---|"]
         for t in result["targets"]:
-            sign = "≥" if t["target"].startswith(("single", "micro")) else "≤"
+            sign = "≥" if t.get("higher_is_better", t["target"].startswith(("single", "micro"))) else "≤"
             met = {True: "**yes**", False: "**no**", None: "n/a"}[t["met"]]
             note = f" ({t['note']})" if t["note"] else ""
             lines.append(f"| {t['target']}{note} | {_fmt(t['measured'], 2)}{t['unit']} | {sign} "
@@ -798,6 +909,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.nice:
         os.nice(args.nice)  # inherited by every child: servers, wrk, the in-process timing
         set_autogroup_nice("self", args.nice)
+    # Servers and the in-process timing trust the key export signs with (the config's signing.public_key).
+    from include.ml.configuration import ConfigurationManager
+
+    os.environ.setdefault("SERVING_PUBLIC_KEY",
+                          str(ConfigurationManager(args.config_dir, env={}).config.signing.public_key))
     bundles = dict(item.split("=", 1) for item in args.bundle)
     names = list(dict.fromkeys([*bundles, *([] if bundles else args.models)]))
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)

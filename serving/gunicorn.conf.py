@@ -10,6 +10,7 @@ import queue
 import shutil
 import tempfile
 
+from serving import workers as workers_mod
 from serving.settings import Settings
 
 _settings = Settings.from_env()
@@ -17,7 +18,7 @@ wsgi_app = "serving.app:create_app()"
 bind = _settings.bind
 workers = _settings.workers
 threads = _settings.threads
-worker_class = "gthread"
+worker_class = "serving.workers.BalancedThreadWorker"  # gthread, new connections spread evenly (serving/workers.py)
 timeout = _settings.timeout
 graceful_timeout = _settings.graceful_timeout
 keepalive = _settings.keepalive
@@ -37,9 +38,14 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
 
 def on_starting(server):
+    workers_mod.create_counts()
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     shutil.rmtree(metrics_dir, ignore_errors=True)  # samples of a previous run must not be summed in
     os.makedirs(metrics_dir, exist_ok=True)
+
+
+def pre_fork(server, worker):
+    workers_mod.assign_slot(worker, list(server.WORKERS.values()))
 
 
 def post_fork(server, worker):
@@ -75,4 +81,5 @@ def worker_exit(server, worker):
 def child_exit(server, worker):
     from prometheus_client import multiprocess
 
+    workers_mod.release_slot(worker)
     multiprocess.mark_process_dead(worker.pid)

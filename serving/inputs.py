@@ -240,8 +240,12 @@ def validate(rows: Any, contract: Contract, *, max_rows: int, out_of_range: str 
     if problems:
         raise _invalid(problems)
     n = given.n_rows
+    plain = {} if from_text else _plain_numbers(contract, given.values)
     columns, warnings = {}, []
     for feature in contract.features:
+        if feature.name in plain:
+            columns[feature.name] = plain[feature.name]
+            continue
         values = given.values.get(feature.name)
         values = [None] * n if values is None else values  # a missing nullable column is all missing
         if from_text:
@@ -251,6 +255,32 @@ def validate(rows: Any, contract: Contract, *, max_rows: int, out_of_range: str 
     if problems:
         raise _invalid(problems)
     return Batch(columns, n, warnings[:MAX_DETAILS], contract.hash)
+
+
+def _plain_numbers(contract: Contract, given: dict[str, list[Any]]) -> dict[str, np.ndarray]:
+    """Every numeric column at once when all its values are plain, finite, in-range numbers (nearly every
+    request): one 2-D array and a few vectorised checks instead of a dozen numpy calls per column, most of a
+    small request's validation. Anything else ({} here) is checked column by column, with its precise errors."""
+    features = [f for f in contract.features if f.is_numeric]
+    if not features or not all(f.name in given for f in features):
+        return {}
+    values = [given[f.name] for f in features]
+    for column in values:
+        for v in column:
+            if type(v) is not float and type(v) is not int:
+                return {}
+    try:
+        arr = np.array(values, dtype=np.float64)  # one row per feature
+    except OverflowError:
+        return {}
+    lo = np.array([-np.inf if f.min is None else f.min for f in features])[:, None]
+    hi = np.array([np.inf if f.max is None else f.max for f in features])[:, None]
+    ints = np.array([f.dtype == "int" for f in features])
+    # NaN fails both comparisons, infinity one of them (or it is not finite: isfinite below)
+    if not ((arr >= lo) & (arr <= hi)).all() or not np.isfinite(arr).all() \
+            or (ints.any() and (arr[ints] != np.round(arr[ints])).any()):
+        return {}
+    return {f.name: row for f, row in zip(features, arr)}
 
 
 def _check_count(n_rows: int, max_rows: int) -> None:

@@ -53,6 +53,21 @@ class Metrics:
                                dropped=lambda reason, rows: self.capture_dropped.labels(reason).inc(rows),
                                enabled=lambda on: self.capture_enabled.set(1 if on else 0))
 
+        # 1 for the engine that serves a loaded version; the reason is why not ONNX Runtime ("" when it serves).
+        self.engine = Gauge("serving_engine", "Engine serving a model version, and the reason for a sklearn fallback",
+                            ["version", "engine", "reason"], multiprocess_mode="livemax", registry=self.registry)
+        self._engine_labels: tuple[str, str, str] | None = None
+
+    def model_event(self, version: str, outcome: str, engine: tuple[str, str | None] | None = None) -> None:
+        """A load attempt; for a model now served, its engine replaces the previous one in serving_engine."""
+        self.model_loads.labels(version, outcome).inc()
+        if outcome != "loaded" or engine is None:
+            return
+        if self._engine_labels:
+            self.engine.labels(*self._engine_labels).set(0)
+        self._engine_labels = (version, engine[0], engine[1] or "")
+        self.engine.labels(*self._engine_labels).set(1)
+
     def exposition(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()

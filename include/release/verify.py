@@ -27,9 +27,11 @@ class VerificationResult:
     rows: int
     servers: dict[str, float]  # instance id -> seconds for the prediction request
     not_running: list[str]
+    engine: str = ""  # what computed the expected answers: the engine a server chooses for this bundle
 
     def summary(self) -> str:
-        checked = f"{len(self.servers)} server(s) answer {self.rows} example rows exactly as version {self.version}"
+        checked = (f"{len(self.servers)} server(s) answer {self.rows} example rows exactly as version {self.version}"
+                   f" ({self.engine})")
         return checked + (f"; no server running for {self.not_running}" if self.not_running else "")
 
     def xcom(self) -> dict[str, Any]:
@@ -41,13 +43,15 @@ def verify_fleet(version: str, servers: list[dict[str, Any]], bundle: Path, outp
     """POST the bundle's self-check rows to every server in `servers` ({"instance_id", "url"}); the answers
     and the X-Model-Version header must equal the bundle's own predictions and `version`."""
     try:
-        model = load_bundle(bundle, trusted)  # the server's own loader: the same checks and the same engine
+        # The server's own loader: the same checks, and the same engine choice (ONNX Runtime if it agrees with
+        # sklearn on the same rows, else sklearn), so the expected answers are what a server computes.
+        model = load_bundle(bundle, trusted)
     except ModelLoadError as exc:
         raise DeploymentError(f"cannot verify version {version}: {exc}") from exc
     rows = model.self_check_rows
     expected = model.predict(validate(rows, model.contract, max_rows=len(rows)).columns).values
     headers = {"Content-Type": "application/json", **({"X-API-Key": api_key} if api_key else {})}
-    result = VerificationResult(version, len(rows), {}, [])
+    result = VerificationResult(version, len(rows), {}, [], model.engine.name)
     for server in servers:
         if not server["url"]:
             result.not_running.append(server["instance_id"])

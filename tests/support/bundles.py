@@ -36,7 +36,8 @@ def toy_frame(task: str, rows: int = 200, seed: int = 0, offset: float = 0.0) ->
     return pd.DataFrame({"x1": x1, "x2": x2, "count": count, "kind": kind, "y": y})
 
 
-def _fit_toy(task: str, offset: float, n_estimators: int) -> tuple[Any, pd.DataFrame, SchemaConfig, list[str]]:
+def _fit_toy(task: str, offset: float, n_estimators: int, family: str = "random_forest",
+             hyperparameters: dict[str, Any] | None = None) -> tuple[Any, pd.DataFrame, SchemaConfig, list[str]]:
     from sklearn.pipeline import Pipeline
 
     from include.ml.components.training import skops_trusted_types
@@ -47,9 +48,9 @@ def _fit_toy(task: str, offset: float, n_estimators: int) -> tuple[Any, pd.DataF
     frame = toy_frame(task, offset=offset)
     x, y = frame.drop(columns="y"), frame["y"]
     pipeline = Pipeline([("preprocess", build_preprocessor(schema)),
-                         ("model", FAMILIES["random_forest"].build(task, 0, {"n_estimators": n_estimators}))])
+                         ("model", FAMILIES[family].build(task, 0, hyperparameters or {"n_estimators": n_estimators}))])
     pipeline.fit(x, y)
-    return pipeline, x, schema, skops_trusted_types(pipeline, "random_forest")
+    return pipeline, x, schema, skops_trusted_types(pipeline, family)
 
 
 def _model_kwargs(pipeline: Any, x: pd.DataFrame, schema: SchemaConfig, trusted: list[str]) -> dict[str, Any]:
@@ -62,8 +63,10 @@ def _model_kwargs(pipeline: Any, x: pd.DataFrame, schema: SchemaConfig, trusted:
 
 
 def make_bundle(store: Path, version: str, task: str = "regression", offset: float = 0.0,
-                n_estimators: int = 5, name: str = "toy") -> Path:
-    """Train a small random forest the way the pipeline does and install it as <store>/<version>.
+                n_estimators: int = 5, name: str = "toy", family: str = "random_forest",
+                hyperparameters: dict[str, Any] | None = None) -> Path:
+    """Train a small random forest (or another `family` with `hyperparameters`) the way the pipeline does and
+    install it as <store>/<version>.
 
     `offset` shifts a regression target so two versions' predictions are easy to tell apart.
     """
@@ -71,7 +74,7 @@ def make_bundle(store: Path, version: str, task: str = "regression", offset: flo
 
     from serving import store as store_mod
 
-    pipeline, x, schema, trusted = _fit_toy(task, offset, n_estimators)
+    pipeline, x, schema, trusted = _fit_toy(task, offset, n_estimators, family, hyperparameters)
     staged = store_mod.staging_dir(store)
     mlflow.sklearn.save_model(pipeline, str(staged / store_mod.MODEL_DIR),
                               **_model_kwargs(pipeline, x, schema, trusted))
