@@ -43,6 +43,10 @@ class Metrics:
                                      "off or stopped by the disk fill level", registry=self.registry,
                                      multiprocess_mode="livemin")
         self.capture_enabled.set(0)
+        # 1 for the engine that serves a loaded version; the reason is why not ONNX Runtime ("" when it serves).
+        self.engine = Gauge("serving_engine", "Engine serving a model version, and the reason for a sklearn fallback",
+                            ["version", "engine", "reason"], multiprocess_mode="livemax", registry=self.registry)
+        self._engine_labels: tuple[str, str, str] | None = None
         # The shipper is another process (a systemd timer): its totals come from its file in the capture dir.
         self.collectors: list[Collector] = [_ShippedCollector(capture_dir)] if capture_dir is not None else []
         for collector in self.collectors:
@@ -52,11 +56,6 @@ class Metrics:
         return CaptureCounters(captured=self.capture_rows.inc,
                                dropped=lambda reason, rows: self.capture_dropped.labels(reason).inc(rows),
                                enabled=lambda on: self.capture_enabled.set(1 if on else 0))
-
-        # 1 for the engine that serves a loaded version; the reason is why not ONNX Runtime ("" when it serves).
-        self.engine = Gauge("serving_engine", "Engine serving a model version, and the reason for a sklearn fallback",
-                            ["version", "engine", "reason"], multiprocess_mode="livemax", registry=self.registry)
-        self._engine_labels: tuple[str, str, str] | None = None
 
     def model_event(self, version: str, outcome: str, engine: tuple[str, str | None] | None = None) -> None:
         """A load attempt; for a model now served, its engine replaces the previous one in serving_engine."""
