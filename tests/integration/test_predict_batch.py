@@ -27,14 +27,15 @@ TARGET = "quality"
 
 @pytest.fixture(scope="module")
 def champion(airflow_stack: Any) -> str:
-    """The stack's champion; when no test has made one yet, a quick forced ml_pipeline run (elasticnet) does."""
+    """The stack's champion; when no test has made one yet, a quick forced ml_pipeline run (elasticnet) does. (The
+    file's name sorts it after the DAG tests, so a whole session's run usually has one already.)"""
     registry = Registry(airflow_stack.mlflow_url)
     if registry.champion_or_none(MODEL) is None:
         client = airflow_stack.client
         client.wait_for_dag("ml_pipeline", timeout=120)
         client.unpause("ml_pipeline")
         run_id = client.trigger("ml_pipeline", conf={"model_family": "elasticnet", "force_promote": True},
-                                note="tests/integration/test_batch_predict.py: a champion to score with")["dag_run_id"]
+                                note="tests/integration/test_predict_batch.py: a champion to score with")["dag_run_id"]
         client.wait_for_run("ml_pipeline", run_id, timeout=300)
     return registry.champion(MODEL)
 
