@@ -31,16 +31,16 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     import mlflow
 
     root = tmp_path_factory.mktemp("batch-registry")
-    uri, before = f"sqlite:///{root}/mlflow.db", (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    # Only the tracking URI: the registry follows it unless set, and a registry URI set here would outlive the
+    # module and send later modules' registrations to ./mlflow.db.
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     experiment = mlflow.create_experiment("batch", artifact_location=(root / "art").as_uri())
     client = mlflow.MlflowClient()
     for task, name in MODELS.items():
         client.set_registered_model_alias(name, "champion", register_toy_model(name, experiment, task=task))
     yield root / "models"
-    mlflow.set_tracking_uri(before[0])  # MLflow's URIs are process-wide: leave them as other modules expect
-    mlflow.set_registry_uri(before[1])
+    mlflow.set_tracking_uri(before)  # MLflow's URIs are process-wide: leave them as other modules expect
 
 
 def config(registry: Path, task: str = "regression", chunk_rows: int = 7, id_column: str = "id") \
