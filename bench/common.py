@@ -41,13 +41,16 @@ def free_port() -> int:
 
 
 def write_config_dir(source: Path, target: Path, family: str, hyperparameters: dict[str, Any]) -> Path:
-    """Copy the three YAML files, switching params.yaml's model to `family` with `hyperparameters`."""
+    """Copy the three YAML files, switching params.yaml's model to `family` with `hyperparameters` (and tuning
+    off: a search would replace that model)."""
     target.mkdir(parents=True, exist_ok=True)
     for name in CONFIG_FILES:
         shutil.copyfile(source / name, target / name)
     params = yaml.safe_load((source / "params.yaml").read_text(encoding="utf-8"))
     params["model"]["family"] = family
     params["model"]["hyperparameters"] = dict(hyperparameters)
+    if "tuning" in params:
+        params["tuning"]["enabled"] = False
     (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     return target
 
