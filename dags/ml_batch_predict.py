@@ -29,14 +29,14 @@ Parsing this file imports no ML library: they load inside the task.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from typing import Any
 
 import pendulum
 from airflow.sdk import Param, dag, task
-from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
+from airflow.sdk.definitions.retry_policy import RetryAction, RetryRule
 
+from dags.stage_tasks import default_args
 from include.ml.configuration import project_config
 
 PROJECT = project_config()  # config.yaml only, validated: a bad edit shows as this file's import error
@@ -52,22 +52,13 @@ PROJECT = project_config()  # config.yaml only, validated: a bad edit shows as t
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=2),
     tags=["ml", "batch", PROJECT.mlflow.registered_model_name],
-    default_args={
-        "owner": "mlops",
-        "retries": 2,
-        "retry_delay": timedelta(seconds=float(os.environ.get("MLOPS_RETRY_DELAY_SECONDS", "30"))),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=10),
-        "execution_timeout": timedelta(hours=1),
-        "retry_policy": ExceptionRetryPolicy(rules=[
-            RetryRule(exception=["include.ml.exceptions.DataValidationError", "include.ml.exceptions.ConfigError",
-                                 "include.ml.exceptions.SourceTooLargeError",
-                                 "include.ml.exceptions.BatchPredictionError"],
-                      action=RetryAction.FAIL, reason="bad input, output or configuration: retrying cannot fix it"),
-            RetryRule(exception=["include.ml.exceptions.DeploymentError"],
-                      action=RetryAction.FAIL, reason="the version cannot be exported: it is unknown or refused"),
-        ]),
-    },
+    default_args=default_args(timedelta(hours=1), [
+        RetryRule(exception=["include.ml.exceptions.DataValidationError", "include.ml.exceptions.ConfigError",
+                             "include.ml.exceptions.SourceTooLargeError", "include.ml.exceptions.BatchPredictionError"],
+                  action=RetryAction.FAIL, reason="bad input, output or configuration: retrying cannot fix it"),
+        RetryRule(exception=["include.ml.exceptions.DeploymentError"],
+                  action=RetryAction.FAIL, reason="the version cannot be exported: it is unknown or refused"),
+    ]),
     params={
         "input": Param(None, type=["null", "string"],
                        description="CSV to score (local path, http(s):// or s3://), within data_source.allowed_sources "

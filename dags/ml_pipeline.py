@@ -46,16 +46,15 @@ Parsing this file imports no ML library: they load inside the tasks.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
-from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
+from airflow.sdk.definitions.retry_policy import RetryAction, RetryRule
 
-from dags.stage_tasks import drift_asset
+from dags.stage_tasks import default_args, drift_asset
 from include.ml.configuration import project_config
 from include.ml.models import FAMILIES  # light: names only, estimators are imported when built
 
@@ -88,26 +87,17 @@ def _schedule(retrain_on: str, cron: str | None) -> Any:
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=2),
     tags=["ml", "training", MODEL_NAME],
-    default_args={
-        "owner": "mlops",
-        "retries": 2,
-        # MLOPS_RETRY_DELAY_SECONDS shortens the first wait, e.g. for tests of the retry path.
-        "retry_delay": timedelta(seconds=float(os.environ.get("MLOPS_RETRY_DELAY_SECONDS", "30"))),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=10),
-        "execution_timeout": timedelta(minutes=45),
-        "retry_policy": ExceptionRetryPolicy(rules=[
-            RetryRule(exception=["include.ml.exceptions.DataValidationError", "include.ml.exceptions.ConfigError",
-                                 "include.ml.exceptions.SourceTooLargeError", "include.ml.exceptions.TuningError"],
-                      action=RetryAction.FAIL, reason="bad data or configuration: retrying cannot fix it"),
-            # The champion/challenger gate refused: the same models give the same answer on every try.
-            RetryRule(exception=["include.ml.exceptions.ChampionGateError"],
-                      action=RetryAction.FAIL, reason="the gate refused; force_promote overrides it"),
-            # A failed rollout has already put every server back; a person should look before another try.
-            RetryRule(exception=["include.ml.exceptions.DeploymentError"],
-                      action=RetryAction.FAIL, reason="deploy failed and was rolled back"),
-        ]),
-    },
+    default_args=default_args(timedelta(minutes=45), [
+        RetryRule(exception=["include.ml.exceptions.DataValidationError", "include.ml.exceptions.ConfigError",
+                             "include.ml.exceptions.SourceTooLargeError", "include.ml.exceptions.TuningError"],
+                  action=RetryAction.FAIL, reason="bad data or configuration: retrying cannot fix it"),
+        # The champion/challenger gate refused: the same models give the same answer on every try.
+        RetryRule(exception=["include.ml.exceptions.ChampionGateError"],
+                  action=RetryAction.FAIL, reason="the gate refused; force_promote overrides it"),
+        # A failed rollout has already put every server back; a person should look before another try.
+        RetryRule(exception=["include.ml.exceptions.DeploymentError"],
+                  action=RetryAction.FAIL, reason="deploy failed and was rolled back"),
+    ]),
     params={
         "source": Param(None, type=["null", "string"],
                         description="Data source URI for this run, within data_source.allowed_sources of config.yaml "

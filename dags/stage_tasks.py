@@ -10,13 +10,27 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from airflow.sdk import Asset
+    from airflow.sdk.definitions.retry_policy import RetryRule
 
     from include.ml.configuration import ConfigurationManager
     from include.pipeline import StageResult
+
+
+def default_args(execution_timeout: timedelta, fail_at_once: list[RetryRule]) -> dict[str, Any]:
+    """The tasks' defaults of ml_pipeline and ml_batch_predict: two retries with exponential backoff, except for
+    the exceptions of `fail_at_once`. MLOPS_RETRY_DELAY_SECONDS shortens the first wait, e.g. for tests of the
+    retry path."""
+    from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy
+
+    return {"owner": "mlops", "retries": 2,
+            "retry_delay": timedelta(seconds=float(os.environ.get("MLOPS_RETRY_DELAY_SECONDS", "30"))),
+            "retry_exponential_backoff": 2.0, "max_retry_delay": timedelta(minutes=10),
+            "execution_timeout": execution_timeout, "retry_policy": ExceptionRetryPolicy(rules=fail_at_once)}
 
 
 def drift_asset(model_name: str) -> Asset:

@@ -17,7 +17,8 @@ import urllib.request
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ContextManager, Iterator
+from unittest import mock
 
 from tests.support.bundles import GOOD_ROW
 from tests.support.network import free_port, get_json, wait_for_http
@@ -119,17 +120,7 @@ def moto_server(log_path: Path) -> Iterator[str]:
             server.wait(timeout=10)
 
 
-@contextmanager
-def aws_test_credentials() -> Iterator[None]:
+def aws_test_credentials() -> ContextManager[dict[str, str]]:
     """Fake AWS credentials and region in os.environ for the duration (botocore refuses to sign without them)."""
-    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    return mock.patch.dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                           AWS_DEFAULT_REGION="us-east-1")

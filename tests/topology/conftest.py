@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from typing import Iterator
+from unittest import mock
 
 import pytest
 
@@ -51,16 +52,9 @@ def celery_stack(tmp_path_factory: pytest.TempPathFactory, redis_broker: RedisBr
     with running_celery_stack(tmp_path_factory.mktemp("celery_stack"), postgres_databases, redis_broker,
                               s3_endpoint, s3_bucket) as stack:
         # The tests' own MLflow clients (tests/support/registry.py) log in as the tasks do: MLflow's variables.
-        saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = stack.mlflow_login
-        try:
+        username, password = stack.mlflow_login
+        with mock.patch.dict(os.environ, MLFLOW_TRACKING_USERNAME=username, MLFLOW_TRACKING_PASSWORD=password):
             yield stack
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
