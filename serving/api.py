@@ -38,12 +38,15 @@ def require_api_key() -> Response | None:
 
 
 def _body() -> bytes:
-    return request.get_data(cache=False)  # over MAX_CONTENT_LENGTH: werkzeug raises 413 before reading it
+    length = request.content_length
+    if length is not None and length <= (current_app.config["MAX_CONTENT_LENGTH"] or 0):
+        return request.environ["wsgi.input"].read(length)  # one read: werkzeug's stream reads chunk by chunk
+    return request.get_data(cache=False)  # chunked, or over MAX_CONTENT_LENGTH: werkzeug answers 413 unread
 
 
-def _json_body() -> Any:
+def _json_body(svc: Service) -> Any:
     """The decoded body, its nesting and row count checked first (400 / 413 before any object is built)."""
-    return parse_json(_body(), service().settings.max_rows)
+    return parse_json(_body(), svc.settings.max_rows)
 
 
 def _require_json() -> None:
@@ -54,15 +57,16 @@ def _require_json() -> None:
 
 @bp.post("/invocations")
 def invocations() -> Response:
-    if request.mimetype in ("text/csv", "application/csv"):
-        rows, from_text = csv_rows(_body(), service().settings.max_rows), True
-    elif request.mimetype == "application/json":
-        rows, from_text = mlflow_input(_json_body()), False
+    svc, mimetype = service(), request.mimetype
+    if mimetype in ("text/csv", "application/csv"):
+        rows, from_text = csv_rows(_body(), svc.settings.max_rows), True
+    elif mimetype == "application/json":
+        rows, from_text = mlflow_input(_json_body(svc)), False
     else:
         raise InputError(415, "unsupported_media_type",
-                         f"expected application/json or text/csv, got {request.mimetype or 'none'}")
-    model, batch, prediction = service().predict(rows, from_text)
-    service().record(g.request_id, model, batch, prediction)
+                         f"expected application/json or text/csv, got {mimetype or 'none'}")
+    model, batch, prediction = svc.predict(rows, from_text)
+    svc.record(g.request_id, model, batch, prediction)
     body: dict[str, Any] = {"predictions": prediction.values}
     if batch.warnings:
         body["warnings"] = batch.warnings
@@ -72,8 +76,9 @@ def invocations() -> Response:
 @bp.post("/predict")
 def predict() -> Response:
     _require_json()
-    model, batch, prediction = service().predict(_json_body())
-    service().record(g.request_id, model, batch, prediction)
+    svc = service()
+    model, batch, prediction = svc.predict(_json_body(svc))
+    svc.record(g.request_id, model, batch, prediction)
     body: dict[str, Any] = {"predictions": prediction.values, "model": {"name": model.name, "version": model.version}}
     if prediction.probabilities is not None:
         body["probabilities"] = prediction.probabilities

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import Any, Mapping
@@ -42,9 +43,20 @@ class Contract:
     task: str  # regression | classification
     features: tuple[Feature, ...]
 
-    @property
+    @cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
+
+    @cached_property
+    def numeric_bounds(self) -> tuple[tuple[str, ...], tuple[tuple[float, float, bool], ...]]:
+        """The numeric features, and each one's bounds and whether it is an integer. The bounds are finite (a
+        missing one is the largest double), so NaN and infinity fail `lo <= v <= hi`: what validation's fast path
+        checks every value with."""
+        numeric = [f for f in self.features if f.is_numeric]
+        largest = sys.float_info.max
+        return tuple(f.name for f in numeric), tuple(
+            (-largest if f.min is None else max(f.min, -largest), largest if f.max is None else min(f.max, largest),
+             f.dtype == "int") for f in numeric)
 
     @cached_property  # per request it would cost ~0.1 ms; a contract never changes
     def hash(self) -> str:

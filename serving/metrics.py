@@ -30,6 +30,7 @@ class Metrics:
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self.predictions = Counter("serving_predictions", "Rows predicted, by model version",
                                    ["model", "version"], registry=self.registry)
+        self._predicted: dict[tuple[str, str], Counter] = {}
         self.model_loads = Counter("serving_model_loads", "Model load attempts by version and outcome",
                                    ["version", "outcome"], registry=self.registry)
         self.batch_rows = Histogram("serving_batch_rows", "Rows per model call (micro-batching)",
@@ -51,6 +52,12 @@ class Metrics:
         self.collectors: list[Collector] = [_ShippedCollector(capture_dir)] if capture_dir is not None else []
         for collector in self.collectors:
             self.registry.register(collector)
+
+    def predicted(self, name: str, version: str, rows: int) -> None:
+        counter = self._predicted.get((name, version))
+        if counter is None:  # labels() takes a lock and formats the labels on every call
+            counter = self._predicted[(name, version)] = self.predictions.labels(name, version)
+        counter.inc(rows)
 
     def capture_counters(self) -> CaptureCounters:
         return CaptureCounters(captured=self.capture_rows.inc,

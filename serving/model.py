@@ -50,9 +50,11 @@ class LoadedModel:
     engine: Engine = Engine(SKLEARN, "not compiled")
     compiled: OnnxPredictor | None = None  # beside the estimator, which stays untouched
 
-    def predict(self, columns: dict[str, np.ndarray]) -> Prediction:
+    def predict(self, columns: dict[str, np.ndarray], numeric: np.ndarray | None = None) -> Prediction:
+        """`numeric`: the numeric columns as one array too, when validation made one (inputs.Batch.numeric)."""
         # ONNX Runtime's session.run is safe from many threads at once; the estimator stays for the fallback.
-        values, probabilities = self.compiled.predict(columns) if self.compiled else self.sklearn_predict(columns)
+        values, probabilities = self.compiled.predict(columns, numeric) if self.compiled \
+            else self.sklearn_predict(columns)
         if probabilities is None:
             return Prediction(values.tolist(), None)
         classes = [str(c) for c in self.estimator.classes_]
@@ -71,7 +73,7 @@ class LoadedModel:
     def self_check(self) -> None:
         """Predict on known-good rows; the result must be finite numbers or known classes."""
         batch = validate(self.self_check_rows, self.contract, max_rows=len(self.self_check_rows) or 1)
-        values = self.predict(batch.columns).values
+        values = self.predict(batch.columns, batch.numeric).values
         if len(values) != batch.n_rows:
             raise ModelLoadError(f"self-check: {len(values)} predictions for {batch.n_rows} rows")
         if self.contract.task == "regression":

@@ -47,9 +47,9 @@ class Service:
                 except StaleContract:
                     continue
             else:
-                prediction = model.predict(batch.columns)
+                prediction = model.predict(batch.columns, batch.numeric)
                 self.metrics.batch_rows.observe(batch.n_rows)
-            self.metrics.predictions.labels(model.name, model.version).inc(batch.n_rows)
+            self.metrics.predicted(model.name, model.version, batch.n_rows)
             return model, batch, prediction
         raise NoModel()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,12 @@ def test_every_family_is_served_by_onnx_runtime_with_sklearn_answers(family: str
     else:
         assert got.tolist() == expected.tolist()
         np.testing.assert_allclose(got_proba, expected_proba, rtol=0, atol=engine.PROBABILITY_ATOL)
+    # The numeric features enter as one [n, k] tensor: given as validation's array, the same answers.
+    assert [i.name for i in predictor.session.get_inputs()] == [engine.NUMERIC_INPUT, "kind"]
+    plain = validate([{**row, "x1": 1.5 if row["x1"] is None else row["x1"]} for row in rows], contract,
+                     max_rows=len(rows))
+    assert plain.numeric.shape == (300, 3)
+    assert predictor.predict(plain.columns, plain.numeric)[0].tolist() == predictor.predict(plain.columns)[0].tolist()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -145,11 +152,14 @@ def test_plain_numbers_are_checked_at_once_and_anything_else_column_by_column() 
         row["x1"] = row["x1"] if row["x1"] is not None else 1.5
     given = inputs._record_columns(plain, contract, 100).values
     at_once = inputs._plain_numbers(contract, given)
-    assert set(at_once) == {"x1", "x 2", "count"}
-    for name, column in at_once.items():
+    assert contract.numeric_bounds[0] == ("x1", "x 2", "count") and at_once.shape == (3, 20)
+    for name, column in zip(contract.numeric_bounds[0], at_once):
         assert column.tolist() == [float(v) for v in given[name]]
-    for odd in ({"x1": None}, {"x1": True}, {"count": 2.5}, {"x 2": 11.0}, {"count": 10**400}):
+    batch = validate(plain, contract, max_rows=100)  # one [n, k] array for the engine, columns as its views
+    assert batch.numeric.tolist() == [[row[n] for n in ("x1", "x 2", "count")] for row in plain]
+    for odd in ({"x1": None}, {"x1": True}, {"count": 2.5}, {"x 2": 11.0}, {"count": 10**400}, {"x1": math.nan},
+                {"x1": math.inf}):
         rows = [dict(plain[0]), {**plain[1], **odd}]
-        assert inputs._plain_numbers(contract, inputs._record_columns(rows, contract, 100).values) == {}
+        assert inputs._plain_numbers(contract, inputs._record_columns(rows, contract, 100).values) is None
     with pytest.raises(inputs.InputError, match="expected an integer"):  # the precise error, from the column path
         validate([{**plain[0], "count": 2.5}], contract, max_rows=1)
