@@ -6,7 +6,7 @@ champion; the others with their defaults) on the configured data (the default: w
 predicts `quality` as a class), builds the server's engine for it (serving.engine.compile_predictor, with its
 agreement check), and times, on the same validated columns, one row and 100 rows:
 
-- the engine: `OnnxPredictor.predict(columns)` (what LoadedModel.predict calls when ONNX Runtime serves);
+- the engine: `OnnxPredictor.predict(columns, numeric)` (what LoadedModel.predict calls when ONNX Runtime serves);
 - scikit-learn: `Pipeline.predict` (+ `predict_proba` for a classifier) on the same columns as a DataFrame,
   with n_jobs=1 (LoadedModel.sklearn_predict, the fallback).
 
@@ -80,9 +80,10 @@ def bench_family(family: str, task: str, config_dir: Path, calls: int) -> dict[s
     predictor, engine = compile_predictor(pipeline, contract, records[:5], sklearn_predict)
     result: dict[str, Any] = {"family": family, "task": task, "engine": engine.name, "reason": engine.reason}
     for rows in (1, 100):
-        columns = validate(records[:rows], contract, max_rows=rows, out_of_range="flag").columns
-        result[f"sklearn_{rows}_us"] = p50_us(lambda c=columns: sklearn_predict(c), max(calls // 10, 30))
-        result[f"engine_{rows}_us"] = p50_us(lambda c=columns: predictor.predict(c), calls) if predictor else None
+        batch = validate(records[:rows], contract, max_rows=rows, out_of_range="flag")
+        result[f"sklearn_{rows}_us"] = p50_us(lambda b=batch: sklearn_predict(b.columns), max(calls // 10, 30))
+        result[f"engine_{rows}_us"] = p50_us(lambda b=batch: predictor.predict(b.columns, b.numeric), calls) \
+            if predictor else None
     log.info("%s %s: %s", family, task, result)
     return result
 
