@@ -900,7 +900,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for our server, to try a setting (e.g. SERVING_THREADS=8)")
     parser.add_argument("--inprocess-calls", type=int, default=300)
-    parser.add_argument("--floor-rounds", type=int, default=3,
+    parser.add_argument("--floor-rounds", type=int, default=5,
                         help="alternating /health and 1-row /invocations runs on ours (the median ratio decides)")
     parser.add_argument("--idle-timeout", type=float, default=30.0,
                         help="wait up to this long for other processes to go quiet before each measurement")
