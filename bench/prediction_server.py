@@ -694,7 +694,6 @@ def bench_model(name: str, bundle: Path, args: argparse.Namespace, groups: Proce
                          run["other_cores"] or 0.0)
             if spec.key == "ours":
                 entry["floor"] = floor_pairs(groups, port, url, files[1], args, workdir, proc.pid)
-                entry["health"] = entry["floor"][len(entry["floor"]) // 2]["health"]  # the median pair's
             if args.rate_duration > 0 and spec.key in ("ours", "mlflow_default"):
                 rate = args.rate or entry["runs"]["1"]["req_per_s"] / 2
                 log.info("%s / %s: 1 row at a constant %.0f req/s (half of its max) for %.0fs", name, spec.key,
@@ -723,7 +722,7 @@ def floor_pairs(groups: ProcessGroups, port: int, url: str, body_file: Path, arg
     wait_until_idle(args.idle_timeout, IDLE_THRESHOLD_CORES)
     run_wrk(groups, health, None, args.connections, args.warmup, workdir, pid)
     pairs = []
-    for _ in range(args.floor_rounds):
+    for _ in range(max(1, args.floor_rounds)):
         wait_until_idle(args.idle_timeout, IDLE_THRESHOLD_CORES)
         floor = run_wrk(groups, health, None, args.connections, args.duration, workdir, pid)
         predict = run_wrk(groups, url, body_file, args.connections, args.duration, workdir, pid)

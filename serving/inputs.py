@@ -275,7 +275,7 @@ def _plain_numbers(contract: Contract, given: dict[str, list[Any]]) -> np.ndarra
     for column, (lo, hi, integer) in zip(values, bounds):
         for v in column:
             # NaN and infinity fail the finite bounds; a huge int fails them too, before it meets a float array
-            if type(v) is not float and type(v) is not int or not lo <= v <= hi or integer and v != int(v):
+            if (type(v) is not float and type(v) is not int) or not lo <= v <= hi or (integer and v != int(v)):
                 return None
     return np.array(values, dtype=np.float64)
 
