@@ -38,8 +38,8 @@ def require_api_key() -> Response | None:
 
 
 def _body() -> bytes:
-    length = request.content_length
-    if length is not None and length <= (current_app.config["MAX_CONTENT_LENGTH"] or 0):
+    length, limit = request.content_length, request.max_content_length
+    if length is not None and limit is not None and length <= limit:
         return request.environ["wsgi.input"].read(length)  # one read: werkzeug's stream reads chunk by chunk
     return request.get_data(cache=False)  # chunked, or over MAX_CONTENT_LENGTH: werkzeug answers 413 unread
 

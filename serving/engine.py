@@ -143,13 +143,11 @@ def _one_numeric_input(graph: Any, features: int) -> None:
         raise ValueError(f"the converted model has {len(numeric)} numeric inputs for {features} numeric features")
     for node in list(graph.node):
         axis = next((a.i for a in node.attribute if a.name == "axis"), None)
-        if node.op_type == "Concat" and list(node.input) == numeric and axis in (1, -1):
+        if node.op_type == "Concat" and list(node.input) == numeric and axis in (1, -1) \
+                and node.output[0] not in {output.name for output in graph.output}:
             graph.node.remove(node)
             for other in graph.node:
                 other.input[:] = [NUMERIC_INPUT if x == node.output[0] else x for x in other.input]
-            for output in graph.output:
-                if output.name == node.output[0]:
-                    raise ValueError("the model's output is its input concatenated")
     if any(x in numeric for node in graph.node for x in node.input):
         graph.node.insert(0, helper.make_node("Split", [NUMERIC_INPUT], numeric, axis=1, num_outputs=len(numeric)))
     kept = [i for i in graph.input if i.name not in numeric]
