@@ -84,11 +84,13 @@ def test_every_answered_row_is_captured_once_across_a_hot_swap_and_a_worker_rest
             wait_until(lambda: len(traffic.answers) > 100, timeout=60)
             store_mod.write_pointer(server.store, "2")  # the workers follow the pointer: a hot swap mid-load
             wait_until(lambda: any(a.get("version") == "2" for a in traffic.answers[-20:]), timeout=60)
-            pids = {get_json(f"{server.url}/health")["pid"] for _ in range(20)}
-            victim = pids.pop()
+            workers = server.worker_pids()
+            victim = min(workers)
             os.kill(victim, signal.SIGTERM)  # gunicorn replaces it; its queued rows must still be written
-            wait_until(lambda: get_json(f"{server.url}/health")["pid"] not in {victim, *pids}, timeout=60,
-                       interval=0.05)
+            wait_until(lambda: len(server.worker_pids() - workers) == 1, timeout=60)
+            (replacement,) = server.worker_pids() - workers
+            # Answering /health means it has loaded its model and takes connections (predictions too, from now on).
+            wait_until(lambda: get_json(f"{server.url}/health")["pid"] == replacement, timeout=60, interval=0.05)
             answered = len(traffic.answers)
             wait_until(lambda: len(traffic.answers) > answered + 100, timeout=60)
         assert [a for a in traffic.answers if a["status"] != 200] == []
@@ -104,7 +106,7 @@ def test_every_answered_row_is_captured_once_across_a_hot_swap_and_a_worker_rest
     assert {r["model_version"] for r in found} == {"1", "2"}
     assert all(a["id"] == a["sent_id"] for a in traffic.answers if a["sent_id"])  # the client's own ids kept
     pids = {int(re.search(r"-(\d+)-\d{8}T", path.name).group(1)) for path in closed_files(capture)}
-    assert victim in pids and len(pids) >= 3, pids  # the stopped worker's files, and its replacement's
+    assert {victim, replacement} <= pids and len(pids) == 3, pids  # the stopped worker's files, and its replacement's
     assert not list(capture.rglob("*.part"))
 
 

@@ -68,6 +68,12 @@ class PredictionServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
+    def worker_pids(self) -> set[int]:
+        """The gunicorn master's child processes: its workers, loaded or still loading."""
+        assert self.process is not None
+        return {int(pid) for pid in Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
+                .split()}
+
 
 class Poller:
     """A client posting `row` to /predict until stopped, counting (status, model version) pairs."""
