@@ -63,6 +63,8 @@ class OnnxPredictor:
         options.intra_op_num_threads = options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        # One RunOptions for every call (Run only reads it): without one, each call builds a default (~5 µs).
+        self.run_options = ort.RunOptions()
         self.numeric = [f.name for f in contract.features if f.is_numeric]
         # skl2onnx makes names valid identifiers ("fixed acidity" -> "fixed_acidity"); inputs keep their order.
         text_inputs = [i.name for i in self.session.get_inputs() if i.name != NUMERIC_INPUT]
@@ -81,7 +83,7 @@ class OnnxPredictor:
         for name, onnx_name in self.text:
             values = [MISSING_CATEGORY if v is None else v for v in columns[name]]
             feeds[onnx_name] = np.array(values, dtype=object).reshape(-1, 1)
-        out = self.session.run(self.outputs, feeds)
+        out = self.session.run(self.outputs, feeds, self.run_options)
         if self.classes is None:
             return out[0].reshape(-1), None
         return out[0].reshape(-1), out[1]
