@@ -23,6 +23,7 @@ timeout = _settings.timeout
 graceful_timeout = _settings.graceful_timeout
 keepalive = _settings.keepalive
 accesslog = _settings.access_log or None
+logger_class = "serving.access_log.AccessLogger"  # gunicorn's lines, cheaper to build (serving/access_log.py)
 loglevel = _settings.log_level
 proc_name = "prediction-server"
 
