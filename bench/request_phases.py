@@ -2,7 +2,7 @@
 
 Starts our server (gunicorn, serving/gunicorn.conf.py, 2 workers) on a bundle with a config that adds, in each
 worker, timers around the steps of a request: the whole WSGI call per path, and inside `/invocations` reading the
-body, decoding it, the MLflow protocol, validation, the model call (ONNX Runtime's run alone beside it) and the
+body, decoding it into the MLflow protocol's rows, validation, the model call (the engine alone beside it) and the
 JSON answer. Each timer adds the thread CPU time (`time.thread_time_ns`) its step used; at the end every worker
 writes its totals. Then wrk loads `/health`, then single-row `/invocations`, at 16 connections.
 
@@ -97,8 +97,8 @@ def instrument() -> None:
 
     from serving import api, engine, model, service
 
-    for name, step in (("_body", "read the body"), ("parse_json", "decode the JSON"),
-                       ("mlflow_input", "MLflow protocol"), ("json_response", "JSON answer (either path)")):
+    for name, step in (("_body", "read the body"), ("mlflow_json", "decode + MLflow protocol"),
+                       ("json_response", "JSON answer (either path)")):
         _timed(api, name, step)
     _timed(service, "validate", "validate")
     _timed(model.LoadedModel, "predict", "model call")
@@ -167,8 +167,8 @@ def measure(bundle: Path, args: argparse.Namespace, workdir: Path) -> dict[str, 
             "steps_us": {step: ns / calls / 1e3 for step, (ns, calls) in steps.items() if calls >= 100}}
 
 
-ORDER = ("Flask app, /health", "Flask app, /invocations", "read the body", "decode the JSON", "MLflow protocol",
-         "validate", "model call", "  of it: the engine (ONNX Runtime)", "JSON answer (either path)")
+ORDER = ("Flask app, /health", "Flask app, /invocations", "read the body", "decode + MLflow protocol", "validate",
+         "model call", "  of it: the engine (ONNX Runtime)", "JSON answer (either path)")
 
 
 def report(result: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, render_template, request
 
-from serving.inputs import InputError, csv_rows, mlflow_input, parse_json
+from serving.inputs import InputError, csv_rows, mlflow_json, parse_json
 from serving.model import LoadedModel
 from serving.openapi import openapi_spec
 from serving.responses import error_response, json_response
@@ -61,7 +61,7 @@ def invocations() -> Response:
     if mimetype in ("text/csv", "application/csv"):
         rows, from_text = csv_rows(_body(), svc.settings.max_rows), True
     elif mimetype == "application/json":
-        rows, from_text = mlflow_input(_json_body(svc)), False
+        rows, from_text = mlflow_json(_body(), svc.settings.max_rows), False
     else:
         raise InputError(415, "unsupported_media_type",
                          f"expected application/json or text/csv, got {mimetype or 'none'}")

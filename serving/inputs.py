@@ -77,6 +77,31 @@ class Batch:
     numeric: np.ndarray | None = None
 
 
+@dataclass
+class NumericRows:
+    """A `dataframe_split` whose every value msgspec found to be a JSON number while decoding (what MLflow's client
+    sends for a numeric DataFrame), its rows as sent. validate() checks it against the contract without a Python
+    type check per value or a transposition; anything it cannot take goes the general way, as_columns()."""
+
+    columns: list[str]
+    data: list[list[float]]
+
+    def as_columns(self) -> Columns:
+        return _split_columns({"columns": self.columns, "data": self.data})
+
+
+class _SplitFrame(msgspec.Struct, forbid_unknown_fields=True):
+    columns: list[str]
+    data: list[list[float]]  # msgspec takes JSON integers too (as floats), never booleans, strings or null
+
+
+class _NumericSplit(msgspec.Struct, forbid_unknown_fields=True):
+    dataframe_split: _SplitFrame
+
+
+_NUMERIC_SPLIT = msgspec.json.Decoder(_NumericSplit)
+
+
 def check_structure(body: bytes, max_rows: int) -> None:
     """Refuse a JSON body nested deeper than MAX_DEPTH (400) or with more than max_rows rows (413), undecoded."""
     limit = max(max_rows, MAX_COLUMNS)
@@ -139,6 +164,21 @@ def _steps_outside_strings(body: bytes) -> np.ndarray:
 def parse_json(body: bytes, max_rows: int) -> Any:
     """The decoded body, once check_structure has found it shallow and small enough to decode."""
     check_structure(body, max_rows)
+    return _decode(body)
+
+
+def mlflow_json(body: bytes, max_rows: int) -> Any:
+    """The rows of a JSON MLflow scoring request: NumericRows for a `dataframe_split` of numbers only (one typed
+    decode), else what mlflow_input makes of the decoded body."""
+    check_structure(body, max_rows)
+    try:
+        frame = _NUMERIC_SPLIT.decode(body).dataframe_split
+    except msgspec.DecodeError:  # another shape, another value, or no JSON: the general path tells which
+        return mlflow_input(_decode(body))
+    return NumericRows(frame.columns, frame.data)
+
+
+def _decode(body: bytes) -> Any:
     try:
         return msgspec.json.decode(body)
     except msgspec.DecodeError:
@@ -231,6 +271,11 @@ def validate(rows: Any, contract: Contract, *, max_rows: int, out_of_range: str 
              from_text: bool = False) -> Batch:
     """Check rows (one record, a list of records, or Columns) against the contract; `out_of_range` is "reject"
     (error) or "flag" (warn in the response)."""
+    if isinstance(rows, NumericRows):
+        batch = _numeric_rows(rows, contract, max_rows)
+        if batch is not None:
+            return batch
+        rows = rows.as_columns()
     given = rows if isinstance(rows, Columns) else _record_columns(rows, contract, max_rows)
     _check_count(given.n_rows, max_rows)
     # Column-wise input names its columns once: an unknown or missing one is a problem of the column, not of a row.
@@ -261,6 +306,24 @@ def validate(rows: Any, contract: Contract, *, max_rows: int, out_of_range: str 
     if problems:
         raise _invalid(problems)
     return Batch(columns, n, warnings[:MAX_DETAILS], contract.hash, None if numeric is None else numeric.T)
+
+
+def _numeric_rows(rows: NumericRows, contract: Contract, max_rows: int) -> Batch | None:
+    """The batch of a numbers-only dataframe_split whose columns are the contract's features in its order, every
+    value within its bounds (an integer where the feature is one); None for anything else, which validate then
+    checks column by column and names."""
+    names, bounds = contract.numeric_bounds
+    n = len(rows.data)
+    if len(names) != len(contract.features) or tuple(rows.columns) != names or not 0 < n <= max_rows:
+        return None
+    for row in rows.data:
+        if len(row) != len(bounds):
+            return None
+        for v, (lo, hi, integer) in zip(row, bounds):
+            if not lo <= v <= hi or (integer and v != int(v)):
+                return None
+    numeric = np.array(rows.data, dtype=np.float64)
+    return Batch(dict(zip(names, numeric.T)), n, [], contract.hash, numeric)
 
 
 def _plain_numbers(contract: Contract, given: dict[str, list[Any]]) -> np.ndarray | None:
