@@ -269,8 +269,8 @@ def _columnar(value: dict[str, Any]) -> Columns:
 
 def validate(rows: Any, contract: Contract, *, max_rows: int, out_of_range: str = "reject",
              from_text: bool = False) -> Batch:
-    """Check rows (one record, a list of records, or Columns) against the contract; `out_of_range` is "reject"
-    (error) or "flag" (warn in the response)."""
+    """Check rows (one record, a list of records, Columns or NumericRows) against the contract; `out_of_range` is
+    "reject" (error) or "flag" (warn in the response)."""
     if isinstance(rows, NumericRows):
         batch = _numeric_rows(rows, contract, max_rows)
         if batch is not None:
