@@ -14,8 +14,10 @@ called repeatedly (docs/benchmarks.md, "Request path, round 3").
     .venv/bin/python -m bench.request_phases --bundle models/1 --stub-model   # the model call answered from
                                                                               # a cache: the ratio without it
 
-The timers add ~1 µs per step. `--stub-model` answers every single-row model call with the first one's answer:
-what /invocations would cost if predicting were free.
+Each timer reads the thread's CPU clock twice (a system call each), so an instrumented server is slower, more so
+on /invocations (more timers) than on /health: compare its steps, not its ratio, with the bench's.
+`--stub-model` answers every single-row model call with the first one's answer: what /invocations would cost
+if predicting were free.
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import PROJECT_ROOT, free_port
+from bench.common import PROJECT_ROOT, BenchmarkError, free_port
 from bench.prediction_server import (
     ProcessGroups,
     dataframe_split,
+    http,
     model_columns,
     payload_rows,
     run_wrk,
@@ -42,7 +46,6 @@ from bench.prediction_server import (
     wait_ready,
 )
 
-log = logging.getLogger(__name__)
 OUT_ENV = "BENCH_PHASES_DIR"
 STUB_ENV = "BENCH_PHASES_STUB"
 # The gunicorn config of the run: the server's own, plus the timers in each worker.
@@ -134,6 +137,20 @@ def write_totals() -> None:
         _totals.clear()
 
 
+def wait_for_workers(url: str, workers: int, timeout: float = 180.0) -> None:
+    """Until `workers` distinct worker pids have answered /health: each has loaded and checked the model (a worker
+    still loading takes a core, which would slow the first run)."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < workers:
+        if time.monotonic() > deadline:
+            raise BenchmarkError(f"only {len(seen)} of {workers} workers answered within {timeout:.0f}s")
+        status, body = http("GET", url)
+        if status == 200:
+            seen.add(json.loads(body)["pid"])
+        time.sleep(0.05)
+
+
 def measure(bundle: Path, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     groups = ProcessGroups()
     columns = model_columns(bundle)
@@ -151,6 +168,7 @@ def measure(bundle: Path, args: argparse.Namespace, workdir: Path) -> dict[str, 
     runs: dict[str, list[dict[str, Any]]] = {"/health": [], "/invocations": []}
     try:
         wait_ready(proc, f"http://127.0.0.1:{port}/ready", logfile)
+        wait_for_workers(f"http://127.0.0.1:{port}/health", args.workers)
         for _ in range(args.rounds):
             for path, body in (("/health", None), ("/invocations", body_file)):
                 url = f"http://127.0.0.1:{port}{path}"
