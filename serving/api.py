@@ -44,11 +44,6 @@ def _body() -> bytes:
     return request.get_data(cache=False)  # chunked, or over MAX_CONTENT_LENGTH: werkzeug answers 413 unread
 
 
-def _json_body(svc: Service) -> Any:
-    """The decoded body, its nesting and row count checked first (400 / 413 before any object is built)."""
-    return parse_json(_body(), svc.settings.max_rows)
-
-
 def _require_json() -> None:
     if request.mimetype != "application/json":
         raise InputError(415, "unsupported_media_type",
@@ -77,7 +72,7 @@ def invocations() -> Response:
 def predict() -> Response:
     _require_json()
     svc = service()
-    model, batch, prediction = svc.predict(_json_body(svc))
+    model, batch, prediction = svc.predict(parse_json(_body(), svc.settings.max_rows))
     svc.record(g.request_id, model, batch, prediction)
     body: dict[str, Any] = {"predictions": prediction.values, "model": {"name": model.name, "version": model.version}}
     if prediction.probabilities is not None:

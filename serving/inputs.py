@@ -320,7 +320,7 @@ def _numeric_rows(rows: NumericRows, contract: Contract, max_rows: int) -> Batch
         if len(row) != len(bounds):
             return None
         for v, (lo, hi, integer) in zip(row, bounds):
-            if not lo <= v <= hi or (integer and v != int(v)):
+            if not lo <= v <= hi or (integer and v != int(v)):  # _plain_numbers' test; msgspec checked the type
                 return None
     numeric = np.array(rows.data, dtype=np.float64)
     return Batch(dict(zip(names, numeric.T)), n, [], contract.hash, numeric)
