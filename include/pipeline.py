@@ -266,7 +266,7 @@ def run_compare(cm: ConfigurationManager, reference: Path, current: Path) -> Dri
     from include.monitoring.files import compare_files
 
     return compare_files(reference, current, cm.config.schema, cm.config.data_source.separator,
-                         cm.config.monitoring_params)
+                         cm.config.monitoring_policy)
 
 
 RUNNERS: dict[str, Callable[..., StageResult]] = {

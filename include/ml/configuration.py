@@ -11,14 +11,12 @@ import functools
 import hashlib
 import os
 import subprocess
-import typing
 from pathlib import Path
-from types import UnionType
 from typing import Any, Mapping
 
-import yaml
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import SecretStr
 
+from include.ml.config_errors import read_yaml, validated
 from include.ml.entities import (
     METRICS,
     BatchPredictionConfig,
@@ -26,14 +24,14 @@ from include.ml.entities import (
     DataSourceConfig,
     EvaluationConfig,
     IngestionConfig,
-    MonitorConfig,
+    MonitorJob,
     ParamsFile,
     PipelineConfig,
     SchemaConfig,
     SearchParam,
     TrainingConfig,
     TransformationConfig,
-    TuningStageConfig,
+    TuningJob,
     ValidationConfig,
 )
 from include.ml.exceptions import ConfigError
@@ -103,9 +101,9 @@ class ConfigurationManager:
         tags["git_sha"] = _git_sha(c.project_root)
         return TrainingConfig(c.schema, c.model, c.mlflow, tags)
 
-    def tuning(self) -> TuningStageConfig:
+    def tuning(self) -> TuningJob:
         c = self.config
-        return TuningStageConfig(self.training(), c.tuning, c.promotion.metric, search_spaces(c))
+        return TuningJob(self.training(), c.tuning, c.promotion.metric, search_spaces(c))
 
     def evaluation(self) -> EvaluationConfig:
         return EvaluationConfig(self.config.schema, self.config.promotion, self.config.mlflow, self.config.card)
@@ -114,32 +112,34 @@ class ConfigurationManager:
         c = self.config
         return BatchPredictionConfig(c.schema, c.data_source, c.batch, c.mlflow, c.model_store, c.signing)
 
-    def monitor(self) -> MonitorConfig:
+    def monitor(self) -> MonitorJob:
         c = self.config
-        return MonitorConfig(c.schema, c.promotion, c.mlflow, c.monitoring, c.monitoring_params, c.artifacts_root)
+        return MonitorJob(c.schema, c.promotion, c.mlflow, c.monitoring, c.monitoring_policy, c.artifacts_root)
 
 
 def load(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None,
          model_family: str | None = None, tune: bool | None = None, tune_trials: int | None = None) -> PipelineConfig:
     paths = {name: config_dir / name for name in CONFIG_FILES}
     project = read_config_file(config_dir, env, source_uri)
-    schema = _validate(SchemaConfig, _read_yaml(paths["schema.yaml"]), paths["schema.yaml"])
+    schema = validated(SchemaConfig, read_yaml(paths["schema.yaml"]), paths["schema.yaml"])
     _check_schema(schema, paths["schema.yaml"])
-    raw_params, origins = _read_yaml(paths["params.yaml"]), {}
+    raw_params, origins = read_yaml(paths["params.yaml"]), {}
     model = raw_params.get("model")
     if model_family and isinstance(model, dict) and model.get("family") != model_family:
         raw_params["model"] = {**model, "family": model_family, "hyperparameters": {}}
         origins["model.family"] = "the run's model_family"
     _override_tuning(raw_params, origins, model_family, tune, tune_trials)
-    params = _validate(ParamsFile, raw_params, paths["params.yaml"], origins)
+    params = validated(ParamsFile, raw_params, paths["params.yaml"], origins)
     _check_params(params, schema, paths["params.yaml"])
     hashes = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in paths.items()}
     api_key = env.get(SERVING_API_KEY_ENV)
-    return PipelineConfig(PROJECT_ROOT, config_dir, project.artifacts_root, project.data_source, project.mlflow,
-                          project.airflow, project.deployment, project.signing, schema, params.split, params.model,
-                          params.promotion, hashes, project.monitoring, params.monitoring,
-                          SecretStr(api_key) if api_key else None, card=project.card, batch=project.batch,
-                          tuning=params.tuning)
+    return PipelineConfig(
+        project_root=PROJECT_ROOT, config_dir=config_dir, artifacts_root=project.artifacts_root,
+        data_source=project.data_source, mlflow=project.mlflow, airflow=project.airflow,
+        deployment=project.deployment, signing=project.signing, card=project.card, batch=project.batch,
+        monitoring=project.monitoring, schema=schema, split=params.split, model=params.model,
+        promotion=params.promotion, monitoring_policy=params.monitoring, tuning=params.tuning,
+        config_hashes=hashes, serving_api_key=SecretStr(api_key) if api_key else None)
 
 
 def _override_tuning(raw_params: dict[str, Any], origins: dict[str, str], model_family: str | None,
@@ -169,17 +169,17 @@ def search_spaces(config: PipelineConfig) -> dict[str, dict[str, SearchParam]]:
 def read_config_file(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None) -> ConfigFile:
     """config.yaml alone, with the environment applied and every path absolute."""
     path = config_dir / "config.yaml"
-    raw, origins = _read_yaml(path), {}
+    raw, origins = read_yaml(path), {}
     overrides = [(key, env.get(var), var) for var, key in ENV_OVERRIDES.items()]
     for key, value, origin in overrides:
         if value:
             _put(raw, key, value)
             origins[key] = origin
     if source_uri:  # request input, unlike the YAML and MLOPS_SOURCE_URI: checked against the operator's list
-        _check_run_source(source_uri, _validate(ConfigFile, raw, path, origins).data_source, path)
+        _check_run_source(source_uri, validated(ConfigFile, raw, path, origins).data_source, path)
         _put(raw, "data_source.uri", source_uri)
         origins["data_source.uri"] = "the run's source"
-    config = _validate(ConfigFile, raw, path, origins)
+    config = validated(ConfigFile, raw, path, origins)
     if config.deployment.target == "ec2" and not config.deployment.ec2.s3_bucket:
         raise ConfigError(str(path), "deployment.ec2.s3_bucket", "required when deployment.target is ec2")
     return _absolute_paths(config, PROJECT_ROOT)
@@ -218,21 +218,7 @@ def _cached_config_file(directory: Path, stamp: int | None, env: tuple[tuple[str
     return read_config_file(directory, dict(env))
 
 
-# --- reading and checking --------------------------------------------------------------------------------------
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(str(path), "", "file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(str(path), "", f"malformed YAML: {where}{getattr(exc, 'problem', exc)}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(str(path), "", f"expected a mapping at the top level, got {_kind(data)}")
-    return data
-
+# --- changing and checking --------------------------------------------------------------------------------------------
 
 def _put(raw: dict[str, Any], key: str, value: str) -> None:
     *parents, last = key.split(".")
@@ -240,84 +226,6 @@ def _put(raw: dict[str, Any], key: str, value: str) -> None:
     for part in parents:
         node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else {}
     node[last] = value
-
-
-_M = typing.TypeVar("_M", bound=BaseModel)
-_EXPECTED_TYPE = {"float_type": "float", "int_type": "int", "bool_type": "bool", "string_type": "str",
-                  "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
-                  "tuple_type": "a list", "list_type": "a list", "path_type": "a path"}
-_BOUNDS = {"greater_than_equal": ("ge", "at least"), "greater_than": ("gt", "more than"),
-           "less_than": ("lt", "less than"), "less_than_equal": ("le", "at most"),
-           "too_short": ("min_length", "this many entries at least:")}
-
-
-def _validate(model: type[_M], raw: dict[str, Any], path: Path, origins: Mapping[str, str] | None = None) -> _M:
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise _config_error(model, exc.errors()[0], raw, path, origins or {}) from None
-
-
-def _config_error(model: type[BaseModel], error: Any, raw: Any, path: Path, origins: Mapping[str, str]) -> ConfigError:
-    loc, kind, value = tuple(error["loc"]), error["type"], error.get("input")
-    key = ".".join(_named(loc, raw))
-    got = f", got {_kind(value)} {value!r}"
-    if kind == "missing":
-        problem = "missing required key"
-    elif kind == "extra_forbidden":
-        parent = _annotation_at(model, loc[:-1])
-        valid = sorted(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
-        problem = f"unknown key; expected one of: {', '.join(valid)}"
-    elif kind == "literal_error":
-        problem = f"expected one of {', '.join(map(str, typing.get_args(_annotation_at(model, loc))))}{got}"
-    elif kind == "value_error":
-        problem = str(error["ctx"]["error"])
-    elif kind in _EXPECTED_TYPE:
-        problem = f"expected {_EXPECTED_TYPE[kind]}{got}"
-    elif kind in _BOUNDS:
-        name, words = _BOUNDS[kind]
-        problem = f"expected {words} {error['ctx'][name]}{got}"
-    else:
-        problem = f"{error['msg']}{got}"
-    if key in origins:
-        problem += f" (from {origins[key]})"
-    return ConfigError(str(path), key, problem)
-
-
-def _named(loc: tuple[Any, ...], raw: Any) -> list[str]:
-    """The key path as the user wrote it: schema.yaml's columns are a mapping the model reads as a list."""
-    names, node = [], raw
-    for part in loc:
-        if isinstance(part, int) and isinstance(node, dict) and part < len(node):
-            part = list(node)[part]
-        names.append(str(part))
-        node = node.get(part) if isinstance(node, dict) else None
-    return names
-
-
-def _annotation_at(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
-    """The type a key path leads to, stepping through models, optionals and containers."""
-    annotation: Any = model
-    for part in loc:
-        annotation = _strip_optional(annotation)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            field = annotation.model_fields.get(part) if isinstance(part, str) else None
-            annotation = field.annotation if field else None
-        else:  # a tuple or mapping: its element type
-            args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
-            annotation = args[-1] if args else None
-    return _strip_optional(annotation)
-
-
-def _strip_optional(annotation: Any) -> Any:
-    if typing.get_origin(annotation) in (typing.Union, UnionType):
-        others = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return others[0] if len(others) == 1 else annotation
-    return annotation
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
 
 
 def _check_schema(schema: SchemaConfig, path: Path) -> None:

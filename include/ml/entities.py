@@ -182,7 +182,7 @@ class CardConfig(Frozen):
     license: str | None = None  # the model's licence (and the training data's, if it differs)
 
 
-class MonitoringConfig(Frozen):
+class MonitoringSources(Frozen):
     """Where the prediction server's captured requests and the delayed true labels are (docs/monitoring.md)."""
 
     # A local directory (relative to the project root) or s3://bucket/prefix; under it <model>/<YYYY-MM-DD>/.
@@ -202,7 +202,7 @@ class ConfigFile(Frozen):
     signing: SigningConfig = SigningConfig()
     card: CardConfig = CardConfig()
     batch: BatchConfig = BatchConfig()
-    monitoring: MonitoringConfig = MonitoringConfig()
+    monitoring: MonitoringSources = MonitoringSources()
 
 
 # --- schema.yaml -----------------------------------------------------------------------------------------------
@@ -315,7 +315,7 @@ class DriftThresholds(Frozen):
     jensen_shannon: float | None = Field(None, gt=0, le=1)
 
 
-class MonitoringParams(Frozen):
+class MonitoringPolicy(Frozen):
     """How the monitor decides that live inputs drifted from the champion's training data (docs/monitoring.md).
 
     A feature drifts only when its test is significant after the correction across features AND its distance is
@@ -358,7 +358,7 @@ class SearchParam(Frozen):
         return self
 
 
-class TuningConfig(Frozen):
+class SearchPlan(Frozen):
     """The `tuning:` section: an Optuna search before training. Without the section there is no tuning."""
 
     enabled: bool = True
@@ -384,7 +384,7 @@ class TuningConfig(Frozen):
         return MappingProxyType(dict(value))  # families and parameter names: checked by the loader
 
     @model_validator(mode="after")
-    def _bounded(self) -> TuningConfig:
+    def _bounded(self) -> SearchPlan:
         if self.enabled and self.n_trials is None and self.timeout_seconds is None:
             raise ValueError("set n_trials or timeout_seconds (or both): the search needs a budget")
         return self
@@ -396,13 +396,13 @@ class ParamsFile(Frozen):
     split: SplitConfig = SplitConfig()
     model: ModelConfig
     promotion: PromotionConfig
-    monitoring: MonitoringParams = MonitoringParams()
-    tuning: TuningConfig = TuningConfig(enabled=False)
+    monitoring: MonitoringPolicy = MonitoringPolicy()
+    tuning: SearchPlan = SearchPlan(enabled=False)
 
 
 # --- everything, and each stage's view of it (built by the loader, not parsed: plain frozen dataclasses) -------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PipelineConfig:
     """The three files of a config dir, with paths made absolute and the environment applied."""
 
@@ -419,12 +419,12 @@ class PipelineConfig:
     model: ModelConfig
     promotion: PromotionConfig
     config_hashes: Mapping[str, str]
-    monitoring: MonitoringConfig = MonitoringConfig()
-    monitoring_params: MonitoringParams = MonitoringParams()
+    monitoring: MonitoringSources = MonitoringSources()
+    monitoring_policy: MonitoringPolicy = MonitoringPolicy()
     serving_api_key: SecretStr | None = None  # from MLOPS_SERVING_API_KEY only, never from a file
     card: CardConfig = CardConfig()
     batch: BatchConfig = BatchConfig()
-    tuning: TuningConfig = TuningConfig(enabled=False)
+    tuning: SearchPlan = SearchPlan(enabled=False)
 
     @property
     def model_store(self) -> Path:
@@ -459,9 +459,9 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
-class TuningStageConfig:
+class TuningJob:
     training: TrainingConfig  # what each trial fits (model.hyperparameters apply when model.family is tried)
-    tuning: TuningConfig
+    tuning: SearchPlan
     metric: str  # promotion.metric: the gate's yardstick, cross-validated
     spaces: Mapping[str, Mapping[str, SearchParam]]  # each family searched -> its space
 
@@ -485,12 +485,12 @@ class BatchPredictionConfig:
 
 
 @dataclass(frozen=True)
-class MonitorConfig:
+class MonitorJob:
     schema: SchemaConfig
     promotion: PromotionConfig
     mlflow: MlflowConfig
-    capture: MonitoringConfig
-    params: MonitoringParams
+    capture: MonitoringSources
+    params: MonitoringPolicy
     artifacts_root: Path
 
     @property

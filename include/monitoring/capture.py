@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from include.ml.entities import MonitoringConfig, SchemaConfig
+from include.ml.entities import MonitoringSources, SchemaConfig
 from include.ml.exceptions import MonitoringError
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def days(start: datetime, end: datetime) -> list[str]:
     return [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
 
 
-def collect(config: MonitoringConfig, schema: SchemaConfig, model_name: str, version: str, start: datetime,
+def collect(config: MonitoringSources, schema: SchemaConfig, model_name: str, version: str, start: datetime,
             end: datetime) -> Captured:
     """The rows captured for `model_name` `version` with start <= timestamp < end (aware datetimes, UTC)."""
     frames, count = [], 0
@@ -95,7 +95,7 @@ def _labels(values: pd.Series) -> pd.Series:
 
 
 @contextmanager
-def _local_files(config: MonitoringConfig, model_name: str, dates: list[str]) -> Iterator[list[Path]]:
+def _local_files(config: MonitoringSources, model_name: str, dates: list[str]) -> Iterator[list[Path]]:
     """The complete capture files of these dates, downloaded to a temporary directory first from S3."""
     location = config.capture_dir
     if not location.startswith("s3://"):

@@ -19,7 +19,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 import pandas as pd
 
-from include.ml.entities import ColumnSpec, MonitoringParams
+from include.ml.entities import ColumnSpec, MonitoringPolicy
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def kinds_from_schema(columns: tuple[ColumnSpec, ...]) -> dict[str, Kind]:
     return {c.name: "numeric" if c.is_numeric else "categorical" for c in columns}
 
 
-def compare(reference: pd.DataFrame, current: pd.DataFrame, kinds: Mapping[str, Kind], params: MonitoringParams,
+def compare(reference: pd.DataFrame, current: pd.DataFrame, kinds: Mapping[str, Kind], params: MonitoringPolicy,
             specs: Mapping[str, ColumnSpec] | None = None) -> DriftReport:
     """Every feature of `kinds` in `current` against `reference`, corrected for testing them all."""
     tested = {name: _test(reference[name], current[name], kind, params) for name, kind in kinds.items()}
@@ -107,14 +107,14 @@ def compare(reference: pd.DataFrame, current: pd.DataFrame, kinds: Mapping[str, 
 
 
 def compare_one(name: str, reference: pd.Series, current: pd.Series, kind: Kind,
-                params: MonitoringParams) -> FeatureDrift:
+                params: MonitoringPolicy) -> FeatureDrift:
     """One series tested alone (the predictions): no correction, the global thresholds."""
     tested = _test(reference, current, kind, params)
     return _feature(name, kind, reference, current, tested, None if tested is None else tested[1],
                     _thresholds(name, kind, params), None)
 
 
-def _thresholds(name: str, kind: Kind, params: MonitoringParams) -> tuple[float, float]:
+def _thresholds(name: str, kind: Kind, params: MonitoringPolicy) -> tuple[float, float]:
     own = params.features.get(name)
     p_value = own.p_value if own and own.p_value is not None else params.p_value
     if kind == "numeric":
@@ -123,7 +123,7 @@ def _thresholds(name: str, kind: Kind, params: MonitoringParams) -> tuple[float,
 
 
 def _test(reference: pd.Series, current: pd.Series, kind: Kind,
-          params: MonitoringParams) -> tuple[float, float, float] | None:
+          params: MonitoringPolicy) -> tuple[float, float, float] | None:
     """(statistic, p-value, distance), or None with fewer than min_rows values on either side."""
     ref, cur = reference.dropna(), current.dropna()
     if len(ref) < params.min_rows or len(cur) < params.min_rows:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from include.ml.entities import MonitoringParams, SchemaConfig
+from include.ml.entities import MonitoringPolicy, SchemaConfig
 from include.ml.exceptions import MonitoringError
 from include.monitoring.drift import DriftReport, Kind, compare
 
@@ -30,7 +30,7 @@ def read_csv(path: Path, separator: str, role: str) -> pd.DataFrame:
 
 
 def compare_files(reference_path: Path, current_path: Path, schema: SchemaConfig, separator: str,
-                  params: MonitoringParams) -> DriftReport:
+                  params: MonitoringPolicy) -> DriftReport:
     reference = read_csv(reference_path, separator, "reference").drop(columns=[schema.target], errors="ignore")
     current = read_csv(current_path, separator, "current").drop(columns=[schema.target], errors="ignore")
     if set(reference.columns) != set(current.columns):

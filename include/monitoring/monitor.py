@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from include.ml import artifacts, registry, tracking
-from include.ml.entities import MonitorConfig
+from include.ml.entities import MonitorJob
 from include.monitoring import capture, drift, quality, reference, report
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class MonitorResult:
                 "mlflow_run_url": self.mlflow_run_url}
 
 
-def monitor(config: MonitorConfig, run_id: str, end: datetime, output_dir: Path) -> MonitorResult | None:
+def monitor(config: MonitorJob, run_id: str, end: datetime, output_dir: Path) -> MonitorResult | None:
     """The period of `params.period_hours` before `end`; None when the model has no champion yet."""
     tracking.configure(config.mlflow)
     name = config.mlflow.registered_model_name
@@ -117,7 +117,7 @@ def monitor(config: MonitorConfig, run_id: str, end: datetime, output_dir: Path)
     return result
 
 
-def _log_to_mlflow(config: MonitorConfig, name: str, version: str, start: datetime, end: datetime, run_id: str,
+def _log_to_mlflow(config: MonitorJob, name: str, version: str, start: datetime, end: datetime, run_id: str,
                    compared: drift.DriftReport, live: quality.LiveQuality | None,
                    output_dir: Path) -> tuple[str, str]:
     import mlflow

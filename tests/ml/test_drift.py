@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.ml.entities import ColumnSpec, DriftThresholds, MonitoringParams
+from include.ml.entities import ColumnSpec, DriftThresholds, MonitoringPolicy
 from include.monitoring.drift import DRIFTED, NOT_ENOUGH_DATA, compare, compare_one
 
 KINDS = {"normal": "numeric", "skewed": "numeric", "uniform": "numeric", "count": "numeric",
          "colour": "categorical", "size": "categorical"}
-DEFAULTS = MonitoringParams()
+DEFAULTS = MonitoringPolicy()
 
 
 def population(rows: int, seed: int) -> pd.DataFrame:
@@ -59,7 +59,7 @@ def test_a_changed_category_mix_is_flagged_and_only_that_feature() -> None:
 def test_too_few_rows_is_not_enough_data_never_drift() -> None:
     reference = population(1000, 5)
     current = population(40, 6).assign(normal=lambda f: f["normal"] + 100)  # far off, but only 40 rows
-    report = compare(reference, current, KINDS, MonitoringParams(min_rows=50))
+    report = compare(reference, current, KINDS, MonitoringPolicy(min_rows=50))
     assert report.drifted == [] and report.not_enough_data
     assert {f.status for f in report.features.values()} == {NOT_ENOUGH_DATA}
     assert "not enough data" in report.features["normal"].describe()
@@ -82,14 +82,14 @@ def test_a_small_shift_with_a_tiny_effect_size_is_not_drift_however_significant(
 def test_per_feature_thresholds_override_the_global_ones() -> None:
     reference, current = halves(population(2000, 10), 10)
     current = current.assign(normal=current["normal"] + 2.0)
-    loose = MonitoringParams(features={"normal": DriftThresholds(psi=50.0)})
+    loose = MonitoringPolicy(features={"normal": DriftThresholds(psi=50.0)})
     assert compare(reference, current, KINDS, loose).drifted == []
 
 
 def test_benjamini_hochberg_finds_the_shift_too() -> None:
     reference, current = halves(population(2000, 11), 11)
     current = current.assign(skewed=current["skewed"] * 3)
-    assert compare(reference, current, KINDS, MonitoringParams(correction="benjamini_hochberg")).drifted == ["skewed"]
+    assert compare(reference, current, KINDS, MonitoringPolicy(correction="benjamini_hochberg")).drifted == ["skewed"]
 
 
 def test_out_of_range_rates_follow_the_schema() -> None:

@@ -21,7 +21,7 @@ from include.ml.components.evaluation import compute_metrics
 from include.ml.components.training import split_xy, train
 from include.ml.components.transformation import split
 from include.ml.configuration import ConfigurationManager
-from include.ml.entities import MlflowConfig, MonitorConfig, MonitoringConfig, MonitoringParams, SplitConfig
+from include.ml.entities import MlflowConfig, MonitoringPolicy, MonitoringSources, MonitorJob, SplitConfig
 from include.ml.entities import TransformationConfig as Split
 from include.ml.exceptions import ConfigError, MonitoringError
 from include.monitoring import capture, quality
@@ -112,7 +112,7 @@ def test_monitoring_settings_load_with_defaults_and_env_overrides(tmp_path: Path
     config = ConfigurationManager(tmp_path / "config", env={"MLOPS_CAPTURE_DIR": "s3://bucket/capture",
                                                             "MLOPS_RETRAIN_ON": "both"}).config
     assert (config.monitoring.capture_dir, config.airflow.retrain_on) == ("s3://bucket/capture", "both")
-    assert config.airflow.monitor_schedule == "0 6 * * *" and config.monitoring_params == MonitoringParams()
+    assert config.airflow.monitor_schedule == "0 6 * * *" and config.monitoring_policy == MonitoringPolicy()
     local = ConfigurationManager(tmp_path / "config", env={}).config.monitoring
     assert Path(local.capture_dir).is_absolute() and local.ground_truth_uri is None
 
@@ -136,7 +136,7 @@ def test_bad_monitoring_settings_name_the_key(tmp_path: Path, file: str, change:
 # --- capture files ----------------------------------------------------------------------------------------------
 
 def test_collect_reads_the_versions_rows_of_the_period_and_only_complete_files(tmp_path: Path) -> None:
-    config = MonitoringConfig(capture_dir=str(tmp_path))
+    config = MonitoringSources(capture_dir=str(tmp_path))
     frame = dataset("regression", rows=30).drop(columns=["y"])
     inside = END - timedelta(hours=1)
     write_capture(tmp_path, "m", "3", frame.iloc[:20], range(20), inside, rows_per_request=4)
@@ -164,11 +164,11 @@ def test_collect_reads_an_s3_capture_dir_as_ec2_hosts_ship_it(s3_endpoint: str, 
     folder = f"models/capture/m/{END:%Y-%m-%d}"
     s3.upload_file(str(local), "capture-test", f"{folder}/host-1.jsonl.gz")
     s3.upload_file(str(local), "capture-test", f"{folder}/host-2.jsonl.gz.part")  # not shipped yet: ignored
-    config = MonitoringConfig(capture_dir="s3://capture-test/models/capture", s3_endpoint_url=s3_endpoint)
+    config = MonitoringSources(capture_dir="s3://capture-test/models/capture", s3_endpoint_url=s3_endpoint)
     got = capture.collect(config, schema("regression"), "m", "3", END - timedelta(hours=24), END)
     assert (got.files, len(got.frame)) == (1, 30)
     with pytest.raises(MonitoringError, match="could not be read"):
-        capture.collect(MonitoringConfig(capture_dir="s3://no-such-bucket/capture", s3_endpoint_url=s3_endpoint),
+        capture.collect(MonitoringSources(capture_dir="s3://no-such-bucket/capture", s3_endpoint_url=s3_endpoint),
                         schema("regression"), "m", "3", END - timedelta(hours=1), END)
 
 
@@ -203,7 +203,7 @@ def test_a_corrupt_capture_file_is_a_clear_error(tmp_path: Path) -> None:
     folder.mkdir(parents=True)
     (folder / "bad.jsonl.gz").write_bytes(gzip.compress(b"{not json\n"))
     with pytest.raises(MonitoringError, match="is not valid capture JSON lines"):
-        capture.collect(MonitoringConfig(capture_dir=str(tmp_path)), schema("regression"), "m", "1",
+        capture.collect(MonitoringSources(capture_dir=str(tmp_path)), schema("regression"), "m", "1",
                         END - timedelta(hours=1), END + timedelta(hours=1))
 
 
@@ -233,11 +233,11 @@ def champion(tmp_path_factory: pytest.TempPathFactory) -> tuple[MlflowConfig, Pa
 
 
 def monitor_config(mlflow_config: MlflowConfig, artifacts_root: Path, capture_dir: Path,
-                   truth: Path | None = None, **params: Any) -> MonitorConfig:
-    return MonitorConfig(schema("regression"), evaluation_config("regression", mlflow_config).promotion,
-                         mlflow_config, MonitoringConfig(capture_dir=str(capture_dir),
+                   truth: Path | None = None, **params: Any) -> MonitorJob:
+    return MonitorJob(schema("regression"), evaluation_config("regression", mlflow_config).promotion,
+                         mlflow_config, MonitoringSources(capture_dir=str(capture_dir),
                                                          ground_truth_uri=str(truth) if truth else None),
-                         MonitoringParams(**params), artifacts_root)
+                         MonitoringPolicy(**params), artifacts_root)
 
 
 def test_monitor_reports_drift_logs_to_mlflow_and_flags_a_live_quality_drop(

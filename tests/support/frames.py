@@ -17,9 +17,9 @@ from include.ml.entities import (
     PromotionConfig,
     SchemaConfig,
     SearchParam,
+    SearchPlan,
     TrainingConfig,
-    TuningConfig,
-    TuningStageConfig,
+    TuningJob,
 )
 
 FAST = {  # small models keep the tests quick
@@ -60,10 +60,10 @@ def evaluation_config(task: str, mlflow_config: MlflowConfig, margin: float = 0.
 
 
 def tuning_config(task: str, mlflow_config: MlflowConfig, spaces: dict[str, dict[str, dict[str, Any]]],
-                  **tuning: Any) -> TuningStageConfig:
+                  **tuning: Any) -> TuningJob:
     """A tiny search (3 trials, 2 folds unless given) over `spaces`: family -> parameter -> range as in params.yaml;
     the first family is the configured model.family."""
-    settings = TuningConfig(**{"n_trials": 3, "cv_folds": 2, "seed": 0, **tuning})
+    settings = SearchPlan(**{"n_trials": 3, "cv_folds": 2, "seed": 0, **tuning})
     searched = {family: {name: SearchParam(**spec) for name, spec in space.items()} for family, space in spaces.items()}
-    return TuningStageConfig(training_config(task, next(iter(spaces)), mlflow_config), settings,
+    return TuningJob(training_config(task, next(iter(spaces)), mlflow_config), settings,
                              "rmse" if task == "regression" else "f1_macro", searched)

@@ -22,7 +22,7 @@ import pandas as pd
 from include.ml import artifacts, tracking
 from include.ml.components.evaluation import compute_metrics
 from include.ml.components.training import build_pipeline, close_abandoned_runs, split_xy
-from include.ml.entities import METRICS, ModelConfig, SearchParam, TrainingConfig, TuningStageConfig
+from include.ml.entities import METRICS, ModelConfig, SearchParam, TrainingConfig, TuningJob
 from include.ml.exceptions import TuningError
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class TuningResult:
         return replace(config, model=model, tags={**config.tags, "tuning_run_id": self.mlflow_run_id})
 
 
-def tune(train_frame: pd.DataFrame, config: TuningStageConfig, run_id: str, output_dir: Path) -> TuningResult:
+def tune(train_frame: pd.DataFrame, config: TuningJob, run_id: str, output_dir: Path) -> TuningResult:
     import mlflow
     import optuna
     from threadpoolctl import threadpool_limits
