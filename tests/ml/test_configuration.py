@@ -18,7 +18,7 @@ def load(config_dir: Path, **env: str) -> ConfigurationManager:
 def test_default_config_loads_with_absolute_paths(config_dir: Path) -> None:
     config = load(config_dir).config
     assert config.schema.task == "regression" and config.schema.target == "quality"
-    assert len(config.schema.features) == 11 and config.schema.categorical_features == []
+    assert len(config.schema.features) == 11 and all(c.is_numeric for c in config.schema.features)
     assert config.model.family == "random_forest"
     assert config.promotion.metric == "rmse" and config.promotion.higher_is_better is False
     assert Path(config.data_source.uri).is_absolute() and Path(config.data_source.uri).is_file()
@@ -136,7 +136,8 @@ def test_metric_must_fit_the_task(config_dir: Path, edit_yaml) -> None:
 
 def test_unknown_dtype(config_dir: Path, edit_yaml) -> None:
     edit_yaml(config_dir / "schema.yaml", lambda d: d["columns"]["pH"].update(dtype="decimal"))
-    expect_error(config_dir, "schema.yaml", "columns.pH.dtype", "expected one of float, int, category, string")
+    expect_error(config_dir, "schema.yaml", "columns.pH.dtype",
+                 "expected one of float, int, category, ordinal, datetime, string")
 
 
 def test_min_above_max(config_dir: Path, edit_yaml) -> None:
@@ -144,9 +145,12 @@ def test_min_above_max(config_dir: Path, edit_yaml) -> None:
     expect_error(config_dir, "schema.yaml", "columns.pH", "min (5.0) is greater than max (1.0)")
 
 
-def test_category_needs_allowed_values(config_dir: Path, edit_yaml) -> None:
-    edit_yaml(config_dir / "schema.yaml", lambda d: d["columns"].update(colour={"dtype": "category"}))
-    expect_error(config_dir, "schema.yaml", "columns.colour.allowed", "category columns need a non-empty list")
+def test_ordinal_needs_its_categories_in_order(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "schema.yaml", lambda d: d["columns"].update(grade={"dtype": "ordinal"}))
+    expect_error(config_dir, "schema.yaml", "columns.grade.categories", "an ordinal column needs categories")
+    edit_yaml(config_dir / "schema.yaml", lambda d: d["columns"].update(grade={"dtype": "ordinal",
+                                                                               "allowed": ["lo", "hi"]}))
+    expect_error(config_dir, "schema.yaml", "columns.grade.allowed", "lists its values in order under categories")
 
 
 def test_regression_target_must_be_numeric(config_dir: Path, edit_yaml) -> None:
@@ -225,9 +229,9 @@ def test_unknown_nested_key_lists_the_valid_ones(config_dir: Path, edit_yaml) ->
 
 def test_column_errors_name_the_column(config_dir: Path, edit_yaml) -> None:
     edit_yaml(config_dir / "schema.yaml", lambda d: d["columns"]["pH"].update(min="low"))
-    expect_error(config_dir, "schema.yaml", "columns.pH.min", "expected float, got str 'low'")
+    expect_error(config_dir, "schema.yaml", "columns.pH.min", "expected a number for a float column, got str 'low'")
     edit_yaml(config_dir / "schema.yaml", lambda d: d["columns"]["pH"].update(min=2, colour="red"))
-    expect_error(config_dir, "schema.yaml", "columns.pH.colour", "unknown key; expected one of: allowed, dtype,")
+    expect_error(config_dir, "schema.yaml", "columns.pH.colour", "unknown key; expected one of: allowed, categories, cyclical, dtype,")
 
 
 def test_an_error_in_an_overridden_value_names_the_variable(config_dir: Path) -> None:

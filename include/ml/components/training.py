@@ -12,10 +12,10 @@ from typing import Any
 import pandas as pd
 
 from include.ml import artifacts, tracking
-from include.ml.components.transformation import build_preprocessor
 from include.ml.entities import SchemaConfig, TrainingConfig
 from include.ml.exceptions import TrainingError
 from include.ml.models import FAMILIES
+from include.ml.preprocessing import PREPROCESSING_SKOPS_TYPES, build_preprocessor, native_columns
 from serving.trust import ALLOWED_SKOPS_TYPES
 
 log = logging.getLogger(__name__)
@@ -49,9 +49,13 @@ class TrainingResult:
 def build_pipeline(config: TrainingConfig) -> Any:
     from sklearn.pipeline import Pipeline
 
-    family = FAMILIES[config.model.family]
-    estimator = family.build(config.schema.task, config.model.random_state, dict(config.model.hyperparameters))
-    return Pipeline([("preprocess", build_preprocessor(config.schema)), ("model", estimator)])
+    model = config.model
+    hyperparameters = dict(model.hyperparameters)
+    if categorical := native_columns(config.schema, model.family):
+        hyperparameters["categorical_features"] = categorical
+    estimator = FAMILIES[model.family].build(config.schema.task, model.random_state, hyperparameters)
+    return Pipeline([("preprocess", build_preprocessor(config.schema, model.family, model.random_state)),
+                     ("model", estimator)])
 
 
 def skops_trusted_types(pipeline: Any, family: str) -> list[str]:
@@ -59,7 +63,7 @@ def skops_trusted_types(pipeline: Any, family: str) -> list[str]:
     import skops.io
 
     needed = sorted(skops.io.get_untrusted_types(data=skops.io.dumps(pipeline)))
-    unexpected = sorted(set(needed) - set(FAMILIES[family].skops_trusted_types))
+    unexpected = sorted(set(needed) - set(FAMILIES[family].skops_trusted_types) - set(PREPROCESSING_SKOPS_TYPES))
     if unexpected:
         raise TrainingError(f"the fitted {family} pipeline holds types not on its skops allow-list: {unexpected}; "
                             "review them and add them to include/ml/models.py if they are safe")
