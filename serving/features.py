@@ -5,8 +5,9 @@ allow-list, and the pipeline side imports it from here when it builds a model. `
 of datetime values: the server's request validation, the pipeline's data checks and the transformer all use it, so
 a value accepted in one place means the same instant in the others.
 
-Values: text in the column's format (a strftime format such as "%Y-%m-%d %H:%M:%S"; none: ISO 8601), or numbers for
-the `unix` (seconds) and `unix_ms` (milliseconds) formats, or datetime64 values already parsed. A value with a UTC
+Values: text in the column's format (a strftime format such as "%d/%m/%Y %H:%M") or in ISO 8601 (always accepted:
+unambiguous, and what browsers and JSON encoders write), or numbers for the `unix` (seconds) and `unix_ms`
+(milliseconds) formats, or datetime64 values already parsed. A value with a UTC
 offset is converted to UTC; a naive one is taken as UTC. Missing values (None, NaN, NaT, "") stay missing.
 """
 
@@ -30,8 +31,10 @@ def parse_datetimes(values: Any, format: str | None = None) -> tuple[np.ndarray,
     series = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values, dtype=object)
                                                                     if not _is_datetime(values) else values)
     series = series.reset_index(drop=True)
-    if series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
-        series = series.where(series.astype(str).str.strip() != "", None)
+    text_dtype = isinstance(series.dtype, pd.StringDtype)  # every value is text or missing
+    if text_dtype or series.dtype == object:
+        blank = series.str.strip() == "" if text_dtype else series.map(lambda v: isinstance(v, str) and not v.strip())
+        series = series.where(~blank.fillna(False).astype(bool), None)
     missing = series.isna().to_numpy()
     if _is_datetime(series):
         parsed = pd.to_datetime(series, utc=True)
@@ -39,8 +42,12 @@ def parse_datetimes(values: Any, format: str | None = None) -> tuple[np.ndarray,
         numbers = pd.to_numeric(series.where(~series.map(lambda v: isinstance(v, bool))), errors="coerce")
         parsed = pd.to_datetime(numbers, unit=UNIX_UNITS[format], utc=True, errors="coerce")
     else:
-        text = series.where(series.map(lambda v: isinstance(v, str)))  # a number is not a date in a text format
+        # a number is not a date in a text format
+        text = series if text_dtype else series.where(series.map(lambda v: isinstance(v, str)))
         parsed = pd.to_datetime(text, format=format or "ISO8601", utc=True, errors="coerce")
+        retry = parsed.isna() & text.notna()
+        if format and retry.any():  # what the column's own format missed, in ISO 8601
+            parsed[retry] = pd.to_datetime(text[retry], format="ISO8601", utc=True, errors="coerce")
     moments = parsed.dt.tz_localize(None).astype("datetime64[ns]").to_numpy()
     return moments, np.isnat(moments) & ~missing
 

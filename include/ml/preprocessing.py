@@ -101,7 +101,9 @@ def build_preprocessor(schema: SchemaConfig, family: str, seed: int = 0) -> Any:
     if target := named("target"):
         folds = (StratifiedKFold if schema.task == "classification" else KFold)(
             TARGET_FOLDS, shuffle=True, random_state=seed)
-        branches.append(("target", as_numbers(TargetEncoder(cv=folds)), target))
+        # Regression says so: scikit-learn would take whole-numbered targets for class labels.
+        kind = "continuous" if schema.task == "regression" else "auto"
+        branches.append(("target", as_numbers(TargetEncoder(target_type=kind, cv=folds)), target))
     for (min_frequency, max_categories), columns in _groups(named("onehot"), by_name,
                                                              ("min_frequency", "max_categories")).items():
         grouping = min_frequency is not None or max_categories is not None

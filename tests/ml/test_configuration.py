@@ -231,7 +231,8 @@ def test_column_errors_name_the_column(config_dir: Path, edit_yaml) -> None:
     edit_yaml(config_dir / "schema.yaml", lambda d: d["columns"]["pH"].update(min="low"))
     expect_error(config_dir, "schema.yaml", "columns.pH.min", "expected a number for a float column, got str 'low'")
     edit_yaml(config_dir / "schema.yaml", lambda d: d["columns"]["pH"].update(min=2, colour="red"))
-    expect_error(config_dir, "schema.yaml", "columns.pH.colour", "unknown key; expected one of: allowed, categories, cyclical, dtype,")
+    expect_error(config_dir, "schema.yaml", "columns.pH.colour",
+                 "unknown key; expected one of: allowed, categories, cyclical, dtype,")
 
 
 def test_an_error_in_an_overridden_value_names_the_variable(config_dir: Path) -> None:
