@@ -28,8 +28,10 @@ _MONTH_OFFSET = {"month": 1}  # months are 1-12; the sine/cosine start the cycle
 def parse_datetimes(values: Any, format: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The values as naive UTC datetime64[ns] (NaT where missing or invalid), and which present values are invalid
     (text that does not match the format, numbers where text is expected, instants out of range)."""
-    series = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values, dtype=object)
-                                                                    if not _is_datetime(values) else values)
+    if isinstance(values, pd.Series) or _is_datetime(values):
+        series = pd.Series(values)
+    else:  # one value per row, whatever it is (np.asarray would make a row of a list value a second dimension)
+        series = pd.Series(list(values) if not isinstance(values, np.ndarray) else values, dtype=object)
     series = series.reset_index(drop=True)
     text_dtype = isinstance(series.dtype, pd.StringDtype)  # every value is text or missing
     if text_dtype or series.dtype == object:
@@ -48,7 +50,11 @@ def parse_datetimes(values: Any, format: str | None = None) -> tuple[np.ndarray,
         retry = parsed.isna() & text.notna()
         if format and retry.any():  # what the column's own format missed, in ISO 8601
             parsed[retry] = pd.to_datetime(text[retry], format="ISO8601", utc=True, errors="coerce")
-    moments = parsed.dt.tz_localize(None).astype("datetime64[ns]").to_numpy()
+    naive = parsed.dt.tz_localize(None)
+    # pandas parses to a coarser unit when it must; what datetime64[ns] cannot hold (before 1677, after 2262) is
+    # out of range, so invalid, not an error
+    naive = naive.where(naive.isna() | ((naive >= pd.Timestamp.min) & (naive <= pd.Timestamp.max)))
+    moments = naive.astype("datetime64[ns]").to_numpy()
     return moments, np.isnat(moments) & ~missing
 
 
