@@ -87,7 +87,7 @@ def monitor(config: MonitorJob, run_id: str, end: datetime, output_dir: Path) ->
                                                               config.params))
     live = None
     if config.capture.ground_truth_uri:
-        truth = quality.read_ground_truth(config.capture.ground_truth_uri, config.schema.target)
+        truth = quality.read_ground_truth(config.capture.ground_truth_uri, config.schema)
         live = quality.live_quality(current, truth, config.schema, config.promotion, ref.test_metrics,
                                     config.params.min_rows, config.params.quality_drop)
     details = [compared.features[n].describe() for n in compared.drifted]

@@ -183,15 +183,15 @@ def test_bad_ground_truth_is_a_clear_error(tmp_path: Path, name: str, content: s
     if content is not None:
         path.write_text(content)
     with pytest.raises(MonitoringError, match=message):
-        quality.read_ground_truth(str(path), "y")
+        quality.read_ground_truth(str(path), schema("regression"))
 
 
 def test_ground_truth_rows_default_to_0_and_join_the_capture(tmp_path: Path) -> None:
     captured = pd.DataFrame({"request_id": ["a", "b", "b"], "row": [0, 0, 1], "prediction": [1.0, 2.0, 3.0]})
     truth = pd.DataFrame({"request_id": ["a", "b"], "y": [1.0, 2.5]})
     truth.to_parquet(tmp_path / "truth.parquet")
-    live = quality.live_quality(captured, quality.read_ground_truth(str(tmp_path / "truth.parquet"), "y"),
-                                schema("regression"),
+    truth = quality.read_ground_truth(str(tmp_path / "truth.parquet"), schema("regression"))
+    live = quality.live_quality(captured, truth, schema("regression"),
                                 evaluation_config("regression", MlflowConfig(experiment_name="x",
                                                                              registered_model_name="x")).promotion,
                                 {"rmse": 0.2}, min_rows=2, drop=0.1)
