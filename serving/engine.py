@@ -32,10 +32,14 @@ log = logging.getLogger(__name__)
 ONNX = "onnxruntime"
 SKLEARN = "sklearn"
 MISSING_CATEGORY = "\x00missing"  # what a missing category becomes: validation never lets a NUL through
+# What a number given for an open category becomes: the model's categories are all text (convert refuses others),
+# so to sklearn a number is a value it never saw; this marker is one too.
+NOT_TEXT = "\x00not text"
 NUMERIC_INPUT = "numeric_features"  # not a valid skl2onnx name for a feature (they keep their spaces as "_")
 REGRESSION_RTOL = 1e-9
 PROBABILITY_ATOL = 1e-6
 _QUANTILES = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
+_KNOWN_VALUES = 50  # an open category's values the edge rows try
 _OPSETS = {"": 21, "ai.onnx.ml": 3}  # skl2onnx writes up to 3; the graph is then raised to 5 (TreeEnsemble)
 
 
@@ -51,9 +55,40 @@ class DisagreementError(Exception):
     """The compiled predictor answers differently from the sklearn pipeline on some checked row."""
 
 
+def model_frame(columns: dict[str, np.ndarray]) -> Any:
+    """Validated columns as the frame the sklearn pipeline is given: a missing category or ordinal (None to
+    validation) as NaN, as pandas reads it from the training CSV, so every encoder treats it as in training
+    (TargetEncoder, for one, takes None for a value it never saw but NaN for the missing category it learnt)."""
+    import pandas as pd
+
+    return pd.DataFrame({name: _nan_for_none(values) if values.dtype == object else values
+                         for name, values in columns.items()}, copy=False)
+
+
+def _nan_for_none(values: np.ndarray) -> np.ndarray:
+    missing = np.equal(values, None)
+    if not missing.any():
+        return values
+    values = values.copy()
+    values[missing] = np.nan
+    return values
+
+
+def _double_input(feature: Any) -> bool:
+    """A feature the graph takes as a double: a number, or a datetime as seconds since 1970 (UTC)."""
+    return feature.is_numeric or feature.dtype == "datetime"
+
+
+def epoch_seconds(moments: np.ndarray) -> np.ndarray:
+    """datetime64 values as whole seconds since 1970-01-01 (floored, as the datetime's parts are), NaN for NaT."""
+    ns = moments.astype("datetime64[ns]").view(np.int64)
+    return np.where(np.isnat(moments), np.nan, np.floor_divide(ns, 1_000_000_000).astype(np.float64))
+
+
 class OnnxPredictor:
-    """An ONNX Runtime session with the pipeline's inputs: the numeric features as one [n, k] double tensor in
-    contract order (NUMERIC_INPUT), each text feature as an [n, 1] tensor of its own."""
+    """An ONNX Runtime session with the pipeline's inputs: the numeric and datetime features as one [n, k] double
+    tensor in contract order (NUMERIC_INPUT; a datetime as seconds since 1970), each text feature as an [n, 1]
+    tensor of its own."""
 
     def __init__(self, model_bytes: bytes, contract: Contract, classes: list[Any] | None) -> None:
         import onnxruntime as ort
@@ -65,10 +100,11 @@ class OnnxPredictor:
         self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
         # One RunOptions for every call (Run only reads it): without one, each call builds a default (~5 µs).
         self.run_options = ort.RunOptions()
-        self.numeric = [f.name for f in contract.features if f.is_numeric]
+        self.numeric = [f.name for f in contract.features if _double_input(f)]
+        self.datetimes = {f.name for f in contract.features if f.dtype == "datetime"}
         # skl2onnx makes names valid identifiers ("fixed acidity" -> "fixed_acidity"); inputs keep their order.
         text_inputs = [i.name for i in self.session.get_inputs() if i.name != NUMERIC_INPUT]
-        self.text = list(zip([f.name for f in contract.features if not f.is_numeric], text_inputs))
+        self.text = list(zip([f.name for f in contract.features if not _double_input(f)], text_inputs))
         self.classes = classes
         self.outputs = [o.name for o in self.session.get_outputs()][:1 if classes is None else 2]
 
@@ -77,11 +113,13 @@ class OnnxPredictor:
         """`numeric`: the numeric columns as one [n, k] array, when the caller has them so (inputs.Batch)."""
         feeds = {}
         if self.numeric:
-            if numeric is None:
-                numeric = np.column_stack([np.asarray(columns[name], dtype=np.float64) for name in self.numeric])
+            if numeric is None or self.datetimes:  # validation's array holds the numbers only
+                numeric = np.column_stack([epoch_seconds(columns[name]) if name in self.datetimes
+                                           else np.asarray(columns[name], dtype=np.float64) for name in self.numeric])
             feeds[NUMERIC_INPUT] = np.ascontiguousarray(numeric, dtype=np.float64)
         for name, onnx_name in self.text:
-            values = [MISSING_CATEGORY if v is None else v for v in columns[name]]
+            values = [v if type(v) is str else MISSING_CATEGORY if v is None or v != v else NOT_TEXT
+                      for v in columns[name]]
             feeds[onnx_name] = np.array(values, dtype=object).reshape(-1, 1)
         out = self.session.run(self.outputs, feeds, self.run_options)
         if self.classes is None:
@@ -95,7 +133,8 @@ def compile_predictor(estimator: Any, contract: Contract, check_rows: list[dict[
     probabilities) on check_rows plus generated edge rows; else None and the reason."""
     try:
         predictor = OnnxPredictor(convert(estimator, contract), contract, _classes(estimator, contract))
-        compare(predictor, sklearn_predict, contract, check_rows + edge_rows(contract, check_rows))
+        compare(predictor, sklearn_predict, contract,
+                check_rows + edge_rows(contract, check_rows, known_categories(estimator)))
     except Exception as exc:  # noqa: BLE001 - whatever fails here, sklearn serves and the reason is shown
         return None, Engine(SKLEARN, f"{type(exc).__name__}: {_short(str(exc))}")
     return predictor, Engine(ONNX)
@@ -107,28 +146,33 @@ def convert(estimator: Any, contract: Contract) -> bytes:
     from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
     from sklearn import ensemble
     from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, TargetEncoder
+
+    from serving.features import DatetimeFeatures
 
     for feature in contract.features:
         if not feature.is_numeric and feature.allowed and not all(isinstance(a, str) for a in feature.allowed):
             raise TypeError(f"categorical feature {feature.name!r} has non-text values {list(feature.allowed)[:5]}")
-    inputs = [(f.name, DoubleTensorType([None, 1]) if f.is_numeric else StringTensorType([None, 1]))
+    inputs = [(f.name, DoubleTensorType([None, 1]) if _double_input(f) else StringTensorType([None, 1]))
               for f in contract.features]
-    forests = (ensemble.RandomForestClassifier, ensemble.ExtraTreesClassifier)
+    forests = (ensemble.RandomForestClassifier, ensemble.ExtraTreesClassifier, ensemble.HistGradientBoostingClassifier)
     trees = {cls: _convert_trees for cls in (*forests, ensemble.RandomForestRegressor, ensemble.ExtraTreesRegressor,
-                                             ensemble.HistGradientBoostingRegressor,
-                                             ensemble.HistGradientBoostingClassifier)}
-    shapes = {cls: _double_probabilities for cls in forests}
+                                             ensemble.HistGradientBoostingRegressor)}
+    encoders = {cls: _convert_lookup for cls in (OrdinalEncoder, TargetEncoder, OneHotEncoder)}
+    shapes = {**{cls: _double_probabilities for cls in forests}, SimpleImputer: _same_type_shape,
+              **{cls: _width_shape for cls in (OrdinalEncoder, TargetEncoder, OneHotEncoder, DatetimeFeatures)}}
     final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
     options = {id(final): {"zipmap": False}} if contract.task == "classification" else None
     onx = convert_sklearn(estimator, initial_types=inputs, target_opset=_OPSETS, options=options,
-                           custom_conversion_functions={SimpleImputer: _convert_imputer, **trees},
+                           custom_conversion_functions={SimpleImputer: _convert_imputer, **trees, **encoders,
+                                                        DatetimeFeatures: _convert_datetime},
                            custom_shape_calculators=shapes)
     for opset in onx.opset_import:
         if opset.domain == "ai.onnx.ml":
             # TreeEnsemble needs 5. The other ai.onnx.ml ops skl2onnx writes mean the same at 5; the agreement
             # check would catch one that did not.
             opset.version = 5
-    _one_numeric_input(onx.graph, sum(f.is_numeric for f in contract.features))
+    _one_numeric_input(onx.graph, sum(_double_input(f) for f in contract.features))
     return onx.SerializeToString()
 
 
@@ -187,9 +231,11 @@ def compare(predictor: OnnxPredictor, sklearn_predict: Any, contract: Contract, 
             raise DisagreementError(f"probabilities differ by {gap:.3g} (> {PROBABILITY_ATOL:g})")
 
 
-def edge_rows(contract: Contract, base_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The first base row (or the contract's example) varied one feature at a time: each numeric feature at the
-    quantiles of its range, each category, a missing value where nullable; then every such value in one row."""
+def edge_rows(contract: Contract, base_rows: list[dict[str, Any]],
+              known: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
+    """The first base row (or the contract's example) varied one feature at a time: each numeric and datetime
+    feature at the quantiles of its range, each category and ordinal value, an open category's `known` values (what
+    the model saw) and one it never saw, a missing value where nullable; then every such value in one row."""
     base = dict(base_rows[0]) if base_rows else contract.example_row()
     rows, mixed = [], []
     for feature in contract.features:
@@ -199,8 +245,14 @@ def edge_rows(contract: Contract, base_rows: list[dict[str, Any]]) -> list[dict[
             hi = feature.max if feature.max is not None else 1e6
             values = [lo + q * (hi - lo) for q in _QUANTILES]
             values = [round(v) for v in values] if feature.dtype == "int" else values
+        elif feature.dtype == "datetime":
+            start, end = feature.datetime_span()
+            seconds = (end - start).astype(np.int64)
+            values = [feature.datetime_value(start + np.timedelta64(int(q * seconds), "s")) for q in _QUANTILES]
         elif feature.allowed:
             values = list(feature.allowed)
+        else:  # an open category: values the model knows, and one it never saw
+            values = [*(known or {}).get(feature.name, [])[:_KNOWN_VALUES], "\x01never seen"]
         if feature.nullable:
             values.append(None)
         rows += [{**base, feature.name: v} for v in values]
@@ -215,6 +267,22 @@ def edge_rows(contract: Contract, base_rows: list[dict[str, Any]]) -> list[dict[
     return rows
 
 
+def known_categories(estimator: Any) -> dict[str, list[Any]]:
+    """Each text column's categories as the pipeline's encoders learnt them (for the edge rows to try)."""
+    from sklearn.compose import ColumnTransformer
+
+    known: dict[str, list[Any]] = {}
+    steps = getattr(estimator, "steps", [])
+    transformer = steps[0][1] if steps else None
+    if not isinstance(transformer, ColumnTransformer):
+        return known
+    for _, branch, columns in transformer.transformers_:
+        last = branch.steps[-1][1] if hasattr(branch, "steps") else branch
+        for column, categories in zip(columns, getattr(last, "categories_", [])):
+            known[str(column)] = [c for c in categories.tolist() if isinstance(c, str)]
+    return known
+
+
 def _classes(estimator: Any, contract: Contract) -> list[Any] | None:
     return estimator.classes_.tolist() if contract.task == "classification" else None
 
@@ -226,7 +294,7 @@ def _short(text: str, limit: int = 300) -> str:
 # --- skl2onnx converters (called by to_onnx with its scope, operator and container) ---------------------------------
 
 def _double_probabilities(operator: Any) -> None:
-    """skl2onnx's parser declares a random forest's probabilities float; ours are double, like the features."""
+    """skl2onnx's parser may declare a tree classifier's probabilities float; ours are double, like the features."""
     from skl2onnx.common.data_types import DoubleTensorType
     from skl2onnx.common.shape_calculator import calculate_linear_classifier_output_shapes
 
@@ -270,6 +338,8 @@ class _Tree:
     is_leaf: np.ndarray
     missing_left: np.ndarray
     value: np.ndarray  # [nodes, targets]
+    # a categorical split's input values that go left (None: a numeric split, x <= threshold goes left)
+    members: list[list[float] | None] | None = None
 
 
 def _sklearn_trees(model: Any) -> tuple[list[_Tree], np.ndarray, bool, str]:
@@ -281,17 +351,19 @@ def _sklearn_trees(model: Any) -> tuple[list[_Tree], np.ndarray, bool, str]:
         if isinstance(model, HistGradientBoostingRegressor) and model.loss not in ("squared_error", "absolute_error",
                                                                                    "quantile"):
             raise NotImplementedError(f"HistGradientBoostingRegressor(loss={model.loss!r}) has a non-identity link")
+        column, members_of = _hgb_inputs(model)
         trees = []
         for iteration in model._predictors:
             for target, predictor in enumerate(iteration):
                 nodes = predictor.nodes
-                if nodes["is_categorical"].any():
-                    raise NotImplementedError("histogram gradient boosting with native categorical splits")
                 value = np.zeros((len(nodes), len(iteration)))
                 value[:, target] = nodes["value"]
-                trees.append(_Tree(nodes["feature_idx"], nodes["num_threshold"], nodes["left"].astype(np.int64),
-                                   nodes["right"].astype(np.int64), nodes["is_leaf"].astype(bool),
-                                   nodes["missing_go_to_left"].astype(bool), value))
+                members = [members_of(node, predictor) if node["is_categorical"] and not node["is_leaf"] else None
+                           for node in nodes]
+                trees.append(_Tree(column[nodes["feature_idx"]], nodes["num_threshold"],
+                                   nodes["left"].astype(np.int64), nodes["right"].astype(np.int64),
+                                   nodes["is_leaf"].astype(bool), nodes["missing_go_to_left"].astype(bool), value,
+                                   members if nodes["is_categorical"].any() else None))
         base = np.asarray(model._baseline_prediction, dtype=np.float64).reshape(-1)
         if isinstance(model, HistGradientBoostingRegressor):
             return trees, base, False, "identity"
@@ -315,13 +387,46 @@ def _sklearn_trees(model: Any) -> tuple[list[_Tree], np.ndarray, bool, str]:
     return trees, np.zeros(n_targets), True, "average"
 
 
+def _hgb_inputs(model: Any) -> tuple[np.ndarray, Any]:
+    """For histogram gradient boosting: the input column of each column its trees split on (with categorical
+    features, its own OrdinalEncoder puts those first), and a function giving a categorical node's input values that
+    go left. sklearn sends a category left when its code is in the node's bitset, right when it is another known
+    one, and like a missing value otherwise; the input values are the categories the model's encoder learnt."""
+    preprocessor = getattr(model, "_preprocessor", None)
+    n = model.n_features_in_
+    if preprocessor is None:
+        return np.arange(n), None
+    column = np.empty(n, dtype=np.int64)
+    for name, mask in (("encoder", model.is_categorical_), ("numerical", ~model.is_categorical_)):
+        column[preprocessor.output_indices_[name]] = np.flatnonzero(mask)
+    first = preprocessor.output_indices_["encoder"].start
+    categories = preprocessor.named_transformers_["encoder"].categories_
+    known, f_idx_map = model._bin_mapper.make_known_categories_bitsets()
+
+    def in_bitset(bitset: np.ndarray, code: int) -> bool:
+        return bool((int(bitset[code // 32]) >> (code % 32)) & 1)
+
+    def members(node: Any, predictor: Any) -> list[float]:
+        feature = int(node["feature_idx"])
+        left = []
+        for code, raw in enumerate(categories[feature - first].tolist()):
+            if raw != raw:  # NaN: a missing value, which follows missing_go_to_left
+                continue
+            if in_bitset(predictor.raw_left_cat_bitsets[node["bitset_idx"]], code) or \
+                    (not in_bitset(known[f_idx_map[feature]], code) and node["missing_go_to_left"]):
+                left.append(float(raw))
+        return left
+
+    return column, members
+
+
 def _tree_ensemble_attributes(trees: list[_Tree], n_targets: int) -> dict[str, Any]:
     """The attributes of an opset-5 TreeEnsemble (SUM) computing, per target, the sum of the trees' leaves.
     A tree with several targets becomes one tree per target with a non-zero leaf value (the op's leaves
     carry one target each)."""
     from onnx import TensorProto, helper
 
-    featureids, splits, modes, missing = [], [], [], []
+    featureids, splits, modes, missing, membership = [], [], [], [], []
     true_ids, true_leaf, false_ids, false_leaf, roots = [], [], [], [], []
     leaf_targets, leaf_weights = [], []
     for tree in trees:
@@ -348,7 +453,12 @@ def _tree_ensemble_attributes(trees: list[_Tree], n_targets: int) -> dict[str, A
                 left, right = int(tree.left[i]), int(tree.right[i])
                 featureids.append(int(tree.feature[i]))
                 splits.append(float(tree.threshold[i]))
-                modes.append(0)  # BRANCH_LEQ: x <= threshold goes left, as in sklearn
+                members = tree.members[i] if tree.members is not None else None
+                if members is None:
+                    modes.append(0)  # BRANCH_LEQ: x <= threshold goes left, as in sklearn
+                else:
+                    modes.append(6)  # BRANCH_MEMBER: a value among the members goes left
+                    membership += [*members, np.nan]  # each node's set ends with a NaN
                 missing.append(int(tree.missing_left[i]))
                 for child, ids, flags in ((left, true_ids, true_leaf), (right, false_ids, false_leaf)):
                     leaf = bool(tree.is_leaf[child])
@@ -361,7 +471,9 @@ def _tree_ensemble_attributes(trees: list[_Tree], n_targets: int) -> dict[str, A
         nodes_modes=helper.make_tensor("modes", TensorProto.UINT8, [len(modes)], modes),
         nodes_splits=helper.make_tensor("splits", TensorProto.DOUBLE, [len(splits)], splits),
         leaf_targetids=leaf_targets,
-        leaf_weights=helper.make_tensor("weights", TensorProto.DOUBLE, [len(leaf_weights)], leaf_weights))
+        leaf_weights=helper.make_tensor("weights", TensorProto.DOUBLE, [len(leaf_weights)], leaf_weights),
+        **({"membership_values": helper.make_tensor("members", TensorProto.DOUBLE, [len(membership)], membership)}
+           if membership else {}))
 
 
 def _convert_trees(scope: Any, operator: Any, container: Any) -> None:
@@ -412,3 +524,172 @@ def _convert_trees(scope: Any, operator: Any, container: Any) -> None:
     else:
         container.add_initializer(classes, TensorProto.STRING, [len(labels)], [str(c).encode() for c in labels])
     container.add_node("Gather", [classes, index], [operator.outputs[0].full_name], axis=0)
+
+
+def _same_type_shape(operator: Any) -> None:
+    """An imputer's output: its inputs' type (doubles after our encoders, whatever type skl2onnx guessed for their
+    output while parsing), their columns side by side."""
+    rows = operator.inputs[0].get_first_dimension()
+    widths = [variable.type.shape[1] for variable in operator.inputs]
+    width = None if None in widths else sum(widths)
+    operator.outputs[0].type = type(operator.inputs[0].type)([rows, width])
+
+
+def _width_shape(operator: Any) -> None:
+    """A transformer's output: doubles, as many columns as its feature names."""
+    from skl2onnx.common.data_types import DoubleTensorType
+
+    rows = operator.inputs[0].get_first_dimension()
+    operator.outputs[0].type = DoubleTensorType([rows, len(operator.raw_operator.get_feature_names_out())])
+
+
+def _encoder_blocks(encoder: Any) -> list[int]:
+    """How many output columns each input column of an encoder fills (in order: each encodes its columns apart)."""
+    from sklearn.preprocessing import OneHotEncoder, TargetEncoder
+
+    if isinstance(encoder, OneHotEncoder):
+        return list(encoder._n_features_outs)
+    if isinstance(encoder, TargetEncoder) and encoder.target_type_ == "multiclass":
+        return [len(encoder.classes_)] * len(encoder.categories_)
+    return [1] * len(encoder.categories_)
+
+
+def _convert_lookup(scope: Any, operator: Any, container: Any) -> None:
+    """OrdinalEncoder, TargetEncoder, OneHotEncoder on text as table lookups, each column apart: LabelEncoder maps a
+    category to its row, Gather takes that row of a double table. The table is what the fitted encoder itself
+    outputs for each category, for a missing value (MISSING_CATEGORY) and for a value it never saw (the last row):
+    the infrequent bucket, unknown codes and the target mean are the encoder's own answers."""
+    from onnx import TensorProto
+    from skl2onnx.common.data_types import StringTensorType
+    from skl2onnx.operator_converters.common import concatenate_variables
+
+    encoder = operator.raw_operator
+    if not isinstance(operator.inputs[0].type, StringTensorType):
+        raise NotImplementedError(f"{type(encoder).__name__} on numbers")
+    name = scope.get_unique_variable_name
+    x = concatenate_variables(scope, operator.inputs, container)
+    columns = list(getattr(encoder, "feature_names_in_", range(len(encoder.categories_))))
+    base = {column: [categories[0]] for column, categories in zip(columns, encoder.categories_)}
+    outputs, start = [], 0
+    for j, (categories, width) in enumerate(zip(encoder.categories_, _encoder_blocks(encoder))):
+        keys = [c for c in categories.tolist() if not (c is None or (isinstance(c, float) and c != c))]
+        if not all(isinstance(k, str) for k in keys):
+            raise NotImplementedError(f"{type(encoder).__name__} column {columns[j]!r} has non-text categories "
+                                      f"{keys[:5]}")
+        values = [*keys, None, NOT_TEXT]  # the categories, a missing value, one never seen
+        frame = model_frame({column: np.array(values if c == j else base[column] * len(values), dtype=object)
+                             for c, column in enumerate(columns)})
+        encoded = encoder.transform(frame if hasattr(encoder, "feature_names_in_") else frame.to_numpy())
+        encoded = encoded.toarray() if hasattr(encoded, "toarray") else encoded  # a sparse one-hot block
+        table = np.asarray(encoded, dtype=np.float64)[:, start:start + width]
+        start += width
+        column, index, rows, gathered = name("column"), name("index"), name("rows"), name("encoded")
+        picked = name("picked")
+        container.add_initializer(picked, TensorProto.INT64, [1], [j])
+        container.add_node("Gather", [x, picked], [column], axis=1)
+        container.add_node("LabelEncoder", [column], [index], op_domain="ai.onnx.ml", op_version=2,
+                           name=scope.get_unique_operator_name("LabelEncoder"),
+                           keys_strings=[*keys, MISSING_CATEGORY], values_int64s=list(range(len(keys) + 1)),
+                           default_int64=len(keys) + 1)
+        container.add_initializer(rows, TensorProto.DOUBLE, list(table.shape), table.ravel().tolist())
+        flat = name("flat")
+        shape = name("shape")
+        container.add_initializer(shape, TensorProto.INT64, [1], [-1])
+        container.add_node("Reshape", [index, shape], [flat])
+        container.add_node("Gather", [rows, flat], [gathered], axis=0)
+        outputs.append(gathered)
+    if len(outputs) == 1:
+        container.add_node("Identity", outputs, [operator.outputs[0].full_name])
+    else:
+        container.add_node("Concat", outputs, [operator.outputs[0].full_name], axis=1)
+
+
+def _cyclical_tables(cyclical: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The sine and cosine DatetimeFeatures gives each value of a cyclical part (indexed by the part: month 1-12,
+    day of week 0-6, hour 0-23), from the transformer itself: ONNX Runtime's Sin is not numpy's (sin(pi) is 0 there,
+    1.2e-16 here), and a tree may split between the two."""
+    import pandas as pd
+
+    from serving.features import DatetimeFeatures
+
+    if not cyclical:
+        return {}
+    moments = {"month": pd.date_range("2001-01-01", periods=12, freq="MS"),
+               "dayofweek": pd.date_range("2001-01-01", periods=7, freq="D"),  # a Monday
+               "hour": pd.date_range("2001-01-01", periods=24, freq="h")}
+    tables = {}
+    for part, stamps in moments.items():
+        frame = pd.DataFrame({"t": stamps})
+        transformer = DatetimeFeatures(cyclical=True).fit(frame)
+        out = pd.DataFrame(transformer.transform(frame), columns=transformer.get_feature_names_out())
+        offset = np.full(1 if part == "month" else 0, np.nan)  # months start at 1: index 0 is never read
+        tables[part] = (np.r_[offset, out[f"t.{part}_sin"].to_numpy()], np.r_[offset, out[f"t.{part}_cos"].to_numpy()])
+    return tables
+
+
+def _convert_datetime(scope: Any, operator: Any, container: Any) -> None:
+    """serving.features.DatetimeFeatures on seconds since 1970 (OnnxPredictor's input for a datetime): hour and day
+    of week by whole-number arithmetic, the calendar date by Howard Hinnant's civil_from_days, all exact in double;
+    the sine and cosine of a cyclical part looked up in a table of the transformer's own values. NaN (a missing
+    value) stays NaN."""
+    from onnx import TensorProto
+    from skl2onnx.operator_converters.common import concatenate_variables
+
+    from serving.features import PARTS, PERIODS
+
+    transformer = operator.raw_operator
+    name = scope.get_unique_variable_name
+    x = concatenate_variables(scope, operator.inputs, container)
+    constants: dict[float, str] = {}
+
+    def const(value: float) -> str:
+        if value not in constants:
+            constants[value] = name("c")
+            container.add_initializer(constants[value], TensorProto.DOUBLE, [], [float(value)])
+        return constants[value]
+
+    def op(kind: str, *args: str, **attributes: Any) -> str:
+        out = name(kind.lower())
+        container.add_node(kind, list(args), [out], **attributes)
+        return out
+
+    def floordiv(a: str, b: float) -> str:
+        return op("Floor", op("Div", a, const(b)))
+
+    flat, column = name("flat"), name("column")
+    container.add_initializer(flat, TensorProto.INT64, [1], [-1])
+    container.add_initializer(column, TensorProto.INT64, [2], [-1, 1])
+    cyclical = _cyclical_tables(transformer.cyclical)
+    outputs = []
+    for j in range(transformer.n_features_in_):
+        picked = name("picked")
+        container.add_initializer(picked, TensorProto.INT64, [1], [j])
+        seconds = op("Gather", x, picked, axis=1) if transformer.n_features_in_ > 1 else x
+        days = floordiv(seconds, 86400)
+        hour = floordiv(op("Sub", seconds, op("Mul", days, const(86400))), 3600)
+        shifted = op("Add", days, const(3))  # 1970-01-01 was a Thursday (Monday is 0)
+        dayofweek = op("Sub", shifted, op("Mul", floordiv(shifted, 7), const(7)))
+        z = op("Add", days, const(719468))
+        era = floordiv(z, 146097)
+        doe = op("Sub", z, op("Mul", era, const(146097)))
+        yoe = floordiv(op("Sub", op("Add", op("Sub", doe, floordiv(doe, 1460)), floordiv(doe, 36524)),
+                          floordiv(doe, 146096)), 365)
+        doy = op("Sub", doe, op("Sub", op("Add", op("Mul", yoe, const(365)), floordiv(yoe, 4)), floordiv(yoe, 100)))
+        mp = floordiv(op("Add", op("Mul", doy, const(5)), const(2)), 153)
+        day = op("Add", op("Sub", doy, floordiv(op("Add", op("Mul", mp, const(153)), const(2)), 5)), const(1))
+        early = op("Less", mp, const(10))
+        month = op("Where", early, op("Add", mp, const(3)), op("Sub", mp, const(9)))
+        january = op("Cast", op("LessOrEqual", month, const(2)), to=TensorProto.DOUBLE)
+        year = op("Add", op("Add", yoe, op("Mul", era, const(400))), january)
+        parts = {"year": year, "month": month, "day": day, "dayofweek": dayofweek, "hour": hour}
+        for part in PARTS:
+            outputs.append(parts[part])
+            if transformer.cyclical and part in PERIODS:
+                missing = op("IsNaN", parts[part])
+                index = op("Cast", op("Where", missing, const(0), parts[part]), to=TensorProto.INT64)
+                for table in cyclical[part]:
+                    values = name("table")
+                    container.add_initializer(values, TensorProto.DOUBLE, [len(table)], table.tolist())
+                    gathered = op("Gather", values, op("Reshape", index, flat))
+                    outputs.append(op("Where", missing, const(np.nan), op("Reshape", gathered, column)))
+    container.add_node("Concat", outputs, [operator.outputs[0].full_name], axis=1)

@@ -318,8 +318,8 @@ def validate(rows: Any, contract: Contract, *, max_rows: int, out_of_range: str 
 
 
 def _keys(contract: Contract, given: dict[str, list[Any]], problems: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """The key columns sent, each value text or a number as sent (None: the row has none). An object, a list or a
-    boolean cannot name a row: a problem of its row."""
+    """The key columns sent, each value text or a finite number as sent (None: the row has none). An object, a
+    list or a boolean cannot name a row: a problem of its row."""
     keys = {}
     for name in contract.keys:
         values = given.get(name)
@@ -328,14 +328,12 @@ def _keys(contract: Contract, given: dict[str, list[Any]], problems: list[dict[s
         column = []
         for i, v in enumerate(values):
             kind = type(v)
-            if kind is float and not math.isfinite(v):
-                v = None if math.isnan(v) else v  # NaN: how pandas spells a missing value
-            if v is not None and (kind not in (str, int, float) or (kind is int and not -2**63 <= v < 2**64)
-                                  or (kind is float and not math.isfinite(v))):
+            if kind is float and v != v:
+                v = None  # NaN: how pandas spells a missing value
+            elif v is not None and (kind not in (str, int, float) or (kind is float and not math.isfinite(v))):
                 if len(problems) < MAX_DETAILS:
-                    problems.append({"row": i, "field": name,
-                                     "problem": f"a key is text or a number, got {_kind(v)}"
-                                     if kind not in (int, float) else "a key number must be finite and fit 64 bits"})
+                    got = "an infinite number" if kind is float else _kind(v)
+                    problems.append({"row": i, "field": name, "problem": f"a key is text or a number, got {got}"})
                 v = None
             column.append(None if v == "" else v)
         keys[name] = column

@@ -3,9 +3,9 @@
 Files are `<capture dir>/<model>/<YYYY-MM-DD>/<file>.jsonl.gz`, one JSON object per input row; only complete files
 (the `.jsonl.gz` suffix, never `.part`) are read. The capture dir is a local directory or `s3://bucket/prefix`
 (what EC2 hosts ship to). Each file is parsed by pyarrow's multithreaded JSON reader and filtered to the model
-version and the period before anything becomes a pandas object, so memory follows the rows kept. A file in which a
-field holds values of two JSON types (an open category sent as text by one client and as a number by another, a
-key given as 17 and as "17") is one pyarrow refuses; it is read line by line instead, to the same frame.
+version and the period before anything becomes a pandas object, so memory follows the rows kept. A file pyarrow
+refuses (a field holding values of two JSON types: an open category sent as text by one client and as a number by
+another, a key given as 17 and as "17"; a key number past 64 bits) is read line by line instead, to the same frame.
 
 The frame: request_id, row, timestamp, the schema's id columns (each row's captured `key`, as text; None where
 the request sent none), the features (numbers as float, datetimes as datetime64 in UTC, categories and ordinals
@@ -69,10 +69,8 @@ def read_file(path: Path, schema: SchemaConfig, model_name: str, version: str, s
 
     try:
         return _read_arrow(path, schema, model_name, version, start, end)
-    except pa.ArrowInvalid as exc:
-        if "changed from" not in str(exc):
-            raise MonitoringError(f"capture file {path} is not valid capture JSON lines: {exc}") from exc
-        log.info("capture: %s holds a field with values of two JSON types; reading it line by line", path)
+    except pa.ArrowInvalid as exc:  # two JSON types in one field, a number past int64, or no JSON at all
+        log.info("capture: pyarrow cannot read %s (%s); reading it line by line", path, exc)
     return _read_lines(path, schema, model_name, version, start, end)
 
 
