@@ -580,28 +580,52 @@ def _convert_lookup(scope: Any, operator: Any, container: Any) -> None:
         frame = model_frame({column: np.array(values if c == j else base[column] * len(values), dtype=object)
                              for c, column in enumerate(columns)})
         encoded = encoder.transform(frame if hasattr(encoder, "feature_names_in_") else frame.to_numpy())
-        encoded = encoded.toarray() if hasattr(encoded, "toarray") else encoded  # a sparse one-hot block
-        table = np.asarray(encoded, dtype=np.float64)[:, start:start + width]
+        block = encoded[:, start:start + width]
         start += width
-        column, index, rows, gathered = name("column"), name("index"), name("rows"), name("encoded")
-        picked = name("picked")
+        column, index, flat, gathered = name("column"), name("index"), name("flat"), name("encoded")
+        picked, shape = name("picked"), name("shape")
         container.add_initializer(picked, TensorProto.INT64, [1], [j])
+        container.add_initializer(shape, TensorProto.INT64, [1], [-1])
         container.add_node("Gather", [x, picked], [column], axis=1)
         container.add_node("LabelEncoder", [column], [index], op_domain="ai.onnx.ml", op_version=2,
                            name=scope.get_unique_operator_name("LabelEncoder"),
                            keys_strings=[*keys, MISSING_CATEGORY], values_int64s=list(range(len(keys) + 1)),
                            default_int64=len(keys) + 1)
-        container.add_initializer(rows, TensorProto.DOUBLE, list(table.shape), table.ravel().tolist())
-        flat = name("flat")
-        shape = name("shape")
-        container.add_initializer(shape, TensorProto.INT64, [1], [-1])
         container.add_node("Reshape", [index, shape], [flat])
-        container.add_node("Gather", [rows, flat], [gathered], axis=0)
+        hot = _hot_columns(block)
+        if hot is not None:  # one-hot: each row's one column (-1: none), compared with the columns' numbers
+            positions, numbers, chosen, equal = name("positions"), name("numbers"), name("chosen"), name("equal")
+            container.add_initializer(positions, TensorProto.INT64, [len(hot), 1], hot.tolist())
+            container.add_initializer(numbers, TensorProto.INT64, [1, width], list(range(width)))
+            container.add_node("Gather", [positions, flat], [chosen], axis=0)
+            container.add_node("Equal", [chosen, numbers], [equal])
+            container.add_node("Cast", [equal], [gathered], to=TensorProto.DOUBLE)
+        else:
+            rows = name("rows")
+            table = np.asarray(block.toarray() if hasattr(block, "toarray") else block, dtype=np.float64)
+            container.add_initializer(rows, TensorProto.DOUBLE, list(table.shape), table.ravel().tolist())
+            container.add_node("Gather", [rows, flat], [gathered], axis=0)
         outputs.append(gathered)
     if len(outputs) == 1:
         container.add_node("Identity", outputs, [operator.outputs[0].full_name])
     else:
         container.add_node("Concat", outputs, [operator.outputs[0].full_name], axis=1)
+
+
+def _hot_columns(block: Any) -> np.ndarray | None:
+    """For a sparse one-hot block, the column each row sets to 1 (-1 where none is set): what a one-hot lookup needs
+    instead of a [categories, columns] table (4,000 categories would be 128 MB of doubles). None for anything
+    else."""
+    if not hasattr(block, "tocsr"):
+        return None
+    block = block.tocsr()
+    block.eliminate_zeros()
+    counts = np.diff(block.indptr)
+    if counts.max(initial=0) > 1 or not np.all(block.data == 1.0):
+        return None
+    hot = np.full(block.shape[0], -1, dtype=np.int64)
+    hot[counts == 1] = block.indices
+    return hot
 
 
 def _cyclical_tables(cyclical: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
