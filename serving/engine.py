@@ -20,6 +20,7 @@ why. The estimator itself is never changed.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,44 +137,53 @@ def compile_predictor(estimator: Any, contract: Contract, check_rows: list[dict[
         compare(predictor, sklearn_predict, contract,
                 check_rows + edge_rows(contract, check_rows, known_categories(estimator)))
     except Exception as exc:  # noqa: BLE001 - whatever fails here, sklearn serves and the reason is shown
-        return None, Engine(SKLEARN, f"{type(exc).__name__}: {_short(str(exc))}")
+        return None, Engine(SKLEARN, _reason(exc))
     return predictor, Engine(ONNX)
 
 
 def convert(estimator: Any, contract: Contract) -> bytes:
-    """The pipeline as a serialized ONNX model: the numeric features as one input, each text feature as one."""
-    from skl2onnx import convert_sklearn
+    """The pipeline as a serialized ONNX model: the numeric and datetime features as one input, each text feature
+    as one."""
     from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
-    from sklearn import ensemble
-    from sklearn.impute import SimpleImputer
-    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, TargetEncoder
-
-    from serving.features import DatetimeFeatures
 
     for feature in contract.features:
         if not feature.is_numeric and feature.allowed and not all(isinstance(a, str) for a in feature.allowed):
             raise TypeError(f"categorical feature {feature.name!r} has non-text values {list(feature.allowed)[:5]}")
     inputs = [(f.name, DoubleTensorType([None, 1]) if _double_input(f) else StringTensorType([None, 1]))
               for f in contract.features]
+    onx = to_onnx(estimator, inputs, classifier=contract.task == "classification")
+    _one_numeric_input(onx.graph, sum(_double_input(f) for f in contract.features))
+    return onx.SerializeToString()
+
+
+def to_onnx(model: Any, inputs: list[tuple[str, Any]], classifier: bool = False) -> Any:
+    """A fitted pipeline or transformer as an ONNX model (ModelProto), with our converters: `inputs` are skl2onnx's
+    (name, tensor type) pairs, a datetime as a double of seconds since 1970."""
+    from skl2onnx import convert_sklearn
+    from sklearn import ensemble
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, TargetEncoder
+
+    from serving.features import DatetimeFeatures
+
     forests = (ensemble.RandomForestClassifier, ensemble.ExtraTreesClassifier, ensemble.HistGradientBoostingClassifier)
     trees = {cls: _convert_trees for cls in (*forests, ensemble.RandomForestRegressor, ensemble.ExtraTreesRegressor,
                                              ensemble.HistGradientBoostingRegressor)}
     encoders = {cls: _convert_lookup for cls in (OrdinalEncoder, TargetEncoder, OneHotEncoder)}
     shapes = {**{cls: _double_probabilities for cls in forests}, SimpleImputer: _same_type_shape,
               **{cls: _width_shape for cls in (OrdinalEncoder, TargetEncoder, OneHotEncoder, DatetimeFeatures)}}
-    final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
-    options = {id(final): {"zipmap": False}} if contract.task == "classification" else None
-    onx = convert_sklearn(estimator, initial_types=inputs, target_opset=_OPSETS, options=options,
-                           custom_conversion_functions={SimpleImputer: _convert_imputer, **trees, **encoders,
-                                                        DatetimeFeatures: _convert_datetime},
-                           custom_shape_calculators=shapes)
+    final = model.steps[-1][1] if hasattr(model, "steps") else model
+    options = {id(final): {"zipmap": False}} if classifier else None
+    onx = convert_sklearn(model, initial_types=inputs, target_opset=_OPSETS, options=options,
+                          custom_conversion_functions={SimpleImputer: _convert_imputer, **trees, **encoders,
+                                                       DatetimeFeatures: _convert_datetime},
+                          custom_shape_calculators=shapes)
     for opset in onx.opset_import:
         if opset.domain == "ai.onnx.ml":
             # TreeEnsemble needs 5. The other ai.onnx.ml ops skl2onnx writes mean the same at 5; the agreement
             # check would catch one that did not.
             opset.version = 5
-    _one_numeric_input(onx.graph, sum(_double_input(f) for f in contract.features))
-    return onx.SerializeToString()
+    return onx
 
 
 def _one_numeric_input(graph: Any, features: int) -> None:
@@ -285,6 +295,15 @@ def known_categories(estimator: Any) -> dict[str, list[Any]]:
 
 def _classes(estimator: Any, contract: Contract) -> list[Any] | None:
     return estimator.classes_.tolist() if contract.task == "classification" else None
+
+
+def _reason(exc: Exception) -> str:
+    """Why a pipeline is not served by ONNX Runtime, in a line: a step skl2onnx has no converter for is named."""
+    text = str(exc)
+    if type(exc).__name__ in ("MissingShapeCalculator", "MissingConverter"):
+        step = re.search(r"for type '<class '([^']+)'>'", text)
+        return f"no ONNX converter for the pipeline step {step.group(1) if step else '?'}"
+    return f"{type(exc).__name__}: {_short(text)}"
 
 
 def _short(text: str, limit: int = 300) -> str:

@@ -11,7 +11,8 @@ import pytest
 from serving import engine
 from serving.inputs import validate
 from serving.model import load_bundle
-from tests.support.bundles import GOOD_ROW
+from tests.support import typed
+from tests.support.bundles import GOOD_ROW, build_pipeline
 from tests.support.engines import fitted, records, sklearn_predict
 from tests.support.signing import trusted_keys
 
@@ -163,3 +164,91 @@ def test_plain_numbers_are_checked_at_once_and_anything_else_column_by_column() 
         assert inputs._plain_numbers(contract, inputs._record_columns(rows, contract, 100).values) is None
     with pytest.raises(inputs.InputError, match="expected an integer"):  # the precise error, from the column path
         validate([{**plain[0], "count": 2.5}], contract, max_rows=1)
+
+
+# --- every column type: datetimes, ordinals, open and native categories, one-hot with an infrequent bucket --------
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("family", (*FAMILIES, "extra_trees"))
+def test_every_column_type_is_served_by_onnx_runtime_with_sklearn_answers(family: str, task: str) -> None:
+    """The table of tests/support/typed.py through each family's pipeline (hist_gradient_boosting: native categorical
+    splits and target encoding; the others: one-hot with an infrequent bucket, target encoding, imputed datetime
+    parts), against sklearn on rows it never saw: numbers for an open category, unseen and missing values too."""
+    pipeline, _ = typed.fitted(task, family)
+    contract = typed.contract(task)
+    reference = sklearn_predict(pipeline, task)
+    predictor, chosen = engine.compile_predictor(pipeline, contract, typed.as_records(typed.requests(task, 5, 1)),
+                                                 reference)
+    assert chosen == engine.Engine(engine.ONNX), chosen.reason
+    frame = typed.requests(task, 300, seed=2)
+    rows = typed.as_records(frame)
+    odd = [{"dest": 7}, {"dest": "never seen"}, {"tailnum": 12.5}, {"carrier": None, "sched": None},
+           {"time_hour": "2013-12-31T23:00:00+00:00", "cut": "Fair"}]
+    rows += [{**rows[i], **change} for i, change in enumerate(odd)]
+    columns = validate(rows, contract, max_rows=len(rows)).columns
+    got, got_proba = predictor.predict(columns)
+    expected, expected_proba = reference(columns)
+    if task == "regression":
+        np.testing.assert_allclose(got, expected, rtol=engine.REGRESSION_RTOL, atol=engine.REGRESSION_RTOL)
+    else:
+        assert got.tolist() == expected.tolist()
+        np.testing.assert_allclose(got_proba, expected_proba, rtol=0, atol=engine.PROBABILITY_ATOL)
+    # What the server gives the model (datetimes parsed, keys and ignored columns dropped) is what batch scoring
+    # gives it (the CSV's text): the same answers.
+    batch = pipeline.predict(frame[list(typed.FEATURES)])
+    served = got[:len(frame)]
+    if task == "regression":
+        np.testing.assert_allclose(served, batch, rtol=engine.REGRESSION_RTOL, atol=engine.REGRESSION_RTOL)
+    else:
+        assert served.tolist() == batch.tolist()
+
+
+def test_datetime_parts_in_the_graph_are_the_transformers_own() -> None:
+    """Year, month, day, day of week and hour (and the cyclical sine and cosine) from seconds since 1970, across the
+    whole datetime64[ns] range, before 1970 too, with missing values: equal to DatetimeFeatures', bit for bit."""
+    import onnxruntime as ort
+    import pandas as pd
+    from skl2onnx.common.data_types import DoubleTensorType
+    from sklearn.compose import ColumnTransformer
+
+    from serving.features import DatetimeFeatures
+
+    rng = np.random.default_rng(0)
+    seconds = rng.integers(-9_000_000_000, 9_000_000_000, 5000)
+    moments = np.r_[seconds, [0, -1, 951782400, 951868799, 4107542400]].astype("datetime64[s]").astype(
+        "datetime64[ns]")  # 1970, its last second before, 29 February 2000, 2100-03-01
+    moments[::97] = np.datetime64("NaT")
+    frame = pd.DataFrame({"t": moments, "u": moments[::-1]})
+    for cyclical in (False, True):
+        transformer = ColumnTransformer([("dt", DatetimeFeatures(cyclical=cyclical), ["t", "u"])]).fit(frame)
+        onx = engine.to_onnx(transformer, [("t", DoubleTensorType([None, 1])), ("u", DoubleTensorType([None, 1]))])
+        session = ort.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"t": engine.epoch_seconds(moments).reshape(-1, 1),
+                                 "u": engine.epoch_seconds(moments[::-1]).reshape(-1, 1)})[0]
+        expected = transformer.transform(frame)
+        assert got.shape == expected.shape
+        assert np.array_equal(got, expected, equal_nan=True), np.argwhere(~np.isclose(got, expected, equal_nan=True))
+
+
+def test_an_open_category_of_numbers_falls_back_to_sklearn_naming_the_column() -> None:
+    """The graph takes categories as text; a column whose categories are numbers (what pandas reads from a column of
+    codes) is served by sklearn, and /version says why."""
+    frame = typed.frame("regression")
+    frame["dest"] = frame["dest"].str[1:].astype(float)  # D07 -> 7.0, missing stays NaN
+    pipeline = build_pipeline(typed.schema("regression"), "random_forest", {"n_estimators": 5})
+    pipeline.fit(frame[list(typed.FEATURES)], frame["arr_delay"])
+    contract = typed.contract("regression")
+    _, chosen = engine.compile_predictor(pipeline, contract, typed.as_records(typed.requests("regression", 3, 1)),
+                                         sklearn_predict(pipeline, "regression"))
+    assert chosen.name == engine.SKLEARN
+    assert chosen.reason == "NotImplementedError: TargetEncoder column 'dest' has non-text categories [0.0, 1.0, 2.0, 3.0, 4.0]"
+
+
+def test_a_step_without_a_converter_is_named_in_the_reason() -> None:
+    from sklearn.preprocessing import FunctionTransformer
+
+    pipeline, contract = fitted("elasticnet", "regression")
+    pipeline.steps.insert(1, ("log", FunctionTransformer(np.log1p)))
+    _, chosen = engine.compile_predictor(pipeline, contract, records("regression", 3, seed=1),
+                                         sklearn_predict(pipeline, "regression"))
+    assert chosen.name == engine.SKLEARN and "FunctionTransformer" in chosen.reason and len(chosen.reason) < 200

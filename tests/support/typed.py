@@ -32,7 +32,7 @@ COLUMNS = (
                max="2013-12-31T23:00:00"),
     ColumnSpec(name="sched", dtype="datetime", format="unix", cyclical=True, nullable=True),
     ColumnSpec(name="cut", dtype="ordinal", categories=CUTS),
-    ColumnSpec(name="carrier", dtype="category", allowed=CARRIERS),
+    ColumnSpec(name="carrier", dtype="category", allowed=CARRIERS, nullable=True),
     ColumnSpec(name="dest", dtype="category", nullable=True, encoding="target"),
     ColumnSpec(name="tailnum", dtype="category", nullable=True, encoding="onehot", min_frequency=8),
     ColumnSpec(name=IGNORED, dtype="string", role="ignore"),
@@ -60,7 +60,8 @@ def frame(task: str, rows: int = 400, seed: int = 0) -> pd.DataFrame:
     sched_seconds[rng.random(rows) < 0.1] = np.nan
     dep = np.round(rng.gamma(1.0, 15, rows) - 5, 1)
     cut = rng.choice(CUTS, rows)
-    carrier = rng.choice(CARRIERS, rows)
+    carrier = rng.choice(CARRIERS, rows).astype(object)
+    carrier[rng.random(rows) < 0.05] = None
     dest = rng.choice(DESTS, rows).astype(object)
     dest[rng.random(rows) < 0.05] = None
     tail = rng.choice(TAILS, rows, p=np.r_[np.full(10, 0.07), np.full(50, 0.3 / 50)]).astype(object)
