@@ -241,7 +241,8 @@ def test_an_open_category_of_numbers_falls_back_to_sklearn_naming_the_column() -
     _, chosen = engine.compile_predictor(pipeline, contract, typed.as_records(typed.requests("regression", 3, 1)),
                                          sklearn_predict(pipeline, "regression"))
     assert chosen.name == engine.SKLEARN
-    assert chosen.reason == "NotImplementedError: TargetEncoder column 'dest' has non-text categories [0.0, 1.0, 2.0, 3.0, 4.0]"
+    assert chosen.reason == ("NotImplementedError: TargetEncoder column 'dest' has non-text categories "
+                             "[0.0, 1.0, 2.0, 3.0, 4.0]")
 
 
 def test_a_step_without_a_converter_is_named_in_the_reason() -> None:
