@@ -139,3 +139,12 @@ def test_record_schema_has_every_dtype_and_the_optional_key_and_ignored_columns(
         row["time_hour" if isinstance(example, str) else "sched"] = example
         assert client.post("/predict", json=row).status_code == 200
     test_request_examples_in_the_spec_are_accepted(app)
+
+
+def test_with_out_of_range_flagged_the_ranges_are_words_not_limits(make_app: Any) -> None:
+    """SERVING_OUT_OF_RANGE=flag answers a value outside the range (with a warning): the spec must not forbid it."""
+    app = make_app(out_of_range="flag")
+    x2 = _spec(app)["components"]["schemas"]["Record"]["properties"]["x2"]
+    assert "minimum" not in x2 and "maximum" not in x2 and "from -10 to 10" in x2["description"]
+    answer = app.test_client().post("/predict", json={**GOOD_ROW, "x2": 50.0})
+    assert answer.status_code == 200 and answer.json["warnings"][0]["field"] == "x2"

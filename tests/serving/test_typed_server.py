@@ -51,7 +51,8 @@ def forms(rows: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]], list[
             ("/invocations", json.dumps({"dataframe_split": {"columns": names,
                                                              "data": [[r.get(n) for n in names] for r in parts[1]]}}),
              "application/json"),
-            ("/invocations", json.dumps({"inputs": {n: [r.get(n) for r in parts[2]] for n in names}}), "application/json"),
+            ("/invocations", json.dumps({"inputs": {n: [r.get(n) for r in parts[2]] for n in names}}),
+             "application/json"),
             ("/invocations", out.getvalue(), "text/csv")], parts
 
 
