@@ -479,7 +479,11 @@ def _categorical(feature: Feature, values: list[Any], from_text: bool, out_of_ra
                 problems.append({"row": i, "field": feature.name,
                                  "problem": f"not one of the {which} {list(feature.allowed)[:10]}"})
             v = lookup.get(key)
-        elif type(v) is not str and (type(v) not in (int, float) or not math.isfinite(v)):
+        elif type(v) is str:
+            if "\x00" in v:  # no category holds one; the compiled model's markers for missing values do
+                problems.append({"row": i, "field": feature.name, "problem": "text with a NUL character"})
+                v = None
+        elif type(v) not in (int, float) or not math.isfinite(v):
             got = "an infinite number" if type(v) is float else _kind(v)
             problems.append({"row": i, "field": feature.name, "problem": f"expected text or a number, got {got}"})
             v = None

@@ -105,6 +105,7 @@ def test_numbers_only_split_takes_the_fast_path_and_with_a_key_the_general_one()
     ({"dest": {"code": "JFK"}}, "dest", "expected text or a number, got an object"),
     ({"dest": ["JFK"]}, "dest", "expected text or a number, got a list"),
     ({"dest": True}, "dest", "expected text or a number, got a boolean"),
+    ({"dest": "\x00missing"}, "dest", "text with a NUL character"),  # the compiled model's marker of a missing value
     ({"flight_id": {"id": 1}}, "flight_id", "a key is text or a number, got an object"),
     ({"flight_id": [1]}, "flight_id", "a key is text or a number, got a list"),
     ({"flight_id": False}, "flight_id", "a key is text or a number, got a boolean"),
