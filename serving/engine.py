@@ -699,10 +699,11 @@ def _convert_datetime(scope: Any, operator: Any, container: Any) -> None:
     def floordiv(a: str, b: float) -> str:
         return op("Floor", op("Div", a, const(b)))
 
-    flat, column = name("flat"), name("column")
-    container.add_initializer(flat, TensorProto.INT64, [1], [-1])
-    container.add_initializer(column, TensorProto.INT64, [2], [-1, 1])
     cyclical = _cyclical_tables(transformer.cyclical)
+    flat, column = name("flat"), name("column")
+    if cyclical:  # the shapes the table lookups need (an initializer nothing reads is a warning at every load)
+        container.add_initializer(flat, TensorProto.INT64, [1], [-1])
+        container.add_initializer(column, TensorProto.INT64, [2], [-1, 1])
     outputs = []
     for j in range(transformer.n_features_in_):
         picked = name("picked")
