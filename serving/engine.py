@@ -173,6 +173,11 @@ def to_onnx(model: Any, inputs: list[tuple[str, Any]], classifier: bool = False)
     shapes = {**{cls: _double_probabilities for cls in forests}, SimpleImputer: _same_type_shape,
               **{cls: _width_shape for cls in (OrdinalEncoder, TargetEncoder, OneHotEncoder, DatetimeFeatures)}}
     final = model.steps[-1][1] if hasattr(model, "steps") else model
+    inner = getattr(final, "estimator", None)
+    if type(final).__name__ == "CalibratedClassifierCV" and hasattr(inner, "decision_function"):
+        # skl2onnx calibrates the decision function, which our tree converter does not give (a forest has none)
+        raise NotImplementedError(f"calibrated {type(inner).__name__}: its calibration reads the decision "
+                                  "function, not converted")
     options = {id(final): {"zipmap": False}} if classifier else None
     onx = convert_sklearn(model, initial_types=inputs, target_opset=_OPSETS, options=options,
                           custom_conversion_functions={SimpleImputer: _convert_imputer, **trees, **encoders,

@@ -253,3 +253,25 @@ def test_a_step_without_a_converter_is_named_in_the_reason() -> None:
     _, chosen = engine.compile_predictor(pipeline, contract, records("regression", 3, seed=1),
                                          sklearn_predict(pipeline, "regression"))
     assert chosen.name == engine.SKLEARN and "FunctionTransformer" in chosen.reason and len(chosen.reason) < 200
+
+
+@pytest.mark.parametrize("family, served_by", [("random_forest", engine.ONNX),
+                                               ("hist_gradient_boosting", engine.SKLEARN)])
+def test_a_calibrated_classifier_is_served_when_its_calibration_reads_probabilities(family: str,
+                                                                                  served_by: str) -> None:
+    """CalibratedClassifierCV (calibration: sigmoid) around a forest calibrates its probabilities, which our tree
+    converter gives; around histogram gradient boosting it calibrates the decision function, which it does not."""
+    from sklearn.calibration import CalibratedClassifierCV
+
+    data = typed.frame("classification")
+    pipeline = build_pipeline(typed.schema("classification"), family,
+                              {"max_iter": 20} if family == "hist_gradient_boosting" else {"n_estimators": 10})
+    pipeline.steps[-1] = ("model", CalibratedClassifierCV(pipeline.steps[-1][1], method="sigmoid", cv=3))
+    pipeline.fit(data[list(typed.FEATURES)], data["late"])
+    predictor, chosen = engine.compile_predictor(pipeline, typed.contract("classification"),
+                                                 typed.as_records(typed.requests("classification", 5, 1)),
+                                                 sklearn_predict(pipeline, "classification"))
+    assert chosen.name == served_by, chosen.reason
+    if served_by == engine.SKLEARN:
+        assert chosen.reason == ("NotImplementedError: calibrated HistGradientBoostingClassifier: its calibration "
+                                 "reads the decision function, not converted")
