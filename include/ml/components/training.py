@@ -74,6 +74,14 @@ def skops_trusted_types(pipeline: Any, family: str) -> list[str]:
     return needed
 
 
+def model_requirements() -> list[str]:
+    """What loading the model needs, pinned as installed. Given, not inferred: MLflow's inference re-imports the model
+    in a child process (~9 s a training), and servers install serving/requirements.txt anyway."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("scikit-learn", "skops", "numpy", "pandas", "scipy")]
+
+
 def split_xy(frame: pd.DataFrame, schema: SchemaConfig) -> tuple[pd.DataFrame, pd.Series]:
     return frame[[c.name for c in schema.features]], frame[schema.target]
 
@@ -113,6 +121,7 @@ def train(train_frame: pd.DataFrame, config: TrainingConfig, run_id: str, output
         example = x.head(5)
         info = mlflow.sklearn.log_model(
             pipeline, name=MODEL_NAME, serialization_format="skops", skops_trusted_types=trusted,
+            pip_requirements=model_requirements(),
             signature=infer_signature(example, pipeline.predict(example)), input_example=example,
             metadata={"feature_contract": config.schema.feature_contract()})
         mlflow.set_tag("model_uri", info.model_uri)

@@ -131,7 +131,7 @@ def _failure(result: Any, schema: SchemaConfig, frame: pd.DataFrame) -> dict[str
         spec = next(c for c in schema.columns if c.name == column)
         kwargs = {"dtype": spec.dtype} | ({"format": spec.format or "ISO 8601"} if spec.dtype == "datetime" else {})
         if spec.is_numeric and column in frame:
-            outcome = _non_numeric(frame[column])
+            outcome = _non_numeric(frame[column], whole=spec.dtype == "int")
         elif spec.dtype == "datetime" and column in frame:
             outcome = _not_datetimes(frame[column], spec)
     info = result.exception_info or {}
@@ -156,9 +156,11 @@ def _failure(result: Any, schema: SchemaConfig, frame: pd.DataFrame) -> dict[str
     }
 
 
-def _non_numeric(column: pd.Series) -> dict[str, Any]:
-    """Which values keep a numeric column from being numeric: more useful than the dtype alone."""
-    bad = column[pd.to_numeric(column, errors="coerce").isna() & column.notna()]
+def _non_numeric(column: pd.Series, whole: bool = False) -> dict[str, Any]:
+    """Which values keep a numeric column from being numeric (or, `whole`, an int column from being whole numbers):
+    more useful than the dtype alone. Missing values are not counted: the not-null check names them."""
+    numbers = pd.to_numeric(column, errors="coerce")
+    bad = column[(numbers.isna() & column.notna()) | (whole & numbers.notna() & (numbers != numbers.round()))]
     return {"observed_value": f"dtype {column.dtype}", "unexpected_count": len(bad),
             "unexpected_percent": 100 * len(bad) / max(len(column), 1),
             "partial_unexpected_list": bad.head(_EXAMPLES).tolist(),
@@ -188,8 +190,12 @@ def _plain(label: Any) -> Any:
 
 
 def _root_causes(failures: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Drop failures that only follow from another one: checks on a missing or mistyped column."""
+    """Drop failures that only follow from another one: checks on a missing or mistyped column, and the type of an
+    int column that only its missing values made float (the not-null failure names them)."""
     missing = {f["column"] for f in failures if f["expectation"] == "expect_column_to_exist"}
+    nulls = {f["column"] for f in failures if f["expectation"] == "expect_column_values_to_not_be_null"}
+    failures = [f for f in failures if not (f["expectation"] == "expect_column_values_to_be_in_type_list"
+                                            and f["column"] in nulls and f["unexpected_count"] == 0)]
     mistyped = {f["column"] for f in failures if f["expectation"] == "expect_column_values_to_be_in_type_list"}
     return [f for f in failures
             if not (f["column"] in missing and f["expectation"] != "expect_column_to_exist")
