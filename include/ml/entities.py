@@ -555,6 +555,7 @@ class TrainingConfig:
     model: ModelConfig
     mlflow: MlflowConfig
     tags: Mapping[str, str]
+    schema_file: str = "schema.yaml"  # the file a memory-guard refusal names
 
 
 @dataclass(frozen=True)

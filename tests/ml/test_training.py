@@ -99,3 +99,16 @@ def test_every_dtype_and_role_trains_and_loads_on_a_server(task: str, family: st
     served = load_sklearn(local, mlmodel)
     x = data[list(contract.names)]
     assert served.predict(x).tolist() == mlflow.sklearn.load_model(result.model_uri).predict(x).tolist()
+
+
+def test_the_memory_guard_runs_before_training_fits_or_logs_anything(mlflow_config: MlflowConfig, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    from include.ml.exceptions import ConfigError
+
+    monkeypatch.setenv("MLOPS_MEMORY_LIMIT", str(2**12))  # 4 KiB: as if the machine were nearly full
+    config = training_config("regression", "random_forest", mlflow_config)
+    with pytest.raises(ConfigError, match="not enough memory to fit random_forest on 120 rows"):
+        train(dataset("regression"), config, "r", tmp_path, dataset_source="/data/unit.csv")
+    assert mlflow.search_runs(search_all_experiments=True).empty and not (tmp_path / "result.json").exists()

@@ -15,7 +15,7 @@ from include.ml import artifacts, tracking
 from include.ml.entities import SchemaConfig, TrainingConfig
 from include.ml.exceptions import TrainingError
 from include.ml.models import FAMILIES
-from include.ml.preprocessing import PREPROCESSING_SKOPS_TYPES, build_preprocessor, native_columns
+from include.ml.preprocessing import PREPROCESSING_SKOPS_TYPES, build_preprocessor, check_memory, native_columns
 from serving.trust import ALLOWED_SKOPS_TYPES
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ def train(train_frame: pd.DataFrame, config: TrainingConfig, run_id: str, output
     experiment_id = tracking.configure(config.mlflow)
     close_abandoned_runs(experiment_id, run_id, "train")
     x, y = split_xy(train_frame, config.schema)
+    (planned,) = check_memory(config.schema, (config.model.family,), train_frame, config.schema_file)
     pipeline = build_pipeline(config)
     estimator = type(pipeline.named_steps["model"]).__name__
     with warnings.catch_warnings(), \
@@ -115,6 +116,10 @@ def train(train_frame: pd.DataFrame, config: TrainingConfig, run_id: str, output
             pipeline.fit(x, y)
         except (ValueError, TypeError) as exc:
             raise TrainingError(f"{estimator} could not be fitted: {exc}") from exc
+        except MemoryError as exc:  # the guard's estimate was too low: say so, never a bare MemoryError
+            raise TrainingError(f"{estimator} ran out of memory while fitting ({planned.describe()} was estimated): "
+                                "reduce the encoded width (encoding: target, max_categories, role: ignore) or the "
+                                "rows") from exc
         fit_seconds = time.perf_counter() - started
         mlflow.log_metric("fit_seconds", fit_seconds)
         trusted = skops_trusted_types(pipeline, config.model.family)
