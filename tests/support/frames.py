@@ -49,6 +49,15 @@ def dataset(task: str, rows: int = 120, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame({"x1": x1, "x2": x2, "kind": kind, "y": y})
 
 
+def pipeline_for(schema: SchemaConfig, family: str, hyperparameters: dict[str, Any], seed: int = 0) -> Any:
+    """The unfitted pipeline training builds for `schema` and `family` (preprocessing included)."""
+    from include.ml.components.training import build_pipeline
+
+    model = ModelConfig(family=family, random_state=seed, hyperparameters=hyperparameters)
+    unused = MlflowConfig(experiment_name="unused", registered_model_name="unused")
+    return build_pipeline(TrainingConfig(schema, model, unused, MappingProxyType({})))
+
+
 def training_config(task: str, family: str, mlflow_config: MlflowConfig, **hyper: Any) -> TrainingConfig:
     model = ModelConfig(family=family, random_state=0, hyperparameters={**FAST[family], **hyper})
     return TrainingConfig(schema(task), model, mlflow_config, MappingProxyType({"git_sha": "test"}))
