@@ -25,9 +25,9 @@ is being fixed while this harness exists, so it reports what happens rather than
 
 What the default HistGradientBoosting model gets from the split (a simple, stated default, not a tuned one):
 - rows with a missing target are dropped (the pipeline's split should already hold none);
-- integer or text columns with one distinct value per training row (row ids, names) are dropped;
 - datetime columns, and text columns whose values all parse as ISO 8601 date-times, become float parts: year,
   month, day, day of week and hour (NaN where missing);
+- other integer or text columns with one distinct value per training row (row ids, names) are dropped;
 - other text columns with at most 255 distinct training values become pandas categoricals, which the model splits
   natively (categorical_features="from_dtype"); values unseen in training become missing;
 - text columns with more values become ordinal codes (sorted training values; unseen and missing: NaN), used as a
@@ -286,6 +286,16 @@ def baseline_frames(train: Any, test: Any, target: str) -> tuple[Any, Any, dict[
             numeric and values.notna().any() and bool(np.all(np.mod(values.dropna(), 1) == 0)))
         textual = not numeric and not pd.api.types.is_bool_dtype(values) and \
             not pd.api.types.is_datetime64_any_dtype(values)
+        parsed = None if numeric or pd.api.types.is_bool_dtype(values) else _datetimes(values)
+        if parsed is not None:  # before the id rule: a timestamp may well be unique per row
+            for frame in (x_train, x_test):
+                stamps = _datetimes(frame[column], force=True)
+                for part in ("year", "month", "day", "dayofweek", "hour"):
+                    frame[f"{column}.{part}"] = getattr(stamps.dt, "day_of_week" if part == "dayofweek" else part
+                                                        ).astype(float)
+            x_train, x_test = x_train.drop(columns=column), x_test.drop(columns=column)
+            treatment[column] = "date-time: year, month, day, day of week, hour"
+            continue
         if (integral or textual) and values.nunique() == len(values):
             treatment[column] = "dropped: one value per row (an id)"
             x_train, x_test = x_train.drop(columns=column), x_test.drop(columns=column)
@@ -298,16 +308,6 @@ def baseline_frames(train: Any, test: Any, target: str) -> tuple[Any, Any, dict[
             x_train[column] = values.astype(float)
             x_test[column] = x_test[column].astype(float)
             treatment[column] = "number"
-            continue
-        parsed = _datetimes(values)
-        if parsed is not None:
-            for frame in (x_train, x_test):
-                stamps = _datetimes(frame[column], force=True)
-                for part in ("year", "month", "day", "dayofweek", "hour"):
-                    frame[f"{column}.{part}"] = getattr(stamps.dt, "day_of_week" if part == "dayofweek" else part
-                                                        ).astype(float)
-            x_train, x_test = x_train.drop(columns=column), x_test.drop(columns=column)
-            treatment[column] = "date-time: year, month, day, day of week, hour"
             continue
         text_train = values.astype(object).where(values.notna(), None)
         text_test = x_test[column].astype(object).where(x_test[column].notna(), None)
