@@ -508,6 +508,11 @@ def markdown(results: list[dict[str, Any]]) -> str:
         if v.get("tool_source") and v["tool_source"] != "evaluate":
             notes.append(f"- {result['table']}: the evaluate stage reports no {v['metric']}; the tool's is computed "
                          f"from `main.py predict` on the test split")
+        tool_scores = comparison.get("tool_evaluate") or comparison.get("tool_predict") or {}
+        shared = [k for k in tool_scores if k in (comparison.get("baseline") or {}) and k != v["metric"]]
+        if shared:
+            notes.append(f"- {result['table']}: other metrics, tool / default HGB: " + ", ".join(
+                f"{k} {tool_scores[k]:.4f} / {comparison['baseline'][k]:.4f}" for k in shared))
         if train.get("stage_seconds"):
             notes.append(f"- {result['table']} stages (s): " + ", ".join(f"{k} {s:.1f}" for k, s in
                                                                        train["stage_seconds"].items()))

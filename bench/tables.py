@@ -210,7 +210,9 @@ def flights(rows: int = 336_776, seed: int = 2113) -> pd.DataFrame:
     taxi = (rng.gamma(2.0, 5.0, rows) - 10.0 + 0.35 * HOUR_DELAY[hour] + net.dest_congestion[dest]
             + 0.2 * weather + np.where(origin == 0, 2.0, 0.0))
     arrival = dep_delay - 0.04 * np.maximum(dep_delay, 0) + (air + 17.0 + taxi) - sched_block
-    arr_delay = np.round(arrival + 8.0 * rng.standard_t(3, rows)).astype(np.int64)
+    # Holding patterns and gate waits: a one-sided heavy tail, more of it in bad weather; early arrivals are bounded.
+    holding = np.where(rng.random(rows) < 0.08 + 0.002 * np.minimum(weather, 60), rng.exponential(22.0, rows), 0.0)
+    arr_delay = np.maximum(np.round(arrival + rng.normal(0, 9.0, rows) + holding), -95).astype(np.int64)
 
     blank_target = cancelled | diverted
     no_plate = (cancelled & (rng.random(rows) < 0.7)) | (rng.random(rows) < 0.001)
