@@ -48,7 +48,10 @@ def parse_datetimes(values: Any, format: str | None = None) -> tuple[np.ndarray,
         retry = parsed.isna() & text.notna()
         if format and retry.any():  # what the column's own format missed, in ISO 8601
             parsed[retry] = pd.to_datetime(text[retry], format="ISO8601", utc=True, errors="coerce")
-    moments = parsed.dt.tz_localize(None).astype("datetime64[ns]").to_numpy()
+    parsed = parsed.dt.tz_localize(None)
+    # parsed in a coarser unit, it may hold instants nanoseconds cannot (year 5407): invalid, like any bad value
+    parsed = parsed.where(parsed.isna() | ((parsed >= pd.Timestamp.min) & (parsed <= pd.Timestamp.max)))
+    moments = parsed.astype("datetime64[ns]").to_numpy()
     return moments, np.isnat(moments) & ~missing
 
 
