@@ -41,14 +41,17 @@ def _fit_toy(task: str, offset: float, n_estimators: int, family: str = "random_
     from sklearn.pipeline import Pipeline
 
     from include.ml.components.training import skops_trusted_types
-    from include.ml.components.transformation import build_preprocessor
     from include.ml.models import FAMILIES
+    from include.ml.preprocessing import build_preprocessor, native_columns
 
     schema = REGRESSION if task == "regression" else CLASSIFICATION
     frame = toy_frame(task, offset=offset)
     x, y = frame.drop(columns="y"), frame["y"]
-    pipeline = Pipeline([("preprocess", build_preprocessor(schema)),
-                         ("model", FAMILIES[family].build(task, 0, hyperparameters or {"n_estimators": n_estimators}))])
+    hyperparameters = dict(hyperparameters or {"n_estimators": n_estimators})
+    if categorical := native_columns(schema, family):
+        hyperparameters["categorical_features"] = categorical
+    pipeline = Pipeline([("preprocess", build_preprocessor(schema, family)),
+                         ("model", FAMILIES[family].build(task, 0, hyperparameters))])
     pipeline.fit(x, y)
     return pipeline, x, schema, skops_trusted_types(pipeline, family)
 
