@@ -267,7 +267,7 @@ class _Run:
         assert check is not None
         chunk.index = pd.RangeIndex(self.rows, self.rows + len(chunk))  # the row number: how checks name rows
         keys = pd.DataFrame({layout.keys[0]: chunk.index.to_numpy()}, index=chunk.index) if layout.numbered \
-            else chunk[list(layout.keys)]
+            else _keys(chunk, layout)
         checked = chunk.drop(columns=list(layout.unchecked))
         self.rows, self.chunks = self.rows + len(chunk), self.chunks + 1
         if self.mode == "fail":
@@ -321,6 +321,16 @@ class _Run:
             probabilities = np.empty((0, len(classes))) if probabilities is None else probabilities  # no rows
             out |= {f"probability_{label}": probabilities[:, i] for i, label in enumerate(classes)}
         return pd.DataFrame(out).assign(model_name=model.name, model_version=model.version)
+
+
+def _keys(chunk: pd.DataFrame, layout: _Layout) -> pd.DataFrame:
+    """The key columns as read, an int id column as nullable integers: one missing id (which makes pandas read the
+    chunk's column as floats) leaves the others as they were, and a Parquet output one column type."""
+    int_ids = {c.name for c in layout.checked.ids if c.dtype == "int"}
+    keys = chunk[list(layout.keys)]
+    whole = [name for name in layout.keys if name in int_ids and pd.api.types.is_numeric_dtype(keys[name])
+             and (keys[name].dropna() % 1 == 0).all()]
+    return keys.astype(dict.fromkeys(whole, "Int64")) if whole else keys
 
 
 # --- checks -------------------------------------------------------------------------------------------------------
