@@ -34,15 +34,15 @@ FLIGHTS = SchemaConfig.model_validate(FLIGHTS_SCHEMA)
 FEATURES = [c.name for c in FLIGHTS.features]
 
 
-def flights_like(rows: int, seed: int = 0) -> pd.DataFrame:
+def flights_like(rows: int, seed: int = 0, missing_plates: float = 0.02) -> pd.DataFrame:
     """`rows` flights whose delay depends on every feature (the hour of the datetime, the cut's order, the carrier,
-    the destination, the plate), with missing plates and notes; the target column included."""
+    the destination, the plate), with missing plates (this share) and notes; the target column included."""
     rng = np.random.default_rng(seed)
     moments = pd.Timestamp("2013-01-01") + pd.to_timedelta(rng.integers(0, 365 * 24, rows), unit="h")
     dest_index = rng.integers(0, 40, rows)
     dest = np.array([f"D{i:02d}" for i in dest_index], dtype=object)
     tailnum = np.array([f"N{i:03d}" for i in rng.integers(0, 300, rows)], dtype=object)
-    tailnum[rng.random(rows) < 0.02] = None
+    tailnum[rng.random(rows) < missing_plates] = None
     carrier = rng.choice(CARRIERS, rows)
     cut = rng.choice(CUTS, rows)
     dep_delay = (rng.gamma(1.0, 15, rows) - 5).round()
