@@ -85,14 +85,18 @@ def test_dag_scores_an_allowed_file_and_refuses_another(airflow_stack: Any, cham
     pd.read_csv(WINE_CSV, sep=";").drop(columns=TARGET).to_csv(source, sep=";", index=False)
     output = airflow_stack.batch_outputs / "scored.csv"  # under the stack's batch.allowed_outputs
 
-    run_id = client.trigger(DAG_ID, conf={"input": str(source), "output": str(output)})["dag_run_id"]
+    run_id = client.trigger(DAG_ID, conf={"input": str(source), "output": str(output),
+                                          "on_bad_rows": "skip"})["dag_run_id"]
     client.wait_for_run(DAG_ID, run_id, timeout=180)
     assert [(ti["task_id"], ti["state"], ti["try_number"]) for ti in client.task_instances(DAG_ID, run_id)] == \
         [("predict", "success", 1)]
     summary = client.xcom(DAG_ID, run_id, "predict")
     assert (summary["rows"], summary["chunks"], summary["model_version"]) == (1599, 1, champion)
+    assert (summary["on_bad_rows"], summary["rejected"], summary["rejected_uri"]) == \
+        ("skip", 0, f"{output}.rejected.csv")
     scored = pd.read_csv(output, sep=";")
     assert scored["prediction"].tolist() == cli_output["prediction"].tolist()  # the same code path as the CLI
+    assert Path(f"{output}.rejected.csv").read_text() == "row;id;column;expectation;expected;value\n"  # none bad
 
     # The repo's own copy of the file is outside the allow-list: the task fails at once (no retry), writing nothing.
     refused = client.trigger(DAG_ID, conf={"input": str(WINE_CSV),
