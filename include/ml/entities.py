@@ -127,7 +127,7 @@ class BatchConfig(Frozen):
     chunk_rows: int = Field(100_000, ge=1)  # rows read, validated and scored at a time: bounds the memory
     # The most one predict call's encoded input may take (rows x the model's encoded width x 8 bytes): a chunk goes
     # through the model in batches of that many rows, so a wide model (one-hot of thousands of values) stays bounded.
-    encoded_mb: int = Field(128, ge=1)
+    encoded_mb: int = Field(64, ge=1)
     # Rows that break schema.yaml: fail the run (nothing written), skip them (left out of the output), or flag them
     # (kept, without a prediction, rejected=true). skip and flag list every bad row's reasons in <output>.rejected.csv.
     on_bad_rows: Literal["fail", "skip", "flag"] = "fail"

@@ -176,7 +176,7 @@ def test_schedule_must_be_cron_or_null(config_dir: Path, edit_yaml) -> None:
 def test_batch_section_is_optional_with_checked_values(config_dir: Path, edit_yaml) -> None:
     batch = load(config_dir).config.batch
     assert (batch.schedule, batch.input_uri, batch.output_uri, batch.allowed_outputs, batch.id_column,
-            batch.chunk_rows, batch.encoded_mb, batch.on_bad_rows) == (None, None, None, (), "id", 100_000, 128, "fail")
+            batch.chunk_rows, batch.encoded_mb, batch.on_bad_rows) == (None, None, None, (), "id", 100_000, 64, "fail")
     edit_yaml(config_dir / "config.yaml", lambda d: d.pop("batch"))
     assert load(config_dir).config.batch == batch  # the reference YAML shows the defaults
     edit_yaml(config_dir / "config.yaml", lambda d: d.update(batch={"schedule": "nightly"}))
