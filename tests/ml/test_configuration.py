@@ -176,13 +176,17 @@ def test_schedule_must_be_cron_or_null(config_dir: Path, edit_yaml) -> None:
 def test_batch_section_is_optional_with_checked_values(config_dir: Path, edit_yaml) -> None:
     batch = load(config_dir).config.batch
     assert (batch.schedule, batch.input_uri, batch.output_uri, batch.allowed_outputs, batch.id_column,
-            batch.chunk_rows) == (None, None, None, (), "id", 100_000)
+            batch.chunk_rows, batch.encoded_mb, batch.on_bad_rows) == (None, None, None, (), "id", 100_000, 64, "fail")
     edit_yaml(config_dir / "config.yaml", lambda d: d.pop("batch"))
     assert load(config_dir).config.batch == batch  # the reference YAML shows the defaults
     edit_yaml(config_dir / "config.yaml", lambda d: d.update(batch={"schedule": "nightly"}))
     expect_error(config_dir, "config.yaml", "batch.schedule", "expected a 5-field cron expression")
     edit_yaml(config_dir / "config.yaml", lambda d: d.update(batch={"chunk_rows": 0}))
     expect_error(config_dir, "config.yaml", "batch.chunk_rows", "expected at least 1")
+    edit_yaml(config_dir / "config.yaml", lambda d: d.update(batch={"encoded_mb": 0}))
+    expect_error(config_dir, "config.yaml", "batch.encoded_mb", "expected at least 1")
+    edit_yaml(config_dir / "config.yaml", lambda d: d.update(batch={"on_bad_rows": "drop"}))
+    expect_error(config_dir, "config.yaml", "batch.on_bad_rows", "expected one of fail, skip, flag, got str 'drop'")
 
 
 def test_ec2_deployment_needs_a_bucket(config_dir: Path, edit_yaml) -> None:

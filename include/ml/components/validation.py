@@ -143,6 +143,8 @@ def _failure(result: Any, schema: SchemaConfig, frame: pd.DataFrame) -> dict[str
         unexpected = sorted(set(observed) - set(columns))
         observed = "; ".join(filter(None, [missing and f"missing {missing}",
                                            unexpected and f"unexpected {unexpected}"]))
+    every_row = {"unexpected_rows": [_plain(i) for i in outcome["unexpected_index_list"]]} \
+        if outcome.get("unexpected_index_list") is not None else {}  # result_format COMPLETE: each bad row's label
     return {
         "column": config.kwargs.get("column"),
         "expectation": config.type,
@@ -153,7 +155,7 @@ def _failure(result: Any, schema: SchemaConfig, frame: pd.DataFrame) -> dict[str
         "examples": [_plain_value(v) for v in (outcome.get("partial_unexpected_list") or [])[:_EXAMPLES]],
         "rows": [_plain(i) for i in (outcome.get("partial_unexpected_index_list") or [])[:_EXAMPLES]],
         "error": error,
-    }
+    } | every_row
 
 
 def _non_numeric(column: pd.Series, whole: bool = False) -> dict[str, Any]:
@@ -218,15 +220,16 @@ def _for_gx(frame: pd.DataFrame, schema: SchemaConfig) -> pd.DataFrame:
     return frame.astype({c: object for c in text}) if text else frame
 
 
-def frame_checker(schema: SchemaConfig) -> Callable[[pd.DataFrame], list[dict[str, Any]]]:
+def frame_checker(schema: SchemaConfig, every_row: bool = False) -> Callable[[pd.DataFrame], list[dict[str, Any]]]:
     """Check frame after frame (the chunks of a large file) against the per-row suite of `schema`, without Data
     Docs: one context and suite for all calls, each call returning its frame's failures as `validate` reports
-    them, the failing rows' index labels in "rows"."""
+    them, the failing rows' index labels in "rows" (a few examples); with `every_row`, every failing row's label
+    in "unexpected_rows" too (GX's COMPLETE result format)."""
     context = _ephemeral_context()
     batches = context.data_sources.add_pandas("frames").add_dataframe_asset("frame") \
         .add_batch_definition_whole_dataframe("all")
     suite = context.suites.add(build_suite(schema, per_row=True))
-    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": _EXAMPLES}
+    result_format = {"result_format": "COMPLETE" if every_row else "SUMMARY", "partial_unexpected_count": _EXAMPLES}
 
     def check(frame: pd.DataFrame) -> list[dict[str, Any]]:
         outcome = batches.get_batch(batch_parameters={"dataframe": _for_gx(frame, schema)}).validate(
