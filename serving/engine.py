@@ -102,7 +102,7 @@ class OnnxPredictor:
         # One RunOptions for every call (Run only reads it): without one, each call builds a default (~5 µs).
         self.run_options = ort.RunOptions()
         self.numeric = [f.name for f in contract.features if _double_input(f)]
-        self.datetimes = {f.name for f in contract.features if f.dtype == "datetime"}
+        self.datetimes = {f.name: f.format for f in contract.features if f.dtype == "datetime"}
         # skl2onnx makes names valid identifiers ("fixed acidity" -> "fixed_acidity"); inputs keep their order.
         text_inputs = [i.name for i in self.session.get_inputs() if i.name != NUMERIC_INPUT]
         self.text = list(zip([f.name for f in contract.features if not _double_input(f)], text_inputs))
@@ -111,11 +111,12 @@ class OnnxPredictor:
 
     def predict(self, columns: dict[str, np.ndarray],
                 numeric: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """`numeric`: the numeric columns as one [n, k] array, when the caller has them so (inputs.Batch)."""
+        """`numeric`: the numeric columns as one [n, k] array, when the caller has them so (inputs.Batch). A datetime
+        column is datetime64 (validation's) or the values a file holds (batch scoring's)."""
         feeds = {}
         if self.numeric:
             if numeric is None or self.datetimes:  # validation's array holds the numbers only
-                numeric = np.column_stack([epoch_seconds(columns[name]) if name in self.datetimes
+                numeric = np.column_stack([epoch_seconds(self._moments(name, columns[name])) if name in self.datetimes
                                            else np.asarray(columns[name], dtype=np.float64) for name in self.numeric])
             feeds[NUMERIC_INPUT] = np.ascontiguousarray(numeric, dtype=np.float64)
         for name, onnx_name in self.text:
@@ -126,6 +127,15 @@ class OnnxPredictor:
         if self.classes is None:
             return out[0].reshape(-1), None
         return out[0].reshape(-1), out[1]
+
+    def _moments(self, name: str, values: np.ndarray) -> np.ndarray:
+        """A datetime column as datetime64: validation's as it is, batch scoring's text (or unix numbers) parsed as
+        everywhere else."""
+        if values.dtype.kind == "M":
+            return values
+        from serving.features import parse_datetimes
+
+        return parse_datetimes(values, self.datetimes[name])[0]
 
 
 def compile_predictor(estimator: Any, contract: Contract, check_rows: list[dict[str, Any]],

@@ -23,7 +23,7 @@ UNIX_UNITS = {"unix": "s", "unix_ms": "ms"}
 PARTS = ("year", "month", "day", "dayofweek", "hour")
 _NS_BOUNDS: dict[np.dtype, tuple[np.datetime64, np.datetime64]] = {}  # datetime64[ns]'s range in coarser units
 PERIODS = {"month": 12, "dayofweek": 7, "hour": 24}  # the parts that wrap around, with their period
-_MONTH_OFFSET = {"month": 1}  # months are 1-12; the sine/cosine start the cycle at January
+PERIOD_START = {"month": 1}  # months are 1-12: the sine and cosine start their cycle at January
 
 
 def parse_datetimes(values: Any, format: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +128,7 @@ class DatetimeFeatures(TransformerMixin, BaseEstimator):
                 numbers = np.where(missing, np.nan, np.asarray(getattr(moments, part), dtype=np.float64))
                 out.append(numbers)
                 if self.cyclical and part in PERIODS:
-                    angle = 2 * np.pi * (numbers - _MONTH_OFFSET.get(part, 0)) / PERIODS[part]
+                    angle = 2 * np.pi * (numbers - PERIOD_START.get(part, 0)) / PERIODS[part]
                     out += [np.sin(angle), np.cos(angle)]
         return np.column_stack(out) if out else np.empty((X.shape[0], 0))
 

@@ -103,7 +103,7 @@ class ConfigurationManager:
         c = self.config
         tags = {f"config.{name}.sha256": digest for name, digest in c.config_hashes.items()}
         tags["git_sha"] = _git_sha(c.project_root)
-        return TrainingConfig(c.schema, c.model, c.mlflow, tags)
+        return TrainingConfig(c.schema, c.model, c.mlflow, tags, str(self.config_dir / "schema.yaml"))
 
     def tuning(self) -> TuningJob:
         c = self.config

@@ -121,8 +121,16 @@ class BatchConfig(Frozen):
     # Where a trigger form's output may go, as data_source.allowed_sources lists inputs: local directories or URI
     # prefixes (an entry ending in "/" admits everything under it). Empty: only `output_uri`. The CLI writes anywhere.
     allowed_outputs: tuple[str, ...] = Field((), strict=False)
-    id_column: str = "id"  # copied to the output when the input has it; otherwise the 0-based row number
+    # The output's row key when the file has none of schema.yaml's id columns: copied from the file when it has this
+    # column, else the 0-based row number under this name.
+    id_column: str = "id"
     chunk_rows: int = Field(100_000, ge=1)  # rows read, validated and scored at a time: bounds the memory
+    # The most one predict call's encoded input may take (rows x the model's encoded width x 8 bytes): a chunk goes
+    # through the model in batches of that many rows, so a wide model (one-hot of thousands of values) stays bounded.
+    encoded_mb: int = Field(64, ge=1)
+    # Rows that break schema.yaml: fail the run (nothing written), skip them (left out of the output), or flag them
+    # (kept, without a prediction, rejected=true). skip and flag list every bad row's reasons in <output>.rejected.csv.
+    on_bad_rows: Literal["fail", "skip", "flag"] = "fail"
 
 
 class LocalTargetConfig(Frozen):
@@ -555,6 +563,7 @@ class TrainingConfig:
     model: ModelConfig
     mlflow: MlflowConfig
     tags: Mapping[str, str]
+    schema_file: str = "schema.yaml"  # the file a memory-guard refusal names
 
 
 @dataclass(frozen=True)

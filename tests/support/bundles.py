@@ -36,26 +36,15 @@ def toy_frame(task: str, rows: int = 200, seed: int = 0, offset: float = 0.0) ->
     return pd.DataFrame({"x1": x1, "x2": x2, "count": count, "kind": kind, "y": y})
 
 
-def build_pipeline(schema: SchemaConfig, family: str, hyperparameters: dict[str, Any] | None = None) -> Any:
-    """The unfitted pipeline training builds for `schema` and `family` (include.ml.components.training)."""
-    from types import MappingProxyType
-
-    from include.ml.components.training import build_pipeline as build
-    from include.ml.entities import MlflowConfig, ModelConfig, TrainingConfig
-
-    return build(TrainingConfig(schema, ModelConfig(family=family, random_state=0,
-                                                    hyperparameters=hyperparameters or {}),
-                                MlflowConfig(registered_model_name="toy"), MappingProxyType({})))
-
-
 def _fit_toy(task: str, offset: float, n_estimators: int, family: str = "random_forest",
              hyperparameters: dict[str, Any] | None = None) -> tuple[Any, pd.DataFrame, SchemaConfig, list[str]]:
     from include.ml.components.training import skops_trusted_types
+    from tests.support.frames import pipeline_for
 
     schema = REGRESSION if task == "regression" else CLASSIFICATION
     frame = toy_frame(task, offset=offset)
     x, y = frame.drop(columns="y"), frame["y"]
-    pipeline = build_pipeline(schema, family, hyperparameters or {"n_estimators": n_estimators})
+    pipeline = pipeline_for(schema, family, hyperparameters or {"n_estimators": n_estimators})
     pipeline.fit(x, y)
     return pipeline, x, schema, skops_trusted_types(pipeline, family)
 

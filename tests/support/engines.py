@@ -9,7 +9,7 @@ import numpy as np
 from include.ml.entities import ColumnSpec, SchemaConfig
 from serving.contract import Contract
 from serving.engine import model_frame
-from tests.support.bundles import build_pipeline, toy_frame
+from tests.support.bundles import toy_frame
 
 # The toy features, with missing values in a number and in a category, and a name that is no identifier.
 FEATURES = (
@@ -30,6 +30,8 @@ def fitted(family: str, task: str, hyperparameters: dict[str, Any] | None = None
            offset: float = 0.0, binary: bool = False) -> tuple[Any, Contract]:
     """A pipeline trained as the pipeline trains (preprocessor + family), on toy rows with NaN in x1 and kind
     (`offset` shifts a regression target; `binary`: two classes instead of three)."""
+    from tests.support.frames import pipeline_for
+
     frame = toy_frame(task, offset=offset).rename(columns={"x2": "x 2"})
     frame["kind"] = frame["kind"].astype(object)
     frame.loc[::9, "kind"] = np.nan
@@ -37,7 +39,7 @@ def fitted(family: str, task: str, hyperparameters: dict[str, Any] | None = None
     if binary:
         y = y.where(y != "c", "b")
     params = {"n_estimators": 20} if family == "random_forest" else {}
-    pipeline = build_pipeline(schema(task), family, {**params, **(hyperparameters or {})})
+    pipeline = pipeline_for(schema(task), family, {**params, **(hyperparameters or {})})
     pipeline.fit(x, y)
     return pipeline, Contract.from_mlmodel({"metadata": {"feature_contract": schema(task).feature_contract()}})
 

@@ -17,7 +17,8 @@ import pandas as pd
 
 from include.ml.entities import ColumnSpec, SchemaConfig
 from serving.contract import Contract
-from tests.support.bundles import build_pipeline, install_bundle
+from tests.support.bundles import install_bundle
+from tests.support.frames import pipeline_for
 
 ID = "flight_id"
 IGNORED = "note"
@@ -83,7 +84,7 @@ def fitted(task: str, family: str, hyperparameters: dict[str, Any] | None = None
     x, y = data[list(FEATURES)], data[TARGETS[task].name]
     small = {"random_forest": {"n_estimators": 10}, "extra_trees": {"n_estimators": 10},
              "hist_gradient_boosting": {"max_iter": 20}}.get(family, {})
-    pipeline = build_pipeline(schema(task), family, {**small, **(hyperparameters or {})})
+    pipeline = pipeline_for(schema(task), family, {**small, **(hyperparameters or {})})
     pipeline.fit(x, y)
     return pipeline, x
 

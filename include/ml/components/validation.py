@@ -131,7 +131,7 @@ def _failure(result: Any, schema: SchemaConfig, frame: pd.DataFrame) -> dict[str
         spec = next(c for c in schema.columns if c.name == column)
         kwargs = {"dtype": spec.dtype} | ({"format": spec.format or "ISO 8601"} if spec.dtype == "datetime" else {})
         if spec.is_numeric and column in frame:
-            outcome = _non_numeric(frame[column])
+            outcome = _non_numeric(frame[column], whole=spec.dtype == "int")
         elif spec.dtype == "datetime" and column in frame:
             outcome = _not_datetimes(frame[column], spec)
     info = result.exception_info or {}
@@ -143,6 +143,8 @@ def _failure(result: Any, schema: SchemaConfig, frame: pd.DataFrame) -> dict[str
         unexpected = sorted(set(observed) - set(columns))
         observed = "; ".join(filter(None, [missing and f"missing {missing}",
                                            unexpected and f"unexpected {unexpected}"]))
+    every_row = {"unexpected_rows": [_plain(i) for i in outcome["unexpected_index_list"]]} \
+        if outcome.get("unexpected_index_list") is not None else {}  # result_format COMPLETE: each bad row's label
     return {
         "column": config.kwargs.get("column"),
         "expectation": config.type,
@@ -153,12 +155,14 @@ def _failure(result: Any, schema: SchemaConfig, frame: pd.DataFrame) -> dict[str
         "examples": [_plain_value(v) for v in (outcome.get("partial_unexpected_list") or [])[:_EXAMPLES]],
         "rows": [_plain(i) for i in (outcome.get("partial_unexpected_index_list") or [])[:_EXAMPLES]],
         "error": error,
-    }
+    } | every_row
 
 
-def _non_numeric(column: pd.Series) -> dict[str, Any]:
-    """Which values keep a numeric column from being numeric: more useful than the dtype alone."""
-    bad = column[pd.to_numeric(column, errors="coerce").isna() & column.notna()]
+def _non_numeric(column: pd.Series, whole: bool = False) -> dict[str, Any]:
+    """Which values keep a numeric column from being numeric (or, `whole`, an int column from being whole numbers):
+    more useful than the dtype alone. Missing values are not counted: the not-null check names them."""
+    numbers = pd.to_numeric(column, errors="coerce")
+    bad = column[(numbers.isna() & column.notna()) | (whole & numbers.notna() & (numbers != numbers.round()))]
     return {"observed_value": f"dtype {column.dtype}", "unexpected_count": len(bad),
             "unexpected_percent": 100 * len(bad) / max(len(column), 1),
             "partial_unexpected_list": bad.head(_EXAMPLES).tolist(),
@@ -188,8 +192,12 @@ def _plain(label: Any) -> Any:
 
 
 def _root_causes(failures: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Drop failures that only follow from another one: checks on a missing or mistyped column."""
+    """Drop failures that only follow from another one: checks on a missing or mistyped column, and the type of an
+    int column that only its missing values made float (the not-null failure names them)."""
     missing = {f["column"] for f in failures if f["expectation"] == "expect_column_to_exist"}
+    nulls = {f["column"] for f in failures if f["expectation"] == "expect_column_values_to_not_be_null"}
+    failures = [f for f in failures if not (f["expectation"] == "expect_column_values_to_be_in_type_list"
+                                            and f["column"] in nulls and f["unexpected_count"] == 0)]
     mistyped = {f["column"] for f in failures if f["expectation"] == "expect_column_values_to_be_in_type_list"}
     return [f for f in failures
             if not (f["column"] in missing and f["expectation"] != "expect_column_to_exist")
@@ -212,15 +220,16 @@ def _for_gx(frame: pd.DataFrame, schema: SchemaConfig) -> pd.DataFrame:
     return frame.astype({c: object for c in text}) if text else frame
 
 
-def frame_checker(schema: SchemaConfig) -> Callable[[pd.DataFrame], list[dict[str, Any]]]:
+def frame_checker(schema: SchemaConfig, every_row: bool = False) -> Callable[[pd.DataFrame], list[dict[str, Any]]]:
     """Check frame after frame (the chunks of a large file) against the per-row suite of `schema`, without Data
     Docs: one context and suite for all calls, each call returning its frame's failures as `validate` reports
-    them, the failing rows' index labels in "rows"."""
+    them, the failing rows' index labels in "rows" (a few examples); with `every_row`, every failing row's label
+    in "unexpected_rows" too (GX's COMPLETE result format)."""
     context = _ephemeral_context()
     batches = context.data_sources.add_pandas("frames").add_dataframe_asset("frame") \
         .add_batch_definition_whole_dataframe("all")
     suite = context.suites.add(build_suite(schema, per_row=True))
-    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": _EXAMPLES}
+    result_format = {"result_format": "COMPLETE" if every_row else "SUMMARY", "partial_unexpected_count": _EXAMPLES}
 
     def check(frame: pd.DataFrame) -> list[dict[str, Any]]:
         outcome = batches.get_batch(batch_parameters={"dataframe": _for_gx(frame, schema)}).validate(
