@@ -1,20 +1,30 @@
 """The compiled predictor: a bundle's sklearn pipeline as an ONNX Runtime session, served only if it answers as sklearn.
 
-skl2onnx converts the pipeline in double precision (the inputs sklearn receives: float64 numbers, text categories),
-with three converters of our own where its defaults would change the answers or ONNX Runtime cannot run them:
+skl2onnx converts the pipeline in double precision (the inputs sklearn receives: float64 numbers, text categories,
+a datetime as seconds since 1970 in UTC), with converters of our own where its defaults would change the answers,
+it has none, or ONNX Runtime cannot run them:
 
 - SimpleImputer: the fill values as double constants (skl2onnx's Imputer node holds float32 and ORT runs it in
   float only), and a missing category (None, NaN to sklearn) as a text marker no client can send.
+- OrdinalEncoder, TargetEncoder, OneHotEncoder: per column, a LabelEncoder from the category's text to its row and a
+  lookup of what the fitted encoder itself outputs for that category, for a missing value and for a value it never
+  saw (unknown codes, the target mean, an infrequent bucket: the encoder's own answers); a one-hot block as each
+  category's column number.
+- DatetimeFeatures (serving/features.py): the parts by whole-number arithmetic on the seconds (the calendar by
+  Howard Hinnant's days-to-civil algorithm), exact in double; a cyclical part's sine and cosine from a table of the
+  transformer's own values.
 - Tree ensembles (random forest, extra trees, histogram gradient boosting): the ai.onnx.ml opset-5 `TreeEnsemble`
   node in double (the opset-3 nodes skl2onnx writes keep float32 leaves and sums, ~3e-6 off for 100 trees). A
   forest compares float32-cast features with double thresholds, as sklearn's trees do (they cast X to float32);
-  leaves add up in double. Histogram gradient boosting compares float64 features, as sklearn does.
+  leaves add up in double. Histogram gradient boosting compares float64 features, as sklearn does; its native
+  categorical splits become set-membership (BRANCH_MEMBER) nodes.
 
-`compile_predictor` then predicts the self-check rows and generated edge rows (each numeric feature at its min, max
-and quantiles of its range, each category, missing values where nullable) with both and keeps the session only if
-regression answers agree within 1e-9 relative (absolute below 1) and classifications have the same labels and
-probabilities within 1e-6. Otherwise, or if anything in conversion fails, sklearn serves and `Engine.reason` says
-why. The estimator itself is never changed.
+`compile_predictor` then predicts the self-check rows and generated edge rows (each numeric and datetime feature at
+its min, max and quantiles of its range, each category and ordinal value, an open category's known values and one
+never seen, missing values where nullable) with both and keeps the session only if regression answers agree within
+1e-9 relative (absolute below 1) and classifications have the same labels and probabilities within 1e-6. Otherwise,
+or if anything in conversion fails, sklearn serves and `Engine.reason` says why. The estimator itself is never
+changed.
 """
 
 from __future__ import annotations
