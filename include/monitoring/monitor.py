@@ -136,7 +136,7 @@ def _log_to_mlflow(config: MonitorJob, name: str, version: str, start: datetime,
             key = _METRIC_KEY.sub("_", feature.name)
             metrics[f"{key}.drifted"] = float(feature.drifted)
             metrics[f"{key}.missing_rate"] = feature.missing_current
-            for field in ("statistic", "p_value", "p_adjusted", "distance", "out_of_range"):
+            for field in ("statistic", "p_value", "p_adjusted", "distance", "out_of_range", "outside_reference"):
                 if getattr(feature, field) is not None:
                     metrics[f"{key}.{field}"] = getattr(feature, field)
         if live is not None:
