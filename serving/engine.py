@@ -72,8 +72,9 @@ def model_frame(columns: dict[str, np.ndarray]) -> Any:
     (TargetEncoder, for one, takes None for a value it never saw but NaN for the missing category it learnt)."""
     import pandas as pd
 
+    arrays = {name: np.asarray(values) for name, values in columns.items()}
     return pd.DataFrame({name: _nan_for_none(values) if values.dtype == object else values
-                         for name, values in columns.items()}, copy=False)
+                         for name, values in arrays.items()}, copy=False)
 
 
 def _nan_for_none(values: np.ndarray) -> np.ndarray:
