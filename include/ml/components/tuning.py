@@ -106,7 +106,7 @@ def tune(train_frame: pd.DataFrame, config: TuningJob, run_id: str, output_dir: 
     configured = training.model
     if configured.family in config.spaces:
         study.enqueue_trial({"family": configured.family}, user_attrs={"configured": True})
-    deadline = math.inf if tuning.timeout_seconds is None else time.perf_counter() + tuning.timeout_seconds
+    deadline = math.inf  # set when the search starts
 
     def out_of_time() -> bool:
         """The budget is spent and a trial has completed: the running trial may stop."""
@@ -154,6 +154,8 @@ def tune(train_frame: pd.DataFrame, config: TuningJob, run_id: str, output_dir: 
             study.stop()  # no trial starts once the budget is spent
 
     started = time.perf_counter()
+    if tuning.timeout_seconds is not None:
+        deadline = started + tuning.timeout_seconds
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"tune-{run_id}") as parent:
         mlflow.set_tags({**training.tags, "pipeline_run_id": run_id, "pipeline_stage": "tune",
                          "task": training.schema.task})
