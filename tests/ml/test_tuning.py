@@ -18,7 +18,7 @@ from include.ml.configuration import ConfigurationManager
 from include.ml.entities import MlflowConfig, SearchParam
 from include.ml.exceptions import ConfigError, TuningError
 from include.ml.models import FAMILIES
-from tests.support.frames import dataset, tuning_config
+from tests.support.frames import dataset, training_config, tuning_config
 from tests.support.project import CONFIG_DIR, WINE_CSV, edit_yaml, outputs_env
 
 TREES = {"extra_trees": {"n_estimators": {"low": 3, "high": 8}, "min_samples_leaf": {"low": 1, "high": 6}}}
@@ -88,7 +88,7 @@ def test_trial_0_is_the_configured_model_as_written(mlflow_config: MlflowConfig,
     assert trials[0].data.tags["params_yaml_model"] == "true"
     for number in (1, 2, 3):  # searched: the family's n_jobs, then params.yaml's, then the searched values
         assert params[number] == {"model.n_estimators": "2", "model.max_depth": "1", "model.max_features": "0.5",
-                                  "model.n_jobs": "-1"}
+                                  "model.n_jobs": "-1", "model.max_leaf_nodes": "4096"}
         assert trials[number].data.tags["params_yaml_model"] == "false"
     assert (result.best_trial, result.hyperparameters) == (0, configured)
     assert "trial 0 (params.yaml's model), extra_trees" in result.summary()
@@ -123,7 +123,7 @@ def test_default_search_spaces_reach_the_strong_settings() -> None:
         space = FAMILIES[name].search_space
         assert space["n_estimators"]["high"] >= 500 and space["min_samples_leaf"]["low"] == 1, name
         assert "max_depth" not in space, name  # unlimited, as fully grown trees are the strong ones here
-        assert dict(FAMILIES[name].search_fixed) == {"n_jobs": -1}, name
+        assert dict(FAMILIES[name].search_fixed) == {"n_jobs": -1, "max_leaf_nodes": 4096}, name
     boosting = FAMILIES["hist_gradient_boosting"]
     assert {"learning_rate", "max_iter"} <= set(boosting.search_space)
     assert boosting.search_space["max_iter"]["high"] >= 1000
@@ -151,9 +151,11 @@ def test_a_trial_is_judged_only_after_prune_after_folds(mlflow_config: MlflowCon
 
 def test_the_trial_running_when_the_budget_is_spent_stops_between_folds(mlflow_config: MlflowConfig,
                                                                         tmp_path: Path) -> None:
-    """Trial 0 (5 trees) completes within the budget; trial 1 (10 folds of 500 trees, seconds each) is running at
-    the deadline: it stops after its current fold, not after all ten, and no trial starts after it."""
-    slow = {"extra_trees": {"n_estimators": {"choices": [500]}}}
+    """Trial 0 (10 boosting rounds) completes within the budget; trial 1 (10 folds of 500 rounds, not stopped
+    early) is running at the deadline: it stops after its current fold, not after all ten, and no trial starts
+    after it."""
+    slow = {"hist_gradient_boosting": {"max_iter": {"choices": [500]}, "max_leaf_nodes": {"choices": [63]},
+                                       "early_stopping": {"choices": [False]}}}
     config = tuning_config("regression", mlflow_config, slow, n_trials=100, cv_folds=10, timeout_seconds=3.0)
     result = tune(dataset("regression", rows=4000), config, "r", tmp_path)
     trials = nested_runs(result)
@@ -161,6 +163,33 @@ def test_the_trial_running_when_the_budget_is_spent_stops_between_folds(mlflow_c
     assert trials[1].data.tags["trial_state"] == "stopped"
     assert 1 <= trials[1].data.metrics["cv_folds_scored"] < 10
     assert "1 stopped at the time budget" in result.summary()
+
+
+def test_a_forest_running_when_the_budget_is_spent_stops_between_batches_of_trees(mlflow_config: MlflowConfig,
+                                                                                  tmp_path: Path) -> None:
+    """A forest grows 50 trees at a time and looks at the clock in between: trial 1 (2000 trees a fold) stops
+    within its first fold."""
+    slow = {"extra_trees": {"n_estimators": {"choices": [2000]}}}
+    config = tuning_config("regression", mlflow_config, slow, n_trials=100, timeout_seconds=3.0)
+    result = tune(dataset("regression", rows=4000), config, "r", tmp_path)
+    trials = nested_runs(result)
+    assert (result.trials, result.stopped, result.best_trial) == (2, 1, 0)
+    assert trials[1].data.metrics["cv_folds_scored"] == 0 and trials[1].data.tags["trial_state"] == "stopped"
+
+
+def test_a_forest_grown_in_batches_is_the_forest_fitted_at_once(mlflow_config: MlflowConfig) -> None:
+    from include.ml.components.training import build_pipeline, split_xy
+    from include.ml.components.tuning import _fit
+
+    config = training_config("classification", "random_forest", mlflow_config, n_estimators=120)
+    x, y = split_xy(dataset("classification"), config.schema)
+    at_once, batched = build_pipeline(config).fit(x, y), build_pipeline(config)
+    assert _fit(batched, x, y, out_of_time=lambda: False)
+    forest = batched.named_steps["model"]
+    assert len(forest.estimators_) == 120 and forest.get_params()["warm_start"] is False
+    for one, other in zip(at_once.named_steps["model"].estimators_, forest.estimators_):
+        assert (one.tree_.threshold == other.tree_.threshold).all()
+    assert (at_once.predict(x) == batched.predict(x)).all()
 
 
 def test_the_first_trial_completes_however_small_the_budget(mlflow_config: MlflowConfig, tmp_path: Path) -> None:

@@ -6,9 +6,10 @@ the training split only (the test split stays unseen until evaluate), every tria
   STARTUP_TRIALS random ones); a searched trial gets its family's fixed settings (include/ml/models.py), then
   params.yaml's hyperparameters when it is model.family, then the searched values.
 - The budget is tuning.timeout_seconds of wall clock, with tuning.n_trials as a cap. No trial starts once the time
-  is spent, and the trial running then stops after its current fold, unscored, so the search overruns its
-  budget by one fold at most. The exception: while no trial has completed, the running one is never stopped,
-  so a search whose trials fit always ends with a result.
+  is spent, and the trial running then stops after its current fold (a forest: after its current batch of
+  FOREST_BATCH trees), unscored, so the search overruns its budget by one fold (or batch) at most. The
+  exception: while no trial has completed, the running one is never stopped, so a search whose trials fit always
+  ends with a result.
 - Pruning: after each of its folds from the tuning.prune_after_folds-th on (never on fewer folds, never after the
   last), a trial's running CV mean is compared with the completed trials' running means after as many folds;
   once STARTUP_TRIALS trials have completed, it is pruned when even its best running mean so far is worse than
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 RESULT = "result.json"
 STARTUP_TRIALS = 5  # random trials before TPE models the results; completed trials before pruning starts
+FOREST_BATCH = 50  # trees a forest grows between two looks at the clock
 PRUNED, STOPPED = "pruned", "stopped"  # why a trial ended before its last fold
 
 
@@ -132,9 +134,9 @@ def tune(train_frame: pd.DataFrame, config: TuningJob, run_id: str, output_dir: 
             mlflow.log_params({"family": family, **{f"model.{k}": v for k, v in hyperparameters.items()}})
             scores, cut = _cross_validate(trial, replace(training, model=model), config.metric, x, y, folds,
                                           tuning.prune_after_folds, out_of_time)
-            mean, std = float(np.mean(scores)), float(np.std(scores))
-            mlflow.log_metrics({f"cv_{config.metric}_mean": mean, f"cv_{config.metric}_std": std,
-                                "cv_folds_scored": len(scores)})
+            mean, std = (float(np.mean(scores)), float(np.std(scores))) if scores else (math.nan, math.nan)
+            mlflow.log_metrics({**({f"cv_{config.metric}_mean": mean, f"cv_{config.metric}_std": std} if scores
+                                   else {}), "cv_folds_scored": len(scores)})
             mlflow.set_tag("trial_state", cut or "complete")
         trial.set_user_attr("family", family)
         trial.set_user_attr("hyperparameters", hyperparameters)
@@ -222,7 +224,8 @@ def _cross_validate(trial: Any, config: TrainingConfig, metric: str, x: pd.DataF
         with warnings.catch_warnings():
             # An unconverged linear model is a weak trial, scored as such, not an error.
             warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit(x.iloc[fit_rows], y.iloc[fit_rows])
+            if not _fit(model, x.iloc[fit_rows], y.iloc[fit_rows], out_of_time):
+                return scores, STOPPED
         metrics = compute_metrics(config.schema.task, model, x.iloc[scored_rows], y.iloc[scored_rows])
         if metric not in metrics:
             raise ValueError(f"{metric} could not be computed on fold {step}")
@@ -235,6 +238,32 @@ def _cross_validate(trial: Any, config: TrainingConfig, metric: str, x: pd.DataF
         if out_of_time():
             return scores, STOPPED
     return scores, None
+
+
+def _fit(model: Any, x: pd.DataFrame, y: pd.Series, out_of_time: Callable[[], bool]) -> bool:
+    """Fit the pipeline; False when the time budget ran out first. A forest grows FOREST_BATCH trees at a time
+    (warm start: the same trees as one fit) and stops between batches, so a slow fold does not overrun either."""
+    from sklearn.ensemble import (
+        ExtraTreesClassifier,
+        ExtraTreesRegressor,
+        RandomForestClassifier,
+        RandomForestRegressor,
+    )
+
+    forest = model.steps[-1][1]
+    forests = (ExtraTreesClassifier, ExtraTreesRegressor, RandomForestClassifier, RandomForestRegressor)
+    if not isinstance(forest, forests) or forest.n_estimators <= FOREST_BATCH:
+        model.fit(x, y)
+        return True
+    features = model[:-1].fit_transform(x, y)  # as Pipeline.fit transforms for its last step
+    trees = forest.n_estimators
+    for grown in range(FOREST_BATCH, trees + FOREST_BATCH, FOREST_BATCH):
+        forest.set_params(n_estimators=min(grown, trees), warm_start=True)
+        forest.fit(features, y)
+        if grown < trees and out_of_time():
+            return False
+    forest.set_params(warm_start=False)
+    return True
 
 
 def _log_plots(study: Any, family: str, space: Mapping[str, SearchParam], seed: int) -> None:
