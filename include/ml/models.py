@@ -16,8 +16,9 @@ TREES: SearchSpace = {  # random and extra trees: up to many trees; small leaves
     "max_features": {"low": 0.3, "high": 1.0},
 }
 # The forests' trials fit their trees on every core (the search runs one trial at a time), each tree of at most
-# 4096 leaves: fully grown trees of a large table are what exhausts memory (500 of them on 36k rows took 2.6 GB;
-# with the cap 0.3 GB, their RMSE 0.7 % higher). Tables of fewer than ~4000 training rows never reach the cap.
+# 4096 leaves: fully grown trees of a large table are what exhausts memory (50 of them on 36k rows of 12 numbers
+# pickled to 259 MB, so 500 to ~2.6 GB; capped, 30 MB with an RMSE 0.7 % higher). Tables of fewer than ~4000
+# training rows never reach the cap.
 TREES_FIXED: tuple[tuple[str, Any], ...] = (("n_jobs", -1), ("max_leaf_nodes", 4096))
 
 
