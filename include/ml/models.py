@@ -85,7 +85,8 @@ FAMILIES: dict[str, ModelFamily] = {
         "sklearn.ensemble.HistGradientBoostingRegressor",
         "sklearn.ensemble.HistGradientBoostingClassifier",
         skops_trusted_types=(
-            "numpy.dtype", "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"),
+            "numpy.dtype", "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+            "functools.partial", "sklearn.utils.validation.check_array"),  # with categorical splits
         # Learning rate x iterations: with early stopping on (fixed below), max_iter is the ceiling a small
         # learning rate needs; boosting stops once 10 rounds bring no gain on a 10 % validation share.
         search_space={"learning_rate": {"low": 0.01, "high": 0.3, "log": True},

@@ -38,17 +38,13 @@ def toy_frame(task: str, rows: int = 200, seed: int = 0, offset: float = 0.0) ->
 
 def _fit_toy(task: str, offset: float, n_estimators: int, family: str = "random_forest",
              hyperparameters: dict[str, Any] | None = None) -> tuple[Any, pd.DataFrame, SchemaConfig, list[str]]:
-    from sklearn.pipeline import Pipeline
-
     from include.ml.components.training import skops_trusted_types
-    from include.ml.components.transformation import build_preprocessor
-    from include.ml.models import FAMILIES
+    from tests.support.frames import pipeline_for
 
     schema = REGRESSION if task == "regression" else CLASSIFICATION
     frame = toy_frame(task, offset=offset)
     x, y = frame.drop(columns="y"), frame["y"]
-    pipeline = Pipeline([("preprocess", build_preprocessor(schema)),
-                         ("model", FAMILIES[family].build(task, 0, hyperparameters or {"n_estimators": n_estimators}))])
+    pipeline = pipeline_for(schema, family, hyperparameters or {"n_estimators": n_estimators})
     pipeline.fit(x, y)
     return pipeline, x, schema, skops_trusted_types(pipeline, family)
 
