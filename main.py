@@ -110,10 +110,14 @@ def run(args: argparse.Namespace) -> int:
         current = stage
         print(f"[{index}/{len(stages)}] {stage} ...", flush=True)
 
+    def done(index: int, outcome: pipeline.StageOutcome) -> None:
+        if isinstance(outcome.result, pipeline.Skipped):
+            print(f"[{index}/{len(stages)}] {outcome.stage} skipped: {outcome.result.reason}", flush=True)
+        else:
+            print(f"[{index}/{len(stages)}] {outcome.stage} done in {outcome.seconds:.1f}s", flush=True)
+
     try:
-        outcomes = pipeline.run(
-            cm, run_id, stages, force_promote=args.force_promote, on_start=started,
-            on_done=lambda i, o: print(f"[{i}/{len(stages)}] {o.stage} done in {o.seconds:.1f}s", flush=True))
+        outcomes = pipeline.run(cm, run_id, stages, force_promote=args.force_promote, on_start=started, on_done=done)
     except PipelineError as exc:
         print(f"pipeline failed in stage {current}: {exc}", file=sys.stderr)
         return 1
@@ -122,7 +126,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(run_id: str, outcomes: list[pipeline.StageOutcome]) -> None:
-    print(f"\nrun {run_id} finished: " + ", ".join(f"{o.stage} {o.seconds:.1f}s" for o in outcomes))
+    print(f"\nrun {run_id} finished: " + ", ".join(
+        f"{o.stage} skipped" if isinstance(o.result, pipeline.Skipped) else f"{o.stage} {o.seconds:.1f}s"
+        for o in outcomes))
     results = {o.stage: o.result for o in outcomes}
     evaluated = results.get("evaluate")
     if evaluated is not None:
@@ -130,7 +136,7 @@ def _print_summary(run_id: str, outcomes: list[pipeline.StageOutcome]) -> None:
         print(f"gate: {'PROMOTED' if decision.promoted else 'kept the champion'} - {decision.reason}")
         print(f"champion: {evaluated.model_name} v{evaluated.champion_version} on this test set: "
               + ", ".join(f"{k}={v:.4f}" for k, v in evaluated.champion_metrics.items()))
-    for stage in ("deploy", "verify"):
+    for stage in ("tune", "deploy", "verify"):
         if stage in results:
             print(f"{stage}: {results[stage].summary()}")
 

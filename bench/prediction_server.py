@@ -1,6 +1,6 @@
 """Prediction server benchmark: our gunicorn server vs `mlflow models serve` and MLServer, same model, same payloads.
 
-For each model (by default the pipeline's default champion, a 200-tree RandomForest, and a
+For each model (by default the pipeline's default champion, params.yaml as shipped, and a
 HistGradientBoosting champion), it
 
 1. trains the champion with `main.py --config-dir D` into a throw-away workspace (temporary

@@ -111,8 +111,9 @@ def run_tune(cm: ConfigurationManager, run_id: str) -> TuningResult | Skipped:
     from include.ml.components import transformation, tuning
 
     if not cm.config.tuning.enabled:
-        return Skipped("not tuned: tuning is off (params.yaml tuning.enabled, trigger form: tune); "
-                       "train fits params.yaml's model")
+        why = ("the run's tune is off (trigger form: tune)" if cm.tune is False else
+               "params.yaml has no tuning: section or says tuning.enabled: false")
+        return Skipped(f"not tuned: {why}; train fits params.yaml's model as written")
     split = artifacts.read_json(_dir(cm, run_id, "transform") / transformation.RESULT)
     return tuning.tune(_read_parquet(split["train_path"]), cm.tuning(), run_id, _dir(cm, run_id, "tune"))
 

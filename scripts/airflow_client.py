@@ -140,11 +140,15 @@ class AirflowClient:
                          "/tries")["task_instances"]
         return sorted(tries, key=lambda t: t["try_number"])
 
+    def task_log_entries(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> list[Any]:
+        """The whole log of one try as Airflow stores it: one entry per line (a dict with timestamp, level, event
+        and more; a plain string for a line not written through structured logging)."""
+        return self.get(f"dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances/{quote(task_id)}"
+                        f"/logs/{try_number}", full_content="true")["content"]
+
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
         """The whole log of one try, as text lines ("timestamp level event key=value ...")."""
-        data = self.get(f"dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances/{quote(task_id)}"
-                        f"/logs/{try_number}", full_content="true")
-        return "\n".join(_log_line(entry) for entry in data["content"])
+        return "\n".join(_log_line(entry) for entry in self.task_log_entries(dag_id, run_id, task_id, try_number))
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
         return self.get(f"dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances/{quote(task_id)}"

@@ -51,8 +51,9 @@ def main() -> int:
     print()
     if states["tune"] == "success":  # skipped when tuning is off
         tuned = client.xcom(DAG_ID, run_id, "tune")
-        print(f"tune: best of {tuned['trials']} trials ({tuned['pruned']} pruned) is trial {tuned['best_trial']}: "
-              f"{tuned['family']} {tuned['hyperparameters']}, cross-validated {tuned['metric']} "
+        configured = " (params.yaml's model)" if tuned["best_trial"] == 0 else ""
+        print(f"tune: best of {tuned['trials']} trials ({tuned['pruned']} pruned) is trial {tuned['best_trial']}"
+              f"{configured}: {tuned['family']} {tuned['hyperparameters']}, cross-validated {tuned['metric']} "
               f"{tuned['cv_mean']:.4f} ± {tuned['cv_std']:.4f} on the training split")
     evaluated = client.xcom(DAG_ID, run_id, "evaluate")
     verdict = "PROMOTED" if evaluated["promoted"] else "kept the champion"

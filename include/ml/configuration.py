@@ -83,6 +83,7 @@ class ConfigurationManager:
         tunes within that family only. `tune` turns tuning on or off; `tune_trials` replaces tuning.n_trials.
         """
         env = dict(os.environ if env is None else env)
+        self.tune = tune  # the run's override, None when params.yaml decides
         self.config_dir = resolve_config_dir(config_dir, env)
         self.config = load(self.config_dir, env, source_uri, model_family, tune, tune_trials)
 

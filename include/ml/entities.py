@@ -466,14 +466,29 @@ class SearchPlan(Frozen):
     """The `tuning:` section: an Optuna search before training. Without the section there is no tuning."""
 
     enabled: bool = True
-    n_trials: int | None = Field(20, ge=1)  # None: until timeout_seconds
-    timeout_seconds: float | None = Field(None, gt=0)  # None: until n_trials; a running trial always finishes
+    # The budget: the wall clock first, trials as a cap. No trial starts once timeout_seconds are spent, and a
+    # trial running then stops after its current fold (unless no trial has completed yet). None: no clock limit
+    # (until n_trials) / no cap (until timeout_seconds); one of the two must be set.
+    timeout_seconds: float | None = Field(300, gt=0)
+    n_trials: int | None = Field(100, ge=1)
     cv_folds: int = Field(3, ge=2)  # k-fold cross-validation on the training split
-    seed: int = 42  # same data + same seed = same trials, same best trial
+    # A trial is judged against the others (and may be pruned) only once this many of its folds are scored;
+    # equal to cv_folds: no pruning.
+    prune_after_folds: int = Field(2, ge=1)
+    seed: int = 42  # same data + same seed = same trials in the same order (how many: the budget)
     families: tuple[str, ...] | None = Field(None, strict=False, min_length=1)  # None: every family
     # family -> hyperparameter -> range; a family listed here is searched over exactly these (replacing
     # its default space in include/ml/models.py).
     search_space: Mapping[str, Mapping[str, SearchParam]] = Field(default_factory=dict, strict=False)
+
+    @field_validator("prune_after_folds")
+    @classmethod
+    def _within_folds(cls, value: int, info: ValidationInfo) -> int:
+        folds = info.data.get("cv_folds")
+        if folds is not None and value > folds:
+            raise ValueError(f"must be at most cv_folds ({folds}): a trial has no more folds to score "
+                             "(equal to cv_folds: no pruning)")
+        return value
 
     @field_validator("families")
     @classmethod

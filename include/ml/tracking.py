@@ -13,6 +13,9 @@ log = logging.getLogger(__name__)
 def configure(config: MlflowConfig) -> str:
     """Point MLflow at the configured store; create the experiment if needed. Returns its id."""
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    # MLflow draws a progress bar on stderr for every artifact download or upload: noise in main.py's output, and
+    # ERROR lines in an Airflow task's log (Airflow logs a task's stderr at that level). Read at each transfer.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
 
     mlflow.set_tracking_uri(config.tracking_uri)

@@ -136,6 +136,12 @@ def test_triggered_run_succeeds_and_registers_a_model(airflow_stack) -> None:
     log = client.task_log(DAG_ID, run_id, "evaluate")
     assert f"evaluate: {evaluated['model_name']} v{expected}" in log
     assert "Done. Returned value was" in log
+    # ... and no ERROR line in a successful run: Airflow logs what a task writes to stderr at that level (as it did
+    # MLflow's artifact-download progress bars in every evaluate log).
+    for stage in STAGES:
+        entries = client.task_log_entries(DAG_ID, run_id, stage)
+        errors = [entry for entry in entries if isinstance(entry, dict) and str(entry.get("level")).lower() == "error"]
+        assert entries and not errors, f"{stage}: {errors[:3]}"
 
 
 def test_new_champion_reaches_the_server_without_a_failed_request_and_rollback_returns(airflow_stack) -> None:

@@ -19,7 +19,7 @@ def test_default_config_loads_with_absolute_paths(config_dir: Path) -> None:
     config = load(config_dir).config
     assert config.schema.task == "regression" and config.schema.target == "quality"
     assert len(config.schema.features) == 11 and all(c.is_numeric for c in config.schema.features)
-    assert config.model.family == "random_forest"
+    assert config.model.family == "extra_trees"
     assert config.promotion.metric == "rmse" and config.promotion.higher_is_better is False
     assert Path(config.data_source.uri).is_absolute() and Path(config.data_source.uri).is_file()
     assert config.artifacts_root.is_absolute()
@@ -48,9 +48,9 @@ def test_run_overrides_for_source_and_family(config_dir: Path, edit_yaml) -> Non
     edit_yaml(config_dir / "config.yaml", lambda d: d["data_source"].update(allowed_sources=["http://127.0.0.1:1/"]))
     cm = ConfigurationManager(config_dir, env={}, source_uri="http://127.0.0.1:1/x.csv", model_family="elasticnet")
     assert cm.config.data_source.uri == "http://127.0.0.1:1/x.csv"
-    # the YAML's hyperparameters belong to random_forest, so the override starts from defaults
+    # the YAML's hyperparameters belong to extra_trees, so the override starts from defaults
     assert cm.config.model.family == "elasticnet" and dict(cm.config.model.hyperparameters) == {}
-    same = ConfigurationManager(config_dir, env={}, model_family="random_forest")
+    same = ConfigurationManager(config_dir, env={}, model_family="extra_trees")
     assert same.config.model.hyperparameters["n_estimators"] == 200
     with pytest.raises(ConfigError, match="unknown model family 'svm'"):
         ConfigurationManager(config_dir, env={}, model_family="svm")
@@ -60,7 +60,7 @@ def test_per_stage_configs(config_dir: Path) -> None:
     cm = load(config_dir)
     assert cm.ingestion().expected_columns[-1] == "quality"
     training = cm.training()
-    assert training.model.family == "random_forest"
+    assert training.model.family == "extra_trees"
     assert {"git_sha", "config.params.yaml.sha256"} <= set(training.tags)
 
 
@@ -116,7 +116,7 @@ def test_unknown_model_family(config_dir: Path, edit_yaml) -> None:
 def test_unknown_hyperparameter(config_dir: Path, edit_yaml) -> None:
     edit_yaml(config_dir / "params.yaml", lambda d: d["model"]["hyperparameters"].update(learning_rate=0.1))
     expect_error(config_dir, "params.yaml", "model.hyperparameters.learning_rate",
-                 "not a parameter of RandomForestRegressor")
+                 "not a parameter of ExtraTreesRegressor")
 
 
 def test_schema_without_target(config_dir: Path, edit_yaml) -> None:

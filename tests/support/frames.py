@@ -3,6 +3,7 @@ tests/ml/conftest.py gives them a real SQLite MLflow store in tmp)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -69,13 +70,18 @@ def evaluation_config(task: str, mlflow_config: MlflowConfig, margin: float = 0.
 
 
 def tuning_config(task: str, mlflow_config: MlflowConfig, spaces: dict[str, dict[str, dict[str, Any]]],
+                  family: str | None = None, hyperparameters: dict[str, Any] | None = None,
                   **tuning: Any) -> TuningJob:
-    """A tiny search (3 trials, 2 folds unless given) over `spaces`: family -> parameter -> range as in params.yaml;
-    the first family is the configured model.family."""
+    """A tiny search (3 trials, 2 folds unless given) over `spaces`: family -> parameter -> range as in params.yaml.
+    The configured model (trial 0 when its family is searched) is `family` (default: the first of `spaces`) with
+    FAST's hyperparameters, or `hyperparameters` when given."""
     settings = SearchPlan(**{"n_trials": 3, "cv_folds": 2, "seed": 0, **tuning})
     searched = {family: {name: SearchParam(**spec) for name, spec in space.items()} for family, space in spaces.items()}
-    return TuningJob(training_config(task, next(iter(spaces)), mlflow_config), settings,
-                             "rmse" if task == "regression" else "f1_macro", searched)
+    training = training_config(task, family or next(iter(spaces)), mlflow_config)
+    if hyperparameters is not None:
+        training = replace(training, model=ModelConfig(family=training.model.family, random_state=0,
+                                                       hyperparameters=hyperparameters))
+    return TuningJob(training, settings, "rmse" if task == "regression" else "f1_macro", searched)
 
 
 def mixed_schema(task: str, **target: Any) -> SchemaConfig:
