@@ -10,7 +10,7 @@ include/config/config.yaml and docs/configuration.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, Mapping
@@ -273,9 +273,7 @@ class ColumnSpec(Frozen):
 
     @model_validator(mode="after")
     def _range(self) -> ColumnSpec:
-        low, high = self.min, self.max
-        if self.dtype == "datetime" and low is not None and high is not None:
-            low, high = (as_utc(datetime.fromisoformat(str(v))) for v in (low, high))  # type: ignore[assignment]
+        low, high = self.moment_range() if self.dtype == "datetime" else (self.min, self.max)
         if low is not None and high is not None and low > high:  # type: ignore[operator]
             raise ValueError(f"min ({self.min}) is {'later' if self.dtype == 'datetime' else 'greater'} than max "
                              f"({self.max})")
@@ -284,6 +282,14 @@ class ColumnSpec(Frozen):
     @property
     def is_numeric(self) -> bool:
         return self.dtype in ("float", "int")
+
+    def moment_range(self) -> tuple[datetime | None, datetime | None]:
+        """A datetime column's min and max as naive UTC datetimes; a `max` given as a date means its whole day."""
+        low = None if self.min is None else as_utc(datetime.fromisoformat(str(self.min)))
+        high = None if self.max is None else as_utc(datetime.fromisoformat(str(self.max)))
+        if high is not None and _date_only(str(self.max)):
+            high += timedelta(days=1, microseconds=-1)
+        return low, high
 
     @property
     def values(self) -> tuple[Any, ...] | None:
@@ -370,9 +376,13 @@ class SchemaConfig(Frozen):
 def _contract_entry(column: ColumnSpec) -> dict[str, Any]:
     entry = column.model_dump(include={"name", "dtype", "nullable", "min", "max", "format"}, exclude_none=True)
     if column.dtype == "datetime":  # bounds as full ISO datetimes, naive UTC, what the server compares with
-        entry |= {key: as_utc(datetime.fromisoformat(str(entry[key]))).isoformat()
-                  for key in ("min", "max") if key in entry}
+        entry |= {key: moment.isoformat() for key, moment in zip(("min", "max"), column.moment_range())
+                  if moment is not None}
     return entry | ({"allowed": list(column.values)} if column.values else {})
+
+
+def _date_only(text: str) -> bool:
+    return len(text.strip()) == 10  # YYYY-MM-DD: fromisoformat takes no shorter date
 
 
 # --- params.yaml -----------------------------------------------------------------------------------------------

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from typing import Any, Literal, Mapping
 
 import numpy as np
 import pandas as pd
 
-from include.ml.entities import ColumnSpec, MonitoringPolicy, as_utc
+from include.ml.entities import ColumnSpec, MonitoringPolicy
 
 log = logging.getLogger(__name__)
 
@@ -297,8 +296,7 @@ def out_of_range(values: pd.Series, spec: ColumnSpec | None) -> float | None:
         return float(np.mean(outside))
     if spec.dtype == "datetime" and (spec.min is not None or spec.max is not None):
         stamps = pd.to_datetime(present)  # already moments (compare parses them): naive UTC
-        low, high = (None if v is None else pd.Timestamp(as_utc(datetime.fromisoformat(str(v))))
-                     for v in (spec.min, spec.max))
+        low, high = (None if v is None else pd.Timestamp(v) for v in spec.moment_range())
         outside = ((stamps < low) if low is not None else False) | ((stamps > high) if high is not None else False)
         return float(np.mean(outside))
     if spec.values:

@@ -183,3 +183,18 @@ def test_a_gap_in_an_int_column_is_one_failure_not_two(tmp_path: Path) -> None:
     assert [f["expectation"] for f in failures] == ["expect_column_values_to_not_be_null"]
     frame.loc[3, "count"] = 2.5  # a fraction in an int column is a type failure of its own, naming the value
     assert only(failures_of(frame, tmp_path / "b"), "expect_column_values_to_be_in_type_list")["examples"] == [2.5]
+
+
+def test_a_date_only_max_takes_in_its_whole_day(tmp_path: Path) -> None:
+    """mixed_schema's `when` has max 2021-12-31: that evening is in range, the next midnight is not."""
+    from tests.support.frames import mixed_dataset, mixed_schema
+
+    frame = mixed_dataset("regression").astype({"when": object})
+    frame.loc[0, "when"] = "2021-12-31 23:59:59"
+    assert validate(frame, ValidationConfig(mixed_schema("regression")), tmp_path / "a").success
+
+    def next_midnight(frame: pd.DataFrame) -> None:
+        frame.loc[1, "when"] = "2022-01-01 00:00:00"
+    assert only(mixed_failures(next_midnight, tmp_path / "b"), "expect_column_values_to_be_between")["rows"] == [1]
+    contract = mixed_schema("regression").feature_contract()
+    assert next(f for f in contract["features"] if f["name"] == "when")["max"] == "2021-12-31T23:59:59.999999"

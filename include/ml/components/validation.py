@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from include.ml import artifacts
-from include.ml.entities import ColumnSpec, SchemaConfig, ValidationConfig, as_utc
+from include.ml.entities import ColumnSpec, SchemaConfig, ValidationConfig
 from include.ml.exceptions import DataValidationError
 from serving.features import parse_datetimes
 
@@ -83,18 +83,13 @@ def _column_expectations(E: Any, col: ColumnSpec, per_row: bool = False) -> list
     else:
         found.append(E.ExpectColumnValuesToNotBeNull(column=col.name))
     if col.min is not None or col.max is not None:
-        low, high = (_bound(col, value) for value in (col.min, col.max))
+        low, high = col.moment_range() if col.dtype == "datetime" else (col.min, col.max)
         found.append(E.ExpectColumnValuesToBeBetween(column=col.name, min_value=low, max_value=high))
     if col.values:
         found.append(E.ExpectColumnValuesToBeInSet(column=col.name, value_set=list(col.values)))
     return found
 
 
-def _bound(col: ColumnSpec, value: Any) -> Any:
-    """A range bound as the checked column holds it: datetime bounds as naive UTC datetimes."""
-    if col.dtype != "datetime" or value is None:
-        return value
-    return as_utc(datetime.fromisoformat(str(value)))
 
 
 def _ephemeral_context() -> Any:
