@@ -16,6 +16,8 @@ ALLOWED_SKOPS_TYPES: frozenset[str] = frozenset({
     "numpy.dtype",
     "sklearn.tree._tree.Tree",  # random forests, extra trees
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",  # histogram gradient boosting
+    "sklearn.calibration._CalibratedClassifier",  # calibrated classifiers (model.calibration) ...
+    "sklearn.calibration._SigmoidCalibration",  # ... with sigmoid calibration
 })
 
 
