@@ -49,9 +49,25 @@ def dataset(task: str, rows: int = 120, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame({"x1": x1, "x2": x2, "kind": kind, "y": y})
 
 
-def training_config(task: str, family: str, mlflow_config: MlflowConfig, **hyper: Any) -> TrainingConfig:
-    model = ModelConfig(family=family, random_state=0, hyperparameters={**FAST[family], **hyper})
-    return TrainingConfig(schema(task), model, mlflow_config, MappingProxyType({"git_sha": "test"}))
+def noisy_dataset(rows: int = 1500, seed: int = 0) -> pd.DataFrame:
+    """`schema("classification")` rows whose class is drawn at random from a softmax of the features: no model can
+    be sure, so a forest of pure leaves is over-confident (what calibration mends)."""
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.normal(size=rows), rng.normal(size=rows)
+    kind = rng.choice(["p", "q"], rows)
+    logits = np.column_stack([x1, x2, 0.5 * (kind == "p")])
+    shares = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    drawn = (rng.random((rows, 1)) > shares.cumsum(axis=1)).sum(axis=1)
+    y = np.array(["a", "b", "c"])[np.minimum(drawn, 2)]
+    x1[::10] = np.nan
+    return pd.DataFrame({"x1": x1, "x2": x2, "kind": kind, "y": y})
+
+
+def training_config(task: str, family: str, mlflow_config: MlflowConfig, calibration: str = "none",
+                    **hyper: Any) -> TrainingConfig:
+    model = ModelConfig(family=family, random_state=0, hyperparameters={**FAST[family], **hyper},
+                        calibration=calibration)
+    return TrainingConfig(schema(task), model, mlflow_config, MappingProxyType({"git_sha": "test"}), calibration)
 
 
 def evaluation_config(task: str, mlflow_config: MlflowConfig, margin: float = 0.001) -> EvaluationConfig:
