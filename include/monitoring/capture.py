@@ -14,8 +14,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
+import numpy as np
 import pandas as pd
 
 from include.ml.entities import MonitoringSources, SchemaConfig
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".jsonl.gz"
 PREDICTION = "prediction"
+PROBABILITIES = "probabilities"
 KEYS = ("request_id", "row")
 
 
@@ -32,6 +34,9 @@ KEYS = ("request_id", "row")
 class Captured:
     frame: pd.DataFrame  # request_id, row, timestamp, the features, prediction
     files: int
+    # Classification, when the classes were given: the captured probability of each class (one column each, rows as
+    # in `frame`; NaN where a row has none). None otherwise.
+    probabilities: pd.DataFrame | None = None
 
 
 def days(start: datetime, end: datetime) -> list[str]:
@@ -41,32 +46,42 @@ def days(start: datetime, end: datetime) -> list[str]:
 
 
 def collect(config: MonitoringSources, schema: SchemaConfig, model_name: str, version: str, start: datetime,
-            end: datetime) -> Captured:
-    """The rows captured for `model_name` `version` with start <= timestamp < end (aware datetimes, UTC)."""
-    frames, count = [], 0
+            end: datetime, classes: Sequence[str] = ()) -> Captured:
+    """The rows captured for `model_name` `version` with start <= timestamp < end (aware datetimes, UTC); with the
+    model's `classes` (as text), their captured probabilities too."""
+    frames, probabilities, count = [], [], 0
     with _local_files(config, model_name, days(start, end)) as files:
         for path in files:
-            frames.append(read_file(path, schema, model_name, version, start, end))
+            frame, proba = read_file(path, schema, model_name, version, start, end, classes)
+            frames.append(frame)
+            probabilities.append(proba)
             count += 1
     columns = [*KEYS, "timestamp", *(c.name for c in schema.features), PREDICTION]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    proba = None
+    if classes:
+        proba = pd.concat(probabilities, ignore_index=True) if frames else pd.DataFrame(columns=list(classes),
+                                                                                       dtype="float64")
     log.info("capture: %d rows of %s v%s from %d file(s) in %s, %s to %s", len(frame), model_name, version, count,
              config.capture_dir, start.isoformat(), end.isoformat())
-    return Captured(frame, count)
+    return Captured(frame, count, proba)
 
 
-def read_file(path: Path, schema: SchemaConfig, model_name: str, version: str, start: datetime,
-              end: datetime) -> pd.DataFrame:
-    """One capture file's rows of the model version and period, one column per feature."""
+def read_file(path: Path, schema: SchemaConfig, model_name: str, version: str, start: datetime, end: datetime,
+              classes: Sequence[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """One capture file's rows of the model version and period, one column per feature; and with `classes`, each
+    class's probability (None without)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.json as pj
 
     numeric = [pa.field(c.name, pa.float64()) for c in schema.features if c.is_numeric]
+    # The classes' probabilities typed up front: inferred, a block of rows without any would not match the next.
+    probabilities = [(PROBABILITIES, pa.struct([pa.field(str(c), pa.float64()) for c in classes]))] if classes else []
     explicit = pa.schema([("request_id", pa.string()), ("row", pa.int64()), ("timestamp", pa.string()),
                           ("model_name", pa.string()), ("model_version", pa.string()),
                           ("inputs", pa.struct(numeric))]
-                         + ([(PREDICTION, pa.float64())] if schema.task == "regression" else []))
+                         + ([(PREDICTION, pa.float64())] if schema.task == "regression" else []) + probabilities)
     try:
         table = pj.read_json(pa.input_stream(str(path), compression="gzip"),
                              parse_options=pj.ParseOptions(explicit_schema=explicit, unexpected_field_behavior="infer"))
@@ -86,7 +101,14 @@ def read_file(path: Path, schema: SchemaConfig, model_name: str, version: str, s
     data[PREDICTION] = table[PREDICTION].to_pandas() if PREDICTION in table.column_names else None
     if schema.task == "classification" and data[PREDICTION] is not None:
         data[PREDICTION] = _labels(data[PREDICTION])
-    return pd.DataFrame({k: (v.to_numpy() if isinstance(v, pd.Series) else v) for k, v in data.items()})
+    frame = pd.DataFrame({k: (v.to_numpy() if isinstance(v, pd.Series) else v) for k, v in data.items()})
+    if not classes:
+        return frame, None
+    if not table.num_rows:
+        return frame, pd.DataFrame({str(c): np.empty(0) for c in classes})
+    # flatten() applies the struct's own nulls (a row captured without probabilities) to every class: NaN.
+    fields = table[PROBABILITIES].combine_chunks().flatten()
+    return frame, pd.DataFrame({str(c): f.to_numpy(zero_copy_only=False) for c, f in zip(classes, fields)})
 
 
 def _labels(values: pd.Series) -> pd.Series:

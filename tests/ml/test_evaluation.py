@@ -167,7 +167,9 @@ def test_evaluate_retry_does_not_register_twice(mlflow_config: MlflowConfig, tmp
     import mlflow
     assert len(mlflow.MlflowClient().search_model_versions("name = 'unit-model'")) == 1
     plots = {a.path for a in mlflow.MlflowClient().list_artifacts(model.mlflow_run_id, "plots")}
-    assert "plots/confusion_matrix.png" in plots
+    assert plots == {"plots/confusion_matrix.png", "plots/reliability.png", "plots/feature_importance.png"}
+    logged = mlflow.get_run(model.mlflow_run_id).data.metrics
+    assert {f"test_{name}" for name in METRICS["classification"]} <= set(logged)
 
 
 def test_rollback_to_unknown_version_fails_cleanly(mlflow_config: MlflowConfig, tmp_path: Path) -> None:
