@@ -14,7 +14,7 @@ from include.ml.exceptions import TrainingError
 from include.ml.metrics import compute_metrics
 from include.ml.models import CALIBRATION_SKOPS_TYPES, FAMILIES
 from serving.trust import ALLOWED_SKOPS_TYPES
-from tests.support.frames import dataset, noisy_dataset, schema, training_config
+from tests.support.frames import dataset, imbalanced_dataset, noisy_dataset, schema, training_config
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -149,3 +149,29 @@ def test_tuning_calibrates_every_trial_and_the_best(mlflow_config: MlflowConfig)
 def test_calibration_of_a_regressor_is_refused(mlflow_config: MlflowConfig) -> None:
     with pytest.raises(TrainingError, match="calibration 'sigmoid' applies to classifiers; the task is regression"):
         build_pipeline(replace(training_config("regression", "random_forest", mlflow_config), calibration="sigmoid"))
+
+
+def test_every_classifier_family_takes_class_weight_and_no_regressor_does() -> None:
+    """docs/configuration.md documents class_weight as a hyperparameter of every classifier family."""
+    for family in FAMILIES.values():
+        assert "class_weight" in family.estimator_class("classification")().get_params()
+        assert "class_weight" not in family.estimator_class("regression")().get_params()
+
+
+@pytest.mark.parametrize("family, hyperparameters", [
+    ("random_forest", {"n_estimators": 100, "min_samples_leaf": 5}), ("elasticnet", {})])
+def test_class_weight_trades_probabilities_for_the_rare_class(family: str, hyperparameters: dict) -> None:
+    """The table of docs/configuration.md: `balanced` raises balanced accuracy and worsens log loss and Brier score;
+    calibration restores the probabilities, and the decisions with them."""
+    train_x, train_y = split_xy(imbalanced_dataset(3000, seed=0), schema("classification"))
+    test_x, test_y = split_xy(imbalanced_dataset(3000, seed=1), schema("classification"))
+    scores = {}
+    for weight, calibration in ((None, "none"), ("balanced", "none"), ("balanced", "sigmoid")):
+        config = training_config("classification", family, MlflowConfig(registered_model_name="u"), calibration,
+                                 **hyperparameters, class_weight=weight)
+        scores[weight, calibration] = compute_metrics("classification", build_pipeline(config).fit(train_x, train_y),
+                                                      test_x, test_y)
+    plain, weighted, both = scores[None, "none"], scores["balanced", "none"], scores["balanced", "sigmoid"]
+    assert weighted["balanced_accuracy"] > plain["balanced_accuracy"] + 0.1, scores
+    assert weighted["log_loss"] > plain["log_loss"] + 0.05 and weighted["brier_score"] > plain["brier_score"], scores
+    assert both["log_loss"] < weighted["log_loss"] - 0.1 and both["balanced_accuracy"] < weighted["balanced_accuracy"]

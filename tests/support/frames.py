@@ -63,6 +63,16 @@ def noisy_dataset(rows: int = 1500, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame({"x1": x1, "x2": x2, "kind": kind, "y": y})
 
 
+def imbalanced_dataset(rows: int = 3000, seed: int = 0) -> pd.DataFrame:
+    """`schema("classification")` rows of two classes, "b" the rare one (about 11 %), drawn from a logistic model of
+    x1 and x2."""
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.normal(size=rows), rng.normal(size=rows)
+    kind = rng.choice(["p", "q"], rows)
+    rare = rng.random(rows) < 1 / (1 + np.exp(-(1.5 * x1 - x2 - 3)))
+    return pd.DataFrame({"x1": x1, "x2": x2, "kind": kind, "y": np.where(rare, "b", "a")})
+
+
 def training_config(task: str, family: str, mlflow_config: MlflowConfig, calibration: str = "none",
                     **hyper: Any) -> TrainingConfig:
     model = ModelConfig(family=family, random_state=0, hyperparameters={**FAST[family], **hyper},
