@@ -25,7 +25,7 @@ TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 UNFILLED = "Not filled in: set card.{} in config.yaml."
 LABELS = {"intended_use": "Intended use", "limitations": "Limitations", "owners": "Owners and contact",
           "license": "License"}  # the keys of CardConfig
-_FITTED = f"{CALIBRATION_FOLDS}-fold cross-fitted on the training split (scikit-learn's CalibratedClassifierCV)"
+_FITTED = f"{CALIBRATION_FOLDS}-fold cross-fitted on the training split (scikit-learn CalibratedClassifierCV)"
 CALIBRATION = {  # model.calibration -> what the card says
     "none": "none (the estimator's own probabilities)",
     "sigmoid": f"sigmoid (Platt scaling), {_FITTED}",
