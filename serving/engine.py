@@ -1,14 +1,18 @@
 """The compiled predictor: a bundle's sklearn pipeline as an ONNX Runtime session, served only if it answers as sklearn.
 
 skl2onnx converts the pipeline in double precision (the inputs sklearn receives: float64 numbers, text categories),
-with three converters of our own where its defaults would change the answers or ONNX Runtime cannot run them:
+with converters of our own where its defaults would change the answers or ONNX Runtime cannot run them:
 
 - SimpleImputer: the fill values as double constants (skl2onnx's Imputer node holds float32 and ORT runs it in
   float only), and a missing category (None, NaN to sklearn) as a text marker no client can send.
 - Tree ensembles (random forest, extra trees, histogram gradient boosting): the ai.onnx.ml opset-5 `TreeEnsemble`
   node in double (the opset-3 nodes skl2onnx writes keep float32 leaves and sums, ~3e-6 off for 100 trees). A
   forest compares float32-cast features with double thresholds, as sklearn's trees do (they cast X to float32);
-  leaves add up in double. Histogram gradient boosting compares float64 features, as sklearn does.
+  leaves add up in double. Histogram gradient boosting compares float64 features, as sklearn does. Asked for raw
+  scores (by the calibration below), a boosted classifier gives its decision function instead of probabilities.
+- CalibratedClassifierCV (model.calibration, one calibrated classifier): the classifier's probabilities or decision
+  function, each class's sigmoid or isotonic calibrator, sklearn's normalisation. skl2onnx's converter maps an
+  isotonic calibrator's input to the nearest threshold; sklearn (scipy) interpolates between thresholds.
 
 `compile_predictor` then predicts the self-check rows and generated edge rows (each numeric feature at its min, max
 and quantiles of its range, each category, missing values where nullable) with both and keeps the session only if
