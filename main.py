@@ -9,7 +9,7 @@
     python main.py export [--version champion] [--store DIR] [--activate] # registry -> a bundle in a model store
     python main.py serve                  # the prediction server on the champion, in the foreground
     python main.py keys                   # the bundle-signing keys (made on first use); what servers trust
-    python main.py predict --input in.csv --output out.parquet [--version V]  # score a file with the champion
+    python main.py predict --input in.csv --output out.parquet [--version V] [--on-bad-rows skip]  # score a file
     python main.py monitor --reference train.csv --current live.csv [--json]   # per-feature drift of two files
 
 Every command takes --config-dir DIR (default: $MLOPS_CONFIG_DIR, else include/config).
@@ -242,6 +242,10 @@ def predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", help="local path, http(s):// or s3:// URI (default: batch.input_uri)")
     parser.add_argument("--output", help="a .csv or .parquet path or s3:// URI (default: batch.output_uri)")
     parser.add_argument("--version", default="champion", help="version number or alias (default: champion)")
+    parser.add_argument("--on-bad-rows", choices=("fail", "skip", "flag"),
+                        help="a row that breaks schema.yaml: fail the run (nothing written), skip it (left out of "
+                             "the output) or flag it (kept without a prediction); skip and flag list every bad "
+                             "row's reasons in <output>.rejected.csv (default: batch.on_bad_rows, itself fail)")
     return parser
 
 
@@ -249,8 +253,8 @@ def predict(args: argparse.Namespace) -> int:
     from include.ml.configuration import ConfigurationManager
 
     # The user's own files: no allow-list here (the ml_batch_predict DAG applies data_source.allowed_sources).
-    print(pipeline.run_predict(ConfigurationManager(args.config_dir), args.input, args.output, args.version)
-          .summary())
+    print(pipeline.run_predict(ConfigurationManager(args.config_dir), args.input, args.output, args.version,
+                               on_bad_rows=args.on_bad_rows).summary())
     return 0
 
 

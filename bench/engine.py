@@ -1,8 +1,8 @@
 """In-process predict per model family: the serving engine (ONNX Runtime) beside scikit-learn, same rows.
 
-For each family of include/ml/models.py, as regressor and classifier, it fits the pipeline the way training
-does (build_preprocessor + the family; the random forest with params.yaml's hyperparameters, the default
-champion; the others with their defaults) on the configured data (the default: wine quality; the classifier
+For each family of include/ml/models.py, as regressor and classifier, it fits the pipeline the way training does
+(training.build_pipeline: the preprocessing + the family; the random forest with params.yaml's hyperparameters, the
+default champion; the others with their defaults) on the configured data (the default: wine quality; the classifier
 predicts `quality` as a class), builds the server's engine for it (serving.engine.compile_predictor, with its
 agreement check), and times, on the same validated columns, one row and 100 rows:
 
@@ -50,11 +50,10 @@ def p50_us(call: Callable[[], Any], calls: int) -> float:
 
 def bench_family(family: str, task: str, config_dir: Path, calls: int) -> dict[str, Any]:
     import pandas as pd
-    from sklearn.pipeline import Pipeline
 
-    from include.ml.components.transformation import build_preprocessor
+    from include.ml.components.training import build_pipeline
     from include.ml.configuration import ConfigurationManager
-    from include.ml.models import FAMILIES as MODELS
+    from include.ml.entities import ModelConfig, TrainingConfig
     from serving.contract import Contract
     from serving.engine import compile_predictor
     from serving.inputs import validate
@@ -63,11 +62,11 @@ def bench_family(family: str, task: str, config_dir: Path, calls: int) -> dict[s
     config = ConfigurationManager(config_dir, env={}).config
     schema = config.schema
     frame = pd.read_csv(config.data_source.uri, sep=config.data_source.separator)
-    x = frame[schema.numeric_features + schema.categorical_features]
+    x = frame[[c.name for c in schema.features]]
     y = frame[schema.target].astype(str) if task == "classification" else frame[schema.target]
     params = dict(config.model.hyperparameters) if family == config.model.family else {}
-    model = MODELS[family].build(task, config.model.random_state, params)
-    pipeline = Pipeline([("preprocess", build_preprocessor(schema)), ("model", model)]).fit(x, y)
+    model = ModelConfig(family=family, random_state=config.model.random_state, hyperparameters=params)
+    pipeline = build_pipeline(TrainingConfig(schema, model, config.mlflow, {})).fit(x, y)
     _single_threaded(pipeline)
     stored = Contract.from_mlmodel({"metadata": {"feature_contract": schema.feature_contract()}})
     contract = Contract(task, stored.features)

@@ -4,10 +4,11 @@
 One task, **predict**: `run_predict` of `include/pipeline.py`, the same code as
 `python main.py predict --input <uri> --output <uri>`. It reads the input (in `data_source.separator`'s CSV format,
 with or without the target column) chunk by chunk (`batch.chunk_rows`), checks each chunk with the Great
-Expectations suite of `schema.yaml` (the target left out), scores it with the registered version through the
-prediction server's own loader, and writes the row id, the prediction (and class probabilities) and the model's
-name and version to a CSV or Parquet file, renamed into place (or uploaded to S3) only once complete. Its XCom
-holds the rows, chunks, seconds and version.
+Expectations suite of `schema.yaml` (the features, and the id and ignore columns the file has), scores it with the
+registered version through the prediction server's own loader (in batches bounded by `batch.encoded_mb`), and
+writes the row key (the schema's id columns, else `batch.id_column`), the prediction (and class probabilities) and
+the model's name and version to a CSV or Parquet file, renamed into place (or uploaded to S3) only once complete.
+Its XCom holds the rows, chunks, seconds, version and bad rows.
 
 **Params** (*Trigger DAG* → run configuration)
 
@@ -16,13 +17,17 @@ holds the rows, chunks, seconds and version.
 * `output`: where the predictions go: a local path or `s3://` URI ending in `.csv` or `.parquet`, within
   `batch.allowed_outputs` of `config.yaml`; empty = `batch.output_uri`.
 * `version`: a registered version number or alias; empty = the champion.
+* `on_bad_rows`: what a row that breaks `schema.yaml` does: `fail` the run (nothing written), `skip` it (left out
+  of the output) or `flag` it (kept, without a prediction, `rejected` true); skip and flag write every bad row's
+  reasons to `<output>.rejected.csv`. Empty = `batch.on_bad_rows` (default fail).
 
 **Schedule**: `batch.schedule` of `config.yaml` (default none: only when triggered); a scheduled run scores
 `batch.input_uri` into `batch.output_uri`.
 
-**Failures**: a broken file (a missing column, a wrong type), rows that break the schema (counted per expectation,
-with sample row ids, in the log), an input or output refused by its allow-list, an unknown version or an
-unwritable output fail at once and leave no output; anything else (an unreachable source) is retried with backoff.
+**Failures**: a broken file (a missing or unexpected column; with fail, a wrong type), with fail rows that break the
+schema (counted per expectation, with sample row ids, in the log), an input or output refused by its allow-list, an
+unknown version or an unwritable output fail at once and leave no output (nor side file); anything else (an
+unreachable source) is retried with backoff.
 
 Parsing this file imports no ML library: they load inside the task.
 """
@@ -68,6 +73,9 @@ PROJECT = project_config()  # config.yaml only, validated: a bad edit shows as t
                                     ".parquet, within batch.allowed_outputs of config.yaml; empty = batch.output_uri"),
         "version": Param(None, type=["null", "string"],
                          description="Registered model version number or alias; empty = the champion"),
+        "on_bad_rows": Param(None, type=["null", "string"], enum=[None, "fail", "skip", "flag"],
+                             description="A row that breaks schema.yaml: fail the run, skip it or flag it (skip and "
+                                         "flag list the reasons in <output>.rejected.csv); empty = batch.on_bad_rows"),
     },
 )
 def ml_batch_predict() -> None:
@@ -78,7 +86,8 @@ def ml_batch_predict() -> None:
 
         cm = pipeline_config({"source": params["input"]})  # checks the input against data_source.allowed_sources
         return task_result(run_predict(cm, params["input"] and cm.config.data_source.uri,  # as checked: absolute
-                                       params["output"], params["version"] or "champion", form_output=True))
+                                       params["output"], params["version"] or "champion", form_output=True,
+                                       on_bad_rows=params.get("on_bad_rows")))
 
     predict()
 

@@ -27,11 +27,12 @@ class ContractError(ValueError):
 @dataclass(frozen=True)
 class Feature:
     name: str
-    dtype: str  # float | int | category | string
+    dtype: str  # float | int | category | ordinal | datetime (string: a model logged elsewhere)
     nullable: bool = False
-    min: float | None = None
-    max: float | None = None
-    allowed: tuple[Any, ...] | None = None
+    min: float | str | None = None  # a datetime's bounds are naive UTC ISO datetimes
+    max: float | str | None = None
+    allowed: tuple[Any, ...] | None = None  # category: the values accepted (None: any); ordinal: in order
+    format: str | None = None  # datetime: strftime format, unix or unix_ms; None: ISO 8601
 
     @property
     def is_numeric(self) -> bool:
@@ -42,6 +43,8 @@ class Feature:
 class Contract:
     task: str  # regression | classification
     features: tuple[Feature, ...]
+    keys: tuple[str, ...] = ()  # id columns: optional in a request, recorded in capture as the row's key
+    ignored: tuple[str, ...] = ()  # columns of the training data that are no input: optional in a request, dropped
 
     @cached_property
     def names(self) -> tuple[str, ...]:
@@ -70,8 +73,8 @@ class Contract:
         if stored:
             return cls(stored["task"], tuple(
                 Feature(f["name"], f["dtype"], bool(f.get("nullable", False)), f.get("min"), f.get("max"),
-                        tuple(f["allowed"]) if f.get("allowed") else None)
-                for f in stored["features"]))
+                        tuple(f["allowed"]) if f.get("allowed") else None, f.get("format"))
+                for f in stored["features"]), tuple(stored.get("keys") or ()), tuple(stored.get("ignored") or ()))
         inputs = (mlmodel.get("signature") or {}).get("inputs")
         if not inputs:
             raise ContractError("MLmodel has neither metadata.feature_contract nor a signature with named inputs")

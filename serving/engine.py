@@ -1,18 +1,26 @@
 """The compiled predictor: a bundle's sklearn pipeline as an ONNX Runtime session, served only if it answers as sklearn.
 
-skl2onnx converts the pipeline in double precision (the inputs sklearn receives: float64 numbers, text categories),
-with converters of our own where its defaults would change the answers or ONNX Runtime cannot run them:
+skl2onnx converts the pipeline in double precision (the inputs sklearn receives: float64 numbers, text categories,
+datetimes fed as seconds since the epoch), with converters of our own where its defaults would change the answers or
+ONNX Runtime cannot run them:
 
 - SimpleImputer: the fill values as double constants (skl2onnx's Imputer node holds float32 and ORT runs it in
-  float only), and a missing category (None, NaN to sklearn) as a text marker no client can send.
+  float only; float inputs such as an OrdinalEncoder's codes are cast first), and a missing category (None, NaN to
+  sklearn) as a text marker no client can send.
+- TargetEncoder: a LabelEncoder per column (and class) from category text to its encoding in double (skl2onnx's
+  writes float32 and refuses a multiclass target); a missing value takes the missing category's encoding, an unseen
+  one the target mean.
+- DatetimeFeatures (serving/features.py): year, month, day, weekday and hour from the seconds by the days-to-civil
+  calendar algorithm, in whole-number doubles (and their sine and cosine with `cyclical`).
 - Tree ensembles (random forest, extra trees, histogram gradient boosting): the ai.onnx.ml opset-5 `TreeEnsemble`
   node in double (the opset-3 nodes skl2onnx writes keep float32 leaves and sums, ~3e-6 off for 100 trees). A
   forest compares float32-cast features with double thresholds, as sklearn's trees do (they cast X to float32);
-  leaves add up in double. Histogram gradient boosting compares float64 features, as sklearn does. Asked for raw
-  scores (by the calibration below), a boosted classifier gives its decision function instead of probabilities.
+  leaves add up in double. Histogram gradient boosting compares float64 features, as sklearn does; its categorical
+  splits become set-membership branches (BRANCH_MEMBER) on the codes its inputs carry.
 - CalibratedClassifierCV (model.calibration, one calibrated classifier): the classifier's probabilities or decision
-  function, each class's sigmoid or isotonic calibrator, sklearn's normalisation. skl2onnx's converter maps an
-  isotonic calibrator's input to the nearest threshold; sklearn (scipy) interpolates between thresholds.
+  function (a boosted classifier asked for raw scores gives its decision function), each class's sigmoid or
+  isotonic calibrator, sklearn's normalisation. skl2onnx's converter maps an isotonic calibrator's input to the
+  nearest threshold; sklearn (scipy) interpolates between thresholds.
 
 `compile_predictor` then predicts the self-check rows and generated edge rows (each numeric feature at its min, max
 and quantiles of its range, each category, missing values where nullable) with both and keeps the session only if
@@ -30,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from serving.contract import Contract
+from serving.features import PARTS, PERIOD_START, PERIODS, DatetimeFeatures, parse_datetimes
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +80,8 @@ class OnnxPredictor:
         self.run_options = ort.RunOptions()
         self.numeric = [f.name for f in contract.features if f.is_numeric]
         # skl2onnx makes names valid identifiers ("fixed acidity" -> "fixed_acidity"); inputs keep their order.
-        text_inputs = [i.name for i in self.session.get_inputs() if i.name != NUMERIC_INPUT]
-        self.text = list(zip([f.name for f in contract.features if not f.is_numeric], text_inputs))
+        own_inputs = [i.name for i in self.session.get_inputs() if i.name != NUMERIC_INPUT]
+        self.text = list(zip([f for f in contract.features if not f.is_numeric], own_inputs))
         self.classes = classes
         self.outputs = [o.name for o in self.session.get_outputs()][:1 if classes is None else 2]
 
@@ -84,8 +93,13 @@ class OnnxPredictor:
             if numeric is None:
                 numeric = np.column_stack([np.asarray(columns[name], dtype=np.float64) for name in self.numeric])
             feeds[NUMERIC_INPUT] = np.ascontiguousarray(numeric, dtype=np.float64)
-        for name, onnx_name in self.text:
-            values = [MISSING_CATEGORY if v is None else v for v in columns[name]]
+        for feature, onnx_name in self.text:
+            if feature.dtype == "datetime":  # seconds since the epoch, NaN where missing (_convert_datetimes)
+                moments = parse_datetimes(columns[feature.name], feature.format)[0]
+                seconds = np.where(np.isnat(moments), np.nan, moments.astype(np.int64) / 1e9)
+                feeds[onnx_name] = seconds.reshape(-1, 1)
+                continue
+            values = [MISSING_CATEGORY if v is None else v for v in columns[feature.name]]
             feeds[onnx_name] = np.array(values, dtype=object).reshape(-1, 1)
         out = self.session.run(self.outputs, feeds, self.run_options)
         if self.classes is None:
@@ -112,43 +126,52 @@ def convert(estimator: Any, contract: Contract) -> bytes:
     from sklearn import ensemble
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import TargetEncoder
 
     for feature in contract.features:
         if not feature.is_numeric and feature.allowed and not all(isinstance(a, str) for a in feature.allowed):
             raise TypeError(f"categorical feature {feature.name!r} has non-text values {list(feature.allowed)[:5]}")
-    final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
-    inputs = [(f.name, DoubleTensorType([None, 1]) if f.is_numeric else StringTensorType([None, 1]))
-              for f in contract.features]
+    inputs = [(f.name, DoubleTensorType([None, 1]) if f.is_numeric or f.dtype == "datetime"
+               else StringTensorType([None, 1])) for f in contract.features]
     forests = (ensemble.RandomForestClassifier, ensemble.ExtraTreesClassifier)
     trees = {cls: _convert_trees for cls in (*forests, ensemble.RandomForestRegressor, ensemble.ExtraTreesRegressor,
                                              ensemble.HistGradientBoostingRegressor,
                                              ensemble.HistGradientBoostingClassifier)}
-    shapes = {cls: _double_probabilities for cls in forests}
+    shapes = {cls: _double_probabilities for cls in (*forests, ensemble.HistGradientBoostingClassifier,
+                                                     CalibratedClassifierCV)}
+    final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
     options = {id(final): {"zipmap": False}} if contract.task == "classification" else None
     onx = convert_sklearn(estimator, initial_types=inputs, target_opset=_OPSETS, options=options,
                            custom_conversion_functions={SimpleImputer: _convert_imputer,
-                                                        CalibratedClassifierCV: _convert_calibrated, **trees},
-                           custom_shape_calculators=shapes)
+                                                        TargetEncoder: _convert_target_encoder,
+                                                        CalibratedClassifierCV: _convert_calibrated,
+                                                        DatetimeFeatures: _convert_datetimes, **trees},
+                           custom_shape_calculators={SimpleImputer: _imputer_shape,
+                                                     TargetEncoder: _target_encoder_shape,
+                                                     DatetimeFeatures: _datetimes_shape, **shapes})
     for opset in onx.opset_import:
         if opset.domain == "ai.onnx.ml":
             # TreeEnsemble needs 5. The other ai.onnx.ml ops skl2onnx writes mean the same at 5; the agreement
             # check would catch one that did not.
             opset.version = 5
-    _one_numeric_input(onx.graph, sum(f.is_numeric for f in contract.features))
+    _one_numeric_input(onx.graph, [f.is_numeric for f in contract.features])
     return onx.SerializeToString()
 
 
-def _one_numeric_input(graph: Any, features: int) -> None:
+def _one_numeric_input(graph: Any, numeric_features: list[bool]) -> None:
     """Feed the numeric features as one [n, k] tensor, split back into skl2onnx's per-feature inputs: a session
     run costs per input (one row of the default forest: 23 -> 11 µs with 11 features). skl2onnx's first step is
-    usually a Concat of exactly those inputs, which then goes (its output is the new input itself)."""
+    usually a Concat of exactly those inputs, which then goes (its output is the new input itself). The graph's
+    inputs are the features in contract order (`numeric_features` says which are numeric)."""
     from onnx import TensorProto, helper
 
-    numeric = [i.name for i in graph.input if i.type.tensor_type.elem_type == TensorProto.DOUBLE]
+    if len(graph.input) != len(numeric_features):
+        raise ValueError(f"the converted model has {len(graph.input)} inputs for {len(numeric_features)} features")
+    numeric = [i.name for i, is_numeric in zip(graph.input, numeric_features) if is_numeric]
     if not numeric:
         return
-    if len(numeric) != features:
-        raise ValueError(f"the converted model has {len(numeric)} numeric inputs for {features} numeric features")
+    if any(i.type.tensor_type.elem_type != TensorProto.DOUBLE for i in graph.input if i.name in numeric):
+        raise ValueError("a numeric feature's converted input is not a double tensor")
     for node in list(graph.node):
         axis = next((a.i for a in node.attribute if a.name == "axis"), None)
         if node.op_type == "Concat" and list(node.input) == numeric and axis in (1, -1) \
@@ -232,7 +255,8 @@ def _short(text: str, limit: int = 300) -> str:
 # --- skl2onnx converters (called by to_onnx with its scope, operator and container) ---------------------------------
 
 def _double_probabilities(operator: Any) -> None:
-    """skl2onnx's parser declares a random forest's probabilities float; ours are double, like the features."""
+    """skl2onnx declares a forest's probabilities float, and a calibrated classifier's float when its input is (an
+    OrdinalEncoder's codes); ours are double, like the features."""
     from skl2onnx.common.data_types import DoubleTensorType
     from skl2onnx.common.shape_calculator import calculate_linear_classifier_output_shapes
 
@@ -243,7 +267,7 @@ def _double_probabilities(operator: Any) -> None:
 def _convert_imputer(scope: Any, operator: Any, container: Any) -> None:
     """SimpleImputer as Where(missing, fill, x): doubles stay doubles; a missing category is MISSING_CATEGORY."""
     from onnx import TensorProto
-    from skl2onnx.common.data_types import StringTensorType
+    from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
     from skl2onnx.operator_converters.common import concatenate_variables
 
     imputer = operator.raw_operator
@@ -260,6 +284,10 @@ def _convert_imputer(scope: Any, operator: Any, container: Any) -> None:
         container.add_initializer(fill, TensorProto.STRING, [1, len(statistics)], [str(s).encode() for s in statistics])
         container.add_node("Equal", [x, marker], [mask])
     else:
+        if not isinstance(operator.inputs[0].type, DoubleTensorType):  # e.g. an OrdinalEncoder's float codes
+            as_double = scope.get_unique_variable_name("as_double")
+            container.add_node("Cast", [x], [as_double], to=TensorProto.DOUBLE)
+            x = as_double
         container.add_initializer(fill, TensorProto.DOUBLE, [1, len(statistics)], statistics.astype(np.float64))
         container.add_node("IsNaN", [x], [mask])
     container.add_node("Where", [mask, fill, x], [operator.outputs[0].full_name])
@@ -381,6 +409,122 @@ def _labels(scope: Any, container: Any, probabilities: str, labels: np.ndarray, 
     container.add_node("Gather", [classes, index], [output], axis=0)
 
 
+def _imputer_shape(operator: Any) -> None:
+    """The imputer's output: text stays text, numbers become doubles (what _convert_imputer writes)."""
+    from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
+
+    width = sum(i.type.shape[1] for i in operator.inputs)
+    text = isinstance(operator.inputs[0].type, StringTensorType)
+    operator.outputs[0].type = (StringTensorType if text else DoubleTensorType)([None, width])
+
+
+def _convert_target_encoder(scope: Any, operator: Any, container: Any) -> None:
+    """TargetEncoder (a continuous or binary target) as one LabelEncoder per column mapping each category's text to
+    its encoding in double (skl2onnx's own converter writes float32, which moves values across split thresholds).
+    A missing value (MISSING_CATEGORY) takes the missing category's encoding when training saw one; anything else
+    unseen takes the target mean, as in scikit-learn."""
+    from onnx import TensorProto, helper
+    from skl2onnx.operator_converters.common import concatenate_variables
+
+    encoder = operator.raw_operator
+    means = np.atleast_1d(np.asarray(encoder.target_mean_, dtype=np.float64))  # one per class when multiclass
+    x = concatenate_variables(scope, operator.inputs, container)
+    name = scope.get_unique_variable_name
+    columns = []
+    for j, categories in enumerate(encoder.categories_):
+        keys = [MISSING_CATEGORY if _is_missing(c) else str(c) for c in categories]
+        if len(set(keys)) != len(keys):
+            raise NotImplementedError(f"TargetEncoder categories of column {j} are not distinct as text")
+        index, column = name("index"), name("column")
+        container.add_initializer(index, TensorProto.INT64, [1], [j])
+        container.add_node("Gather", [x, index], [column], axis=1)
+        for k, mean in enumerate(means):  # encodings_ holds, per column, one array per class (one if not multiclass)
+            encoded = name("encoded")
+            # op_version 2: skl2onnx refuses a node above its target opset; convert() raises the model's to 5.
+            container.add_node(
+                "LabelEncoder", [column], [encoded], op_domain="ai.onnx.ml", op_version=2,
+                name=scope.get_unique_operator_name("LabelEncoder"), keys_strings=keys,
+                values_tensor=helper.make_tensor("values", TensorProto.DOUBLE, [len(keys)], np.asarray(
+                    encoder.encodings_[j * len(means) + k], dtype=np.float64).tolist()),
+                default_tensor=helper.make_tensor("default", TensorProto.DOUBLE, [1], [float(mean)]))
+            columns.append(encoded)
+    container.add_node("Concat", columns, [operator.outputs[0].full_name], axis=1)
+
+
+def _convert_datetimes(scope: Any, operator: Any, container: Any) -> None:
+    """DatetimeFeatures on seconds since the epoch (what OnnxPredictor feeds a datetime feature): the calendar by
+    Howard Hinnant's days-to-civil algorithm in whole-number doubles; a missing value (NaN) stays NaN throughout."""
+    from onnx import TensorProto
+    from skl2onnx.operator_converters.common import concatenate_variables
+
+    transformer = operator.raw_operator
+    x = concatenate_variables(scope, operator.inputs, container)
+    name = scope.get_unique_variable_name
+    constants: dict[float, str] = {}
+
+    def c(value: float) -> str:
+        if value not in constants:
+            constants[value] = name("c")
+            container.add_initializer(constants[value], TensorProto.DOUBLE, [], [float(value)])
+        return constants[value]
+
+    def op(kind: str, *args: str, **attributes: Any) -> str:
+        out = name(kind.lower())
+        container.add_node(kind, list(args), [out], **attributes)
+        return out
+
+    def floor_div(a: str, b: float) -> str:
+        return op("Floor", op("Div", a, c(b)))
+
+    outputs = []
+    for j in range(transformer.n_features_in_):
+        index, seconds = name("index"), name("seconds")
+        container.add_initializer(index, TensorProto.INT64, [1], [j])
+        container.add_node("Gather", [x, index], [seconds], axis=1)
+        days = floor_div(seconds, 86400)
+        hour = floor_div(op("Sub", seconds, op("Mul", days, c(86400))), 3600)
+        weekday = op("Mod", op("Add", days, c(3)), c(7), fmod=1)  # 1970-01-01 was a Thursday (Monday is 0)
+        weekday = op("Where", op("Less", weekday, c(0)), op("Add", weekday, c(7)), weekday)
+        z = op("Add", days, c(719468))  # days since 0000-03-01
+        era = floor_div(z, 146097)
+        doe = op("Sub", z, op("Mul", era, c(146097)))
+        yoe = floor_div(op("Sub", op("Add", op("Sub", doe, floor_div(doe, 1460)), floor_div(doe, 36524)),
+                           floor_div(doe, 146096)), 365)
+        doy = op("Sub", doe, op("Sub", op("Add", op("Mul", yoe, c(365)), floor_div(yoe, 4)), floor_div(yoe, 100)))
+        mp = floor_div(op("Add", op("Mul", doy, c(5)), c(2)), 153)
+        day = op("Add", op("Sub", doy, floor_div(op("Add", op("Mul", mp, c(153)), c(2)), 5)), c(1))
+        month = op("Where", op("Less", mp, c(10)), op("Add", mp, c(3)), op("Sub", mp, c(9)))
+        early = op("Cast", op("LessOrEqual", month, c(2)), to=TensorProto.DOUBLE)  # January, February: next year
+        year = op("Add", op("Add", yoe, op("Mul", era, c(400))), early)
+        parts = {"year": year, "month": month, "day": day, "dayofweek": weekday, "hour": hour}
+        for part in PARTS:
+            outputs.append(parts[part])
+            if transformer.cyclical and part in PERIODS:
+                start = PERIOD_START.get(part, 0)
+                angle = op("Div", op("Mul", op("Sub", parts[part], c(start)), c(2 * np.pi)), c(PERIODS[part]))
+                outputs += [op("Sin", angle), op("Cos", angle)]
+    container.add_node("Concat", outputs, [operator.outputs[0].full_name], axis=1)
+
+
+def _datetimes_shape(operator: Any) -> None:
+    from skl2onnx.common.data_types import DoubleTensorType
+
+    transformer = operator.raw_operator
+    width = len(transformer.get_feature_names_out()) if hasattr(transformer, "columns_") else 0
+    operator.outputs[0].type = DoubleTensorType([None, width])
+
+
+def _target_encoder_shape(operator: Any) -> None:
+    from skl2onnx.common.data_types import DoubleTensorType
+
+    classes = np.size(operator.raw_operator.target_mean_)
+    operator.outputs[0].type = DoubleTensorType([None, classes * sum(i.type.shape[1] for i in operator.inputs)])
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
 @dataclass
 class _Tree:
     """One tree as arrays: interior and leaf nodes share one index space; leaf i contributes value[i] (per target)."""
@@ -392,6 +536,8 @@ class _Tree:
     is_leaf: np.ndarray
     missing_left: np.ndarray
     value: np.ndarray  # [nodes, targets]
+    # per node, for a categorical split: the input values that go left (any other value goes right); else None
+    members: list[np.ndarray | None] | None = None
 
 
 def _sklearn_trees(model: Any) -> tuple[list[_Tree], np.ndarray, bool, str]:
@@ -404,16 +550,21 @@ def _sklearn_trees(model: Any) -> tuple[list[_Tree], np.ndarray, bool, str]:
                                                                                    "quantile"):
             raise NotImplementedError(f"HistGradientBoostingRegressor(loss={model.loss!r}) has a non-identity link")
         trees = []
+        original, categories = _hgb_inputs(model)
         for iteration in model._predictors:
             for target, predictor in enumerate(iteration):
                 nodes = predictor.nodes
-                if nodes["is_categorical"].any():
-                    raise NotImplementedError("histogram gradient boosting with native categorical splits")
                 value = np.zeros((len(nodes), len(iteration)))
                 value[:, target] = nodes["value"]
-                trees.append(_Tree(nodes["feature_idx"], nodes["num_threshold"], nodes["left"].astype(np.int64),
-                                   nodes["right"].astype(np.int64), nodes["is_leaf"].astype(bool),
-                                   nodes["missing_go_to_left"].astype(bool), value))
+                members = None
+                if nodes["is_categorical"].any():
+                    members = [_left_categories(predictor.raw_left_cat_bitsets[node["bitset_idx"]],
+                                                categories[node["feature_idx"]]) if node["is_categorical"] else None
+                               for node in nodes]
+                trees.append(_Tree(original[nodes["feature_idx"]], nodes["num_threshold"],
+                                   nodes["left"].astype(np.int64), nodes["right"].astype(np.int64),
+                                   nodes["is_leaf"].astype(bool), nodes["missing_go_to_left"].astype(bool), value,
+                                   members))
         base = np.asarray(model._baseline_prediction, dtype=np.float64).reshape(-1)
         if isinstance(model, HistGradientBoostingRegressor):
             return trees, base, False, "identity"
@@ -437,13 +588,35 @@ def _sklearn_trees(model: Any) -> tuple[list[_Tree], np.ndarray, bool, str]:
     return trees, np.zeros(n_targets), True, "average"
 
 
+def _hgb_inputs(model: Any) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """For each feature index of a histogram gradient boosting's trees, the input column it reads, and for a
+    categorical one the input values behind its internal category codes. With categorical features the model
+    ordinal-encodes them itself (unknown values become missing) and puts them first; the trees index that order."""
+    n = model.n_features_in_
+    if getattr(model, "_preprocessor", None) is None:
+        return np.arange(n), [None] * n
+    mask = np.asarray(model.is_categorical_, dtype=bool)
+    encoder = model._preprocessor.named_transformers_["encoder"]
+    original = np.concatenate([np.flatnonzero(mask), np.flatnonzero(~mask)])
+    return original, [*(np.asarray(c, dtype=np.float64) for c in encoder.categories_), *[None] * int((~mask).sum())]
+
+
+def _left_categories(bitset: np.ndarray, values: np.ndarray | None) -> np.ndarray:
+    """The input values whose internal codes are set in a node's 256-bit left bitset (8 x uint32, low bit first)."""
+    if values is None:
+        raise ValueError("a categorical split on a feature the model does not encode as categorical")
+    bits = np.unpackbits(np.asarray(bitset, dtype="<u4").view(np.uint8), bitorder="little")
+    codes = np.flatnonzero(bits[:len(values)])
+    return values[codes]
+
+
 def _tree_ensemble_attributes(trees: list[_Tree], n_targets: int) -> dict[str, Any]:
     """The attributes of an opset-5 TreeEnsemble (SUM) computing, per target, the sum of the trees' leaves.
     A tree with several targets becomes one tree per target with a non-zero leaf value (the op's leaves
     carry one target each)."""
     from onnx import TensorProto, helper
 
-    featureids, splits, modes, missing = [], [], [], []
+    featureids, splits, modes, missing, membership = [], [], [], [], []
     true_ids, true_leaf, false_ids, false_leaf, roots = [], [], [], [], []
     leaf_targets, leaf_weights = [], []
     for tree in trees:
@@ -469,15 +642,22 @@ def _tree_ensemble_attributes(trees: list[_Tree], n_targets: int) -> dict[str, A
             for i in sorted(node_index, key=node_index.get):
                 left, right = int(tree.left[i]), int(tree.right[i])
                 featureids.append(int(tree.feature[i]))
-                splits.append(float(tree.threshold[i]))
-                modes.append(0)  # BRANCH_LEQ: x <= threshold goes left, as in sklearn
+                members = tree.members[i] if tree.members is not None else None
+                splits.append(0.0 if members is not None else float(tree.threshold[i]))
+                if members is None:
+                    modes.append(0)  # BRANCH_LEQ: x <= threshold goes left, as in sklearn
+                else:  # BRANCH_MEMBER: a value of the set goes left; the sets follow each other, NaN between
+                    modes.append(6)
+                    membership += [*members.tolist(), float("nan")]
                 missing.append(int(tree.missing_left[i]))
                 for child, ids, flags in ((left, true_ids, true_leaf), (right, false_ids, false_leaf)):
                     leaf = bool(tree.is_leaf[child])
                     ids.append(leaf_index[child] if leaf else node_index[child])
                     flags.append(int(leaf))
+    sets = {} if not membership else {"membership_values": helper.make_tensor(
+        "membership", TensorProto.DOUBLE, [len(membership) - 1], membership[:-1])}
     return dict(
-        aggregate_function=1, n_targets=n_targets, post_transform=0, tree_roots=roots,
+        **sets, aggregate_function=1, n_targets=n_targets, post_transform=0, tree_roots=roots,
         nodes_featureids=featureids, nodes_truenodeids=true_ids, nodes_trueleafs=true_leaf,
         nodes_falsenodeids=false_ids, nodes_falseleafs=false_leaf, nodes_missing_value_tracks_true=missing,
         nodes_modes=helper.make_tensor("modes", TensorProto.UINT8, [len(modes)], modes),

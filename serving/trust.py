@@ -16,6 +16,14 @@ ALLOWED_SKOPS_TYPES: frozenset[str] = frozenset({
     "numpy.dtype",
     "sklearn.tree._tree.Tree",  # random forests, extra trees
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",  # histogram gradient boosting
+    # Histogram gradient boosting with categorical splits validates its numeric columns with
+    # FunctionTransformer(functools.partial(check_array, ...)); skops builds a partial only of trusted functions.
+    "functools.partial",
+    "sklearn.utils.validation.check_array",
+    "serving.features.DatetimeFeatures",  # the parts of a datetime column (serving/features.py)
+    # The seeded folds a TargetEncoder is cross-fitted with (plain settings: n_splits, shuffle, random_state).
+    "sklearn.model_selection._split.KFold",
+    "sklearn.model_selection._split.StratifiedKFold",
     "sklearn.calibration._CalibratedClassifier",  # calibrated classifiers (model.calibration) ...
     "sklearn.calibration._SigmoidCalibration",  # ... with sigmoid calibration
 })

@@ -53,7 +53,8 @@ def _config_error(model: type[BaseModel], error: Any, raw: Any, path: Path, orig
         problem = "missing required key"
     elif kind == "extra_forbidden":
         parent = _annotation_at(model, loc[:-1])
-        valid = sorted(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
+        valid = sorted(f.alias or name for name, f in parent.model_fields.items()) \
+            if isinstance(parent, type) and issubclass(parent, BaseModel) else []
         problem = f"unknown key; expected one of: {', '.join(valid)}"
     elif kind == "literal_error":
         problem = f"expected one of {', '.join(map(str, typing.get_args(_annotation_at(model, loc))))}{got}"
@@ -88,7 +89,9 @@ def _annotation_at(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
     for part in loc:
         annotation = _strip_optional(annotation)
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            field = annotation.model_fields.get(part) if isinstance(part, str) else None
+            fields = annotation.model_fields
+            field = fields.get(part) or next((f for f in fields.values() if f.alias == part), None) \
+                if isinstance(part, str) else None
             annotation = field.annotation if field else None
         else:  # a tuple or mapping: its element type
             args = [a for a in typing.get_args(annotation) if a is not Ellipsis]

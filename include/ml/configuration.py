@@ -87,19 +87,24 @@ class ConfigurationManager:
         self.config = load(self.config_dir, env, source_uri, model_family, tune, tune_trials)
 
     def ingestion(self) -> IngestionConfig:
-        return IngestionConfig(self.config.data_source, tuple(c.name for c in self.config.schema.columns))
+        schema = self.config.schema
+        return IngestionConfig(self.config.data_source, tuple(c.name for c in schema.columns), schema)
 
     def validation(self) -> ValidationConfig:
         return ValidationConfig(self.config.schema)
 
     def transformation(self) -> TransformationConfig:
-        return TransformationConfig(self.config.schema, self.config.split)
+        c = self.config
+        tuned = tuple(search_spaces(c)) if c.tuning.enabled else ()
+        families = (c.model.family, *(f for f in tuned if f != c.model.family))
+        return TransformationConfig(c.schema, c.split, families, str(self.config_dir / "schema.yaml"))
 
     def training(self) -> TrainingConfig:
         c = self.config
         tags = {f"config.{name}.sha256": digest for name, digest in c.config_hashes.items()}
         tags["git_sha"] = _git_sha(c.project_root)
-        return TrainingConfig(c.schema, c.model, c.mlflow, tags, calibration=c.model.calibration)
+        return TrainingConfig(c.schema, c.model, c.mlflow, tags, str(self.config_dir / "schema.yaml"),
+                              calibration=c.model.calibration)
 
     def tuning(self) -> TuningJob:
         c = self.config
@@ -232,16 +237,29 @@ def _check_schema(schema: SchemaConfig, path: Path) -> None:
     file, target = str(path), next((c for c in schema.columns if c.name == schema.target), None)
     if target is None:
         raise ConfigError(file, "target", f"target {schema.target!r} is not one of the columns")
+    if target.role not in ("feature", "target"):
+        raise ConfigError(file, f"columns.{target.name}.role", f"the target column cannot have role {target.role}")
     if target.nullable:
-        raise ConfigError(file, f"columns.{target.name}.nullable", "the target column cannot be nullable")
+        raise ConfigError(file, f"columns.{target.name}.nullable", "the target column cannot be nullable (rows "
+                          "without a target are dropped at ingest: target.missing)")
     if schema.task == "regression" and not target.is_numeric:
         raise ConfigError(file, f"columns.{target.name}.dtype",
                           f"a regression target must be float or int, got {target.dtype}")
-    if schema.task == "classification" and target.dtype == "float":
+    if schema.task == "classification" and target.dtype in ("float", "datetime"):
         raise ConfigError(file, f"columns.{target.name}.dtype",
-                          "a classification target must be int, category or string, got float")
+                          f"a classification target must be int, category, ordinal or string, got {target.dtype}")
+    for column in schema.columns:
+        if column.role == "target" and column.name != schema.target:
+            raise ConfigError(file, f"columns.{column.name}.role", f"only the target ({schema.target!r}) has role "
+                              "target; use feature, id or ignore")
+    for column in schema.features:
+        if column.dtype == "string":
+            raise ConfigError(file, f"columns.{column.name}.dtype", "a string column is free text and cannot be a "
+                              "feature (it would be one-hot encoded value by value); choose role: id (a row key, "
+                              "passed through), role: ignore (read, never learnt from), or dtype: category with "
+                              "encoding: target (each value replaced by the target's mean for it)")
     if not schema.features:
-        raise ConfigError(file, "columns", "expected at least one feature besides the target")
+        raise ConfigError(file, "columns", "expected at least one feature besides the target (role: feature)")
 
 
 def _check_params(params: ParamsFile, schema: SchemaConfig, path: Path) -> None:

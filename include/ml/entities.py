@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import date, datetime, timezone
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, Mapping
@@ -30,7 +31,8 @@ from pydantic import (
 from include.ml.models import FAMILIES
 
 TASKS = ("regression", "classification")
-DTYPES = ("float", "int", "category", "string")
+DTYPES = ("float", "int", "category", "ordinal", "datetime", "string")
+ROLES = ("feature", "target", "id", "ignore")
 DEPLOY_TARGETS = ("none", "local", "ec2")
 # metric name -> True when a higher value is better (what each one is: include/ml/metrics.py)
 METRICS: Mapping[str, Mapping[str, bool]] = MappingProxyType({
@@ -121,8 +123,16 @@ class BatchConfig(Frozen):
     # Where a trigger form's output may go, as data_source.allowed_sources lists inputs: local directories or URI
     # prefixes (an entry ending in "/" admits everything under it). Empty: only `output_uri`. The CLI writes anywhere.
     allowed_outputs: tuple[str, ...] = Field((), strict=False)
-    id_column: str = "id"  # copied to the output when the input has it; otherwise the 0-based row number
+    # The output's row key when the file has none of schema.yaml's id columns: copied from the file when it has this
+    # column, else the 0-based row number under this name.
+    id_column: str = "id"
     chunk_rows: int = Field(100_000, ge=1)  # rows read, validated and scored at a time: bounds the memory
+    # The most one predict call's encoded input may take (rows x the model's encoded width x 8 bytes): a chunk goes
+    # through the model in batches of that many rows, so a wide model (one-hot of thousands of values) stays bounded.
+    encoded_mb: int = Field(64, ge=1)
+    # Rows that break schema.yaml: fail the run (nothing written), skip them (left out of the output), or flag them
+    # (kept, without a prediction, rejected=true). skip and flag list every bad row's reasons in <output>.rejected.csv.
+    on_bad_rows: Literal["fail", "skip", "flag"] = "fail"
 
 
 class LocalTargetConfig(Frozen):
@@ -210,41 +220,120 @@ class ConfigFile(Frozen):
 # --- schema.yaml -----------------------------------------------------------------------------------------------
 
 class ColumnSpec(Frozen):
+    """One column of schema.yaml: its type, its role, and what values it may hold."""
+
     name: str
-    dtype: Literal["float", "int", "category", "string"]
+    dtype: Literal["float", "int", "category", "ordinal", "datetime", "string"]
+    role: Literal["feature", "target", "id", "ignore"] = "feature"
     nullable: bool = False
     max_null_fraction: float = Field(0.5, ge=0, lt=1)  # when nullable: the largest share of missing values
-    min: float | None = None  # inclusive range of float and int columns
-    max: float | None = None
-    allowed: tuple[Any, ...] | None = Field(None, strict=False, validate_default=True)  # category values
+    # Inclusive range: numbers for float and int columns; ISO dates or datetimes for datetime columns.
+    min: float | str | None = None
+    max: float | str | None = None
+    # category: the values accepted (None: any value, unseen ones handled by the encoder)
+    allowed: tuple[Any, ...] | None = Field(None, strict=False, min_length=1)
+    # ordinal: the values in order, lowest first
+    categories: tuple[Any, ...] | None = Field(None, strict=False, min_length=1, validate_default=True)
+    encoding: Literal["onehot", "target", "native"] | None = None  # category; None: chosen by cardinality and family
+    min_frequency: int | None = Field(None, ge=1)  # onehot: rarer values share the infrequent column
+    max_categories: int | None = Field(None, ge=2)  # onehot: at most this many columns, the infrequent one included
+    format: str | None = None  # datetime: a strftime format, or unix / unix_ms; None: ISO 8601
+    cyclical: bool = False  # datetime: month, day of week and hour also as sine and cosine
 
-    @field_validator("allowed")
+    @field_validator("min", "max", mode="before")
     @classmethod
-    def _categories_listed(cls, value: tuple[Any, ...] | None, info: ValidationInfo) -> tuple[Any, ...] | None:
-        if info.data.get("dtype") == "category" and not value:
-            raise ValueError("category columns need a non-empty list")
+    def _dates_as_text(cls, value: Any) -> Any:
+        """YAML reads an unquoted 2013-01-01 as a date: a datetime column's bound, kept as ISO text."""
+        return value.isoformat() if isinstance(value, (date, datetime)) else value
+
+    @field_validator("min", "max", "allowed", "categories", "encoding", "format", "cyclical")
+    @classmethod
+    def _fits_the_dtype(cls, value: Any, info: ValidationInfo) -> Any:
+        dtype, key = info.data.get("dtype"), info.field_name
+        if value in (None, False):
+            if key == "categories" and dtype == "ordinal":
+                raise ValueError("an ordinal column needs categories: its values in order, lowest first")
+            return value
+        if dtype not in _KEYS_BY_DTYPE[key]:  # type: ignore[index]
+            hint = " (an ordinal column lists its values in order under categories)" \
+                if key == "allowed" and dtype == "ordinal" else ""
+            raise ValueError(f"{key} applies to {' and '.join(_KEYS_BY_DTYPE[key])} columns, not {dtype}{hint}")
+        if key in ("allowed", "categories") and len({(type(v), v) for v in value}) != len(value):
+            raise ValueError(f"{key} lists a value twice")
+        if key in ("min", "max") and dtype == "datetime":
+            return _iso_bound(value)
+        if key in ("min", "max") and isinstance(value, str):
+            raise ValueError(f"expected a number for a {dtype} column, got str {value!r}")
+        return value
+
+    @field_validator("min_frequency", "max_categories")
+    @classmethod
+    def _onehot_only(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("encoding") != "onehot":
+            raise ValueError(f"{info.field_name} applies to encoding: onehot")
         return value
 
     @model_validator(mode="after")
     def _range(self) -> ColumnSpec:
-        if not self.is_numeric and (self.min is not None or self.max is not None):
-            raise ValueError(f"min/max apply to float and int columns, not {self.dtype}")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        low, high = self.min, self.max
+        if self.dtype == "datetime" and low is not None and high is not None:
+            low, high = (as_utc(datetime.fromisoformat(str(v))) for v in (low, high))  # type: ignore[assignment]
+        if low is not None and high is not None and low > high:  # type: ignore[operator]
+            raise ValueError(f"min ({self.min}) is {'later' if self.dtype == 'datetime' else 'greater'} than max "
+                             f"({self.max})")
         return self
 
     @property
     def is_numeric(self) -> bool:
         return self.dtype in ("float", "int")
 
+    @property
+    def values(self) -> tuple[Any, ...] | None:
+        """The values the column may hold: a category's allowed list or an ordinal's categories (None: any)."""
+        return self.categories if self.dtype == "ordinal" else self.allowed
+
+
+def _iso_bound(value: Any) -> str:
+    try:
+        datetime.fromisoformat(str(value))
+    except ValueError:
+        raise ValueError(f"expected an ISO date or datetime such as 2024-01-31 or 2024-01-31T12:00:00, got "
+                         f"{value!r}") from None
+    return str(value)
+
+
+# Which dtypes each optional key of a column applies to.
+_KEYS_BY_DTYPE = {"min": ("float", "int", "datetime"), "max": ("float", "int", "datetime"),
+                  "allowed": ("category",), "categories": ("ordinal",), "encoding": ("category",),
+                  "format": ("datetime",), "cyclical": ("datetime",)}
+# in the order ColumnSpec declares them: a validator sees the dtype (and the encoding) already validated
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A naive datetime is taken as UTC; an aware one is converted to it (both end naive, as models see them)."""
+    return moment if moment.tzinfo is None else moment.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+class TargetSpec(Frozen):
+    """schema.yaml's `target`: the column to predict (`target: y` is short for `target: {name: y}`)."""
+
+    name: str
+    missing: Literal["drop", "error"] = "drop"  # rows without a target: dropped at ingest (counted), or a failure
+
 
 class SchemaConfig(Frozen):
     """schema.yaml: the dataset's contract. In the file, `columns` maps each name to its spec."""
 
     task: Task
-    target: str
+    target_spec: TargetSpec = Field(alias="target")
     min_rows: int = Field(1, ge=1)
+    columns_not_in_schema: Literal["error", "ignore"] = "error"  # ignore: other columns of the file are dropped
     columns: tuple[ColumnSpec, ...] = Field(strict=False, min_length=1)
+
+    @field_validator("target_spec", mode="before")
+    @classmethod
+    def _target_by_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
 
     @field_validator("columns", mode="before")
     @classmethod
@@ -254,23 +343,38 @@ class SchemaConfig(Frozen):
         return value
 
     @property
+    def target(self) -> str:
+        return self.target_spec.name
+
+    @property
+    def target_missing(self) -> str:
+        return self.target_spec.missing
+
+    @property
     def features(self) -> tuple[ColumnSpec, ...]:
-        return tuple(c for c in self.columns if c.name != self.target)
+        """The model's inputs: every column with role feature, the target excepted."""
+        return tuple(c for c in self.columns if c.role == "feature" and c.name != self.target)
 
     @property
-    def numeric_features(self) -> list[str]:
-        return [c.name for c in self.features if c.is_numeric]
+    def ids(self) -> tuple[ColumnSpec, ...]:
+        return tuple(c for c in self.columns if c.role == "id")
 
     @property
-    def categorical_features(self) -> list[str]:
-        return [c.name for c in self.features if not c.is_numeric]
+    def ignored(self) -> tuple[ColumnSpec, ...]:
+        return tuple(c for c in self.columns if c.role == "ignore")
 
     def feature_contract(self) -> dict[str, Any]:
         """What a served model expects as input; stored with the model so the server validates against it."""
-        return {"task": self.task, "target": self.target, "features": [
-            c.model_dump(include={"name", "dtype", "nullable", "min", "max", "allowed"}, exclude_none=True)
-            | ({"allowed": list(c.allowed)} if c.allowed else {})
-            for c in self.features]}
+        return {"task": self.task, "target": self.target, "features": [_contract_entry(c) for c in self.features],
+                "keys": [c.name for c in self.ids], "ignored": [c.name for c in self.ignored]}
+
+
+def _contract_entry(column: ColumnSpec) -> dict[str, Any]:
+    entry = column.model_dump(include={"name", "dtype", "nullable", "min", "max", "format"}, exclude_none=True)
+    if column.dtype == "datetime":  # bounds as full ISO datetimes, naive UTC, what the server compares with
+        entry |= {key: as_utc(datetime.fromisoformat(str(entry[key]))).isoformat()
+                  for key in ("min", "max") if key in entry}
+    return entry | ({"allowed": list(column.values)} if column.values else {})
 
 
 # --- params.yaml -----------------------------------------------------------------------------------------------
@@ -474,6 +578,7 @@ class PipelineConfig:
 class IngestionConfig:
     source: DataSourceConfig
     expected_columns: tuple[str, ...]
+    schema: SchemaConfig | None = None  # None (drafting): the file as it is, no rows or columns dropped
 
 
 @dataclass(frozen=True)
@@ -485,6 +590,8 @@ class ValidationConfig:
 class TransformationConfig:
     schema: SchemaConfig
     split: SplitConfig
+    families: tuple[str, ...] = ("random_forest",)  # what will be fitted: model.family first, then tuning's others
+    schema_file: str = "schema.yaml"  # the file a memory-guard refusal names
 
 
 @dataclass(frozen=True)
@@ -493,6 +600,7 @@ class TrainingConfig:
     model: ModelConfig
     mlflow: MlflowConfig
     tags: Mapping[str, str]
+    schema_file: str = "schema.yaml"  # the file a memory-guard refusal names
     # params.yaml's model.calibration, apart from `model`: tuning replaces `model` with each trial's family and
     # hyperparameters and then its best, and the same calibration wraps every one of them.
     calibration: Literal["none", "sigmoid", "isotonic"] = "none"

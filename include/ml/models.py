@@ -84,7 +84,8 @@ FAMILIES: dict[str, ModelFamily] = {
         "sklearn.ensemble.HistGradientBoostingRegressor",
         "sklearn.ensemble.HistGradientBoostingClassifier",
         skops_trusted_types=(
-            "numpy.dtype", "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"),
+            "numpy.dtype", "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+            "functools.partial", "sklearn.utils.validation.check_array"),  # with categorical splits
         search_space={"learning_rate": {"low": 0.02, "high": 0.3, "log": True},
                       "max_leaf_nodes": {"low": 8, "high": 64, "log": True},
                       "min_samples_leaf": {"low": 5, "high": 50, "log": True},

@@ -22,7 +22,7 @@ def load(config_dir: Path, **env: str) -> ConfigurationManager:
 def test_default_config_loads_with_absolute_paths(config_dir: Path) -> None:
     config = load(config_dir).config
     assert config.schema.task == "regression" and config.schema.target == "quality"
-    assert len(config.schema.features) == 11 and config.schema.categorical_features == []
+    assert len(config.schema.features) == 11 and all(c.is_numeric for c in config.schema.features)
     assert config.model.family == "random_forest"
     assert config.promotion.metric == "rmse" and config.promotion.higher_is_better is False
     assert Path(config.data_source.uri).is_absolute() and Path(config.data_source.uri).is_file()
@@ -140,7 +140,8 @@ def test_metric_must_fit_the_task(config_dir: Path, edit_yaml) -> None:
 
 def test_unknown_dtype(config_dir: Path, edit_yaml) -> None:
     edit_yaml(config_dir / "schema.yaml", lambda d: d["columns"]["pH"].update(dtype="decimal"))
-    expect_error(config_dir, "schema.yaml", "columns.pH.dtype", "expected one of float, int, category, string")
+    expect_error(config_dir, "schema.yaml", "columns.pH.dtype",
+                 "expected one of float, int, category, ordinal, datetime, string")
 
 
 def test_min_above_max(config_dir: Path, edit_yaml) -> None:
@@ -148,9 +149,12 @@ def test_min_above_max(config_dir: Path, edit_yaml) -> None:
     expect_error(config_dir, "schema.yaml", "columns.pH", "min (5.0) is greater than max (1.0)")
 
 
-def test_category_needs_allowed_values(config_dir: Path, edit_yaml) -> None:
-    edit_yaml(config_dir / "schema.yaml", lambda d: d["columns"].update(colour={"dtype": "category"}))
-    expect_error(config_dir, "schema.yaml", "columns.colour.allowed", "category columns need a non-empty list")
+def test_ordinal_needs_its_categories_in_order(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "schema.yaml", lambda d: d["columns"].update(grade={"dtype": "ordinal"}))
+    expect_error(config_dir, "schema.yaml", "columns.grade.categories", "an ordinal column needs categories")
+    edit_yaml(config_dir / "schema.yaml", lambda d: d["columns"].update(grade={"dtype": "ordinal",
+                                                                               "allowed": ["lo", "hi"]}))
+    expect_error(config_dir, "schema.yaml", "columns.grade.allowed", "lists its values in order under categories")
 
 
 def test_regression_target_must_be_numeric(config_dir: Path, edit_yaml) -> None:
@@ -176,13 +180,17 @@ def test_schedule_must_be_cron_or_null(config_dir: Path, edit_yaml) -> None:
 def test_batch_section_is_optional_with_checked_values(config_dir: Path, edit_yaml) -> None:
     batch = load(config_dir).config.batch
     assert (batch.schedule, batch.input_uri, batch.output_uri, batch.allowed_outputs, batch.id_column,
-            batch.chunk_rows) == (None, None, None, (), "id", 100_000)
+            batch.chunk_rows, batch.encoded_mb, batch.on_bad_rows) == (None, None, None, (), "id", 100_000, 64, "fail")
     edit_yaml(config_dir / "config.yaml", lambda d: d.pop("batch"))
     assert load(config_dir).config.batch == batch  # the reference YAML shows the defaults
     edit_yaml(config_dir / "config.yaml", lambda d: d.update(batch={"schedule": "nightly"}))
     expect_error(config_dir, "config.yaml", "batch.schedule", "expected a 5-field cron expression")
     edit_yaml(config_dir / "config.yaml", lambda d: d.update(batch={"chunk_rows": 0}))
     expect_error(config_dir, "config.yaml", "batch.chunk_rows", "expected at least 1")
+    edit_yaml(config_dir / "config.yaml", lambda d: d.update(batch={"encoded_mb": 0}))
+    expect_error(config_dir, "config.yaml", "batch.encoded_mb", "expected at least 1")
+    edit_yaml(config_dir / "config.yaml", lambda d: d.update(batch={"on_bad_rows": "drop"}))
+    expect_error(config_dir, "config.yaml", "batch.on_bad_rows", "expected one of fail, skip, flag, got str 'drop'")
 
 
 def test_ec2_deployment_needs_a_bucket(config_dir: Path, edit_yaml) -> None:
@@ -229,9 +237,10 @@ def test_unknown_nested_key_lists_the_valid_ones(config_dir: Path, edit_yaml) ->
 
 def test_column_errors_name_the_column(config_dir: Path, edit_yaml) -> None:
     edit_yaml(config_dir / "schema.yaml", lambda d: d["columns"]["pH"].update(min="low"))
-    expect_error(config_dir, "schema.yaml", "columns.pH.min", "expected float, got str 'low'")
+    expect_error(config_dir, "schema.yaml", "columns.pH.min", "expected a number for a float column, got str 'low'")
     edit_yaml(config_dir / "schema.yaml", lambda d: d["columns"]["pH"].update(min=2, colour="red"))
-    expect_error(config_dir, "schema.yaml", "columns.pH.colour", "unknown key; expected one of: allowed, dtype,")
+    expect_error(config_dir, "schema.yaml", "columns.pH.colour",
+                 "unknown key; expected one of: allowed, categories, cyclical, dtype,")
 
 
 def test_an_error_in_an_overridden_value_names_the_variable(config_dir: Path) -> None:
@@ -375,6 +384,58 @@ def test_size_caps_are_checked_like_any_key(config_dir: Path, edit_yaml) -> None
     expect_error(config_dir, "config.yaml", "data_source.max_bytes", "expected at least 1, got int 0")
     edit_yaml(config_dir / "config.yaml", lambda d: d["data_source"].update(max_bytes=10, allowed_sources="s3://b/"))
     expect_error(config_dir, "config.yaml", "data_source.allowed_sources", "expected a list")
+
+
+@pytest.mark.parametrize(("column", "key", "problem"), [
+    ({"dtype": "string"}, "columns.notes.dtype", "a string column is free text and cannot be a feature"),
+    ({"dtype": "float", "role": "target"}, "columns.notes.role", "only the target ('quality') has role target"),
+    ({"dtype": "float", "encoding": "target"}, "columns.notes.encoding", "encoding applies to category columns"),
+    ({"dtype": "category", "encoding": "target", "max_categories": 5}, "columns.notes.max_categories",
+     "max_categories applies to encoding: onehot"),
+    ({"dtype": "datetime", "min": "last year"}, "columns.notes.min", "expected an ISO date or datetime"),
+    ({"dtype": "datetime", "min": "2024-02-01", "max": "2024-01-01"}, "columns.notes", "is later than max"),
+    ({"dtype": "int", "format": "%Y"}, "columns.notes.format", "format applies to datetime columns, not int"),
+    ({"dtype": "ordinal", "categories": ["lo", "hi", "lo"]}, "columns.notes.categories", "lists a value twice"),
+    ({"dtype": "float", "role": "label"}, "columns.notes.role", "expected one of feature, target, id, ignore"),
+])
+def test_column_rules_name_the_key(config_dir: Path, edit_yaml, column: dict, key: str, problem: str) -> None:
+    edit_yaml(config_dir / "schema.yaml", lambda d: d["columns"].update(notes=column))
+    expect_error(config_dir, "schema.yaml", key, problem)
+
+
+def test_a_string_feature_is_refused_with_the_choices(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "schema.yaml", lambda d: d["columns"].update(notes={"dtype": "string"}))
+    with pytest.raises(ConfigError) as caught:
+        load(config_dir)
+    assert all(choice in caught.value.problem for choice in ("role: id", "role: ignore", "encoding: target"))
+    edit_yaml(config_dir / "schema.yaml", lambda d: d["columns"].update(notes={"dtype": "string", "role": "ignore"}))
+    schema = load(config_dir).config.schema
+    assert [c.name for c in schema.ignored] == ["notes"] and "notes" not in [c.name for c in schema.features]
+
+
+def test_the_target_may_be_a_mapping_that_says_what_missing_values_do(config_dir: Path, edit_yaml) -> None:
+    assert load(config_dir).config.schema.target_missing == "drop"  # the default
+    edit_yaml(config_dir / "schema.yaml", lambda d: d.update(target={"name": "quality", "missing": "error"}))
+    schema = load(config_dir).config.schema
+    assert (schema.target, schema.target_missing) == ("quality", "error")
+    edit_yaml(config_dir / "schema.yaml", lambda d: d.update(target={"name": "quality", "missing": "impute"}))
+    expect_error(config_dir, "schema.yaml", "target.missing", "expected one of drop, error")
+
+
+def test_the_target_cannot_be_an_id_and_ids_are_no_features(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "schema.yaml", lambda d: d["columns"]["quality"].update(role="id"))
+    expect_error(config_dir, "schema.yaml", "columns.quality.role", "the target column cannot have role id")
+    edit_yaml(config_dir / "schema.yaml", lambda d: (d["columns"]["quality"].pop("role"),
+                                                     d["columns"]["pH"].update(role="id")))
+    schema = load(config_dir).config.schema
+    assert [c.name for c in schema.ids] == ["pH"] and len(schema.features) == 10
+    assert schema.feature_contract()["keys"] == ["pH"]
+
+
+def test_an_unknown_schema_key_lists_the_keys_as_written(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "schema.yaml", lambda d: d.update(targets="quality"))
+    expect_error(config_dir, "schema.yaml", "targets",
+                 "expected one of: columns, columns_not_in_schema, min_rows, target, task")
 
 
 def test_min_improvement_is_absolute_or_a_percentage_of_the_champion(config_dir: Path, edit_yaml) -> None:

@@ -300,3 +300,49 @@ def test_an_oversize_s3_object_is_refused(s3_endpoint: str, tmp_path: Path) -> N
     with pytest.raises(SourceTooLargeError, match=f"the object is {len(CSV) * 100:,} bytes, over data_source.max_"):
         ingest(config("s3://ingest-caps/raw/data.csv", endpoint=s3_endpoint, max_bytes=1000), tmp_path / "out")
     assert nothing_written(tmp_path / "out")
+
+
+def schema_of(**options: Any) -> Any:
+    from include.ml.entities import SchemaConfig
+
+    return SchemaConfig.model_validate({"task": "regression", "columns": {
+        "a": {"dtype": "int"}, "b": {"dtype": "category"}, "y": {"dtype": "int"}}, "target": "y", **options})
+
+
+def test_rows_without_a_target_are_dropped_and_counted(tmp_path: Path) -> None:
+    """pandas reads an int target with gaps as floats: once the gaps are gone it is whole numbers again."""
+    import pandas as pd
+
+    source = tmp_path / "data.csv"
+    source.write_bytes(b"a;b;y\n1;x;5\n2;y;\n3;x;7\n4;;\n")
+    result = ingest(IngestionConfig(config(str(source)).source, COLUMNS, schema_of()), tmp_path / "out")
+    assert (result.rows, result.rows_without_target) == (2, 2)
+    assert "2 rows without a target dropped" in result.summary()
+    kept = pd.read_parquet(result.data_path)
+    assert kept["y"].tolist() == [5, 7] and kept["y"].dtype == "int64"
+    assert Path(result.snapshot_path).read_bytes().count(b"\n") == 5  # the snapshot is the source as it was
+
+    kept_all = ingest(IngestionConfig(config(str(source)).source, COLUMNS, schema_of(
+        target={"name": "y", "missing": "error"})), tmp_path / "strict")
+    assert (kept_all.rows, kept_all.rows_without_target) == (4, 0)  # validation then names the missing targets
+
+
+def test_a_file_with_no_target_at_all_is_refused(tmp_path: Path) -> None:
+    source = tmp_path / "data.csv"
+    source.write_bytes(b"a;b;y\n1;x;\n2;y;\n")
+    with pytest.raises(IngestionError, match="has no row with a value of the target 'y'"):
+        ingest(IngestionConfig(config(str(source)).source, COLUMNS, schema_of()), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_columns_not_in_the_schema_are_dropped_only_when_the_schema_says_so(tmp_path: Path) -> None:
+    import pandas as pd
+
+    source = tmp_path / "data.csv"
+    source.write_bytes(b"a;b;y;comment;ts\n1;x;5;hi;0\n2;y;6;ho;1\n")
+    ignoring = ingest(IngestionConfig(config(str(source)).source, COLUMNS, schema_of(columns_not_in_schema="ignore")),
+                      tmp_path / "ignore")
+    assert ignoring.ignored_columns == ["comment", "ts"] and ignoring.columns == 3
+    assert list(pd.read_parquet(ignoring.data_path).columns) == ["a", "b", "y"]
+    strict = ingest(IngestionConfig(config(str(source)).source, COLUMNS, schema_of()), tmp_path / "error")
+    assert strict.columns == 5 and strict.ignored_columns == []  # validation names them

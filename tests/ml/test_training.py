@@ -77,6 +77,45 @@ def test_types_the_servers_would_refuse_are_refused_at_training(monkeypatch: pyt
         skops_trusted_types(fitted, "random_forest")
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_every_dtype_and_role_trains_and_loads_on_a_server(task: str, family: str, mlflow_config: MlflowConfig,
+                                                           tmp_path: Path) -> None:
+    """A datetime, an ordinal, open and listed categories, an id and an ignored column: the model learns from the
+    features only, and the server's allow-list loads it back with the same answers."""
+    import mlflow
+    import yaml
+
+    from serving.contract import Contract
+    from serving.trust import load_sklearn
+    from tests.support.frames import mixed_dataset, mixed_schema
+
+    data = mixed_dataset(task)
+    config = replace(training_config(task, family, mlflow_config), schema=mixed_schema(task))
+    result = train(data, config, "run-1", tmp_path, dataset_source="/data/mixed.csv")
+    local = Path(mlflow.artifacts.download_artifacts(result.model_uri, dst_path=str(tmp_path / "model")))
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+    contract = Contract.from_mlmodel(mlmodel)
+    assert [f.name for f in contract.features] == ["when", "grade", "plate", "kind", "x1"]
+    assert (contract.keys, contract.ignored) == (("row_id",), ("note",))
+    served = load_sklearn(local, mlmodel)
+    x = data[list(contract.names)]
+    assert served.predict(x).tolist() == mlflow.sklearn.load_model(result.model_uri).predict(x).tolist()
+
+
+def test_the_memory_guard_runs_before_training_fits_or_logs_anything(mlflow_config: MlflowConfig, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    from include.ml.exceptions import ConfigError
+
+    monkeypatch.setenv("MLOPS_MEMORY_LIMIT", str(2**12))  # 4 KiB: as if the machine were nearly full
+    config = training_config("regression", "random_forest", mlflow_config)
+    with pytest.raises(ConfigError, match="not enough memory to fit random_forest on 120 rows"):
+        train(dataset("regression"), config, "r", tmp_path, dataset_source="/data/unit.csv")
+    assert mlflow.search_runs(search_all_experiments=True).empty and not (tmp_path / "result.json").exists()
+
+
 # --- calibration (model.calibration) ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["sigmoid", "isotonic"])

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.ml.components.transformation import build_preprocessor, split, transform
+from include.ml.components.transformation import split, transform
 from include.ml.entities import ColumnSpec, SchemaConfig, SplitConfig, TransformationConfig
 from include.ml.exceptions import PipelineError
+from include.ml.preprocessing import build_preprocessor
 
 SCHEMA = SchemaConfig(task="classification", target="label", min_rows=1, columns=(
     ColumnSpec(name="size", dtype="float", nullable=True),
@@ -53,7 +54,7 @@ def test_a_class_with_one_row_cannot_be_stratified() -> None:
 
 def test_preprocessor_imputes_scales_and_ignores_unseen_categories() -> None:
     features = frame().drop(columns=["label"])
-    pre = build_preprocessor(SCHEMA).fit(features)
+    pre = build_preprocessor(SCHEMA, "elasticnet").fit(features)
     assert list(pre.get_feature_names_out()) == ["size", "colour_blue", "colour_red"]
     out = pre.transform(pd.DataFrame({"size": [np.nan], "colour": ["green"]}))
     assert not np.isnan(out).any()

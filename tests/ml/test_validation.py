@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -132,3 +133,53 @@ def test_failure_message_is_readable_and_report_is_kept(tmp_path: Path) -> None:
     assert "Data Docs:" in message and Path(caught.value.data_docs).is_file()
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["success"] is False and saved["failures"][0]["column"] == "count"
+
+
+def mixed_failures(change: Any, tmp_path: Path) -> list[dict]:
+    from tests.support.frames import mixed_dataset, mixed_schema
+
+    frame = mixed_dataset("regression").astype({"when": object})
+    change(frame)
+    with pytest.raises(DataValidationError) as caught:
+        validate(frame, ValidationConfig(mixed_schema("regression")), tmp_path)
+    return caught.value.failures
+
+
+def test_every_dtype_and_role_passes_when_the_data_keeps_the_contract(tmp_path: Path) -> None:
+    from tests.support.frames import mixed_dataset, mixed_schema
+
+    result = validate(mixed_dataset("regression"), ValidationConfig(mixed_schema("regression")), tmp_path)
+    assert result.success and result.failures == []
+
+
+def test_datetimes_that_do_not_parse_or_fall_outside_the_range_are_named(tmp_path: Path) -> None:
+    def change(frame: pd.DataFrame) -> None:
+        frame.loc[5, "when"] = "31/12/2020"
+    unparsed = only(mixed_failures(change, tmp_path / "a"), "expect_column_values_to_be_in_type_list")
+    assert (unparsed["column"], unparsed["examples"], unparsed["rows"]) == ("when", ["31/12/2020"], [5])
+    assert "format=%Y-%m-%d %H:%M:%S" in unparsed["expected"]
+
+    def late(frame: pd.DataFrame) -> None:
+        frame.loc[6, "when"] = "2030-01-01 00:00:00"
+    outside = only(mixed_failures(late, tmp_path / "b"), "expect_column_values_to_be_between")
+    assert (outside["examples"], outside["rows"]) == (["2030-01-01 00:00:00"], [6])
+    json.dumps(outside)  # what result.json and the task log hold
+
+
+def test_ordinal_values_must_be_among_its_categories_and_roles_are_checked_too(tmp_path: Path) -> None:
+    def change(frame: pd.DataFrame) -> None:
+        frame.loc[7, "grade"] = "top"
+        frame.loc[8, "row_id"] = None  # the id column is not nullable
+    failures = mixed_failures(change, tmp_path)
+    assert only(failures, "expect_column_values_to_be_in_set")["examples"] == ["top"]
+    assert only(failures, "expect_column_values_to_not_be_null")["column"] == "row_id"
+
+
+def test_a_gap_in_an_int_column_is_one_failure_not_two(tmp_path: Path) -> None:
+    """pandas reads an int column with a gap as floats: the type check would fail too, for the same cause."""
+    frame = good_frame().astype({"count": float})
+    frame.loc[2, "count"] = np.nan
+    failures = failures_of(frame, tmp_path)
+    assert [f["expectation"] for f in failures] == ["expect_column_values_to_not_be_null"]
+    frame.loc[3, "count"] = 2.5  # a fraction in an int column is a type failure of its own, naming the value
+    assert only(failures_of(frame, tmp_path / "b"), "expect_column_values_to_be_in_type_list")["examples"] == [2.5]

@@ -167,6 +167,71 @@ def test_plain_numbers_are_checked_at_once_and_anything_else_column_by_column() 
         validate([{**plain[0], "count": 2.5}], contract, max_rows=1)
 
 
+@pytest.mark.parametrize("cyclical", [False, True])
+def test_datetime_parts_in_onnx_runtime_are_the_calendar_of_pandas(cyclical: bool) -> None:
+    """The converted DatetimeFeatures on 20,000 random instants from 1901 to 2099 (leap days, centuries, before and
+    after the epoch, every hour) and missing ones: the same year, month, day, weekday, hour (sine, cosine) as
+    pandas gives scikit-learn."""
+    import onnxruntime as ort
+    import pandas as pd
+
+    from include.ml.entities import ColumnSpec, SchemaConfig
+    from include.ml.preprocessing import build_preprocessor
+    from serving.contract import Contract
+
+    rng = np.random.default_rng(0)
+    seconds = rng.integers(pd.Timestamp("1901-01-01").value // 10**9, pd.Timestamp("2099-12-31").value // 10**9,
+                           20_000)
+    moments = pd.to_datetime(seconds, unit="s").to_numpy().astype("datetime64[ns]")
+    moments[::97] = np.datetime64("NaT")
+    schema = SchemaConfig(task="regression", target="y", columns=(
+        ColumnSpec(name="at", dtype="datetime", nullable=True, cyclical=cyclical), ColumnSpec(name="y", dtype="float")))
+    pre = build_preprocessor(schema, "hist_gradient_boosting").fit(pd.DataFrame({"at": moments[:100]}))
+    contract = Contract.from_mlmodel({"metadata": {"feature_contract": schema.feature_contract()}})
+    session = ort.InferenceSession(engine.convert(pre, contract), providers=["CPUExecutionProvider"])
+    fed = np.where(np.isnat(moments), np.nan, moments.astype(np.int64) / 1e9).reshape(-1, 1)
+    (got,) = session.run(None, {session.get_inputs()[0].name: fed})
+    expected = pre.transform(pd.DataFrame({"at": moments}))
+    assert got.shape == expected.shape == (20_000, 11 if cyclical else 5)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)  # NaN where missing, on both sides
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_dtype_is_served_by_onnx_runtime_with_sklearn_answers(family: str, task: str) -> None:
+    """Datetime parts, ordinal codes, target encoding of an open category (one column per class when multiclass),
+    native categorical splits or one-hot: compiled, and the same answers on rows the check never saw, unseen and
+    missing values included."""
+
+    from serving.contract import Contract
+    from tests.support.frames import mixed_dataset, mixed_schema, pipeline_for
+
+    schema = mixed_schema(task)
+    names = [c.name for c in schema.features]
+    data = mixed_dataset(task, 600)
+    pipeline = pipeline_for(schema, family, {"n_estimators": 20} if family == "random_forest" else {})
+    pipeline.fit(data[names], data["y"])
+    contract = Contract.from_mlmodel({"metadata": {"feature_contract": schema.feature_contract()}})
+    reference = sklearn_predict(pipeline, task)
+
+    def rows(frame: pd.DataFrame) -> list[dict]:
+        return frame[names].astype(object).where(frame[names].notna(), None).to_dict("records")
+
+    predictor, chosen = engine.compile_predictor(pipeline, contract, rows(data.head(5)), reference)
+    assert chosen == engine.Engine(engine.ONNX), chosen.reason
+    unseen = mixed_dataset(task, 300, seed=7)
+    unseen.loc[::13, "plate"] = "P-never-seen"
+    unseen.loc[::29, "plate"] = None
+    columns = validate(rows(unseen), contract, max_rows=300).columns
+    got, got_proba = predictor.predict(columns)
+    expected, expected_proba = reference(columns)
+    if task == "regression":
+        np.testing.assert_allclose(got, expected, rtol=engine.REGRESSION_RTOL, atol=engine.REGRESSION_RTOL)
+    else:
+        assert got.tolist() == expected.tolist()
+        np.testing.assert_allclose(got_proba, expected_proba, rtol=0, atol=engine.PROBABILITY_ATOL)
+
+
 @pytest.mark.parametrize("method", ("sigmoid", "isotonic"))
 @pytest.mark.parametrize("family", ("random_forest", "extra_trees", "hist_gradient_boosting", "elasticnet"))
 def test_a_calibrated_bundle_is_served_by_onnx_runtime_with_sklearns_probabilities(family: str, method: str,

@@ -39,19 +39,14 @@ def toy_frame(task: str, rows: int = 200, seed: int = 0, offset: float = 0.0) ->
 def _fit_toy(task: str, offset: float, n_estimators: int, family: str = "random_forest",
              hyperparameters: dict[str, Any] | None = None,
              calibration: str = "none") -> tuple[Any, pd.DataFrame, SchemaConfig, list[str]]:
-    from sklearn.pipeline import Pipeline
-
-    from include.ml.components.training import calibrated, skops_trusted_types
-    from include.ml.components.transformation import build_preprocessor
-    from include.ml.models import FAMILIES
+    from include.ml.components.training import skops_trusted_types
+    from tests.support.frames import pipeline_for
 
     schema = REGRESSION if task == "regression" else CLASSIFICATION
     frame = toy_frame(task, offset=offset)
     x, y = frame.drop(columns="y"), frame["y"]
-    estimator = FAMILIES[family].build(task, 0, hyperparameters or {"n_estimators": n_estimators})
-    if calibration != "none":
-        estimator = calibrated(estimator, calibration)
-    pipeline = Pipeline([("preprocess", build_preprocessor(schema)), ("model", estimator)])
+    pipeline = pipeline_for(schema, family, hyperparameters or {"n_estimators": n_estimators},
+                            calibration=calibration)
     pipeline.fit(x, y)
     return pipeline, x, schema, skops_trusted_types(pipeline, family)
 

@@ -30,10 +30,7 @@ def fitted(family: str, task: str, hyperparameters: dict[str, Any] | None = None
            offset: float = 0.0, binary: bool = False) -> tuple[Any, Contract]:
     """A pipeline trained as the pipeline trains (preprocessor + family), on toy rows with NaN in x1 and kind
     (`offset` shifts a regression target; `binary`: two classes instead of three)."""
-    from sklearn.pipeline import Pipeline
-
-    from include.ml.components.transformation import build_preprocessor
-    from include.ml.models import FAMILIES
+    from tests.support.frames import pipeline_for
 
     frame = toy_frame(task, offset=offset).rename(columns={"x2": "x 2"})
     frame["kind"] = frame["kind"].astype(object)
@@ -42,8 +39,7 @@ def fitted(family: str, task: str, hyperparameters: dict[str, Any] | None = None
     if binary:
         y = y.where(y != "c", "b")
     params = {"n_estimators": 20} if family == "random_forest" else {}
-    pipeline = Pipeline([("preprocess", build_preprocessor(schema(task))),
-                         ("model", FAMILIES[family].build(task, 0, {**params, **(hyperparameters or {})}))])
+    pipeline = pipeline_for(schema(task), family, {**params, **(hyperparameters or {})})
     pipeline.fit(x, y)
     return pipeline, Contract.from_mlmodel({"metadata": {"feature_contract": schema(task).feature_contract()}})
 

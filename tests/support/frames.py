@@ -73,11 +73,23 @@ def imbalanced_dataset(rows: int = 3000, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame({"x1": x1, "x2": x2, "kind": kind, "y": np.where(rare, "b", "a")})
 
 
+def pipeline_for(schema: SchemaConfig, family: str, hyperparameters: dict[str, Any], seed: int = 0,
+                 calibration: str = "none") -> Any:
+    """The unfitted pipeline training builds for `schema` and `family` (preprocessing included; with
+    `calibration`, the classifier inside a CalibratedClassifierCV)."""
+    from include.ml.components.training import build_pipeline
+
+    model = ModelConfig(family=family, random_state=seed, hyperparameters=hyperparameters, calibration=calibration)
+    unused = MlflowConfig(experiment_name="unused", registered_model_name="unused")
+    return build_pipeline(TrainingConfig(schema, model, unused, MappingProxyType({}), calibration=calibration))
+
+
 def training_config(task: str, family: str, mlflow_config: MlflowConfig, calibration: str = "none",
                     **hyper: Any) -> TrainingConfig:
     model = ModelConfig(family=family, random_state=0, hyperparameters={**FAST[family], **hyper},
                         calibration=calibration)
-    return TrainingConfig(schema(task), model, mlflow_config, MappingProxyType({"git_sha": "test"}), calibration)
+    return TrainingConfig(schema(task), model, mlflow_config, MappingProxyType({"git_sha": "test"}),
+                          calibration=calibration)
 
 
 def evaluation_config(task: str, mlflow_config: MlflowConfig, margin: float = 0.001) -> EvaluationConfig:
@@ -93,3 +105,37 @@ def tuning_config(task: str, mlflow_config: MlflowConfig, spaces: dict[str, dict
     searched = {family: {name: SearchParam(**spec) for name, spec in space.items()} for family, space in spaces.items()}
     return TuningJob(training_config(task, next(iter(spaces)), mlflow_config), settings,
                              "rmse" if task == "regression" else "f1_macro", searched)
+
+
+def mixed_schema(task: str, **target: Any) -> SchemaConfig:
+    """Every dtype and role: an id, a datetime, an ordinal, an open high-cardinality category, a listed category, a
+    number with gaps, free text to ignore; the target `y` (`target`: e.g. missing="error")."""
+    label = ColumnSpec(name="y", dtype="float") if task == "regression" else \
+        ColumnSpec(name="y", dtype="category", allowed=("a", "b", "c"))
+    return SchemaConfig(task=task, target={"name": "y", **target}, min_rows=1, columns=(
+        ColumnSpec(name="row_id", dtype="int", role="id"),
+        ColumnSpec(name="when", dtype="datetime", format="%Y-%m-%d %H:%M:%S", min="2020-01-01", max="2021-12-31"),
+        ColumnSpec(name="grade", dtype="ordinal", categories=("low", "mid", "high")),
+        ColumnSpec(name="plate", dtype="category", nullable=True),
+        ColumnSpec(name="kind", dtype="category", allowed=("p", "q")),
+        ColumnSpec(name="x1", dtype="float", nullable=True),
+        ColumnSpec(name="note", dtype="string", role="ignore"),
+        label))
+
+
+def mixed_dataset(task: str, rows: int = 300, seed: int = 0) -> pd.DataFrame:
+    """mixed_schema's rows: `y` depends on the hour of `when`, the grade's order, the plate and x1."""
+    rng = np.random.default_rng(seed)
+    when = pd.Timestamp("2020-01-01") + pd.to_timedelta(rng.integers(0, 700 * 24, rows), unit="h")
+    grade = rng.choice(["low", "mid", "high"], rows)
+    plates = np.array([f"P{i:03d}" for i in rng.integers(0, 60, rows)], dtype=object)
+    x1 = rng.normal(size=rows)
+    signal = (when.hour.to_numpy() > 12) + np.select([grade == "low", grade == "mid"], [0, 1], 2) + x1 \
+        + np.array([int(p[1:]) % 3 for p in plates]) / 2
+    plates[::17] = None
+    x1[::11] = np.nan
+    y = signal + rng.normal(scale=0.2, size=rows) if task == "regression" else \
+        np.select([signal < 1.5, signal < 3], ["a", "b"], "c")
+    return pd.DataFrame({"row_id": np.arange(rows), "when": when.strftime("%Y-%m-%d %H:%M:%S"), "grade": grade,
+                         "plate": plates, "kind": rng.choice(["p", "q"], rows), "x1": x1,
+                         "note": [f"free text {i}" for i in range(rows)], "y": y})

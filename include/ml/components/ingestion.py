@@ -13,7 +13,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -21,7 +21,7 @@ from typing import Any, Callable, Protocol, Sequence
 import pandas as pd
 
 from include.ml import artifacts
-from include.ml.entities import DataSourceConfig, IngestionConfig
+from include.ml.entities import DataSourceConfig, IngestionConfig, SchemaConfig
 from include.ml.exceptions import IngestionError, SourceTooLargeError
 
 log = logging.getLogger(__name__)
@@ -42,14 +42,21 @@ class IngestionResult:
     sha256: str
     bytes: int
     fetched_at: str
+    rows_without_target: int = 0  # dropped (schema.yaml target.missing: drop); `rows` counts the rest
+    ignored_columns: list[str] = field(default_factory=list)  # not in schema.yaml, dropped (columns_not_in_schema)
 
     def summary(self) -> str:
+        dropped = [f"{self.rows_without_target} rows without a target dropped"] if self.rows_without_target else []
+        if self.ignored_columns:
+            dropped.append(f"{len(self.ignored_columns)} columns not in the schema ignored: "
+                           f"{', '.join(self.ignored_columns[:10])}{' ...' if len(self.ignored_columns) > 10 else ''}")
         return (f"{self.rows} rows x {self.columns} columns from {self.source_uri} "
-                f"({self.bytes} bytes, sha256 {self.sha256[:12]})")
+                f"({self.bytes} bytes, sha256 {self.sha256[:12]})" + "".join(f"; {d}" for d in dropped))
 
     def xcom(self) -> dict[str, Any]:
         return {"source_uri": self.source_uri, "data_path": self.data_path, "rows": self.rows,
-                "columns": self.columns, "sha256": self.sha256}
+                "columns": self.columns, "sha256": self.sha256, "rows_without_target": self.rows_without_target,
+                "ignored_columns": self.ignored_columns}
 
 
 def fetch(source: DataSourceConfig) -> bytes:
@@ -290,17 +297,44 @@ def parse_csv(data: bytes, config: IngestionConfig) -> pd.DataFrame:
     return frame
 
 
+def select_rows_and_columns(frame: pd.DataFrame, schema: SchemaConfig) -> tuple[pd.DataFrame, int, list[str]]:
+    """The frame the later stages see: without the columns schema.yaml does not list (columns_not_in_schema: ignore)
+    and the rows without a target (target.missing: drop); also how many rows and which columns went."""
+    ignored = [str(c) for c in frame.columns if c not in {col.name for col in schema.columns}] \
+        if schema.columns_not_in_schema == "ignore" else []
+    frame = frame.drop(columns=ignored)
+    without = 0
+    if schema.target_missing == "drop" and schema.target in frame:
+        missing = frame[schema.target].isna()
+        without = int(missing.sum())
+        if without:
+            frame = frame[~missing].reset_index(drop=True)
+            target = frame[schema.target]
+            spec = next(c for c in schema.columns if c.name == schema.target)
+            # read as float because of the gaps: an int target is whole numbers again once they are gone
+            if spec.dtype == "int" and pd.api.types.is_float_dtype(target) and (target == target.round()).all():
+                frame[schema.target] = target.astype("int64")
+    return frame, without, ignored
+
+
 def ingest(config: IngestionConfig, output_dir: Path) -> IngestionResult:
     raw = fetch(config.source)
     data = extract_csv(raw, config.source)
     frame = parse_csv(data, config)
+    without, ignored = 0, []
+    if config.schema is not None:
+        frame, without, ignored = select_rows_and_columns(frame, config.schema)
+        if frame.empty:
+            raise IngestionError(f"source {config.source.uri} has no row with a value of the target "
+                                 f"{config.schema.target!r}")
     artifacts.write_bytes(output_dir / SNAPSHOT, data)
     with artifacts.atomic_path(output_dir / PARSED) as tmp:
         frame.to_parquet(tmp, index=False)
     result = IngestionResult(
         source_uri=config.source.uri, snapshot_path=str(output_dir / SNAPSHOT), data_path=str(output_dir / PARSED),
         rows=len(frame), columns=frame.shape[1], sha256=hashlib.sha256(data).hexdigest(), bytes=len(data),
-        fetched_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        fetched_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), rows_without_target=without,
+        ignored_columns=ignored)
     artifacts.write_json(output_dir / RESULT, asdict(result))
     log.info("ingest: %s", result.summary())
     return result

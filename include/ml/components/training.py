@@ -12,16 +12,17 @@ from typing import Any
 import pandas as pd
 
 from include.ml import artifacts, tracking
-from include.ml.components.transformation import build_preprocessor
 from include.ml.entities import SchemaConfig, TrainingConfig
 from include.ml.exceptions import TrainingError
 from include.ml.models import CALIBRATION_SKOPS_TYPES, FAMILIES
+from include.ml.preprocessing import PREPROCESSING_SKOPS_TYPES, build_preprocessor, check_memory, native_columns
 from serving.trust import ALLOWED_SKOPS_TYPES
 
 log = logging.getLogger(__name__)
 
 RESULT = "result.json"
 MODEL_NAME = "model"
+SCHEMA_SAMPLE_ROWS = 1000
 CALIBRATION_FOLDS = 5  # scikit-learn's default
 
 
@@ -55,14 +56,18 @@ def build_pipeline(config: TrainingConfig) -> Any:
     fold)."""
     from sklearn.pipeline import Pipeline
 
-    family = FAMILIES[config.model.family]
-    estimator = family.build(config.schema.task, config.model.random_state, dict(config.model.hyperparameters))
+    model = config.model
+    hyperparameters = dict(model.hyperparameters)
+    if categorical := native_columns(config.schema, model.family):
+        hyperparameters["categorical_features"] = categorical
+    estimator = FAMILIES[model.family].build(config.schema.task, model.random_state, hyperparameters)
     if config.calibration != "none":
         if config.schema.task != "classification":
             raise TrainingError(f"calibration {config.calibration!r} applies to classifiers; the task is "
                                 f"{config.schema.task}")
         estimator = calibrated(estimator, config.calibration)
-    return Pipeline([("preprocess", build_preprocessor(config.schema)), ("model", estimator)])
+    return Pipeline([("preprocess", build_preprocessor(config.schema, model.family, model.random_state)),
+                     ("model", estimator)])
 
 
 def calibrated(estimator: Any, method: str) -> Any:
@@ -88,7 +93,7 @@ def skops_trusted_types(pipeline: Any, family: str) -> list[str]:
     import skops.io
 
     needed = sorted(skops.io.get_untrusted_types(data=skops.io.dumps(pipeline)))
-    expected = set(FAMILIES[family].skops_trusted_types)
+    expected = set(FAMILIES[family].skops_trusted_types) | set(PREPROCESSING_SKOPS_TYPES)
     model = pipeline.named_steps["model"] if hasattr(pipeline, "named_steps") else pipeline
     if estimator_of(model) is not model:
         expected |= set(CALIBRATION_SKOPS_TYPES)
@@ -103,6 +108,28 @@ def skops_trusted_types(pipeline: Any, family: str) -> list[str]:
     return needed
 
 
+def training_dataset(frame: pd.DataFrame, source: str) -> Any:
+    """The training rows as MLflow records them: where they came from, a digest of every row, and the schema of a
+    sample. (mlflow.data.from_pandas infers its schema value by value over the whole frame: 17 s for 260k rows.)"""
+    import hashlib
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.models import infer_signature
+
+    digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()[:12]
+    schema = infer_signature(frame.head(SCHEMA_SAMPLE_ROWS)).inputs
+    return MetaDataset(resolve_dataset_source(source), name="train", digest=digest, schema=schema)
+
+
+def model_requirements() -> list[str]:
+    """What loading the model needs, pinned as installed. Given, not inferred: MLflow's inference re-imports the model
+    in a child process (~9 s a training), and servers install serving/requirements.txt anyway."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("scikit-learn", "skops", "numpy", "pandas", "scipy")]
+
+
 def split_xy(frame: pd.DataFrame, schema: SchemaConfig) -> tuple[pd.DataFrame, pd.Series]:
     return frame[[c.name for c in schema.features]], frame[schema.target]
 
@@ -115,6 +142,7 @@ def train(train_frame: pd.DataFrame, config: TrainingConfig, run_id: str, output
     experiment_id = tracking.configure(config.mlflow)
     close_abandoned_runs(experiment_id, run_id, "train")
     x, y = split_xy(train_frame, config.schema)
+    (planned,) = check_memory(config.schema, (config.model.family,), train_frame, config.schema_file)
     pipeline = build_pipeline(config)
     model = estimator_of(pipeline.named_steps["model"])
     estimator = type(model).__name__
@@ -130,19 +158,23 @@ def train(train_frame: pd.DataFrame, config: TrainingConfig, run_id: str, output
         mlflow.log_params({"family": config.model.family, "random_state": config.model.random_state,
                            "train_rows": len(x), "calibration": config.calibration,
                            **{f"model.{k}": v for k, v in model.get_params().items()}})
-        mlflow.log_input(mlflow.data.from_pandas(train_frame, source=dataset_source,
-                                                 targets=config.schema.target, name="train"), context="training")
+        mlflow.log_input(training_dataset(train_frame, dataset_source), context="training")
         started = time.perf_counter()
         try:
             pipeline.fit(x, y)
         except (ValueError, TypeError) as exc:
             raise TrainingError(f"{estimator} could not be fitted: {exc}") from exc
+        except MemoryError as exc:  # the guard's estimate was too low: say so, never a bare MemoryError
+            raise TrainingError(f"{estimator} ran out of memory while fitting ({planned.describe()} was estimated): "
+                                "reduce the encoded width (encoding: target, max_categories, role: ignore) or the "
+                                "rows") from exc
         fit_seconds = time.perf_counter() - started
         mlflow.log_metric("fit_seconds", fit_seconds)
         trusted = skops_trusted_types(pipeline, config.model.family)
         example = x.head(5)
         info = mlflow.sklearn.log_model(
             pipeline, name=MODEL_NAME, serialization_format="skops", skops_trusted_types=trusted,
+            pip_requirements=model_requirements(),
             signature=infer_signature(example, pipeline.predict(example)), input_example=example,
             metadata={"feature_contract": config.schema.feature_contract()})
         mlflow.set_tag("model_uri", info.model_uri)

@@ -10,8 +10,9 @@ from typing import Any
 import pandas as pd
 
 from include.ml import artifacts
-from include.ml.entities import SchemaConfig, TransformationConfig
+from include.ml.entities import TransformationConfig
 from include.ml.exceptions import PipelineError
+from include.ml.preprocessing import build_preprocessor, check_memory, encodings
 
 log = logging.getLogger(__name__)
 
@@ -26,36 +27,22 @@ class TransformationResult:
     test_path: str
     train_rows: int
     test_rows: int
-    numeric_features: list[str]
-    categorical_features: list[str]
+    encodings: dict[str, str]  # feature -> numeric | datetime | ordinal | onehot | target | native (model.family's)
     encoded_features: int
+    memory: list[str]  # the memory guard's estimate for each family that will be fitted
     target_distribution: dict[str, Any]
 
     def summary(self) -> str:
-        return (f"{self.train_rows} train / {self.test_rows} test rows; {len(self.numeric_features)} numeric + "
-                f"{len(self.categorical_features)} categorical features -> {self.encoded_features} model inputs")
+        counts: dict[str, int] = {}
+        for how in self.encodings.values():
+            counts[how] = counts.get(how, 0) + 1
+        kinds = ", ".join(f"{n} {how}" for how, n in counts.items())
+        return (f"{self.train_rows} train / {self.test_rows} test rows; {len(self.encodings)} features ({kinds}) -> "
+                f"{self.encoded_features} model inputs")
 
     def xcom(self) -> dict[str, Any]:
         return {"train_path": self.train_path, "test_path": self.test_path, "train_rows": self.train_rows,
                 "test_rows": self.test_rows}
-
-
-def build_preprocessor(schema: SchemaConfig) -> Any:
-    """Impute and scale numeric features, impute and one-hot encode categorical ones."""
-    from sklearn.compose import ColumnTransformer
-    from sklearn.impute import SimpleImputer
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
-    numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
-    categorical = Pipeline([
-        ("impute", SimpleImputer(strategy="most_frequent")),
-        # Categories unseen in training are encoded as all zeros instead of failing at serving time.
-        ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
-    ])
-    return ColumnTransformer(
-        [("numeric", numeric, schema.numeric_features), ("categorical", categorical, schema.categorical_features)],
-        remainder="drop", verbose_feature_names_out=False)
 
 
 def split(frame: pd.DataFrame, config: TransformationConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -77,10 +64,16 @@ def split(frame: pd.DataFrame, config: TransformationConfig) -> tuple[pd.DataFra
 
 
 def transform(frame: pd.DataFrame, config: TransformationConfig, output_dir: Path) -> TransformationResult:
+    """Split the rows, check every family to be fitted fits in memory, and check the preprocessing works on them."""
     schema = config.schema
     train, test = split(frame, config)
+    x, y = train[[c.name for c in schema.features]], train[schema.target]
+    estimates = check_memory(schema, config.families, train, config.schema_file)
+    for estimate in estimates:
+        log.info("transform: memory guard: %s", estimate.describe())
     # Fitting here only checks the preprocessing works on this data; training refits it inside the model.
-    encoded = build_preprocessor(schema).fit(train.drop(columns=[schema.target])).get_feature_names_out()
+    family = config.families[0]
+    encoded = build_preprocessor(schema, family, config.split.random_state).fit(x, y).get_feature_names_out()
     for name, part in ((TRAIN, train), (TEST, test)):
         with artifacts.atomic_path(output_dir / name) as tmp:
             part.to_parquet(tmp, index=False)
@@ -91,7 +84,7 @@ def transform(frame: pd.DataFrame, config: TransformationConfig, output_dir: Pat
                           "min": float(target.min()), "max": float(target.max())})
     result = TransformationResult(
         str(output_dir / TRAIN), str(output_dir / TEST), len(train), len(test),
-        schema.numeric_features, schema.categorical_features, len(encoded), distribution)
+        encodings(schema, family), len(encoded), [e.describe() for e in estimates], distribution)
     artifacts.write_json(output_dir / RESULT, asdict(result))
     log.info("transform: %s", result.summary())
     return result

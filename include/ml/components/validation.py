@@ -6,14 +6,17 @@ import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
 from include.ml import artifacts
-from include.ml.entities import ColumnSpec, SchemaConfig, ValidationConfig
+from include.ml.entities import ColumnSpec, SchemaConfig, ValidationConfig, as_utc
 from include.ml.exceptions import DataValidationError
+from serving.features import parse_datetimes
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,8 @@ _TYPES = {
     "float": ["float64", "float32", "Float64", "Float32", "int64", "int32", "Int64", "Int32"],
     "int": ["int64", "int32", "int16", "int8", "Int64", "Int32"],
     "category": ["object", "str", "category", "int64", "bool"],
+    "ordinal": ["object", "str", "category", "int64", "bool"],
+    "datetime": ["datetime64[ns]"],  # once _for_gx has parsed the column; a value that does not parse keeps it text
     "string": ["object", "str"],
 }
 # Reading a column with missing values turns ints into floats.
@@ -78,10 +83,18 @@ def _column_expectations(E: Any, col: ColumnSpec, per_row: bool = False) -> list
     else:
         found.append(E.ExpectColumnValuesToNotBeNull(column=col.name))
     if col.min is not None or col.max is not None:
-        found.append(E.ExpectColumnValuesToBeBetween(column=col.name, min_value=col.min, max_value=col.max))
-    if col.allowed:
-        found.append(E.ExpectColumnValuesToBeInSet(column=col.name, value_set=list(col.allowed)))
+        low, high = (_bound(col, value) for value in (col.min, col.max))
+        found.append(E.ExpectColumnValuesToBeBetween(column=col.name, min_value=low, max_value=high))
+    if col.values:
+        found.append(E.ExpectColumnValuesToBeInSet(column=col.name, value_set=list(col.values)))
     return found
+
+
+def _bound(col: ColumnSpec, value: Any) -> Any:
+    """A range bound as the checked column holds it: datetime bounds as naive UTC datetimes."""
+    if col.dtype != "datetime" or value is None:
+        return value
+    return as_utc(datetime.fromisoformat(str(value)))
 
 
 def _ephemeral_context() -> Any:
@@ -115,9 +128,12 @@ def _failure(result: Any, schema: SchemaConfig, frame: pd.DataFrame) -> dict[str
     kwargs = {k: v for k, v in config.kwargs.items() if k not in ("column", "batch_id", "column_set", "exact_match")}
     if config.type == "expect_column_values_to_be_in_type_list":
         column = config.kwargs["column"]
-        kwargs = {"dtype": next(c.dtype for c in schema.columns if c.name == column)}
-        if kwargs["dtype"] in ("float", "int") and column in frame:
-            outcome = _non_numeric(frame[column])
+        spec = next(c for c in schema.columns if c.name == column)
+        kwargs = {"dtype": spec.dtype} | ({"format": spec.format or "ISO 8601"} if spec.dtype == "datetime" else {})
+        if spec.is_numeric and column in frame:
+            outcome = _non_numeric(frame[column], whole=spec.dtype == "int")
+        elif spec.dtype == "datetime" and column in frame:
+            outcome = _not_datetimes(frame[column], spec)
     info = result.exception_info or {}
     error = info.get("exception_message") or next(
         (v.get("exception_message") for v in info.values() if isinstance(v, dict) and v.get("exception_message")), None)
@@ -127,6 +143,8 @@ def _failure(result: Any, schema: SchemaConfig, frame: pd.DataFrame) -> dict[str
         unexpected = sorted(set(observed) - set(columns))
         observed = "; ".join(filter(None, [missing and f"missing {missing}",
                                            unexpected and f"unexpected {unexpected}"]))
+    every_row = {"unexpected_rows": [_plain(i) for i in outcome["unexpected_index_list"]]} \
+        if outcome.get("unexpected_index_list") is not None else {}  # result_format COMPLETE: each bad row's label
     return {
         "column": config.kwargs.get("column"),
         "expectation": config.type,
@@ -134,19 +152,38 @@ def _failure(result: Any, schema: SchemaConfig, frame: pd.DataFrame) -> dict[str
         "observed": observed,
         "unexpected_count": outcome.get("unexpected_count"),
         "unexpected_percent": outcome.get("unexpected_percent"),
-        "examples": (outcome.get("partial_unexpected_list") or [])[:_EXAMPLES],
+        "examples": [_plain_value(v) for v in (outcome.get("partial_unexpected_list") or [])[:_EXAMPLES]],
         "rows": [_plain(i) for i in (outcome.get("partial_unexpected_index_list") or [])[:_EXAMPLES]],
         "error": error,
-    }
+    } | every_row
 
 
-def _non_numeric(column: pd.Series) -> dict[str, Any]:
-    """Which values keep a numeric column from being numeric: more useful than the dtype alone."""
-    bad = column[pd.to_numeric(column, errors="coerce").isna() & column.notna()]
+def _non_numeric(column: pd.Series, whole: bool = False) -> dict[str, Any]:
+    """Which values keep a numeric column from being numeric (or, `whole`, an int column from being whole numbers):
+    more useful than the dtype alone. Missing values are not counted: the not-null check names them."""
+    numbers = pd.to_numeric(column, errors="coerce")
+    bad = column[(numbers.isna() & column.notna()) | (whole & numbers.notna() & (numbers != numbers.round()))]
     return {"observed_value": f"dtype {column.dtype}", "unexpected_count": len(bad),
             "unexpected_percent": 100 * len(bad) / max(len(column), 1),
             "partial_unexpected_list": bad.head(_EXAMPLES).tolist(),
             "partial_unexpected_index_list": bad.index[:_EXAMPLES].tolist()}
+
+
+def _not_datetimes(column: pd.Series, spec: ColumnSpec) -> dict[str, Any]:
+    """Which values of a datetime column do not parse in its format."""
+    _, invalid = parse_datetimes(column, spec.format)
+    bad = column[invalid]
+    return {"observed_value": f"{len(bad)} values that are not datetimes in format {spec.format or 'ISO 8601'}",
+            "unexpected_count": len(bad), "unexpected_percent": 100 * len(bad) / max(len(column), 1),
+            "partial_unexpected_list": bad.head(_EXAMPLES).tolist(),
+            "partial_unexpected_index_list": bad.index[:_EXAMPLES].tolist()}
+
+
+def _plain_value(value: Any) -> Any:
+    """An example value as JSON has it: datetimes as ISO text, numpy scalars as Python ones."""
+    if isinstance(value, (pd.Timestamp, datetime, np.datetime64)):
+        return str(pd.Timestamp(value))
+    return _plain(value)
 
 
 def _plain(label: Any) -> Any:
@@ -155,8 +192,12 @@ def _plain(label: Any) -> Any:
 
 
 def _root_causes(failures: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Drop failures that only follow from another one: checks on a missing or mistyped column."""
+    """Drop failures that only follow from another one: checks on a missing or mistyped column, and the type of an
+    int column that only its missing values made float (the not-null failure names them)."""
     missing = {f["column"] for f in failures if f["expectation"] == "expect_column_to_exist"}
+    nulls = {f["column"] for f in failures if f["expectation"] == "expect_column_values_to_not_be_null"}
+    failures = [f for f in failures if not (f["expectation"] == "expect_column_values_to_be_in_type_list"
+                                            and f["column"] in nulls and f["unexpected_count"] == 0)]
     mistyped = {f["column"] for f in failures if f["expectation"] == "expect_column_values_to_be_in_type_list"}
     return [f for f in failures
             if not (f["column"] in missing and f["expectation"] != "expect_column_to_exist")
@@ -164,24 +205,34 @@ def _root_causes(failures: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "expect_column_values_to_be_between", "expect_column_values_to_be_in_set"))]
 
 
-def _for_gx(frame: pd.DataFrame) -> pd.DataFrame:
-    """GX 1.x cannot match pandas 3's default `str` dtype in type checks; hand it text columns as object."""
+def _for_gx(frame: pd.DataFrame, schema: SchemaConfig) -> pd.DataFrame:
+    """The frame as GX checks it: datetime columns parsed (one that holds a value that does not parse stays text, so
+    its type check fails and names the values); text columns as object (GX 1.x cannot match pandas 3's default
+    `str` dtype in type checks)."""
+    parsed = {}
+    for column in schema.columns:
+        if column.dtype == "datetime" and column.name in frame:
+            moments, invalid = parse_datetimes(frame[column.name], column.format)
+            if not invalid.any():
+                parsed[column.name] = pd.Series(moments, index=frame.index)
+    frame = frame.assign(**parsed) if parsed else frame
     text = [c for c in frame.columns if isinstance(frame[c].dtype, pd.StringDtype)]
     return frame.astype({c: object for c in text}) if text else frame
 
 
-def frame_checker(schema: SchemaConfig) -> Callable[[pd.DataFrame], list[dict[str, Any]]]:
+def frame_checker(schema: SchemaConfig, every_row: bool = False) -> Callable[[pd.DataFrame], list[dict[str, Any]]]:
     """Check frame after frame (the chunks of a large file) against the per-row suite of `schema`, without Data
     Docs: one context and suite for all calls, each call returning its frame's failures as `validate` reports
-    them, the failing rows' index labels in "rows"."""
+    them, the failing rows' index labels in "rows" (a few examples); with `every_row`, every failing row's label
+    in "unexpected_rows" too (GX's COMPLETE result format)."""
     context = _ephemeral_context()
     batches = context.data_sources.add_pandas("frames").add_dataframe_asset("frame") \
         .add_batch_definition_whole_dataframe("all")
     suite = context.suites.add(build_suite(schema, per_row=True))
-    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": _EXAMPLES}
+    result_format = {"result_format": "COMPLETE" if every_row else "SUMMARY", "partial_unexpected_count": _EXAMPLES}
 
     def check(frame: pd.DataFrame) -> list[dict[str, Any]]:
-        outcome = batches.get_batch(batch_parameters={"dataframe": _for_gx(frame)}).validate(
+        outcome = batches.get_batch(batch_parameters={"dataframe": _for_gx(frame, schema)}).validate(
             suite, result_format=result_format)
         return _root_causes([_failure(r, schema, frame) for r in outcome.results if not r.success])
 
@@ -203,7 +254,7 @@ def validate(frame: pd.DataFrame, config: ValidationConfig, output_dir: Path) ->
             name="pipeline", validation_definitions=[definition],
             actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
             result_format={"result_format": "SUMMARY", "partial_unexpected_count": _EXAMPLES}))
-        run = checkpoint.run(batch_parameters={"dataframe": _for_gx(frame)})
+        run = checkpoint.run(batch_parameters={"dataframe": _for_gx(frame, config.schema)})
     (outcome,) = run.run_results.values()
     failures = _root_causes([_failure(r, config.schema, frame) for r in outcome.results if not r.success])
     stats = outcome.statistics
