@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, render_template, request
 
+from serving.contract import Contract
 from serving.inputs import InputError, csv_rows, mlflow_json, parse_json
 from serving.model import LoadedModel
 from serving.openapi import openapi_spec
@@ -143,7 +144,19 @@ def model_card() -> Response:
 @bp.get("/")
 def index() -> str:
     model = service().holder.current
-    return render_template("index.html", model=model,
-                           features=model.contract.features if model else (),
+    contract = model.contract if model else None
+    return render_template("index.html", model=model, features=contract.features if contract else (),
+                           defaults=_form_defaults(contract) if contract else {},
+                           keys=contract.keys if contract else (), ignored=contract.ignored if contract else (),
                            auth=bool(service().settings.api_key))
+
+
+def _form_defaults(contract: Contract) -> dict[str, Any]:
+    """The form's first values: the contract's example row, a datetime as a datetime-local input takes it."""
+    row = contract.example_row()
+    for feature in contract.features:
+        if feature.dtype == "datetime":
+            lo, hi = feature.datetime_span()
+            row[feature.name] = str(lo + (hi - lo) // 2)  # ISO 8601 to the second, no offset
+    return row
 

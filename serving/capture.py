@@ -5,8 +5,9 @@ Layout (the contract the monitor reads, docs/serving.md "Prediction capture"):
     <capture_dir>/<model_name>/<YYYY-MM-DD>/<host>-<pid>-<start>-<seq>.jsonl.gz
 
 one JSON object per input row of a sampled request: request_id, row, timestamp (UTC), model_name, model_version,
-inputs (each contract feature, as validated), prediction, probabilities. A file is written as `<name>.part` and
-renamed when closed, so a reader sees only complete files.
+key (the row's id columns as sent, {"<id column>": value}; absent when the request sent none), inputs (each
+contract feature as validated; a datetime as ISO 8601 text in UTC without an offset), prediction, probabilities.
+A file is written as `<name>.part` and renamed when closed, so a reader sees only complete files.
 
 Writing is off the request path: a request puts one item on a queue bounded in rows (full: the rows are dropped
 and counted, the request never waits) and a writer thread per worker encodes, compresses and rotates the files
@@ -85,6 +86,7 @@ class _Request:
     n_rows: int
     predictions: list[Any]
     probabilities: list[dict[str, float]] | None
+    keys: dict[str, list[Any]]
 
 
 @dataclass
@@ -128,12 +130,14 @@ class CaptureWriter:
     # --- request threads ------------------------------------------------------------------------------------
 
     def submit(self, request_id: str, model_name: str, model_version: str, columns: dict[str, np.ndarray],
-               n_rows: int, predictions: list[Any], probabilities: list[dict[str, float]] | None) -> bool:
-        """Queue a request's rows if it is sampled (all its rows or none); never blocks. True when queued."""
+               n_rows: int, predictions: list[Any], probabilities: list[dict[str, float]] | None,
+               keys: dict[str, list[Any]] | None = None) -> bool:
+        """Queue a request's rows if it is sampled (all its rows or none); never blocks. True when queued.
+        `keys`: the id columns the request sent (inputs.Batch.keys), None where a row has none."""
         if self.sample < 1.0 and random.random() >= self.sample:
             return False
         item = _Request(request_id, datetime.now(timezone.utc), model_name, model_version, columns, n_rows,
-                        predictions, probabilities)
+                        predictions, probabilities, keys or {})
         with self._lock:  # held for the put too: nothing is queued behind close()'s stop mark
             if self._closed:
                 reason = "shutdown"
@@ -209,11 +213,16 @@ class CaptureWriter:
 
     def _encode(self, item: _Request) -> bytes:
         names = list(item.columns)
-        values = [item.columns[name].tolist() for name in names]  # numpy scalars to Python; NaN encodes as null
+        values = [_plain(item.columns[name]) for name in names]
         timestamp = item.timestamp.isoformat(timespec="microseconds").replace("+00:00", "Z")
         probabilities = item.probabilities or [None] * item.n_rows
+        keys: list[dict[str, Any]] = [{} for _ in range(item.n_rows)]
+        for name, column in item.keys.items():
+            for key, value in zip(keys, column):
+                if value is not None:
+                    key[name] = value
         records = [{"request_id": item.request_id, "row": i, "timestamp": timestamp, "model_name": item.model_name,
-                    "model_version": item.model_version,
+                    "model_version": item.model_version, **({"key": keys[i]} if keys[i] else {}),
                     "inputs": {name: column[i] for name, column in zip(names, values)},
                     "prediction": item.predictions[i], "probabilities": probabilities[i]}
                    for i in range(item.n_rows)]
@@ -270,6 +279,16 @@ class CaptureWriter:
             log.warning("capture resumed: the disk of %s is %.1f%% full, below SERVING_CAPTURE_MAX_FILL %.4g%%",
                         self.directory, 100 * fill, 100 * self.max_fill)
             self.counters.enabled(True)
+
+
+def _plain(column: np.ndarray) -> list[Any]:
+    """A validated column as JSON values: numpy scalars as Python ones (NaN encodes as null), a datetime as ISO 8601
+    text in UTC without an offset (whole seconds, or microseconds when it has a fraction), NaT as null."""
+    if column.dtype.kind != "M":
+        return column.tolist()
+    fraction = ~np.isnat(column) & (column.astype("datetime64[ns]").astype(np.int64) % 1_000_000_000 != 0)
+    text = np.datetime_as_string(column, unit="us" if fraction.any() else "s").tolist()
+    return [None if t == "NaT" else t for t in text]
 
 
 def _safe_name(name: str) -> str:

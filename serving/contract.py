@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import Any, Mapping
 
+import numpy as np
+
 # MLflow signature column types -> contract dtypes
 _SIGNATURE_TYPES = {"double": "float", "float": "float", "long": "int", "integer": "int", "string": "string",
                     "boolean": "category"}
@@ -38,6 +40,25 @@ class Feature:
     def is_numeric(self) -> bool:
         return self.dtype in ("float", "int")
 
+    def datetime_span(self) -> tuple[np.datetime64, np.datetime64]:
+        """A datetime feature's range (seconds): its min and max, a year from the one given, else the year 2020."""
+        year = np.timedelta64(365 * 86400, "s")
+        lo = None if self.min is None else np.datetime64(str(self.min), "s")
+        hi = None if self.max is None else np.datetime64(str(self.max), "s")
+        if lo is None and hi is None:
+            lo = np.datetime64("2020-01-01T00:00:00", "s")
+        return (hi - year if lo is None else lo), (lo + year if hi is None else hi)  # type: ignore[operator]
+
+    def datetime_value(self, moment: np.datetime64) -> str | int:
+        """A moment as a request gives it for this feature: ISO 8601 text (always accepted), or the number of
+        seconds or milliseconds since 1970 for the unix and unix_ms formats."""
+        seconds = moment.astype("datetime64[s]")
+        if self.format == "unix":
+            return int(seconds.astype(np.int64))
+        if self.format == "unix_ms":
+            return int(moment.astype("datetime64[ms]").astype(np.int64))
+        return str(seconds)
+
 
 @dataclass(frozen=True)
 class Contract:
@@ -49,6 +70,15 @@ class Contract:
     @cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
+
+    @cached_property
+    def accepted(self) -> frozenset[str]:
+        """Every column a request may carry: the features, the keys and the ignored columns."""
+        return frozenset((*self.names, *self.keys, *self.ignored))
+
+    @cached_property
+    def keys_and_ignored(self) -> frozenset[str]:
+        return frozenset((*self.keys, *self.ignored))
 
     @cached_property
     def numeric_bounds(self) -> tuple[tuple[str, ...], tuple[tuple[float, float, bool], ...]]:
@@ -91,13 +121,17 @@ class Contract:
         return cls("regression" if floats else "classification", tuple(features))
 
     def example_row(self) -> dict[str, Any]:
-        """A valid row: numeric features at the middle of their range, categories at their first value."""
+        """A valid row: numeric and datetime features at the middle of their range, categories and ordinals at
+        their first value, an open category "example" (key and ignored columns are optional: left out)."""
         row: dict[str, Any] = {}
         for f in self.features:
             if f.is_numeric:
                 lo, hi = f.min, f.max
                 mid = (lo + hi) / 2 if lo is not None and hi is not None else lo if lo is not None else hi or 0
                 row[f.name] = round(mid) if f.dtype == "int" else mid
+            elif f.dtype == "datetime":
+                lo, hi = f.datetime_span()
+                row[f.name] = f.datetime_value(lo + (hi - lo) // 2)
             else:
                 row[f.name] = f.allowed[0] if f.allowed else "example"
         return row

@@ -1,54 +1,60 @@
 """The compiled predictor: a bundle's sklearn pipeline as an ONNX Runtime session, served only if it answers as sklearn.
 
 skl2onnx converts the pipeline in double precision (the inputs sklearn receives: float64 numbers, text categories,
-datetimes fed as seconds since the epoch), with converters of our own where its defaults would change the answers or
-ONNX Runtime cannot run them:
+a datetime as seconds since 1970 in UTC), with converters of our own where its defaults would change the answers,
+it has none, or ONNX Runtime cannot run them:
 
 - SimpleImputer: the fill values as double constants (skl2onnx's Imputer node holds float32 and ORT runs it in
-  float only; float inputs such as an OrdinalEncoder's codes are cast first), and a missing category (None, NaN to
-  sklearn) as a text marker no client can send.
-- TargetEncoder: a LabelEncoder per column (and class) from category text to its encoding in double (skl2onnx's
-  writes float32 and refuses a multiclass target); a missing value takes the missing category's encoding, an unseen
-  one the target mean.
-- DatetimeFeatures (serving/features.py): year, month, day, weekday and hour from the seconds by the days-to-civil
-  calendar algorithm, in whole-number doubles (and their sine and cosine with `cyclical`).
+  float only), and a missing category (None, NaN to sklearn) as a text marker no client can send.
+- OrdinalEncoder, TargetEncoder, OneHotEncoder: per column, a LabelEncoder from the category's text to its row and a
+  lookup of what the fitted encoder itself outputs for that category, for a missing value and for a value it never
+  saw (unknown codes, the target mean, an infrequent bucket: the encoder's own answers); a one-hot block as each
+  category's column number.
+- DatetimeFeatures (serving/features.py): the parts by whole-number arithmetic on the seconds (the calendar by
+  Howard Hinnant's days-to-civil algorithm), exact in double; a cyclical part's sine and cosine from a table of the
+  transformer's own values.
 - Tree ensembles (random forest, extra trees, histogram gradient boosting): the ai.onnx.ml opset-5 `TreeEnsemble`
   node in double (the opset-3 nodes skl2onnx writes keep float32 leaves and sums, ~3e-6 off for 100 trees). A
   forest compares float32-cast features with double thresholds, as sklearn's trees do (they cast X to float32);
-  leaves add up in double. Histogram gradient boosting compares float64 features, as sklearn does; its categorical
-  splits become set-membership branches (BRANCH_MEMBER) on the codes its inputs carry.
+  leaves add up in double. Histogram gradient boosting compares float64 features, as sklearn does; its native
+  categorical splits become set-membership (BRANCH_MEMBER) nodes. Asked for raw scores (by the calibration below), a
+  boosted classifier gives its decision function instead of probabilities.
 - CalibratedClassifierCV (model.calibration, one calibrated classifier): the classifier's probabilities or decision
-  function (a boosted classifier asked for raw scores gives its decision function), each class's sigmoid or
-  isotonic calibrator, sklearn's normalisation. skl2onnx's converter maps an isotonic calibrator's input to the
-  nearest threshold; sklearn (scipy) interpolates between thresholds.
+  function, each class's sigmoid or isotonic calibrator, sklearn's normalisation. skl2onnx's converter maps an
+  isotonic calibrator's input to the nearest threshold; sklearn (scipy) interpolates between thresholds.
 
-`compile_predictor` then predicts the self-check rows and generated edge rows (each numeric feature at its min, max
-and quantiles of its range, each category, missing values where nullable) with both and keeps the session only if
-regression answers agree within 1e-9 relative (absolute below 1) and classifications have the same labels and
-probabilities within 1e-6. Otherwise, or if anything in conversion fails, sklearn serves and `Engine.reason` says
-why. The estimator itself is never changed.
+`compile_predictor` then predicts the self-check rows and generated edge rows (each numeric and datetime feature at
+its min, max and quantiles of its range, each category and ordinal value, an open category's known values and one
+never seen, missing values where nullable) with both and keeps the session only if regression answers agree within
+1e-9 relative (absolute below 1) and classifications have the same labels and probabilities within 1e-6. Otherwise,
+or if anything in conversion fails, sklearn serves and `Engine.reason` says why. The estimator itself is never
+changed.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from serving.contract import Contract
-from serving.features import PARTS, PERIOD_START, PERIODS, DatetimeFeatures, parse_datetimes
 
 log = logging.getLogger(__name__)
 
 ONNX = "onnxruntime"
 SKLEARN = "sklearn"
 MISSING_CATEGORY = "\x00missing"  # what a missing category becomes: validation never lets a NUL through
+# What a number given for an open category becomes: the model's categories are all text (convert refuses others),
+# so to sklearn a number is a value it never saw; this marker is one too.
+NOT_TEXT = "\x00not text"
 NUMERIC_INPUT = "numeric_features"  # not a valid skl2onnx name for a feature (they keep their spaces as "_")
 REGRESSION_RTOL = 1e-9
 PROBABILITY_ATOL = 1e-6
 _QUANTILES = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
+_KNOWN_VALUES = 50  # an open category's values the edge rows try
 _OPSETS = {"": 21, "ai.onnx.ml": 3}  # skl2onnx writes up to 3; the graph is then raised to 5 (TreeEnsemble)
 
 
@@ -64,9 +70,41 @@ class DisagreementError(Exception):
     """The compiled predictor answers differently from the sklearn pipeline on some checked row."""
 
 
+def model_frame(columns: dict[str, np.ndarray]) -> Any:
+    """Validated columns as the frame the sklearn pipeline is given: a missing category or ordinal (None to
+    validation) as NaN, as pandas reads it from the training CSV, so every encoder treats it as in training
+    (TargetEncoder, for one, takes None for a value it never saw but NaN for the missing category it learnt)."""
+    import pandas as pd
+
+    arrays = {name: np.asarray(values) for name, values in columns.items()}
+    return pd.DataFrame({name: _nan_for_none(values) if values.dtype == object else values
+                         for name, values in arrays.items()}, copy=False)
+
+
+def _nan_for_none(values: np.ndarray) -> np.ndarray:
+    missing = np.equal(values, None)
+    if not missing.any():
+        return values
+    values = values.copy()
+    values[missing] = np.nan
+    return values
+
+
+def _double_input(feature: Any) -> bool:
+    """A feature the graph takes as a double: a number, or a datetime as seconds since 1970 (UTC)."""
+    return feature.is_numeric or feature.dtype == "datetime"
+
+
+def epoch_seconds(moments: np.ndarray) -> np.ndarray:
+    """datetime64 values as whole seconds since 1970-01-01 (floored, as the datetime's parts are), NaN for NaT."""
+    ns = moments.astype("datetime64[ns]").view(np.int64)
+    return np.where(np.isnat(moments), np.nan, np.floor_divide(ns, 1_000_000_000).astype(np.float64))
+
+
 class OnnxPredictor:
-    """An ONNX Runtime session with the pipeline's inputs: the numeric features as one [n, k] double tensor in
-    contract order (NUMERIC_INPUT), each text feature as an [n, 1] tensor of its own."""
+    """An ONNX Runtime session with the pipeline's inputs: the numeric and datetime features as one [n, k] double
+    tensor in contract order (NUMERIC_INPUT; a datetime as seconds since 1970), each text feature as an [n, 1]
+    tensor of its own."""
 
     def __init__(self, model_bytes: bytes, contract: Contract, classes: list[Any] | None) -> None:
         import onnxruntime as ort
@@ -78,33 +116,41 @@ class OnnxPredictor:
         self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
         # One RunOptions for every call (Run only reads it): without one, each call builds a default (~5 µs).
         self.run_options = ort.RunOptions()
-        self.numeric = [f.name for f in contract.features if f.is_numeric]
+        self.numeric = [f.name for f in contract.features if _double_input(f)]
+        self.datetimes = {f.name: f.format for f in contract.features if f.dtype == "datetime"}
         # skl2onnx makes names valid identifiers ("fixed acidity" -> "fixed_acidity"); inputs keep their order.
-        own_inputs = [i.name for i in self.session.get_inputs() if i.name != NUMERIC_INPUT]
-        self.text = list(zip([f for f in contract.features if not f.is_numeric], own_inputs))
+        text_inputs = [i.name for i in self.session.get_inputs() if i.name != NUMERIC_INPUT]
+        self.text = list(zip([f.name for f in contract.features if not _double_input(f)], text_inputs))
         self.classes = classes
         self.outputs = [o.name for o in self.session.get_outputs()][:1 if classes is None else 2]
 
     def predict(self, columns: dict[str, np.ndarray],
                 numeric: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """`numeric`: the numeric columns as one [n, k] array, when the caller has them so (inputs.Batch)."""
+        """`numeric`: the numeric columns as one [n, k] array, when the caller has them so (inputs.Batch). A datetime
+        column is datetime64 (validation's) or the values a file holds (batch scoring's)."""
         feeds = {}
         if self.numeric:
-            if numeric is None:
-                numeric = np.column_stack([np.asarray(columns[name], dtype=np.float64) for name in self.numeric])
+            if numeric is None or self.datetimes:  # validation's array holds the numbers only
+                numeric = np.column_stack([epoch_seconds(self._moments(name, columns[name])) if name in self.datetimes
+                                           else np.asarray(columns[name], dtype=np.float64) for name in self.numeric])
             feeds[NUMERIC_INPUT] = np.ascontiguousarray(numeric, dtype=np.float64)
-        for feature, onnx_name in self.text:
-            if feature.dtype == "datetime":  # seconds since the epoch, NaN where missing (_convert_datetimes)
-                moments = parse_datetimes(columns[feature.name], feature.format)[0]
-                seconds = np.where(np.isnat(moments), np.nan, moments.astype(np.int64) / 1e9)
-                feeds[onnx_name] = seconds.reshape(-1, 1)
-                continue
-            values = [MISSING_CATEGORY if v is None else v for v in columns[feature.name]]
+        for name, onnx_name in self.text:
+            values = [v if type(v) is str else MISSING_CATEGORY if v is None or v != v else NOT_TEXT
+                      for v in columns[name]]
             feeds[onnx_name] = np.array(values, dtype=object).reshape(-1, 1)
         out = self.session.run(self.outputs, feeds, self.run_options)
         if self.classes is None:
             return out[0].reshape(-1), None
         return out[0].reshape(-1), out[1]
+
+    def _moments(self, name: str, values: np.ndarray) -> np.ndarray:
+        """A datetime column as datetime64: validation's as it is, batch scoring's text (or unix numbers) parsed as
+        everywhere else."""
+        if values.dtype.kind == "M":
+            return values
+        from serving.features import parse_datetimes
+
+        return parse_datetimes(values, self.datetimes[name])[0]
 
 
 def compile_predictor(estimator: Any, contract: Contract, check_rows: list[dict[str, Any]],
@@ -113,65 +159,72 @@ def compile_predictor(estimator: Any, contract: Contract, check_rows: list[dict[
     probabilities) on check_rows plus generated edge rows; else None and the reason."""
     try:
         predictor = OnnxPredictor(convert(estimator, contract), contract, _classes(estimator, contract))
-        compare(predictor, sklearn_predict, contract, check_rows + edge_rows(contract, check_rows))
+        compare(predictor, sklearn_predict, contract,
+                check_rows + edge_rows(contract, check_rows, known_categories(estimator)))
     except Exception as exc:  # noqa: BLE001 - whatever fails here, sklearn serves and the reason is shown
-        return None, Engine(SKLEARN, f"{type(exc).__name__}: {_short(str(exc))}")
+        return None, Engine(SKLEARN, _reason(exc))
     return predictor, Engine(ONNX)
 
 
 def convert(estimator: Any, contract: Contract) -> bytes:
-    """The pipeline as a serialized ONNX model: the numeric features as one input, each text feature as one."""
-    from skl2onnx import convert_sklearn
+    """The pipeline as a serialized ONNX model: the numeric and datetime features as one input, each text feature
+    as one."""
     from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
-    from sklearn import ensemble
-    from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.impute import SimpleImputer
-    from sklearn.preprocessing import TargetEncoder
 
     for feature in contract.features:
         if not feature.is_numeric and feature.allowed and not all(isinstance(a, str) for a in feature.allowed):
             raise TypeError(f"categorical feature {feature.name!r} has non-text values {list(feature.allowed)[:5]}")
-    inputs = [(f.name, DoubleTensorType([None, 1]) if f.is_numeric or f.dtype == "datetime"
-               else StringTensorType([None, 1])) for f in contract.features]
-    forests = (ensemble.RandomForestClassifier, ensemble.ExtraTreesClassifier)
+    inputs = [(f.name, DoubleTensorType([None, 1]) if _double_input(f) else StringTensorType([None, 1]))
+              for f in contract.features]
+    onx = to_onnx(estimator, inputs, classifier=contract.task == "classification")
+    _one_numeric_input(onx.graph, sum(_double_input(f) for f in contract.features))
+    return onx.SerializeToString()
+
+
+def to_onnx(model: Any, inputs: list[tuple[str, Any]], classifier: bool = False) -> Any:
+    """A fitted pipeline or transformer as an ONNX model (ModelProto), with our converters: `inputs` are skl2onnx's
+    (name, tensor type) pairs, a datetime as a double of seconds since 1970."""
+    from skl2onnx import convert_sklearn
+    from sklearn import ensemble
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, TargetEncoder
+
+    from serving.features import DatetimeFeatures
+
+    forests = (ensemble.RandomForestClassifier, ensemble.ExtraTreesClassifier, ensemble.HistGradientBoostingClassifier)
     trees = {cls: _convert_trees for cls in (*forests, ensemble.RandomForestRegressor, ensemble.ExtraTreesRegressor,
-                                             ensemble.HistGradientBoostingRegressor,
-                                             ensemble.HistGradientBoostingClassifier)}
-    shapes = {cls: _double_probabilities for cls in (*forests, ensemble.HistGradientBoostingClassifier,
-                                                     CalibratedClassifierCV)}
-    final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
-    options = {id(final): {"zipmap": False}} if contract.task == "classification" else None
-    onx = convert_sklearn(estimator, initial_types=inputs, target_opset=_OPSETS, options=options,
-                           custom_conversion_functions={SimpleImputer: _convert_imputer,
-                                                        TargetEncoder: _convert_target_encoder,
-                                                        CalibratedClassifierCV: _convert_calibrated,
-                                                        DatetimeFeatures: _convert_datetimes, **trees},
-                           custom_shape_calculators={SimpleImputer: _imputer_shape,
-                                                     TargetEncoder: _target_encoder_shape,
-                                                     DatetimeFeatures: _datetimes_shape, **shapes})
+                                             ensemble.HistGradientBoostingRegressor)}
+    encoders = {cls: _convert_lookup for cls in (OrdinalEncoder, TargetEncoder, OneHotEncoder)}
+    shapes = {**{cls: _double_probabilities for cls in (*forests, CalibratedClassifierCV)},
+              SimpleImputer: _same_type_shape,
+              **{cls: _width_shape for cls in (OrdinalEncoder, TargetEncoder, OneHotEncoder, DatetimeFeatures)}}
+    final = model.steps[-1][1] if hasattr(model, "steps") else model
+    options = {id(final): {"zipmap": False}} if classifier else None
+    onx = convert_sklearn(model, initial_types=inputs, target_opset=_OPSETS, options=options,
+                          custom_conversion_functions={SimpleImputer: _convert_imputer, **trees, **encoders,
+                                                       DatetimeFeatures: _convert_datetime,
+                                                       CalibratedClassifierCV: _convert_calibrated},
+                          custom_shape_calculators=shapes)
     for opset in onx.opset_import:
         if opset.domain == "ai.onnx.ml":
             # TreeEnsemble needs 5. The other ai.onnx.ml ops skl2onnx writes mean the same at 5; the agreement
             # check would catch one that did not.
             opset.version = 5
-    _one_numeric_input(onx.graph, [f.is_numeric for f in contract.features])
-    return onx.SerializeToString()
+    return onx
 
 
-def _one_numeric_input(graph: Any, numeric_features: list[bool]) -> None:
+def _one_numeric_input(graph: Any, features: int) -> None:
     """Feed the numeric features as one [n, k] tensor, split back into skl2onnx's per-feature inputs: a session
     run costs per input (one row of the default forest: 23 -> 11 µs with 11 features). skl2onnx's first step is
-    usually a Concat of exactly those inputs, which then goes (its output is the new input itself). The graph's
-    inputs are the features in contract order (`numeric_features` says which are numeric)."""
+    usually a Concat of exactly those inputs, which then goes (its output is the new input itself)."""
     from onnx import TensorProto, helper
 
-    if len(graph.input) != len(numeric_features):
-        raise ValueError(f"the converted model has {len(graph.input)} inputs for {len(numeric_features)} features")
-    numeric = [i.name for i, is_numeric in zip(graph.input, numeric_features) if is_numeric]
+    numeric = [i.name for i in graph.input if i.type.tensor_type.elem_type == TensorProto.DOUBLE]
     if not numeric:
         return
-    if any(i.type.tensor_type.elem_type != TensorProto.DOUBLE for i in graph.input if i.name in numeric):
-        raise ValueError("a numeric feature's converted input is not a double tensor")
+    if len(numeric) != features:
+        raise ValueError(f"the converted model has {len(numeric)} numeric inputs for {features} numeric features")
     for node in list(graph.node):
         axis = next((a.i for a in node.attribute if a.name == "axis"), None)
         if node.op_type == "Concat" and list(node.input) == numeric and axis in (1, -1) \
@@ -216,9 +269,11 @@ def compare(predictor: OnnxPredictor, sklearn_predict: Any, contract: Contract, 
             raise DisagreementError(f"probabilities differ by {gap:.3g} (> {PROBABILITY_ATOL:g})")
 
 
-def edge_rows(contract: Contract, base_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The first base row (or the contract's example) varied one feature at a time: each numeric feature at the
-    quantiles of its range, each category, a missing value where nullable; then every such value in one row."""
+def edge_rows(contract: Contract, base_rows: list[dict[str, Any]],
+              known: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
+    """The first base row (or the contract's example) varied one feature at a time: each numeric and datetime
+    feature at the quantiles of its range, each category and ordinal value, an open category's `known` values (what
+    the model saw) and one it never saw, a missing value where nullable; then every such value in one row."""
     base = dict(base_rows[0]) if base_rows else contract.example_row()
     rows, mixed = [], []
     for feature in contract.features:
@@ -228,8 +283,14 @@ def edge_rows(contract: Contract, base_rows: list[dict[str, Any]]) -> list[dict[
             hi = feature.max if feature.max is not None else 1e6
             values = [lo + q * (hi - lo) for q in _QUANTILES]
             values = [round(v) for v in values] if feature.dtype == "int" else values
+        elif feature.dtype == "datetime":
+            start, end = feature.datetime_span()
+            seconds = (end - start).astype(np.int64)
+            values = [feature.datetime_value(start + np.timedelta64(int(q * seconds), "s")) for q in _QUANTILES]
         elif feature.allowed:
             values = list(feature.allowed)
+        else:  # an open category: values the model knows, and one it never saw
+            values = [*(known or {}).get(feature.name, [])[:_KNOWN_VALUES], "\x01never seen"]
         if feature.nullable:
             values.append(None)
         rows += [{**base, feature.name: v} for v in values]
@@ -244,8 +305,33 @@ def edge_rows(contract: Contract, base_rows: list[dict[str, Any]]) -> list[dict[
     return rows
 
 
+def known_categories(estimator: Any) -> dict[str, list[Any]]:
+    """Each text column's categories as the pipeline's encoders learnt them (for the edge rows to try)."""
+    from sklearn.compose import ColumnTransformer
+
+    known: dict[str, list[Any]] = {}
+    steps = getattr(estimator, "steps", [])
+    transformer = steps[0][1] if steps else None
+    if not isinstance(transformer, ColumnTransformer):
+        return known
+    for _, branch, columns in transformer.transformers_:
+        last = branch.steps[-1][1] if hasattr(branch, "steps") else branch
+        for column, categories in zip(columns, getattr(last, "categories_", [])):
+            known[str(column)] = [c for c in categories.tolist() if isinstance(c, str)]
+    return known
+
+
 def _classes(estimator: Any, contract: Contract) -> list[Any] | None:
     return estimator.classes_.tolist() if contract.task == "classification" else None
+
+
+def _reason(exc: Exception) -> str:
+    """Why a pipeline is not served by ONNX Runtime, in a line: a step skl2onnx has no converter for is named."""
+    text = str(exc)
+    if type(exc).__name__ in ("MissingShapeCalculator", "MissingConverter"):
+        step = re.search(r"for type '<class '([^']+)'>'", text)
+        return f"no ONNX converter for the pipeline step {step.group(1) if step else '?'}"
+    return f"{type(exc).__name__}: {_short(text)}"
 
 
 def _short(text: str, limit: int = 300) -> str:
@@ -255,8 +341,8 @@ def _short(text: str, limit: int = 300) -> str:
 # --- skl2onnx converters (called by to_onnx with its scope, operator and container) ---------------------------------
 
 def _double_probabilities(operator: Any) -> None:
-    """skl2onnx declares a forest's probabilities float, and a calibrated classifier's float when its input is (an
-    OrdinalEncoder's codes); ours are double, like the features."""
+    """skl2onnx's parser may declare a tree classifier's probabilities float, and a calibrated classifier's when its
+    input is float (an OrdinalEncoder's codes); ours are double, like the features."""
     from skl2onnx.common.data_types import DoubleTensorType
     from skl2onnx.common.shape_calculator import calculate_linear_classifier_output_shapes
 
@@ -267,7 +353,7 @@ def _double_probabilities(operator: Any) -> None:
 def _convert_imputer(scope: Any, operator: Any, container: Any) -> None:
     """SimpleImputer as Where(missing, fill, x): doubles stay doubles; a missing category is MISSING_CATEGORY."""
     from onnx import TensorProto
-    from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
+    from skl2onnx.common.data_types import StringTensorType
     from skl2onnx.operator_converters.common import concatenate_variables
 
     imputer = operator.raw_operator
@@ -284,13 +370,158 @@ def _convert_imputer(scope: Any, operator: Any, container: Any) -> None:
         container.add_initializer(fill, TensorProto.STRING, [1, len(statistics)], [str(s).encode() for s in statistics])
         container.add_node("Equal", [x, marker], [mask])
     else:
-        if not isinstance(operator.inputs[0].type, DoubleTensorType):  # e.g. an OrdinalEncoder's float codes
-            as_double = scope.get_unique_variable_name("as_double")
-            container.add_node("Cast", [x], [as_double], to=TensorProto.DOUBLE)
-            x = as_double
         container.add_initializer(fill, TensorProto.DOUBLE, [1, len(statistics)], statistics.astype(np.float64))
         container.add_node("IsNaN", [x], [mask])
     container.add_node("Where", [mask, fill, x], [operator.outputs[0].full_name])
+
+
+@dataclass
+class _Tree:
+    """One tree as arrays: interior and leaf nodes share one index space; leaf i contributes value[i] (per target)."""
+
+    feature: np.ndarray
+    threshold: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    is_leaf: np.ndarray
+    missing_left: np.ndarray
+    value: np.ndarray  # [nodes, targets]
+    # a categorical split's input values that go left (None: a numeric split, x <= threshold goes left)
+    members: list[list[float] | None] | None = None
+
+
+def _sklearn_trees(model: Any) -> tuple[list[_Tree], np.ndarray, bool, str]:
+    """The model's trees (each target's trees for a multi-class forest), the base value per target, whether
+    features are cast to float32 first, and how the summed leaves become the output."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+    if isinstance(model, (HistGradientBoostingRegressor, HistGradientBoostingClassifier)):
+        if isinstance(model, HistGradientBoostingRegressor) and model.loss not in ("squared_error", "absolute_error",
+                                                                                   "quantile"):
+            raise NotImplementedError(f"HistGradientBoostingRegressor(loss={model.loss!r}) has a non-identity link")
+        column, members_of = _hgb_inputs(model)
+        trees = []
+        for iteration in model._predictors:
+            for target, predictor in enumerate(iteration):
+                nodes = predictor.nodes
+                value = np.zeros((len(nodes), len(iteration)))
+                value[:, target] = nodes["value"]
+                members = [members_of(node, predictor) if node["is_categorical"] and not node["is_leaf"] else None
+                           for node in nodes]
+                trees.append(_Tree(column[nodes["feature_idx"]], nodes["num_threshold"],
+                                   nodes["left"].astype(np.int64), nodes["right"].astype(np.int64),
+                                   nodes["is_leaf"].astype(bool), nodes["missing_go_to_left"].astype(bool), value,
+                                   members if nodes["is_categorical"].any() else None))
+        base = np.asarray(model._baseline_prediction, dtype=np.float64).reshape(-1)
+        if isinstance(model, HistGradientBoostingRegressor):
+            return trees, base, False, "identity"
+        return trees, base, False, "sigmoid" if len(model.classes_) == 2 else "softmax"
+    if getattr(model, "n_outputs_", 1) != 1:
+        raise NotImplementedError("multi-output forests")
+    trees = []
+    classification = hasattr(model, "classes_")
+    for estimator in model.estimators_:
+        tree = estimator.tree_
+        value = tree.value[:, 0, :].astype(np.float64)
+        if classification:  # as DecisionTreeClassifier.predict_proba: each leaf's class fractions
+            total = value.sum(axis=1, keepdims=True)
+            total[total == 0] = 1.0
+            value = value / total
+        missing = getattr(tree, "missing_go_to_left", np.zeros(tree.node_count, dtype=np.uint8))
+        trees.append(_Tree(tree.feature.astype(np.int64), tree.threshold, tree.children_left.astype(np.int64),
+                           tree.children_right.astype(np.int64), tree.children_left == -1, missing.astype(bool),
+                           value))
+    n_targets = trees[0].value.shape[1]
+    return trees, np.zeros(n_targets), True, "average"
+
+
+def _hgb_inputs(model: Any) -> tuple[np.ndarray, Any]:
+    """For histogram gradient boosting: the input column of each column its trees split on (with categorical
+    features, its own OrdinalEncoder puts those first), and a function giving a categorical node's input values that
+    go left. sklearn sends a category left when its code is in the node's bitset, right when it is another known
+    one, and like a missing value otherwise; the input values are the categories the model's encoder learnt."""
+    preprocessor = getattr(model, "_preprocessor", None)
+    n = model.n_features_in_
+    if preprocessor is None:
+        return np.arange(n), None
+    column = np.empty(n, dtype=np.int64)
+    for name, mask in (("encoder", model.is_categorical_), ("numerical", ~model.is_categorical_)):
+        column[preprocessor.output_indices_[name]] = np.flatnonzero(mask)
+    first = preprocessor.output_indices_["encoder"].start
+    categories = preprocessor.named_transformers_["encoder"].categories_
+    known, f_idx_map = model._bin_mapper.make_known_categories_bitsets()
+
+    def in_bitset(bitset: np.ndarray, code: int) -> bool:
+        return bool((int(bitset[code // 32]) >> (code % 32)) & 1)
+
+    def members(node: Any, predictor: Any) -> list[float]:
+        feature = int(node["feature_idx"])
+        left = []
+        for code, raw in enumerate(categories[feature - first].tolist()):
+            if raw != raw:  # NaN: a missing value, which follows missing_go_to_left
+                continue
+            if in_bitset(predictor.raw_left_cat_bitsets[node["bitset_idx"]], code) or \
+                    (not in_bitset(known[f_idx_map[feature]], code) and node["missing_go_to_left"]):
+                left.append(float(raw))
+        return left
+
+    return column, members
+
+
+def _tree_ensemble_attributes(trees: list[_Tree], n_targets: int) -> dict[str, Any]:
+    """The attributes of an opset-5 TreeEnsemble (SUM) computing, per target, the sum of the trees' leaves.
+    A tree with several targets becomes one tree per target with a non-zero leaf value (the op's leaves
+    carry one target each)."""
+    from onnx import TensorProto, helper
+
+    featureids, splits, modes, missing, membership = [], [], [], [], []
+    true_ids, true_leaf, false_ids, false_leaf, roots = [], [], [], [], []
+    leaf_targets, leaf_weights = [], []
+    for tree in trees:
+        for target in range(n_targets):
+            if not tree.value[:, target].any() and n_targets > 1:
+                continue
+            node_index, leaf_index = {}, {}
+            for i in range(len(tree.is_leaf)):  # number interior nodes and leaves in this tree's own order
+                if tree.is_leaf[i]:
+                    leaf_index[i] = len(leaf_targets) + len(leaf_index)
+                else:
+                    node_index[i] = len(featureids) + len(node_index)
+            leaves = sorted(leaf_index, key=leaf_index.get)
+            leaf_targets += [target] * len(leaves)
+            leaf_weights += [float(tree.value[i, target]) for i in leaves]
+            if not node_index:  # a single leaf: one node whose both branches end on it
+                roots.append(len(featureids))
+                featureids.append(0), splits.append(0.0), modes.append(0), missing.append(1)
+                true_ids.append(leaf_index[0]), true_leaf.append(1), false_ids.append(leaf_index[0])
+                false_leaf.append(1)
+                continue
+            roots.append(node_index[0])
+            for i in sorted(node_index, key=node_index.get):
+                left, right = int(tree.left[i]), int(tree.right[i])
+                featureids.append(int(tree.feature[i]))
+                splits.append(float(tree.threshold[i]))
+                members = tree.members[i] if tree.members is not None else None
+                if members is None:
+                    modes.append(0)  # BRANCH_LEQ: x <= threshold goes left, as in sklearn
+                else:
+                    modes.append(6)  # BRANCH_MEMBER: a value among the members goes left
+                    membership += [*members, np.nan]  # each node's set ends with a NaN
+                missing.append(int(tree.missing_left[i]))
+                for child, ids, flags in ((left, true_ids, true_leaf), (right, false_ids, false_leaf)):
+                    leaf = bool(tree.is_leaf[child])
+                    ids.append(leaf_index[child] if leaf else node_index[child])
+                    flags.append(int(leaf))
+    return dict(
+        aggregate_function=1, n_targets=n_targets, post_transform=0, tree_roots=roots,
+        nodes_featureids=featureids, nodes_truenodeids=true_ids, nodes_trueleafs=true_leaf,
+        nodes_falsenodeids=false_ids, nodes_falseleafs=false_leaf, nodes_missing_value_tracks_true=missing,
+        nodes_modes=helper.make_tensor("modes", TensorProto.UINT8, [len(modes)], modes),
+        nodes_splits=helper.make_tensor("splits", TensorProto.DOUBLE, [len(splits)], splits),
+        leaf_targetids=leaf_targets,
+        leaf_weights=helper.make_tensor("weights", TensorProto.DOUBLE, [len(leaf_weights)], leaf_weights),
+        **({"membership_values": helper.make_tensor("members", TensorProto.DOUBLE, [len(membership)], membership)}
+           if membership else {}))
 
 
 def _convert_calibrated(scope: Any, operator: Any, container: Any) -> None:
@@ -409,263 +640,6 @@ def _labels(scope: Any, container: Any, probabilities: str, labels: np.ndarray, 
     container.add_node("Gather", [classes, index], [output], axis=0)
 
 
-def _imputer_shape(operator: Any) -> None:
-    """The imputer's output: text stays text, numbers become doubles (what _convert_imputer writes)."""
-    from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
-
-    width = sum(i.type.shape[1] for i in operator.inputs)
-    text = isinstance(operator.inputs[0].type, StringTensorType)
-    operator.outputs[0].type = (StringTensorType if text else DoubleTensorType)([None, width])
-
-
-def _convert_target_encoder(scope: Any, operator: Any, container: Any) -> None:
-    """TargetEncoder (a continuous or binary target) as one LabelEncoder per column mapping each category's text to
-    its encoding in double (skl2onnx's own converter writes float32, which moves values across split thresholds).
-    A missing value (MISSING_CATEGORY) takes the missing category's encoding when training saw one; anything else
-    unseen takes the target mean, as in scikit-learn."""
-    from onnx import TensorProto, helper
-    from skl2onnx.operator_converters.common import concatenate_variables
-
-    encoder = operator.raw_operator
-    means = np.atleast_1d(np.asarray(encoder.target_mean_, dtype=np.float64))  # one per class when multiclass
-    x = concatenate_variables(scope, operator.inputs, container)
-    name = scope.get_unique_variable_name
-    columns = []
-    for j, categories in enumerate(encoder.categories_):
-        keys = [MISSING_CATEGORY if _is_missing(c) else str(c) for c in categories]
-        if len(set(keys)) != len(keys):
-            raise NotImplementedError(f"TargetEncoder categories of column {j} are not distinct as text")
-        index, column = name("index"), name("column")
-        container.add_initializer(index, TensorProto.INT64, [1], [j])
-        container.add_node("Gather", [x, index], [column], axis=1)
-        for k, mean in enumerate(means):  # encodings_ holds, per column, one array per class (one if not multiclass)
-            encoded = name("encoded")
-            # op_version 2: skl2onnx refuses a node above its target opset; convert() raises the model's to 5.
-            container.add_node(
-                "LabelEncoder", [column], [encoded], op_domain="ai.onnx.ml", op_version=2,
-                name=scope.get_unique_operator_name("LabelEncoder"), keys_strings=keys,
-                values_tensor=helper.make_tensor("values", TensorProto.DOUBLE, [len(keys)], np.asarray(
-                    encoder.encodings_[j * len(means) + k], dtype=np.float64).tolist()),
-                default_tensor=helper.make_tensor("default", TensorProto.DOUBLE, [1], [float(mean)]))
-            columns.append(encoded)
-    container.add_node("Concat", columns, [operator.outputs[0].full_name], axis=1)
-
-
-def _convert_datetimes(scope: Any, operator: Any, container: Any) -> None:
-    """DatetimeFeatures on seconds since the epoch (what OnnxPredictor feeds a datetime feature): the calendar by
-    Howard Hinnant's days-to-civil algorithm in whole-number doubles; a missing value (NaN) stays NaN throughout."""
-    from onnx import TensorProto
-    from skl2onnx.operator_converters.common import concatenate_variables
-
-    transformer = operator.raw_operator
-    x = concatenate_variables(scope, operator.inputs, container)
-    name = scope.get_unique_variable_name
-    constants: dict[float, str] = {}
-
-    def c(value: float) -> str:
-        if value not in constants:
-            constants[value] = name("c")
-            container.add_initializer(constants[value], TensorProto.DOUBLE, [], [float(value)])
-        return constants[value]
-
-    def op(kind: str, *args: str, **attributes: Any) -> str:
-        out = name(kind.lower())
-        container.add_node(kind, list(args), [out], **attributes)
-        return out
-
-    def floor_div(a: str, b: float) -> str:
-        return op("Floor", op("Div", a, c(b)))
-
-    outputs = []
-    for j in range(transformer.n_features_in_):
-        index, seconds = name("index"), name("seconds")
-        container.add_initializer(index, TensorProto.INT64, [1], [j])
-        container.add_node("Gather", [x, index], [seconds], axis=1)
-        days = floor_div(seconds, 86400)
-        hour = floor_div(op("Sub", seconds, op("Mul", days, c(86400))), 3600)
-        weekday = op("Mod", op("Add", days, c(3)), c(7), fmod=1)  # 1970-01-01 was a Thursday (Monday is 0)
-        weekday = op("Where", op("Less", weekday, c(0)), op("Add", weekday, c(7)), weekday)
-        z = op("Add", days, c(719468))  # days since 0000-03-01
-        era = floor_div(z, 146097)
-        doe = op("Sub", z, op("Mul", era, c(146097)))
-        yoe = floor_div(op("Sub", op("Add", op("Sub", doe, floor_div(doe, 1460)), floor_div(doe, 36524)),
-                           floor_div(doe, 146096)), 365)
-        doy = op("Sub", doe, op("Sub", op("Add", op("Mul", yoe, c(365)), floor_div(yoe, 4)), floor_div(yoe, 100)))
-        mp = floor_div(op("Add", op("Mul", doy, c(5)), c(2)), 153)
-        day = op("Add", op("Sub", doy, floor_div(op("Add", op("Mul", mp, c(153)), c(2)), 5)), c(1))
-        month = op("Where", op("Less", mp, c(10)), op("Add", mp, c(3)), op("Sub", mp, c(9)))
-        early = op("Cast", op("LessOrEqual", month, c(2)), to=TensorProto.DOUBLE)  # January, February: next year
-        year = op("Add", op("Add", yoe, op("Mul", era, c(400))), early)
-        parts = {"year": year, "month": month, "day": day, "dayofweek": weekday, "hour": hour}
-        for part in PARTS:
-            outputs.append(parts[part])
-            if transformer.cyclical and part in PERIODS:
-                start = PERIOD_START.get(part, 0)
-                angle = op("Div", op("Mul", op("Sub", parts[part], c(start)), c(2 * np.pi)), c(PERIODS[part]))
-                outputs += [op("Sin", angle), op("Cos", angle)]
-    container.add_node("Concat", outputs, [operator.outputs[0].full_name], axis=1)
-
-
-def _datetimes_shape(operator: Any) -> None:
-    from skl2onnx.common.data_types import DoubleTensorType
-
-    transformer = operator.raw_operator
-    width = len(transformer.get_feature_names_out()) if hasattr(transformer, "columns_") else 0
-    operator.outputs[0].type = DoubleTensorType([None, width])
-
-
-def _target_encoder_shape(operator: Any) -> None:
-    from skl2onnx.common.data_types import DoubleTensorType
-
-    classes = np.size(operator.raw_operator.target_mean_)
-    operator.outputs[0].type = DoubleTensorType([None, classes * sum(i.type.shape[1] for i in operator.inputs)])
-
-
-def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value))
-
-
-@dataclass
-class _Tree:
-    """One tree as arrays: interior and leaf nodes share one index space; leaf i contributes value[i] (per target)."""
-
-    feature: np.ndarray
-    threshold: np.ndarray
-    left: np.ndarray
-    right: np.ndarray
-    is_leaf: np.ndarray
-    missing_left: np.ndarray
-    value: np.ndarray  # [nodes, targets]
-    # per node, for a categorical split: the input values that go left (any other value goes right); else None
-    members: list[np.ndarray | None] | None = None
-
-
-def _sklearn_trees(model: Any) -> tuple[list[_Tree], np.ndarray, bool, str]:
-    """The model's trees (each target's trees for a multi-class forest), the base value per target, whether
-    features are cast to float32 first, and how the summed leaves become the output."""
-    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-
-    if isinstance(model, (HistGradientBoostingRegressor, HistGradientBoostingClassifier)):
-        if isinstance(model, HistGradientBoostingRegressor) and model.loss not in ("squared_error", "absolute_error",
-                                                                                   "quantile"):
-            raise NotImplementedError(f"HistGradientBoostingRegressor(loss={model.loss!r}) has a non-identity link")
-        trees = []
-        original, categories = _hgb_inputs(model)
-        for iteration in model._predictors:
-            for target, predictor in enumerate(iteration):
-                nodes = predictor.nodes
-                value = np.zeros((len(nodes), len(iteration)))
-                value[:, target] = nodes["value"]
-                members = None
-                if nodes["is_categorical"].any():
-                    members = [_left_categories(predictor.raw_left_cat_bitsets[node["bitset_idx"]],
-                                                categories[node["feature_idx"]]) if node["is_categorical"] else None
-                               for node in nodes]
-                trees.append(_Tree(original[nodes["feature_idx"]], nodes["num_threshold"],
-                                   nodes["left"].astype(np.int64), nodes["right"].astype(np.int64),
-                                   nodes["is_leaf"].astype(bool), nodes["missing_go_to_left"].astype(bool), value,
-                                   members))
-        base = np.asarray(model._baseline_prediction, dtype=np.float64).reshape(-1)
-        if isinstance(model, HistGradientBoostingRegressor):
-            return trees, base, False, "identity"
-        return trees, base, False, "sigmoid" if len(model.classes_) == 2 else "softmax"
-    if getattr(model, "n_outputs_", 1) != 1:
-        raise NotImplementedError("multi-output forests")
-    trees = []
-    classification = hasattr(model, "classes_")
-    for estimator in model.estimators_:
-        tree = estimator.tree_
-        value = tree.value[:, 0, :].astype(np.float64)
-        if classification:  # as DecisionTreeClassifier.predict_proba: each leaf's class fractions
-            total = value.sum(axis=1, keepdims=True)
-            total[total == 0] = 1.0
-            value = value / total
-        missing = getattr(tree, "missing_go_to_left", np.zeros(tree.node_count, dtype=np.uint8))
-        trees.append(_Tree(tree.feature.astype(np.int64), tree.threshold, tree.children_left.astype(np.int64),
-                           tree.children_right.astype(np.int64), tree.children_left == -1, missing.astype(bool),
-                           value))
-    n_targets = trees[0].value.shape[1]
-    return trees, np.zeros(n_targets), True, "average"
-
-
-def _hgb_inputs(model: Any) -> tuple[np.ndarray, list[np.ndarray | None]]:
-    """For each feature index of a histogram gradient boosting's trees, the input column it reads, and for a
-    categorical one the input values behind its internal category codes. With categorical features the model
-    ordinal-encodes them itself (unknown values become missing) and puts them first; the trees index that order."""
-    n = model.n_features_in_
-    if getattr(model, "_preprocessor", None) is None:
-        return np.arange(n), [None] * n
-    mask = np.asarray(model.is_categorical_, dtype=bool)
-    encoder = model._preprocessor.named_transformers_["encoder"]
-    original = np.concatenate([np.flatnonzero(mask), np.flatnonzero(~mask)])
-    return original, [*(np.asarray(c, dtype=np.float64) for c in encoder.categories_), *[None] * int((~mask).sum())]
-
-
-def _left_categories(bitset: np.ndarray, values: np.ndarray | None) -> np.ndarray:
-    """The input values whose internal codes are set in a node's 256-bit left bitset (8 x uint32, low bit first)."""
-    if values is None:
-        raise ValueError("a categorical split on a feature the model does not encode as categorical")
-    bits = np.unpackbits(np.asarray(bitset, dtype="<u4").view(np.uint8), bitorder="little")
-    codes = np.flatnonzero(bits[:len(values)])
-    return values[codes]
-
-
-def _tree_ensemble_attributes(trees: list[_Tree], n_targets: int) -> dict[str, Any]:
-    """The attributes of an opset-5 TreeEnsemble (SUM) computing, per target, the sum of the trees' leaves.
-    A tree with several targets becomes one tree per target with a non-zero leaf value (the op's leaves
-    carry one target each)."""
-    from onnx import TensorProto, helper
-
-    featureids, splits, modes, missing, membership = [], [], [], [], []
-    true_ids, true_leaf, false_ids, false_leaf, roots = [], [], [], [], []
-    leaf_targets, leaf_weights = [], []
-    for tree in trees:
-        for target in range(n_targets):
-            if not tree.value[:, target].any() and n_targets > 1:
-                continue
-            node_index, leaf_index = {}, {}
-            for i in range(len(tree.is_leaf)):  # number interior nodes and leaves in this tree's own order
-                if tree.is_leaf[i]:
-                    leaf_index[i] = len(leaf_targets) + len(leaf_index)
-                else:
-                    node_index[i] = len(featureids) + len(node_index)
-            leaves = sorted(leaf_index, key=leaf_index.get)
-            leaf_targets += [target] * len(leaves)
-            leaf_weights += [float(tree.value[i, target]) for i in leaves]
-            if not node_index:  # a single leaf: one node whose both branches end on it
-                roots.append(len(featureids))
-                featureids.append(0), splits.append(0.0), modes.append(0), missing.append(1)
-                true_ids.append(leaf_index[0]), true_leaf.append(1), false_ids.append(leaf_index[0])
-                false_leaf.append(1)
-                continue
-            roots.append(node_index[0])
-            for i in sorted(node_index, key=node_index.get):
-                left, right = int(tree.left[i]), int(tree.right[i])
-                featureids.append(int(tree.feature[i]))
-                members = tree.members[i] if tree.members is not None else None
-                splits.append(0.0 if members is not None else float(tree.threshold[i]))
-                if members is None:
-                    modes.append(0)  # BRANCH_LEQ: x <= threshold goes left, as in sklearn
-                else:  # BRANCH_MEMBER: a value of the set goes left; the sets follow each other, NaN between
-                    modes.append(6)
-                    membership += [*members.tolist(), float("nan")]
-                missing.append(int(tree.missing_left[i]))
-                for child, ids, flags in ((left, true_ids, true_leaf), (right, false_ids, false_leaf)):
-                    leaf = bool(tree.is_leaf[child])
-                    ids.append(leaf_index[child] if leaf else node_index[child])
-                    flags.append(int(leaf))
-    sets = {} if not membership else {"membership_values": helper.make_tensor(
-        "membership", TensorProto.DOUBLE, [len(membership) - 1], membership[:-1])}
-    return dict(
-        **sets, aggregate_function=1, n_targets=n_targets, post_transform=0, tree_roots=roots,
-        nodes_featureids=featureids, nodes_truenodeids=true_ids, nodes_trueleafs=true_leaf,
-        nodes_falsenodeids=false_ids, nodes_falseleafs=false_leaf, nodes_missing_value_tracks_true=missing,
-        nodes_modes=helper.make_tensor("modes", TensorProto.UINT8, [len(modes)], modes),
-        nodes_splits=helper.make_tensor("splits", TensorProto.DOUBLE, [len(splits)], splits),
-        leaf_targetids=leaf_targets,
-        leaf_weights=helper.make_tensor("weights", TensorProto.DOUBLE, [len(leaf_weights)], leaf_weights))
-
-
 def _convert_trees(scope: Any, operator: Any, container: Any) -> None:
     from onnx import TensorProto
     from skl2onnx.operator_converters.common import concatenate_variables
@@ -696,9 +670,9 @@ def _convert_trees(scope: Any, operator: Any, container: Any) -> None:
         container.add_node("Identity", [raw], [operator.outputs[0].full_name])
         return
     probabilities = operator.outputs[1].full_name
-    # skl2onnx's CalibratedClassifierCV converter asks for raw scores where scikit-learn calibrates the
-    # decision_function (gradient boosting has one; forests have none and are calibrated on their probabilities):
-    # two classes as [-score, score] (the calibrator reads column 1), more as the per-class scores.
+    # Our CalibratedClassifierCV converter asks for raw scores where scikit-learn calibrates the decision_function
+    # (gradient boosting has one; forests have none and are calibrated on their probabilities): two classes as
+    # [-score, score] (the calibrator reads column 1), more as the per-class scores.
     raw_scores = output != "average" and scope.get_options(model, dict(raw_scores=False))["raw_scores"]
     if raw_scores and output == "sigmoid":
         negative = name("negative")
@@ -717,3 +691,197 @@ def _convert_trees(scope: Any, operator: Any, container: Any) -> None:
     else:
         container.add_node("Identity", [raw], [probabilities])
     _labels(scope, container, probabilities, model.classes_, operator.outputs[0].full_name)
+
+
+def _same_type_shape(operator: Any) -> None:
+    """An imputer's output: its inputs' type (doubles after our encoders, whatever type skl2onnx guessed for their
+    output while parsing), their columns side by side."""
+    rows = operator.inputs[0].get_first_dimension()
+    widths = [variable.type.shape[1] for variable in operator.inputs]
+    width = None if None in widths else sum(widths)
+    operator.outputs[0].type = type(operator.inputs[0].type)([rows, width])
+
+
+def _width_shape(operator: Any) -> None:
+    """A transformer's output: doubles, as many columns as its feature names."""
+    from skl2onnx.common.data_types import DoubleTensorType
+
+    rows = operator.inputs[0].get_first_dimension()
+    operator.outputs[0].type = DoubleTensorType([rows, len(operator.raw_operator.get_feature_names_out())])
+
+
+def _encoder_blocks(encoder: Any) -> list[int]:
+    """How many output columns each input column of an encoder fills (in order: each encodes its columns apart)."""
+    from sklearn.preprocessing import OneHotEncoder, TargetEncoder
+
+    if isinstance(encoder, OneHotEncoder):
+        return list(encoder._n_features_outs)
+    if isinstance(encoder, TargetEncoder) and encoder.target_type_ == "multiclass":
+        return [len(encoder.classes_)] * len(encoder.categories_)
+    return [1] * len(encoder.categories_)
+
+
+def _convert_lookup(scope: Any, operator: Any, container: Any) -> None:
+    """OrdinalEncoder, TargetEncoder, OneHotEncoder on text as table lookups, each column apart: LabelEncoder maps a
+    category to its row, Gather takes that row of a double table. The table is what the fitted encoder itself
+    outputs for each category, for a missing value (MISSING_CATEGORY) and for a value it never saw (the last row):
+    the infrequent bucket, unknown codes and the target mean are the encoder's own answers."""
+    from onnx import TensorProto
+    from skl2onnx.common.data_types import StringTensorType
+    from skl2onnx.operator_converters.common import concatenate_variables
+
+    encoder = operator.raw_operator
+    if not isinstance(operator.inputs[0].type, StringTensorType):
+        raise NotImplementedError(f"{type(encoder).__name__} on numbers")
+    name = scope.get_unique_variable_name
+    x = concatenate_variables(scope, operator.inputs, container)
+    columns = list(getattr(encoder, "feature_names_in_", range(len(encoder.categories_))))
+    base = {column: [categories[0]] for column, categories in zip(columns, encoder.categories_)}
+    outputs, start = [], 0
+    for j, (categories, width) in enumerate(zip(encoder.categories_, _encoder_blocks(encoder))):
+        keys = [c for c in categories.tolist() if not (c is None or (isinstance(c, float) and c != c))]
+        if not all(isinstance(k, str) for k in keys):
+            raise NotImplementedError(f"{type(encoder).__name__} column {columns[j]!r} has non-text categories "
+                                      f"{keys[:5]}")
+        values = [*keys, None, NOT_TEXT]  # the categories, a missing value, one never seen
+        frame = model_frame({column: np.array(values if c == j else base[column] * len(values), dtype=object)
+                             for c, column in enumerate(columns)})
+        encoded = encoder.transform(frame if hasattr(encoder, "feature_names_in_") else frame.to_numpy())
+        block = encoded[:, start:start + width]
+        start += width
+        column, index, flat, gathered = name("column"), name("index"), name("flat"), name("encoded")
+        picked, shape = name("picked"), name("shape")
+        container.add_initializer(picked, TensorProto.INT64, [1], [j])
+        container.add_initializer(shape, TensorProto.INT64, [1], [-1])
+        container.add_node("Gather", [x, picked], [column], axis=1)
+        container.add_node("LabelEncoder", [column], [index], op_domain="ai.onnx.ml", op_version=2,
+                           name=scope.get_unique_operator_name("LabelEncoder"),
+                           keys_strings=[*keys, MISSING_CATEGORY], values_int64s=list(range(len(keys) + 1)),
+                           default_int64=len(keys) + 1)
+        container.add_node("Reshape", [index, shape], [flat])
+        hot = _hot_columns(block)
+        if hot is not None:  # one-hot: each row's one column (-1: none), compared with the columns' numbers
+            positions, numbers, chosen, equal = name("positions"), name("numbers"), name("chosen"), name("equal")
+            container.add_initializer(positions, TensorProto.INT64, [len(hot), 1], hot.tolist())
+            container.add_initializer(numbers, TensorProto.INT64, [1, width], list(range(width)))
+            container.add_node("Gather", [positions, flat], [chosen], axis=0)
+            container.add_node("Equal", [chosen, numbers], [equal])
+            container.add_node("Cast", [equal], [gathered], to=TensorProto.DOUBLE)
+        else:
+            rows = name("rows")
+            table = np.asarray(block.toarray() if hasattr(block, "toarray") else block, dtype=np.float64)
+            container.add_initializer(rows, TensorProto.DOUBLE, list(table.shape), table.ravel().tolist())
+            container.add_node("Gather", [rows, flat], [gathered], axis=0)
+        outputs.append(gathered)
+    if len(outputs) == 1:
+        container.add_node("Identity", outputs, [operator.outputs[0].full_name])
+    else:
+        container.add_node("Concat", outputs, [operator.outputs[0].full_name], axis=1)
+
+
+def _hot_columns(block: Any) -> np.ndarray | None:
+    """For a sparse one-hot block, the column each row sets to 1 (-1 where none is set): what a one-hot lookup needs
+    instead of a [categories, columns] table (4,000 categories would be 128 MB of doubles). None for anything
+    else."""
+    if not hasattr(block, "tocsr"):
+        return None
+    block = block.tocsr()
+    block.eliminate_zeros()
+    counts = np.diff(block.indptr)
+    if counts.max(initial=0) > 1 or not np.all(block.data == 1.0):
+        return None
+    hot = np.full(block.shape[0], -1, dtype=np.int64)
+    hot[counts == 1] = block.indices
+    return hot
+
+
+def _cyclical_tables(cyclical: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The sine and cosine DatetimeFeatures gives each value of a cyclical part (indexed by the part: month 1-12,
+    day of week 0-6, hour 0-23), from the transformer itself: ONNX Runtime's Sin is not numpy's (sin(pi) is 0 there,
+    1.2e-16 here), and a tree may split between the two."""
+    import pandas as pd
+
+    from serving.features import DatetimeFeatures
+
+    if not cyclical:
+        return {}
+    moments = {"month": pd.date_range("2001-01-01", periods=12, freq="MS"),
+               "dayofweek": pd.date_range("2001-01-01", periods=7, freq="D"),  # a Monday
+               "hour": pd.date_range("2001-01-01", periods=24, freq="h")}
+    tables = {}
+    for part, stamps in moments.items():
+        frame = pd.DataFrame({"t": stamps})
+        transformer = DatetimeFeatures(cyclical=True).fit(frame)
+        out = pd.DataFrame(transformer.transform(frame), columns=transformer.get_feature_names_out())
+        offset = np.full(1 if part == "month" else 0, np.nan)  # months start at 1: index 0 is never read
+        tables[part] = (np.r_[offset, out[f"t.{part}_sin"].to_numpy()], np.r_[offset, out[f"t.{part}_cos"].to_numpy()])
+    return tables
+
+
+def _convert_datetime(scope: Any, operator: Any, container: Any) -> None:
+    """serving.features.DatetimeFeatures on seconds since 1970 (OnnxPredictor's input for a datetime): hour and day
+    of week by whole-number arithmetic, the calendar date by Howard Hinnant's civil_from_days, all exact in double;
+    the sine and cosine of a cyclical part looked up in a table of the transformer's own values. NaN (a missing
+    value) stays NaN."""
+    from onnx import TensorProto
+    from skl2onnx.operator_converters.common import concatenate_variables
+
+    from serving.features import PARTS, PERIODS
+
+    transformer = operator.raw_operator
+    name = scope.get_unique_variable_name
+    x = concatenate_variables(scope, operator.inputs, container)
+    constants: dict[float, str] = {}
+
+    def const(value: float) -> str:
+        if value not in constants:
+            constants[value] = name("c")
+            container.add_initializer(constants[value], TensorProto.DOUBLE, [], [float(value)])
+        return constants[value]
+
+    def op(kind: str, *args: str, **attributes: Any) -> str:
+        out = name(kind.lower())
+        container.add_node(kind, list(args), [out], **attributes)
+        return out
+
+    def floordiv(a: str, b: float) -> str:
+        return op("Floor", op("Div", a, const(b)))
+
+    cyclical = _cyclical_tables(transformer.cyclical)
+    flat, column = name("flat"), name("column")
+    if cyclical:  # the shapes the table lookups need (an initializer nothing reads is a warning at every load)
+        container.add_initializer(flat, TensorProto.INT64, [1], [-1])
+        container.add_initializer(column, TensorProto.INT64, [2], [-1, 1])
+    outputs = []
+    for j in range(transformer.n_features_in_):
+        picked = name("picked")
+        container.add_initializer(picked, TensorProto.INT64, [1], [j])
+        seconds = op("Gather", x, picked, axis=1) if transformer.n_features_in_ > 1 else x
+        days = floordiv(seconds, 86400)
+        hour = floordiv(op("Sub", seconds, op("Mul", days, const(86400))), 3600)
+        shifted = op("Add", days, const(3))  # 1970-01-01 was a Thursday (Monday is 0)
+        dayofweek = op("Sub", shifted, op("Mul", floordiv(shifted, 7), const(7)))
+        z = op("Add", days, const(719468))
+        era = floordiv(z, 146097)
+        doe = op("Sub", z, op("Mul", era, const(146097)))
+        yoe = floordiv(op("Sub", op("Add", op("Sub", doe, floordiv(doe, 1460)), floordiv(doe, 36524)),
+                          floordiv(doe, 146096)), 365)
+        doy = op("Sub", doe, op("Sub", op("Add", op("Mul", yoe, const(365)), floordiv(yoe, 4)), floordiv(yoe, 100)))
+        mp = floordiv(op("Add", op("Mul", doy, const(5)), const(2)), 153)
+        day = op("Add", op("Sub", doy, floordiv(op("Add", op("Mul", mp, const(153)), const(2)), 5)), const(1))
+        early = op("Less", mp, const(10))
+        month = op("Where", early, op("Add", mp, const(3)), op("Sub", mp, const(9)))
+        january = op("Cast", op("LessOrEqual", month, const(2)), to=TensorProto.DOUBLE)
+        year = op("Add", op("Add", yoe, op("Mul", era, const(400))), january)
+        parts = {"year": year, "month": month, "day": day, "dayofweek": dayofweek, "hour": hour}
+        for part in PARTS:
+            outputs.append(parts[part])
+            if transformer.cyclical and part in PERIODS:
+                missing = op("IsNaN", parts[part])
+                index = op("Cast", op("Where", missing, const(0), parts[part]), to=TensorProto.INT64)
+                for table in cyclical[part]:
+                    values = name("table")
+                    container.add_initializer(values, TensorProto.DOUBLE, [len(table)], table.tolist())
+                    gathered = op("Gather", values, op("Reshape", index, flat))
+                    outputs.append(op("Where", missing, const(np.nan), op("Reshape", gathered, column)))
+    container.add_node("Concat", outputs, [operator.outputs[0].full_name], axis=1)

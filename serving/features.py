@@ -21,38 +21,78 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 UNIX_UNITS = {"unix": "s", "unix_ms": "ms"}
 PARTS = ("year", "month", "day", "dayofweek", "hour")
+_NS_BOUNDS: dict[np.dtype, tuple[np.datetime64, np.datetime64]] = {}  # datetime64[ns]'s range in coarser units
 PERIODS = {"month": 12, "dayofweek": 7, "hour": 24}  # the parts that wrap around, with their period
 PERIOD_START = {"month": 1}  # months are 1-12: the sine and cosine start their cycle at January
 
 
 def parse_datetimes(values: Any, format: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The values as naive UTC datetime64[ns] (NaT where missing or invalid), and which present values are invalid
-    (text that does not match the format, numbers where text is expected, instants out of range)."""
-    series = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values, dtype=object)
-                                                                    if not _is_datetime(values) else values)
-    series = series.reset_index(drop=True)
-    text_dtype = isinstance(series.dtype, pd.StringDtype)  # every value is text or missing
-    if text_dtype or series.dtype == object:
-        blank = series.str.strip() == "" if text_dtype else series.map(lambda v: isinstance(v, str) and not v.strip())
-        series = series.where(~blank.fillna(False).astype(bool), None)
-    missing = series.isna().to_numpy()
-    if _is_datetime(series):
-        parsed = pd.to_datetime(series, utc=True)
-    elif format in UNIX_UNITS:
-        numbers = pd.to_numeric(series.where(~series.map(lambda v: isinstance(v, bool))), errors="coerce")
-        parsed = pd.to_datetime(numbers, unit=UNIX_UNITS[format], utc=True, errors="coerce")
+    (text that does not match the format, numbers where text is expected, instants out of range).
+
+    Works on numpy arrays, with one pandas parse (two when the column's own format misses some): a request of one
+    row costs ~0.2 ms, not the ~2 ms a dozen pandas Series operations take."""
+    if _is_datetime(values):
+        moments = _naive_ns(pd.to_datetime(values, utc=True))
+        return moments, np.zeros(len(moments), dtype=bool)
+    array, text, missing = _classified(values)
+    if format in UNIX_UNITS:
+        numbers = array.copy()
+        numbers[missing | np.fromiter((isinstance(v, bool) for v in array), bool, len(array))] = np.nan
+        moments = _naive_ns(pd.to_datetime(pd.to_numeric(numbers, errors="coerce"), unit=UNIX_UNITS[format],
+                                           utc=True, errors="coerce"))
     else:
-        # a number is not a date in a text format
-        text = series if text_dtype else series.where(series.map(lambda v: isinstance(v, str)))
-        parsed = pd.to_datetime(text, format=format or "ISO8601", utc=True, errors="coerce")
-        retry = parsed.isna() & text.notna()
+        text = np.where(text & ~missing, array, None)  # a number is not a date in a text format
+        moments = _naive_ns(pd.to_datetime(text, format=format or "ISO8601", utc=True, errors="coerce"))
+        retry = np.isnat(moments) & np.not_equal(text, None)
         if format and retry.any():  # what the column's own format missed, in ISO 8601
-            parsed[retry] = pd.to_datetime(text[retry], format="ISO8601", utc=True, errors="coerce")
-    parsed = parsed.dt.tz_localize(None)
-    # parsed in a coarser unit, it may hold instants nanoseconds cannot (year 5407): invalid, like any bad value
-    parsed = parsed.where(parsed.isna() | ((parsed >= pd.Timestamp.min) & (parsed <= pd.Timestamp.max)))
-    moments = parsed.astype("datetime64[ns]").to_numpy()
+            moments[retry] = _naive_ns(pd.to_datetime(text[retry], format="ISO8601", utc=True, errors="coerce"))
     return moments, np.isnat(moments) & ~missing
+
+
+def _naive_ns(parsed: Any) -> np.ndarray:
+    """Parsed instants as naive UTC datetime64[ns]. pandas parses to a coarser unit when it must; what
+    datetime64[ns] cannot hold (before 1677, after 2262) is out of range: NaT, so invalid, not an error."""
+    parsed = parsed if isinstance(parsed, pd.DatetimeIndex) else pd.DatetimeIndex(parsed)
+    values = (parsed.tz_localize(None) if parsed.tz is not None else parsed).values  # datetime64 in its unit
+    if values.dtype == np.dtype("datetime64[ns]"):
+        return values.copy()  # writable
+    # The bounds in the values' own unit, rounded inwards (numpy would compare in ns, and overflow, otherwise).
+    low, high = _NS_BOUNDS.get(values.dtype) or _bounds(values.dtype)
+    outside = ~np.isnat(values) & ((values < low) | (values > high))
+    values = np.where(outside, np.datetime64("NaT"), values)
+    return values.astype("datetime64[ns]")
+
+
+def _bounds(dtype: np.dtype) -> tuple[np.datetime64, np.datetime64]:
+    unit = np.datetime_data(dtype)[0]
+    low = np.datetime64(pd.Timestamp.min.ceil("s")).astype(dtype)  # whole seconds: exact in ms, us and s
+    high = np.datetime64(pd.Timestamp.max.floor("s")).astype(dtype)
+    _NS_BOUNDS[dtype] = (low, high) if unit in ("s", "ms", "us") else (np.datetime64(pd.Timestamp.min.ceil("D")).astype(
+        dtype), np.datetime64(pd.Timestamp.max.floor("D")).astype(dtype))
+    return _NS_BOUNDS[dtype]
+
+
+def _classified(values: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The values as a 1-D object array, which of them are text, and which are missing (None, NaN, NA, NaT or
+    blank text)."""
+    if isinstance(values, pd.Series) and isinstance(values.dtype, pd.StringDtype):
+        array = values.to_numpy(dtype=object, na_value=None)
+        missing = np.asarray(values.isna()) | np.asarray((values.str.strip() == "").fillna(False), dtype=bool)
+        return array, ~np.asarray(values.isna()), missing
+    if isinstance(values, (pd.Series, pd.Index)):
+        array = values.to_numpy(dtype=object)
+    elif isinstance(values, np.ndarray):
+        array = values.astype(object) if values.dtype != object else values
+    else:  # one value per row, whatever it is (np.asarray would make a row of a list value a second dimension)
+        items = list(values)
+        array = np.empty(len(items), dtype=object)
+        array[:] = items
+    text = np.fromiter((isinstance(v, str) for v in array), bool, len(array))
+    blank = np.fromiter((isinstance(v, str) and not v.strip() for v in array), bool, len(array))
+    missing = np.fromiter((v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v)
+                           for v in array), bool, len(array)) | blank
+    return array, text, missing
 
 
 def _is_datetime(values: Any) -> bool:

@@ -23,6 +23,7 @@ import msgspec
 import numpy as np
 
 from serving.contract import Contract, Feature
+from serving.features import UNIX_UNITS, parse_datetimes
 
 MAX_DETAILS = 20  # an error lists at most this many problems; the count says how many there were
 MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
@@ -75,6 +76,8 @@ class Batch:
     contract_hash: str = ""  # the contract these rows were checked against
     # the numeric columns as one [n, k] array (contract order) when validation built them so; else None
     numeric: np.ndarray | None = None
+    # the key (id) columns the request sent, each value as sent (None where a row has none); never model input
+    keys: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,8 +88,12 @@ class NumericRows:
 
     columns: list[str]
     data: list[list[float]]
+    body: bytes = b""  # the request body, decoded again when a key column needs its numbers as sent
 
-    def as_columns(self) -> Columns:
+    def as_columns(self, contract: Contract) -> Columns:
+        if self.body and not contract.keys_and_ignored.isdisjoint(self.columns):
+            # msgspec made every number a float; a key is recorded as sent (17, not 17.0)
+            return mlflow_input(_decode(self.body))
         return _split_columns({"columns": self.columns, "data": self.data})
 
 
@@ -175,7 +182,7 @@ def mlflow_json(body: bytes, max_rows: int) -> Any:
         frame = _NUMERIC_SPLIT.decode(body).dataframe_split
     except msgspec.DecodeError:  # another shape, another value, or no JSON: the general path tells which
         return mlflow_input(_decode(body))
-    return NumericRows(frame.columns, frame.data)
+    return NumericRows(frame.columns, frame.data, body)
 
 
 def _decode(body: bytes) -> Any:
@@ -270,28 +277,30 @@ def _columnar(value: dict[str, Any]) -> Columns:
 def validate(rows: Any, contract: Contract, *, max_rows: int, out_of_range: str = "reject",
              from_text: bool = False) -> Batch:
     """Check rows (one record, a list of records, Columns or NumericRows) against the contract; `out_of_range` is
-    "reject" (error) or "flag" (warn in the response)."""
+    "reject" (error) or "flag" (warn in the response). Key (id) and ignored columns are optional: keys are kept
+    for capture (Batch.keys), ignored columns dropped; neither reaches the model."""
     if isinstance(rows, NumericRows):
         batch = _numeric_rows(rows, contract, max_rows)
         if batch is not None:
             return batch
-        rows = rows.as_columns()
+        rows = rows.as_columns(contract)
     given = rows if isinstance(rows, Columns) else _record_columns(rows, contract, max_rows)
     _check_count(given.n_rows, max_rows)
     # Column-wise input names its columns once: an unknown or missing one is a problem of the column, not of a row.
     problems: list[dict[str, Any]] = []
     if given.values.keys() != set(contract.names):  # the common case skips both checks
         problems = [{"field": _short(name), "problem": "unknown column"}
-                    for name in sorted(set(given.values) - set(contract.names))[:MAX_DETAILS]] + \
+                    for name in sorted(set(given.values) - contract.accepted)[:MAX_DETAILS]] + \
                    [{"field": f.name, "problem": "missing column"}
                     for f in contract.features if not f.nullable and f.name not in given.values]
     if problems:
         raise _invalid(problems)
     n = given.n_rows
+    keys = _keys(contract, given.values, problems) if contract.keys else {}
     numeric = None if from_text else _plain_numbers(contract, given.values)
     plain = {} if numeric is None else dict(zip(contract.numeric_bounds[0], numeric))
-    if numeric is not None and len(plain) == len(contract.features):  # only plain numbers: nothing more to check
-        return Batch(plain, n, [], contract.hash, numeric.T)
+    if numeric is not None and len(plain) == len(contract.features) and not problems:
+        return Batch(plain, n, [], contract.hash, numeric.T, keys)  # only plain numbers: nothing more to check
     columns, warnings = {}, []
     for feature in contract.features:
         if feature.name in plain:
@@ -301,11 +310,34 @@ def validate(rows: Any, contract: Contract, *, max_rows: int, out_of_range: str 
         values = [None] * n if values is None else values  # a missing nullable column is all missing
         if from_text:
             values = [None if v == "" else v for v in values]
-        convert = _numeric if feature.is_numeric else _categorical
+        convert = _numeric if feature.is_numeric else _datetime if feature.dtype == "datetime" else _categorical
         columns[feature.name] = convert(feature, values, from_text, out_of_range, problems, warnings)
     if problems:
         raise _invalid(problems)
-    return Batch(columns, n, warnings[:MAX_DETAILS], contract.hash, None if numeric is None else numeric.T)
+    return Batch(columns, n, warnings[:MAX_DETAILS], contract.hash, None if numeric is None else numeric.T, keys)
+
+
+def _keys(contract: Contract, given: dict[str, list[Any]], problems: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The key columns sent, each value text or a finite number as sent (None: the row has none). An object, a
+    list or a boolean cannot name a row: a problem of its row."""
+    keys = {}
+    for name in contract.keys:
+        values = given.get(name)
+        if values is None:
+            continue
+        column = []
+        for i, v in enumerate(values):
+            kind = type(v)
+            if kind is float and v != v:
+                v = None  # NaN: how pandas spells a missing value
+            elif v is not None and (kind not in (str, int, float) or (kind is float and not math.isfinite(v))):
+                if len(problems) < MAX_DETAILS:
+                    got = "an infinite number" if kind is float else _kind(v)
+                    problems.append({"row": i, "field": name, "problem": f"a key is text or a number, got {got}"})
+                v = None
+            column.append(None if v == "" else v)
+        keys[name] = column
+    return keys
 
 
 def _numeric_rows(rows: NumericRows, contract: Contract, max_rows: int) -> Batch | None:
@@ -358,20 +390,23 @@ def _record_columns(records: Any, contract: Contract, max_rows: int) -> Columns:
         raise InputError(400, "invalid_request", "expected a non-empty list of records (JSON objects)")
     _check_count(len(records), max_rows)
     problems: list[dict[str, Any]] = []
-    known = set(contract.names)
+    features, known = set(contract.names), contract.accepted
     required = {f.name for f in contract.features if not f.nullable}
+    extra = False  # some record has a key or ignored column
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
             raise InputError(400, "invalid_request", f"row {i} is not a JSON object keyed by column name",
                              [{"row": i, "problem": f"expected an object, got {_kind(rec)}"}])
-        if rec.keys() != known:  # the common case skips both set operations
+        if rec.keys() != features:  # the common case skips the set operations
             for name in sorted(set(map(str, rec)) - known)[:MAX_DETAILS]:
                 problems.append({"row": i, "field": _short(name), "problem": "unknown column"})
             for name in sorted(required - set(rec)):
                 problems.append({"row": i, "field": name, "problem": "missing column"})
+            extra = extra or not contract.keys_and_ignored.isdisjoint(rec)
     if problems:
         raise _invalid(problems)
-    return Columns({name: [rec.get(name) for rec in records] for name in contract.names}, len(records))
+    names = contract.names + (tuple(k for k in contract.keys if any(k in rec for rec in records)) if extra else ())
+    return Columns({name: [rec.get(name) for rec in records] for name in names}, len(records))
 
 
 def _numeric(feature: Feature, values: list[Any], from_text: bool, out_of_range: str,
@@ -424,11 +459,15 @@ def _numeric(feature: Feature, values: list[Any], from_text: bool, out_of_range:
 
 def _categorical(feature: Feature, values: list[Any], from_text: bool, out_of_range: str,
                  problems: list[dict[str, Any]], warnings: list[dict[str, Any]]) -> np.ndarray:
-    # JSON values must match an allowed value in type too (true is not 1); CSV values match by text.
+    """A category with `allowed` values or an ordinal (its categories): JSON values must match one in type too
+    (true is not 1), CSV values match by text. An open category (no `allowed`): text or a finite number, as given
+    (the model's encoder treats a value it never saw as unknown)."""
     lookup = None if feature.allowed is None else \
         {str(a) if from_text else (type(a), a): a for a in feature.allowed}
     out = np.empty(len(values), dtype=object)
     for i, v in enumerate(values):
+        if type(v) is float and v != v:  # NaN: how pandas and json.dumps spell a missing value
+            v = None
         if v is None:
             if not feature.nullable:
                 problems.append({"row": i, "field": feature.name,
@@ -436,13 +475,55 @@ def _categorical(feature: Feature, values: list[Any], from_text: bool, out_of_ra
         elif lookup is not None:
             key = v if from_text else (type(v), v) if type(v) in (str, int, float, bool) else None
             if key not in lookup:
+                which = "categories" if feature.dtype == "ordinal" else "allowed values"
                 problems.append({"row": i, "field": feature.name,
-                                 "problem": f"not one of the allowed values {list(feature.allowed)[:10]}"})
+                                 "problem": f"not one of the {which} {list(feature.allowed)[:10]}"})
             v = lookup.get(key)
-        elif not isinstance(v, str):
-            problems.append({"row": i, "field": feature.name, "problem": f"expected a string, got {_kind(v)}"})
+        elif type(v) is str:
+            if "\x00" in v:  # no category holds one; the compiled model's markers for missing values do
+                problems.append({"row": i, "field": feature.name, "problem": "text with a NUL character"})
+                v = None
+        elif type(v) not in (int, float) or not math.isfinite(v):
+            got = "an infinite number" if type(v) is float else _kind(v)
+            problems.append({"row": i, "field": feature.name, "problem": f"expected text or a number, got {got}"})
+            v = None
         out[i] = v
     return out
+
+
+def _datetime(feature: Feature, values: list[Any], from_text: bool, out_of_range: str,
+              problems: list[dict[str, Any]], warnings: list[dict[str, Any]]) -> np.ndarray:
+    """Text in the column's format or in ISO 8601 (numbers of seconds or milliseconds for unix / unix_ms), as
+    datetime64[ns] in UTC: serving.features.parse_datetimes, the parser of training and batch scoring too."""
+    unix = feature.format in UNIX_UNITS
+    expected = f"a {feature.format} timestamp (a number)" if unix else \
+        f"text in the format {feature.format!r} or ISO 8601" if feature.format else "ISO 8601 text"
+    wrong = np.zeros(len(values), dtype=bool)  # a value of the wrong type: reported once, then missing
+    if not from_text:
+        for i, v in enumerate(values):
+            if v is not None and type(v) is not str and not (unix and type(v) in (int, float)):
+                wrong[i] = True
+        if wrong.any():
+            for i in np.flatnonzero(wrong)[:MAX_DETAILS]:
+                problems.append({"row": int(i), "field": feature.name,
+                                 "problem": f"expected {expected}, got {_kind(values[i])}"})
+            values = [None if bad else v for v, bad in zip(values, wrong)]
+    moments, invalid = parse_datetimes(values, feature.format)
+    for i in np.flatnonzero(invalid)[:MAX_DETAILS]:
+        problems.append({"row": int(i), "field": feature.name,
+                         "problem": f"not a date-time: expected {expected}, got {_short(values[i])!r}"})
+    if not feature.nullable:
+        _report(problems, feature, np.flatnonzero(np.isnat(moments) & ~invalid & ~wrong),
+                "missing value (the column is not nullable)")
+    outside = np.zeros(len(moments), dtype=bool)
+    if feature.min is not None:
+        outside |= moments < np.datetime64(feature.min, "ns")
+    if feature.max is not None:
+        outside |= moments > np.datetime64(feature.max, "ns")
+    if outside.any():  # NaT compares False
+        problem = f"outside the schema's range [{feature.min or '-inf'}, {feature.max or 'inf'}]"
+        _report(problems if out_of_range == "reject" else warnings, feature, np.flatnonzero(outside), problem)
+    return moments
 
 
 def _report(target: list[dict[str, Any]], feature: Feature, rows: Iterable[int], problem: str) -> None:

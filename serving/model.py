@@ -16,7 +16,7 @@ import yaml
 
 from serving import store
 from serving.contract import Contract
-from serving.engine import ONNX, SKLEARN, Engine, OnnxPredictor, compile_predictor
+from serving.engine import ONNX, SKLEARN, Engine, OnnxPredictor, compile_predictor, model_frame
 from serving.inputs import InputError, mlflow_rows, validate
 from serving.signing import PublicKeys, verify_signature
 from serving.trust import load_sklearn
@@ -62,9 +62,7 @@ class LoadedModel:
 
     def sklearn_predict(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """The estimator's own answers: values, and class probabilities for a classifier that has them."""
-        import pandas as pd
-
-        frame = pd.DataFrame(columns, copy=False)
+        frame = model_frame(columns)
         probabilities = None
         if self.contract.task == "classification" and hasattr(self.estimator, "predict_proba"):
             probabilities = self.estimator.predict_proba(frame)

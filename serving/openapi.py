@@ -6,25 +6,64 @@ import csv
 import io
 from typing import Any, Iterable
 
+import numpy as np
+
 from serving.contract import Contract, Feature
 from serving.settings import Settings
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 
 
-def _feature_schema(feature: Feature) -> dict[str, Any]:
+def _feature_schema(feature: Feature, flag: bool = False) -> dict[str, Any]:
+    """`flag`: the server accepts values outside a feature's range and flags them (SERVING_OUT_OF_RANGE=flag), so
+    the range is a description, not a minimum and maximum."""
     if feature.allowed is not None:
         schema: dict[str, Any] = {"enum": list(feature.allowed)}
+        if feature.dtype == "ordinal":
+            schema["description"] = "ordered, lowest first: " + " < ".join(map(str, feature.allowed))
     elif feature.is_numeric:
         schema = {"type": "integer" if feature.dtype == "int" else "number"}
-        if feature.min is not None:
-            schema["minimum"] = feature.min
-        if feature.max is not None:
-            schema["maximum"] = feature.max
+        if feature.min is not None or feature.max is not None:
+            if flag:
+                lo = "-inf" if feature.min is None else f"{feature.min:g}"
+                hi = "inf" if feature.max is None else f"{feature.max:g}"
+                schema["description"] = f"expected from {lo} to {hi}; a value outside is accepted with a warning"
+            else:
+                schema |= {key: bound for key, bound in (("minimum", feature.min), ("maximum", feature.max))
+                           if bound is not None}
+    elif feature.dtype == "datetime":
+        schema = _datetime_schema(feature, flag)
+    elif feature.dtype == "category":  # an open set: any text or number, a value the model never saw included
+        return {"anyOf": [{"type": "string", "nullable": feature.nullable}, {"type": "number"}],
+                "description": "a category (any value; one the model never saw is encoded as unknown)"}
     else:
         schema = {"type": "string"}
     if feature.nullable:
         schema["nullable"] = True
+    return schema
+
+
+def _datetime_schema(feature: Feature, flag: bool) -> dict[str, Any]:
+    """A datetime feature: ISO 8601 text (what JSON encoders and browsers write), or text in its own strftime
+    format, or for unix / unix_ms a number of seconds / milliseconds since 1970. Its min and max are stated in the
+    description (JSON Schema has no range for date-time text), and a value outside them is refused like a number
+    outside its range (or flagged)."""
+    lo, hi = feature.datetime_span()
+    bounds = (f"from {feature.min}" if feature.min else "") + (" " if feature.min and feature.max else "") + \
+        (f"to {feature.max}" if feature.max else "")
+    where = f" ({bounds} UTC{'; a value outside is accepted with a warning' if flag else ''})" if bounds else ""
+    if feature.format in ("unix", "unix_ms"):
+        unit = "seconds" if feature.format == "unix" else "milliseconds"
+        schema: dict[str, Any] = {"type": "number", "description": f"a date-time as {unit} since 1970-01-01 "
+                                                                   f"UTC{where}"}
+        for key, bound in (("minimum", feature.min), ("maximum", feature.max)):
+            if bound is not None and not flag:
+                schema[key] = feature.datetime_value(np.datetime64(str(bound)))
+    else:
+        own = f" or text in the format {feature.format!r}" if feature.format else ""
+        schema = {"type": "string", "format": "date-time",
+                  "description": f"a date-time: ISO 8601{own}; an offset is converted to UTC, none means UTC{where}"}
+    schema["example"] = feature.datetime_value(lo + (hi - lo) // 2)
     return schema
 
 
@@ -36,9 +75,16 @@ def _csv_line(values: Iterable[Any]) -> str:
 
 def openapi_spec(contract: Contract | None, version: str | None, settings: Settings) -> dict[str, Any]:
     if contract is not None:
+        # Key (id) and ignored columns: optional, never model input; a key is recorded with the row in capture.
+        extra = {name: {"anyOf": [{"type": "string", "nullable": True}, {"type": "number"}],
+                        "description": "the row's id: optional, never a model input; recorded with the row in "
+                                       "capture"} for name in contract.keys} | \
+                {name: {"description": "a column of the training data the model ignores: optional, dropped"}
+                 for name in contract.ignored}
         record: dict[str, Any] = {
             "type": "object", "additionalProperties": False,
-            "properties": {f.name: _feature_schema(f) for f in contract.features},
+            "properties": {**{f.name: _feature_schema(f, settings.out_of_range == "flag") for f in contract.features},
+                           **extra},
             "required": [f.name for f in contract.features if not f.nullable]}
         # A header and one valid row: an example the server accepts as it stands.
         csv_example = _csv_line(contract.names) + _csv_line(contract.example_row().values())

@@ -57,7 +57,7 @@ class Service:
         """Hand a prediction to the capture writer (when capture is on); never blocks, never raises."""
         if self.capture is not None:
             self.capture.submit(request_id, model.name, model.version, batch.columns, batch.n_rows,
-                                prediction.values, prediction.probabilities)
+                                prediction.values, prediction.probabilities, batch.keys)
 
     def close(self) -> None:
         self.holder.stop()

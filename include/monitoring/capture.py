@@ -3,7 +3,13 @@
 Files are `<capture dir>/<model>/<YYYY-MM-DD>/<file>.jsonl.gz`, one JSON object per input row; only complete files
 (the `.jsonl.gz` suffix, never `.part`) are read. The capture dir is a local directory or `s3://bucket/prefix`
 (what EC2 hosts ship to). Each file is parsed by pyarrow's multithreaded JSON reader and filtered to the model
-version and the period before anything becomes a pandas object, so memory follows the rows kept.
+version and the period before anything becomes a pandas object, so memory follows the rows kept. A file pyarrow
+refuses (a field holding values of two JSON types: an open category sent as text by one client and as a number by
+another, a key given as 17 and as "17"; a key number past 64 bits) is read line by line instead, to the same frame.
+
+The frame: request_id, row, timestamp, the schema's id columns (each row's captured `key`, as text; None where
+the request sent none), the features (numbers as float, datetimes as datetime64 in UTC, categories and ordinals
+as text), prediction. Given a classifier's classes, also the probability it gave each class (`Captured.probabilities`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import pandas as pd
 
 from include.ml.entities import MonitoringSources, SchemaConfig
 from include.ml.exceptions import MonitoringError
+from serving.features import parse_datetimes
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +63,12 @@ def collect(config: MonitoringSources, schema: SchemaConfig, model_name: str, ve
             frames.append(frame)
             probabilities.append(proba)
             count += 1
-    columns = [*KEYS, "timestamp", *(c.name for c in schema.features), PREDICTION]
+    columns = [*KEYS, "timestamp", *(c.name for c in schema.ids), *(c.name for c in schema.features), PREDICTION]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
     proba = None
     if classes:
-        proba = pd.concat(probabilities, ignore_index=True) if frames else pd.DataFrame(columns=list(classes),
-                                                                                       dtype="float64")
+        proba = pd.concat(probabilities, ignore_index=True) if frames else \
+            pd.DataFrame({str(c): np.empty(0) for c in classes})
     log.info("capture: %d rows of %s v%s from %d file(s) in %s, %s to %s", len(frame), model_name, version, count,
              config.capture_dir, start.isoformat(), end.isoformat())
     return Captured(frame, count, proba)
@@ -69,46 +76,128 @@ def collect(config: MonitoringSources, schema: SchemaConfig, model_name: str, ve
 
 def read_file(path: Path, schema: SchemaConfig, model_name: str, version: str, start: datetime, end: datetime,
               classes: Sequence[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """One capture file's rows of the model version and period, one column per feature; and with `classes`, each
-    class's probability (None without)."""
+    """One capture file's rows of the model version and period, one column per id column and per feature; and with
+    `classes`, each class's probability (one column per class, NaN where a row has none; None without classes)."""
+    import pyarrow as pa
+
+    try:
+        return _read_arrow(path, schema, model_name, version, start, end, classes)
+    except pa.ArrowInvalid as exc:  # two JSON types in one field, a number past int64, or no JSON at all
+        log.info("capture: pyarrow cannot read %s (%s); reading it line by line", path, exc)
+    return _read_lines(path, schema, model_name, version, start, end, classes)
+
+
+def _read_arrow(path: Path, schema: SchemaConfig, model_name: str, version: str, start: datetime, end: datetime,
+                classes: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.json as pj
 
-    numeric = [pa.field(c.name, pa.float64()) for c in schema.features if c.is_numeric]
+    typed = [pa.field(c.name, pa.float64() if c.is_numeric else pa.string()) for c in schema.features
+             if c.is_numeric or c.dtype == "datetime"]
     # The classes' probabilities typed up front: inferred, a block of rows without any would not match the next.
     probabilities = [(PROBABILITIES, pa.struct([pa.field(str(c), pa.float64()) for c in classes]))] if classes else []
     explicit = pa.schema([("request_id", pa.string()), ("row", pa.int64()), ("timestamp", pa.string()),
                           ("model_name", pa.string()), ("model_version", pa.string()),
-                          ("inputs", pa.struct(numeric))]
+                          ("inputs", pa.struct(typed))]
                          + ([(PREDICTION, pa.float64())] if schema.task == "regression" else []) + probabilities)
     try:
         table = pj.read_json(pa.input_stream(str(path), compression="gzip"),
                              parse_options=pj.ParseOptions(explicit_schema=explicit, unexpected_field_behavior="infer"))
         stamps = pc.cast(table["timestamp"], pa.timestamp("us", tz="UTC"))
-    except (pa.ArrowInvalid, OSError) as exc:
+    except OSError as exc:
         raise MonitoringError(f"capture file {path} is not valid capture JSON lines: {exc}") from exc
     keep = pc.and_(pc.and_(pc.equal(table["model_name"], model_name), pc.equal(table["model_version"], version)),
                    pc.and_(pc.greater_equal(stamps, pa.scalar(start, pa.timestamp("us", tz="UTC"))),
                            pc.less(stamps, pa.scalar(end, pa.timestamp("us", tz="UTC")))))
     table = table.set_column(table.schema.get_field_index("timestamp"), "timestamp", stamps).filter(keep)
-    inputs = table["inputs"].combine_chunks() if table.num_rows else None
+    n = table.num_rows
+
+    def fields(column: str) -> Any:
+        if not n or column not in table.column_names:
+            return None
+        return table[column].combine_chunks()
+
     data: dict[str, Any] = {key: table[key].to_numpy(zero_copy_only=False) for key in (*KEYS, "timestamp")}
+    key, inputs = fields("key"), fields("inputs")
+    for column in schema.ids:
+        present = key is not None and key.type.get_field_index(column.name) >= 0
+        data[column.name] = key_text(key.field(column.name).to_pandas() if present else pd.Series([None] * n))
     for column in schema.features:
         present = inputs is not None and inputs.type.get_field_index(column.name) >= 0
-        values = inputs.field(column.name).to_pandas() if present else pd.Series([None] * table.num_rows)
-        data[column.name] = values.astype("float64") if column.is_numeric else _labels(values)
+        data[column.name] = _feature(column, inputs.field(column.name).to_pandas() if present
+                                     else pd.Series([None] * n, dtype=object))
     data[PREDICTION] = table[PREDICTION].to_pandas() if PREDICTION in table.column_names else None
     if schema.task == "classification" and data[PREDICTION] is not None:
         data[PREDICTION] = _labels(data[PREDICTION])
     frame = pd.DataFrame({k: (v.to_numpy() if isinstance(v, pd.Series) else v) for k, v in data.items()})
     if not classes:
         return frame, None
-    if not table.num_rows:
+    if not n:
         return frame, pd.DataFrame({str(c): np.empty(0) for c in classes})
     # flatten() applies the struct's own nulls (a row captured without probabilities) to every class: NaN.
-    fields = table[PROBABILITIES].combine_chunks().flatten()
-    return frame, pd.DataFrame({str(c): f.to_numpy(zero_copy_only=False) for c, f in zip(classes, fields)})
+    return frame, pd.DataFrame({str(c): f.to_numpy(zero_copy_only=False)
+                                for c, f in zip(classes, fields(PROBABILITIES).flatten())})
+
+
+def _read_lines(path: Path, schema: SchemaConfig, model_name: str, version: str, start: datetime, end: datetime,
+                classes: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """read_file's frames, from the file parsed line by line with the json module."""
+    import gzip
+    import json
+
+    rows = []
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as stream:
+            for line in stream:
+                if line.strip():
+                    record = json.loads(line)
+                    if record.get("model_name") != model_name or record.get("model_version") != version:
+                        continue
+                    stamp = pd.Timestamp(record["timestamp"])
+                    if start <= stamp < end:
+                        rows.append((record, stamp))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MonitoringError(f"capture file {path} is not valid capture JSON lines: {exc}") from exc
+    data: dict[str, Any] = {
+        "request_id": pd.Series([r["request_id"] for r, _ in rows], dtype=object),
+        "row": pd.Series([r["row"] for r, _ in rows], dtype="int64"),
+        "timestamp": pd.Series([s for _, s in rows], dtype="datetime64[us, UTC]")}
+    for column in schema.ids:
+        data[column.name] = key_text(pd.Series([(r.get("key") or {}).get(column.name) for r, _ in rows],
+                                               dtype=object))
+    for column in schema.features:
+        data[column.name] = _feature(column, pd.Series([(r.get("inputs") or {}).get(column.name) for r, _ in rows],
+                                                       dtype=object))
+    predictions = pd.Series([r.get(PREDICTION) for r, _ in rows], dtype=object)
+    data[PREDICTION] = predictions.astype("float64") if schema.task == "regression" else _labels(predictions)
+    frame = pd.DataFrame({k: v.to_numpy() for k, v in data.items()})
+    if not classes:
+        return frame, None
+    given = [r.get(PROBABILITIES) or {} for r, _ in rows]
+    return frame, pd.DataFrame({str(c): pd.Series([p.get(str(c)) for p in given], dtype=object).astype("float64")
+                                for c in classes})
+
+
+def _feature(column: Any, values: pd.Series) -> pd.Series:
+    """A captured input column: numbers as float, a datetime's ISO text as datetime64 (UTC), categories as text."""
+    if column.is_numeric:
+        return values.astype("float64")
+    if column.dtype == "datetime":
+        return pd.Series(parse_datetimes(values)[0])  # the server writes ISO 8601, whatever the column's format
+    return _labels(values)
+
+
+def key_text(values: pd.Series) -> pd.Series:
+    """Key values as text to join on: 17, 17.0 and "17" are one key (a float column of whole ids, as pandas reads
+    an id column with gaps, included); missing stays missing."""
+    def text(value: Any) -> Any:
+        if value is None or (isinstance(value, float) and value != value):
+            return None
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value)
+    return values.astype(object).map(text)
 
 
 def _labels(values: pd.Series) -> pd.Series:

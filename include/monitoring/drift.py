@@ -2,7 +2,14 @@
 
 - numeric: the two-sample Kolmogorov-Smirnov test, and the population stability index (PSI) on the reference's
   quantile bins as the effect size;
-- categorical: the chi-square test of the two count vectors, and the Jensen-Shannon distance (base 2) of the shares.
+- categorical (categories, ordinals): the chi-square test of the two count vectors, and the Jensen-Shannon distance
+  (base 2) of the shares.
+- datetime: no verdict on the instants themselves: live traffic is later than the training data by nature, so any
+  test of them would say "drifted" every day. The feature is reported (range, the share outside the reference's
+  range and outside schema.yaml's min/max, missing values) with the status "not tested", and the parts of it that
+  repeat are compared as categorical features named `<column>.hour` (hour of day) and `<column>.dayofweek`: each
+  only when the current and the reference values both span its whole cycle (23 hours, 6 days and 23 hours), since
+  a day of traffic cannot show a week's pattern. Their thresholds are the datetime feature's own.
 
 A feature drifts when its p-value, corrected for testing every feature (Bonferroni or Benjamini-Hochberg), is below
 `p_value` AND its distance is past the threshold: with thousands of rows a tiny difference is significant, so the
@@ -13,19 +20,23 @@ drift. Missing values are left out of the tests and reported as rates, as are va
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any, Literal, Mapping
 
 import numpy as np
 import pandas as pd
 
-from include.ml.entities import ColumnSpec, MonitoringPolicy
+from include.ml.entities import ColumnSpec, MonitoringPolicy, as_utc
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["numeric", "categorical"]
-DRIFTED, OK, NOT_ENOUGH_DATA = "drifted", "ok", "not enough data"
+Kind = Literal["numeric", "categorical", "datetime"]
+DRIFTED, OK, NOT_ENOUGH_DATA, NOT_TESTED = "drifted", "ok", "not enough data", "not tested"
 _EMPTY_SHARE = 1e-4  # stands in for an empty bin's share in the PSI's logarithm
+# The parts of a datetime compared, and the span (current and reference values alike) each needs: its cycle, less
+# the hour a last value of the cycle starts.
+CYCLES = {"hour": pd.Timedelta(hours=23), "dayofweek": pd.Timedelta(days=6, hours=23)}
 
 
 @dataclass(frozen=True)
@@ -46,12 +57,26 @@ class FeatureDrift:
     out_of_range: float | None  # share of current values outside schema.yaml's range / allowed values
     threshold_p_value: float
     threshold_distance: float
+    # datetime features (status "not tested"): each side's first and last value (ISO), the share of current values
+    # outside the reference's range, and the parts compared in their stead (`<column>.hour`, ...)
+    range_reference: tuple[str, str] | None = None
+    range_current: tuple[str, str] | None = None
+    outside_reference: float | None = None
+    parts: tuple[str, ...] | None = None
 
     @property
     def drifted(self) -> bool:
         return self.status == DRIFTED
 
     def describe(self) -> str:
+        if self.status == NOT_TESTED:
+            ranges = " to ".join(self.range_current) if self.range_current else "no values"
+            reference = " to ".join(self.range_reference) if self.range_reference else "no values"
+            beyond = "" if self.outside_reference is None else \
+                f"; {self.outside_reference:.1%} outside the reference's range"
+            return (f"{self.name}: datetime, no drift verdict on the instants (traffic is later than training by "
+                    f"nature); current {ranges}, reference {reference}{beyond}; compared instead: "
+                    f"{', '.join(self.parts) if self.parts else 'nothing (the values span less than a day)'}")
         if self.status == NOT_ENOUGH_DATA:
             return f"{self.name}: not enough data ({self.rows_current} current, {self.rows_reference} reference rows)"
         return (f"{self.name}: {self.test} {self.statistic:.4g}, p {self.p_value:.3g} "
@@ -69,6 +94,8 @@ class DriftReport:
     rows_reference: int
     rows_current: int
     prediction: FeatureDrift | None = None  # the predictions against the champion's own, when measured
+    # what was compared where it is not the frames' own column (a datetime's instants, its parts), for the plots
+    values: Mapping[str, tuple[pd.Series, pd.Series]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def drifted(self) -> list[str]:
@@ -76,7 +103,7 @@ class DriftReport:
 
     @property
     def not_enough_data(self) -> bool:
-        return all(f.status == NOT_ENOUGH_DATA for f in self.features.values())
+        return all(f.status in (NOT_ENOUGH_DATA, NOT_TESTED) for f in self.features.values())
 
     def to_json(self) -> dict[str, Any]:
         """The CLI's --json contract: drifted, features, rows (and the prediction drift when measured)."""
@@ -89,21 +116,87 @@ class DriftReport:
 
 
 def kinds_from_schema(columns: tuple[ColumnSpec, ...]) -> dict[str, Kind]:
-    return {c.name: "numeric" if c.is_numeric else "categorical" for c in columns}
+    return {c.name: "numeric" if c.is_numeric else "datetime" if c.dtype == "datetime" else "categorical"
+            for c in columns}
 
 
 def compare(reference: pd.DataFrame, current: pd.DataFrame, kinds: Mapping[str, Kind], params: MonitoringPolicy,
             specs: Mapping[str, ColumnSpec] | None = None) -> DriftReport:
-    """Every feature of `kinds` in `current` against `reference`, corrected for testing them all."""
-    tested = {name: _test(reference[name], current[name], kind, params) for name, kind in kinds.items()}
+    """Every feature of `kinds` in `current` against `reference`, corrected for testing them all. A datetime's
+    values are text in its schema format or ISO 8601 (unix numbers for unix formats), or datetime64."""
+    specs = specs or {}
+    columns: dict[str, tuple[pd.Series, pd.Series]] = {}
+    tested_kinds: dict[str, Kind] = {}
+    parents: dict[str, str] = {}  # a datetime part -> its datetime feature
+    for name, kind in kinds.items():
+        if kind != "datetime":
+            columns[name], tested_kinds[name] = (reference[name], current[name]), kind
+            continue
+        fmt = specs[name].format if name in specs else None
+        ref, cur = moments(reference[name], fmt), moments(current[name], fmt)
+        columns[name] = ref, cur
+        for part, cycle in CYCLES.items():
+            if _span(ref) >= cycle and _span(cur) >= cycle:
+                derived = f"{name}.{part}"
+                columns[derived], tested_kinds[derived], parents[derived] = \
+                    (_part(ref, part), _part(cur, part)), "categorical", name
+    tested = {name: _test(*columns[name], kind, params) for name, kind in tested_kinds.items()}
     names = [n for n, t in tested.items() if t is not None]
     adjusted = dict(zip(names, _correct([tested[n][1] for n in names], params.correction)))  # type: ignore[index]
     features = {}
     for name, kind in kinds.items():
-        thresholds = _thresholds(name, kind, params)
-        features[name] = _feature(name, kind, reference[name], current[name], tested[name], adjusted.get(name),
-                                  thresholds, (specs or {}).get(name))
-    return DriftReport(features, len(reference), len(current))
+        if kind == "datetime":
+            own = [derived for derived, parent in parents.items() if parent == name]
+            features[name] = _datetime(name, *columns[name], specs.get(name), own,
+                                       _thresholds(name, "categorical", params))
+            for derived in own:
+                features[derived] = _feature(derived, "categorical", *columns[derived], tested[derived],
+                                             adjusted.get(derived), _thresholds(name, "categorical", params), None)
+            continue
+        features[name] = _feature(name, kind, *columns[name], tested[name], adjusted.get(name),
+                                  _thresholds(name, kind, params), specs.get(name))
+    derived_values = {name: pair for name, pair in columns.items() if name not in kinds or kinds[name] == "datetime"}
+    return DriftReport(features, len(reference), len(current), values=derived_values)
+
+
+def moments(values: pd.Series, format: str | None = None) -> pd.Series:
+    """A datetime column as naive UTC datetime64[ns] (NaT where missing or unparseable), parsed as the server and
+    the model parse it (serving.features.parse_datetimes)."""
+    from serving.features import parse_datetimes
+
+    return pd.Series(parse_datetimes(values, format)[0], name=values.name)
+
+
+def _span(values: pd.Series) -> pd.Timedelta:
+    present = values.dropna()
+    return present.max() - present.min() if len(present) else pd.Timedelta(0)
+
+
+def _part(values: pd.Series, part: str) -> pd.Series:
+    """The hour of day (0-23) or day of week (Monday 0) of each value, as text categories; missing stays missing."""
+    numbers = getattr(values.dt, part)
+    return numbers.astype("Int64").astype(object).where(values.notna(), None).map(
+        lambda v: v if v is None else str(v))
+
+
+def _datetime(name: str, reference: pd.Series, current: pd.Series, spec: ColumnSpec | None, parts: list[str],
+              thresholds: tuple[float, float]) -> FeatureDrift:
+    """A datetime feature's report: no test of its instants (see the module's docstring), its ranges instead."""
+    def bounds(values: pd.Series) -> tuple[str, str] | None:
+        present = values.dropna()
+        return (present.min().isoformat(), present.max().isoformat()) if len(present) else None
+
+    ref, cur = reference.dropna(), current.dropna()
+    outside = None
+    if len(ref) and len(cur):
+        outside = float(((cur < ref.min()) | (cur > ref.max())).mean())
+    return FeatureDrift(
+        name=name, kind="datetime", status=NOT_TESTED, test="none", statistic=None, p_value=None, p_adjusted=None,
+        distance_name="none", distance=None, rows_reference=len(ref), rows_current=len(cur),
+        missing_reference=_missing(reference), missing_current=_missing(current),
+        out_of_range=out_of_range(current, spec), threshold_p_value=thresholds[0], threshold_distance=thresholds[1],
+        range_reference=bounds(reference), range_current=bounds(current), outside_reference=outside,
+        parts=tuple(parts))
 
 
 def compare_one(name: str, reference: pd.Series, current: pd.Series, kind: Kind,
@@ -202,6 +295,12 @@ def out_of_range(values: pd.Series, spec: ColumnSpec | None) -> float | None:
         outside = ((numbers < spec.min) if spec.min is not None else False) | \
                   ((numbers > spec.max) if spec.max is not None else False)
         return float(np.mean(outside))
-    if spec.allowed:
-        return float((~present.astype(str).isin({str(a) for a in spec.allowed})).mean())
+    if spec.dtype == "datetime" and (spec.min is not None or spec.max is not None):
+        stamps = pd.to_datetime(present)  # already moments (compare parses them): naive UTC
+        low, high = (None if v is None else pd.Timestamp(as_utc(datetime.fromisoformat(str(v))))
+                     for v in (spec.min, spec.max))
+        outside = ((stamps < low) if low is not None else False) | ((stamps > high) if high is not None else False)
+        return float(np.mean(outside))
+    if spec.values:
+        return float((~present.astype(str).isin({str(a) for a in spec.values})).mean())
     return None

@@ -1,7 +1,8 @@
 """`main.py monitor --reference A.csv --current B.csv`: two CSV files with the same columns compared feature by feature.
 
-Columns of schema.yaml are tested as its dtype says (a numeric column must parse as numbers); any other column is
-numeric when the reference's values all are. The target column is left out wherever it appears.
+Columns of schema.yaml are tested as its dtype says (a numeric column must parse as numbers, a datetime is parsed in
+its format; drift.py says what is compared of it); any other column is numeric when the reference's values all are.
+The target, id and ignored columns are left out wherever they appear.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ def read_csv(path: Path, separator: str, role: str) -> pd.DataFrame:
 
 def compare_files(reference_path: Path, current_path: Path, schema: SchemaConfig, separator: str,
                   params: MonitoringPolicy) -> DriftReport:
-    reference = read_csv(reference_path, separator, "reference").drop(columns=[schema.target], errors="ignore")
-    current = read_csv(current_path, separator, "current").drop(columns=[schema.target], errors="ignore")
+    left_out = [schema.target, *(c.name for c in (*schema.ids, *schema.ignored))]
+    reference = read_csv(reference_path, separator, "reference").drop(columns=left_out, errors="ignore")
+    current = read_csv(current_path, separator, "current").drop(columns=left_out, errors="ignore")
     if set(reference.columns) != set(current.columns):
         only_ref = sorted(set(reference.columns) - set(current.columns))
         only_cur = sorted(set(current.columns) - set(reference.columns))
@@ -42,6 +44,9 @@ def compare_files(reference_path: Path, current_path: Path, schema: SchemaConfig
     kinds: dict[str, Kind] = {}
     for name in reference.columns:
         spec = specs.get(name)
+        if spec is not None and spec.dtype == "datetime":
+            kinds[name] = "datetime"
+            continue
         numeric = spec.is_numeric if spec else pd.api.types.is_numeric_dtype(reference[name])
         kinds[name] = "numeric" if numeric else "categorical"
         if numeric:

@@ -88,7 +88,7 @@ def monitor(config: MonitorJob, run_id: str, end: datetime, output_dir: Path) ->
                                                               config.params))
     live = None
     if config.capture.ground_truth_uri:
-        truth = quality.read_ground_truth(config.capture.ground_truth_uri, config.schema.target)
+        truth = quality.read_ground_truth(config.capture.ground_truth_uri, config.schema)
         live = quality.live_quality(current, truth, config.schema, config.promotion, ref.test_metrics,
                                     config.params.min_rows, config.params.quality_drop, captured.probabilities)
     details = [compared.features[n].describe() for n in compared.drifted]
@@ -137,7 +137,7 @@ def _log_to_mlflow(config: MonitorJob, name: str, version: str, start: datetime,
             key = _METRIC_KEY.sub("_", feature.name)
             metrics[f"{key}.drifted"] = float(feature.drifted)
             metrics[f"{key}.missing_rate"] = feature.missing_current
-            for field in ("statistic", "p_value", "p_adjusted", "distance", "out_of_range"):
+            for field in ("statistic", "p_value", "p_adjusted", "distance", "out_of_range", "outside_reference"):
                 if getattr(feature, field) is not None:
                     metrics[f"{key}.{field}"] = getattr(feature, field)
         if live is not None:

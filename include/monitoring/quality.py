@@ -13,7 +13,7 @@ import pandas as pd
 from include.ml.entities import PromotionConfig, SchemaConfig
 from include.ml.exceptions import MonitoringError
 from include.ml.metrics import PROBABILITY_METRICS, prediction_metrics, probability_metrics
-from include.monitoring.capture import KEYS, PREDICTION
+from include.monitoring.capture import KEYS, PREDICTION, key_text
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +41,28 @@ class LiveQuality:
                 f"({self.worse_by:+.1%} worse): {verdict}")
 
 
-def read_ground_truth(uri: str, target: str) -> pd.DataFrame:
-    """request_id, row (0 when the file has none) and the target, from a local CSV or Parquet file."""
+def read_ground_truth(uri: str, schema: SchemaConfig) -> pd.DataFrame:
+    """The true values of a local CSV or Parquet file, with what joins them to the capture: request_id and row (0
+    when the file has none), or else an id column of schema.yaml (the capture's `key`, as text)."""
+    target = schema.target
+    ids = [c.name for c in schema.ids]
     path = Path(uri.removeprefix("file://"))
     if not path.is_file():
         raise MonitoringError(f"ground truth {uri} is not a file (monitoring.ground_truth_uri)")
     try:
-        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={"request_id": str})
+        frame = pd.read_parquet(path) if path.suffix == ".parquet" else \
+            pd.read_csv(path, dtype={name: str for name in ("request_id", *ids)})
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise MonitoringError(f"ground truth {uri} could not be read: {exc}") from exc
-    missing = [c for c in ("request_id", target) if c not in frame.columns]
-    if missing:
-        raise MonitoringError(f"ground truth {uri} lacks the column(s) {missing}; it needs request_id, optional row, "
-                              f"and {target!r}")
+    by = "request_id" if "request_id" in frame.columns else next((i for i in ids if i in frame.columns), None)
+    if by is None or target not in frame.columns:
+        needed = "request_id, optional row" + (f" (or the id column {' or '.join(map(repr, ids))})" if ids else "")
+        missing = [c for c in ("request_id" if by is None else by, target) if c not in frame.columns]
+        raise MonitoringError(f"ground truth {uri} lacks the column(s) {missing}; it needs {needed}, and "
+                              f"{target!r}")
+    if by != "request_id":
+        frame = frame.assign(**{by: key_text(frame[by])}).dropna(subset=[by])
+        return frame[[by, target]].drop_duplicates(subset=[by], keep="last")
     if "row" not in frame.columns:
         frame = frame.assign(row=0)
     frame = frame.astype({"request_id": str, "row": "int64"})
@@ -63,11 +72,17 @@ def read_ground_truth(uri: str, target: str) -> pd.DataFrame:
 def live_quality(captured: pd.DataFrame, truth: pd.DataFrame, schema: SchemaConfig, promotion: PromotionConfig,
                  test_metrics: dict[str, float], min_rows: int, drop: float,
                  probabilities: pd.DataFrame | None = None) -> LiveQuality:
-    """The gate's metrics on the captured rows that have a true value in `truth`, and the promotion metric against
-    the champion's test-set value. `probabilities` (classification: one column per class, rows as in `captured`) are
-    the captured class probabilities; the probability metrics need them for every labelled row."""
-    keys = captured[[*KEYS, PREDICTION]].astype({"request_id": str, "row": "int64"})
-    joined = keys.assign(**{_POSITION: np.arange(len(keys))}).merge(truth, on=list(KEYS))
+    """The captured predictions scored against the true values, joined on request_id and row, or on the id column
+    the truth has (every captured prediction of that key gets its true value); the gate's metrics, and the promotion
+    metric against the champion's test-set value. `probabilities` (classification: one column per class, rows as in
+    `captured`) are the captured class probabilities; the probability metrics need them for every labelled row."""
+    by_request = "request_id" in truth.columns
+    keys = list(KEYS) if by_request else [next(c for c in truth.columns if c != schema.target)]
+    picked = captured[[*keys, PREDICTION]].assign(**{_POSITION: np.arange(len(captured))})  # row -> probabilities
+    if by_request:
+        joined = picked.astype({"request_id": str, "row": "int64"}).merge(truth, on=keys)
+    else:
+        joined = picked.dropna(subset=keys).merge(truth, on=keys)
     joined = joined.dropna(subset=[PREDICTION, schema.target])
     metric, test = promotion.metric, test_metrics.get(promotion.metric)
     if len(joined) < min_rows:

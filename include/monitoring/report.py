@@ -23,7 +23,8 @@ def render(title: str, lines: list[str], report: DriftReport, reference: pd.Data
     features = sorted(report.features.values(), key=lambda f: (not f.drifted, f.name))
     if report.prediction is not None:
         features.append(report.prediction)
-    frames = {f.name: (reference[f.name], current[f.name]) for f in report.features.values()}
+    frames = {f.name: report.values[f.name] if f.name in report.values else (reference[f.name], current[f.name])
+              for f in report.features.values()}
     if predictions is not None and report.prediction is not None:
         frames[report.prediction.name] = predictions
     rows = "".join(_row(f) for f in features)
@@ -62,7 +63,10 @@ def _plot(feature: FeatureDrift, reference: pd.Series, current: pd.Series) -> st
 
     ref, cur = _sample(reference.dropna()), _sample(current.dropna())
     fig, ax = plt.subplots(figsize=(4.2, 2.6), dpi=80)
-    if feature.kind == "numeric" and len(ref) + len(cur):
+    if feature.kind in ("numeric", "datetime") and len(ref) + len(cur):
+        if feature.kind == "datetime":  # days since 1970 on the axis: the two ranges side by side
+            ref, cur = (s.astype("datetime64[ns]").astype("int64") / 86_400e9 for s in (ref, cur))
+            ax.set_xlabel("days since 1970-01-01", fontsize=7)
         values = np.concatenate([ref.to_numpy(dtype=float), cur.to_numpy(dtype=float)])
         edges = np.histogram_bin_edges(values, bins=30)
         for series, label in ((ref, "reference"), (cur, "current")):
@@ -71,7 +75,11 @@ def _plot(feature: FeatureDrift, reference: pd.Series, current: pd.Series) -> st
     elif len(ref) + len(cur):
         shares = pd.concat([ref.astype(str).value_counts(normalize=True).rename("reference"),
                             cur.astype(str).value_counts(normalize=True).rename("current")], axis=1).fillna(0)
-        shares.head(20).plot.bar(ax=ax, alpha=0.7, legend=False)
+        if feature.name.endswith((".hour", ".dayofweek")):  # a datetime's part: all of it, in its order
+            shares = shares.sort_index(key=lambda index: index.astype(int))
+        else:
+            shares = shares.head(20)
+        shares.plot.bar(ax=ax, alpha=0.7, legend=False)
     ax.set_title(feature.name, fontsize=9, color="red" if feature.drifted else "black")
     ax.tick_params(labelsize=7)
     fig.tight_layout()

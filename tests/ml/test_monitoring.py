@@ -33,8 +33,10 @@ from include.ml.entities import TransformationConfig as Split
 from include.ml.exceptions import ConfigError, MonitoringError
 from include.ml.metrics import compute_metrics
 from include.monitoring import capture, quality
+from include.monitoring.files import compare_files
 from include.monitoring.monitor import monitor
 from include.pipeline import Skipped, drift_signal
+from tests.support import typed
 from tests.support.capture import write_capture
 from tests.support.frames import dataset, evaluation_config, schema, training_config
 from tests.support.project import CONFIG_DIR, WINE_CSV, edit_yaml
@@ -191,19 +193,87 @@ def test_bad_ground_truth_is_a_clear_error(tmp_path: Path, name: str, content: s
     if content is not None:
         path.write_text(content)
     with pytest.raises(MonitoringError, match=message):
-        quality.read_ground_truth(str(path), "y")
+        quality.read_ground_truth(str(path), schema("regression"))
 
 
 def test_ground_truth_rows_default_to_0_and_join_the_capture(tmp_path: Path) -> None:
     captured = pd.DataFrame({"request_id": ["a", "b", "b"], "row": [0, 0, 1], "prediction": [1.0, 2.0, 3.0]})
     truth = pd.DataFrame({"request_id": ["a", "b"], "y": [1.0, 2.5]})
     truth.to_parquet(tmp_path / "truth.parquet")
-    live = quality.live_quality(captured, quality.read_ground_truth(str(tmp_path / "truth.parquet"), "y"),
-                                schema("regression"),
+    truth = quality.read_ground_truth(str(tmp_path / "truth.parquet"), schema("regression"))
+    live = quality.live_quality(captured, truth, schema("regression"),
                                 evaluation_config("regression", MlflowConfig(experiment_name="x",
                                                                              registered_model_name="x")).promotion,
                                 {"rmse": 0.2}, min_rows=2, drop=0.1)
     assert live.rows == 2 and live.live == pytest.approx(((0 + 0.25) / 2) ** 0.5) and live.dropped
+
+
+def _capture_lines(tmp_path: Path, lines: list[dict[str, Any]]) -> MonitoringSources:
+    folder = tmp_path / "flights" / END.strftime("%Y-%m-%d")
+    folder.mkdir(parents=True, exist_ok=True)
+    base = {"timestamp": (END - timedelta(hours=1)).isoformat().replace("+00:00", "Z"), "model_name": "flights",
+            "model_version": "1", "probabilities": None}
+    (folder / "f.jsonl.gz").write_bytes(gzip.compress("".join(
+        json.dumps({**base, "request_id": f"r{i}", "row": 0, **line}) + "\n" for i, line in enumerate(lines)).encode()))
+    return MonitoringSources(capture_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["one JSON type per field", "two JSON types in a field"])
+def test_collect_reads_keys_datetimes_and_categories_back(tmp_path: Path, mixed: bool) -> None:
+    """The id column from each row's key (as text, to join on; absent: None), a datetime's ISO text as datetime64,
+    an open category as text: the same frame whether pyarrow reads the file or, when a field mixes JSON types (a
+    key sent as 17 by one client and "18" by another), the line-by-line reader does."""
+    schema = typed.schema("regression")
+    inputs = {"dep_delay": 1.0, "time_hour": "2013-05-01T10:00:00", "sched": None, "cut": "Good", "carrier": "UA",
+              "dest": "D01", "tailnum": None}
+    lines = [{"key": {"flight_id": 17}, "inputs": inputs, "prediction": 1.5},
+             {"key": {"flight_id": "18" if mixed else 18}, "inputs": {**inputs, "dest": 7 if mixed else "7"},
+              "prediction": 2.5},
+             {"inputs": {**inputs, "time_hour": None}, "prediction": 3.5}]
+    got = capture.collect(_capture_lines(tmp_path, lines), schema, "flights", "1", END - timedelta(hours=2), END)
+    frame = got.frame
+    assert list(frame.columns) == ["request_id", "row", "timestamp", "flight_id", *typed.FEATURES, "prediction"]
+    assert frame["flight_id"].tolist()[:2] == ["17", "18"] and frame["flight_id"].isna().tolist() == [False, False,
+                                                                                                    True]
+    assert frame["time_hour"].dtype == np.dtype("datetime64[ns]") and pd.isna(frame["time_hour"].iloc[2])
+    assert str(frame["time_hour"].iloc[0]) == "2013-05-01 10:00:00"
+    assert frame["dest"].tolist() == ["D01", "7", "D01"] and frame["prediction"].tolist() == [1.5, 2.5, 3.5]
+    assert frame["tailnum"].isna().all() and frame["dep_delay"].dtype == np.float64
+
+
+def test_ground_truth_keyed_by_the_id_column_joins_the_captured_key(tmp_path: Path) -> None:
+    schema = typed.schema("regression")
+    captured = pd.DataFrame({"request_id": ["a", "b", "c", "d"], "row": [0, 0, 0, 0],
+                             "flight_id": ["17", "18", None, "17"], "prediction": [1.0, 2.0, 3.0, 5.0]})
+    pd.DataFrame({"flight_id": [17, 18, 19], "arr_delay": [1.0, 4.0, 9.0]}).to_csv(tmp_path / "truth.csv",
+                                                                                   index=False)
+    truth = quality.read_ground_truth(str(tmp_path / "truth.csv"), schema)
+    assert list(truth.columns) == ["flight_id", "arr_delay"]
+    live = quality.live_quality(captured, truth, schema, PromotionConfig(metric="mae"), {"mae": 1.0}, min_rows=2,
+                                drop=0.1)
+    # both predictions of flight 17 get its true value; the row without a key none
+    assert live.rows == 3 and live.live == pytest.approx((0 + 2 + 4) / 3)
+    pd.DataFrame({"flight_id": [17.0, None], "arr_delay": [1.0, 2.0]}).to_parquet(tmp_path / "truth.parquet")
+    assert quality.read_ground_truth(str(tmp_path / "truth.parquet"), schema)["flight_id"].tolist() == ["17"]
+    (tmp_path / "bad.csv").write_text("flight,arr_delay\n17,1\n")
+    with pytest.raises(MonitoringError, match=r"lacks the column\(s\) \['request_id'\]; it needs request_id, "
+                                              r"optional row \(or the id column 'flight_id'\), and 'arr_delay'"):
+        quality.read_ground_truth(str(tmp_path / "bad.csv"), schema)
+
+
+def test_main_monitor_on_two_files_leaves_out_ids_and_ignored_columns_and_reads_datetimes(tmp_path: Path) -> None:
+    schema = typed.schema("regression")
+    reference = typed.frame("regression", rows=400, seed=1)
+    current = typed.frame("regression", rows=400, seed=2)
+    current["flight_id"] += 10_000  # new ids every day: never drift
+    reference.to_csv(tmp_path / "reference.csv", index=False)
+    current.to_csv(tmp_path / "current.csv", index=False)
+    report = compare_files(tmp_path / "reference.csv", tmp_path / "current.csv", schema, ",",
+                           MonitoringPolicy(min_rows=50))
+    assert set(report.features) == {*typed.FEATURES, "time_hour.hour", "sched.hour", "time_hour.dayofweek",
+                                    "sched.dayofweek"}
+    assert report.features["time_hour"].status == "not tested" and report.features["cut"].kind == "categorical"
+    assert report.drifted == []
 
 
 def test_a_corrupt_capture_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -385,3 +455,18 @@ def test_monitor_scores_a_classifiers_live_log_loss_from_what_its_server_capture
     expected = compute_metrics(task, model, x, live["y"])["log_loss"]
     assert result.quality.startswith(f"live log_loss {expected:.4f} vs test "), result.quality
     assert mlflow.get_run(result.mlflow_run_id).data.metrics["live_log_loss"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["one JSON type per field", "two JSON types in a field"])
+def test_collect_reads_the_probabilities_with_either_reader(tmp_path: Path, mixed: bool) -> None:
+    """Each class's captured probability, NaN where a row has none (or lacks that class): the same from pyarrow's
+    reader and, when a field mixes JSON types, from the line-by-line one."""
+    inputs = {"x1": 0.5, "x2": 1.0, "kind": "p"}
+    lines = [{"inputs": inputs, "prediction": "c", "probabilities": {"a": 0.2, "b": 0.3, "c": 0.5}},
+             {"inputs": {**inputs, "kind": 7 if mixed else "7"}, "prediction": "a", "probabilities": None},
+             {"inputs": inputs, "prediction": "b", "probabilities": {"a": 0.1, "b": 0.9}}]
+    got = capture.collect(_capture_lines(tmp_path, lines), schema("classification"), "flights", "1",
+                          END - timedelta(hours=2), END, classes=("a", "b", "c"))
+    assert got.frame["kind"].tolist() == ["p", "7", "p"] and got.frame["prediction"].tolist() == ["c", "a", "b"]
+    np.testing.assert_array_equal(got.probabilities.to_numpy(),
+                                  [[0.2, 0.3, 0.5], [np.nan, np.nan, np.nan], [0.1, 0.9, np.nan]])

@@ -14,6 +14,7 @@ from tests.support.bundles import copy_store, make_bundle
 from tests.support.network import free_port
 from tests.support.servers import PredictionServer
 from tests.support.signing import public_key_file
+from tests.support.typed import make_typed_bundle
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +30,21 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def store(bundles: Path, tmp_path: Path) -> Path:
     return copy_store(bundles, tmp_path / "store", current="1")
+
+
+@pytest.fixture(scope="session")
+def typed_bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built once, on the table of every column type and role (tests/support/typed.py): "t1" (regression, histogram
+    gradient boosting) and "tc1" (classification, random forest)."""
+    source = tmp_path_factory.mktemp("typed-bundles")
+    make_typed_bundle(source, "t1")
+    make_typed_bundle(source, "tc1", task="classification", family="random_forest", name="flights-late")
+    return source
+
+
+@pytest.fixture
+def typed_store(typed_bundles: Path, tmp_path: Path) -> Path:
+    return copy_store(typed_bundles, tmp_path / "typed-store", current="t1")
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from serving import store as store_mod
+from tests.support import typed
 from tests.support.browser import chromium, require_chromium
 from tests.support.bundles import FEATURES, GOOD_ROW
 from tests.support.network import free_port
@@ -127,6 +128,37 @@ def test_category_values_keep_their_json_type(browser: WebDriver, store: Path, t
         expected = post_predict(server, record)["predictions"][0]
         browser.get(server.url)
         fill(browser, record)
+        browser.find_element(By.ID, "submit").click()
+        text = result_text(browser)
+    assert text.startswith("Prediction: "), text
+    assert float(text.splitlines()[0].removeprefix("Prediction: ")) == expected
+
+
+def test_every_dtype_has_its_input_and_the_form_predicts_what_the_api_does(browser: WebDriver, typed_store: Path,
+                                                                           tmp_path: Path) -> None:
+    """Ordinal: a select in its order; datetime: a datetime-local input read as UTC (sent as ISO text, or as seconds
+    for a unix column); open category: free text; key and ignored columns: optional text."""
+    record = {"dep_delay": 12.5, "time_hour": "2013-05-01T10:00:00", "sched": 1367400000, "cut": "Very Good",
+              "carrier": "UA", "dest": "D07", "tailnum": "N003", "flight_id": "1001"}
+    with PredictionServer(typed_store, free_port(), tmp_path / "gunicorn.log") as server:
+        expected = post_predict(server, record)["predictions"][0]
+        browser.get(server.url)
+        names = [el.get_attribute("name") for el in browser.find_elements(By.CSS_SELECTOR, "#predict-form [name]")]
+        assert names == [*typed.FEATURES, "flight_id", "note"]
+        field = {name: browser.find_element(By.NAME, name) for name in names}
+        assert [o.text for o in Select(field["cut"]).options] == ["Fair", "Good", "Very Good"]
+        assert [o.text for o in Select(field["carrier"]).options] == ["AA", "B6", "DL", "UA", "(missing)"]
+        for name in ("time_hour", "sched"):
+            assert field[name].get_attribute("type") == "datetime-local"
+        assert (field["time_hour"].get_attribute("min"), field["time_hour"].get_attribute("max")) == \
+            ("2013-01-01T00:00:00", "2013-12-31T23:00:00")
+        assert field["time_hour"].get_attribute("required") is not None
+        for name in ("dest", "tailnum", "flight_id", "note"):  # nullable, key, ignored: none is required
+            assert field[name].get_attribute("type") == "text" and field[name].get_attribute("required") is None
+        assert "ordered" in field["cut"].find_element(By.XPATH, "./ancestor::label").text
+        fill(browser, {k: v for k, v in record.items() if k not in ("time_hour", "sched")})
+        browser.execute_script("arguments[0].value = '2013-05-01T10:00:00';"
+                               "arguments[1].value = '2013-05-01T09:20:00';", field["time_hour"], field["sched"])
         browser.find_element(By.ID, "submit").click()
         text = result_text(browser)
     assert text.startswith("Prediction: "), text

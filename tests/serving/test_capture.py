@@ -98,6 +98,46 @@ def test_one_line_per_row_in_gzip_json_lines_renamed_from_part_on_close(tmp_path
     assert recorded.dropped == Counter() and recorded.enabled == [True]
 
 
+def test_keys_are_recorded_per_row_and_datetimes_as_iso_text(tmp_path: Path) -> None:
+    writer = make_writer(tmp_path)
+    columns = {"t": np.array(["2013-05-01T10:00:00", "NaT", "2013-05-01T10:00:00.250"], dtype="datetime64[ns]"),
+               "cut": np.array(["Good", "Fair", None], dtype=object)}
+    assert writer.submit("r1", "flights", "1", columns, 3, [1.0, 2.0, 3.0], None,
+                         {"flight_id": [17, None, "A-3"], "leg": [1, 2, None]})
+    assert writer.submit("r2", "flights", "1", {"t": columns["t"][:1], "cut": columns["cut"][:1]}, 1, [4.0], None)
+    writer.close()
+    rows = {(r["request_id"], r["row"]): r for r in records(tmp_path / "capture")}
+    assert [rows[("r1", i)]["key"] for i in range(3)] == [{"flight_id": 17, "leg": 1}, {"leg": 2},
+                                                          {"flight_id": "A-3"}]
+    assert "key" not in rows[("r2", 0)]  # the request sent no key
+    assert [rows[("r1", i)]["inputs"]["t"] for i in range(3)] == [
+        "2013-05-01T10:00:00.000000", None, "2013-05-01T10:00:00.250000"]  # a fraction: every row to the microsecond
+    assert rows[("r2", 0)]["inputs"] == {"t": "2013-05-01T10:00:00", "cut": "Good"}
+    assert list(rows[("r1", 0)]) == ["request_id", "row", "timestamp", "model_name", "model_version", "key",
+                                     "inputs", "prediction", "probabilities"]
+
+
+def test_the_app_captures_keys_and_datetimes_of_a_typed_model(make_app: Callable[..., Flask], typed_store: Path,
+                                                              tmp_path: Path) -> None:
+    app = make_app(model_store=typed_store, capture_dir=tmp_path / "capture")
+    client = app.test_client()
+    row = {"flight_id": 1001, "dep_delay": 12.5, "time_hour": "2013-05-01T12:00:00+02:00", "sched": 1367400000,
+           "cut": "Good", "carrier": "UA", "dest": "D07", "tailnum": None, "note": "late crew"}
+    answered = client.post("/predict", json=[row, {k: v for k, v in row.items() if k != "flight_id"}])
+    csv_answer = client.post("/invocations", content_type="text/csv", headers={"X-Request-ID": "csv"},
+                             data="flight_id,dep_delay,time_hour,sched,cut,carrier,dest,tailnum,note\n"
+                                  "1001,12.5,2013-05-01 10:00:00,1367400000,Good,UA,D07,,late crew\n")
+    assert answered.status_code == csv_answer.status_code == 200, (answered.json, csv_answer.json)
+    assert csv_answer.json["predictions"] == answered.json["predictions"][:1]
+    shutdown(app)
+    found = sorted(records(tmp_path / "capture"), key=lambda r: (r["request_id"] == "csv", r["row"]))
+    assert [r.get("key") for r in found] == [{"flight_id": 1001}, None, {"flight_id": "1001"}]  # CSV sends text
+    assert found[0]["inputs"] == {"dep_delay": 12.5, "time_hour": "2013-05-01T10:00:00",
+                                  "sched": "2013-05-01T09:20:00", "cut": "Good", "carrier": "UA", "dest": "D07",
+                                  "tailnum": None}  # no id, no ignored column; datetimes in UTC
+    assert found[2]["inputs"] == found[0]["inputs"]
+
+
 def test_files_rotate_by_size_and_every_row_is_in_exactly_one(tmp_path: Path) -> None:
     writer = make_writer(tmp_path, rotate_bytes=2_000)
     for i in range(60):

@@ -12,9 +12,10 @@ import pytest
 from serving import engine
 from serving.inputs import validate
 from serving.model import load_bundle
+from tests.support import typed
 from tests.support.bundles import GOOD_ROW, make_bundle, toy_frame
 from tests.support.engines import fitted, records, sklearn_predict
-from tests.support.frames import FAST
+from tests.support.frames import FAST, pipeline_for
 from tests.support.signing import trusted_keys
 
 FAMILIES = ("random_forest", "hist_gradient_boosting", "elasticnet")
@@ -232,6 +233,109 @@ def test_every_dtype_is_served_by_onnx_runtime_with_sklearn_answers(family: str,
         np.testing.assert_allclose(got_proba, expected_proba, rtol=0, atol=engine.PROBABILITY_ATOL)
 
 
+# --- every column type: datetimes, ordinals, open and native categories, one-hot with an infrequent bucket --------
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("family", (*FAMILIES, "extra_trees"))
+def test_every_column_type_is_served_by_onnx_runtime_with_sklearn_answers(family: str, task: str) -> None:
+    """The table of tests/support/typed.py through each family's pipeline (hist_gradient_boosting: native categorical
+    splits and target encoding; the others: one-hot with an infrequent bucket, target encoding, imputed datetime
+    parts), against sklearn on rows it never saw: numbers for an open category, unseen and missing values too."""
+    pipeline, _ = typed.fitted(task, family)
+    contract = typed.contract(task)
+    reference = sklearn_predict(pipeline, task)
+    predictor, chosen = engine.compile_predictor(pipeline, contract, typed.as_records(typed.requests(task, 5, 1)),
+                                                 reference)
+    assert chosen == engine.Engine(engine.ONNX), chosen.reason
+    frame = typed.requests(task, 300, seed=2)
+    rows = typed.as_records(frame)
+    odd = [{"dest": 7}, {"dest": "never seen"}, {"tailnum": 12.5}, {"carrier": None, "sched": None},
+           {"time_hour": "2013-12-31T23:00:00+00:00", "cut": "Fair"}]
+    rows += [{**rows[i], **change} for i, change in enumerate(odd)]
+    columns = validate(rows, contract, max_rows=len(rows)).columns
+    got, got_proba = predictor.predict(columns)
+    expected, expected_proba = reference(columns)
+    if task == "regression":
+        np.testing.assert_allclose(got, expected, rtol=engine.REGRESSION_RTOL, atol=engine.REGRESSION_RTOL)
+    else:
+        assert got.tolist() == expected.tolist()
+        np.testing.assert_allclose(got_proba, expected_proba, rtol=0, atol=engine.PROBABILITY_ATOL)
+    # What the server gives the model (datetimes parsed, keys and ignored columns dropped) is what batch scoring
+    # gives it (the CSV's text): the same answers.
+    batch = pipeline.predict(frame[list(typed.FEATURES)])
+    served = got[:len(frame)]
+    if task == "regression":
+        np.testing.assert_allclose(served, batch, rtol=engine.REGRESSION_RTOL, atol=engine.REGRESSION_RTOL)
+    else:
+        assert served.tolist() == batch.tolist()
+
+
+def test_datetime_parts_in_the_graph_are_the_transformers_own() -> None:
+    """Year, month, day, day of week and hour (and the cyclical sine and cosine) from seconds since 1970, across the
+    whole datetime64[ns] range, before 1970 too, with missing values: equal to DatetimeFeatures', bit for bit."""
+    import onnxruntime as ort
+    import pandas as pd
+    from skl2onnx.common.data_types import DoubleTensorType
+    from sklearn.compose import ColumnTransformer
+
+    from serving.features import DatetimeFeatures
+
+    rng = np.random.default_rng(0)
+    seconds = rng.integers(-9_000_000_000, 9_000_000_000, 5000)
+    moments = np.r_[seconds, [0, -1, 951782400, 951868799, 4107542400]].astype("datetime64[s]").astype(
+        "datetime64[ns]")  # 1970, its last second before, 29 February 2000, 2100-03-01
+    moments[::97] = np.datetime64("NaT")
+    frame = pd.DataFrame({"t": moments, "u": moments[::-1]})
+    for cyclical in (False, True):
+        transformer = ColumnTransformer([("dt", DatetimeFeatures(cyclical=cyclical), ["t", "u"])]).fit(frame)
+        onx = engine.to_onnx(transformer, [("t", DoubleTensorType([None, 1])), ("u", DoubleTensorType([None, 1]))])
+        session = ort.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"t": engine.epoch_seconds(moments).reshape(-1, 1),
+                                 "u": engine.epoch_seconds(moments[::-1]).reshape(-1, 1)})[0]
+        expected = transformer.transform(frame)
+        assert got.shape == expected.shape
+        assert np.array_equal(got, expected, equal_nan=True), np.argwhere(~np.isclose(got, expected, equal_nan=True))
+
+
+def test_an_open_category_of_numbers_falls_back_to_sklearn_naming_the_column() -> None:
+    """The graph takes categories as text; a column whose categories are numbers (what pandas reads from a column of
+    codes) is served by sklearn, and /version says why."""
+    frame = typed.frame("regression")
+    frame["dest"] = frame["dest"].str[1:].astype(float)  # D07 -> 7.0, missing stays NaN
+    pipeline = pipeline_for(typed.schema("regression"), "random_forest", {"n_estimators": 5})
+    pipeline.fit(frame[list(typed.FEATURES)], frame["arr_delay"])
+    contract = typed.contract("regression")
+    _, chosen = engine.compile_predictor(pipeline, contract, typed.as_records(typed.requests("regression", 3, 1)),
+                                         sklearn_predict(pipeline, "regression"))
+    assert chosen.name == engine.SKLEARN
+    assert chosen.reason == ("NotImplementedError: TargetEncoder column 'dest' has non-text categories "
+                             "[0.0, 1.0, 2.0, 3.0, 4.0]")
+
+
+def test_a_step_without_a_converter_is_named_in_the_reason() -> None:
+    from sklearn.preprocessing import FunctionTransformer
+
+    pipeline, contract = fitted("elasticnet", "regression")
+    pipeline.steps.insert(1, ("log", FunctionTransformer(np.log1p)))
+    _, chosen = engine.compile_predictor(pipeline, contract, records("regression", 3, seed=1),
+                                         sklearn_predict(pipeline, "regression"))
+    assert chosen.name == engine.SKLEARN and "FunctionTransformer" in chosen.reason and len(chosen.reason) < 200
+
+
+def test_the_compiled_model_takes_datetimes_as_text_too() -> None:
+    """Batch scoring hands the predictor a file's values (datetimes as text, unix seconds as numbers); the server
+    hands it validation's datetime64: the same answers."""
+    pipeline, _ = typed.fitted("regression", "hist_gradient_boosting")
+    contract = typed.contract("regression")
+    predictor, chosen = engine.compile_predictor(pipeline, contract, [], sklearn_predict(pipeline, "regression"))
+    assert chosen.name == engine.ONNX, chosen.reason
+    frame = typed.requests("regression", 50, seed=3)
+    validated = validate(typed.as_records(frame), contract, max_rows=50).columns
+    as_read = {**validated, "time_hour": frame["time_hour"].to_numpy(dtype=object),
+               "sched": frame["sched"].to_numpy()}
+    assert predictor.predict(as_read)[0].tolist() == predictor.predict(validated)[0].tolist()
+
+
 @pytest.mark.parametrize("method", ("sigmoid", "isotonic"))
 @pytest.mark.parametrize("family", ("random_forest", "extra_trees", "hist_gradient_boosting", "elasticnet"))
 def test_a_calibrated_bundle_is_served_by_onnx_runtime_with_sklearns_probabilities(family: str, method: str,
@@ -312,3 +416,26 @@ def records_of_the_bundle(rows: int) -> list[dict]:
     frame = toy_frame("classification", rows=rows, seed=11).drop(columns="y")
     return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
             for row in frame.to_dict("records")]
+
+
+@pytest.mark.parametrize("method", ("sigmoid", "isotonic"))
+@pytest.mark.parametrize("family", ("random_forest", "hist_gradient_boosting"))
+def test_a_calibrated_classifier_of_every_column_type_is_served_by_onnx_runtime(family: str, method: str) -> None:
+    """Training's calibration (model.calibration) around a forest (its probabilities calibrated) and histogram
+    gradient boosting with native categorical splits (its decision function calibrated), on every column type."""
+    data = typed.frame("classification")
+    pipeline = pipeline_for(typed.schema("classification"), family,
+                            {"max_iter": 20} if family == "hist_gradient_boosting" else {"n_estimators": 10},
+                            calibration=method)
+    pipeline.fit(data[list(typed.FEATURES)], data["late"])
+    reference = sklearn_predict(pipeline, "classification")
+    contract = typed.contract("classification")
+    predictor, chosen = engine.compile_predictor(pipeline, contract,
+                                                 typed.as_records(typed.requests("classification", 5, 1)), reference)
+    assert chosen == engine.Engine(engine.ONNX), chosen.reason
+    columns = validate(rows := typed.as_records(typed.requests("classification", 300, seed=2)), contract,
+                       max_rows=len(rows)).columns
+    got, got_proba = predictor.predict(columns)
+    expected, expected_proba = reference(columns)
+    assert got.tolist() == expected.tolist()
+    np.testing.assert_allclose(got_proba, expected_proba, rtol=0, atol=engine.PROBABILITY_ATOL)

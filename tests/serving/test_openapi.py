@@ -16,6 +16,7 @@ from openapi_spec_validator import validate
 from schemathesis.checks import response_schema_conformance
 
 from serving import store as store_mod
+from tests.support import typed
 from tests.support.bundles import FEATURES, GOOD_ROW
 
 API_KEY = "fuzz-key-0123456789"
@@ -111,3 +112,39 @@ def test_every_kind_of_prediction_conforms(app: Flask, outputs: list[Any]) -> No
     response = case.call()
     assert response.json()["predictions"] == outputs
     case.validate_response(response, checks=[response_schema_conformance])
+
+
+def test_record_schema_has_every_dtype_and_the_optional_key_and_ignored_columns(make_app: Any,
+                                                                                typed_store: Path) -> None:
+    app = make_app(model_store=typed_store)
+    spec = _spec(app)
+    validate(spec)
+    record = spec["components"]["schemas"]["Record"]
+    properties = record["properties"]
+    assert list(properties) == [*typed.FEATURES, "flight_id", "note"]
+    assert set(record["required"]) == {"dep_delay", "time_hour", "cut"}  # never the key or the ignored column
+    assert properties["cut"]["enum"] == ["Fair", "Good", "Very Good"] and "Fair < Good < Very Good" in \
+        properties["cut"]["description"]
+    assert properties["carrier"] == {"enum": ["AA", "B6", "DL", "UA"], "nullable": True}
+    assert properties["dest"]["anyOf"] == [{"type": "string", "nullable": True}, {"type": "number"}]
+    time_hour = properties["time_hour"]
+    assert (time_hour["type"], time_hour["format"]) == ("string", "date-time")
+    assert "'%Y-%m-%d %H:%M:%S'" in time_hour["description"] and "2013-12-31T23:00:00" in time_hour["description"]
+    assert properties["sched"]["type"] == "number" and properties["sched"]["nullable"] is True
+    assert "seconds since 1970" in properties["sched"]["description"]
+    assert "capture" in properties["flight_id"]["description"] and "ignores" in properties["note"]["description"]
+    client = app.test_client()
+    for example in (time_hour["example"], properties["sched"]["example"]):  # each dtype's example is accepted
+        row = {**app.extensions["serving"].holder.current.contract.example_row()}
+        row["time_hour" if isinstance(example, str) else "sched"] = example
+        assert client.post("/predict", json=row).status_code == 200
+    test_request_examples_in_the_spec_are_accepted(app)
+
+
+def test_with_out_of_range_flagged_the_ranges_are_words_not_limits(make_app: Any) -> None:
+    """SERVING_OUT_OF_RANGE=flag answers a value outside the range (with a warning): the spec must not forbid it."""
+    app = make_app(out_of_range="flag")
+    x2 = _spec(app)["components"]["schemas"]["Record"]["properties"]["x2"]
+    assert "minimum" not in x2 and "maximum" not in x2 and "from -10 to 10" in x2["description"]
+    answer = app.test_client().post("/predict", json={**GOOD_ROW, "x2": 50.0})
+    assert answer.status_code == 200 and answer.json["warnings"][0]["field"] == "x2"

@@ -68,11 +68,18 @@ def make_bundle(store: Path, version: str, task: str = "regression", offset: flo
 
     `offset` shifts a regression target so two versions' predictions are easy to tell apart.
     """
+    pipeline, x, schema, trusted = _fit_toy(task, offset, n_estimators, family, hyperparameters, calibration)
+    return install_bundle(store, version, pipeline, x, schema, trusted, name)
+
+
+def install_bundle(store: Path, version: str, pipeline: Any, x: pd.DataFrame, schema: SchemaConfig,
+                   trusted: list[str], name: str = "toy") -> Path:
+    """A fitted pipeline saved as training logs it (input example, feature contract), signed and installed as
+    <store>/<version>."""
     import mlflow.sklearn
 
     from serving import store as store_mod
 
-    pipeline, x, schema, trusted = _fit_toy(task, offset, n_estimators, family, hyperparameters, calibration)
     staged = store_mod.staging_dir(store)
     mlflow.sklearn.save_model(pipeline, str(staged / store_mod.MODEL_DIR),
                               **_model_kwargs(pipeline, x, schema, trusted))

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from include.ml.entities import ColumnSpec, SchemaConfig
 from serving.contract import Contract
+from serving.engine import model_frame
 from tests.support.bundles import toy_frame
 
 # The toy features, with missing values in a number and in a category, and a name that is no identifier.
@@ -56,6 +56,6 @@ def records(task: str, rows: int, seed: int) -> list[dict[str, Any]]:
 def sklearn_predict(pipeline: Any, task: str):
     """What LoadedModel.sklearn_predict does, for a pipeline not in a bundle."""
     def predict(columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-        frame = pd.DataFrame(columns, copy=False)
+        frame = model_frame(columns)
         return pipeline.predict(frame), pipeline.predict_proba(frame) if task == "classification" else None
     return predict
