@@ -17,7 +17,11 @@ it has none, or ONNX Runtime cannot run them:
   node in double (the opset-3 nodes skl2onnx writes keep float32 leaves and sums, ~3e-6 off for 100 trees). A
   forest compares float32-cast features with double thresholds, as sklearn's trees do (they cast X to float32);
   leaves add up in double. Histogram gradient boosting compares float64 features, as sklearn does; its native
-  categorical splits become set-membership (BRANCH_MEMBER) nodes.
+  categorical splits become set-membership (BRANCH_MEMBER) nodes. Asked for raw scores (by the calibration below), a
+  boosted classifier gives its decision function instead of probabilities.
+- CalibratedClassifierCV (model.calibration, one calibrated classifier): the classifier's probabilities or decision
+  function, each class's sigmoid or isotonic calibrator, sklearn's normalisation. skl2onnx's converter maps an
+  isotonic calibrator's input to the nearest threshold; sklearn (scipy) interpolates between thresholds.
 
 `compile_predictor` then predicts the self-check rows and generated edge rows (each numeric and datetime feature at
 its min, max and quantiles of its range, each category and ordinal value, an open category's known values and one
@@ -182,6 +186,7 @@ def to_onnx(model: Any, inputs: list[tuple[str, Any]], classifier: bool = False)
     (name, tensor type) pairs, a datetime as a double of seconds since 1970."""
     from skl2onnx import convert_sklearn
     from sklearn import ensemble
+    from sklearn.calibration import CalibratedClassifierCV
     from sklearn.impute import SimpleImputer
     from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, TargetEncoder
 
@@ -191,18 +196,15 @@ def to_onnx(model: Any, inputs: list[tuple[str, Any]], classifier: bool = False)
     trees = {cls: _convert_trees for cls in (*forests, ensemble.RandomForestRegressor, ensemble.ExtraTreesRegressor,
                                              ensemble.HistGradientBoostingRegressor)}
     encoders = {cls: _convert_lookup for cls in (OrdinalEncoder, TargetEncoder, OneHotEncoder)}
-    shapes = {**{cls: _double_probabilities for cls in forests}, SimpleImputer: _same_type_shape,
+    shapes = {**{cls: _double_probabilities for cls in (*forests, CalibratedClassifierCV)},
+              SimpleImputer: _same_type_shape,
               **{cls: _width_shape for cls in (OrdinalEncoder, TargetEncoder, OneHotEncoder, DatetimeFeatures)}}
     final = model.steps[-1][1] if hasattr(model, "steps") else model
-    inner = getattr(final, "estimator", None)
-    if type(final).__name__ == "CalibratedClassifierCV" and hasattr(inner, "decision_function"):
-        # skl2onnx calibrates the decision function, which our tree converter does not give (a forest has none)
-        raise NotImplementedError(f"calibrated {type(inner).__name__}: its calibration reads the decision "
-                                  "function, not converted")
     options = {id(final): {"zipmap": False}} if classifier else None
     onx = convert_sklearn(model, initial_types=inputs, target_opset=_OPSETS, options=options,
                           custom_conversion_functions={SimpleImputer: _convert_imputer, **trees, **encoders,
-                                                       DatetimeFeatures: _convert_datetime},
+                                                       DatetimeFeatures: _convert_datetime,
+                                                       CalibratedClassifierCV: _convert_calibrated},
                           custom_shape_calculators=shapes)
     for opset in onx.opset_import:
         if opset.domain == "ai.onnx.ml":
@@ -339,7 +341,8 @@ def _short(text: str, limit: int = 300) -> str:
 # --- skl2onnx converters (called by to_onnx with its scope, operator and container) ---------------------------------
 
 def _double_probabilities(operator: Any) -> None:
-    """skl2onnx's parser may declare a tree classifier's probabilities float; ours are double, like the features."""
+    """skl2onnx's parser may declare a tree classifier's probabilities float, and a calibrated classifier's when its
+    input is float (an OrdinalEncoder's codes); ours are double, like the features."""
     from skl2onnx.common.data_types import DoubleTensorType
     from skl2onnx.common.shape_calculator import calculate_linear_classifier_output_shapes
 
@@ -521,6 +524,122 @@ def _tree_ensemble_attributes(trees: list[_Tree], n_targets: int) -> dict[str, A
            if membership else {}))
 
 
+def _convert_calibrated(scope: Any, operator: Any, container: Any) -> None:
+    """CalibratedClassifierCV (ensemble=False) as scikit-learn computes it: the classifier's scores (the forests'
+    probabilities; gradient boosting's and logistic regression's decision function, asked of their converters as raw
+    scores), each class's calibrator on its column (two classes: the positive one, column 1), then two classes as
+    [1 - p, p] and more divided by their sum (uniform where it is 0), the label the most probable class. skl2onnx's
+    own converter maps an isotonic calibrator's input to its nearest threshold; scikit-learn interpolates."""
+    from onnx import TensorProto
+    from skl2onnx._supported_operators import sklearn_operator_name_map
+    from skl2onnx.common.data_types import DoubleTensorType, Int64TensorType, StringTensorType
+
+    model = operator.raw_operator
+    if len(model.calibrated_classifiers_) != 1 or model.method not in ("sigmoid", "isotonic"):
+        raise NotImplementedError(f"CalibratedClassifierCV(method={model.method!r}) with "
+                                  f"{len(model.calibrated_classifiers_)} calibrated classifiers (ensemble=True)")
+    calibrated = model.calibrated_classifiers_[0]
+    base, name = calibrated.estimator, scope.get_unique_variable_name
+    classify = scope.declare_local_operator(sklearn_operator_name_map[type(base)], base)
+    classify.inputs = operator.inputs
+    if hasattr(base, "decision_function"):  # what scikit-learn calibrates when the classifier has it
+        scope.add_options(id(base), {"raw_scores": True})
+        container.add_options(id(base), {"raw_scores": True})
+    text = base.classes_.dtype.kind not in "iub"
+    classify.outputs.append(scope.declare_local_variable("label", StringTensorType() if text else Int64TensorType()))
+    scores = scope.declare_local_variable("scores", DoubleTensorType())
+    classify.outputs.append(scores)
+    n_classes = len(model.classes_)
+    columns = []
+    for column, calibrator in zip([1] if n_classes == 2 else range(n_classes), calibrated.calibrators):
+        index, score = name("column"), name("score")
+        container.add_initializer(index, TensorProto.INT64, [1], [column])
+        container.add_node("Gather", [scores.full_name, index], [score], axis=1)  # [n, 1]
+        columns.append(_calibrator(scope, container, calibrator, score, model.method))
+    probabilities = operator.outputs[1].full_name
+    if n_classes == 2:
+        one, negative = name("one"), name("negative")
+        container.add_initializer(one, TensorProto.DOUBLE, [], [1.0])
+        container.add_node("Sub", [one, columns[0]], [negative])
+        container.add_node("Concat", [negative, columns[0]], [probabilities], axis=1)
+    else:
+        joined, total, axis, zero, empty, uniform, shares = (name(n) for n in (
+            "joined", "total", "axis", "zero", "empty", "uniform", "shares"))
+        container.add_node("Concat", columns, [joined], axis=1)
+        container.add_initializer(axis, TensorProto.INT64, [1], [1])
+        container.add_node("ReduceSum", [joined, axis], [total], keepdims=1)
+        container.add_initializer(zero, TensorProto.DOUBLE, [], [0.0])
+        container.add_node("Equal", [total, zero], [empty])
+        container.add_initializer(uniform, TensorProto.DOUBLE, [], [1.0 / n_classes])
+        container.add_node("Div", [joined, total], [shares])
+        container.add_node("Where", [empty, uniform, shares], [probabilities])
+    _labels(scope, container, probabilities, model.classes_, operator.outputs[0].full_name)
+
+
+def _calibrator(scope: Any, container: Any, calibrator: Any, score: str, method: str) -> str:
+    """One class's calibrated probability [n, 1] from its score [n, 1]: sigmoid 1 / (1 + exp(a * s + b)); isotonic
+    scipy's linear interpolation between the thresholds (the score clipped to their range first), with the segment
+    of each score found as scipy's searchsorted does and the slopes computed as scipy computes them."""
+    from onnx import TensorProto
+
+    name = scope.get_unique_variable_name
+    out = name("calibrated")
+    if method == "sigmoid":
+        a, b, scaled, shifted, negative = (name(n) for n in ("a", "b", "scaled", "shifted", "negative"))
+        container.add_initializer(a, TensorProto.DOUBLE, [], [float(calibrator.a_)])
+        container.add_initializer(b, TensorProto.DOUBLE, [], [float(calibrator.b_)])
+        container.add_node("Mul", [a, score], [scaled])
+        container.add_node("Add", [scaled, b], [shifted])
+        container.add_node("Neg", [shifted], [negative])
+        container.add_node("Sigmoid", [negative], [out])
+        return out
+    x, y = np.asarray(calibrator.X_thresholds_, np.float64), np.asarray(calibrator.y_thresholds_, np.float64)
+    if len(x) == 1:  # a constant
+        zero, value, times = name("zero"), name("value"), name("times")
+        container.add_initializer(zero, TensorProto.DOUBLE, [], [0.0])
+        container.add_initializer(value, TensorProto.DOUBLE, [], [float(y[0])])
+        container.add_node("Mul", [score, zero], [times])
+        container.add_node("Add", [times, value], [out])
+        return out
+    low, high, clipped = name("low"), name("high"), name("clipped")
+    container.add_initializer(low, TensorProto.DOUBLE, [], [float(calibrator.X_min_)])
+    container.add_initializer(high, TensorProto.DOUBLE, [], [float(calibrator.X_max_)])
+    container.add_node("Clip", [score, low, high], [clipped])
+    # scipy: hi = searchsorted(x, s, "left") clipped to [1, len(x) - 1], lo = hi - 1; i.e. lo = the number of
+    # interior thresholds strictly below s.
+    interior, below, below_count, axis, segment = (name(n) for n in ("interior", "below", "count", "axis", "segment"))
+    container.add_initializer(interior, TensorProto.DOUBLE, [1, len(x) - 2], x[1:-1].tolist())
+    container.add_node("Less", [interior, clipped], [below])
+    container.add_node("Cast", [below], [below_count], to=TensorProto.INT64)
+    container.add_initializer(axis, TensorProto.INT64, [1], [1])
+    container.add_node("ReduceSum", [below_count, axis], [segment], keepdims=1)  # [n, 1]
+    slope = (y[1:] - y[:-1]) / (x[1:] - x[:-1])
+    tables = {}
+    for key, values in (("x_lo", x[:-1]), ("y_lo", y[:-1]), ("slope", slope)):
+        table, picked = name(key), name(key + "_picked")
+        container.add_initializer(table, TensorProto.DOUBLE, [len(values)], values.tolist())
+        container.add_node("Gather", [table, segment], [picked], axis=0)
+        tables[key] = picked
+    offset, rise = name("offset"), name("rise")
+    container.add_node("Sub", [clipped, tables["x_lo"]], [offset])
+    container.add_node("Mul", [tables["slope"], offset], [rise])
+    container.add_node("Add", [rise, tables["y_lo"]], [out])
+    return out
+
+
+def _labels(scope: Any, container: Any, probabilities: str, labels: np.ndarray, output: str) -> None:
+    """The label of each row's most probable class (the first of equals, as numpy's argmax)."""
+    from onnx import TensorProto
+
+    index, classes = scope.get_unique_variable_name("index"), scope.get_unique_variable_name("classes")
+    container.add_node("ArgMax", [probabilities], [index], axis=1, keepdims=0)
+    if labels.dtype.kind in "iub":
+        container.add_initializer(classes, TensorProto.INT64, [len(labels)], labels.astype(np.int64).tolist())
+    else:
+        container.add_initializer(classes, TensorProto.STRING, [len(labels)], [str(c).encode() for c in labels])
+    container.add_node("Gather", [classes, index], [output], axis=0)
+
+
 def _convert_trees(scope: Any, operator: Any, container: Any) -> None:
     from onnx import TensorProto
     from skl2onnx.operator_converters.common import concatenate_variables
@@ -551,7 +670,17 @@ def _convert_trees(scope: Any, operator: Any, container: Any) -> None:
         container.add_node("Identity", [raw], [operator.outputs[0].full_name])
         return
     probabilities = operator.outputs[1].full_name
-    if output == "sigmoid":
+    # Our CalibratedClassifierCV converter asks for raw scores where scikit-learn calibrates the decision_function
+    # (gradient boosting has one; forests have none and are calibrated on their probabilities): two classes as
+    # [-score, score] (the calibrator reads column 1), more as the per-class scores.
+    raw_scores = output != "average" and scope.get_options(model, dict(raw_scores=False))["raw_scores"]
+    if raw_scores and output == "sigmoid":
+        negative = name("negative")
+        container.add_node("Neg", [raw], [negative])
+        container.add_node("Concat", [negative, raw], [probabilities], axis=1)
+    elif raw_scores:
+        container.add_node("Identity", [raw], [probabilities])
+    elif output == "sigmoid":
         positive, one, negative = name("positive"), name("one"), name("negative")
         container.add_node("Sigmoid", [raw], [positive])
         container.add_initializer(one, TensorProto.DOUBLE, [], [1.0])
@@ -561,14 +690,7 @@ def _convert_trees(scope: Any, operator: Any, container: Any) -> None:
         container.add_node("Softmax", [raw], [probabilities], axis=1)
     else:
         container.add_node("Identity", [raw], [probabilities])
-    index, classes = name("index"), name("classes")
-    container.add_node("ArgMax", [probabilities], [index], axis=1, keepdims=0)
-    labels = model.classes_
-    if labels.dtype.kind in "iub":
-        container.add_initializer(classes, TensorProto.INT64, [len(labels)], labels.astype(np.int64).tolist())
-    else:
-        container.add_initializer(classes, TensorProto.STRING, [len(labels)], [str(c).encode() for c in labels])
-    container.add_node("Gather", [classes, index], [operator.outputs[0].full_name], axis=0)
+    _labels(scope, container, probabilities, model.classes_, operator.outputs[0].full_name)
 
 
 def _same_type_shape(operator: Any) -> None:

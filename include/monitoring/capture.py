@@ -9,7 +9,7 @@ another, a key given as 17 and as "17"; a key number past 64 bits) is read line 
 
 The frame: request_id, row, timestamp, the schema's id columns (each row's captured `key`, as text; None where
 the request sent none), the features (numbers as float, datetimes as datetime64 in UTC, categories and ordinals
-as text), prediction.
+as text), prediction. Given a classifier's classes, also the probability it gave each class (`Captured.probabilities`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
+import numpy as np
 import pandas as pd
 
 from include.ml.entities import MonitoringSources, SchemaConfig
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".jsonl.gz"
 PREDICTION = "prediction"
+PROBABILITIES = "probabilities"
 KEYS = ("request_id", "row")
 
 
@@ -39,6 +41,9 @@ KEYS = ("request_id", "row")
 class Captured:
     frame: pd.DataFrame  # request_id, row, timestamp, the features, prediction
     files: int
+    # Classification, when the classes were given: the captured probability of each class (one column each, rows as
+    # in `frame`; NaN where a row has none). None otherwise.
+    probabilities: pd.DataFrame | None = None
 
 
 def days(start: datetime, end: datetime) -> list[str]:
@@ -48,44 +53,54 @@ def days(start: datetime, end: datetime) -> list[str]:
 
 
 def collect(config: MonitoringSources, schema: SchemaConfig, model_name: str, version: str, start: datetime,
-            end: datetime) -> Captured:
-    """The rows captured for `model_name` `version` with start <= timestamp < end (aware datetimes, UTC)."""
-    frames, count = [], 0
+            end: datetime, classes: Sequence[str] = ()) -> Captured:
+    """The rows captured for `model_name` `version` with start <= timestamp < end (aware datetimes, UTC); with the
+    model's `classes` (as text), their captured probabilities too."""
+    frames, probabilities, count = [], [], 0
     with _local_files(config, model_name, days(start, end)) as files:
         for path in files:
-            frames.append(read_file(path, schema, model_name, version, start, end))
+            frame, proba = read_file(path, schema, model_name, version, start, end, classes)
+            frames.append(frame)
+            probabilities.append(proba)
             count += 1
     columns = [*KEYS, "timestamp", *(c.name for c in schema.ids), *(c.name for c in schema.features), PREDICTION]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    proba = None
+    if classes:
+        proba = pd.concat(probabilities, ignore_index=True) if frames else \
+            pd.DataFrame({str(c): np.empty(0) for c in classes})
     log.info("capture: %d rows of %s v%s from %d file(s) in %s, %s to %s", len(frame), model_name, version, count,
              config.capture_dir, start.isoformat(), end.isoformat())
-    return Captured(frame, count)
+    return Captured(frame, count, proba)
 
 
-def read_file(path: Path, schema: SchemaConfig, model_name: str, version: str, start: datetime,
-              end: datetime) -> pd.DataFrame:
-    """One capture file's rows of the model version and period, one column per id column and per feature."""
+def read_file(path: Path, schema: SchemaConfig, model_name: str, version: str, start: datetime, end: datetime,
+              classes: Sequence[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """One capture file's rows of the model version and period, one column per id column and per feature; and with
+    `classes`, each class's probability (one column per class, NaN where a row has none; None without classes)."""
     import pyarrow as pa
 
     try:
-        return _read_arrow(path, schema, model_name, version, start, end)
+        return _read_arrow(path, schema, model_name, version, start, end, classes)
     except pa.ArrowInvalid as exc:  # two JSON types in one field, a number past int64, or no JSON at all
         log.info("capture: pyarrow cannot read %s (%s); reading it line by line", path, exc)
-    return _read_lines(path, schema, model_name, version, start, end)
+    return _read_lines(path, schema, model_name, version, start, end, classes)
 
 
-def _read_arrow(path: Path, schema: SchemaConfig, model_name: str, version: str, start: datetime,
-                end: datetime) -> pd.DataFrame:
+def _read_arrow(path: Path, schema: SchemaConfig, model_name: str, version: str, start: datetime, end: datetime,
+                classes: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.json as pj
 
     typed = [pa.field(c.name, pa.float64() if c.is_numeric else pa.string()) for c in schema.features
              if c.is_numeric or c.dtype == "datetime"]
+    # The classes' probabilities typed up front: inferred, a block of rows without any would not match the next.
+    probabilities = [(PROBABILITIES, pa.struct([pa.field(str(c), pa.float64()) for c in classes]))] if classes else []
     explicit = pa.schema([("request_id", pa.string()), ("row", pa.int64()), ("timestamp", pa.string()),
                           ("model_name", pa.string()), ("model_version", pa.string()),
                           ("inputs", pa.struct(typed))]
-                         + ([(PREDICTION, pa.float64())] if schema.task == "regression" else []))
+                         + ([(PREDICTION, pa.float64())] if schema.task == "regression" else []) + probabilities)
     try:
         table = pj.read_json(pa.input_stream(str(path), compression="gzip"),
                              parse_options=pj.ParseOptions(explicit_schema=explicit, unexpected_field_behavior="infer"))
@@ -115,12 +130,19 @@ def _read_arrow(path: Path, schema: SchemaConfig, model_name: str, version: str,
     data[PREDICTION] = table[PREDICTION].to_pandas() if PREDICTION in table.column_names else None
     if schema.task == "classification" and data[PREDICTION] is not None:
         data[PREDICTION] = _labels(data[PREDICTION])
-    return pd.DataFrame({k: (v.to_numpy() if isinstance(v, pd.Series) else v) for k, v in data.items()})
+    frame = pd.DataFrame({k: (v.to_numpy() if isinstance(v, pd.Series) else v) for k, v in data.items()})
+    if not classes:
+        return frame, None
+    if not n:
+        return frame, pd.DataFrame({str(c): np.empty(0) for c in classes})
+    # flatten() applies the struct's own nulls (a row captured without probabilities) to every class: NaN.
+    return frame, pd.DataFrame({str(c): f.to_numpy(zero_copy_only=False)
+                                for c, f in zip(classes, fields(PROBABILITIES).flatten())})
 
 
-def _read_lines(path: Path, schema: SchemaConfig, model_name: str, version: str, start: datetime,
-                end: datetime) -> pd.DataFrame:
-    """read_file's frame, from the file parsed line by line with the json module."""
+def _read_lines(path: Path, schema: SchemaConfig, model_name: str, version: str, start: datetime, end: datetime,
+                classes: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """read_file's frames, from the file parsed line by line with the json module."""
     import gzip
     import json
 
@@ -149,7 +171,12 @@ def _read_lines(path: Path, schema: SchemaConfig, model_name: str, version: str,
                                                        dtype=object))
     predictions = pd.Series([r.get(PREDICTION) for r, _ in rows], dtype=object)
     data[PREDICTION] = predictions.astype("float64") if schema.task == "regression" else _labels(predictions)
-    return pd.DataFrame({k: v.to_numpy() for k, v in data.items()})
+    frame = pd.DataFrame({k: v.to_numpy() for k, v in data.items()})
+    if not classes:
+        return frame, None
+    given = [r.get(PROBABILITIES) or {} for r, _ in rows]
+    return frame, pd.DataFrame({str(c): pd.Series([p.get(str(c)) for p in given], dtype=object).astype("float64")
+                                for c in classes})
 
 
 def _feature(column: Any, values: pd.Series) -> pd.Series:

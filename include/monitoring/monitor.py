@@ -77,7 +77,8 @@ def monitor(config: MonitorJob, run_id: str, end: datetime, output_dir: Path) ->
         return None
     start = end - timedelta(hours=config.params.period_hours)
     ref = reference.load(name, version, config.schema, config.artifacts_root)
-    current = capture.collect(config.capture, config.schema, name, version, start, end).frame
+    captured = capture.collect(config.capture, config.schema, name, version, start, end, ref.classes)
+    current = captured.frame
     specs = {c.name: c for c in config.schema.features}
     compared = drift.compare(ref.features, current, drift.kinds_from_schema(config.schema.features), config.params,
                              specs)
@@ -89,7 +90,7 @@ def monitor(config: MonitorJob, run_id: str, end: datetime, output_dir: Path) ->
     if config.capture.ground_truth_uri:
         truth = quality.read_ground_truth(config.capture.ground_truth_uri, config.schema)
         live = quality.live_quality(current, truth, config.schema, config.promotion, ref.test_metrics,
-                                    config.params.min_rows, config.params.quality_drop)
+                                    config.params.min_rows, config.params.quality_drop, captured.probabilities)
     details = [compared.features[n].describe() for n in compared.drifted]
     if compared.prediction is not None and compared.prediction.drifted:
         details.append(compared.prediction.describe())

@@ -7,14 +7,17 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from include.ml.components.evaluation import prediction_metrics
 from include.ml.entities import PromotionConfig, SchemaConfig
 from include.ml.exceptions import MonitoringError
+from include.ml.metrics import PROBABILITY_METRICS, prediction_metrics, probability_metrics
 from include.monitoring.capture import KEYS, PREDICTION, key_text
 
 log = logging.getLogger(__name__)
+
+_POSITION = "\x00position"  # a captured row's position while joined to the truth (no column can be named so)
 
 
 @dataclass(frozen=True)
@@ -26,8 +29,11 @@ class LiveQuality:
     test: float | None  # the champion's value on its test set
     worse_by: float | None  # relative: (live - test) / |test|, signed so that positive is worse
     dropped: bool
+    note: str | None = None  # why there is no verdict, when it is not the number of rows
 
     def describe(self) -> str:
+        if self.note:
+            return f"live quality: {self.note}"
         if self.live is None or self.test is None or self.worse_by is None:
             return f"live quality: not enough labelled rows ({self.rows})"
         verdict = "DROPPED" if self.dropped else "ok"
@@ -64,22 +70,41 @@ def read_ground_truth(uri: str, schema: SchemaConfig) -> pd.DataFrame:
 
 
 def live_quality(captured: pd.DataFrame, truth: pd.DataFrame, schema: SchemaConfig, promotion: PromotionConfig,
-                 test_metrics: dict[str, float], min_rows: int, drop: float) -> LiveQuality:
+                 test_metrics: dict[str, float], min_rows: int, drop: float,
+                 probabilities: pd.DataFrame | None = None) -> LiveQuality:
     """The captured predictions scored against the true values, joined on request_id and row, or on the id column
-    the truth has (every captured prediction of that key gets its true value)."""
-    if "request_id" in truth.columns:
-        joined = captured[[*KEYS, PREDICTION]].astype({"request_id": str, "row": "int64"}).merge(truth, on=list(KEYS))
+    the truth has (every captured prediction of that key gets its true value); the gate's metrics, and the promotion
+    metric against the champion's test-set value. `probabilities` (classification: one column per class, rows as in
+    `captured`) are the captured class probabilities; the probability metrics need them for every labelled row."""
+    by_request = "request_id" in truth.columns
+    keys = list(KEYS) if by_request else [next(c for c in truth.columns if c != schema.target)]
+    picked = captured[[*keys, PREDICTION]].assign(**{_POSITION: np.arange(len(captured))})  # row -> probabilities
+    if by_request:
+        joined = picked.astype({"request_id": str, "row": "int64"}).merge(truth, on=keys)
     else:
-        key = next(c for c in truth.columns if c != schema.target)
-        joined = captured[[key, PREDICTION]].dropna(subset=[key]).merge(truth, on=key)
+        joined = picked.dropna(subset=keys).merge(truth, on=keys)
     joined = joined.dropna(subset=[PREDICTION, schema.target])
     metric, test = promotion.metric, test_metrics.get(promotion.metric)
     if len(joined) < min_rows:
         return LiveQuality(len(joined), {}, metric, None, test, None, False)
     y = joined[schema.target] if schema.task == "regression" else joined[schema.target].astype(str)
     scores = prediction_metrics(schema.task, y, joined[PREDICTION])
+    missing = len(joined)
+    if schema.task == "classification" and probabilities is not None:
+        proba = probabilities.to_numpy(dtype=np.float64)[joined[_POSITION].to_numpy()]
+        missing = int(np.isnan(proba).any(axis=1).sum())
+        if not missing:
+            scores |= probability_metrics(y, proba, list(probabilities.columns))
     live = scores.get(metric)
-    if live is None or test is None:
-        return LiveQuality(len(joined), scores, metric, live, test, None, False)
+    if live is None and metric in PROBABILITY_METRICS and missing:
+        note = (f"live {metric} needs the predicted probabilities, and {missing} of the {len(joined)} labelled "
+                "captured rows have none (captured by a server that did not record them?)")
+        return LiveQuality(len(joined), scores, metric, None, test, None, False, note)
+    if live is None:
+        note = f"live {metric} is undefined on the {len(joined)} labelled rows (one class only, or unknown labels)"
+        return LiveQuality(len(joined), scores, metric, None, test, None, False, note)
+    if test is None:
+        return LiveQuality(len(joined), scores, metric, live, None, None, False,
+                           f"the champion's run logged no test_{metric} to compare with")
     worse = (test - live if promotion.higher_is_better else live - test) / (abs(test) or 1.0)
     return LiveQuality(len(joined), scores, metric, live, test, worse, worse > drop)

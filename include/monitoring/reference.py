@@ -33,6 +33,7 @@ class Reference:
     features: pd.DataFrame
     predictions: pd.Series  # the champion's predictions on its test split
     test_metrics: dict[str, float]
+    classes: tuple[str, ...] = ()  # a classifier's classes as text (what capture names its probabilities by)
 
 
 def load(model_name: str, version: str, schema: SchemaConfig, artifacts_root: Path) -> Reference:
@@ -60,5 +61,6 @@ def load(model_name: str, version: str, schema: SchemaConfig, artifacts_root: Pa
                if k.startswith("test_") and k != "test_rows"}
     log.info("reference: %s v%s, %d rows from %s, predictions on %d test rows", model_name, version, len(features),
              source, len(predictions))
+    classes = tuple(str(c) for c in model.classes_) if schema.task == "classification" else ()
     return Reference(model_name, version, run.info.run_id, pipeline_run_id, str(source), features, predictions,
-                     metrics)
+                     metrics, classes)

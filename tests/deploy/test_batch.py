@@ -86,15 +86,14 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     # MLflow's URIs are process-wide: leave them as other modules expect once done.
     before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    mlflow.set_registry_uri(f"sqlite:///{root}/mlflow.db")  # an earlier module may have set one of its own
     experiment = mlflow.create_experiment("batch", artifact_location=(root / "art").as_uri())
     client = mlflow.MlflowClient()
     for task in ("regression", "classification"):
         client.set_registered_model_alias(MODELS[task], "champion",
                                           register_toy_model(MODELS[task], experiment, task=task))
-    # No missing plate in training: MLflow's saved input example could hold NaN for one, which the export's
-    # self-check refuses (serving/inputs: "expected a string, got float"). Scored files have missing plates.
-    train_and_register("flights", root, flights_like(3000, seed=1, missing_plates=0))
-    train_and_register("flights-forest", root, flights_like(3000, seed=1, missing_plates=0))
+    train_and_register("flights", root, flights_like(3000, seed=1))
+    train_and_register("flights-forest", root, flights_like(3000, seed=1))
     train_and_register("wide", root, wide_frame(8000))
     yield root / "models"
     mlflow.set_tracking_uri(before[0])

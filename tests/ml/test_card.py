@@ -8,15 +8,18 @@ import io
 import re
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from include.ml.components import card as model_card
-from include.ml.components.evaluation import compute_metrics, evaluate
+from include.ml.components.evaluation import evaluate
 from include.ml.components.training import build_pipeline, split_xy, train
 from include.ml.configuration import ConfigurationManager
-from include.ml.entities import CardConfig, EvaluationConfig, MlflowConfig
+from include.ml.entities import CardConfig, EvaluationConfig, MlflowConfig, PromotionConfig
 from include.ml.exceptions import ConfigError
-from tests.support.frames import dataset, evaluation_config, training_config
+from include.ml.metrics import compute_metrics
+from tests.support.frames import dataset, evaluation_config, noisy_dataset, training_config
 
 SHA = "0123456789abcdef" * 4
 FILLED = CardConfig(intended_use="Ranking wines for a tasting panel.", limitations="Red wines from one region only.",
@@ -169,3 +172,48 @@ def test_evaluate_logs_every_versions_card_and_sets_its_description(mlflow_confi
     assert "| metric | v2 (this version) | v1 (champion) |" in second
     assert f"| rmse (gate) | {results[1].metrics['rmse']:.4f} | {rmse} |" in second
     assert "Not promoted: not better" in second
+
+
+def test_a_classifiers_card_shows_its_calibration_probability_metrics_and_reliability(
+        mlflow_config: MlflowConfig, tmp_path: Path) -> None:
+    import mlflow
+
+    trained = train(noisy_dataset(600), training_config("classification", "random_forest", mlflow_config, "sigmoid"),
+                    "cal", tmp_path / "cal", dataset_source="/data/unit.csv")
+    config = evaluation_config("classification", mlflow_config)
+    config = EvaluationConfig(config.schema, PromotionConfig(metric="log_loss", min_improvement="1%"), config.mlflow)
+    result = evaluate(noisy_dataset(300, seed=1), config, trained, tmp_path / "e")
+    markdown = (tmp_path / "e" / model_card.ARTIFACT_DIR / model_card.MARKDOWN).read_text()
+    html = (tmp_path / "e" / model_card.ARTIFACT_DIR / model_card.HTML).read_text()
+    calibration = "sigmoid (Platt scaling), 5-fold cross-fitted on the training split"
+    assert f"- Calibration: {calibration}" in markdown and calibration in _text(html)
+    assert "| n_estimators | 5 |" in markdown  # the forest's own hyperparameters, not the calibrator's
+    for name, better in (("log_loss (gate)", "lower"), ("brier_score", "lower"), ("pr_auc", "higher"),
+                         ("balanced_accuracy", "higher"), ("roc_auc", "higher")):
+        value = result.metrics[name.removesuffix(" (gate)")]
+        assert f"| {name} | {value:.4f} | - | {better} |" in markdown
+    assert 'alt="Reliability: predicted probability vs observed frequency (test set)"' in html
+    assert html.count("data:image/png;base64,") == 3  # confusion matrix, reliability, importance
+    reliability = mlflow.artifacts.download_artifacts(f"runs:/{trained.mlflow_run_id}/plots/reliability.png",
+                                                      dst_path=str(tmp_path / "png"))
+    assert Path(reliability).read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_reliability_plot_draws_each_class_or_the_positive_one() -> None:
+    from include.ml.components import plots
+
+    rng = np.random.default_rng(0)
+    three = rng.dirichlet([1, 1, 1], 200)
+    y = pd.Series(np.array(["a", "b", "c"])[[rng.choice(3, p=p) for p in three]])
+    figure = plots.reliability(three, ["a", "b", "c"], y)
+    curve = figure.axes[0]
+    assert [line.get_label() for line in curve.get_lines()] == ["perfectly calibrated", "class a", "class b",
+                                                                "class c"]
+    binary = plots.reliability(np.column_stack([1 - three[:, 0], three[:, 0]]), ["n", "y"],
+                               pd.Series(np.where(y == "a", "y", "n")))
+    assert [line.get_label() for line in binary.axes[0].get_lines()] == ["perfectly calibrated", "class y"]
+    # Each curve: the observed share of the class against the mean predicted probability, per tenth of [0, 1].
+    from sklearn.calibration import calibration_curve
+
+    observed, predicted = calibration_curve(y == "a", three[:, 0], n_bins=10)
+    np.testing.assert_allclose(curve.get_lines()[1].get_xydata(), np.column_stack([predicted, observed]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,9 @@ from pydantic import ValidationError
 
 from include.ml.configuration import ConfigurationManager
 from include.ml.exceptions import ConfigError
+from tests.support.project import REPO
+
+PENGUINS = REPO / "examples" / "penguins"
 
 
 def load(config_dir: Path, **env: str) -> ConfigurationManager:
@@ -432,3 +436,51 @@ def test_an_unknown_schema_key_lists_the_keys_as_written(config_dir: Path, edit_
     edit_yaml(config_dir / "schema.yaml", lambda d: d.update(targets="quality"))
     expect_error(config_dir, "schema.yaml", "targets",
                  "expected one of: columns, columns_not_in_schema, min_rows, target, task")
+
+
+def test_min_improvement_is_absolute_or_a_percentage_of_the_champion(config_dir: Path, edit_yaml) -> None:
+    edit_yaml(config_dir / "params.yaml", lambda d: d["promotion"].update(min_improvement="1%"))
+    promotion = load(config_dir).config.promotion
+    assert promotion.relative and promotion.min_improvement == "1%" and promotion.margin(0.5) == pytest.approx(0.005)
+    edit_yaml(config_dir / "params.yaml", lambda d: d["promotion"].update(min_improvement=2))
+    promotion = load(config_dir).config.promotion
+    assert not promotion.relative and promotion.margin(1000.0) == 2.0
+
+
+@pytest.mark.parametrize("value, got", [
+    ("1", "got str '1'"),  # quoted: neither a number nor a percentage
+    ("-2%", "got str '-2%'"),
+    ("one%", "got str 'one%'"),
+    (-0.5, "got float -0.5"),
+    (True, "got bool True"),
+    (None, "got null"),
+])
+def test_a_bad_min_improvement_says_what_is_expected(config_dir: Path, edit_yaml, value, got: str) -> None:
+    edit_yaml(config_dir / "params.yaml", lambda d: d["promotion"].update(min_improvement=value))
+    expect_error(config_dir, "params.yaml", "promotion.min_improvement",
+                 f"expected a number >= 0 (absolute) or a percentage such as 1% (of the champion's value), {got}")
+
+
+def test_every_classification_metric_may_be_the_gate_metric(tmp_path: Path, edit_yaml) -> None:
+    shutil.copytree(PENGUINS, tmp_path / "penguins")
+    for metric in ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "pr_auc", "log_loss", "brier_score"):
+        edit_yaml(tmp_path / "penguins" / "params.yaml", lambda d, m=metric: d["promotion"].update(metric=m))
+        assert load(tmp_path / "penguins").tuning().metric == metric
+    edit_yaml(tmp_path / "penguins" / "params.yaml", lambda d: d["promotion"].update(metric="rmse"))
+    expect_error(tmp_path / "penguins", "params.yaml", "promotion.metric",
+                 "'rmse' is not a classification metric; expected one of accuracy, balanced_accuracy, f1_macro, "
+                 "roc_auc, pr_auc, log_loss, brier_score")
+
+
+def test_calibration_is_for_classifiers(config_dir: Path, tmp_path: Path, edit_yaml) -> None:
+    shutil.copytree(PENGUINS, tmp_path / "penguins")
+    assert load(tmp_path / "penguins").training().calibration == "none"  # the default
+    edit_yaml(tmp_path / "penguins" / "params.yaml", lambda d: d["model"].update(calibration="isotonic"))
+    assert load(tmp_path / "penguins").training().calibration == "isotonic"
+    edit_yaml(tmp_path / "penguins" / "params.yaml", lambda d: d["model"].update(calibration="platt"))
+    expect_error(tmp_path / "penguins", "params.yaml", "model.calibration",
+                 "expected one of none, sigmoid, isotonic, got str 'platt'")
+    edit_yaml(config_dir / "params.yaml", lambda d: d["model"].update(calibration="sigmoid"))
+    expect_error(config_dir, "params.yaml", "model.calibration",
+                 "'sigmoid' calibrates a classifier's probabilities; schema.yaml's task is regression: remove the key "
+                 "or set it to none")

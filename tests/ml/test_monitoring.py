@@ -18,8 +18,7 @@ import pytest
 
 import main
 from include.ml import registry
-from include.ml.components.evaluation import compute_metrics
-from include.ml.components.training import split_xy, train
+from include.ml.components.training import build_pipeline, split_xy, train
 from include.ml.components.transformation import split
 from include.ml.configuration import ConfigurationManager
 from include.ml.entities import (
@@ -32,6 +31,7 @@ from include.ml.entities import (
 )
 from include.ml.entities import TransformationConfig as Split
 from include.ml.exceptions import ConfigError, MonitoringError
+from include.ml.metrics import compute_metrics
 from include.monitoring import capture, quality
 from include.monitoring.files import compare_files
 from include.monitoring.monitor import monitor
@@ -366,3 +366,107 @@ def test_no_traffic_is_not_enough_data_and_no_signal(champion: tuple[MlflowConfi
 def test_without_a_champion_there_is_nothing_to_monitor(mlflow_config: MlflowConfig, tmp_path: Path) -> None:
     assert monitor(monitor_config(mlflow_config, tmp_path, tmp_path), "none", END, tmp_path / "out") is None
     assert isinstance(drift_signal({"skipped": "no champion"}), Skipped)
+
+
+# --- live quality from the captured probabilities ----------------------------------------------------------------
+
+def classifier_capture(tmp_path: Path, rows: int = 200, without: slice = slice(0)) -> tuple[Any, pd.DataFrame,
+                                                                                            MonitoringSources]:
+    """A fitted classifier's answers to `rows` rows captured as its server records them (probabilities by class
+    name), except the rows of `without`, captured with none."""
+    config = training_config("classification", "random_forest", MlflowConfig(registered_model_name="m"))
+    model = build_pipeline(config).fit(*split_xy(dataset("classification", rows=300), schema("classification")))
+    live = dataset("classification", rows=rows, seed=4)
+    x = live.drop(columns=["y"])
+    proba = [dict(zip(model.classes_, p)) for p in model.predict_proba(x).tolist()]
+    proba[without] = [None] * len(proba[without])
+    write_capture(tmp_path, "m", "1", x, model.predict(x), END - timedelta(hours=1), probabilities=proba)
+    return model, live, MonitoringSources(capture_dir=str(tmp_path))
+
+
+def test_collect_reads_each_classes_probability(tmp_path: Path) -> None:
+    model, live, sources = classifier_capture(tmp_path, rows=30, without=slice(0, 5))
+    got = capture.collect(sources, schema("classification"), "m", "1", END - timedelta(hours=2), END,
+                          classes=("a", "b", "c"))
+    assert list(got.probabilities.columns) == ["a", "b", "c"] and len(got.probabilities) == len(got.frame) == 30
+    expected = model.predict_proba(live.drop(columns=["y"]))
+    assert got.probabilities.iloc[:5].isna().all().all()  # captured without: missing, not 0
+    np.testing.assert_allclose(got.probabilities.iloc[5:].to_numpy(), expected[5:])
+    assert capture.collect(sources, schema("classification"), "m", "1", END - timedelta(hours=2), END).probabilities \
+        is None  # not asked for
+
+
+@pytest.mark.parametrize("metric", ["log_loss", "brier_score", "pr_auc", "roc_auc"])
+def test_live_probability_metrics_come_from_the_captured_probabilities(tmp_path: Path, metric: str) -> None:
+    model, live, sources = classifier_capture(tmp_path)
+    got = capture.collect(sources, schema("classification"), "m", "1", END - timedelta(hours=2), END,
+                          classes=tuple(model.classes_))
+    truth = got.frame[["request_id", "row"]].assign(y=live["y"].to_numpy())
+    expected = compute_metrics("classification", model, live.drop(columns=["y"]), live["y"])
+    result = quality.live_quality(got.frame, truth, schema("classification"), PromotionConfig(metric=metric),
+                                  {metric: expected[metric]}, min_rows=50, drop=0.1, probabilities=got.probabilities)
+    assert result.live == pytest.approx(expected[metric]) and result.worse_by == pytest.approx(0, abs=1e-12)
+    assert result.metrics == pytest.approx(expected) and "ok" in result.describe()
+
+
+def test_without_captured_probabilities_a_probability_gate_metric_says_so(tmp_path: Path) -> None:
+    model, live, sources = classifier_capture(tmp_path, without=slice(0, 20))
+    got = capture.collect(sources, schema("classification"), "m", "1", END - timedelta(hours=2), END,
+                          classes=tuple(model.classes_))
+    truth = got.frame[["request_id", "row"]].assign(y=live["y"].to_numpy())
+    result = quality.live_quality(got.frame, truth, schema("classification"), PromotionConfig(metric="log_loss"),
+                                  {"log_loss": 0.5}, min_rows=50, drop=0.1, probabilities=got.probabilities)
+    assert result.live is None and not result.dropped
+    assert result.describe() == ("live quality: live log_loss needs the predicted probabilities, and 20 of the 200 "
+                                 "labelled captured rows have none (captured by a server that did not record them?)")
+    assert {"accuracy", "balanced_accuracy", "f1_macro"} == set(result.metrics)  # what the labels alone give
+    label_gate = quality.live_quality(got.frame, truth, schema("classification"), PromotionConfig(metric="accuracy"),
+                                      {"accuracy": 0.9}, min_rows=50, drop=0.1, probabilities=got.probabilities)
+    assert label_gate.live == pytest.approx(result.metrics["accuracy"]) and label_gate.note is None
+
+
+def test_monitor_scores_a_classifiers_live_log_loss_from_what_its_server_captured(mlflow_config: MlflowConfig,
+                                                                                  tmp_path: Path) -> None:
+    """The champion's classes (from its model) name the captured probabilities; its logged test_log_loss is the
+    yardstick."""
+    artifacts_root, task = tmp_path / "artifacts", "classification"
+    train_frame, test_frame = split(dataset(task, rows=400), Split(schema(task), SplitConfig()))
+    (artifacts_root / "run-1" / "transform").mkdir(parents=True)
+    train_frame.to_parquet(artifacts_root / "run-1" / "transform" / "train.parquet")
+    trained = train(train_frame, training_config(task, "random_forest", mlflow_config, "sigmoid"), "run-1",
+                    tmp_path / "train", dataset_source="memory")
+    model = registry.load_model(trained.model_uri)
+    with mlflow.start_run(run_id=trained.mlflow_run_id):
+        mlflow.log_metrics({f"test_{k}": v for k, v in compute_metrics(task, model, *split_xy(test_frame, schema(
+            task))).items()})
+    registry.promote("unit-model", registry.register("unit-model", trained.model_uri, trained.mlflow_run_id), "test")
+    live = dataset(task, rows=200, seed=8)
+    x = live.drop(columns=["y"])
+    write_capture(tmp_path / "capture", "unit-model", "1", x, model.predict(x), END - timedelta(hours=1),
+                  probabilities=[dict(zip(model.classes_, p)) for p in model.predict_proba(x).tolist()])
+    with gzip.open(next((tmp_path / "capture").rglob("*.jsonl.gz")), "rt") as lines:
+        keys = [(r["request_id"], r["row"]) for r in map(json.loads, lines)]
+    pd.DataFrame(keys, columns=["request_id", "row"]).assign(y=live["y"]).to_csv(tmp_path / "truth.csv", index=False)
+    config = MonitorJob(schema(task), PromotionConfig(metric="log_loss", min_improvement="1%"), mlflow_config,
+                        MonitoringSources(capture_dir=str(tmp_path / "capture"),
+                                          ground_truth_uri=str(tmp_path / "truth.csv")),
+                        MonitoringPolicy(min_rows=50), artifacts_root)
+    result = monitor(config, "monitor-run", END, tmp_path / "out")
+    expected = compute_metrics(task, model, x, live["y"])["log_loss"]
+    assert result.quality.startswith(f"live log_loss {expected:.4f} vs test "), result.quality
+    assert mlflow.get_run(result.mlflow_run_id).data.metrics["live_log_loss"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["one JSON type per field", "two JSON types in a field"])
+def test_collect_reads_the_probabilities_with_either_reader(tmp_path: Path, mixed: bool) -> None:
+    """Each class's captured probability, NaN where a row has none (or lacks that class): the same from pyarrow's
+    reader and, when a field mixes JSON types, from the line-by-line one."""
+    inputs = {"x1": 0.5, "x2": 1.0, "kind": "p"}
+    lines = [{"inputs": inputs, "prediction": "c", "probabilities": {"a": 0.2, "b": 0.3, "c": 0.5}},
+             {"inputs": {**inputs, "kind": 7 if mixed else "7"}, "prediction": "a", "probabilities": None},
+             {"inputs": inputs, "prediction": "b", "probabilities": {"a": 0.1, "b": 0.9}}]
+    got = capture.collect(_capture_lines(tmp_path, lines), schema("classification"), "flights", "1",
+                          END - timedelta(hours=2), END, classes=("a", "b", "c"))
+    assert got.frame["kind"].tolist() == ["p", "7", "p"] and got.frame["prediction"].tolist() == ["c", "a", "b"]
+    np.testing.assert_array_equal(got.probabilities.to_numpy(),
+                                  [[0.2, 0.3, 0.5], [np.nan, np.nan, np.nan], [0.1, 0.9, np.nan]])

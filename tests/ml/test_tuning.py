@@ -167,9 +167,9 @@ def test_the_trial_running_when_the_budget_is_spent_stops_between_folds(mlflow_c
 
 def test_a_forest_running_when_the_budget_is_spent_stops_between_batches_of_trees(mlflow_config: MlflowConfig,
                                                                                   tmp_path: Path) -> None:
-    """A forest grows 50 trees at a time and looks at the clock in between: trial 1 (2000 trees a fold) stops
-    within its first fold."""
-    slow = {"extra_trees": {"n_estimators": {"choices": [2000]}}}
+    """A forest grows 50 trees at a time and looks at the clock in between: trial 1 (20,000 trees a fold, far more
+    than fit in the budget on any machine) stops within its first fold."""
+    slow = {"extra_trees": {"n_estimators": {"choices": [20_000]}}}
     config = tuning_config("regression", mlflow_config, slow, n_trials=100, timeout_seconds=3.0)
     result = tune(dataset("regression", rows=4000), config, "r", tmp_path)
     trials = nested_runs(result)

@@ -15,8 +15,10 @@ import pandas as pd
 
 
 def write_capture(capture_dir: Path, model: str, version: str, inputs: pd.DataFrame, predictions: Any,
-                  when: datetime, rows_per_request: int = 1, name: str | None = None) -> Path:
-    """One complete capture file of `inputs` (one line per row) at `when` (UTC), in the contract's layout."""
+                  when: datetime, rows_per_request: int = 1, name: str | None = None,
+                  probabilities: list[dict[str, float] | None] | None = None) -> Path:
+    """One complete capture file of `inputs` (one line per row) at `when` (UTC), in the contract's layout
+    (`probabilities`: each row's class -> probability, as a classifier's server records them; None: none)."""
     stamp = when.astimezone(timezone.utc)
     folder = capture_dir / model / stamp.strftime("%Y-%m-%d")
     folder.mkdir(parents=True, exist_ok=True)
@@ -24,13 +26,14 @@ def write_capture(capture_dir: Path, model: str, version: str, inputs: pd.DataFr
     records = inputs.to_dict(orient="records")
     with gzip.open(path, "wt", compresslevel=1) as out:
         request = ""
-        for index, (record, prediction) in enumerate(zip(records, predictions)):
+        for index, (record, prediction, proba) in enumerate(zip(records, predictions,
+                                                               probabilities or [None] * len(records))):
             if index % rows_per_request == 0:
                 request = uuid.uuid4().hex
             line = {"request_id": request, "row": index % rows_per_request,
                     "timestamp": stamp.isoformat().replace("+00:00", "Z"), "model_name": model,
                     "model_version": version, "inputs": {k: _scalar(v) for k, v in record.items()},
-                    "prediction": _scalar(prediction), "probabilities": None}
+                    "prediction": _scalar(prediction), "probabilities": proba}
             out.write(json.dumps(line) + "\n")
     return path
 

@@ -50,18 +50,47 @@ def dataset(task: str, rows: int = 120, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame({"x1": x1, "x2": x2, "kind": kind, "y": y})
 
 
-def pipeline_for(schema: SchemaConfig, family: str, hyperparameters: dict[str, Any], seed: int = 0) -> Any:
-    """The unfitted pipeline training builds for `schema` and `family` (preprocessing included)."""
+def noisy_dataset(rows: int = 1500, seed: int = 0) -> pd.DataFrame:
+    """`schema("classification")` rows whose class is drawn at random from a softmax of the features: no model can
+    be sure, so a forest of pure leaves is over-confident (what calibration mends)."""
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.normal(size=rows), rng.normal(size=rows)
+    kind = rng.choice(["p", "q"], rows)
+    logits = np.column_stack([x1, x2, 0.5 * (kind == "p")])
+    shares = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    drawn = (rng.random((rows, 1)) > shares.cumsum(axis=1)).sum(axis=1)
+    y = np.array(["a", "b", "c"])[np.minimum(drawn, 2)]
+    x1[::10] = np.nan
+    return pd.DataFrame({"x1": x1, "x2": x2, "kind": kind, "y": y})
+
+
+def imbalanced_dataset(rows: int = 3000, seed: int = 0) -> pd.DataFrame:
+    """`schema("classification")` rows of two classes, "b" the rare one (about 11 %), drawn from a logistic model of
+    x1 and x2."""
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.normal(size=rows), rng.normal(size=rows)
+    kind = rng.choice(["p", "q"], rows)
+    rare = rng.random(rows) < 1 / (1 + np.exp(-(1.5 * x1 - x2 - 3)))
+    return pd.DataFrame({"x1": x1, "x2": x2, "kind": kind, "y": np.where(rare, "b", "a")})
+
+
+def pipeline_for(schema: SchemaConfig, family: str, hyperparameters: dict[str, Any], seed: int = 0,
+                 calibration: str = "none") -> Any:
+    """The unfitted pipeline training builds for `schema` and `family` (preprocessing included; with
+    `calibration`, the classifier inside a CalibratedClassifierCV)."""
     from include.ml.components.training import build_pipeline
 
-    model = ModelConfig(family=family, random_state=seed, hyperparameters=hyperparameters)
+    model = ModelConfig(family=family, random_state=seed, hyperparameters=hyperparameters, calibration=calibration)
     unused = MlflowConfig(experiment_name="unused", registered_model_name="unused")
-    return build_pipeline(TrainingConfig(schema, model, unused, MappingProxyType({})))
+    return build_pipeline(TrainingConfig(schema, model, unused, MappingProxyType({}), calibration=calibration))
 
 
-def training_config(task: str, family: str, mlflow_config: MlflowConfig, **hyper: Any) -> TrainingConfig:
-    model = ModelConfig(family=family, random_state=0, hyperparameters={**FAST[family], **hyper})
-    return TrainingConfig(schema(task), model, mlflow_config, MappingProxyType({"git_sha": "test"}))
+def training_config(task: str, family: str, mlflow_config: MlflowConfig, calibration: str = "none",
+                    **hyper: Any) -> TrainingConfig:
+    model = ModelConfig(family=family, random_state=0, hyperparameters={**FAST[family], **hyper},
+                        calibration=calibration)
+    return TrainingConfig(schema(task), model, mlflow_config, MappingProxyType({"git_sha": "test"}),
+                          calibration=calibration)
 
 
 def evaluation_config(task: str, mlflow_config: MlflowConfig, margin: float = 0.001) -> EvaluationConfig:
