@@ -147,6 +147,8 @@ NATURAL_BOUNDS: dict[str, tuple[int, int]] = {
     "dayofyear": (1, 366), "doy": (1, 366)}
 WEEKDAY_NAMES = ("weekday", "dayofweek", "dow", "wday")
 HHMM_MAX = 2400
+SPEC_KEYS = ("dtype", "role", "nullable", "max_null_fraction", "format", "min", "max", "allowed", "categories",
+             "encoding")  # the order a column's keys are written in
 # Known ordered scales, lowest first; a level may have synonyms.
 SCALES: dict[str, list[tuple[str, ...]]] = {
     "sizes": [("xxxs",), ("xxs",), ("xs", "extra small"), ("s", "small"), ("m", "medium"), ("l", "large"),
@@ -375,7 +377,8 @@ def _column(name: str, column: pd.Series, labelled: pd.Series) -> _Column:
 
     def done(group: str) -> _Column:
         _nulls(spec, notes, column, labelled)
-        return _Column(name, spec, ", ".join(notes), distinct, group)
+        ordered = {key: spec[key] for key in SPEC_KEYS if key in spec}
+        return _Column(name, ordered, ", ".join(notes), distinct, group)
 
     words = _words(name)
     kind = "text" if text else "int" if is_int else "float" if is_float else "bool"
@@ -603,7 +606,7 @@ def _number_range(words: list[str], lo: float, hi: float, whole: bool, integral:
     if name in WEEKDAY_NAMES or joined in WEEKDAY_NAMES:
         bounds = (0, 6) if lo < 1 else (1, 7)
     if bounds and integral and bounds[0] <= lo and hi <= bounds[1]:
-        return bounds[0], bounds[1], f"observed {lo:g} to {hi:g}; a {name or joined}: {bounds[0]} to {bounds[1]}"
+        return bounds[0], bounds[1], f"observed {lo:g} to {hi:g}; {name or joined} field: {bounds[0]} to {bounds[1]}"
     if hhmm and 0 <= lo and hi <= HHMM_MAX and hi >= 100:
         return 0, HHMM_MAX, f"observed {lo:g} to {hi:g}; hhmm clock times: 0 to {HHMM_MAX}"
     low, high, note = _range(lo, hi, whole)
