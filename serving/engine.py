@@ -106,11 +106,16 @@ def convert(estimator: Any, contract: Contract) -> bytes:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
     from sklearn import ensemble
+    from sklearn.calibration import CalibratedClassifierCV
     from sklearn.impute import SimpleImputer
 
     for feature in contract.features:
         if not feature.is_numeric and feature.allowed and not all(isinstance(a, str) for a in feature.allowed):
             raise TypeError(f"categorical feature {feature.name!r} has non-text values {list(feature.allowed)[:5]}")
+    final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+    if isinstance(final, CalibratedClassifierCV) and final.method != "sigmoid":
+        raise NotImplementedError(f"{final.method} calibration is not converted: skl2onnx maps a score to the nearest "
+                                  "of the calibrator's thresholds, where scikit-learn interpolates between them")
     inputs = [(f.name, DoubleTensorType([None, 1]) if f.is_numeric else StringTensorType([None, 1]))
               for f in contract.features]
     forests = (ensemble.RandomForestClassifier, ensemble.ExtraTreesClassifier)
@@ -118,7 +123,6 @@ def convert(estimator: Any, contract: Contract) -> bytes:
                                              ensemble.HistGradientBoostingRegressor,
                                              ensemble.HistGradientBoostingClassifier)}
     shapes = {cls: _double_probabilities for cls in forests}
-    final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
     options = {id(final): {"zipmap": False}} if contract.task == "classification" else None
     onx = convert_sklearn(estimator, initial_types=inputs, target_opset=_OPSETS, options=options,
                            custom_conversion_functions={SimpleImputer: _convert_imputer, **trees},
@@ -394,7 +398,17 @@ def _convert_trees(scope: Any, operator: Any, container: Any) -> None:
         container.add_node("Identity", [raw], [operator.outputs[0].full_name])
         return
     probabilities = operator.outputs[1].full_name
-    if output == "sigmoid":
+    # skl2onnx's CalibratedClassifierCV converter asks for raw scores where scikit-learn calibrates the
+    # decision_function (gradient boosting has one; forests have none and are calibrated on their probabilities):
+    # two classes as [-score, score] (the calibrator reads column 1), more as the per-class scores.
+    raw_scores = output != "average" and scope.get_options(model, dict(raw_scores=False))["raw_scores"]
+    if raw_scores and output == "sigmoid":
+        negative = name("negative")
+        container.add_node("Neg", [raw], [negative])
+        container.add_node("Concat", [negative, raw], [probabilities], axis=1)
+    elif raw_scores:
+        container.add_node("Identity", [raw], [probabilities])
+    elif output == "sigmoid":
         positive, one, negative = name("positive"), name("one"), name("negative")
         container.add_node("Sigmoid", [raw], [positive])
         container.add_initializer(one, TensorProto.DOUBLE, [], [1.0])

@@ -129,8 +129,10 @@ def load_bundle(bundle: Path, trusted: PublicKeys) -> LoadedModel:
 def _single_threaded(estimator: Any) -> None:
     """Parallelism comes from workers and batching; a joblib pool per call costs more than it gives (when sklearn
     serves: the ONNX Runtime session has one thread of its own)."""
-    steps = getattr(estimator, "steps", [(None, estimator)])
-    for _, step in steps:
+    steps = [step for _, step in getattr(estimator, "steps", [(None, estimator)])]
+    # A calibrated classifier predicts with the fitted estimators it holds, not the one its parameters name.
+    steps += [c.estimator for step in steps for c in getattr(step, "calibrated_classifiers_", ())]
+    for step in steps:
         if "n_jobs" in getattr(step, "get_params", dict)():
             step.set_params(n_jobs=1)
 

@@ -24,6 +24,8 @@ ALLOWED_SKOPS_TYPES: frozenset[str] = frozenset({
     # The seeded folds a TargetEncoder is cross-fitted with (plain settings: n_splits, shuffle, random_state).
     "sklearn.model_selection._split.KFold",
     "sklearn.model_selection._split.StratifiedKFold",
+    "sklearn.calibration._CalibratedClassifier",  # calibrated classifiers (model.calibration) ...
+    "sklearn.calibration._SigmoidCalibration",  # ... with sigmoid calibration
 })
 
 

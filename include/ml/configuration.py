@@ -103,7 +103,7 @@ class ConfigurationManager:
         c = self.config
         tags = {f"config.{name}.sha256": digest for name, digest in c.config_hashes.items()}
         tags["git_sha"] = _git_sha(c.project_root)
-        return TrainingConfig(c.schema, c.model, c.mlflow, tags)
+        return TrainingConfig(c.schema, c.model, c.mlflow, tags, calibration=c.model.calibration)
 
     def tuning(self) -> TuningJob:
         c = self.config
@@ -266,6 +266,9 @@ def _check_params(params: ParamsFile, schema: SchemaConfig, path: Path) -> None:
     if params.promotion.metric not in metrics:
         raise ConfigError(str(path), "promotion.metric", f"{params.promotion.metric!r} is not a {schema.task} "
                                                          f"metric; expected one of {', '.join(metrics)}")
+    if schema.task == "regression" and params.model.calibration != "none":
+        raise ConfigError(str(path), "model.calibration", f"{params.model.calibration!r} calibrates a classifier's "
+                          "probabilities; schema.yaml's task is regression: remove the key or set it to none")
     _check_estimator_params(path, "model.hyperparameters", params.model.family, schema.task,
                             params.model.hyperparameters)
     for family, space in params.tuning.search_space.items():

@@ -9,6 +9,7 @@ include/config/config.yaml and docs/configuration.md.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -33,10 +34,11 @@ TASKS = ("regression", "classification")
 DTYPES = ("float", "int", "category", "ordinal", "datetime", "string")
 ROLES = ("feature", "target", "id", "ignore")
 DEPLOY_TARGETS = ("none", "local", "ec2")
-# metric name -> True when a higher value is better
+# metric name -> True when a higher value is better (what each one is: include/ml/metrics.py)
 METRICS: Mapping[str, Mapping[str, bool]] = MappingProxyType({
     "regression": MappingProxyType({"rmse": False, "mae": False, "r2": True}),
-    "classification": MappingProxyType({"accuracy": True, "f1_macro": True, "roc_auc": True}),
+    "classification": MappingProxyType({"accuracy": True, "balanced_accuracy": True, "f1_macro": True,
+                                        "roc_auc": True, "pr_auc": True, "log_loss": False, "brier_score": False}),
 })
 
 Task = Literal["regression", "classification"]
@@ -385,6 +387,9 @@ class ModelConfig(Frozen):
     family: str
     random_state: int = 42
     hyperparameters: FrozenMapping = Field(default_factory=dict, strict=False)
+    # Classification: the classifier wrapped in scikit-learn's CalibratedClassifierCV (sigmoid: Platt scaling;
+    # isotonic), cross-fitted on the training split; none: its own probabilities. Regression: none only.
+    calibration: Literal["none", "sigmoid", "isotonic"] = "none"
 
     @field_validator("family")
     @classmethod
@@ -396,11 +401,43 @@ class ModelConfig(Frozen):
 
 class PromotionConfig(Frozen):
     metric: str  # the metric the champion/challenger gate compares on the held-out set
-    min_improvement: float = Field(0.001, ge=0)  # the challenger must win by at least this much (absolute)
+    # The challenger must win by at least this much: a number is absolute (in the metric's units); a text ending in
+    # "%", such as "1%", is relative: that share of the champion's value (its absolute value).
+    min_improvement: float | str = 0.001
+
+    @field_validator("min_improvement", mode="before")
+    @classmethod
+    def _number_or_percentage(cls, value: Any) -> float | str:
+        problem = ("expected a number >= 0 (absolute) or a percentage such as 1% (of the champion's value), got "
+                   + ("null" if value is None else f"{type(value).__name__} {value!r}"))
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(problem)
+            return float(value)
+        if isinstance(value, str) and value.strip().endswith("%"):
+            number = value.strip()[:-1].strip()
+            try:
+                share = float(number)
+            except ValueError:
+                share = math.nan
+            if not math.isfinite(share) or share < 0:
+                raise ValueError(problem)
+            return f"{number}%"
+        raise ValueError(problem)
 
     @property
     def higher_is_better(self) -> bool:
         return any(metrics.get(self.metric, False) for metrics in METRICS.values())
+
+    @property
+    def relative(self) -> bool:
+        return isinstance(self.min_improvement, str)
+
+    def margin(self, champion: float) -> float:
+        """The least gain over a champion scoring `champion` that promotes a challenger."""
+        if isinstance(self.min_improvement, str):
+            return float(self.min_improvement[:-1]) / 100 * abs(champion)
+        return self.min_improvement
 
 
 class DriftThresholds(Frozen):
@@ -555,6 +592,9 @@ class TrainingConfig:
     model: ModelConfig
     mlflow: MlflowConfig
     tags: Mapping[str, str]
+    # params.yaml's model.calibration, apart from `model`: tuning replaces `model` with each trial's family and
+    # hyperparameters and then its best, and the same calibration wraps every one of them.
+    calibration: Literal["none", "sigmoid", "isotonic"] = "none"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,14 @@ TREES: SearchSpace = {  # random and extra trees
 }
 
 
+# The types outside skops' default allow-list that a calibrated classifier (model.calibration, CalibratedClassifierCV
+# with ensemble=False) adds to any family's: the calibrated classifier's holder and the sigmoid calibrator (isotonic
+# regression is a public scikit-learn estimator, trusted by default). Plain objects of attributes: building them runs
+# no code of the file's.
+CALIBRATION_SKOPS_TYPES: tuple[str, ...] = (
+    "sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration")
+
+
 @dataclass(frozen=True)
 class ModelFamily:
     regressor: str

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from include.ml.components.evaluation import prediction_metrics
 from include.ml.entities import PromotionConfig, SchemaConfig
 from include.ml.exceptions import MonitoringError
+from include.ml.metrics import prediction_metrics
 from include.monitoring.capture import KEYS, PREDICTION
 
 log = logging.getLogger(__name__)

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from include.ml.components import card as model_card
-from include.ml.components.evaluation import compute_metrics, evaluate
+from include.ml.components.evaluation import evaluate
 from include.ml.components.training import build_pipeline, split_xy, train
 from include.ml.configuration import ConfigurationManager
 from include.ml.entities import CardConfig, EvaluationConfig, MlflowConfig
 from include.ml.exceptions import ConfigError
+from include.ml.metrics import compute_metrics
 from tests.support.frames import dataset, evaluation_config, training_config
 
 SHA = "0123456789abcdef" * 4

@@ -8,10 +8,19 @@ from pathlib import Path
 import pytest
 
 from include.ml import registry
-from include.ml.components.evaluation import compute_metrics, contract_differences, decide, evaluate
+from include.ml.components.evaluation import evaluate
+from include.ml.components.gate import contract_differences, decide
 from include.ml.components.training import train
-from include.ml.entities import EvaluationConfig, MlflowConfig, PromotionConfig, SchemaConfig, TrainingConfig
+from include.ml.entities import (
+    METRICS,
+    EvaluationConfig,
+    MlflowConfig,
+    PromotionConfig,
+    SchemaConfig,
+    TrainingConfig,
+)
 from include.ml.exceptions import IncompatibleChampionError, PipelineError, UnscorableChampionError
+from include.ml.metrics import compute_metrics
 from tests.support.frames import dataset, evaluation_config, schema, training_config
 
 LOWER = PromotionConfig(metric="rmse", min_improvement=0.01)
@@ -61,14 +70,47 @@ def test_undefined_gate_metric_is_an_error() -> None:
         decide({"accuracy": 1.0}, None, None, PromotionConfig(metric="roc_auc", min_improvement=0.0))
 
 
-def test_classification_metrics_include_roc_auc() -> None:
-    from sklearn.linear_model import LogisticRegression
+@pytest.mark.parametrize("task, metric", [(task, metric) for task, names in METRICS.items() for metric in names])
+def test_the_gate_knows_each_metrics_direction(task: str, metric: str) -> None:
+    """Real scores of a fitted model and of one that predicts the average (the class shares): whatever the metric's
+    direction, the gate prefers the fitted one."""
+    from sklearn.dummy import DummyClassifier, DummyRegressor
+    from sklearn.linear_model import LinearRegression, LogisticRegression
 
-    data = dataset("classification")
+    data = dataset(task, rows=300)
     x, y = data[["x2"]], data["y"]
-    scores = compute_metrics("classification", LogisticRegression().fit(x, y), x, y)
-    assert set(scores) == {"accuracy", "f1_macro", "roc_auc"}
-    assert all(0 <= v <= 1 for v in scores.values())
+    test = dataset(task, rows=200, seed=1)
+    good, weak = (LinearRegression(), DummyRegressor()) if task == "regression" else \
+        (LogisticRegression(), DummyClassifier(strategy="prior"))
+    better, worse = (compute_metrics(task, model.fit(x, y), test[["x2"]], test["y"]) for model in (good, weak))
+    promotion = PromotionConfig(metric=metric, min_improvement=0.0)
+    assert promotion.higher_is_better is METRICS[task][metric]
+    assert decide(better, worse, "1", promotion).promoted, (better[metric], worse[metric])
+    assert not decide(worse, better, "1", promotion).promoted
+
+
+@pytest.mark.parametrize("margin, promoted, says", [
+    (0.001, True, "(lower is better; margin 0.001, absolute margin)"),
+    ("1%", False, "needs to be lower by at least 1 (1% of the champion's value, relative margin)"),
+])
+def test_a_relative_margin_scales_with_the_champion(margin: float | str, promoted: bool, says: str) -> None:
+    """A price model: rmse 100 -> 99.5 clears an absolute 0.001 but not 1 % of 100."""
+    decision = decide({"rmse": 99.5}, {"rmse": 100.0}, "4", PromotionConfig(metric="rmse", min_improvement=margin))
+    assert decision.promoted is promoted and decision.reason.endswith(says), decision.reason
+
+
+def test_a_relative_margin_promotes_a_small_real_gain_an_absolute_one_refuses() -> None:
+    """A log loss near 0: 0.050 -> 0.048 is 4 % better, yet under an absolute 0.01."""
+    absolute = decide({"log_loss": 0.048}, {"log_loss": 0.05}, "2",
+                      PromotionConfig(metric="log_loss", min_improvement=0.01))
+    relative = decide({"log_loss": 0.048}, {"log_loss": 0.05}, "2",
+                      PromotionConfig(metric="log_loss", min_improvement="1%"))
+    assert not absolute.promoted and relative.promoted
+    assert relative.reason == ("better: log_loss 0.0480 vs champion v2 0.0500 (lower is better; margin 0.0005, "
+                               "1% of the champion's value, relative margin)")
+    # A share of the champion's absolute value: an r2 below 0 still asks for a gain.
+    assert not decide({"r2": -0.499}, {"r2": -0.5}, "2", PromotionConfig(metric="r2", min_improvement="1%")).promoted
+    assert decide({"r2": -0.49}, {"r2": -0.5}, "2", PromotionConfig(metric="r2", min_improvement="1%")).promoted
 
 
 def trained(task: str, family: str, mlflow_config: MlflowConfig, tmp_path: Path, run_id: str, seed: int = 0,

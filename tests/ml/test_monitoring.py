@@ -17,13 +17,13 @@ import pytest
 
 import main
 from include.ml import registry
-from include.ml.components.evaluation import compute_metrics
 from include.ml.components.training import split_xy, train
 from include.ml.components.transformation import split
 from include.ml.configuration import ConfigurationManager
 from include.ml.entities import MlflowConfig, MonitoringPolicy, MonitoringSources, MonitorJob, SplitConfig
 from include.ml.entities import TransformationConfig as Split
 from include.ml.exceptions import ConfigError, MonitoringError
+from include.ml.metrics import compute_metrics
 from include.monitoring import capture, quality
 from include.monitoring.monitor import monitor
 from include.pipeline import Skipped, drift_signal

@@ -6,13 +6,15 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from serving import engine
 from serving.inputs import validate
 from serving.model import load_bundle
-from tests.support.bundles import GOOD_ROW
+from tests.support.bundles import GOOD_ROW, make_bundle, toy_frame
 from tests.support.engines import fitted, records, sklearn_predict
+from tests.support.frames import FAST
 from tests.support.signing import trusted_keys
 
 FAMILIES = ("random_forest", "hist_gradient_boosting", "elasticnet")
@@ -163,3 +165,49 @@ def test_plain_numbers_are_checked_at_once_and_anything_else_column_by_column() 
         assert inputs._plain_numbers(contract, inputs._record_columns(rows, contract, 100).values) is None
     with pytest.raises(inputs.InputError, match="expected an integer"):  # the precise error, from the column path
         validate([{**plain[0], "count": 2.5}], contract, max_rows=1)
+
+
+@pytest.mark.parametrize("family", ("random_forest", "extra_trees", "hist_gradient_boosting", "elasticnet"))
+def test_a_sigmoid_calibrated_bundle_is_served_by_onnx_runtime_with_sklearns_probabilities(family: str,
+                                                                                          tmp_path: Path) -> None:
+    from sklearn.calibration import CalibratedClassifierCV
+
+    # Through the real loader: signature, skops allow-list (the calibration's own types), conversion, self-check.
+    bundle = make_bundle(tmp_path, "1", "classification", family=family,
+                         hyperparameters={"random_state": 0, **FAST[family]}, calibration="sigmoid")
+    model = load_bundle(bundle, trusted_keys())
+    assert isinstance(model.estimator.named_steps["model"], CalibratedClassifierCV)
+    assert model.engine == engine.Engine(engine.ONNX), model.engine.reason
+    rows = records_of_the_bundle(300)
+    batch = validate(rows, model.contract, max_rows=len(rows))
+    served = model.predict(batch.columns, batch.numeric)
+    values, probabilities = model.sklearn_predict(batch.columns)
+    assert served.values == values.tolist()
+    np.testing.assert_allclose([list(p.values()) for p in served.probabilities], probabilities, rtol=0,
+                               atol=engine.PROBABILITY_ATOL)
+    # The calibrated probabilities are not the estimator's own (the calibration is in the served graph).
+    fitted_alone = model.estimator.named_steps["model"].calibrated_classifiers_[0].estimator
+    own = fitted_alone.predict_proba(model.estimator.named_steps["preprocess"].transform(pd.DataFrame(batch.columns)))
+    assert np.abs(own - probabilities).max() > 0.01
+
+
+def test_an_isotonic_calibrated_bundle_is_served_by_sklearn_and_says_why(tmp_path: Path) -> None:
+    model = load_bundle(make_bundle(tmp_path, "1", "classification", calibration="isotonic"), trusted_keys())
+    assert model.engine.name == engine.SKLEARN and model.compiled is None
+    assert model.engine.reason == ("NotImplementedError: isotonic calibration is not converted: skl2onnx maps a score "
+                                   "to the nearest of the calibrator's thresholds, where scikit-learn interpolates "
+                                   "between them")
+    assert model.describe()["engine_fallback_reason"] == model.engine.reason
+    rows = records_of_the_bundle(50)
+    served = model.predict(validate(rows, model.contract, max_rows=len(rows)).columns)
+    assert all(abs(sum(p.values()) - 1) < 1e-9 for p in served.probabilities)
+    # The fitted forest inside the calibration predicts on one thread, as every served estimator does.
+    inner = model.estimator.named_steps["model"].calibrated_classifiers_[0].estimator
+    assert inner.n_jobs == 1
+
+
+def records_of_the_bundle(rows: int) -> list[dict]:
+    """Request rows for tests.support.bundles' toy schema (no missing category there)."""
+    frame = toy_frame("classification", rows=rows, seed=11).drop(columns="y")
+    return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+            for row in frame.to_dict("records")]

@@ -37,18 +37,21 @@ def toy_frame(task: str, rows: int = 200, seed: int = 0, offset: float = 0.0) ->
 
 
 def _fit_toy(task: str, offset: float, n_estimators: int, family: str = "random_forest",
-             hyperparameters: dict[str, Any] | None = None) -> tuple[Any, pd.DataFrame, SchemaConfig, list[str]]:
+             hyperparameters: dict[str, Any] | None = None,
+             calibration: str = "none") -> tuple[Any, pd.DataFrame, SchemaConfig, list[str]]:
     from sklearn.pipeline import Pipeline
 
-    from include.ml.components.training import skops_trusted_types
+    from include.ml.components.training import calibrated, skops_trusted_types
     from include.ml.components.transformation import build_preprocessor
     from include.ml.models import FAMILIES
 
     schema = REGRESSION if task == "regression" else CLASSIFICATION
     frame = toy_frame(task, offset=offset)
     x, y = frame.drop(columns="y"), frame["y"]
-    pipeline = Pipeline([("preprocess", build_preprocessor(schema)),
-                         ("model", FAMILIES[family].build(task, 0, hyperparameters or {"n_estimators": n_estimators}))])
+    estimator = FAMILIES[family].build(task, 0, hyperparameters or {"n_estimators": n_estimators})
+    if calibration != "none":
+        estimator = calibrated(estimator, calibration)
+    pipeline = Pipeline([("preprocess", build_preprocessor(schema)), ("model", estimator)])
     pipeline.fit(x, y)
     return pipeline, x, schema, skops_trusted_types(pipeline, family)
 
@@ -64,9 +67,9 @@ def _model_kwargs(pipeline: Any, x: pd.DataFrame, schema: SchemaConfig, trusted:
 
 def make_bundle(store: Path, version: str, task: str = "regression", offset: float = 0.0,
                 n_estimators: int = 5, name: str = "toy", family: str = "random_forest",
-                hyperparameters: dict[str, Any] | None = None) -> Path:
-    """Train a small random forest (or another `family` with `hyperparameters`) the way the pipeline does and
-    install it as <store>/<version>.
+                hyperparameters: dict[str, Any] | None = None, calibration: str = "none") -> Path:
+    """Train a small random forest (or another `family` with `hyperparameters`, calibrated by `calibration` unless
+    none) the way the pipeline does and install it as <store>/<version>.
 
     `offset` shifts a regression target so two versions' predictions are easy to tell apart.
     """
@@ -74,7 +77,7 @@ def make_bundle(store: Path, version: str, task: str = "regression", offset: flo
 
     from serving import store as store_mod
 
-    pipeline, x, schema, trusted = _fit_toy(task, offset, n_estimators, family, hyperparameters)
+    pipeline, x, schema, trusted = _fit_toy(task, offset, n_estimators, family, hyperparameters, calibration)
     staged = store_mod.staging_dir(store)
     mlflow.sklearn.save_model(pipeline, str(staged / store_mod.MODEL_DIR),
                               **_model_kwargs(pipeline, x, schema, trusted))

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from include.ml import artifacts
-from include.ml.entities import CardConfig, ColumnSpec, SchemaConfig
+from include.ml.components.training import CALIBRATION_FOLDS
+from include.ml.entities import METRICS, CardConfig, ColumnSpec, SchemaConfig
 
 ARTIFACT_DIR = "card"  # in the training run's MLflow artifacts, and in the evaluate stage's directory
 MARKDOWN = "model_card.md"
@@ -24,6 +25,12 @@ TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 UNFILLED = "Not filled in: set card.{} in config.yaml."
 LABELS = {"intended_use": "Intended use", "limitations": "Limitations", "owners": "Owners and contact",
           "license": "License"}  # the keys of CardConfig
+_FITTED = f"{CALIBRATION_FOLDS}-fold cross-fitted on the training split (scikit-learn's CalibratedClassifierCV)"
+CALIBRATION = {  # model.calibration -> what the card says
+    "none": "none (the estimator's own probabilities)",
+    "sigmoid": f"sigmoid (Platt scaling), {_FITTED}",
+    "isotonic": f"isotonic regression, {_FITTED}",
+}
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class CardFacts:
     reason: str
     importance: Mapping[str, float] = field(default_factory=dict)  # feature -> drop in score when shuffled
     plots: Mapping[str, bytes] = field(default_factory=dict)  # title -> PNG
+    calibration: str = "none"  # params.yaml model.calibration
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,8 @@ def build(facts: CardFacts, config: CardConfig) -> ModelCard:
     """Render the card of one version; a `card:` field left out shows as a placeholder saying so."""
     context = {
         "f": facts, "labels": LABELS, "card_path": f"{ARTIFACT_DIR}/{HTML}", "values": _values, "number": _number,
+        "better": {name: "higher" if up else "lower" for name, up in METRICS[facts.schema.task].items()},
+        "calibration": CALIBRATION.get(facts.calibration, facts.calibration),
         "usage": {key: getattr(config, key) or UNFILLED.format(key) for key in LABELS},
         "unfilled": {key for key in LABELS if not getattr(config, key)},
         "hyperparameters": {k: _shown(v) for k, v in sorted(facts.hyperparameters.items())},

@@ -14,7 +14,7 @@ import pandas as pd
 from include.ml import artifacts, tracking
 from include.ml.entities import SchemaConfig, TrainingConfig
 from include.ml.exceptions import TrainingError
-from include.ml.models import FAMILIES
+from include.ml.models import CALIBRATION_SKOPS_TYPES, FAMILIES
 from include.ml.preprocessing import PREPROCESSING_SKOPS_TYPES, build_preprocessor, native_columns
 from serving.trust import ALLOWED_SKOPS_TYPES
 
@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 RESULT = "result.json"
 MODEL_NAME = "model"
+CALIBRATION_FOLDS = 5  # scikit-learn's default
 
 
 @dataclass(frozen=True)
@@ -35,18 +36,23 @@ class TrainingResult:
     train_rows: int
     fit_seconds: float
     skops_trusted_types: list[str]
+    calibration: str = "none"  # model.calibration: the estimator wrapped in CalibratedClassifierCV unless none
 
     def summary(self) -> str:
-        return (f"{self.estimator} fitted on {self.train_rows} rows in {self.fit_seconds:.1f}s; "
+        calibrated = "" if self.calibration == "none" else f" ({self.calibration} calibration)"
+        return (f"{self.estimator}{calibrated} fitted on {self.train_rows} rows in {self.fit_seconds:.1f}s; "
                 f"MLflow run {self.mlflow_run_id}")
 
     def xcom(self) -> dict[str, Any]:  # plugins/mlops_links.py links mlflow_run_url
         return {"mlflow_run_id": self.mlflow_run_id, "mlflow_run_url": self.mlflow_run_url,
                 "model_uri": self.model_uri, "family": self.family, "estimator": self.estimator,
-                "train_rows": self.train_rows, "fit_seconds": self.fit_seconds}
+                "calibration": self.calibration, "train_rows": self.train_rows, "fit_seconds": self.fit_seconds}
 
 
 def build_pipeline(config: TrainingConfig) -> Any:
+    """preprocess + the family's estimator; with calibration, the "model" step is the estimator inside a
+    CalibratedClassifierCV (CALIBRATION_FOLDS-fold, on whatever it is fitted on: the training split, a tuning
+    fold)."""
     from sklearn.pipeline import Pipeline
 
     model = config.model
@@ -54,16 +60,43 @@ def build_pipeline(config: TrainingConfig) -> Any:
     if categorical := native_columns(config.schema, model.family):
         hyperparameters["categorical_features"] = categorical
     estimator = FAMILIES[model.family].build(config.schema.task, model.random_state, hyperparameters)
+    if config.calibration != "none":
+        if config.schema.task != "classification":
+            raise TrainingError(f"calibration {config.calibration!r} applies to classifiers; the task is "
+                                f"{config.schema.task}")
+        estimator = calibrated(estimator, config.calibration)
     return Pipeline([("preprocess", build_preprocessor(config.schema, model.family, model.random_state)),
                      ("model", estimator)])
 
 
+def calibrated(estimator: Any, method: str) -> Any:
+    """`estimator` calibrated by `method` (sigmoid, isotonic), cross-fitted: the calibrator learns from the
+    out-of-fold probabilities (or decision function) of CALIBRATION_FOLDS stratified folds, then the estimator is
+    refitted on all the rows (ensemble=False: one model to store and serve, not one per fold)."""
+    from sklearn.calibration import CalibratedClassifierCV
+
+    return CalibratedClassifierCV(estimator, method=method, cv=CALIBRATION_FOLDS, ensemble=False)
+
+
+def estimator_of(step: Any) -> Any:
+    """The family's estimator in a pipeline's "model" step: the step itself, or the one its calibration wraps
+    (unfitted: its parameters are the fitted one's)."""
+    from sklearn.calibration import CalibratedClassifierCV
+
+    return step.estimator if isinstance(step, CalibratedClassifierCV) else step
+
+
 def skops_trusted_types(pipeline: Any, family: str) -> list[str]:
-    """The exact types outside skops' defaults this fitted pipeline holds; refuse any the family doesn't expect."""
+    """The exact types outside skops' defaults this fitted pipeline holds; refuse any the family doesn't expect
+    (with calibration, the family's and the calibration's)."""
     import skops.io
 
     needed = sorted(skops.io.get_untrusted_types(data=skops.io.dumps(pipeline)))
-    unexpected = sorted(set(needed) - set(FAMILIES[family].skops_trusted_types) - set(PREPROCESSING_SKOPS_TYPES))
+    expected = set(FAMILIES[family].skops_trusted_types) | set(PREPROCESSING_SKOPS_TYPES)
+    model = pipeline.named_steps["model"] if hasattr(pipeline, "named_steps") else pipeline
+    if estimator_of(model) is not model:
+        expected |= set(CALIBRATION_SKOPS_TYPES)
+    unexpected = sorted(set(needed) - expected)
     if unexpected:
         raise TrainingError(f"the fitted {family} pipeline holds types not on its skops allow-list: {unexpected}; "
                             "review them and add them to include/ml/models.py if they are safe")
@@ -87,7 +120,8 @@ def train(train_frame: pd.DataFrame, config: TrainingConfig, run_id: str, output
     close_abandoned_runs(experiment_id, run_id, "train")
     x, y = split_xy(train_frame, config.schema)
     pipeline = build_pipeline(config)
-    estimator = type(pipeline.named_steps["model"]).__name__
+    model = estimator_of(pipeline.named_steps["model"])
+    estimator = type(model).__name__
     with warnings.catch_warnings(), \
             mlflow.start_run(experiment_id=experiment_id, run_name=f"{config.model.family}-{run_id}") as run:
         # Int columns in the schema are non-nullable (nullable ones are read as float), and a
@@ -96,10 +130,10 @@ def train(train_frame: pd.DataFrame, config: TrainingConfig, run_id: str, output
         warnings.filterwarnings("ignore", message=".*dataset source can be interpreted in multiple ways")
         mlflow.set_tags({**config.tags, "pipeline_run_id": run_id, "pipeline_stage": "train",
                          "model_family": config.model.family,
-                         "task": config.schema.task, "estimator": estimator})
+                         "task": config.schema.task, "estimator": estimator, "calibration": config.calibration})
         mlflow.log_params({"family": config.model.family, "random_state": config.model.random_state,
-                           "train_rows": len(x),
-                           **{f"model.{k}": v for k, v in pipeline.named_steps["model"].get_params().items()}})
+                           "train_rows": len(x), "calibration": config.calibration,
+                           **{f"model.{k}": v for k, v in model.get_params().items()}})
         mlflow.log_input(mlflow.data.from_pandas(train_frame, source=dataset_source,
                                                  targets=config.schema.target, name="train"), context="training")
         started = time.perf_counter()
@@ -117,8 +151,8 @@ def train(train_frame: pd.DataFrame, config: TrainingConfig, run_id: str, output
             metadata={"feature_contract": config.schema.feature_contract()})
         mlflow.set_tag("model_uri", info.model_uri)
     run_url = tracking.run_url(config.mlflow, experiment_id, run.info.run_id)
-    result = TrainingResult(run.info.run_id, run_url, experiment_id,
-                            info.model_uri, config.model.family, estimator, len(x), round(fit_seconds, 3), trusted)
+    result = TrainingResult(run.info.run_id, run_url, experiment_id, info.model_uri, config.model.family, estimator,
+                            len(x), round(fit_seconds, 3), trusted, config.calibration)
     artifacts.write_json(output_dir / RESULT, asdict(result))
     log.info("train: %s", result.summary())
     return result

@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 
 from include.ml import artifacts, tracking
-from include.ml.components.evaluation import compute_metrics
 from include.ml.components.training import build_pipeline, close_abandoned_runs, split_xy
 from include.ml.entities import METRICS, ModelConfig, SearchParam, TrainingConfig, TuningJob
 from include.ml.exceptions import TuningError
+from include.ml.metrics import compute_metrics
 
 log = logging.getLogger(__name__)
 
