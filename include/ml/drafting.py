@@ -40,7 +40,7 @@ The rules, applied to each column in this order:
   - every value in one of SCALES (sizes, quality, low-high, agreement, satisfaction, frequency,
     diamond clarity, the Po/Fa/TA/Gd/Ex quality codes), compared case-insensitively with `_`, `-` and
     runs of spaces as one space; listed in the scale's order;
-  - single letters (optionally with + or -) forming a run of at most 10 letters (or school grades
+  - single capital letters (optionally with + or -) forming a run of at most 10 letters (or school grades
     A-D and F): grades, listed alphabetically (A first: the best grade first), + before -;
   - every value carrying a number not glued to a letter (`1st`, `10-20`, `<5`, `5+ years`, `$10,000`;
     not codes such as `D01`): ordered by that first number, `<`/`under`/`less than` before the
@@ -174,7 +174,7 @@ _NUMBER = re.compile(r"(?<![A-Za-z\d.,])(-?)(\d+(?:[.,]\d+)*)")
 _BELOW = re.compile(r"^\s*(<|≤|<=|under\b|less than\b|below\b|up to\b)", re.IGNORECASE)
 _ABOVE = re.compile(r"(^\s*(>|≥|>=|over\b|more than\b|above\b))|(\+|\bor more\b|\band (over|above|more)\b)",
                     re.IGNORECASE)
-_GRADE = re.compile(r"^([A-Za-z])([+-]?)$")
+_GRADE = re.compile(r"^([A-Z])([+-]?)$")
 GROUPS = ("data", "ids", "ignored", "datetimes", "ordinal", "categories", "numbers", "model")
 GROUP_TITLES = {"data": "the data", "ids": "ids (role: id, never features)",
                 "ignored": "ignored (role: ignore, never features)", "datetimes": "datetimes",
@@ -387,6 +387,11 @@ def _column(name: str, column: pd.Series, labelled: pd.Series) -> _Column:
         spec |= {"dtype": dtype, "role": "ignore"}
         notes.append(f"constant {_plain(values.iloc[0])!r}: nothing to learn")
         return done("ignored")
+    if kind in ("int", "float") and (epoch := _epoch(name, values)) is not None:
+        spec |= {"dtype": "datetime", "format": epoch}
+        notes.append(f"epoch {'seconds' if epoch == 'unix' else 'milliseconds'} named like a time")
+        notes.append(_datetime_range(spec, parse_datetimes(values, epoch)[0]))
+        return done("datetimes")
     id_name = (bool(words) and words[-1] in ID_WORDS) or name.strip().lower() in ID_NAMES
     # distinct on every row: an int, or text without spaces (text with spaces is free text, e.g. names)
     unique = distinct == len(column) and len(column) >= MIN_ID_ROWS and (
@@ -406,12 +411,6 @@ def _column(name: str, column: pd.Series, labelled: pd.Series) -> _Column:
         notes.append("true/false values")
         return done("categories")
     if kind in ("int", "float"):
-        if (epoch := _epoch(name, values)) is not None:
-            spec |= {"dtype": "datetime", "format": epoch}
-            moments = parse_datetimes(values, epoch)[0]
-            notes.append(f"epoch {'seconds' if epoch == 'unix' else 'milliseconds'} named like a time")
-            notes.append(_datetime_range(spec, moments))
-            return done("datetimes")
         spec["dtype"] = dtype
         if values.size and is_float and column.isna().any() and bool((values == values.round()).all()):
             notes.append("whole numbers with missing values, kept float")
@@ -501,7 +500,7 @@ def _datetime(values: pd.Series) -> tuple[str | None, str] | None:
     if uniques.empty:
         return None
     sample = uniques.iloc[:20]
-    candidates: list[str | None] = []
+    candidates: list[str] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pandas warns when a guess goes against dayfirst
         for dayfirst in (False, True):
@@ -509,6 +508,13 @@ def _datetime(values: pd.Series) -> tuple[str | None, str] | None:
                 fmt = guess_datetime_format(value, dayfirst=dayfirst)
                 if fmt and fmt not in candidates and re.search("%[Yy]", fmt) and re.search("%[mbB]", fmt):
                     candidates.append(fmt)
+    try:
+        return _parsed_format(uniques, sample, candidates)
+    except (OverflowError, pd.errors.OutOfBoundsDatetime):  # e.g. "5407" read as a year in ISO 8601
+        return None
+
+
+def _parsed_format(uniques: pd.Series, sample: pd.Series, candidates: list[str]) -> tuple[str | None, str] | None:
     strict: dict[str, np.ndarray] = {}  # the formats every value parses in, without the ISO 8601 fallback
     for fmt in candidates:
         moments = pd.to_datetime(uniques, format=fmt, utc=True, errors="coerce")
@@ -565,12 +571,12 @@ def _ordinal(values: list[str]) -> tuple[list[str], str] | None:
             return sorted(values, key=lambda v: rank[normal[v]]), scale
     grades = [_GRADE.match(v.strip()) for v in values]
     if all(grades):
-        letters = sorted({m.group(1).upper() for m in grades if m})
+        letters = sorted({m.group(1) for m in grades if m})
         span = ord(letters[-1]) - ord(letters[0]) + 1
         school = set(letters) <= set("ABCDF") and "F" in letters and "E" not in letters
         if (len(letters) == span or school) and span <= 10 and len({v.strip() for v in values}) == len(values):
             sign = {"+": 0, "": 1, "-": 2}
-            return sorted(values, key=lambda v: (v.strip()[0].upper(), sign[v.strip()[1:]])), "letter grades, A first"
+            return sorted(values, key=lambda v: (v.strip()[0], sign[v.strip()[1:]])), "letter grades, A first"
     keys = [_number_key(v) for v in values]
     if all(k is not None for k in keys) and len(set(keys)) == len(values):
         return [v for _, v in sorted(zip(keys, values))], "values ordered by their number"  # type: ignore[type-var]
