@@ -3,26 +3,29 @@
 The draft is a starting point, not a contract: each file starts with a header saying it must be
 reviewed, and every value inferred from the data carries a `# guessed: ...` comment. The command
 prints the guesses grouped (data, ids, ignored, datetimes, ordinal, categories, numbers, model).
-The rules, applied to each column in this order:
+The rules (for each column the first that applies, in the order below: empty, constant, epoch,
+id, bool, number; for text: datetime, ordinal, category, free text):
 
 - separator: sniffed with csv.Sniffer over the first 64 KB (candidates `,` `;` tab `|`) unless
   given; `,` when sniffing fails.
-- target: rows without a target are left out of every guess below except nullable and the ranges
-  (the file's other columns keep their missing values and values at serving time) and the schema
-  says `target: {name: ..., missing: drop}`: ingestion drops them and counts them. A float target
-  whose values are all whole numbers (an int column with gaps) is `int`. A text target is a
-  `category` (with `allowed` up to MAX_CATEGORIES labels, `string` beyond); a true/false one a
-  category [false, true].
+- target: rows without a target are dropped at ingest, and the schema says so: `target: {name: ...,
+  missing: drop}` with their count in the comment. The target's spec, the task, the classes, the row
+  count and params.yaml come from the rows with a target; the other columns are drafted from every row
+  (what they hold on the other rows is what serving may see), their missing share from the larger of
+  the two. A float target whose values are all whole numbers and which has gaps (an int column read as
+  float) is `int`. A text target is a `category` (with `allowed` up to MAX_CATEGORIES labels, `string`
+  beyond); a true/false one a category [false, true].
 - a column with no value at all is left out of the schema, with `columns_not_in_schema: ignore`
   (a column that is always missing cannot pass `max_null_fraction`).
 - role ignore, constant: a column with a single value and no missing value.
 - role id:
   - an id-like name (the last word of the name is id, uuid, guid or key, e.g. `flight_id`,
     `PassengerId`; or the name is index or `Unnamed: 0`, pandas' name for a nameless index column)
-    with more than MAX_CATEGORIES distinct values (with fewer, it is kept as a category: a store id
-    with 10 stores is a feature);
-  - an int or text column with a distinct value on every row, no missing value and at least
-    MIN_ID_ROWS rows (not a float: measurements are often all distinct).
+    with more than MAX_CATEGORIES distinct values (with fewer it stays a feature, drafted by the rules
+    below: a store id with 10 stores is one);
+  - an int column, or a text column whose values hold no whitespace, with a distinct value on every
+    row, no missing value and at least MIN_ID_ROWS rows (not a float: measurements are often all
+    distinct; not text with spaces: that is free text, below).
 - bool columns (true/false, possibly with missing values) -> `category` [false, true].
 - datetime:
   - text whose every value parses as a date: the format guessed by pandas' guess_datetime_format on the
@@ -31,9 +34,10 @@ The rules, applied to each column in this order:
     too); no format (ISO 8601) when only ISO parses. When two formats parse every value differently
     (01/02 could be either), the month-first one is written and the guess says so.
   - integers (or whole-number floats) named *time, *date, *_at, timestamp or *_ts whose every value is
-    an epoch between 1990 and 2100: `format: unix` (seconds) or `unix_ms` (milliseconds).
-  - min: the first observed day; max: the day after the last observed instant plus the observed span
-    again (new rows keep coming, a year of data accepts another year).
+    an epoch between 1990 and 2100: `format: unix` (seconds) or `unix_ms` (milliseconds). Checked before
+    the ids: such a column is often distinct on every row.
+  - min: the first observed day; max: the last observed instant plus the observed span again, rounded
+    up to a day (new rows keep coming: a year of data accepts another year).
 - ordinal: text with 3 to MAX_CATEGORIES distinct values, at most MAX_CATEGORY_SHARE of its non-null
   rows, forming a known ordered scale, `categories` listed lowest first and marked "confirm the
   order":
@@ -62,8 +66,9 @@ The rules, applied to each column in this order:
   - a clock or calendar field keeps its natural bounds when every value lies within them, with no
     margin: the last word of the name is hour (0-23), minute or second (0-59), month (1-12), day
     (1-31), weekday / dayofweek / dow (0-6, or 1-7 when no 0 is seen), quarter (1-4), week (1-53),
-    dayofyear / doy (1-366); an integer column named *time holding hhmm clock times (values up to
-    2400 whose last two digits are below 60, some at least 100) gets 0 to 2400;
+    dayofyear / doy (1-366); a column of whole numbers whose name's last word is time holding hhmm
+    clock times (values up to 2400 whose last two digits are below 60, some at least 100) gets 0 to
+    2400;
   - any other: the observed range widened on each side by DRAFT_RANGE_MARGIN = 0.10 of that range,
     rounded outward to 4 significant digits (to whole numbers for int columns). The margin never takes
     a column whose values are all >= 0 below 0. A constant column gets +-10% of its value (+-1 for 0).
@@ -90,7 +95,7 @@ The rules, applied to each column in this order:
   - classification: class_weight balanced when the rarest class is under 20 % of the rows;
   - promotion on rmse (regression) or log_loss (classification), min_improvement 1% (relative);
   - tuning enabled with timeout_seconds = 15 + rows x features / 60,000, rounded to 5 s, between 30 and
-    90 (a 300k x 18 table gets 90 s, leaving the whole run within 3 minutes on 2 cores), n_trials 50 as a
+    90 (300k rows x 17 features get 90 s, to leave the whole run within 3 minutes on 2 cores), n_trials 50 as a
     cap, 3-fold CV; above LARGE_ROWS rows the search keeps to hist_gradient_boosting (a forest's trial on
     that many rows would spend the budget alone).
 """
@@ -117,7 +122,7 @@ import yaml
 
 from include.ml.components.ingestion import extract_csv, fetch, parse_csv
 from include.ml.configuration import CONFIG_FILES, DEFAULT_CONFIG_DIR, PROJECT_ROOT
-from include.ml.entities import TASKS, ColumnSpec, DataSourceConfig, IngestionConfig
+from include.ml.entities import METRICS, TASKS, ColumnSpec, DataSourceConfig, IngestionConfig
 from include.ml.exceptions import PipelineError
 from include.ml.preprocessing import encoding_for
 from serving.features import parse_datetimes
@@ -824,8 +829,7 @@ columns:
 
 def _params_yaml(task: str, model: _Model) -> str:
     regression = task == "regression"
-    metrics = "regression: rmse | mae | r2" if regression else \
-        "classification: log_loss | accuracy | f1_macro | roc_auc | ..."
+    metrics = f"{task}: {' | '.join(METRICS[task])}"
     hyper = _aligned([(f"    {name}: {_flow(value)}", comment) for name, value, comment in model.hyperparameters]) \
         if model.hyperparameters else None
     families = f"\n  families: {_flow(model.families)}  # guessed: a forest's trial on this many rows would " \
