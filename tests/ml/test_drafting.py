@@ -34,6 +34,7 @@ from include.ml.drafting import (
 )
 from include.ml.entities import ColumnSpec
 from include.ml.preprocessing import encoding_for
+from tests.support.frames import flights_like
 from tests.support.project import WINE_CSV
 
 FILES = ("config.yaml", "schema.yaml", "params.yaml")
@@ -716,30 +717,6 @@ def test_the_summary_lists_every_guess_grouped(tmp_path: Path) -> None:
 
 
 # --- realistic tables -------------------------------------------------------------------------------------------
-
-def flights_like(rows: int, seed: int = 0) -> pd.DataFrame:
-    """A nycflights13-like table: a constant year, clock fields, hhmm times, a timestamp string, a tail number of
-    many values, a 104-value airport code, missing features and targets."""
-    rng = np.random.default_rng(seed)
-    sched = (pd.Timestamp("2013-01-01") + pd.to_timedelta(rng.integers(0, 365, rows), unit="D")
-             + pd.to_timedelta(rng.integers(5 * 60, 23 * 60, rows), unit="min")).floor("5min")
-    dest = rng.choice([f"{a}{b}X" for a in "ABCDEFGHIJKLM" for b in "ABCDEFGH"], rows)
-    dep_delay = (rng.gamma(0.6, 25, rows) - 8 + 12 * (sched.hour > 16)).round()
-    cancelled = rng.random(rows) < 0.03
-    dep_time = (sched + pd.to_timedelta(dep_delay, unit="min"))
-    frame = pd.DataFrame({
-        "year": 2013, "month": sched.month, "day": sched.day,
-        "dep_time": np.where(cancelled, np.nan, dep_time.hour * 100 + dep_time.minute),
-        "sched_dep_time": sched.hour * 100 + sched.minute, "dep_delay": np.where(cancelled, np.nan, dep_delay),
-        "carrier": rng.choice(["UA", "B6", "EV", "DL", "AA", "MQ"], rows), "flight": rng.integers(1, 8500, rows),
-        "tailnum": np.where(cancelled & (rng.random(rows) < 0.5), None,
-                            [f"N{i}" for i in rng.integers(100, 1500, rows)]),
-        "origin": rng.choice(["EWR", "JFK", "LGA"], rows), "dest": dest, "distance": rng.integers(90, 4983, rows),
-        "hour": sched.hour, "minute": sched.minute, "time_hour": sched.floor("h").strftime("%Y-%m-%d %H:%M:%S"),
-    })
-    frame["arr_delay"] = np.where(cancelled, np.nan, (dep_delay + rng.normal(-5, 12, rows)).round())
-    return frame
-
 
 def test_a_flights_like_table_drafts_what_a_careful_engineer_would_write(tmp_path: Path) -> None:
     result, schema = draft(tmp_path, flights_like(3000), target="arr_delay")
