@@ -74,6 +74,8 @@ id, bool, number; for text: datetime, ordinal, category, free text):
     a column whose values are all >= 0 below 0. A constant column gets +-10% of its value (+-1 for 0).
   - role id and role ignore columns get no range, no allowed list: they are never learnt from, so
     only their type and missing values are checked.
+- an int classification target's min and max are the lowest and highest class seen, without a margin
+  (a class the model never saw is not one it can predict).
 - task: `--task` wins. Otherwise a category or string target means classification, an int target
   with <= 10 distinct values classification and any other int target regression, a float target
   regression. A classification target cannot be float and a regression target must be numeric
@@ -271,6 +273,10 @@ def draft_config(data: str, target: str, out_dir: Path, task: str | None = None,
         raise DraftError(f"target {target!r} has no value on any of the {len(frame)} rows")
     target_column = _target(target, labelled[target], without_target > 0)
     task, task_reason = _task(target_column, task)
+    if task == "classification" and target_column.spec["dtype"] == "int":  # class labels: exactly those seen
+        low, high = int(labelled[target].min()), int(labelled[target].max())
+        target_column.spec |= {"min": low, "max": high}
+        target_column.guess = re.sub(r"observed [^,]*", f"class labels {low} to {high}", target_column.guess)
     counts = labelled[target].value_counts()
     if task == "classification" and (counts < 2).any():
         raise RareClassError(target, {_plain(k): int(n) for k, n in counts[counts < 2].items()})

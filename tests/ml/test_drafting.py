@@ -764,3 +764,9 @@ def test_a_survival_like_table_drafts_and_passes_the_data_stages(tmp_path: Path)
     params = params_of(tmp_path)
     assert params["model"]["family"] == "random_forest" and params["promotion"]["metric"] == "log_loss"
     trains_its_data(tmp_path / "cfg", tmp_path / "run")
+
+
+def test_an_int_classification_target_has_the_classes_seen_as_its_range(tmp_path: Path) -> None:
+    _, schema = draft(tmp_path, csv_of({"x": [i + 0.5 for i in range(30)], "y": [1 + i % 3 for i in range(30)]}))
+    assert schema["columns"]["y"] == {"dtype": "int", "min": 1, "max": 3}
+    assert "class labels 1 to 3" in read(tmp_path, "schema.yaml")
