@@ -41,11 +41,11 @@ id, bool, number; for text: datetime, ordinal, category, free text):
 - ordinal: text with 3 to MAX_CATEGORIES distinct values, at most MAX_CATEGORY_SHARE of its non-null
   rows, forming a known ordered scale, `categories` listed lowest first and marked "confirm the
   order":
-  - every value in one of SCALES (sizes, quality, low-high, agreement, satisfaction, frequency,
-    diamond clarity, the Po/Fa/TA/Gd/Ex quality codes), compared case-insensitively with `_`, `-` and
-    runs of spaces as one space; listed in the scale's order;
+  - every value in one of SCALES (sizes, quality words, the Po/Fa/TA/Gd/Ex quality codes, tiers from
+    basic to luxury, medals, skill levels, low-high, agreement, satisfaction, frequency, diamond clarity),
+    compared case-insensitively with `_`, `-` and runs of spaces as one space; listed in the scale's order;
   - single capital letters (optionally with + or -) forming a run of at most 10 letters (or school grades
-    A-D and F): grades, listed alphabetically (A first: the best grade first), + before -;
+    A-D and F): grades, A the best, so listed from the last letter to A, B- before B before B+;
   - every value carrying a number not glued to a letter (`1st`, `10-20`, `<5`, `5+ years`, `$10,000`;
     not codes such as `D01`): ordered by that first number, `<`/`under`/`less than` before the
     number and `+`/`>`/`over`/`more than` after it; refused when two values tie.
@@ -165,6 +165,10 @@ SCALES: dict[str, list[tuple[str, ...]]] = {
                       ("average", "ok", "okay", "satisfactory", "acceptable"), ("good",), ("very good", "great"),
                       ("excellent",), ("premium",), ("ideal", "perfect")],
     "quality codes": [("po",), ("fa",), ("ta",), ("gd",), ("ex",)],
+    "tiers": [("basic", "budget", "economy"), ("standard", "regular"), ("comfort", "plus"), ("superior",),
+              ("luxury", "deluxe")],
+    "medals": [("bronze",), ("silver",), ("gold",), ("platinum",), ("diamond",)],
+    "skill levels": [("beginner", "novice"), ("intermediate",), ("advanced",), ("expert",)],
     "low to high": [("very low",), ("low",), ("medium", "moderate", "mid", "normal"), ("high",),
                     ("very high",)],
     "agreement": [("strongly disagree",), ("disagree",), ("somewhat disagree", "slightly disagree"),
@@ -586,8 +590,8 @@ def _ordinal(values: list[str]) -> tuple[list[str], str] | None:
         span = ord(letters[-1]) - ord(letters[0]) + 1
         school = set(letters) <= set("ABCDF") and "F" in letters and "E" not in letters
         if (len(letters) == span or school) and span <= 10 and len({v.strip() for v in values}) == len(values):
-            sign = {"+": 0, "": 1, "-": 2}
-            return sorted(values, key=lambda v: (v.strip()[0], sign[v.strip()[1:]])), "letter grades, A first"
+            sign = {"-": 0, "": 1, "+": 2}  # A is the best grade: lowest first is the last letter first, B- < B < B+
+            return sorted(values, key=lambda v: (-ord(v.strip()[0]), sign[v.strip()[1:]])), "letter grades, A best"
     keys = [_number_key(v) for v in values]
     if all(k is not None for k in keys) and len(set(keys)) == len(values):
         return [v for _, v in sorted(zip(keys, values))], "values ordered by their number"  # type: ignore[type-var]
