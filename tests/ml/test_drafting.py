@@ -682,21 +682,29 @@ def test_tuning_is_on_with_a_time_budget_scaled_to_the_data(tmp_path: Path, rows
 
 # --- config.yaml ------------------------------------------------------------------------------------------------
 
-def test_each_config_dir_gets_a_port_no_sibling_uses_and_nothing_listens_on(tmp_path: Path) -> None:
+def server_port(out: Path) -> int:
+    return int(yaml.safe_load((out / "config.yaml").read_text())["deployment"]["local"]["server_url"].rsplit(":", 1)[1])
+
+
+def test_each_config_dir_gets_a_port_no_sibling_uses(tmp_path: Path) -> None:
     data = write_csv(tmp_path, table(50).to_csv(index=False))
-    urls = []
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        taken = busy.getsockname()[1]
-        for name in ("a", "b", "c"):
-            draft_config(str(data), "y", tmp_path / "dirs" / name)
-            urls.append(yaml.safe_load((tmp_path / "dirs" / name / "config.yaml").read_text())
-                        ["deployment"]["local"]["server_url"])
-    ports = [int(url.rsplit(":", 1)[1]) for url in urls]
-    assert len(set(ports)) == 3 and 8000 not in ports and taken not in ports
+    for name in ("a", "b", "c"):
+        draft_config(str(data), "y", tmp_path / "dirs" / name)
+    ports = [server_port(tmp_path / "dirs" / name) for name in ("a", "b", "c")]
+    assert len(set(ports)) == 3 and 8000 not in ports  # 8000: include/config's
     assert "# guessed: a free port, used by no sibling config dir" in (tmp_path / "dirs" / "a" /
                                                                        "config.yaml").read_text()
+
+
+def test_a_port_something_listens_on_is_skipped(tmp_path: Path) -> None:
+    data = write_csv(tmp_path, table(50).to_csv(index=False))
+    draft_config(str(data), "y", tmp_path / "first" / "cfg")
+    chosen = server_port(tmp_path / "first" / "cfg")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", chosen))
+        busy.listen()
+        draft_config(str(data), "y", tmp_path / "second" / "cfg")  # no sibling: only the listener is in the way
+    assert server_port(tmp_path / "second" / "cfg") != chosen
 
 
 # --- the summary ------------------------------------------------------------------------------------------------
