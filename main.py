@@ -173,9 +173,7 @@ def init(args: argparse.Namespace) -> int:
 
     separator = "\t" if args.separator == "\\t" else args.separator
     drafted = draft_config(args.data, args.target, args.out, task=args.task, separator=separator)
-    print(drafted.summary())
-    for guess in drafted.guesses:
-        print(f"  guessed: {guess}")
+    print(drafted.report())
     print(f"review every '# guessed:' line, then: python main.py --config-dir {args.out}")
     return 0
 

@@ -23,6 +23,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
+from tests.support.frames import flights_like
 from tests.support.network import free_port
 from tests.support.project import CONFIG_DIR, REPO, WINE_CSV, outputs_env, run_main
 
@@ -125,3 +126,20 @@ def test_every_example_trains_and_serves_with_the_documented_commands(example: P
     schema = yaml.safe_load((example / "schema.yaml").read_text())
     rows = feature_rows(REPO / source["uri"], source.get("separator", ","), schema["target"])
     train_then_serve(example, outputs_env(tmp_path), tmp_path / "serve.log", rows)
+
+
+def test_init_drafts_a_flights_like_table_that_trains_unedited(tmp_path: Path) -> None:
+    """Above 20,000 rows with a target: hist_gradient_boosting and tuning on it alone; rows without a target,
+    a constant year, a timestamp string, an open-set tail number and airport code, clock fields."""
+    data = tmp_path / "flights.csv"
+    flights_like(25_000).to_csv(data, index=False)
+    config_dir = tmp_path / "drafted"
+    drafted = run_main("init", "--data", str(data), "--target", "arr_delay", "--out", str(config_dir))
+    assert drafted.returncode == 0, drafted.stderr
+    for title in ("ignored (role: ignore, never features) (1):", "datetimes (1):", "categories (4):"):
+        assert f"\n{title}\n" in drafted.stdout, drafted.stdout
+    params = yaml.safe_load((config_dir / "params.yaml").read_text())
+    assert params["model"]["family"] == "hist_gradient_boosting" and params["tuning"]["enabled"] is True
+    trained = run_main("--config-dir", str(config_dir), env=outputs_env(tmp_path) | {"MLOPS_DEPLOY_TARGET": "none"})
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+    assert "gate: PROMOTED - no champion yet" in trained.stdout

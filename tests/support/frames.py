@@ -145,3 +145,27 @@ def mixed_dataset(task: str, rows: int = 300, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame({"row_id": np.arange(rows), "when": when.strftime("%Y-%m-%d %H:%M:%S"), "grade": grade,
                          "plate": plates, "kind": rng.choice(["p", "q"], rows), "x1": x1,
                          "note": [f"free text {i}" for i in range(rows)], "y": y})
+
+
+def flights_like(rows: int, seed: int = 0) -> pd.DataFrame:
+    """A nycflights13-like table: a constant year, clock fields, hhmm times, a timestamp string, a tail number of
+    many values, a 104-value airport code, missing features and targets."""
+    rng = np.random.default_rng(seed)
+    sched = (pd.Timestamp("2013-01-01") + pd.to_timedelta(rng.integers(0, 365, rows), unit="D")
+             + pd.to_timedelta(rng.integers(5 * 60, 23 * 60, rows), unit="min")).floor("5min")
+    dest = rng.choice([f"{a}{b}X" for a in "ABCDEFGHIJKLM" for b in "ABCDEFGH"], rows)
+    dep_delay = (rng.gamma(0.6, 25, rows) - 8 + 12 * (sched.hour > 16)).round()
+    cancelled = rng.random(rows) < 0.03
+    dep_time = (sched + pd.to_timedelta(dep_delay, unit="min"))
+    frame = pd.DataFrame({
+        "year": 2013, "month": sched.month, "day": sched.day,
+        "dep_time": np.where(cancelled, np.nan, dep_time.hour * 100 + dep_time.minute),
+        "sched_dep_time": sched.hour * 100 + sched.minute, "dep_delay": np.where(cancelled, np.nan, dep_delay),
+        "carrier": rng.choice(["UA", "B6", "EV", "DL", "AA", "MQ"], rows), "flight": rng.integers(1, 8500, rows),
+        "tailnum": np.where(cancelled & (rng.random(rows) < 0.5), None,
+                            [f"N{i}" for i in rng.integers(100, 1500, rows)]),
+        "origin": rng.choice(["EWR", "JFK", "LGA"], rows), "dest": dest, "distance": rng.integers(90, 4983, rows),
+        "hour": sched.hour, "minute": sched.minute, "time_hour": sched.floor("h").strftime("%Y-%m-%d %H:%M:%S"),
+    })
+    frame["arr_delay"] = np.where(cancelled, np.nan, (dep_delay + rng.normal(-5, 12, rows)).round())
+    return frame
