@@ -79,8 +79,8 @@ def test_card_names_the_model_its_data_metrics_gate_and_importance(facts: model_
     assert f"| rmse (gate) | {rmse} | 9.2500 |" in card.markdown
     assert f"rmse (gate) {rmse} 9.2500" in seen and "v6 (champion)" in seen
     # Every schema column with its type and allowed values; the target marked.
-    assert "| kind | category | no | p, q | feature |" in card.markdown
-    assert "| y | float | no |  | target |" in card.markdown
+    assert "| kind | category | no | p, q | feature | one-hot columns |" in card.markdown
+    assert "| y | float | no |  | target | predicted |" in card.markdown
     # Importance, highest first.
     assert seen.index("x1 0.8000") < seen.index("x2 0.3000") < seen.index("kind 0.0100")
     # The plot is inside the HTML file (a data: URI), byte for byte.
@@ -217,3 +217,24 @@ def test_the_reliability_plot_draws_each_class_or_the_positive_one() -> None:
 
     observed, predicted = calibration_curve(y == "a", three[:, 0], n_bins=10)
     np.testing.assert_allclose(curve.get_lines()[1].get_xydata(), np.column_stack([predicted, observed]))
+
+
+def test_the_card_says_how_each_dtype_and_role_reaches_the_model(facts: model_card.CardFacts) -> None:
+    """Ids and ignored columns are no inputs, a datetime becomes its parts, each category its encoding; the rows
+    dropped for want of a target are counted."""
+    from dataclasses import replace
+
+    from tests.support.frames import mixed_schema
+
+    mixed = replace(facts, schema=mixed_schema("regression"), family="hist_gradient_boosting",
+                    data=model_card.TrainingData("data/mixed.csv", SHA, 300, rows_without_target=12))
+    card = model_card.build(mixed, FILLED)
+    for line in ("| row_id | int | no |  | id | row key, not an input |",
+                 "| when | datetime | no | 2020-01-01 to 2021-12-31 | feature | year, month, day, day of week, hour |",
+                 "| grade | ordinal | no | low → mid → high | feature | its position in the order |",
+                 "| plate | category | yes | any (an open set) | feature | target encoding (mean target per value) |",
+                 "| kind | category | no | p, q | feature | native categorical splits |",
+                 "| note | string | no |  | ignore | not an input |"):
+        assert line in card.markdown, line
+    assert "300 ingested, after dropping 12 without a target, 60 for training" in card.markdown
+    assert "after dropping 12 without a target" in _text(card.html)

@@ -17,6 +17,8 @@ from typing import Any, Mapping
 from include.ml import artifacts
 from include.ml.components.training import CALIBRATION_FOLDS
 from include.ml.entities import METRICS, CardConfig, ColumnSpec, SchemaConfig
+from include.ml.preprocessing import encodings
+from serving.features import PARTS
 
 ARTIFACT_DIR = "card"  # in the training run's MLflow artifacts, and in the evaluate stage's directory
 MARKDOWN = "model_card.md"
@@ -40,6 +42,7 @@ class TrainingData:
     source: str
     sha256: str
     rows: int
+    rows_without_target: int = 0  # dropped at ingest (schema.yaml target.missing: drop)
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ def build(facts: CardFacts, config: CardConfig) -> ModelCard:
     """Render the card of one version; a `card:` field left out shows as a placeholder saying so."""
     context = {
         "f": facts, "labels": LABELS, "card_path": f"{ARTIFACT_DIR}/{HTML}", "values": _values, "number": _number,
+        "roles": {c.name: "target" if c.name == facts.schema.target else c.role for c in facts.schema.columns},
+        "inputs": model_inputs(facts.schema, facts.family),
         "better": {name: "higher" if up else "lower" for name, up in METRICS[facts.schema.task].items()},
         "calibration": CALIBRATION.get(facts.calibration, facts.calibration),
         "usage": {key: getattr(config, key) or UNFILLED.format(key) for key in LABELS},
@@ -110,6 +115,27 @@ def write(card: ModelCard, directory: Path) -> None:
     artifacts.write_bytes(directory / HTML, card.html.encode())
 
 
+def model_inputs(schema: SchemaConfig, family: str) -> dict[str, str]:
+    """How each column reaches the model (include/ml/preprocessing.py), in words: its encoding, the parts a datetime
+    becomes; or why it does not (the target, a row key, an ignored column)."""
+    treatment = encodings(schema, family)
+    words = {"numeric": "as a number", "ordinal": "its position in the order", "onehot": "one-hot columns",
+             "target": "target encoding (mean target per value)", "native": "native categorical splits"}
+    shown = {}
+    for column in schema.columns:
+        if column.name == schema.target:
+            shown[column.name] = "predicted"
+        elif column.role != "feature":
+            shown[column.name] = {"id": "row key, not an input", "ignore": "not an input"}[column.role]
+        elif treatment[column.name] == "datetime":
+            parts = [p.replace("dayofweek", "day of week") for p in PARTS]
+            cyclical = "; with sine and cosine of month, day of week, hour" if column.cyclical else ""
+            shown[column.name] = f"{', '.join(parts)}{cyclical}"
+        else:
+            shown[column.name] = words[treatment[column.name]]
+    return shown
+
+
 def _shown(value: Any) -> str:
     return "null" if value is None else str(value)
 
@@ -120,8 +146,10 @@ def _number(value: float | None) -> str:
 
 def _values(column: ColumnSpec) -> str:
     """What a column may hold, as schema.yaml says."""
-    if column.allowed is not None:
-        return ", ".join(map(str, column.allowed))
+    if column.values is not None:  # a category's allowed values, an ordinal's categories in order
+        return (" → " if column.dtype == "ordinal" else ", ").join(map(str, column.values))
+    if column.dtype == "category":
+        return "any (an open set)"
     if column.min is not None and column.max is not None:
         return f"{column.min} to {column.max}"
     if column.min is not None:
