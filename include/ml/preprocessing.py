@@ -24,7 +24,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -84,34 +84,36 @@ def build_preprocessor(schema: SchemaConfig, family: str, seed: int = 0) -> Any:
     def named(kind: str) -> list[str]:
         return [name for name, how in chosen.items() if how == kind]
 
+    # Every encoder of text, and each datetime step, reads one column: the ONNX converters join several text
+    # columns with a FeatureVectorizer, which takes no text, and several datetimes as float32 seconds.
+    folds = (StratifiedKFold if schema.task == "classification" else KFold)(TARGET_FOLDS, shuffle=True,
+                                                                          random_state=seed)
     branches: list[tuple[str, Any, list[str]]] = []
-    if native := named("native"):
-        branches.append(("native", OrdinalEncoder(
+    for name in named("native"):
+        branches.append((f"native:{name}", OrdinalEncoder(
             handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan,
-            max_categories=NATIVE_MAX), native))
+            max_categories=NATIVE_MAX), [name]))
     if numeric := named("numeric"):
         branches.append(("numeric", as_numbers(), numeric))
-    for (fmt, cyclical), columns in _groups(named("datetime"), by_name, ("format", "cyclical")).items():
-        branches.append((f"datetime{len(branches)}", as_numbers(DatetimeFeatures(format=fmt, cyclical=cyclical)),
-                         columns))
-    if ordinal := named("ordinal"):
-        branches.append(("ordinal", as_numbers(OrdinalEncoder(
-            categories=[list(by_name[name].categories or ()) for name in ordinal], handle_unknown="use_encoded_value",
-            unknown_value=np.nan, encoded_missing_value=np.nan)), ordinal))
-    if target := named("target"):
-        folds = (StratifiedKFold if schema.task == "classification" else KFold)(
-            TARGET_FOLDS, shuffle=True, random_state=seed)
+    for name in named("datetime"):
+        column = by_name[name]
+        branches.append((f"datetime:{name}", as_numbers(DatetimeFeatures(format=column.format,
+                                                                         cyclical=column.cyclical)), [name]))
+    for name in named("ordinal"):
+        branches.append((f"ordinal:{name}", as_numbers(OrdinalEncoder(
+            categories=[list(by_name[name].categories or ())], handle_unknown="use_encoded_value",
+            unknown_value=np.nan, encoded_missing_value=np.nan)), [name]))
+    for name in named("target"):
         # Regression says so: scikit-learn would take whole-numbered targets for class labels.
         kind = "continuous" if schema.task == "regression" else "auto"
-        branches.append(("target", as_numbers(TargetEncoder(target_type=kind, cv=folds)), target))
-    for (min_frequency, max_categories), columns in _groups(named("onehot"), by_name,
-                                                             ("min_frequency", "max_categories")).items():
-        grouping = min_frequency is not None or max_categories is not None
+        branches.append((f"target:{name}", as_numbers(TargetEncoder(target_type=kind, cv=folds)), [name]))
+    for name in named("onehot"):
+        column = by_name[name]
+        grouping = column.min_frequency is not None or column.max_categories is not None
         # Values unseen in training: all zeros (or the infrequent column) instead of failing at serving time.
         encoder = OneHotEncoder(handle_unknown="infrequent_if_exist" if grouping else "ignore", sparse_output=True,
-                                min_frequency=min_frequency, max_categories=max_categories)
-        branches.append((f"onehot{len(branches)}" if grouping else "onehot",
-                         make_pipeline(SimpleImputer(strategy="most_frequent"), encoder), columns))
+                                min_frequency=column.min_frequency, max_categories=column.max_categories)
+        branches.append((f"onehot:{name}", make_pipeline(SimpleImputer(strategy="most_frequent"), encoder), [name]))
     return ColumnTransformer(branches, remainder="drop", verbose_feature_names_out=False,
                              sparse_threshold=0.0 if family == NATIVE else SPARSE_THRESHOLD)
 
@@ -119,13 +121,6 @@ def build_preprocessor(schema: SchemaConfig, family: str, seed: int = 0) -> Any:
 def native_columns(schema: SchemaConfig, family: str) -> list[int]:
     """The positions of the natively categorical inputs (they come first), for the estimator's categorical_features."""
     return list(range(sum(how == "native" for how in encodings(schema, family).values())))
-
-
-def _groups(names: list[str], by_name: Mapping[str, ColumnSpec], keys: tuple[str, str]) -> dict[tuple, list[str]]:
-    groups: dict[tuple, list[str]] = {}
-    for name in names:
-        groups.setdefault(tuple(getattr(by_name[name], key) for key in keys), []).append(name)
-    return groups
 
 
 # --- the memory guard -------------------------------------------------------------------------------------------

@@ -439,3 +439,41 @@ def test_a_calibrated_classifier_of_every_column_type_is_served_by_onnx_runtime(
     expected, expected_proba = reference(columns)
     assert got.tolist() == expected.tolist()
     np.testing.assert_allclose(got_proba, expected_proba, rtol=0, atol=engine.PROBABILITY_ATOL)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_several_columns_of_each_encoding_are_served_by_onnx_runtime(family: str) -> None:
+    """Two columns each of native, ordinal, target-encoded, one-hot and datetime features: every encoder reads one
+    column (joining text columns for one encoder takes a FeatureVectorizer, which refuses text)."""
+    import pandas as pd
+
+    from include.ml.entities import SchemaConfig
+    from serving.contract import Contract
+    from tests.support.frames import pipeline_for
+
+    rng = np.random.default_rng(0)
+    n = 500
+    frame = pd.DataFrame({
+        "a": rng.choice(list("xyz"), n), "b": rng.choice(list("pq"), n), "o1": rng.choice(["lo", "hi"], n),
+        "o2": rng.choice(["lo", "hi"], n), "t1": rng.choice([f"v{i}" for i in range(50)], n),
+        "t2": rng.choice([f"w{i}" for i in range(50)], n), "h1": rng.choice(["r", "s"], n),
+        "h2": rng.choice(["u", "v"], n), "d1": pd.date_range("2024-01-01", periods=n, freq="7h").astype(str),
+        "d2": pd.date_range("2023-01-01", periods=n, freq="31h").astype(str), "x": rng.normal(size=n)})
+    y = rng.normal(size=n) + (frame["a"] == "x") + (frame["o1"] == "hi") + pd.to_datetime(frame["d1"]).dt.hour / 12
+    schema = SchemaConfig.model_validate({"task": "regression", "target": "y", "columns": {
+        "a": {"dtype": "category", "allowed": list("xyz")}, "b": {"dtype": "category", "allowed": list("pq")},
+        "o1": {"dtype": "ordinal", "categories": ["lo", "hi"]}, "o2": {"dtype": "ordinal", "categories": ["lo", "hi"]},
+        "t1": {"dtype": "category", "encoding": "target"}, "t2": {"dtype": "category", "encoding": "target"},
+        "h1": {"dtype": "category", "encoding": "onehot"}, "h2": {"dtype": "category", "encoding": "onehot"},
+        "d1": {"dtype": "datetime"}, "d2": {"dtype": "datetime", "cyclical": True}, "x": {"dtype": "float"},
+        "y": {"dtype": "float"}}})
+    pipeline = pipeline_for(schema, family, {"n_estimators": 20} if family == "random_forest" else {})
+    pipeline.fit(frame, y)
+    contract = Contract.from_mlmodel({"metadata": {"feature_contract": schema.feature_contract()}})
+    reference = sklearn_predict(pipeline, "regression")
+    rows = frame.to_dict("records")
+    predictor, chosen = engine.compile_predictor(pipeline, contract, rows[:5], reference)
+    assert chosen == engine.Engine(engine.ONNX), chosen.reason
+    columns = validate(rows, contract, max_rows=n).columns
+    np.testing.assert_allclose(predictor.predict(columns)[0], reference(columns)[0], rtol=engine.REGRESSION_RTOL,
+                               atol=engine.REGRESSION_RTOL)
