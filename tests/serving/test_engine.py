@@ -14,7 +14,7 @@ from serving.inputs import validate
 from serving.model import load_bundle
 from tests.support import typed
 from tests.support.bundles import GOOD_ROW, make_bundle, toy_frame
-from tests.support.engines import fitted, records, sklearn_predict
+from tests.support.engines import assert_same_answers, fitted, records, sklearn_predict
 from tests.support.frames import FAST, pipeline_for
 from tests.support.signing import trusted_keys
 
@@ -35,11 +35,7 @@ def test_every_family_is_served_by_onnx_runtime_with_sklearn_answers(family: str
     assert np.isnan(columns["x1"]).any() and any(v is None for v in columns["kind"])
     got, got_proba = predictor.predict(columns)
     expected, expected_proba = reference(columns)
-    if task == "regression":
-        np.testing.assert_allclose(got, expected, rtol=engine.REGRESSION_RTOL, atol=engine.REGRESSION_RTOL)
-    else:
-        assert got.tolist() == expected.tolist()
-        np.testing.assert_allclose(got_proba, expected_proba, rtol=0, atol=engine.PROBABILITY_ATOL)
+    assert_same_answers(task, (got, got_proba), (expected, expected_proba))
     # The numeric features enter as one [n, k] tensor: given as validation's array, the same answers.
     assert [i.name for i in predictor.session.get_inputs()] == [engine.NUMERIC_INPUT, "kind"]
     plain = validate([{**row, "x1": 1.5 if row["x1"] is None else row["x1"]} for row in rows], contract,
@@ -197,42 +193,6 @@ def test_datetime_parts_in_onnx_runtime_are_the_calendar_of_pandas(cyclical: boo
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)  # NaN where missing, on both sides
 
 
-@pytest.mark.parametrize("task", TASKS)
-@pytest.mark.parametrize("family", FAMILIES)
-def test_every_dtype_is_served_by_onnx_runtime_with_sklearn_answers(family: str, task: str) -> None:
-    """Datetime parts, ordinal codes, target encoding of an open category (one column per class when multiclass),
-    native categorical splits or one-hot: compiled, and the same answers on rows the check never saw, unseen and
-    missing values included."""
-
-    from serving.contract import Contract
-    from tests.support.frames import mixed_dataset, mixed_schema, pipeline_for
-
-    schema = mixed_schema(task)
-    names = [c.name for c in schema.features]
-    data = mixed_dataset(task, 600)
-    pipeline = pipeline_for(schema, family, {"n_estimators": 20} if family == "random_forest" else {})
-    pipeline.fit(data[names], data["y"])
-    contract = Contract.from_mlmodel({"metadata": {"feature_contract": schema.feature_contract()}})
-    reference = sklearn_predict(pipeline, task)
-
-    def rows(frame: pd.DataFrame) -> list[dict]:
-        return frame[names].astype(object).where(frame[names].notna(), None).to_dict("records")
-
-    predictor, chosen = engine.compile_predictor(pipeline, contract, rows(data.head(5)), reference)
-    assert chosen == engine.Engine(engine.ONNX), chosen.reason
-    unseen = mixed_dataset(task, 300, seed=7)
-    unseen.loc[::13, "plate"] = "P-never-seen"
-    unseen.loc[::29, "plate"] = None
-    columns = validate(rows(unseen), contract, max_rows=300).columns
-    got, got_proba = predictor.predict(columns)
-    expected, expected_proba = reference(columns)
-    if task == "regression":
-        np.testing.assert_allclose(got, expected, rtol=engine.REGRESSION_RTOL, atol=engine.REGRESSION_RTOL)
-    else:
-        assert got.tolist() == expected.tolist()
-        np.testing.assert_allclose(got_proba, expected_proba, rtol=0, atol=engine.PROBABILITY_ATOL)
-
-
 # --- every column type: datetimes, ordinals, open and native categories, one-hot with an infrequent bucket --------
 
 @pytest.mark.parametrize("task", TASKS)
@@ -255,11 +215,7 @@ def test_every_column_type_is_served_by_onnx_runtime_with_sklearn_answers(family
     columns = validate(rows, contract, max_rows=len(rows)).columns
     got, got_proba = predictor.predict(columns)
     expected, expected_proba = reference(columns)
-    if task == "regression":
-        np.testing.assert_allclose(got, expected, rtol=engine.REGRESSION_RTOL, atol=engine.REGRESSION_RTOL)
-    else:
-        assert got.tolist() == expected.tolist()
-        np.testing.assert_allclose(got_proba, expected_proba, rtol=0, atol=engine.PROBABILITY_ATOL)
+    assert_same_answers(task, (got, got_proba), (expected, expected_proba))
     # What the server gives the model (datetimes parsed, keys and ignored columns dropped) is what batch scoring
     # gives it (the CSV's text): the same answers.
     batch = pipeline.predict(frame[list(typed.FEATURES)])

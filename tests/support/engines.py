@@ -59,3 +59,15 @@ def sklearn_predict(pipeline: Any, task: str):
         frame = model_frame(columns)
         return pipeline.predict(frame), pipeline.predict_proba(frame) if task == "classification" else None
     return predict
+
+
+def assert_same_answers(task: str, got: tuple[Any, Any], expected: tuple[Any, Any]) -> None:
+    """(values, probabilities) of the compiled predictor against sklearn's, within the engine's tolerances: regression
+    values relative, labels exactly, probabilities absolute."""
+    from serving import engine
+
+    if task == "regression":
+        np.testing.assert_allclose(got[0], expected[0], rtol=engine.REGRESSION_RTOL, atol=engine.REGRESSION_RTOL)
+        return
+    assert got[0].tolist() == expected[0].tolist()
+    np.testing.assert_allclose(got[1], expected[1], rtol=0, atol=engine.PROBABILITY_ATOL)
