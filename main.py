@@ -130,6 +130,9 @@ def _print_summary(run_id: str, outcomes: list[pipeline.StageOutcome]) -> None:
         f"{o.stage} skipped" if isinstance(o.result, pipeline.Skipped) else f"{o.stage} {o.seconds:.1f}s"
         for o in outcomes))
     results = {o.stage: o.result for o in outcomes}
+    ingested = results.get("ingest")
+    if ingested is not None and (ingested.rows_without_target or ingested.ignored_columns):
+        print(f"data: {ingested.summary()}")  # what ingest left out: rows without a target, unlisted columns
     evaluated = results.get("evaluate")
     if evaluated is not None:
         decision = evaluated.decision

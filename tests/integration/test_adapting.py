@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -143,3 +144,4 @@ def test_init_drafts_a_flights_like_table_that_trains_unedited(tmp_path: Path) -
     trained = run_main("--config-dir", str(config_dir), env=outputs_env(tmp_path) | {"MLOPS_DEPLOY_TARGET": "none"})
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
     assert "gate: PROMOTED - no champion yet" in trained.stdout
+    assert re.search(r"\ndata: .* \d+ rows without a target dropped", trained.stdout), trained.stdout[-3000:]

@@ -165,10 +165,11 @@ def tune(train_frame: pd.DataFrame, config: TuningJob, run_id: str, output_dir: 
                            tuning.timeout_seconds, "cv_folds": tuning.cv_folds, "prune_after_folds":
                            tuning.prune_after_folds, "seed": tuning.seed, "families": ",".join(config.spaces),
                            "train_rows": len(x)})
-        # A configuration the estimator rejects fails its trial only (its nested run is marked FAILED). One OpenMP
-        # thread per fit: on a busy machine, gradient boosting's spinning threads made a fold 10-30x slower.
+        # A configuration the estimator rejects, or one too large for the memory left, fails its trial only (its
+        # nested run is marked FAILED; the memory guard passed the family before the search). One OpenMP thread per
+        # fit: on a busy machine, gradient boosting's spinning threads made a fold 10-30x slower.
         with threadpool_limits(1, user_api="openmp"):
-            study.optimize(objective, n_trials=tuning.n_trials, catch=(ValueError, TypeError),
+            study.optimize(objective, n_trials=tuning.n_trials, catch=(ValueError, TypeError, MemoryError),
                            callbacks=[stop_when_spent])
         seconds = time.perf_counter() - started
         states = [t.state for t in study.trials]
