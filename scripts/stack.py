@@ -257,6 +257,19 @@ def stack_env(s: Settings, base: Mapping[str, str], secret: Mapping[str, str]) -
     return env
 
 
+def mlflow_auth_config(database_uri: str, registry_writers: str) -> str:
+    """The basic-auth app's config (docker/mlflow/basic-auth-entrypoint.sh writes the same for compose): nobody
+    reads what no grant of theirs allows, and only `registry_writers` (the pipeline's login) write to the model
+    registry (scripts/mlflow_auth.py checks every request)."""
+    return ("[mlflow]\n"
+            "# a logged-in user reads or writes only what a grant of theirs allows (admins: everything)\n"
+            "default_permission = NO_PERMISSIONS\n"
+            f"database_uri = {database_uri.replace('%', '%%')}\n"  # configparser reads %% as %
+            "# MLflow's login, then only these users may create, alias, version, rename or delete registered models\n"
+            "authorization_function = scripts.mlflow_auth:authenticate_request\n"
+            f"registry_writers = {registry_writers.replace('%', '%%')}\n")
+
+
 def mlflow_auth_env(s: Settings, env: Mapping[str, str]) -> dict[str, str]:
     """The MLflow server's basic-auth settings: its config file (written here; no secret in it), its admin
     (created in the user store on the server's first start; later starts check the login, see wait_healthy),
@@ -264,11 +277,7 @@ def mlflow_auth_env(s: Settings, env: Mapping[str, str]) -> dict[str, str]:
     s.mlflow_auth_dir.mkdir(parents=True, exist_ok=True)
     store = s.mlflow_auth_db_uri or f"sqlite:///{s.mlflow_auth_dir / 'basic_auth.db'}"
     config = s.mlflow_auth_dir / "basic_auth.ini"
-    write_private(config, "[mlflow]\n"  # configparser reads %% as %
-                          "# a logged-in user may read what no permission of theirs says otherwise about\n"
-                          "default_permission = READ\n"
-                          f"database_uri = {store.replace('%', '%%')}\n"
-                          "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    write_private(config, mlflow_auth_config(store, env["MLFLOW_TRACKING_USERNAME"]))
     secret_key = hashlib.sha256(f"mlflow-server:{env['AIRFLOW__API__SECRET_KEY']}".encode()).hexdigest()
     return {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": secret_key,
             "MLFLOW_AUTH_ADMIN_USERNAME": env["MLFLOW_TRACKING_USERNAME"],

@@ -259,7 +259,14 @@ def test_mlflow_auth_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.delenv(name, raising=False)
     read = read_auth_config()
     assert read.database_uri == f"sqlite:///{home}/mlflow-auth/basic_auth.db"
-    assert read.default_permission == "READ" and read.admin_password is None  # no secret in the file
+    assert read.default_permission == "NO_PERMISSIONS" and read.admin_password is None  # no secret in the file
+    # MLflow's login, then the registry's writers: the pipeline's login only (tests/ops/test_mlflow_registry.py).
+    assert read.authorization_function == "scripts.mlflow_auth:authenticate_request"
+    from scripts.mlflow_auth import registry_writers
+
+    registry_writers.cache_clear()
+    assert registry_writers() == {"admin"}
+    registry_writers.cache_clear()
     s = Settings.from_env({**CELERY, "AIRFLOW_STACK_HOME": str(home), "AIRFLOW_STACK_MLFLOW_BACKEND_URI": "pg://m",
                            "AIRFLOW_STACK_MLFLOW_AUTH_DB_URI": "postgresql+psycopg2://u:p%40ss@db/mlflow_auth"})
     mlflow_auth_env(s, env)

@@ -342,16 +342,27 @@ def test_mlflow_runs_basic_auth_with_the_admin_from_env(compose: dict[str, Any],
     database = env["MLFLOW_AUTH_DATABASE_URI"].replace(secret_values["POSTGRES_PASSWORD"], "p%40ss%word")
     ran = subprocess.run(["bash", source, "env"], capture_output=True, text=True, timeout=60, env={
         **base_env(tmp_path), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
-        "MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_DATABASE_URI": database})
+        "MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_DATABASE_URI": database,
+        "MLFLOW_AUTH_ADMIN_USERNAME": env["MLFLOW_AUTH_ADMIN_USERNAME"], "MLFLOW_REGISTRY_WRITERS": "ci-bot, ops"})
     assert ran.returncode == 0, ran.stderr
     assert "MLFLOW_AUTH_DATABASE_URI" not in ran.stdout, "the URL (with its password) must not reach the server"
     assert config.stat().st_mode & 0o077 == 0, "the config holds the database password: private to its owner"
     read = subprocess.run([sys.executable, "-c", "from mlflow.server.auth.config import read_auth_config as r; "
-                           "c = r(); print(c.database_uri); print(c.default_permission)"],
-                          env={**base_env(tmp_path), "MLFLOW_AUTH_CONFIG_PATH": str(config)},
+                           "from scripts.mlflow_auth import registry_writers as w; "
+                           "c = r(); print(c.database_uri); print(c.default_permission); "
+                           "print(c.authorization_function); print(*sorted(w()))"],
+                          env={**base_env(tmp_path), "MLFLOW_AUTH_CONFIG_PATH": str(config), "PYTHONPATH": str(REPO)},
                           capture_output=True, text=True, timeout=120)
     assert read.returncode == 0, read.stderr
-    assert read.stdout.split() == [database, "READ"]
+    # Nothing without a grant; registry writes by the admin (the workers' login) and MLFLOW_REGISTRY_WRITERS only
+    # (tests/ops/test_mlflow_registry.py).
+    assert read.stdout.split() == [database, "NO_PERMISSIONS", "scripts.mlflow_auth:authenticate_request",
+                                   "admin", "ci-bot", "ops"]
+    # The check is in the container: the image copies scripts/ under /opt/airflow (its PYTHONPATH), and compose
+    # mounts the current file over it.
+    assert mounts(compose, "mlflow")["/opt/airflow/scripts/mlflow_auth.py"] == (
+        str(REPO / "scripts" / "mlflow_auth.py"), "ro")
+    assert env["MLFLOW_REGISTRY_WRITERS"] == ""
 
 
 def test_mlflow_is_reachable_on_loopback_only(tmp_path: Path, secret_values: dict[str, str]) -> None:
@@ -468,9 +479,14 @@ def test_workers_sign_and_the_server_trusts_only_their_key(compose: dict[str, An
     assert str(signing.public_key) == env_of(compose, "prediction-server")["SERVING_PUBLIC_KEY"] \
         == "/run/secrets/bundle_signing_public_key"
     assert [s["source"] if isinstance(s, dict) else s for s in server["secrets"]] == ["bundle_signing_public_key"]
-    for name in ("airflow-worker", "airflow-apiserver", "airflow-scheduler"):
-        assert {s["source"] if isinstance(s, dict) else s for s in services(compose)[name]["secrets"]} == \
-            {"bundle_signing_key", "bundle_signing_public_key"}, name
+    # The private key only where tasks sign (deploy, export: the Celery workers); no other container holds it.
+    def secrets_of(name: str) -> list[str]:
+        return [s["source"] if isinstance(s, dict) else s for s in services(compose)[name].get("secrets", [])]
+
+    assert {name for name in services(compose) if "bundle_signing_key" in secrets_of(name)} == {"airflow-worker"}
+    assert sorted(secrets_of("airflow-worker")) == ["bundle_signing_key", "bundle_signing_public_key"]
+    for name in set(AIRFLOW_SERVICES) - {"airflow-worker"}:
+        assert secrets_of(name) == ["bundle_signing_public_key"], name
     assert compose["secrets"]["bundle_signing_key"]["file"].endswith("keys/bundle-signing.key")
 
 
