@@ -27,6 +27,7 @@ import pandas as pd
 
 from include.ml.entities import MonitoringSources, SchemaConfig
 from include.ml.exceptions import MonitoringError
+from include.ml.s3_uri import parse_s3_uri
 from serving.features import parse_datetimes
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,11 @@ def _local_files(config: MonitoringSources, model_name: str, dates: list[str]) -
     import boto3
     import botocore.exceptions
 
-    bucket, _, prefix = location.removeprefix("s3://").partition("/")
+    try:
+        s3 = parse_s3_uri(location, prefix=True)
+    except ValueError as exc:
+        raise MonitoringError(f"monitoring.capture_dir {location!r} is refused: {exc}") from None
+    bucket, prefix = s3.bucket, s3.key
     client = boto3.client("s3", endpoint_url=config.s3_endpoint_url)
     with tempfile.TemporaryDirectory(prefix="capture-") as tmp:
         files = []

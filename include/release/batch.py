@@ -58,6 +58,7 @@ from include.ml.components import ingestion
 from include.ml.components.validation import frame_checker
 from include.ml.entities import BatchConfig, BatchPredictionConfig, ColumnSpec, DataSourceConfig, SchemaConfig
 from include.ml.exceptions import BatchPredictionError, DataValidationError
+from include.ml.s3_uri import parse_s3_uri
 from include.release.export import export_to_store
 from include.release.signing import trusted_keys
 from serving.contract import Contract
@@ -583,11 +584,12 @@ class _Place:
 
 
 def _place(uri: str) -> _Place:
-    if uri.startswith("s3://"):
-        bucket, _, key = uri.removeprefix("s3://").partition("/")
-        if not bucket or not key:
-            raise BatchPredictionError(f"output {uri!r} is not of the form s3://bucket/key")
-        return _Place(uri, bucket=bucket, key=key)
+    if uri.startswith("s3://"):  # the key the allow-list checked, as it is (include/ml/s3_uri.py)
+        try:
+            s3 = parse_s3_uri(uri)
+        except ValueError as exc:
+            raise BatchPredictionError(f"output {uri!r} is refused: {exc}") from None
+        return _Place(uri, bucket=s3.bucket, key=s3.key)
     if "://" in uri and not uri.startswith("file://"):
         raise BatchPredictionError(f"unsupported output {uri!r}: use a local path or s3://bucket/key")
     target = Path(uri.removeprefix("file://"))

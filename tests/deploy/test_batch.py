@@ -314,6 +314,30 @@ def test_a_trigger_forms_output_must_be_allowed(tmp_path: Path) -> None:
 
 
 
+@pytest.mark.integration  # a moto server
+def test_a_percent_escaped_output_cannot_leave_the_allowed_prefix(registry: Path, tmp_path: Path, s3_endpoint: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 9: `s3://bucket/%6fut/x.csv` passed a `s3://bucket/out/` rule (the check decoded the key) and was
+    uploaded to the literal key `%6fut/x.csv`. Now the check and the upload take the one key, and refuse it."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="batch-escape")
+    rules = BatchConfig(allowed_outputs=("s3://batch-escape/out/",))
+    rows = write_input(tmp_path / "in.csv", toy_frame("regression", rows=5))
+    for attack in ("s3://batch-escape/%6fut/x.csv", "s3://batch-escape/out/%2e%2e/x.csv",
+                   "s3://batch-escape/out/../x.csv", "s3://batch-escape/out//x.csv", "s3://batch-escape/out/./x.csv"):
+        with pytest.raises(BatchPredictionError, match=re.escape(f"output {attack!r} is refused: it holds")):
+            allowed_output(attack, rules, tmp_path)
+        with pytest.raises(BatchPredictionError, match=re.escape(f"output {attack!r} is refused: it holds")):
+            predict_file(config(registry), str(rows), attack)  # the upload refuses it too, whoever checked
+    assert "Contents" not in s3.list_objects_v2(Bucket="batch-escape"), "a refused output was written"
+    allowed = allowed_output("s3://batch-escape/out/x.csv", rules, tmp_path)
+    assert predict_file(config(registry), str(rows), allowed).rows == 5
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="batch-escape")["Contents"]] == ["out/x.csv"]
+
+
 # --- columns by role, every feature type --------------------------------------------------------------------------
 
 def model_predictions(model: str, frame: pd.DataFrame) -> Any:

@@ -338,7 +338,12 @@ def test_sources_under_an_allowed_prefix_pass(config_dir: Path, edit_yaml, sourc
 
 @pytest.mark.parametrize("source, reason", [
     ("s3://my-bucket/wine/../secret/keys.csv", "'..' path segment"),
-    ("s3://my-bucket/wine/%2e%2e/secret.csv", "'..' path segment"),
+    # S3 keys are literal: an escape, '.', '..' or '//' would be checked one way and read another (finding 9).
+    ("s3://my-bucket/wine/%2e%2e/secret.csv", "holds a '%'"),
+    ("s3://my-bucket/%77ine/data.csv", "holds a '%'"),
+    ("s3://my-bucket/wine//data.csv", "empty path segment ('//')"),
+    ("s3://my-bucket/wine/./data.csv", "'.' or '..' path segment"),
+    ("s3://My-Bucket/wine/data.csv", "is not an S3 bucket name"),
     ("s3://my-bucket/wine-private/data.csv", "not under any allowed source"),  # a prefix by whole segments
     ("s3://my-bucket/data.csv", "not under any allowed source"),
     ("s3://other-bucket/wine/data.csv", "not under any allowed source"),

@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import io
 import json
+import re
 import struct
 import threading
 import zipfile
@@ -14,7 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from include.ml.components.ingestion import ingest
+from include.ml.components.ingestion import ingest, refused_source
 from include.ml.entities import DataSourceConfig, IngestionConfig
 from include.ml.exceptions import IngestionError, SourceTooLargeError
 from tests.support.network import free_port, static_http_server
@@ -97,6 +98,29 @@ def test_s3_source(s3_endpoint: str, tmp_path: Path) -> None:
     s3.put_object(Bucket="ingest-test", Key="raw/data.csv", Body=CSV)
     result = ingest(config("s3://ingest-test/raw/data.csv", endpoint=s3_endpoint), tmp_path / "out")
     assert result.rows == 3 and result.sha256 == hashlib.sha256(CSV).hexdigest()
+
+
+@pytest.mark.integration  # a moto server
+def test_a_percent_escaped_s3_source_is_refused_by_the_check_and_the_read(s3_endpoint: str, tmp_path: Path) -> None:
+    """Finding 9: the allow-list compared the decoded key, the read used the literal one. `s3://b/%70ublic/x.csv`
+    passed an `s3://b/public/` rule and read the object whose key is `%70ublic/x.csv`, outside `public/`."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="ingest-escape")
+    s3.put_object(Bucket="ingest-escape", Key="public/data.csv", Body=CSV)
+    for key in ("%70ublic/data.csv", "public//data.csv", "public/./data.csv"):  # objects outside the rule's meaning
+        s3.put_object(Bucket="ingest-escape", Key=key, Body=b"a;b;y\n9;secret;9\n")
+    allowed = ("s3://ingest-escape/public/",)
+    for key in ("%70ublic/data.csv", "public//data.csv", "public/./data.csv"):
+        uri = f"s3://ingest-escape/{key}"
+        assert refused_source(uri, allowed), uri
+        with pytest.raises(IngestionError, match=f"source {re.escape(repr(uri))} is refused: it holds"):
+            ingest(config(uri, endpoint=s3_endpoint), tmp_path / "out")
+    # What the rule admits is read from exactly the key that was checked.
+    uri = "s3://ingest-escape/public/data.csv"
+    assert refused_source(uri, allowed) is None
+    assert ingest(config(uri, endpoint=s3_endpoint), tmp_path / "out").sha256 == hashlib.sha256(CSV).hexdigest()
 
 
 @pytest.mark.parametrize("uri, message", [

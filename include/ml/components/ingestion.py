@@ -23,6 +23,7 @@ import pandas as pd
 from include.ml import artifacts
 from include.ml.entities import DataSourceConfig, IngestionConfig, SchemaConfig
 from include.ml.exceptions import IngestionError, SourceTooLargeError
+from include.ml.s3_uri import parse_s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +144,15 @@ def _fetch_s3(source: DataSourceConfig) -> bytes:
     import boto3
     import botocore.exceptions
 
-    bucket, _, key = source.uri.removeprefix("s3://").partition("/")
-    if not bucket or not key:
-        raise IngestionError(f"source {source.uri!r} is not of the form s3://bucket/key")
+    try:
+        s3 = parse_s3_uri(source.uri)
+    except ValueError as exc:
+        raise IngestionError(f"source {source.uri!r} is refused: {exc}") from None
     client = boto3.client("s3", endpoint_url=source.s3_endpoint_url, config=botocore.config.Config(
         connect_timeout=source.timeout_seconds, read_timeout=source.timeout_seconds,
         retries={"max_attempts": 2}))
     try:
-        response = client.get_object(Bucket=bucket, Key=key)
+        response = client.get_object(Bucket=s3.bucket, Key=s3.key)
         with contextlib.closing(response["Body"]) as body:
             size = response.get("ContentLength")
             if size is not None and size > source.max_bytes:
@@ -226,6 +228,9 @@ def _location(uri: str, root: Path | None) -> _Location:
     """Raises ValueError naming what makes `uri` unusable for a prefix check."""
     if any(ch.isspace() or not ch.isprintable() for ch in uri):
         raise ValueError("it holds whitespace or control characters")
+    if uri.startswith("s3://"):  # the key exactly as S3 gets it (include/ml/s3_uri.py)
+        s3 = parse_s3_uri(uri, prefix=True)
+        return _Location(("s3", s3.bucket, None), s3.segments, "", s3.is_prefix)
     if "://" not in uri or uri.startswith("file://"):  # as fetch reads it
         local = Path(uri.removeprefix("file://")).expanduser()
         if uri.startswith("file://") and not local.is_absolute():
@@ -241,8 +246,6 @@ def _location(uri: str, root: Path | None) -> _Location:
         raise ValueError("its port is not a number in range") from None
     if not parts.hostname:
         raise ValueError("it has no host")
-    if parts.scheme == "s3" and (parts.query or parts.fragment):
-        raise ValueError("an s3:// URI holds no '?' or '#'")
     path = urllib.parse.unquote(parts.path)  # %2e%2e is ".." to a server
     segments = tuple(path.removeprefix("/").split("/"))
     if "\\" in path or {".", ".."} & set(segments):  # refused, not resolved: S3 keys take them literally
@@ -257,7 +260,9 @@ def refused_source(uri: str, allowed: Sequence[str], root: Path | None = None) -
 
     Compared normalised: scheme, host and port exactly (default ports filled in), the decoded path by whole
     segments (s3://b/wine/ does not admit s3://b/wine-private/...); local paths resolved, relative ones against
-    `root`. Raises ValueError for an entry of `allowed` that cannot be compared.
+    `root`. An s3:// key is compared as it is, since S3 decodes nothing: a '%', '.', '..' or empty segment in it
+    is refused (include/ml/s3_uri.py), and the reads and writes use the same key.
+    Raises ValueError for an entry of `allowed` that cannot be compared.
     """
     entries = []
     for entry in allowed:
