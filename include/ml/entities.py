@@ -201,6 +201,9 @@ class MonitoringSources(Frozen):
     capture_dir: str = "capture"
     ground_truth_uri: str | None = None  # CSV or Parquet: request_id, optional row, the target; None: no labels
     s3_endpoint_url: str | None = None  # for s3:// capture dirs, e.g. a local S3 stand-in; None: AWS
+    # Caps on one capture file, decompressed: a bigger one (a gzip bomb) is skipped with a warning naming it.
+    max_file_mb: float = Field(256.0, gt=0)
+    max_file_rows: int = Field(2_000_000, ge=1)
 
 
 class ConfigFile(Frozen):

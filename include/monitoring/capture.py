@@ -7,6 +7,10 @@ version and the period before anything becomes a pandas object, so memory follow
 refuses (a field holding values of two JSON types: an open category sent as text by one client and as a number by
 another, a key given as 17 and as "17"; a key number past 64 bits) is read line by line instead, to the same frame.
 
+Each file is decompressed into memory first, never past `monitoring.max_file_mb` nor `monitoring.max_file_rows`
+(config.yaml): a file past either (a gzip bomb) is skipped with a warning naming it and the cap (`Captured.skipped`),
+so a planted file can neither exhaust the monitor's memory nor stop its run.
+
 The frame: request_id, row, timestamp, the schema's id columns (each row's captured `key`, as text; None where
 the request sent none), the features (numbers as float, datetimes as datetime64 in UTC, categories and ordinals
 as text), prediction. Given a classifier's classes, also the probability it gave each class (`Captured.probabilities`).
@@ -45,6 +49,11 @@ class Captured:
     # Classification, when the classes were given: the captured probability of each class (one column each, rows as
     # in `frame`; NaN where a row has none). None otherwise.
     probabilities: pd.DataFrame | None = None
+    skipped: tuple[str, ...] = ()  # files past monitoring.max_file_mb / max_file_rows: why, naming each
+
+
+class CaptureFileTooLarge(MonitoringError):
+    """A capture file that decompresses past a cap of monitoring: (max_file_mb, max_file_rows)."""
 
 
 def days(start: datetime, end: datetime) -> list[str]:
@@ -57,10 +66,16 @@ def collect(config: MonitoringSources, schema: SchemaConfig, model_name: str, ve
             end: datetime, classes: Sequence[str] = ()) -> Captured:
     """The rows captured for `model_name` `version` with start <= timestamp < end (aware datetimes, UTC); with the
     model's `classes` (as text), their captured probabilities too."""
-    frames, probabilities, count = [], [], 0
+    frames, probabilities, count, skipped = [], [], 0, []
     with _local_files(config, model_name, days(start, end)) as files:
-        for path in files:
-            frame, proba = read_file(path, schema, model_name, version, start, end, classes)
+        for path, name in files:
+            try:
+                frame, proba = read_file(path, schema, model_name, version, start, end, classes,
+                                         max_bytes=int(config.max_file_mb * 2**20), max_rows=config.max_file_rows)
+            except CaptureFileTooLarge as exc:
+                log.warning("capture: skipping %s: %s", name, exc)
+                skipped.append(f"{name}: {exc}")
+                continue
             frames.append(frame)
             probabilities.append(proba)
             count += 1
@@ -72,24 +87,49 @@ def collect(config: MonitoringSources, schema: SchemaConfig, model_name: str, ve
             pd.DataFrame({str(c): np.empty(0) for c in classes})
     log.info("capture: %d rows of %s v%s from %d file(s) in %s, %s to %s", len(frame), model_name, version, count,
              config.capture_dir, start.isoformat(), end.isoformat())
-    return Captured(frame, count, proba)
+    return Captured(frame, count, proba, tuple(skipped))
 
 
 def read_file(path: Path, schema: SchemaConfig, model_name: str, version: str, start: datetime, end: datetime,
-              classes: Sequence[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+              classes: Sequence[str] = (), max_bytes: int = 256 * 2**20,
+              max_rows: int = 2_000_000) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """One capture file's rows of the model version and period, one column per id column and per feature; and with
-    `classes`, each class's probability (one column per class, NaN where a row has none; None without classes)."""
+    `classes`, each class's probability (one column per class, NaN where a row has none; None without classes).
+    Raises CaptureFileTooLarge when it decompresses past `max_bytes` or holds more than `max_rows` lines."""
     import pyarrow as pa
 
+    data = decompressed(path, max_bytes, max_rows)
     try:
-        return _read_arrow(path, schema, model_name, version, start, end, classes)
+        return _read_arrow(data, path, schema, model_name, version, start, end, classes)
     except pa.ArrowInvalid as exc:  # two JSON types in one field, a number past int64, or no JSON at all
         log.info("capture: pyarrow cannot read %s (%s); reading it line by line", path, exc)
-    return _read_lines(path, schema, model_name, version, start, end, classes)
+    return _read_lines(data, path, schema, model_name, version, start, end, classes)
 
 
-def _read_arrow(path: Path, schema: SchemaConfig, model_name: str, version: str, start: datetime, end: datetime,
-                classes: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def decompressed(path: Path, max_bytes: int, max_rows: int) -> bytes:
+    """The file's decompressed bytes, read in chunks and given up on as soon as they pass a cap: memory never
+    holds more than `max_bytes` (plus one chunk) of it, however small the file or large its ratio."""
+    import gzip
+    import zlib
+
+    chunk, buffer, lines = 1 << 20, bytearray(), 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while block := stream.read(chunk):
+                buffer += block
+                lines += block.count(b"\n")
+                if len(buffer) > max_bytes:
+                    raise CaptureFileTooLarge(f"it decompresses past {max_bytes:,} bytes (monitoring.max_file_mb); "
+                                              f"given up after {len(buffer):,}")
+                if lines > max_rows:
+                    raise CaptureFileTooLarge(f"it holds more than {max_rows:,} rows (monitoring.max_file_rows)")
+    except (OSError, EOFError, zlib.error) as exc:
+        raise MonitoringError(f"capture file {path} is not a readable gzip file: {exc}") from exc
+    return bytes(buffer)
+
+
+def _read_arrow(data: bytes, path: Path, schema: SchemaConfig, model_name: str, version: str, start: datetime,
+                end: datetime, classes: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.json as pj
@@ -103,7 +143,7 @@ def _read_arrow(path: Path, schema: SchemaConfig, model_name: str, version: str,
                           ("inputs", pa.struct(typed))]
                          + ([(PREDICTION, pa.float64())] if schema.task == "regression" else []) + probabilities)
     try:
-        table = pj.read_json(pa.input_stream(str(path), compression="gzip"),
+        table = pj.read_json(pa.BufferReader(data),
                              parse_options=pj.ParseOptions(explicit_schema=explicit, unexpected_field_behavior="infer"))
         stamps = pc.cast(table["timestamp"], pa.timestamp("us", tz="UTC"))
     except OSError as exc:
@@ -141,15 +181,15 @@ def _read_arrow(path: Path, schema: SchemaConfig, model_name: str, version: str,
                                 for c, f in zip(classes, fields(PROBABILITIES).flatten())})
 
 
-def _read_lines(path: Path, schema: SchemaConfig, model_name: str, version: str, start: datetime, end: datetime,
-                classes: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def _read_lines(data: bytes, path: Path, schema: SchemaConfig, model_name: str, version: str, start: datetime,
+                end: datetime, classes: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """read_file's frames, from the file parsed line by line with the json module."""
-    import gzip
+    import io
     import json
 
     rows = []
     try:
-        with gzip.open(path, "rt", encoding="utf-8") as stream:
+        with io.TextIOWrapper(io.BytesIO(data), encoding="utf-8") as stream:
             for line in stream:
                 if line.strip():
                     record = json.loads(line)
@@ -207,12 +247,14 @@ def _labels(values: pd.Series) -> pd.Series:
 
 
 @contextmanager
-def _local_files(config: MonitoringSources, model_name: str, dates: list[str]) -> Iterator[list[Path]]:
-    """The complete capture files of these dates, downloaded to a temporary directory first from S3."""
+def _local_files(config: MonitoringSources, model_name: str, dates: list[str]) -> Iterator[list[tuple[Path, str]]]:
+    """The complete capture files of these dates (each with the name it has in the capture dir), downloaded to a
+    temporary directory first from S3."""
     location = config.capture_dir
     if not location.startswith("s3://"):
         root = Path(location) / model_name
-        yield sorted(p for date in dates for p in (root / date).glob(f"*{SUFFIX}") if p.is_file())
+        yield [(p, str(p)) for p in sorted(p for date in dates for p in (root / date).glob(f"*{SUFFIX}")
+                                            if p.is_file())]
         return
     import boto3
     import botocore.exceptions
@@ -233,7 +275,7 @@ def _local_files(config: MonitoringSources, model_name: str, dates: list[str]) -
                         if item["Key"].endswith(SUFFIX):
                             target = Path(tmp) / f"{len(files)}{SUFFIX}"
                             client.download_file(bucket, item["Key"], str(target))
-                            files.append(target)
+                            files.append((target, f"s3://{bucket}/{item['Key']}"))
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise MonitoringError(f"capture files under {location} could not be read: {exc}") from exc
         yield files

@@ -99,8 +99,9 @@ def monitor(config: MonitorJob, run_id: str, end: datetime, output_dir: Path) ->
              f"drifted: {', '.join(compared.drifted) or 'none'}", *details]
     if live is not None:
         lines.append(live.describe())
+    lines += [f"skipped capture file {why}" for why in captured.skipped]  # past monitoring.max_file_mb / _rows
     header = {"model_name": name, "version": version, "period_start": start.isoformat(), "period_end": end.isoformat(),
-              "reference": ref.source, "run_id": run_id}
+              "reference": ref.source, "run_id": run_id, "skipped_capture_files": list(captured.skipped)}
     summary = {**header, **compared.to_json(), "quality": None if live is None else asdict(live)}
     page = report.render(f"Monitoring {name} v{version}, {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC",
                          lines, compared, ref.features, current, (ref.predictions, predicted))

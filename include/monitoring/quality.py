@@ -69,6 +69,20 @@ def read_ground_truth(uri: str, schema: SchemaConfig) -> pd.DataFrame:
     return frame[[*KEYS, target]].drop_duplicates(subset=list(KEYS), keep="last")
 
 
+def first_capture_of_each_request(picked: pd.DataFrame, timestamps: pd.Series | None) -> pd.DataFrame:
+    """One captured row per (request_id, row): the earliest captured (file order breaks a tie). A request id is the
+    client's X-Request-ID, so a client reusing another's id would otherwise multiply that label's rows in the join;
+    the first request under an id is the one its label was issued for, a later reuse is left out (and logged)."""
+    if timestamps is not None:
+        picked = picked.assign(_captured_at=timestamps.to_numpy()).sort_values("_captured_at", kind="stable") \
+            .drop(columns="_captured_at")
+    first = picked.drop_duplicates(subset=list(KEYS), keep="first")
+    if len(first) < len(picked):
+        log.warning("live quality: %d captured row(s) reuse a request_id and row captured earlier; each label is "
+                    "joined to the first capture only", len(picked) - len(first))
+    return first
+
+
 def live_quality(captured: pd.DataFrame, truth: pd.DataFrame, schema: SchemaConfig, promotion: PromotionConfig,
                  test_metrics: dict[str, float], min_rows: int, drop: float,
                  probabilities: pd.DataFrame | None = None) -> LiveQuality:
@@ -80,7 +94,9 @@ def live_quality(captured: pd.DataFrame, truth: pd.DataFrame, schema: SchemaConf
     keys = list(KEYS) if by_request else [next(c for c in truth.columns if c != schema.target)]
     picked = captured[[*keys, PREDICTION]].assign(**{_POSITION: np.arange(len(captured))})  # row -> probabilities
     if by_request:
-        joined = picked.astype({"request_id": str, "row": "int64"}).merge(truth, on=keys)
+        picked = first_capture_of_each_request(picked.astype({"request_id": str, "row": "int64"}),
+                                               captured["timestamp"] if "timestamp" in captured else None)
+        joined = picked.merge(truth, on=keys)
     else:
         joined = picked.dropna(subset=keys).merge(truth, on=keys)
     joined = joined.dropna(subset=[PREDICTION, schema.target])

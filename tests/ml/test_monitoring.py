@@ -285,6 +285,74 @@ def test_a_corrupt_capture_file_is_a_clear_error(tmp_path: Path) -> None:
                         END - timedelta(hours=1), END + timedelta(hours=1))
 
 
+def _gzip_bomb(path: Path, line: bytes, mib: int) -> None:
+    """A real gzip bomb: `mib` MiB of the same capture line, compressed at the best ratio (about 1000:1)."""
+    block = line * ((1 << 20) // len(line))
+    with gzip.GzipFile(path, "wb", compresslevel=9) as out:
+        for _ in range(mib):
+            out.write(block)
+
+
+@pytest.mark.parametrize("cap", ["max_file_mb", "max_file_rows"])
+def test_a_gzip_bomb_under_capture_is_skipped_without_blowing_memory(tmp_path: Path, cap: str,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Finding 10: a capture file read whole, whatever it expands to. A 1 GiB bomb (about 1 MB on disk) of valid
+    capture lines is given up on once it passes the cap, never held in memory, and the period's other files are
+    still read."""
+    import tracemalloc
+
+    frame = dataset("regression", rows=20).drop(columns=["y"])
+    good = write_capture(tmp_path, "m", "3", frame, range(20), END - timedelta(hours=1))
+    line = gzip.decompress(good.read_bytes()).splitlines(keepends=True)[0]
+    bomb = good.with_name("bomb.jsonl.gz")
+    _gzip_bomb(bomb, line, mib=1024)
+    assert bomb.stat().st_size < 8 << 20
+    caps = {"max_file_mb": 16} if cap == "max_file_mb" else {"max_file_rows": 1000}
+    config = MonitoringSources(capture_dir=str(tmp_path), **caps)
+    tracemalloc.start()
+    try:
+        with caplog.at_level("WARNING", logger="include.monitoring.capture"):
+            got = capture.collect(config, schema("regression"), "m", "3", END - timedelta(hours=24), END)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"reading the capture held {peak >> 20} MiB"
+    assert got.files == 1 and len(got.frame) == 20
+    assert len(got.skipped) == 1 and str(bomb) in got.skipped[0] and f"monitoring.{cap}" in got.skipped[0]
+    assert str(bomb) in caplog.text and f"monitoring.{cap}" in caplog.text
+    # The defaults are caps too.
+    assert MonitoringSources().max_file_mb == 256 and MonitoringSources().max_file_rows == 2_000_000
+
+
+def test_a_reused_request_id_counts_once_in_the_label_join(tmp_path: Path) -> None:
+    """Finding 10: a client reusing another client's X-Request-ID multiplied that label's rows in the join (50
+    reuses of one id, each with a wild prediction, outweighed 10 true rows). The first capture of each request id
+    and row is the one joined; later reuses are left out."""
+    folder = tmp_path / "m" / END.strftime("%Y-%m-%d")
+    folder.mkdir(parents=True)
+    features = {"x1": 1.0, "x2": 2.0, "kind": "p"}
+
+    def line(request: str, prediction: float, hours_before: float) -> str:
+        stamp = (END - timedelta(hours=hours_before)).isoformat().replace("+00:00", "Z")
+        return json.dumps({"request_id": request, "row": 0, "timestamp": stamp, "model_name": "m",
+                           "model_version": "3", "inputs": features, "prediction": prediction}) + "\n"
+
+    # The reuses are in the file read first (names sort), but captured later than the genuine requests.
+    (folder / "a-reuses.jsonl.gz").write_bytes(gzip.compress("".join(
+        line("r0", 1000.0, 1) for _ in range(50)).encode()))
+    (folder / "b-genuine.jsonl.gz").write_bytes(gzip.compress("".join(
+        line(f"r{i}", float(i), 2) for i in range(10)).encode()))
+    got = capture.collect(MonitoringSources(capture_dir=str(tmp_path)), schema("regression"), "m", "3",
+                          END - timedelta(hours=24), END)
+    assert len(got.frame) == 60
+    pd.DataFrame({"request_id": [f"r{i}" for i in range(10)], "y": [float(i) for i in range(10)]}).to_csv(
+        tmp_path / "truth.csv", index=False)
+    truth = quality.read_ground_truth(str(tmp_path / "truth.csv"), schema("regression"))
+    live = quality.live_quality(got.frame, truth, schema("regression"), PromotionConfig(metric="rmse"),
+                                {"rmse": 0.5}, min_rows=5, drop=0.1)
+    assert live.rows == 10 and live.live == pytest.approx(0.0) and not live.dropped
+
+
 # --- a whole monitor run against a real champion ------------------------------------------------------------
 
 @pytest.fixture(scope="module")
