@@ -157,5 +157,14 @@ def test_every_registry_write_route_of_mlflow_is_guarded() -> None:
     assert not is_registry_write("POST", "/api/2.0/mlflow/experiments/create")
 
 
+def test_graphql_offers_no_registry_write() -> None:
+    """/graphql is the one route the check does not classify by path: it must hold no mutation that writes the
+    registry (today MLflow's mutations only search). An MLflow upgrade adding one fails here."""
+    from mlflow.server.graphql.graphql_schema_extensions import schema
+
+    mutations = set(schema.graphql_schema.mutation_type.fields)
+    assert mutations <= {"mlflowSearchDatasets", "mlflowSearchRuns", "testMutation"}, sorted(mutations)
+
+
 def test_the_server_logs_nothing_unexpected(server: AuthServer) -> None:
     assert "Traceback" not in server.log(), server.log()
