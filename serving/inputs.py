@@ -157,7 +157,7 @@ def scan_json(body: bytes, limit: int = 0) -> Scan:
     gives the numbers of the part before the fault, as far as a parser reads it.
     """
     steps = _steps_outside_strings(body)
-    values = len(steps) - np.count_nonzero(steps) + 1  # commas + 1
+    values = len(steps) - int(np.count_nonzero(steps)) + 1  # commas + 1
     depth = np.cumsum(steps, dtype=np.int8)  # the level after each mark
     # int8 is exact until the level first leaves [0, MAX_DEPTH] (it moves by one), and that is where this stops.
     deepest = int(depth.max(initial=0))
@@ -280,11 +280,13 @@ def check_csv(body: bytes, limits: Limits) -> None:
     if header > limits.columns:
         raise InputError(413, "too_many_columns", limits.too_many_columns(f"the CSV header has {header} fields"))
     if len(body) < limits.values:
-        return  # fewer commas than that
-    fields = body.count(b",") + 1  # each line adds one, and there are at most max_rows + 1 (csv_rows counts them)
+        return  # at most one field more than bytes
+    # The fields: one per comma and one per line (a blank line counts too), line breaks \n, \r\n or \r
+    lines = body.count(b"\n") + body.count(b"\r") - body.count(b"\r\n")
+    fields = body.count(b",") + lines + (not body.endswith((b"\n", b"\r")))
     if fields <= limits.values:
         return
-    if max(body.count(b"\n"), body.count(b"\r")) > limits.rows + 1:
+    if lines > limits.rows + 1:
         raise InputError(413, "too_many_rows", f"more than {limits.rows} rows in one request; the limit is "
                                                f"{limits.rows} (SERVING_MAX_ROWS raises it)")
     raise InputError(413, "too_many_values", limits.too_many_values(f"the CSV body holds up to {fields} fields"))
