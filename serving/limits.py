@@ -26,11 +26,11 @@ class Limits:
     rows: int
     columns: int
     values: int
+    items: int = 0  # the most items one JSON array or object may hold: a list of rows, or a row (0: derived)
 
-    @property
-    def items(self) -> int:
-        """The most items one JSON array or object may hold: a list of rows, or a row."""
-        return max(self.rows, self.columns, MIN_CONTAINER_ITEMS)
+    def __post_init__(self) -> None:
+        if not self.items:
+            object.__setattr__(self, "items", max(self.rows, self.columns, MIN_CONTAINER_ITEMS))
 
     def too_many_columns(self, what: str) -> str:
         return f"{what}; the limit is {self.columns} columns (SERVING_MAX_COLUMNS raises it)"
