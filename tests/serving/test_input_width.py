@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from serving import inputs
 from serving.inputs import scan_json
 from serving.limits import SPARE_VALUES, request_limits
+from serving.settings import Settings, SettingsError
 from tests.serving.test_input_limits import JSON_VALUES, error
 from tests.support.bodies import MB10, WIDE, wide_body
 from tests.support.bundles import GOOD_ROW
@@ -33,6 +34,15 @@ def test_the_caps_follow_the_model_width() -> None:
     assert request_limits(10_000, 0, 0, 10).columns == 26  # 16 more once that is more than twice the width
     set_by_hand = request_limits(100, 7, 99, 30)  # SERVING_MAX_COLUMNS, SERVING_MAX_VALUES
     assert (set_by_hand.columns, set_by_hand.values) == (7, 99)
+
+
+def test_the_caps_are_settings() -> None:
+    settings = Settings.from_env({"SERVING_MAX_COLUMNS": "50", "SERVING_MAX_VALUES": "5000"})
+    assert (settings.max_columns, settings.max_values) == (50, 5000)
+    assert (Settings.from_env({}).max_columns, Settings.from_env({}).max_values) == (0, 0)  # from the model
+    for name in ("SERVING_MAX_COLUMNS", "SERVING_MAX_VALUES"):
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env({name: "-1"})
 
 
 # --- what the scan counts -------------------------------------------------------------------------------------------
