@@ -10,6 +10,7 @@ from flask import Blueprint, Response, current_app, g, render_template, request
 
 from serving.contract import Contract
 from serving.inputs import InputError, csv_rows, mlflow_json, parse_json
+from serving.limits import Limits
 from serving.model import LoadedModel
 from serving.openapi import openapi_spec
 from serving.responses import error_response, json_response
@@ -45,6 +46,11 @@ def _body() -> bytes:
     return request.get_data(cache=False)  # chunked, or over MAX_CONTENT_LENGTH: werkzeug answers 413 unread
 
 
+def _limits(svc: Service) -> Limits:
+    """The served model's request limits: its width sets the columns and values a body may hold (no model: 503)."""
+    return svc.limits(svc.model().contract)
+
+
 def _require_json() -> None:
     if request.mimetype != "application/json":
         raise InputError(415, "unsupported_media_type",
@@ -55,9 +61,9 @@ def _require_json() -> None:
 def invocations() -> Response:
     svc, mimetype = service(), request.mimetype
     if mimetype in ("text/csv", "application/csv"):
-        rows, from_text = csv_rows(_body(), svc.settings.max_rows), True
+        rows, from_text = csv_rows(_body(), _limits(svc)), True
     elif mimetype == "application/json":
-        rows, from_text = mlflow_json(_body(), svc.settings.max_rows), False
+        rows, from_text = mlflow_json(_body(), _limits(svc)), False
     else:
         raise InputError(415, "unsupported_media_type",
                          f"expected application/json or text/csv, got {mimetype or 'none'}")
@@ -73,7 +79,7 @@ def invocations() -> Response:
 def predict() -> Response:
     _require_json()
     svc = service()
-    model, batch, prediction = svc.predict(parse_json(_body(), svc.settings.max_rows))
+    model, batch, prediction = svc.predict(parse_json(_body(), _limits(svc)))
     svc.record(g.request_id, model, batch, prediction)
     body: dict[str, Any] = {"predictions": prediction.values, "model": {"name": model.name, "version": model.version}}
     if prediction.probabilities is not None:

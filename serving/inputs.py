@@ -4,10 +4,11 @@ Every format of the MLflow scoring protocol is normalised to one shape, a
 column per feature (numpy arrays in contract order), before the model sees it.
 Errors name the field and row and never echo the whole input.
 
-A body is bounded before it is decoded (check_structure): decoding builds a
-Python object per JSON value and recurses once per nesting level, so a 10 MB
-body could otherwise cost a gigabyte or a RecursionError. Column-wise formats
-stay column-wise: no dict is built per row.
+A body is bounded before it is decoded or parsed (check_structure, check_csv):
+decoding builds a Python object per value and recurses once per nesting level,
+so a 10 MB body could otherwise cost a gigabyte or a RecursionError. Its rows,
+columns and values are capped (serving/limits.py). Column-wise formats stay
+column-wise: no dict is built per row.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import io
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import msgspec
 import numpy as np
 
 from serving.contract import Contract, Feature
 from serving.features import UNIX_UNITS, parse_datetimes
+from serving.limits import MIN_CONTAINER_ITEMS, Limits
 
 MAX_DETAILS = 20  # an error lists at most this many problems; the count says how many there were
 MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
@@ -35,11 +37,13 @@ MAX_DEPTH = 32
 # The rows of every request shape sit in one JSON array or object (a list of records, dataframe_split.data, each
 # column of columnar input), so check_structure refuses any container holding more than max_rows items. Containers
 # that are not lists of rows (a record, a dataframe_split row, its columns) hold one item per column: the limit is
-# never below this many, so a small SERVING_MAX_ROWS does not refuse a wide row (validate counts rows exactly).
-MAX_COLUMNS = 1_000
+# never below this many, so a small SERVING_MAX_ROWS does not refuse a wide row (validate counts rows exactly, and
+# the columns are counted exactly once the values, which bound what decoding builds, have been).
+MAX_COLUMNS = MIN_CONTAINER_ITEMS
 # What check_structure reads of a body, a byte per mark: the change of nesting level (-1 as 0xff), a quote as 2.
 _NOT_MARKS = bytes(sorted(set(range(256)) - set(b'[{]},"')))
 _STEPS = bytes.maketrans(b'[{]},"', b"\x01\x01\xff\xff\x00\x02")
+_KINDS = bytes.maketrans(b'[{]},"', b"\x01\x03\xff\xff\x00\x02")  # the same, an object's opening as 3
 _QUOTE = b"\x02"
 
 
@@ -109,55 +113,87 @@ class _NumericSplit(msgspec.Struct, forbid_unknown_fields=True):
 _NUMERIC_SPLIT = msgspec.json.Decoder(_NumericSplit)
 
 
-def check_structure(body: bytes, max_rows: int) -> None:
-    """Refuse a JSON body nested deeper than MAX_DEPTH (400) or with more than max_rows rows (413), undecoded."""
-    limit = max(max_rows, MAX_COLUMNS)
-    if len(body) < limit and body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
+def check_structure(body: bytes, limits: Limits) -> None:
+    """Refuse a JSON body nested deeper than MAX_DEPTH (400), with more items in one array or object than a
+    request has rows or columns, or with more values than `limits` allow (413), undecoded."""
+    limit = limits.items
+    if len(body) < min(limit, limits.values) and body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
         return  # too short for that many commas, too few brackets to nest that deep: a request of a few rows
-    deepest, items = nesting_and_items(body, limit)
-    if deepest > MAX_DEPTH:
+    scan = scan_json(body, limit)
+    if scan.deepest > MAX_DEPTH:
         raise InputError(400, "too_deeply_nested", f"the JSON body nests deeper than {MAX_DEPTH} levels")
-    if items > limit:
-        raise InputError(413, "too_many_rows", f"a JSON array or object holds {items} items; the limit is "
-                                               f"{max_rows} rows per request")
+    if scan.items > limit and scan.in_object:
+        raise InputError(413, "too_many_columns", limits.too_many_columns(f"a JSON object holds {scan.items} keys"))
+    if scan.items > limit:
+        raise InputError(413, "too_many_rows", f"a JSON array or object holds {scan.items} items; the limit is "
+                                               f"{limits.rows} rows per request (SERVING_MAX_ROWS raises it)")
+    if scan.values > limits.values:
+        raise InputError(413, "too_many_values",
+                         limits.too_many_values(f"the JSON body holds up to {scan.values} values"))
+
+
+class Scan(NamedTuple):
+    """What scan_json reads of a JSON body's bytes."""
+
+    deepest: int  # the deepest nesting
+    items: int  # the most items in one array or object (an empty one counts 1)
+    in_object: bool  # that container is an object
+    values: int  # commas + 1: the numbers, strings, booleans and nulls (a key with its value once), or more
 
 
 def nesting_and_items(body: bytes, limit: int = 0) -> tuple[int, int]:
-    """The deepest nesting of a JSON body and the most items in one of its arrays or objects (an empty one counts
-    1), from its bytes: numpy over the brackets and commas outside strings, one byte each; about half the time
-    msgspec takes to decode a valid body, and a few times its size in memory at most.
+    """The deepest nesting of a JSON body and the most items in one of its arrays or objects (scan_json)."""
+    scan = scan_json(body, limit)
+    return scan.deepest, scan.items
 
-    Exact up to MAX_DEPTH levels (deeper gives MAX_DEPTH + 1, items uncounted) and above `limit` items (below,
-    0 may be given). Assumes UTF-8, where every byte of a multi-byte character is >= 0x80. Malformed JSON gives
-    the numbers of the part before the fault, as far as a parser reads it.
+
+def scan_json(body: bytes, limit: int = 0) -> Scan:
+    """The nesting, the largest container and the values of a JSON body, from its bytes: numpy over the brackets
+    and commas outside strings, one byte each; about half the time msgspec takes to decode a valid body, and a few
+    times its size in memory at most.
+
+    Depth is exact up to MAX_DEPTH levels (deeper gives MAX_DEPTH + 1, items uncounted), items above `limit`
+    (below, 0 may be given). Assumes UTF-8, where every byte of a multi-byte character is >= 0x80. Malformed JSON
+    gives the numbers of the part before the fault, as far as a parser reads it.
     """
     steps = _steps_outside_strings(body)
+    values = len(steps) - int(np.count_nonzero(steps)) + 1  # commas + 1
     depth = np.cumsum(steps, dtype=np.int8)  # the level after each mark
     # int8 is exact until the level first leaves [0, MAX_DEPTH] (it moves by one), and that is where this stops.
     deepest = int(depth.max(initial=0))
     if deepest > MAX_DEPTH or depth.min(initial=0) < 0:
         first = int(((depth < 0) | (depth > MAX_DEPTH)).argmax())
         if depth[first] > MAX_DEPTH:
-            return MAX_DEPTH + 1, 0
-        return int(depth[:first].max(initial=0)), 0  # a bracket closed that was never opened: the parser says where
-    if len(steps) - np.count_nonzero(steps) < limit:
-        return deepest, 0  # fewer commas in all than the limit
-    most = 0
+            return Scan(MAX_DEPTH + 1, 0, False, values)
+        # a bracket closed that was never opened: the parser says where
+        return Scan(int(depth[:first].max(initial=0)), 0, False, values)
+    if values <= limit:
+        return Scan(deepest, 0, False, values)  # fewer commas in all than the limit
+    most, where = 0, (0, 0)
     for level in range(1, deepest + 1):
         events = steps[depth == level]
         events = events[events >= 0]  # in order: 1 opens a container at this level, each 0 is one of its commas
         if len(events) - np.count_nonzero(events) >= limit:
-            most = max(most, int(np.diff(np.flatnonzero(events), append=len(events)).max()))  # commas + 1
-    return deepest, most
+            opens = np.flatnonzero(events)
+            counts = np.diff(opens, append=len(events))  # commas + 1
+            largest = int(counts.argmax())
+            if counts[largest] > most:
+                most, where = int(counts[largest]), (level, int(opens[largest]))
+    in_object = False
+    if most > limit:  # which kind of container: the refusal says rows or columns
+        kinds = _steps_outside_strings(body, _KINDS)[depth == where[0]]
+        in_object = bool(kinds[kinds >= 0][where[1]] == 3)
+    return Scan(deepest, most, in_object, values)
 
 
-def _steps_outside_strings(body: bytes) -> np.ndarray:
-    """The brackets and commas of a JSON body outside strings, as level steps: 1 opens, -1 closes, 0 a comma."""
+def _steps_outside_strings(body: bytes, table: bytes = _STEPS) -> np.ndarray:
+    """The brackets and commas of a JSON body outside strings, as level steps: 1 opens, -1 closes, 0 a comma (with
+    _KINDS, an object opens with 3)."""
     if b"\\" in body:  # escaped backslashes go first, then escaped quotes: every quote left opens or closes a string
         body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
     # Marks and quotes only, then adjacent quotes go: a string with no bracket or comma in it (nearly every one)
     # vanishes, and dropping two adjacent quotes never changes which marks are inside a string.
-    marks = body.translate(_STEPS, _NOT_MARKS).replace(_QUOTE * 2, b"")
+    marks = body.translate(table, _NOT_MARKS).replace(_QUOTE * 2, b"")
     steps = np.frombuffer(marks, dtype=np.int8)
     if _QUOTE not in marks:
         return steps
@@ -168,21 +204,28 @@ def _steps_outside_strings(body: bytes) -> np.ndarray:
     return steps[inside == 0]
 
 
-def parse_json(body: bytes, max_rows: int) -> Any:
+def parse_json(body: bytes, limits: Limits) -> Any:
     """The decoded body, once check_structure has found it shallow and small enough to decode."""
-    check_structure(body, max_rows)
+    check_structure(body, limits)
     return _decode(body)
 
 
-def mlflow_json(body: bytes, max_rows: int) -> Any:
+def mlflow_json(body: bytes, limits: Limits) -> Any:
     """The rows of a JSON MLflow scoring request: NumericRows for a `dataframe_split` of numbers only (one typed
     decode), else what mlflow_input makes of the decoded body."""
-    check_structure(body, max_rows)
+    check_structure(body, limits)
     try:
         frame = _NUMERIC_SPLIT.decode(body).dataframe_split
     except msgspec.DecodeError:  # another shape, another value, or no JSON: the general path tells which
-        return mlflow_input(_decode(body))
+        return mlflow_input(_decode(body), limits.columns)
+    _check_columns(len(frame.columns), limits.columns, "dataframe_split.columns")
     return NumericRows(frame.columns, frame.data, body)
+
+
+def _check_columns(count: int, max_columns: int | None, what: str) -> None:
+    if max_columns is not None and count > max_columns:
+        raise InputError(413, "too_many_columns", f"{what} has {count} columns; the limit is {max_columns} columns "
+                                                  "(SERVING_MAX_COLUMNS raises it)")
 
 
 def _decode(body: bytes) -> Any:
@@ -204,9 +247,9 @@ def mlflow_rows(payload: Any) -> tuple[Any, bool]:
     return (rows.records() if isinstance(rows, Columns) else rows), False
 
 
-def mlflow_input(payload: Any) -> Any:
+def mlflow_input(payload: Any, max_columns: int | None = None) -> Any:
     """The rows of an MLflow scoring request (`dataframe_split`, `dataframe_records`, `instances`, `inputs`):
-    records as sent, or Columns for the column-wise formats."""
+    records as sent, or Columns for the column-wise formats (at most max_columns of them, else 413)."""
     if not isinstance(payload, dict):
         raise InputError(400, "invalid_request", f"expected a JSON object with one of {', '.join(MLFLOW_KEYS)}")
     keys = [k for k in MLFLOW_KEYS if k in payload]
@@ -219,14 +262,41 @@ def mlflow_input(payload: Any) -> Any:
     key = keys[0]
     value = payload[key]
     if key == "dataframe_split":
-        return _split_columns(value)
+        return _split_columns(value, max_columns)
     if key in ("instances", "inputs") and isinstance(value, dict):
+        _check_columns(len(value), max_columns, f"columnar {key}")
         return _columnar(value)
     return value
 
 
-def csv_rows(body: bytes, max_rows: int) -> Columns:
-    """The rows of a CSV body with a header row, read lazily up to one row past max_rows (then 413)."""
+def check_csv(body: bytes, limits: Limits) -> None:
+    """Refuse a CSV body whose header has more fields than limits.columns, or with more fields in all than
+    limits.values (413), unparsed: its commas are counted, quoted ones too (so a count is never too low)."""
+    end = len(body)
+    for newline in (b"\n", b"\r"):  # the header's first line
+        at = body.find(newline, 0, end)
+        end = end if at < 0 else at
+    header = body.count(b",", 0, end) + 1
+    if header > limits.columns:
+        raise InputError(413, "too_many_columns", limits.too_many_columns(f"the CSV header has {header} fields"))
+    if len(body) < limits.values:
+        return  # at most one field more than bytes
+    # The fields: one per comma and one per line (a blank line counts too), line breaks \n, \r\n or \r
+    lines = body.count(b"\n") + body.count(b"\r") - body.count(b"\r\n")
+    fields = body.count(b",") + lines + (not body.endswith((b"\n", b"\r")))
+    if fields <= limits.values:
+        return
+    if lines > limits.rows + 1:
+        raise InputError(413, "too_many_rows", f"more than {limits.rows} rows in one request; the limit is "
+                                               f"{limits.rows} (SERVING_MAX_ROWS raises it)")
+    raise InputError(413, "too_many_values", limits.too_many_values(f"the CSV body holds up to {fields} fields"))
+
+
+def csv_rows(body: bytes, limits: Limits) -> Columns:
+    """The rows of a CSV body with a header row (check_csv first), read lazily up to one row past limits.rows, or
+    a row longer than limits.columns (then 413)."""
+    check_csv(body, limits)
+    max_rows, max_columns = limits.rows, limits.columns
     # Decoded as it is read, so no text copy of the whole body (a StringIO would hold 4 bytes per character).
     lines = io.TextIOWrapper(io.BytesIO(body), encoding="utf-8-sig", newline="")
     rows: list[list[str]] = []
@@ -236,7 +306,9 @@ def csv_rows(body: bytes, max_rows: int) -> Columns:
                 rows.append(row)
             if len(rows) > max_rows + 1:  # the header and one row too many
                 raise InputError(413, "too_many_rows", f"more than {max_rows} rows in one request; "
-                                                       f"the limit is {max_rows}")
+                                                       f"the limit is {max_rows} (SERVING_MAX_ROWS raises it)")
+            if len(row) > max_columns:  # a quoted line break can hide a header's width from check_csv
+                _check_columns(len(row), max_columns, "a CSV row")
     except UnicodeDecodeError:
         raise InputError(400, "malformed_csv", "the CSV body is not UTF-8 text") from None
     except csv.Error as exc:
@@ -252,11 +324,12 @@ def csv_rows(body: bytes, max_rows: int) -> Columns:
     return Columns(dict(zip(header, map(list, zip(*data)))) if data else {}, len(data))
 
 
-def _split_columns(value: Any) -> Columns:
+def _split_columns(value: Any, max_columns: int | None = None) -> Columns:
     if not isinstance(value, dict) or not isinstance(value.get("columns"), list) \
             or not isinstance(value.get("data"), list):
         raise InputError(400, "invalid_request", "dataframe_split must be an object with 'columns' and 'data' lists")
     columns, data = value["columns"], value["data"]
+    _check_columns(len(columns), max_columns, "dataframe_split.columns")
     if set(map(type, columns)) - {str} or len(set(columns)) != len(columns):
         raise InputError(400, "invalid_request", "dataframe_split.columns must be distinct strings")
     for i, row in enumerate(data):
@@ -275,16 +348,17 @@ def _columnar(value: dict[str, Any]) -> Columns:
 
 
 def validate(rows: Any, contract: Contract, *, max_rows: int, out_of_range: str = "reject",
-             from_text: bool = False) -> Batch:
+             from_text: bool = False, max_columns: int | None = None) -> Batch:
     """Check rows (one record, a list of records, Columns or NumericRows) against the contract; `out_of_range` is
     "reject" (error) or "flag" (warn in the response). Key (id) and ignored columns are optional: keys are kept
-    for capture (Batch.keys), ignored columns dropped; neither reaches the model."""
+    for capture (Batch.keys), ignored columns dropped; neither reaches the model. A record with more than
+    max_columns keys is a 413."""
     if isinstance(rows, NumericRows):
         batch = _numeric_rows(rows, contract, max_rows)
         if batch is not None:
             return batch
         rows = rows.as_columns(contract)
-    given = rows if isinstance(rows, Columns) else _record_columns(rows, contract, max_rows)
+    given = rows if isinstance(rows, Columns) else _record_columns(rows, contract, max_rows, max_columns)
     _check_count(given.n_rows, max_rows)
     # Column-wise input names its columns once: an unknown or missing one is a problem of the column, not of a row.
     problems: list[dict[str, Any]] = []
@@ -382,7 +456,7 @@ def _check_count(n_rows: int, max_rows: int) -> None:
         raise InputError(413, "too_many_rows", f"{n_rows} rows in one request; the limit is {max_rows}")
 
 
-def _record_columns(records: Any, contract: Contract, max_rows: int) -> Columns:
+def _record_columns(records: Any, contract: Contract, max_rows: int, max_columns: int | None = None) -> Columns:
     """Records (JSON objects keyed by column name) as Columns of the contract's features, each row's keys checked."""
     if isinstance(records, dict):
         records = [records]
@@ -398,6 +472,7 @@ def _record_columns(records: Any, contract: Contract, max_rows: int) -> Columns:
             raise InputError(400, "invalid_request", f"row {i} is not a JSON object keyed by column name",
                              [{"row": i, "problem": f"expected an object, got {_kind(rec)}"}])
         if rec.keys() != features:  # the common case skips the set operations
+            _check_columns(len(rec), max_columns, f"row {i}")
             for name in sorted(set(map(str, rec)) - known)[:MAX_DETAILS]:
                 problems.append({"row": i, "field": _short(name), "problem": "unknown column"})
             for name in sorted(required - set(rec)):

@@ -9,6 +9,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from serving.contract import Contract, Feature
+from serving.limits import request_limits
 from serving.settings import Settings
 
 _ERROR = {"$ref": "#/components/responses/Error"}
@@ -88,8 +89,14 @@ def openapi_spec(contract: Contract | None, version: str | None, settings: Setti
             "required": [f.name for f in contract.features if not f.nullable]}
         # A header and one valid row: an example the server accepts as it stands.
         csv_example = _csv_line(contract.names) + _csv_line(contract.example_row().values())
+        limits = request_limits(settings.max_rows, settings.max_columns, settings.max_values, len(contract.accepted))
+        record["maxProperties"] = limits.columns
+        columns_max: dict[str, Any] = {"maxItems": limits.columns}
+        sizes = (f" A request holds at most {limits.rows} rows (SERVING_MAX_ROWS), {limits.columns} columns in a "
+                 f"row or header (SERVING_MAX_COLUMNS) and {limits.values} values in all (SERVING_MAX_VALUES); "
+                 "above, the answer is 413, before the body is decoded.")
     else:
-        record, csv_example = {"type": "object"}, ""
+        record, csv_example, columns_max, sizes = {"type": "object"}, "", {}, ""
     rows = {"type": "array", "items": {"$ref": "#/components/schemas/Record"}, "minItems": 1,
             "maxItems": settings.max_rows}
     # anyOf, not oneOf: an integer (a class label such as wine quality 6) is also a number, and oneOf would
@@ -104,7 +111,7 @@ def openapi_spec(contract: Contract | None, version: str | None, settings: Setti
         "openapi": "3.0.3",
         "info": {"title": "Prediction server", "version": version or "no model loaded",
                  "description": "Predictions from the champion model. Inputs are checked against the schema the "
-                                "model was trained with."},
+                                "model was trained with." + sizes},
         "paths": {
             "/invocations": {"post": {
                 "summary": "MLflow scoring protocol (clients of `mlflow models serve` work unchanged)",
@@ -152,7 +159,7 @@ def openapi_spec(contract: Contract | None, version: str | None, settings: Setti
                     "row": {"type": "integer"}, "field": {"type": "string"}, "problem": {"type": "string"}}}},
                 "MlflowRequest": {"type": "object", "properties": {
                     "dataframe_split": {"type": "object", "required": ["columns", "data"], "properties": {
-                        "columns": {"type": "array", "items": {"type": "string"}},
+                        "columns": {"type": "array", "items": {"type": "string"}, **columns_max},
                         "data": {"type": "array", "items": {"type": "array"}}}},
                     "dataframe_records": rows,
                     "instances": rows,

@@ -23,6 +23,11 @@ class Settings:
     model_store: Path = Path("models")
     api_key: str | None = None  # when set, /predict and /invocations need it (X-API-Key or Bearer)
     max_rows: int = 10_000  # rows per request
+    # columns in one row or CSV header; 0: from the served model, twice its columns and at least 16 more
+    max_columns: int = 0
+    # values (rows x columns) in one request; 0: from the served model, SERVING_MAX_ROWS + 1 rows of its columns,
+    # plus 1,000 (serving/limits.py)
+    max_values: int = 0
     max_body_bytes: int = 10 * 1024 * 1024
     out_of_range: str = "reject"  # reject | flag
     batching: bool = True
@@ -70,6 +75,8 @@ class Settings:
                      "capture_rotate_bytes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"SERVING_{name.upper()} must be at least 1, got {getattr(self, name)}")
+        if self.max_columns < 0 or self.max_values < 0:
+            raise SettingsError("SERVING_MAX_COLUMNS and SERVING_MAX_VALUES cannot be negative (0: from the model)")
         if self.batch_max_wait_ms < 0 or self.poll_seconds < 0:
             raise SettingsError("SERVING_BATCH_MAX_WAIT_MS and SERVING_POLL_SECONDS cannot be negative")
         if not 0.0 <= self.capture_sample <= 1.0:

@@ -10,12 +10,14 @@ import pytest
 
 from serving.contract import Contract, Feature
 from serving.inputs import InputError, NumericRows, mlflow_input, mlflow_json, parse_json, validate
+from serving.limits import request_limits
 
 NUMERIC = Contract("regression", (Feature("x", "float", nullable=True, min=-10, max=10),
                                   Feature("n", "int", min=0, max=100),
                                   Feature("z", "float")))
 MIXED = Contract("regression", NUMERIC.features + (Feature("kind", "category", allowed=("p", "q")),))
 MAX_ROWS = 3
+LIMITS = request_limits(MAX_ROWS, 0, 0, len(MIXED.accepted))
 
 
 def split(columns: list[Any], data: Any, **extra: Any) -> bytes:
@@ -66,11 +68,11 @@ def outcome(read: Any, body: bytes, contract: Contract) -> tuple[Any, ...]:
 
 
 def general(body: bytes) -> Any:
-    return mlflow_input(parse_json(body, MAX_ROWS))
+    return mlflow_input(parse_json(body, LIMITS))
 
 
 def fast(body: bytes) -> Any:
-    return mlflow_json(body, MAX_ROWS)
+    return mlflow_json(body, LIMITS)
 
 
 @pytest.mark.parametrize("contract", [NUMERIC, MIXED], ids=["numeric features", "with a category"])

@@ -48,6 +48,20 @@ def test_spec_lists_exactly_the_apps_routes_and_methods(app: Flask) -> None:
     assert spec_paths == _routes(app)
 
 
+def test_spec_states_the_size_limits(make_app: Any) -> None:
+    """The caps of the served model (4 columns: 20 columns, 10,001 rows of 4 + 1,000 values), as the server applies
+    them: a record of more properties than maxProperties is refused."""
+    app = make_app(max_rows=100)
+    spec = _spec(app)
+    assert spec["components"]["schemas"]["Record"]["maxProperties"] == 20
+    assert spec["components"]["schemas"]["MlflowRequest"]["properties"]["dataframe_split"]["properties"]["columns"][
+        "maxItems"] == 20
+    assert "100 rows (SERVING_MAX_ROWS), 20 columns" in spec["info"]["description"]
+    assert "1404 values in all (SERVING_MAX_VALUES)" in spec["info"]["description"]
+    wide = {**GOOD_ROW, **{f"c{i}": 0 for i in range(17)}}
+    assert app.test_client().post("/predict", json=wide).status_code == 413
+
+
 @pytest.mark.parametrize("version", ["1", "c1"])
 def test_record_schema_is_the_served_models_contract(store: Path, make_app: Any, version: str) -> None:
     store_mod.write_pointer(store, version)

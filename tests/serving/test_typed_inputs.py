@@ -15,9 +15,11 @@ from serving import engine
 from serving.contract import Contract
 from serving.features import parse_datetimes
 from serving.inputs import Columns, InputError, NumericRows, csv_rows, mlflow_json, parse_json, validate
+from serving.limits import Limits
 from tests.support import typed
 
 CONTRACT = typed.contract("regression")
+LIMITS, SMALL, ONE_ROW = Limits(100, 100, 10_000), Limits(10, 100, 10_000), Limits(1, 100, 10_000)
 ROW = {"flight_id": 1001, "dep_delay": 12.5, "time_hour": "2013-05-01 10:00:00", "sched": 1367400000,
        "cut": "Good", "carrier": "UA", "dest": "D07", "tailnum": "N003", "note": "late crew"}
 FEATURES = [name for name in ROW if name not in ("flight_id", "note")]
@@ -32,11 +34,11 @@ def bodies(rows: list[dict[str, Any]]) -> dict[str, tuple[Any, bool]]:
     writer = csv.writer(out)
     writer.writerow(names)
     writer.writerows([["" if r[n] is None else r[n] for n in names] for r in rows])
-    return {"records": (parse_json(json.dumps(rows).encode(), 100), False),
-            "dataframe_records": (mlflow_json(json.dumps({"dataframe_records": rows}).encode(), 100), False),
-            "dataframe_split": (mlflow_json(split.encode(), 100), False),
-            "columnar": (mlflow_json(columnar.encode(), 100), False),
-            "csv": (csv_rows(out.getvalue().encode(), 100), True)}
+    return {"records": (parse_json(json.dumps(rows).encode(), LIMITS), False),
+            "dataframe_records": (mlflow_json(json.dumps({"dataframe_records": rows}).encode(), LIMITS), False),
+            "dataframe_split": (mlflow_json(split.encode(), LIMITS), False),
+            "columnar": (mlflow_json(columnar.encode(), LIMITS), False),
+            "csv": (csv_rows(out.getvalue().encode(), LIMITS), True)}
 
 
 @pytest.mark.parametrize("form", ["records", "dataframe_records", "dataframe_split", "columnar", "csv"])
@@ -75,11 +77,11 @@ NUMERIC = Contract.from_mlmodel({"metadata": {"feature_contract": {
 
 
 def test_numbers_only_split_takes_the_fast_path_and_with_a_key_the_general_one() -> None:
-    plain = mlflow_json(b'{"dataframe_split": {"columns": ["a", "b"], "data": [[1.5, 2], [3, 4]]}}', 10)
+    plain = mlflow_json(b'{"dataframe_split": {"columns": ["a", "b"], "data": [[1.5, 2], [3, 4]]}}', SMALL)
     assert isinstance(plain, NumericRows)
     batch = validate(plain, NUMERIC, max_rows=10)
     assert batch.numeric is not None and batch.numeric.tolist() == [[1.5, 2.0], [3.0, 4.0]] and batch.keys == {}
-    keyed = mlflow_json(b'{"dataframe_split": {"columns": ["id", "a", "b", "memo"], "data": [[17, 1.5, 2, 0]]}}', 10)
+    keyed = mlflow_json(b'{"dataframe_split": {"columns": ["id", "a", "b", "memo"], "data": [[17, 1.5, 2, 0]]}}', SMALL)
     assert isinstance(keyed, NumericRows)  # every value a number: msgspec decoded them all as floats
     batch = validate(keyed, NUMERIC, max_rows=10)
     assert batch.keys == {"id": [17]} and type(batch.keys["id"][0]) is int  # as sent, not 17.0
@@ -133,7 +135,8 @@ def test_ordinal_values_match_by_json_type_and_csv_text_by_text() -> None:
     assert validate([{"grade": 2}], contract, max_rows=1).columns["grade"].tolist() == [2]
     with pytest.raises(InputError, match="not one of the categories"):
         validate([{"grade": "2"}], contract, max_rows=1)
-    assert validate(csv_rows(b"grade\n2\n", 1), contract, max_rows=1, from_text=True).columns["grade"].tolist() == [2]
+    from_csv = validate(csv_rows(b"grade\n2\n", ONE_ROW), contract, max_rows=1, from_text=True)
+    assert from_csv.columns["grade"].tolist() == [2]
 
 
 def test_datetimes_outside_the_range_are_flagged_when_asked() -> None:

@@ -43,3 +43,32 @@ def large_body(shape: str) -> tuple[str, str, bytes]:
     if shape == "csv":
         return "/invocations", "text/csv", repeated(",".join(GOOD_ROW) + "\n", "0.5,-1.0,3,p", "\n", sep="\n")
     raise ValueError(shape)
+
+
+# Wide bodies: few rows, each far wider than any model (issue 22, finding 6). Before the column and value caps, each
+# grew a worker by 230-290 MB, and four at once by 610 MB.
+WIDE = ("csv-header", "dataframe_split", "dataframe_records", "inputs")
+
+
+def wide_body(shape: str) -> tuple[str, str, bytes]:
+    """A request of `shape` of just under 10 MB with 0.6-5 million values: (path, content type, body).
+
+    csv-header: a header of 900,000 columns and one row; dataframe_split: 5,000 rows of 1,000 columns;
+    dataframe_records: one record of 780,000 keys; inputs: 640,000 columns of one row (columnar).
+    """
+    if shape == "csv-header":
+        count = 900_000
+        return "/invocations", "text/csv", (",".join(f"x{i:07d}" for i in range(count)) + "\n" +
+                                            ",".join(["0"] * count) + "\n").encode()
+    if shape == "dataframe_split":
+        columns = json.dumps([f"c{i}" for i in range(1_000)])
+        row = "[" + ",".join(["0"] * 1_000) + "]"
+        return "/invocations", "application/json", \
+            f'{{"dataframe_split":{{"columns":{columns},"data":[{",".join([row] * 5_000)}]}}}}'.encode()
+    if shape == "dataframe_records":
+        keys = ",".join(f'"c{i:07d}":0' for i in range(780_000))
+        return "/invocations", "application/json", f'{{"dataframe_records":[{{{keys}}}]}}'.encode()
+    if shape == "inputs":
+        keys = ",".join(f'"c{i:07d}":[0]' for i in range(640_000))
+        return "/invocations", "application/json", f'{{"inputs":{{{keys}}}}}'.encode()
+    raise ValueError(shape)
