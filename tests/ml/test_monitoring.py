@@ -32,7 +32,7 @@ from include.ml.entities import (
 from include.ml.entities import TransformationConfig as Split
 from include.ml.exceptions import ConfigError, MonitoringError
 from include.ml.metrics import compute_metrics
-from include.monitoring import capture, quality
+from include.monitoring import capture, drift, quality, report
 from include.monitoring.files import compare_files
 from include.monitoring.monitor import monitor
 from include.pipeline import Skipped, drift_signal
@@ -470,3 +470,20 @@ def test_collect_reads_the_probabilities_with_either_reader(tmp_path: Path, mixe
     assert got.frame["kind"].tolist() == ["p", "7", "p"] and got.frame["prediction"].tolist() == ["c", "a", "b"]
     np.testing.assert_array_equal(got.probabilities.to_numpy(),
                                   [[0.2, 0.3, 0.5], [np.nan, np.nan, np.nan], [0.1, 0.9, np.nan]])
+
+
+def test_the_report_escapes_feature_names_and_shows_category_values_only_in_its_plots() -> None:
+    """A drafted schema takes its column names from a file's header, and category values come from traffic: a
+    name or value written as markup stays text (the report also carries no script of its own)."""
+    name, value = '<svg onload="alert(1)">', '<img src=x onerror="alert(2)">'
+    rng = np.random.default_rng(0)
+    reference = pd.DataFrame({name: rng.choice(["a", "b", value], 300)})
+    current = pd.DataFrame({name: rng.choice(["a", value], 300, p=[0.2, 0.8])})
+    compared = drift.compare(reference, current, {name: "categorical"}, MonitoringPolicy())
+    assert compared.drifted == [name]
+    page = report.render(f"Monitoring {name}", [f"drifted: {name}", compared.features[name].describe()], compared,
+                         reference, current, None)
+    assert "<svg" not in page and "<img src=x" not in page and "<script" not in page
+    escaped = "&lt;svg onload=&quot;alert(1)&quot;&gt;"
+    assert f"<title>Monitoring {escaped}</title>" in page and f'<tr class="drifted"><td>{escaped}</td>' in page
+    assert f"<li>drifted: {escaped}</li>" in page and f'alt="{escaped}"' in page
