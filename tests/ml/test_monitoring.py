@@ -34,7 +34,7 @@ from include.ml.exceptions import ConfigError, MonitoringError
 from include.ml.metrics import compute_metrics
 from include.monitoring import capture, drift, quality, report
 from include.monitoring.files import compare_files
-from include.monitoring.monitor import monitor
+from include.monitoring.monitor import metric_key, monitor
 from include.pipeline import Skipped, drift_signal
 from tests.support import typed
 from tests.support.capture import write_capture
@@ -487,3 +487,18 @@ def test_the_report_escapes_feature_names_and_shows_category_values_only_in_its_
     escaped = "&lt;svg onload=&quot;alert(1)&quot;&gt;"
     assert f"<title>Monitoring {escaped}</title>" in page and f'<tr class="drifted"><td>{escaped}</td>' in page
     assert f"<li>drifted: {escaped}</li>" in page and f'alt="{escaped}"' in page
+
+
+def test_a_feature_name_becomes_a_metric_name_mlflow_accepts(tmp_path: Path) -> None:
+    """A name with `//` (a URL in a column header) made MLflow refuse the metric, and the monitor run failed."""
+    keys = {"alcohol": "alcohol", "free sulfur dioxide": "free sulfur dioxide", "km/h": "km/h",
+            '<svg onload="fetch(`http://127.0.0.1:1/x`)">': "_svg onload_fetch_http_/127.0.0.1_1/x_",
+            "a/./b/../c/": "a/b/c", "/": "_"}
+    assert {feature: metric_key(feature) for feature in keys} == keys
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    try:
+        with mlflow.start_run():
+            mlflow.log_metrics({f"{key}.drifted": 1.0 for key in keys.values()})
+    finally:
+        mlflow.set_tracking_uri(previous)
