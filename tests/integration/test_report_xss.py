@@ -5,8 +5,8 @@ The attacker controls the data, not the config. A source file of the wine table 
 `<img src=x onerror=...>` in a numeric column and an extra column named `<svg onload=...>` is run through the real
 ml_pipeline DAG: ingest keeps both, validate fails, and Great Expectations writes both into the Data Docs as live
 markup (it does not escape them: shown by opening the same file without our headers, where the script runs). The
-monitoring report is rendered by the monitor's own code (drift.compare + report.render, as a monitor run does) from
-frames whose category feature is named `<svg onload=...>` and holds `<img onerror=...>` values, into the same run's
+monitoring report comes from a real monitor run (tests/support/hostile_monitor.py: a champion trained on a category
+column named `<svg onload=...>`, captured traffic holding `<img onerror=...>` in it), written into the same run's
 monitor/ folder. Each payload, if it ran, would set document.title and call a local listener: through the real routes
 neither happens, the pages still load, and every answer carries the CSP sandbox and nosniff.
 """
@@ -19,15 +19,13 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import pandas as pd
 import pytest
 import requests
 
 from include.ml.artifacts import safe_run_id
-from include.ml.entities import ColumnSpec, MonitoringPolicy
-from include.monitoring import drift, report
 from tests.support.browser import chromium, require_chromium
+from tests.support.hostile_monitor import hostile_monitor_run
 from tests.support.network import free_port
 from tests.support.project import WINE_CSV
 
@@ -153,6 +151,10 @@ def test_hostile_data_in_the_data_docs_runs_no_script_in_a_logged_in_browser(
         assert browser.title.endswith("by Great Expectations"), (path, browser.title)  # the page, not an error
     text = browser.find_element(By.TAG_NAME, "body").text
     assert "Expectation Validation Result" in text and "alcohol" in text
+    # Readable without the blocked CDN styles: the inline style shows each status as a word (data_docs.STYLE).
+    status = "return getComputedStyle(document.querySelector(arguments[0]), '::before').content"
+    assert "failed" in browser.execute_script(status, ".fa-times")
+    assert "passed" in browser.execute_script(status, ".fa-check-circle")
     assert browser.execute_script("return document.querySelectorAll('img[onerror]').length") == 1  # there, inert
     assert "<svg onload=" in browser.page_source or browser.find_elements(By.CSS_SELECTOR, "svg[onload]")
     blocked = [e["message"] for e in browser.get_log("browser") if "sandboxed" in e["message"]]
@@ -160,33 +162,27 @@ def test_hostile_data_in_the_data_docs_runs_no_script_in_a_logged_in_browser(
 
 
 def test_hostile_feature_names_and_values_in_the_monitoring_report_run_no_script(
-        airflow_stack, hostile_run: tuple[str, Path], browser: WebDriver, listener: Listener) -> None:
+        airflow_stack, hostile_run: tuple[str, Path], browser: WebDriver, listener: Listener,
+        tmp_path: Path) -> None:
     run_id, run_dir = hostile_run
     name, value = listener.payload("svg", "xss-feature"), listener.payload("img", "xss-category")
-    rng = np.random.default_rng(0)
-    reference = pd.DataFrame({name: rng.choice(["a", "b", value], 400), "alcohol": rng.normal(10, 1, 400)})
-    current = pd.DataFrame({name: rng.choice(["a", value], 400, p=[0.2, 0.8]), "alcohol": rng.normal(10, 1, 400)})
-    compared = drift.compare(reference, current, {name: "categorical", "alcohol": "numeric"}, MonitoringPolicy(),
-                             {name: ColumnSpec(name=name, dtype="category")})
-    assert compared.drifted == [name]
-    details = [compared.features[n].describe() for n in compared.drifted]
-    page = report.render(f"Monitoring {name}", [f"drifted: {', '.join(compared.drifted)}", *details], compared,
-                         reference, current, None)
+    result = hostile_monitor_run(tmp_path, name, value, run_dir / "monitor")
+    assert result.drifted == [name]  # the monitor ran on the hostile column and its values
+    page = (run_dir / "monitor" / "report.html").read_text()
     assert name not in page and value not in page  # escaped where we render it (the values are only in the plots)
-    (run_dir / "monitor").mkdir(exist_ok=True)
-    (run_dir / "monitor" / "report.html").write_text(page)
 
     listener.hits.clear()
     log_in(browser, airflow_stack)
     browser.get(f"{airflow_stack.api_url}/mlops/monitoring/{safe_run_id(run_id)}/report.html")
     settled(browser)
     assert_no_script_ran(browser, listener, ("xss-feature", "xss-category"))
-    assert browser.title == f"Monitoring {name}"  # the name as text
-    assert browser.find_element(By.CSS_SELECTOR, "tr.drifted td").text == name
+    assert browser.title.startswith("Monitoring hostile-model v1"), browser.title
+    assert browser.find_element(By.CSS_SELECTOR, "tr.drifted td").text == name  # the name, as text
+    assert f"drifted: {name}" in browser.find_element(By.TAG_NAME, "body").text
     assert browser.execute_script("return document.querySelectorAll('svg, img[onerror]').length") == 0
-    # The plots are data: images, which the CSP allows: they load.
+    # The plots are data: images, which the CSP allows: they load (x1, x2, the hostile feature, the predictions).
+    assert len(browser.find_elements(By.CSS_SELECTOR, "figure img")) == 4
     assert browser.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)")
-    assert len(browser.find_elements(By.CSS_SELECTOR, "figure img")) == 2
 
 
 def test_every_report_answer_carries_the_sandbox_csp_and_nosniff(airflow_stack,
@@ -196,7 +192,8 @@ def test_every_report_answer_carries_the_sandbox_csp_and_nosniff(airflow_stack,
     part = safe_run_id(run_id)
     docs = f"{airflow_stack.api_url}/mlops/data-docs/{part}/"
     (run_dir / "monitor").mkdir(exist_ok=True)
-    (run_dir / "monitor" / "summary.json").write_text("{}")
+    if not (run_dir / "monitor" / "summary.json").exists():  # run alone, without the monitor test
+        (run_dir / "monitor" / "summary.json").write_text("{}")
     answers = {
         "page": client.fetch(docs + "index.html"),
         "stylesheet": client.fetch(docs + "static/styles/data_docs_default_styles.css"),
