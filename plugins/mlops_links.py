@@ -12,6 +12,12 @@ Both reports show sample values of the data, so the route asks what the rest of 
 Airflow login (the UI's `_token` cookie, or a Bearer token from POST /auth/token; 401 without), and read
 access to the runs of every DAG that has a run with that id (the auth manager decides; 403 without). A path
 that is not a plain file inside that run's folder (a NUL byte, `..`, an unknown run) is a 404.
+
+The reports hold values from the data, and Great Expectations writes them into its HTML unescaped (a category
+value `<img src=x onerror=...>` becomes an element). So every answer of these routes carries REPORT_HEADERS: the
+CSP `sandbox` gives the page an opaque origin with no script (no cookies, no API calls as the viewer even if markup
+gets in), `default-src 'none'` loads nothing from anywhere (the Data Docs' CDN styles and scripts included),
+inline styles and data: images only; `nosniff` keeps a browser from reading a data file as HTML.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_da
 from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import BaseOperatorLink
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 URL_PREFIX = "/mlops"
 
@@ -80,6 +86,20 @@ def _served(path: str) -> str:
 
 
 app = FastAPI(title="MLOps pipeline artifacts")
+REPORT_HEADERS = {
+    "Content-Security-Policy": "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+@app.middleware("http")
+async def report_headers(request: Request, call_next: Any) -> Response:
+    """REPORT_HEADERS on every answer, a refusal (401, 403, 404) included."""
+    response = await call_next(request)
+    response.headers.update(REPORT_HEADERS)
+    return response
+
+
 FOLDERS = {"data-docs": ("validate", "data_docs"), "monitoring": ("monitor",)}  # route -> folder of a run's artifacts
 
 

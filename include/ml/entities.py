@@ -15,6 +15,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, Mapping
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -92,8 +93,13 @@ class MlflowConfig(Frozen):
 
     @field_validator("ui_url")
     @classmethod
-    def _no_trailing_slash(cls, value: str) -> str:
-        return value.rstrip("/")
+    def _web_address(cls, value: str) -> str:
+        """An http(s) address with a host: task links open it, so `javascript:` or `data:` would run in the UI."""
+        parts = urlsplit(value.strip())
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http:// or https:// address with a host, such as http://127.0.0.1:5000, "
+                             f"got {value!r}")
+        return value.strip().rstrip("/")
 
 
 def _cron(value: str | None) -> str | None:

@@ -119,6 +119,13 @@ def monitor(config: MonitorJob, run_id: str, end: datetime, output_dir: Path) ->
     return result
 
 
+def metric_key(feature: str) -> str:
+    """A feature's name as MLflow takes it in a metric name: only the characters it accepts, and no path that would
+    resolve to another name (`a//b`, `./`, `..`: MLflow refuses those, and the whole monitor run with them)."""
+    parts = _METRIC_KEY.sub("_", feature).split("/")
+    return "/".join(part for part in parts if part not in ("", ".", "..")) or "_"
+
+
 def _log_to_mlflow(config: MonitorJob, name: str, version: str, start: datetime, end: datetime, run_id: str,
                    compared: drift.DriftReport, live: quality.LiveQuality | None,
                    output_dir: Path) -> tuple[str, str]:
@@ -135,7 +142,7 @@ def _log_to_mlflow(config: MonitorJob, name: str, version: str, start: datetime,
         metrics: dict[str, float] = {"rows_current": compared.rows_current, "rows_reference": compared.rows_reference,
                                      "drifted_features": len(compared.drifted)}
         for feature in [*compared.features.values(), *([compared.prediction] if compared.prediction else [])]:
-            key = _METRIC_KEY.sub("_", feature.name)
+            key = metric_key(feature.name)
             metrics[f"{key}.drifted"] = float(feature.drifted)
             metrics[f"{key}.missing_rate"] = feature.missing_current
             for field in ("statistic", "p_value", "p_adjusted", "distance", "out_of_range", "outside_reference"):

@@ -4,6 +4,7 @@ out; written by evaluate into the stage dir and the run's MLflow artifacts, and 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import re
 from pathlib import Path
@@ -16,7 +17,7 @@ from include.ml.components import card as model_card
 from include.ml.components.evaluation import evaluate
 from include.ml.components.training import build_pipeline, split_xy, train
 from include.ml.configuration import ConfigurationManager
-from include.ml.entities import CardConfig, EvaluationConfig, MlflowConfig, PromotionConfig
+from include.ml.entities import CardConfig, ColumnSpec, EvaluationConfig, MlflowConfig, PromotionConfig
 from include.ml.exceptions import ConfigError
 from include.ml.metrics import compute_metrics
 from tests.support.frames import dataset, evaluation_config, noisy_dataset, training_config
@@ -123,6 +124,18 @@ def test_text_from_the_config_is_escaped_never_markup(facts: model_card.CardFact
         assert "&lt;script&gt;alert(&#34;card&#34;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in text
     assert "a &amp; b" in card.html
     assert "<script" not in model_card.build(facts, FILLED).html  # the card itself needs no script
+
+
+def test_column_names_from_the_data_are_escaped_never_markup(facts: model_card.CardFacts) -> None:
+    """A drafted schema takes its column names from a file's header: one named as markup stays text in the card."""
+    name = '<svg onload="alert(1)">'
+    columns = (ColumnSpec(name=name, dtype="category"), *facts.schema.columns)
+    hostile = dataclasses.replace(facts, schema=facts.schema.model_copy(update={"columns": columns}),
+                                  importance={name: 0.5, **facts.importance}, hyperparameters={"note": name})
+    card = model_card.build(hostile, FILLED)
+    for text in (card.html, card.markdown, card.description):
+        assert "<svg" not in text
+    assert card.html.count("&lt;svg onload=&#34;alert(1)&#34;&gt;") >= 3  # the schema, the inputs, the importance
 
 
 def test_card_section_is_optional_and_checked(config_dir: Path, edit_yaml) -> None:

@@ -243,6 +243,23 @@ def test_column_errors_name_the_column(config_dir: Path, edit_yaml) -> None:
                  "unknown key; expected one of: allowed, categories, cyclical, dtype,")
 
 
+@pytest.mark.parametrize("ui_url", ["javascript:alert(document.cookie)", "JavaScript:alert(1)//http://x",
+                                    " javascript:alert(1)", "data:text/html,<script>alert(1)</script>",
+                                    "vbscript:msgbox(1)", "//evil.example/", "http://", "mlflow.internal:5000"])
+def test_the_mlflow_ui_url_must_be_a_web_address(config_dir: Path, edit_yaml, ui_url: str) -> None:
+    """Task links open mlflow.ui_url in the Airflow UI: a javascript: (or data:) address would run script there."""
+    edit_yaml(config_dir / "config.yaml", lambda d: d["mlflow"].update(ui_url=ui_url))
+    expect_error(config_dir, "config.yaml", "mlflow.ui_url", "expected an http:// or https:// address with a host")
+    with pytest.raises(ConfigError, match=r"expected an http:// or https:// address.*\(from MLOPS_MLFLOW_UI_URL\)"):
+        ConfigurationManager(config_dir, env={"MLOPS_MLFLOW_UI_URL": "javascript:alert(1)"})
+
+
+def test_an_http_or_https_mlflow_ui_url_is_kept_without_its_trailing_slash(config_dir: Path, edit_yaml) -> None:
+    for ui_url in ("https://mlflow.example.com/", "HTTP://10.0.0.5:5000"):
+        edit_yaml(config_dir / "config.yaml", lambda d, url=ui_url: d["mlflow"].update(ui_url=url))
+        assert load(config_dir).config.mlflow.ui_url == ui_url.rstrip("/")
+
+
 def test_an_error_in_an_overridden_value_names_the_variable(config_dir: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load(config_dir, MLOPS_DEPLOY_TARGET="k8s")
@@ -254,7 +271,8 @@ def test_every_override_in_the_table_reaches_its_key(config_dir: Path) -> None:
     from include.ml.configuration import ENV_OVERRIDES, read_config_file
 
     for variable, key in ENV_OVERRIDES.items():
-        literal = {"MLOPS_DEPLOY_TARGET": "ec2", "MLOPS_RETRAIN_ON": "drift"}
+        literal = {"MLOPS_DEPLOY_TARGET": "ec2", "MLOPS_RETRAIN_ON": "drift",
+                   "MLOPS_MLFLOW_UI_URL": "http://mlflow.internal:5000"}
         value = literal.get(variable, f"/tmp/from-{variable.lower()}")
         env = {variable: value, "MLOPS_S3_BUCKET": "b"} if variable == "MLOPS_DEPLOY_TARGET" else {variable: value}
         config = read_config_file(config_dir, env).model_dump()

@@ -32,9 +32,9 @@ from include.ml.entities import (
 from include.ml.entities import TransformationConfig as Split
 from include.ml.exceptions import ConfigError, MonitoringError
 from include.ml.metrics import compute_metrics
-from include.monitoring import capture, quality
+from include.monitoring import capture, drift, quality, report
 from include.monitoring.files import compare_files
-from include.monitoring.monitor import monitor
+from include.monitoring.monitor import metric_key, monitor
 from include.pipeline import Skipped, drift_signal
 from tests.support import typed
 from tests.support.capture import write_capture
@@ -538,3 +538,35 @@ def test_collect_reads_the_probabilities_with_either_reader(tmp_path: Path, mixe
     assert got.frame["kind"].tolist() == ["p", "7", "p"] and got.frame["prediction"].tolist() == ["c", "a", "b"]
     np.testing.assert_array_equal(got.probabilities.to_numpy(),
                                   [[0.2, 0.3, 0.5], [np.nan, np.nan, np.nan], [0.1, 0.9, np.nan]])
+
+
+def test_the_report_escapes_feature_names_and_shows_category_values_only_in_its_plots() -> None:
+    """A drafted schema takes its column names from a file's header, and category values come from traffic: a
+    name or value written as markup stays text (the report also carries no script of its own)."""
+    name, value = '<svg onload="alert(1)">', '<img src=x onerror="alert(2)">'
+    rng = np.random.default_rng(0)
+    reference = pd.DataFrame({name: rng.choice(["a", "b", value], 300)})
+    current = pd.DataFrame({name: rng.choice(["a", value], 300, p=[0.2, 0.8])})
+    compared = drift.compare(reference, current, {name: "categorical"}, MonitoringPolicy())
+    assert compared.drifted == [name]
+    page = report.render(f"Monitoring {name}", [f"drifted: {name}", compared.features[name].describe()], compared,
+                         reference, current, None)
+    assert "<svg" not in page and "<img src=x" not in page and "<script" not in page
+    escaped = "&lt;svg onload=&quot;alert(1)&quot;&gt;"
+    assert f"<title>Monitoring {escaped}</title>" in page and f'<tr class="drifted"><td>{escaped}</td>' in page
+    assert f"<li>drifted: {escaped}</li>" in page and f'alt="{escaped}"' in page
+
+
+def test_a_feature_name_becomes_a_metric_name_mlflow_accepts(tmp_path: Path) -> None:
+    """A name with `//` (a URL in a column header) made MLflow refuse the metric, and the monitor run failed."""
+    keys = {"alcohol": "alcohol", "free sulfur dioxide": "free sulfur dioxide", "km/h": "km/h",
+            '<svg onload="fetch(`http://127.0.0.1:1/x`)">': "_svg onload_fetch_http_/127.0.0.1_1/x_",
+            "a/./b/../c/": "a/b/c", "/": "_"}
+    assert {feature: metric_key(feature) for feature in keys} == keys
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    try:
+        with mlflow.start_run():
+            mlflow.log_metrics({f"{key}.drifted": 1.0 for key in keys.values()})
+    finally:
+        mlflow.set_tracking_uri(previous)

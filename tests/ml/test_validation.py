@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from include.ml.components import data_docs
 from include.ml.components.validation import build_suite, validate
 from include.ml.entities import ColumnSpec, SchemaConfig, ValidationConfig
 from include.ml.exceptions import DataValidationError
@@ -198,3 +199,18 @@ def test_a_date_only_max_takes_in_its_whole_day(tmp_path: Path) -> None:
     assert only(mixed_failures(next_midnight, tmp_path / "b"), "expect_column_values_to_be_between")["rows"] == [1]
     contract = mixed_schema("regression").feature_contract()
     assert next(f for f in contract["features"] if f["name"] == "when")["max"] == "2021-12-31T23:59:59.999999"
+
+
+def test_every_data_docs_page_carries_the_inline_style_that_reads_under_the_report_csp(tmp_path: Path) -> None:
+    """The api-server serves Data Docs with a CSP that loads no stylesheet or font (plugins/mlops_links.py): each page
+    holds the inline style that shows pass and fail as words, once, and nothing from the data is in that style."""
+    failures_of(good_frame().assign(colour=["red", '<img src=x onerror="alert(1)">', None, "red", "blue", "red"]),
+                tmp_path)
+    pages = list((tmp_path / "data_docs").rglob("*.html"))
+    assert len(pages) >= 3  # the index, the suite, the validation
+    for page in pages:
+        assert page.read_text().count(data_docs.STYLE) == 1, page
+    assert data_docs.style_pages(tmp_path / "data_docs") == len(pages)  # again: still once
+    assert all(page.read_text().count(data_docs.STYLE) == 1 for page in pages)
+    assert ".fa-times::before" in data_docs.STYLE and "<" not in data_docs.STYLE.removeprefix(
+        '<style id="mlops-data-docs">').removesuffix("</style>")

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from include.ml import artifacts
+from include.ml.components import data_docs
 from include.ml.entities import ColumnSpec, SchemaConfig, ValidationConfig
 from include.ml.exceptions import DataValidationError
 from serving.features import parse_datetimes
@@ -250,6 +251,7 @@ def validate(frame: pd.DataFrame, config: ValidationConfig, output_dir: Path) ->
             actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
             result_format={"result_format": "SUMMARY", "partial_unexpected_count": _EXAMPLES}))
         run = checkpoint.run(batch_parameters={"dataframe": _for_gx(frame, config.schema)})
+        data_docs.style_pages(docs_tmp)  # readable under the CSP the api-server serves them with
     (outcome,) = run.run_results.values()
     failures = _root_causes([_failure(r, config.schema, frame) for r in outcome.results if not r.success])
     stats = outcome.statistics
