@@ -135,11 +135,22 @@ def _one_numeric_input(graph: Any, features: int) -> None:
             for other in graph.node:
                 other.input[:] = [NUMERIC_INPUT if x == node.output[0] else x for x in other.input]
     if any(x in numeric for node in graph.node for x in node.input):
-        graph.node.insert(0, helper.make_node("Split", [NUMERIC_INPUT], numeric, axis=1, num_outputs=len(numeric)))
+        graph.node.insert(0, _split(numeric))
     kept = [i for i in graph.input if i.name not in numeric]
     del graph.input[:]
     graph.input.extend([helper.make_tensor_value_info(NUMERIC_INPUT, TensorProto.DOUBLE, [None, len(numeric)]),
                         *kept])
+
+
+def _split(outputs: list[str]) -> Any:
+    """The node giving each of `outputs` one column of NUMERIC_INPUT. One feature needs no Split (skl2onnx writes
+    the lowest opset its nodes need, and Split takes num_outputs only from opset 18: a lone LinearRegression's graph
+    is older)."""
+    from onnx import helper
+
+    if len(outputs) == 1:
+        return helper.make_node("Identity", [NUMERIC_INPUT], outputs)
+    return helper.make_node("Split", [NUMERIC_INPUT], outputs, axis=1, num_outputs=len(outputs))
 
 
 def reason(exc: Exception) -> str:
