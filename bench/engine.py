@@ -3,8 +3,8 @@
 For each family of include/ml/models.py, as regressor and classifier, it fits the pipeline the way training does
 (training.build_pipeline: the preprocessing + the family; the random forest with params.yaml's hyperparameters, the
 default champion; the others with their defaults) on the configured data (the default: wine quality; the classifier
-predicts `quality` as a class), builds the server's engine for it (serving.engine.compile_predictor, with its
-agreement check), and times, on the same validated columns, one row and 100 rows:
+predicts `quality` as a class), converts it as export does (include.release.onnx.conversion.compile_predictor,
+with the server's agreement check), and times, on the same validated columns, one row and 100 rows:
 
 - the engine: `OnnxPredictor.predict(columns, numeric)` (what LoadedModel.predict calls when ONNX Runtime serves);
 - scikit-learn: `Pipeline.predict` (+ `predict_proba` for a classifier) on the same columns as a DataFrame,
@@ -54,8 +54,8 @@ def bench_family(family: str, task: str, config_dir: Path, calls: int) -> dict[s
     from include.ml.components.training import build_pipeline
     from include.ml.configuration import ConfigurationManager
     from include.ml.entities import ModelConfig, TrainingConfig
+    from include.release.onnx.conversion import compile_predictor
     from serving.contract import Contract
-    from serving.engine import compile_predictor
     from serving.inputs import validate
     from serving.model import _single_threaded
 

@@ -16,7 +16,7 @@ import yaml
 
 from serving import store
 from serving.contract import Contract
-from serving.engine import ONNX, SKLEARN, Engine, OnnxPredictor, compile_predictor, model_frame
+from serving.engine import ONNX, SKLEARN, Engine, OnnxPredictor, load_predictor, sklearn_predictor
 from serving.inputs import InputError, mlflow_rows, validate
 from serving.signing import PublicKeys, verify_signature
 from serving.trust import load_sklearn
@@ -62,11 +62,7 @@ class LoadedModel:
 
     def sklearn_predict(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """The estimator's own answers: values, and class probabilities for a classifier that has them."""
-        frame = model_frame(columns)
-        probabilities = None
-        if self.contract.task == "classification" and hasattr(self.estimator, "predict_proba"):
-            probabilities = self.estimator.predict_proba(frame)
-        return np.asarray(self.estimator.predict(frame)), probabilities
+        return sklearn_predictor(self.estimator, self.contract)(columns)
 
     def self_check(self) -> None:
         """Predict on known-good rows; the result must be finite numbers or known classes."""
@@ -86,9 +82,16 @@ class LoadedModel:
                 "loaded_at": self.loaded_at, "engine": self.engine.name, "engine_fallback_reason": self.engine.reason}
 
 
+NO_ONNX_MODEL = ("bundle has no model.onnx (exported before conversion at export; re-export to serve it with ONNX "
+                 "Runtime)")
+
+
 def load_bundle(bundle: Path, trusted: PublicKeys) -> LoadedModel:
     """Verify the signature with a `trusted` key, then every file against the signed manifest, and only then
-    read the model (with serving/trust.py's allow-list); self-check it. Raises ModelLoadError."""
+    read the model (with serving/trust.py's allow-list); self-check it. Raises ModelLoadError.
+
+    ONNX Runtime serves the bundle's model.onnx (converted and checked at export, signed with the rest) if it
+    answers as the estimator on the self-check and edge rows; nothing here converts a model."""
     try:
         verify_signature(bundle, trusted)
         store.verify_manifest(bundle)
@@ -99,16 +102,20 @@ def load_bundle(bundle: Path, trusted: PublicKeys) -> LoadedModel:
         estimator = load_sklearn(model_dir, mlmodel)
         card = bundle / store.CARD_HTML
         card_html = card.read_text(encoding="utf-8") if card.is_file() else None
+        onnx_model = bundle / store.ONNX_MODEL
+        model_onnx = onnx_model.read_bytes() if onnx_model.is_file() else None
     except Exception as exc:  # noqa: BLE001 - whatever a bad bundle raises, it is refused, never served
         raise ModelLoadError(f"bundle {bundle.name}: {type(exc).__name__}: {exc}") from exc
     _single_threaded(estimator)
     model = LoadedModel(bundle.name, str(meta.get("name", "model")), str(meta.get("version", bundle.name)),
                         meta.get("run_id"), meta.get("trained_at"), meta.get("metrics") or {}, contract, estimator,
-                        self_check_rows=[contract.example_row(), *_input_example(model_dir, mlmodel)],
-                        card_html=card_html)
+                        self_check_rows=self_check_rows(model_dir, mlmodel, contract), card_html=card_html)
     try:
-        model.compiled, model.engine = compile_predictor(estimator, contract, model.self_check_rows,
-                                                         model.sklearn_predict)
+        if model_onnx is None:
+            model.engine = Engine(SKLEARN, _not_converted(meta))
+        else:
+            model.compiled, model.engine = load_predictor(model_onnx, estimator, contract, model.self_check_rows,
+                                                          model.sklearn_predict)
         if model.engine.name == ONNX:
             log.info("bundle %s: served by ONNX Runtime (agrees with sklearn on the checked rows)", bundle.name)
         else:
@@ -122,6 +129,21 @@ def load_bundle(bundle: Path, trusted: PublicKeys) -> LoadedModel:
         raise ModelLoadError(f"bundle {bundle.name}: self-check prediction failed: {type(exc).__name__}: {exc}") \
             from exc
     return model
+
+
+def _not_converted(meta: dict[str, Any]) -> str:
+    """Why a bundle has no model.onnx: export's reason (it could not convert the model, or the result disagreed),
+    or a bundle exported before export converted."""
+    onnx = meta.get("onnx")
+    if isinstance(onnx, dict) and onnx.get("converted") is False and onnx.get("reason"):
+        return str(onnx["reason"])
+    return NO_ONNX_MODEL
+
+
+def self_check_rows(model_dir: Path, mlmodel: dict[str, Any], contract: Contract) -> list[dict[str, Any]]:
+    """The rows a bundle's model is checked on at load (and its model.onnx at export): the contract's example row
+    and the model's signed input example."""
+    return [contract.example_row(), *_input_example(model_dir, mlmodel)]
 
 
 def _single_threaded(estimator: Any) -> None:

@@ -3,6 +3,8 @@
     <store>/<version>/bundle.json       name, version, run id, trained at, metrics
     <store>/<version>/model/            the MLflow model directory
     <store>/<version>/model_card.html   the model card (and model_card.md); bundles exported before cards lack it
+    <store>/<version>/model.onnx        the model converted at export (ONNX Runtime serves it if it agrees with the
+                                        model); absent when it could not be, or exported before conversion moved there
     <store>/<version>/MANIFEST.sha256   checksum of every file above
     <store>/<version>/MANIFEST.sig      the signature over the manifest (serving/signing.py)
     <store>/CURRENT                     the version the servers should serve
@@ -35,6 +37,7 @@ METADATA = "bundle.json"
 MODEL_DIR = "model"
 CARD_HTML = "model_card.html"  # served at GET /model-card
 CARD_MARKDOWN = "model_card.md"
+ONNX_MODEL = "model.onnx"  # bundle.json's "onnx" says whether export converted the model, and if not why
 CURRENT = "CURRENT"
 PREVIOUS = "PREVIOUS"
 LOCK = ".lock"

@@ -17,6 +17,7 @@ from typing import Any
 from include.ml.components import card
 from include.ml.entities import SigningConfig
 from include.ml.exceptions import DeploymentError
+from include.release.onnx.bundle import write_model_onnx
 from include.release.signing import Signer, sign_bundle, signer_for, trusted_keys
 from serving import store
 from serving.activation import ActivationError
@@ -63,10 +64,12 @@ def export_bundle(model_name: str, version_or_alias: str, store_dir: Path, signe
                   trusted: PublicKeys) -> Path:
     """Copy a registered version (number or alias) into `store_dir` as a signed bundle <version>/.
 
-    The model is checked against the servers' allow-list before anything is signed, and the signed bundle is
-    loaded with the servers' own loader (signature, checksums, self-check) before it is installed. A version
-    already in the store is kept once its signature verifies. MLflow must already point at the registry
-    (include.ml.tracking.configure). Raises store.BundleError or serving.model.ModelLoadError.
+    The model is checked against the servers' allow-list before anything is signed, converted to ONNX
+    (model.onnx, kept only if it answers as the model on the rows every server checks; bundle.json's "onnx" says
+    whether it was, and why not), and the signed bundle is loaded with the servers' own loader (signature,
+    checksums, agreement, self-check) before it is installed. A version already in the store is kept once its
+    signature verifies. MLflow must already point at the registry (include.ml.tracking.configure). Raises
+    store.BundleError or serving.model.ModelLoadError.
     """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file floods task logs
     import mlflow
@@ -96,7 +99,8 @@ def export_bundle(model_name: str, version_or_alias: str, store_dir: Path, signe
             raise store.BundleError(f"{model_name} version {version} is refused: {exc}") from exc
         metadata = {"name": model_name, "version": version, "run_id": mv.run_id,
                     "trained_at": _iso(run.info.start_time), "registered_at": _iso(mv.creation_timestamp),
-                    "metrics": {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}}
+                    "metrics": {k: v for k, v in run.data.metrics.items() if k.startswith("test_")},
+                    "onnx": write_model_onnx(staged)}  # model.onnx before the manifest: signed like the model
         (staged / store.METADATA).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
         _copy_card(client, mv.run_id, staged)
         store.write_manifest(staged)  # the card too: signed like the model

@@ -48,10 +48,12 @@ def test_the_tree_keeps_every_contract() -> None:
     ("serving/store.py", "def _cycle():\n    from serving import model\n", "No import cycle"),
     ("serving/contract.py", "from include.ml import artifacts\n", "serving imports nothing from the pipeline side"),
     ("serving/batching.py", "import mlflow\n", "serving imports nothing from the pipeline side"),
+    ("serving/engine.py", "def _convert():\n    from skl2onnx import convert_sklearn\n", "serving never converts"),
     ("include/ml/registry.py", "def _upward():\n    from include import pipeline\n", "Dependencies point one way"),
     ("include/ml/artifacts.py", "from serving import store\n", "only include.release imports"),
     ("include/ml/tracking.py", "import airflow\n", "The pipeline is plain Python"),
-], ids=["cycle-in-a-function", "serving-imports-pipeline", "serving-imports-mlflow", "ml-imports-pipeline",
+], ids=["cycle-in-a-function", "serving-imports-pipeline", "serving-imports-mlflow", "serving-converts",
+         "ml-imports-pipeline",
         "ml-imports-serving", "pipeline-imports-airflow"])
 def test_a_deliberate_violation_breaks_its_contract(tree: Path, module: str, added: str, contract: str) -> None:
     assert lint(tree).returncode == 0  # the copy itself is clean

@@ -120,6 +120,7 @@ PROBE = textwrap.dedent('''
     except ImportError:
         airflow_blocked = True
     print(json.dumps({"status": response.status_code, "body": response.get_json(),
+                      "engine": app.extensions["serving"].holder.current.engine.name,
                       "blocked": [name for name, _ in before],
                       "chains": {name: chain for name, chain in before if name.partition(".")[0] in
                                  ("mlflow", "airflow", "include", "great_expectations")},
@@ -156,6 +157,9 @@ def test_the_app_loads_a_bundle_and_predicts_with_only_the_serving_requirements(
     assert result["status"] == 200, (result["body"], result["blocked"], done.stderr[-3000:])
     assert result["body"]["model"] == {"name": "toy", "version": "1"} and len(result["body"]["predictions"]) == 1
     assert not {"mlflow", "airflow", "include", "great_expectations"} & set(result["loaded"])
+    # ONNX Runtime serves the bundle's model.onnx: no converter (skl2onnx, onnx) is on the list, nor needed.
+    assert result["engine"] == "onnxruntime", result["blocked"]
+    assert not {"skl2onnx", "onnx"} & set(result["loaded"])
 
 
 

@@ -37,11 +37,45 @@ def test_export_from_a_real_registry(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert bundle.name == "1" and meta["version"] == "1" and meta["run_id"] == info.run_id
     assert meta["metrics"] == {"test_rmse": 0.25}
     store.verify_manifest(bundle)
+    assert meta["onnx"] == {"converted": True, "reason": ""}
+    assert f"  {store.ONNX_MODEL}\n" in (bundle / store.MANIFEST).read_text()  # signed with the rest
     loaded = load_bundle(bundle, trusted_keys())  # MLflow-signature fallback: names and types, no ranges
+    assert loaded.engine.name == "onnxruntime", loaded.engine.reason
     assert loaded.contract.names == ("a",) and loaded.predict({"a": [5.0]}).values == pytest.approx([10.0])
     assert export_bundle("exported", "1", tmp_path / "store", signer, trusted_keys()) == bundle  # unchanged
     with pytest.raises(store.BundleError, match="no version or alias 'nope'"):
         export_bundle("exported", "nope", tmp_path / "store", signer, trusted_keys())
+
+
+@pytest.mark.parametrize("family, hyperparameters", [
+    ("random_forest", {"n_estimators": 5}),
+    ("hist_gradient_boosting", {"loss": "poisson", "max_iter": 20}),  # exp(raw): no converter of ours
+], ids=["convertible", "not-convertible"])
+def test_export_converts_to_onnx_and_signs_it_or_records_why_not(family: str, hyperparameters: dict,
+                                                                  tmp_path: Path) -> None:
+    """Export writes model.onnx (checked against the model on the rows servers check) before the manifest; a model
+    it cannot convert gets none, the reason in bundle.json, and is served by sklearn with that reason."""
+    import mlflow
+
+    from tests.support.bundles import _fit_toy, _model_kwargs
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = mlflow.create_experiment("export", artifact_location=(tmp_path / "art").as_uri())
+    pipeline, x, schema, trusted = _fit_toy("regression", 100.0, 5, family, hyperparameters)
+    with mlflow.start_run(experiment_id=experiment):
+        mlflow.sklearn.log_model(pipeline, name="model", registered_model_name="toy",
+                                 **_model_kwargs(pipeline, x, schema, trusted))
+    bundle = export_bundle("toy", "1", tmp_path / "store", LocalSigner(signing_config().private_key),
+                           trusted_keys())
+    recorded = json.loads((bundle / store.METADATA).read_text())["onnx"]
+    loaded = load_bundle(bundle, trusted_keys())
+    if family == "random_forest":
+        assert recorded == {"converted": True, "reason": ""} and (bundle / store.ONNX_MODEL).is_file()
+        assert (loaded.engine.name, loaded.engine.reason) == ("onnxruntime", None)
+    else:
+        assert recorded["converted"] is False and "poisson" in recorded["reason"]
+        assert not (bundle / store.ONNX_MODEL).exists()
+        assert (loaded.engine.name, loaded.engine.reason) == ("sklearn", recorded["reason"])
 
 
 @pytest.mark.parametrize("case", ["pickle-format", "extra-trusted-type"])

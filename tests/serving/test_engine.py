@@ -1,4 +1,5 @@
-"""The ONNX Runtime engine: each model family served by it with sklearn's answers, or sklearn serving and why."""
+"""The ONNX Runtime engine: each model family converted at export (include/release/onnx) and served by it with
+sklearn's answers, or sklearn serving and why."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving import engine
+from include.release.onnx import conversion
+from serving import engine, store
 from serving.inputs import validate
-from serving.model import load_bundle
+from serving.model import NO_ONNX_MODEL, load_bundle
 from tests.support import typed
-from tests.support.bundles import GOOD_ROW, make_bundle, toy_frame
+from tests.support.bundles import GOOD_ROW, make_bundle, resign, toy_frame
 from tests.support.engines import assert_same_answers, fitted, records, sklearn_predict
 from tests.support.frames import FAST, pipeline_for
 from tests.support.signing import trusted_keys
@@ -27,7 +29,7 @@ TASKS = ("regression", "classification")
 def test_every_family_is_served_by_onnx_runtime_with_sklearn_answers(family: str, task: str) -> None:
     pipeline, contract = fitted(family, task)
     reference = sklearn_predict(pipeline, task)
-    predictor, chosen = engine.compile_predictor(pipeline, contract, records(task, 5, seed=1), reference)
+    predictor, chosen = conversion.compile_predictor(pipeline, contract, records(task, 5, seed=1), reference)
     assert chosen == engine.Engine(engine.ONNX), chosen.reason
     # Rows never seen by the check, with missing numbers and categories: the same answers.
     rows = records(task, 300, seed=2)
@@ -48,7 +50,8 @@ def test_every_family_is_served_by_onnx_runtime_with_sklearn_answers(family: str
 def test_binary_classifiers_are_served_by_onnx_runtime(family: str) -> None:
     pipeline, contract = fitted(family, "classification", binary=True)
     reference = sklearn_predict(pipeline, "classification")
-    predictor, chosen = engine.compile_predictor(pipeline, contract, records("classification", 50, seed=4), reference)
+    predictor, chosen = conversion.compile_predictor(pipeline, contract, records("classification", 50, seed=4),
+                                                     reference)
     assert chosen.name == engine.ONNX, chosen.reason
     assert predictor.predict(validate(records("classification", 3, seed=6), contract, max_rows=3).columns)[1].shape \
         == (3, 2)
@@ -59,7 +62,8 @@ def test_forest_trees_sum_in_double_as_sklearn_does() -> None:
     pipeline, contract = fitted("random_forest", "regression", {"n_estimators": 100})
     rows = records("regression", 200, seed=3)
     columns = validate(rows, contract, max_rows=len(rows)).columns
-    predictor, chosen = engine.compile_predictor(pipeline, contract, rows[:3], sklearn_predict(pipeline, "regression"))
+    predictor, chosen = conversion.compile_predictor(pipeline, contract, rows[:3],
+                                                     sklearn_predict(pipeline, "regression"))
     assert chosen.name == engine.ONNX, chosen.reason
     expected = sklearn_predict(pipeline, "regression")(columns)[0]
     assert np.max(np.abs(predictor.predict(columns)[0] - expected) / np.abs(expected)) < 1e-12
@@ -89,7 +93,7 @@ def test_a_disagreement_falls_back_to_sklearn_with_the_reason(task: str) -> None
             return values * (1 + 1e-7), None  # above 1e-9 relative
         return values, proba + 1e-5  # above 1e-6 absolute
 
-    predictor, chosen = engine.compile_predictor(pipeline, contract, records(task, 5, seed=1), off_by_a_little)
+    predictor, chosen = conversion.compile_predictor(pipeline, contract, records(task, 5, seed=1), off_by_a_little)
     assert predictor is None and chosen.name == engine.SKLEARN
     assert chosen.reason.startswith("DisagreementError: ") and "differ" in chosen.reason
 
@@ -104,7 +108,7 @@ def test_a_different_label_falls_back() -> None:
         values[-1] = "a" if values[-1] != "a" else "b"
         return values, proba
 
-    _, chosen = engine.compile_predictor(pipeline, contract, records("classification", 5, seed=1), one_label_wrong)
+    _, chosen = conversion.compile_predictor(pipeline, contract, records("classification", 5, seed=1), one_label_wrong)
     assert chosen.name == engine.SKLEARN and "labels differ" in chosen.reason
 
 
@@ -112,7 +116,7 @@ def test_a_model_that_cannot_be_converted_falls_back() -> None:
     # HistGradientBoosting with a Poisson loss predicts exp(raw): not a converter we have.
     pipeline, contract = fitted("hist_gradient_boosting", "regression", {"loss": "poisson"}, offset=100.0)
     reference = sklearn_predict(pipeline, "regression")
-    _, chosen = engine.compile_predictor(pipeline, contract, records("regression", 3, seed=1), reference)
+    _, chosen = conversion.compile_predictor(pipeline, contract, records("regression", 3, seed=1), reference)
     assert chosen.name == engine.SKLEARN and "NotImplementedError" in chosen.reason and "poisson" in chosen.reason
 
 
@@ -128,18 +132,55 @@ def test_loaded_bundle_serves_with_onnx_runtime_and_keeps_the_estimator(bundles:
     assert model.describe()["engine"] == "onnxruntime" and model.describe()["engine_fallback_reason"] is None
 
 
-def test_version_and_metrics_show_the_fallback(make_app, monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(estimator, contract):
-        raise NotImplementedError("no converter for this test")
-
-    monkeypatch.setattr(engine, "convert", refuse)
+def test_version_and_metrics_show_the_fallback(make_app, store: Path) -> None:
+    """A signed model.onnx that answers otherwise than its model (here: the other version's, 100 apart): the server
+    checks it against the estimator, refuses it and serves sklearn, and says why."""
+    (store / "1" / "model.onnx").write_bytes((store / "2" / "model.onnx").read_bytes())
+    resign(store / "1")
     client = make_app().test_client()
     info = client.get("/version").json
-    assert info["engine"] == "sklearn" and "no converter for this test" in info["engine_fallback_reason"]
+    assert info["engine"] == "sklearn" and info["engine_fallback_reason"].startswith("DisagreementError: ")
+    assert "differ beyond 1e-09 relative" in info["engine_fallback_reason"]
     assert client.post("/predict", json=GOOD_ROW).status_code == 200  # sklearn answers
+    assert client.post("/predict", json=GOOD_ROW).json == client.post("/predict", json=GOOD_ROW).json
     text = client.get("/metrics").data.decode()
-    assert 'serving_engine{engine="sklearn",reason="NotImplementedError: no converter for this test",version="1"} 1.0' \
-        in text
+    assert 'serving_engine{engine="sklearn",reason="DisagreementError: ' in text
+
+
+def test_a_bundle_exported_before_conversion_is_served_by_sklearn_and_says_so(bundles: Path, tmp_path: Path) -> None:
+    """A bundle without model.onnx (exported before conversion moved to export): served, by sklearn, with the
+    reason; the server does not convert it."""
+    import shutil
+
+    bundle = shutil.copytree(bundles / "1", tmp_path / "1")
+    (bundle / store.ONNX_MODEL).unlink()
+    resign(bundle)
+    model = load_bundle(bundle, trusted_keys())
+    assert model.engine == engine.Engine(engine.SKLEARN, NO_ONNX_MODEL) and model.compiled is None
+    assert model.describe()["engine_fallback_reason"] == ("bundle has no model.onnx (exported before conversion at "
+                                                          "export; re-export to serve it with ONNX Runtime)")
+
+
+def test_a_model_that_cannot_be_converted_gets_no_model_onnx_and_the_reason(tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path, "p", offset=100.0, family="hist_gradient_boosting",
+                         hyperparameters={"loss": "poisson", "max_iter": 20})
+    assert not (bundle / store.ONNX_MODEL).exists()
+    recorded = store.read_metadata(bundle)["onnx"]
+    assert recorded["converted"] is False and "poisson" in recorded["reason"]
+    model = load_bundle(bundle, trusted_keys())
+    assert model.engine == engine.Engine(engine.SKLEARN, recorded["reason"])
+
+
+def test_a_model_onnx_swapped_in_without_a_signature_is_refused(bundles: Path, tmp_path: Path) -> None:
+    """model.onnx is covered by the manifest and its signature like every file: another one, unsigned, is refused."""
+    import shutil
+
+    from serving.model import ModelLoadError
+
+    bundle = shutil.copytree(bundles / "1", tmp_path / "1")
+    (bundle / store.ONNX_MODEL).write_bytes((bundles / "2" / store.ONNX_MODEL).read_bytes())
+    with pytest.raises(ModelLoadError, match="checksum mismatch for model.onnx"):
+        load_bundle(bundle, trusted_keys())
 
 
 def test_plain_numbers_are_checked_at_once_and_anything_else_column_by_column() -> None:
@@ -185,7 +226,7 @@ def test_datetime_parts_in_onnx_runtime_are_the_calendar_of_pandas(cyclical: boo
         ColumnSpec(name="at", dtype="datetime", nullable=True, cyclical=cyclical), ColumnSpec(name="y", dtype="float")))
     pre = build_preprocessor(schema, "hist_gradient_boosting").fit(pd.DataFrame({"at": moments[:100]}))
     contract = Contract.from_mlmodel({"metadata": {"feature_contract": schema.feature_contract()}})
-    session = ort.InferenceSession(engine.convert(pre, contract), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(conversion.convert(pre, contract), providers=["CPUExecutionProvider"])
     fed = np.where(np.isnat(moments), np.nan, moments.astype(np.int64) / 1e9).reshape(-1, 1)
     (got,) = session.run(None, {session.get_inputs()[0].name: fed})
     expected = pre.transform(pd.DataFrame({"at": moments}))
@@ -204,7 +245,7 @@ def test_every_column_type_is_served_by_onnx_runtime_with_sklearn_answers(family
     pipeline, _ = typed.fitted(task, family)
     contract = typed.contract(task)
     reference = sklearn_predict(pipeline, task)
-    predictor, chosen = engine.compile_predictor(pipeline, contract, typed.as_records(typed.requests(task, 5, 1)),
+    predictor, chosen = conversion.compile_predictor(pipeline, contract, typed.as_records(typed.requests(task, 5, 1)),
                                                  reference)
     assert chosen == engine.Engine(engine.ONNX), chosen.reason
     frame = typed.requests(task, 300, seed=2)
@@ -244,7 +285,7 @@ def test_datetime_parts_in_the_graph_are_the_transformers_own() -> None:
     frame = pd.DataFrame({"t": moments, "u": moments[::-1]})
     for cyclical in (False, True):
         transformer = ColumnTransformer([("dt", DatetimeFeatures(cyclical=cyclical), ["t", "u"])]).fit(frame)
-        onx = engine.to_onnx(transformer, [("t", DoubleTensorType([None, 1])), ("u", DoubleTensorType([None, 1]))])
+        onx = conversion.to_onnx(transformer, [("t", DoubleTensorType([None, 1])), ("u", DoubleTensorType([None, 1]))])
         session = ort.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
         got = session.run(None, {"t": engine.epoch_seconds(moments).reshape(-1, 1),
                                  "u": engine.epoch_seconds(moments[::-1]).reshape(-1, 1)})[0]
@@ -261,7 +302,7 @@ def test_an_open_category_of_numbers_falls_back_to_sklearn_naming_the_column() -
     pipeline = pipeline_for(typed.schema("regression"), "random_forest", {"n_estimators": 5})
     pipeline.fit(frame[list(typed.FEATURES)], frame["arr_delay"])
     contract = typed.contract("regression")
-    _, chosen = engine.compile_predictor(pipeline, contract, typed.as_records(typed.requests("regression", 3, 1)),
+    _, chosen = conversion.compile_predictor(pipeline, contract, typed.as_records(typed.requests("regression", 3, 1)),
                                          sklearn_predict(pipeline, "regression"))
     assert chosen.name == engine.SKLEARN
     assert chosen.reason == ("NotImplementedError: TargetEncoder column 'dest' has non-text categories "
@@ -273,7 +314,7 @@ def test_a_step_without_a_converter_is_named_in_the_reason() -> None:
 
     pipeline, contract = fitted("elasticnet", "regression")
     pipeline.steps.insert(1, ("log", FunctionTransformer(np.log1p)))
-    _, chosen = engine.compile_predictor(pipeline, contract, records("regression", 3, seed=1),
+    _, chosen = conversion.compile_predictor(pipeline, contract, records("regression", 3, seed=1),
                                          sklearn_predict(pipeline, "regression"))
     assert chosen.name == engine.SKLEARN and "FunctionTransformer" in chosen.reason and len(chosen.reason) < 200
 
@@ -283,7 +324,7 @@ def test_the_compiled_model_takes_datetimes_as_text_too() -> None:
     hands it validation's datetime64: the same answers."""
     pipeline, _ = typed.fitted("regression", "hist_gradient_boosting")
     contract = typed.contract("regression")
-    predictor, chosen = engine.compile_predictor(pipeline, contract, [], sklearn_predict(pipeline, "regression"))
+    predictor, chosen = conversion.compile_predictor(pipeline, contract, [], sklearn_predict(pipeline, "regression"))
     assert chosen.name == engine.ONNX, chosen.reason
     frame = typed.requests("regression", 50, seed=3)
     validated = validate(typed.as_records(frame), contract, max_rows=50).columns
@@ -341,7 +382,8 @@ def test_isotonic_calibration_interpolates_between_thresholds_as_scikit_learn_do
         inner.calibrators = [IsotonicRegression(out_of_bounds="clip").fit(s, s > np.quantile(s, 0.9))
                              for s in scores.T]
     reference = sklearn_predict(pipeline, "classification")
-    predictor, chosen = engine.compile_predictor(pipeline, contract, records("classification", 5, seed=1), reference)
+    predictor, chosen = conversion.compile_predictor(pipeline, contract, records("classification", 5, seed=1),
+                                                     reference)
     assert chosen == engine.Engine(engine.ONNX), chosen.reason
     columns = validate(rows := records("classification", 2000, seed=9), contract, max_rows=len(rows)).columns
     got, got_proba = predictor.predict(columns)
@@ -360,7 +402,7 @@ def test_a_calibration_per_fold_falls_back_and_says_so() -> None:
     frame = toy_frame("classification").rename(columns={"x2": "x 2"})
     pipeline.steps[-1] = ("model", CalibratedClassifierCV(pipeline.named_steps["model"], cv=3, ensemble=True))
     pipeline.fit(frame.drop(columns="y"), frame["y"])
-    _, chosen = engine.compile_predictor(pipeline, contract, records("classification", 5, seed=1),
+    _, chosen = conversion.compile_predictor(pipeline, contract, records("classification", 5, seed=1),
                                          sklearn_predict(pipeline, "classification"))
     assert chosen.name == engine.SKLEARN
     assert chosen.reason == ("NotImplementedError: CalibratedClassifierCV(method='sigmoid') with 3 calibrated "
@@ -386,7 +428,7 @@ def test_a_calibrated_classifier_of_every_column_type_is_served_by_onnx_runtime(
     pipeline.fit(data[list(typed.FEATURES)], data["late"])
     reference = sklearn_predict(pipeline, "classification")
     contract = typed.contract("classification")
-    predictor, chosen = engine.compile_predictor(pipeline, contract,
+    predictor, chosen = conversion.compile_predictor(pipeline, contract,
                                                  typed.as_records(typed.requests("classification", 5, 1)), reference)
     assert chosen == engine.Engine(engine.ONNX), chosen.reason
     columns = validate(rows := typed.as_records(typed.requests("classification", 300, seed=2)), contract,
@@ -428,7 +470,7 @@ def test_several_columns_of_each_encoding_are_served_by_onnx_runtime(family: str
     contract = Contract.from_mlmodel({"metadata": {"feature_contract": schema.feature_contract()}})
     reference = sklearn_predict(pipeline, "regression")
     rows = frame.to_dict("records")
-    predictor, chosen = engine.compile_predictor(pipeline, contract, rows[:5], reference)
+    predictor, chosen = conversion.compile_predictor(pipeline, contract, rows[:5], reference)
     assert chosen == engine.Engine(engine.ONNX), chosen.reason
     columns = validate(rows, contract, max_rows=n).columns
     np.testing.assert_allclose(predictor.predict(columns)[0], reference(columns)[0], rtol=engine.REGRESSION_RTOL,

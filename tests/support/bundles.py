@@ -74,10 +74,11 @@ def make_bundle(store: Path, version: str, task: str = "regression", offset: flo
 
 def install_bundle(store: Path, version: str, pipeline: Any, x: pd.DataFrame, schema: SchemaConfig,
                    trusted: list[str], name: str = "toy") -> Path:
-    """A fitted pipeline saved as training logs it (input example, feature contract), signed and installed as
-    <store>/<version>."""
+    """A fitted pipeline saved as training logs it (input example, feature contract), converted to ONNX as export
+    converts it (model.onnx), signed and installed as <store>/<version>."""
     import mlflow.sklearn
 
+    from include.release.onnx.bundle import write_model_onnx
     from serving import store as store_mod
 
     staged = store_mod.staging_dir(store)
@@ -85,7 +86,7 @@ def install_bundle(store: Path, version: str, pipeline: Any, x: pd.DataFrame, sc
                               **_model_kwargs(pipeline, x, schema, trusted))
     (staged / store_mod.METADATA).write_text(json.dumps({
         "name": name, "version": version, "run_id": f"run-{version}", "trained_at": "2026-11-27T00:00:00+00:00",
-        "metrics": {"test_rmse": 0.1}}))
+        "metrics": {"test_rmse": 0.1}, "onnx": write_model_onnx(staged)}))
     store_mod.write_manifest(staged)
     sign(staged)
     return store_mod.install(staged, store, version)
@@ -109,6 +110,14 @@ def break_bundle(bundle: Path) -> None:
 
     model_file = next((bundle / store_mod.MODEL_DIR).glob("model.*"))
     model_file.write_bytes(b"this is not a model")
+    store_mod.write_manifest(bundle)
+    sign(bundle)
+
+
+def resign(bundle: Path) -> None:
+    """Rewrite a bundle's manifest and sign it with the test key, as export would have signed what it now holds."""
+    from serving import store as store_mod
+
     store_mod.write_manifest(bundle)
     sign(bundle)
 
