@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,15 @@ def test_the_document_runs_refresh_or_activate_and_nothing_else() -> None:
                          if name != "executionTimeout"}
     assert [line for line in script if "-m serving" in line and not line.startswith("#")] == [
         'exec "${MLOPS_PYTHON:-/opt/mlops/venv/bin/python}" -m serving "${arguments[@]}"']
+
+
+def test_the_script_passes_shellcheck() -> None:
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck is required (make test installs it)"
+    for values in (VALID, document_parameters(activate_command("3", pointer="abc"))):
+        done = subprocess.run([shellcheck, "-s", "bash", "-"], input=DOCUMENT.render(values).script,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout
 
 
 @pytest.mark.parametrize("name", sorted(VALID))
