@@ -36,6 +36,17 @@ class CommandResult:
         return text[-chars:]
 
 
+@dataclass(frozen=True)
+class ServingCommand:
+    """A model store command for one server, as data: `action` is "refresh" or "activate", `parameters` the
+    values of the mlops-serving SSM document's parameters of the same names (refresh: source, version,
+    manifestSha256, pointer; activate: version, pointer). Runners never build shell lines from it: the
+    document's script is what runs."""
+
+    action: str
+    parameters: dict[str, str]
+
+
 class BundleStore(Protocol):
     """Where servers fetch bundles from: `source` is what `python -m serving refresh --source` takes."""
 
@@ -51,7 +62,7 @@ class Fleet(Protocol):
 
 
 class CommandRunner(Protocol):
-    def run(self, instance: Instance, commands: list[str], comment: str) -> CommandResult: ...
+    def run(self, instance: Instance, command: ServingCommand, comment: str) -> CommandResult: ...
 
 
 @dataclass

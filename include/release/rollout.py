@@ -1,46 +1,38 @@
 """A rolling refresh: publish the bundle, refresh and verify the fleet batch by batch, undo everything on failure.
 
 Plain Python against the Protocols of `ports`, so the same rollout runs for the local target (a directory and a
-shell on this machine) and the ec2 target (S3, EC2 and SSM). Every server runs the same command:
-`python -m serving refresh`.
+shell on this machine) and the ec2 target (S3, EC2 and SSM). Every server runs the same command,
+`python -m serving refresh`, through the mlops-serving SSM document (include/release/command_document.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import shlex
 import time
 from pathlib import Path
 from typing import Sequence
 
 from include.ml.exceptions import DeploymentError
-from include.release.ports import BundleStore, CommandRunner, DeploymentResult, Fleet, Instance
+from include.release.command_document import check_command
+from include.release.ports import BundleStore, CommandRunner, DeploymentResult, Fleet, Instance, ServingCommand
 from serving.probe import NotServing, wait_for_version
 from serving.store import MANIFEST
 
 log = logging.getLogger(__name__)
 
 
-def refresh_commands(source: str, version: str, manifest_sha256: str) -> list[str]:
-    """The shell lines every server runs: its own settings come from /etc/mlops/serving.env when present. The
-    manifest's digest rides along, so a server refuses any bundle but the one this deploy published."""
-    return _serving_command(f"refresh --source {shlex.quote(source)} --version {shlex.quote(version)} "
-                            f"--manifest-sha256 {shlex.quote(manifest_sha256)}")
+def refresh_command(source: str, version: str, manifest_sha256: str, pointer: str = "") -> ServingCommand:
+    """What every server runs: `python -m serving refresh` through the mlops-serving document, its settings from
+    /etc/mlops/serving.env. The manifest's digest rides along, so a server refuses any bundle but the one this
+    deploy published; the signed pointer, when there is one, is passed on as it is."""
+    return ServingCommand("refresh", {"source": source, "version": version, "manifestSha256": manifest_sha256,
+                                      "pointer": pointer})
 
 
-def activate_commands(version: str) -> list[str]:
+def activate_command(version: str, pointer: str = "") -> ServingCommand:
     """Put a version already on the server back (it keeps earlier bundles, so no download)."""
-    return _serving_command(f"activate {shlex.quote(version)}")
-
-
-def _serving_command(arguments: str) -> list[str]:
-    return [
-        "set -euo pipefail",
-        "set -a; if [ -f /etc/mlops/serving.env ]; then . /etc/mlops/serving.env; fi; set +a",
-        'cd "${MLOPS_APP_DIR:-/opt/mlops/app}"',
-        f'"${{MLOPS_PYTHON:-/opt/mlops/venv/bin/python}}" -m serving {arguments}',
-    ]
+    return ServingCommand("activate", {"version": version, "pointer": pointer})
 
 
 def verify_server(instance: Instance, version: str, timeout: float, confirmations: int = 5) -> None:
@@ -63,6 +55,8 @@ def rollout(store: BundleStore, fleet: Fleet, runner: CommandRunner, *, target: 
         raise DeploymentError(f"no servers to deploy to ({target}): nothing was changed")
     previous_pointer = store.read_pointer()
     manifest_sha256 = hashlib.sha256((bundle / MANIFEST).read_bytes()).hexdigest()
+    refresh = refresh_command(store.source, version, manifest_sha256)
+    check_command(refresh)  # a value the document refuses stops the deploy here, before anything is published
     store.publish(bundle, version)
     result = DeploymentResult(target, model_name, version, store.source, previous_pointer, manifest_sha256)
     log.info("deploying %s version %s to %d server(s) in batches of %d (previous: %s)", model_name, version,
@@ -72,8 +66,7 @@ def rollout(store: BundleStore, fleet: Fleet, runner: CommandRunner, *, target: 
         for start in range(0, len(instances), batch_size):
             batch = instances[start:start + batch_size]
             for instance in batch:
-                outcome = runner.run(instance, refresh_commands(store.source, version, manifest_sha256),
-                                     f"refresh {model_name} to version {version}")
+                outcome = runner.run(instance, refresh, f"refresh {model_name} to version {version}")
                 report = outcome.last_json()
                 if outcome.exit_code != 0:
                     raise DeploymentError(f"instance {instance.instance_id}: the refresh command failed "
@@ -105,7 +98,12 @@ def _undo(runner: CommandRunner, refreshed: Sequence[tuple[Instance, str | None]
         if previous is None:
             notes.append(f"{instance.instance_id} had no earlier version and keeps the new one")
             continue
-        outcome = runner.run(instance, activate_commands(previous), f"roll back to version {previous}")
+        try:
+            outcome = runner.run(instance, activate_command(previous), f"roll back to version {previous}")
+        except DeploymentError as exc:  # say a server reported a `previous` the document refuses
+            notes.append(f"{instance.instance_id} ROLLBACK NOT SENT: {exc}")
+            log.warning("rollback: %s", notes[-1])
+            continue
         if outcome.exit_code == 0:
             notes.append(f"{instance.instance_id} rolled back to version {previous}")
         else:

@@ -246,9 +246,9 @@ render_nginx_site() {
     printf '%s' "$text" | write_file "$output" 0644
 }
 
-# The deploy task's refresh command, line for line (refresh_commands in include/release/rollout.py):
-# settings from serving.env, then `python -m serving refresh --source <source> --version <version>
-# [--manifest-sha256 <digest>]`. At boot there is no digest to pass (the CURRENT object names a version only):
+# The deploy task's refresh command, flag for flag (the mlops-serving SSM document's script,
+# ssm-document-mlops-serving.json): settings from serving.env, then `python -m serving refresh --source <source>
+# --version <version> [--manifest-sha256 <digest>]`. At boot there is no digest to pass (the CURRENT object names a version only):
 # the bundle's signature, checked with SIGNING_PUBLIC_KEY, is what vouches for it. Through MLOPS_PYTHON (the
 # wrapper below) it runs as mlops, exactly as it does when SSM sends it as root.
 #   refresh_model <source> <version> [<manifest sha256>]

@@ -3,7 +3,7 @@ interpreter (what needs no process: test_deploy_assets_static.py).
 
 - serving/requirements.txt is enough on its own: the app loads a bundle and predicts in a process that can import
   nothing outside that list (so no mlflow, no airflow).
-- user-data.sh: bash -n, shellcheck, its helpers, and its refresh command is the deploy task's, flag for flag;
+- user-data.sh: bash -n, shellcheck, its helpers, and its refresh command is the SSM document's, flag for flag;
   the release it installs as root is pinned (APP_SHA256, a full git commit) and checked before extraction, pip
   installs with --require-hashes, the bundle-signing public key is required and written for the server.
 - prediction-server.service: systemd-analyze verify (when present) and the settings that matter, read back.
@@ -32,7 +32,8 @@ from typing import Any
 import pytest
 from packaging.utils import canonicalize_name
 
-from include.release.rollout import refresh_commands
+from include.release.command_document import CommandDocument, document_parameters
+from include.release.rollout import refresh_command
 from tests.support.assets import (
     DEPLOYER_POLICY,
     INSTANCE_POLICY,
@@ -253,21 +254,25 @@ def _record_python(tmp_path: Path) -> Path:
 
 
 def test_user_data_runs_the_deploy_tasks_refresh_command(tmp_path: Path, no_host_serving_env: None) -> None:
-    """The same command line reaches `python -m serving` at setup and on every deploy through SSM (at boot
-    without the manifest digest, which only a deploy knows)."""
-    source, version, digest = "s3://my bucket/models/wine-quality", "12", "ab" * 32  # a space: both must quote
+    """The same command line reaches `python -m serving` at setup and on every deploy through the mlops-serving
+    SSM document (at boot without the manifest digest, which only a deploy knows)."""
+    source, version, digest = "s3://my-bucket/models/wine-quality", "12", "ab" * 32
     app_dir = tmp_path / "app"
     app_dir.mkdir()
     env = {"MLOPS_PYTHON": str(_record_python(tmp_path)), "MLOPS_APP_DIR": str(app_dir)}
     deploy_record, setup_record, boot_record = tmp_path / "deploy.txt", tmp_path / "setup.txt", tmp_path / "boot.txt"
-    subprocess.run(["bash", "-c", "\n".join(refresh_commands(source, version, digest))], check=True,
-                   env={**os.environ, **env, "RECORD": str(deploy_record)})
+    rendered = CommandDocument.load().render(document_parameters(refresh_command(source, version, digest)))
+    subprocess.run(["bash", "-c", rendered.script], check=True,
+                   env={**os.environ, **env, **rendered.env, "RECORD": str(deploy_record)})
     user_data(f"refresh_model '{source}' '{version}' '{digest}'", env={**env, "RECORD": str(setup_record)})
     user_data(f"refresh_model '{source}' '{version}'", env={**env, "RECORD": str(boot_record)})
     expected = [str(app_dir), "-m", "serving", "refresh", "--source", source, "--version", version]
     assert deploy_record.read_text().splitlines() == expected + ["--manifest-sha256", digest]
     assert setup_record.read_text().splitlines() == expected + ["--manifest-sha256", digest]
     assert boot_record.read_text().splitlines() == expected
+    spaced = "s3://my bucket/models/wine-quality"  # the document refuses it; user-data, run by root, quotes it
+    user_data(f"refresh_model '{spaced}' '{version}'", env={**env, "RECORD": str(boot_record)})
+    assert boot_record.read_text().splitlines()[5] == spaced
 
 
 

@@ -4,8 +4,8 @@
   for each platform user-data.sh supports.
 - prediction-server.service: its stop timeout outlasts gunicorn's graceful timeout.
 - nginx-prediction-server.conf: the limits that keep slow clients away from gunicorn match the server's settings.
-- the deployer's IAM policy: what the deploy task calls and no more, SendCommand limited to the document and the
-  tagged fleet.
+- the deployer's IAM policy: what the deploy task calls and no more, SendCommand limited to the mlops-serving
+  document and the tagged fleet; AWS-RunShellScript and every other document denied (evaluated).
 - who may write what in the bucket (all four policies, evaluated): the deployer only its model's bundles, the
   release publisher only the app releases, the instances only their model's prediction capture files.
 - serving/deploy/bootstrap.py: the setup script's AWS look-ups, against moto's in-process mock.
@@ -38,6 +38,7 @@ from tests.support.assets import (
     UNIT,
     actions,
     allowed,
+    allowed_on_all,
     check_s3_scope,
     ec2_config,
     pins,
@@ -179,13 +180,15 @@ def test_deployer_policy_allows_what_the_deploy_task_calls_and_no_more() -> None
     assert actions(found, "s3") == {"s3:PutObject", "s3:GetObject", "s3:ListBucket", "s3:AbortMultipartUpload"}
     check_s3_scope(found, ["arn:aws:s3:::BUCKET/PREFIX/MODEL_NAME/*"], ["PREFIX/MODEL_NAME/*"])
     denied = [s for s in found if s["Effect"] == "Deny"]
-    assert [s["Resource"] for s in denied] == [[f"arn:aws:s3:::BUCKET/{RELEASE_PREFIX.split('/')[0]}/*"]]
+    assert [(s["Action"], s.get("Resource")) for s in denied if s["Action"] != ["ssm:SendCommand"]] == \
+        [(["s3:*"], [f"arn:aws:s3:::BUCKET/{RELEASE_PREFIX.split('/')[0]}/*"])]
     assert actions(found, "ec2") == {"ec2:DescribeInstances"}
     assert actions(found, "ssm") == {"ssm:SendCommand", "ssm:GetCommandInvocation", "ssm:ListCommandInvocations"}
-    send = [s for s in found if "ssm:SendCommand" in s["Action"]]
+    assert SSM_DOCUMENT == "mlops-serving"
+    send = [s for s in found if "ssm:SendCommand" in s["Action"] and s["Effect"] == "Allow"]
     assert all(s["Action"] == ["ssm:SendCommand"] for s in send)
     documents = [r for s in send for r in s["Resource"] if ":document/" in r]
-    assert documents == [f"arn:aws:ssm:REGION::document/{SSM_DOCUMENT}"]
+    assert documents == [f"arn:aws:ssm:REGION:ACCOUNT_ID:document/{SSM_DOCUMENT}"]  # the account's own, by name
     for statement in send:
         if any(":instance/" in r for r in statement["Resource"]):
             assert statement["Resource"] == ["arn:aws:ec2:REGION:ACCOUNT_ID:instance/*"]
@@ -194,6 +197,9 @@ def test_deployer_policy_allows_what_the_deploy_task_calls_and_no_more() -> None
             assert "Condition" not in statement and all(":document/" in r for r in statement["Resource"])
     wildcard = {a for s in found if s["Effect"] == "Allow" and "*" in s["Resource"] for a in s["Action"]}
     assert wildcard == {"ec2:DescribeInstances", "ssm:GetCommandInvocation", "ssm:ListCommandInvocations"}
+    # and every other document is denied outright, whatever another policy allows
+    assert [s["NotResource"] for s in denied if "NotResource" in s] == [[
+        f"arn:aws:ssm:REGION:ACCOUNT_ID:document/{SSM_DOCUMENT}", "arn:aws:ec2:REGION:ACCOUNT_ID:instance/*"]]
 
 
 def test_publisher_and_instance_policies_are_scoped() -> None:
@@ -303,6 +309,46 @@ def test_listing_is_limited_to_each_roles_prefix(layout: dict[str, Any]) -> None
         assert allowed([policy], "s3:ListBucket", bucket, {"s3:prefix": f"{mine}/"}), who
         assert not allowed([policy], "s3:ListBucket", bucket, {"s3:prefix": f"{other}/"}), who
         assert not allowed([policy], "s3:ListBucket", bucket, {"s3:prefix": ""}), who
+
+
+# SendCommand as the deployer, on one instance: the document's ARN, and the instance's with its tags.
+INSTANCE_ARN = f"arn:aws:ec2:us-east-1:{ACCOUNT}:instance/i-0123456789abcdef0"
+SERVING_DOCUMENT_ARN = f"arn:aws:ssm:us-east-1:{ACCOUNT}:document/mlops-serving"
+SHELL_DOCUMENTS = ("AWS-RunShellScript", "AWS-RunPowerShellScript")
+
+
+def send_command(policies: list[list[dict[str, Any]]], document: str, tags: dict[str, str]) -> bool:
+    return allowed_on_all(policies, "ssm:SendCommand", {
+        document: {}, INSTANCE_ARN: {f"aws:ResourceTag/{key}": value for key, value in tags.items()}})
+
+
+def test_the_deployer_cannot_send_a_shell_to_the_fleet(layout: dict[str, Any]) -> None:
+    """Finding 2: the deployer role could send AWS-RunShellScript (root on every server). Now only the account's
+    mlops-serving document goes through, to tagged servers only; a shell document is denied, in any region, even
+    when another policy attached to the role by mistake allows SendCommand on everything."""
+    ec2 = ec2_config().deployment.ec2
+    fleet_tag, deployer = {ec2.tag_key: ec2.tag_value}, layout["policies"]["deployer"]
+    broad = [{"Effect": "Allow", "Action": ["ssm:SendCommand"], "Resource": ["*"]}]
+    assert send_command([broad], f"arn:aws:ssm:us-east-1::document/{SHELL_DOCUMENTS[0]}", fleet_tag)  # alone: yes
+    for shell in SHELL_DOCUMENTS:
+        for region in ("us-east-1", "eu-west-1"):
+            for policies in ([deployer], [deployer, broad]):
+                assert not send_command(policies, f"arn:aws:ssm:{region}::document/{shell}", fleet_tag), \
+                    (shell, region, len(policies))
+    assert send_command([deployer], SERVING_DOCUMENT_ARN, fleet_tag)  # what the deploy task sends
+    assert not send_command([deployer], SERVING_DOCUMENT_ARN, {ec2.tag_key: "bastion"})
+    assert not send_command([deployer], SERVING_DOCUMENT_ARN, {})
+    others = [f"arn:aws:ssm:us-east-1::document/{name}" for name in (
+        "AWS-RunRemoteScript", "AWS-ApplyAnsiblePlaybooks", "AWS-RunDocument", "AWS-ConfigureDocker")]
+    others += ["arn:aws:ssm:us-east-1:999999999999:document/mlops-serving",  # same name, shared by another account
+               f"arn:aws:ssm:eu-west-1:{ACCOUNT}:document/mlops-serving",  # the name in another region
+               f"arn:aws:ssm:us-east-1:{ACCOUNT}:document/mlops-serving-debug"]
+    for document in others:
+        assert not send_command([deployer, broad], document, fleet_tag), document
+    for action in ("ssm:StartSession", "ssm:CreateDocument", "ssm:UpdateDocument", "ssm:UpdateDocumentDefaultVersion",
+                   "ssm:SendAutomationSignal", "ssm:StartAutomationExecution", "ssm:CreateAssociation"):
+        assert not allowed([deployer], action, SERVING_DOCUMENT_ARN), action
+        assert not allowed([deployer], action, INSTANCE_ARN), action
 
 
 # --- serving/deploy/bootstrap.py: the setup script's AWS look-ups, against moto ------------------------------------

@@ -1,9 +1,11 @@
 """The ec2 deploy target against moto in server mode, with real gunicorn servers standing in for the instances.
 
 The Amazon provider's S3Hook, EC2Hook and SsmHook talk to moto over HTTP, and bundles are signed by a KMS key
-there, as in production; the stand-in servers trust only that key's public half. moto records SSM commands but
-does not run them, so the runner below sends each command through SSM as production does and then runs the very
-same shell lines on this machine, against the stand-in server of that instance.
+there, as in production; the stand-in servers trust only that key's public half. The mlops-serving SSM document is
+registered in moto as the operator registers it (docs/ec2.md). moto records SSM commands but does not run them,
+so the runner below sends each command through SSM as production does, then does what the SSM Agent does: fetch
+the document the command names from SSM, check the sent parameters against it and run its script on this
+machine, against the stand-in server of that instance. Refresh, verify and rollback all go through the document.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import pytest
 from include.ml.configuration import ConfigurationManager
 from include.ml.exceptions import DeploymentError
 from include.release import deploy as deployment
-from include.release.ports import CommandResult, Instance
-from include.release.rollout import refresh_commands
+from include.release.command_document import DOCUMENT_PATH, CommandDocument
+from include.release.ports import CommandResult, Instance, ServingCommand
+from include.release.rollout import activate_command, refresh_command
 from include.release.targets.ec2 import SSM_DOCUMENT, Ec2Fleet, SsmRunner
 from serving.signing import load_public_keys
 from tests.support.attacks import tampered
@@ -42,7 +45,8 @@ LOGGERS = ("include.release.targets.ec2", "include.release.rollout")  # the SSM 
 
 
 class StandInSsmRunner(SsmRunner):
-    """Sends through SSM (to moto), then runs the sent lines locally in the instance's environment."""
+    """Sends through SSM (to moto), then runs the document it names, fetched back from SSM, with the parameters
+    sent, locally in the instance's environment: what the SSM Agent on the instance does."""
 
     def __init__(self, config: Any, instances: dict[str, StandIn], endpoint: str,
                  after: dict[int, Any] | None = None) -> None:
@@ -54,12 +58,15 @@ class StandInSsmRunner(SsmRunner):
         self.hook.conn.meta.events.register("provide-client-params.ssm.SendCommand",
                                             lambda params, **_: self.sent.append(params))
 
-    def run(self, instance: Instance, commands: list[str], comment: str) -> CommandResult:
-        command_id = self.send(instance, commands, comment)
+    def run(self, instance: Instance, command: ServingCommand, comment: str) -> CommandResult:
+        command_id = self.send(instance, command, comment)
         assert self.wait(command_id, instance).exit_code == 0  # moto answers Success without running anything
+        sent = self.sent[-1]
+        document = CommandDocument.parse(self.hook.conn.get_document(Name=sent["DocumentName"])["Content"])
+        rendered = document.render({name: value for name, [value] in sent["Parameters"].items()})
         stand_in = self.instances[instance.instance_id]
-        done = subprocess.run(["bash", "-c", "\n".join(commands)], env=stand_in.env(self.endpoint),
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(["bash", "-c", rendered.script], env={**stand_in.env(self.endpoint), **rendered.env},
+                              capture_output=True, text=True, timeout=min(rendered.timeout_seconds, 120))
         if len(self.sent) in self.after:
             self.after.pop(len(self.sent))()
         return CommandResult(done.returncode, done.stdout, done.stderr)
@@ -94,6 +101,8 @@ def aws(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     clients = {name: boto3.client(name, endpoint_url=s3_endpoint, region_name="us-east-1")
                for name in ("s3", "ec2", "ssm", "kms")}
     clients["s3"].create_bucket(Bucket="releases")
+    clients["ssm"].create_document(Name=SSM_DOCUMENT, Content=DOCUMENT_PATH.read_text(), DocumentType="Command",
+                                   DocumentFormat="JSON")  # as docs/ec2.md has the operator do
     yield clients
 
 
@@ -229,10 +238,11 @@ def test_rolling_deploy_to_the_fleet(config: Any, fleet: dict[str, StandIn], aws
         [("refresh", a), ("refresh", b), ("verified", a), ("verified", b), ("refresh", c), ("verified", c)]
     assert sorted(ordered) == sorted(fleet) and len(ordered) == 3
     assert [p["InstanceIds"] for p in runner.sent] == [[iid] for iid in ordered]
+    refresh = refresh_command("s3://releases/models/toy", "2", result.manifest_sha256)
     for params in runner.sent:
-        assert params["DocumentName"] == SSM_DOCUMENT
-        assert params["Parameters"]["commands"] == refresh_commands("s3://releases/models/toy", "2",
-                                                                    result.manifest_sha256)
+        assert params["DocumentName"] == SSM_DOCUMENT == "mlops-serving"
+        assert params["Parameters"] == {"action": ["refresh"], **{k: [v] for k, v in refresh.parameters.items()},
+                                        "executionTimeout": [str(config.deployment.ec2.command_timeout_seconds)]}
     # moto lists all instances on every command (a moto quirk), so it is checked through the comment
     recorded = sorted(aws["ssm"].list_commands()["Commands"], key=lambda c: c["RequestedDateTime"])[-3:]
     assert [c["Comment"] for c in recorded] == [f"refresh toy to version 2 on {iid}" for iid in ordered]
@@ -272,6 +282,11 @@ def test_failure_stops_the_rollout_and_rolls_back(config: Any, fleet: dict[str, 
                                          key=lambda c: c["RequestedDateTime"])[3:]]
     assert sent == [f"refresh toy to version 2 on {order[0]}", f"refresh toy to version 2 on {order[1]}",
                     f"roll back to version 1 on {order[0]}"]  # the third instance was never touched
+    rollback = sorted(aws["ssm"].list_commands()["Commands"], key=lambda c: c["RequestedDateTime"])[-1]
+    assert rollback["DocumentName"] == SSM_DOCUMENT
+    assert {k: v for k, v in rollback["Parameters"].items() if k != "executionTimeout"} == {
+        "action": ["activate"], **{k: [v] for k, v in activate_command("1").parameters.items()},
+        "source": [""], "manifestSha256": [""]}  # the document's defaults, sent as they are
     for iid, stand_in in fleet.items():
         assert not stand_in.poller.failures(), (iid, stand_in.poller.outcomes)
 
@@ -329,3 +344,18 @@ def test_a_bundle_someone_else_uploads_to_the_prefix_is_refused_everywhere(
         assert "not trusted here" in done.stdout or "holds a different bundle" in done.stdout, done.stdout
         assert stand_in.version() == "1"
     assert not marker.exists()
+
+
+def test_a_hostile_parameter_is_never_sent(config: Any, fleet: dict[str, StandIn], aws: Any, s3_endpoint: str,
+                                           tmp_path: Path) -> None:
+    """Shell syntax in a parameter stops at the sending side, with a clear error: SSM gets no command at all (and
+    would refuse it by the document's patterns; the stand-in agent above checks them as SSM does)."""
+    marker = tmp_path / "pwned"
+    runner = StandInSsmRunner(config.deployment.ec2, fleet, s3_endpoint)
+    instance = deployment_fleet(config)[0]
+    for command in (refresh_command("s3://releases/models/toy", f"2; touch {marker}", "0" * 64),
+                    refresh_command(f"s3://releases/$(touch {marker})", "2", "0" * 64),
+                    activate_command("1", pointer=f"x'\ntouch {marker}\n'")):
+        with pytest.raises(DeploymentError, match="mlops-serving parameter .* does not match .*nothing was sent"):
+            runner.run(instance, command, "attack")
+    assert runner.sent == [] and aws["ssm"].list_commands()["Commands"] == [] and not marker.exists()

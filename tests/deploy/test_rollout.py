@@ -14,7 +14,6 @@ import http.server
 import json
 import logging
 import re
-import shlex
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +22,23 @@ from typing import Any, Iterator
 import pytest
 
 from include.ml.exceptions import DeploymentError
-from include.release.ports import BundleStore, CommandResult, CommandRunner, DeploymentResult, Fleet, Instance
-from include.release.rollout import activate_commands, refresh_commands, rollout
+from include.release.command_document import check_command
+from include.release.ports import (
+    BundleStore,
+    CommandResult,
+    CommandRunner,
+    DeploymentResult,
+    Fleet,
+    Instance,
+    ServingCommand,
+)
+from include.release.rollout import activate_command, refresh_command, rollout
 
 SOURCE = "s3://releases/models/toy"
 MODEL = "toy"
 MANIFEST = "0" * 64 + "  bundle.json\n"  # the published bundle's manifest: its digest rides on every refresh
 MANIFEST_SHA256 = hashlib.sha256(MANIFEST.encode()).hexdigest()
-REFRESH = refresh_commands(SOURCE, "2", MANIFEST_SHA256)
+REFRESH = refresh_command(SOURCE, "2", MANIFEST_SHA256)
 REFRESH_COMMENT = f"refresh {MODEL} to version 2"
 
 
@@ -101,27 +109,25 @@ class FakeRunner:
     fail_refresh: set[str] = field(default_factory=set)  # exit 1, as when the bundle is refused
     fail_activate: set[str] = field(default_factory=set)  # the rollback command fails there
     raise_on: dict[str, Exception] = field(default_factory=dict)  # the runner itself breaks (e.g. SSM unreachable)
-    calls: list[tuple[str, list[str], str]] = field(default_factory=list)
+    calls: list[tuple[str, ServingCommand, str]] = field(default_factory=list)
 
-    def run(self, instance: Instance, commands: list[str], comment: str) -> CommandResult:
+    def run(self, instance: Instance, command: ServingCommand, comment: str) -> CommandResult:
         iid = instance.instance_id
-        self.calls.append((iid, commands, comment))
+        check_command(command)  # as SsmRunner and ShellRunner do before anything runs
+        self.calls.append((iid, command, comment))
         if iid in self.raise_on:
             raise self.raise_on[iid]
-        argv = shlex.split(commands[-1])
-        assert argv[:3] == ["${MLOPS_PYTHON:-/opt/mlops/venv/bin/python}", "-m", "serving"], argv
-        command = argv[3]
-        self.hosts.events.append((command, iid))
-        if command == "refresh":
-            version = argv[argv.index("--version") + 1]
-            assert argv[argv.index("--source") + 1] == SOURCE
-            assert argv[argv.index("--manifest-sha256") + 1] == MANIFEST_SHA256
+        self.hosts.events.append((command.action, iid))
+        version = command.parameters["version"]
+        if command.action == "refresh":
+            assert command.parameters["source"] == SOURCE
+            assert command.parameters["manifestSha256"] == MANIFEST_SHA256
             if iid in self.fail_refresh:
                 return answer(1, {"status": "failed", "command": "refresh",
                                   "error": f"{SOURCE}/{version} holds a different bundle"})
         else:
-            assert command == "activate", argv
-            version = argv[4]
+            assert command.action == "activate", command
+            assert set(command.parameters) == {"version", "pointer"}, command
             if iid in self.fail_activate:
                 return answer(1, {"status": "failed", "command": "activate", "error": f"no bundle {version}"})
         return answer(0, self.hosts.switch(iid, version))
@@ -233,7 +239,7 @@ def test_refresh_failure_on_instance_k_rolls_back_the_earlier_ones_last_first(fa
 
     before = [f"i-{n}" for n in range(1, failing)]  # switched before the failure
     refreshed = [(iid, REFRESH, REFRESH_COMMENT) for iid in [*before, f"i-{failing}"]]
-    undone = [(iid, activate_commands("1"), "roll back to version 1") for iid in reversed(before)]
+    undone = [(iid, activate_command("1"), "roll back to version 1") for iid in reversed(before)]
     assert runner.calls == refreshed + undone  # nothing after the failing instance was touched
     notes = "; ".join(f"{iid} rolled back to version 1" for iid in reversed(before)) or "no server had switched yet"
     assert str(failed.value) == (f"instance i-{failing}: the refresh command failed (exit 1): "
@@ -263,8 +269,8 @@ def test_an_instance_with_no_earlier_version_keeps_the_new_one(bundle: Path) -> 
                                       "one; i-1 rolled back to version 1")
     assert runner.calls == [
         *[(iid, REFRESH, REFRESH_COMMENT) for iid in ("i-1", "i-2", "i-3", "i-4")],
-        ("i-3", activate_commands("1"), "roll back to version 1"),
-        ("i-1", activate_commands("1"), "roll back to version 1"),  # nothing is sent to i-2
+        ("i-3", activate_command("1"), "roll back to version 1"),
+        ("i-1", activate_command("1"), "roll back to version 1"),  # nothing is sent to i-2
     ]
     assert hosts.current == {"i-1": "1", "i-2": "2", "i-3": "1", "i-4": "1"}
     assert store.pointer == "1"
@@ -296,7 +302,7 @@ def test_a_rollback_command_that_fails_is_reported_and_the_others_still_roll_bac
     assert notes[1].startswith("i-2 ROLLBACK FAILED (exit 1): ") and '"error": "no bundle 1"' in notes[1]
     assert notes[2] == "i-1 rolled back to version 1"
     assert [(iid, commands) for iid, commands, _ in runner.calls][4:] == [
-        (iid, activate_commands("1")) for iid in ("i-3", "i-2", "i-1")]
+        (iid, activate_command("1")) for iid in ("i-3", "i-2", "i-1")]
     assert hosts.current == {"i-1": "1", "i-2": "2", "i-3": "1", "i-4": "1"}  # i-2 is still on the new one
     assert store.pointer == "1"
 
@@ -399,8 +405,38 @@ def test_a_server_that_keeps_the_old_version_fails_verification_and_everything_r
                                  "(still serving version 1); i-2 rolled back to version 1; "
                                  "i-1 rolled back to version 1")
     assert [(iid, commands) for iid, commands, _ in runner.calls] == [
-        ("i-1", REFRESH), ("i-2", REFRESH), ("i-2", activate_commands("1")), ("i-1", activate_commands("1"))]
+        ("i-1", REFRESH), ("i-2", REFRESH), ("i-2", activate_command("1")), ("i-1", activate_command("1"))]
     assert collapsed(hosts.events)[:4] == [("refresh", "i-1"), ("verified", "i-1"), ("refresh", "i-2"),
                                            ("verified", "i-2")]
     assert store.calls == [("read_pointer",), ("publish", str(bundle), "2")] and store.pointer == "1"
     assert hosts.current == {"i-1": "1", "i-2": "1", "i-3": "1"} and hosts.served["i-1"] == "1"
+
+
+# --- values the mlops-serving document refuses ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["2; touch /tmp/pwned", "$(id)", "-2", "2\n"])
+def test_a_version_the_document_refuses_stops_the_deploy_before_anything_is_published(
+        version: str, bundle: Path) -> None:
+    servers = fleet_of(2)
+    hosts = Hosts(current={s.instance_id: "1" for s in servers})
+    store, runner = FakeStore(), FakeRunner(hosts)
+    with pytest.raises(DeploymentError, match="mlops-serving parameter version=.* does not match .*nothing was sent"):
+        rollout(store, FakeFleet(servers), runner, target="ec2", model_name=MODEL, version=version, bundle=bundle,
+                batch_size=1, verify_timeout=5.0)
+    assert store.calls == [("read_pointer",)] and runner.calls == [] and hosts.events == []
+
+
+def test_a_previous_version_the_document_refuses_is_never_sent_back(bundle: Path) -> None:
+    """A server that reports a hostile `previous` (its store was tampered with) gets no rollback command built
+    from it; the others are still rolled back, and the failure says so."""
+    servers = fleet_of(3)
+    hosts = Hosts(current={"i-1": "1", "i-2": "1; touch /tmp/pwned", "i-3": "1"})
+    store, runner = FakeStore(), FakeRunner(hosts, fail_refresh={"i-3"})
+    with pytest.raises(DeploymentError) as failed:
+        deploy(store, FakeFleet(servers), runner, bundle)
+    assert "i-2 ROLLBACK NOT SENT: mlops-serving parameter version='1; touch /tmp/pwned' does not match" \
+        in str(failed.value)
+    assert "i-1 rolled back to version 1" in str(failed.value)
+    assert [(iid, command.action) for iid, command, _ in runner.calls] == [
+        ("i-1", "refresh"), ("i-2", "refresh"), ("i-3", "refresh"), ("i-1", "activate")]

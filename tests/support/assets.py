@@ -81,17 +81,24 @@ def statements(path: Path) -> list[dict[str, Any]]:
     assert policy["Version"] == "2012-10-17"
     found = policy["Statement"]
     for statement in found:
-        assert statement["Effect"] in ("Allow", "Deny") and {"Action", "Resource"} <= set(statement), statement
-        for field in ("Action", "Resource"):
-            if isinstance(statement[field], str):
-                statement[field] = [statement[field]]
+        assert statement["Effect"] in ("Allow", "Deny"), statement
+        assert len({"Action", "NotAction"} & set(statement)) == 1, statement
+        assert len({"Resource", "NotResource"} & set(statement)) == 1, statement
+        _as_lists(statement)
         if statement["Effect"] == "Allow":
+            assert "Action" in statement and "Resource" in statement, f"no Not* in an Allow: {statement}"
             assert not any(a == "*" or a.endswith(":*") for a in statement["Action"]), statement
     return found
 
 
+def _as_lists(statement: dict[str, Any]) -> None:
+    for field in ("Action", "NotAction", "Resource", "NotResource"):
+        if isinstance(statement.get(field), str):
+            statement[field] = [statement[field]]
+
+
 def actions(found: list[dict[str, Any]], service: str, effect: str = "Allow") -> set[str]:
-    return {a for s in found if s["Effect"] == effect for a in s["Action"] if a.startswith(f"{service}:")}
+    return {a for s in found if s["Effect"] == effect for a in s.get("Action", []) if a.startswith(f"{service}:")}
 
 
 def check_s3_scope(found: list[dict[str, Any]], objects: Iterable[str], listed: Iterable[str]) -> None:
@@ -112,7 +119,8 @@ def check_s3_scope(found: list[dict[str, Any]], objects: Iterable[str], listed: 
 
 # --- what a policy allows ---------------------------------------------------------------------------------------
 # IAM's evaluation, for the features the policies here use: an explicit Deny wins, then any Allow, else denied.
-# Action and Resource match with * and ? (* crosses "/"; actions are case-insensitive); conditions StringEquals,
+# Action/NotAction and Resource/NotResource match with * and ? (* crosses "/"; actions are case-insensitive); an
+# action on several resources is allowed only if it is on each (allowed_on_all); conditions StringEquals,
 # StringLike, ArnNotEquals and Bool; a key missing from the request context fails a condition, except
 # ArnNotEquals, which it passes (IAM's rule for negated operators).
 
@@ -125,9 +133,7 @@ def render_policy(path: Path, values: Mapping[str, str]) -> list[dict[str, Any]]
     text = re.sub(r"\b(" + "|".join(PLACEHOLDERS) + r")\b", lambda m: values[m.group(1)], text)
     policy = json.loads(text)
     for statement in policy["Statement"]:
-        for field in ("Action", "Resource"):
-            if isinstance(statement[field], str):
-                statement[field] = [statement[field]]
+        _as_lists(statement)
     return policy["Statement"]
 
 
@@ -151,9 +157,16 @@ def _condition_holds(condition: Mapping[str, Mapping[str, Any]], context: Mappin
     return True
 
 
+def _listed(statement: Mapping[str, Any], field: str, value: str) -> bool:
+    """Whether `value` is what the statement's Action/Resource names, or what its NotAction/NotResource leaves."""
+    fold = str.lower if field == "Action" else str  # actions are case-insensitive, ARNs are not
+    if field in statement:
+        return any(fnmatchcase(fold(value), fold(p)) for p in statement[field])
+    return not any(fnmatchcase(fold(value), fold(p)) for p in statement[f"Not{field}"])
+
+
 def _matches(statement: Mapping[str, Any], action: str, resource: str, context: Mapping[str, str]) -> bool:
-    return (any(fnmatchcase(action.lower(), a.lower()) for a in statement["Action"])
-            and any(fnmatchcase(resource, r) for r in statement["Resource"])
+    return (_listed(statement, "Action", action) and _listed(statement, "Resource", resource)
             and _condition_holds(statement.get("Condition", {}), context))
 
 
@@ -165,3 +178,11 @@ def allowed(policies: Iterable[list[dict[str, Any]]], action: str, resource: str
     if any(s["Effect"] == "Deny" and _matches(s, action, resource, context) for s in everything):
         return False
     return any(s["Effect"] == "Allow" and _matches(s, action, resource, context) for s in everything)
+
+
+def allowed_on_all(policies: Iterable[list[dict[str, Any]]], action: str,
+                   resources: Mapping[str, Mapping[str, str]]) -> bool:
+    """An action on several resources at once (ssm:SendCommand: the document and each instance) is authorised
+    per resource, each with its own context (an instance's tags): it is allowed only if every one is."""
+    policies = list(policies)
+    return all(allowed(policies, action, resource, context) for resource, context in resources.items())

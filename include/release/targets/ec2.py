@@ -14,11 +14,12 @@ from typing import Any
 
 from include.ml.entities import Ec2TargetConfig
 from include.ml.exceptions import DeploymentError
-from include.release.ports import CommandResult, Instance
+from include.release.command_document import DOCUMENT_NAME, CommandDocument, document_parameters
+from include.release.ports import CommandResult, Instance, ServingCommand
 from serving.store import MANIFEST, SIGNATURE
 
 log = logging.getLogger(__name__)
-SSM_DOCUMENT = "AWS-RunShellScript"
+SSM_DOCUMENT = DOCUMENT_NAME  # the operator's own Command document (docs/ec2.md); never AWS-RunShellScript
 _TERMINAL = {"Success", "Failed", "Cancelled", "TimedOut"}
 
 
@@ -84,7 +85,9 @@ class Ec2Fleet:
 
 
 class SsmRunner:
-    """Runs shell lines on one instance with AWS-RunShellScript and waits for its exit code and output."""
+    """Sends one serving command to one instance with the mlops-serving document and waits for its exit code and
+    output. The parameters are checked against the document's patterns first: a value SSM would refuse is a
+    DeploymentError here, and nothing is sent."""
 
     def __init__(self, config: Ec2TargetConfig, poll_seconds: float = 2.0) -> None:
         from airflow.providers.amazon.aws.hooks.ssm import SsmHook
@@ -92,13 +95,15 @@ class SsmRunner:
         self.hook = SsmHook(aws_conn_id=config.aws_conn_id, region_name=config.region)
         self.timeout = config.command_timeout_seconds
         self.poll_seconds = poll_seconds
+        self.document = CommandDocument.load()
 
-    def send(self, instance: Instance, commands: list[str], comment: str) -> str:
+    def send(self, instance: Instance, command: ServingCommand, comment: str) -> str:
+        parameters = self.document.check(document_parameters(command, self.timeout))
         response = self.hook.conn.send_command(
             InstanceIds=[instance.instance_id], DocumentName=SSM_DOCUMENT,
             Comment=f"{comment} on {instance.instance_id}"[:100],
             TimeoutSeconds=self.timeout,
-            Parameters={"commands": commands, "executionTimeout": [str(self.timeout)]})
+            Parameters={name: [value] for name, value in parameters.items()})
         command_id = response["Command"]["CommandId"]
         log.info("SSM command %s to %s: %s", command_id, instance.instance_id, comment)
         return command_id
@@ -120,5 +125,5 @@ class SsmRunner:
                                       f"{invocation['Status']} after {self.timeout}s")
             time.sleep(self.poll_seconds)
 
-    def run(self, instance: Instance, commands: list[str], comment: str) -> CommandResult:
-        return self.wait(self.send(instance, commands, comment), instance)
+    def run(self, instance: Instance, command: ServingCommand, comment: str) -> CommandResult:
+        return self.wait(self.send(instance, command, comment), instance)

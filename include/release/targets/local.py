@@ -7,10 +7,11 @@ import os
 import shutil
 import subprocess
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from include.release.ports import CommandResult, Instance
+from include.release.command_document import CommandDocument, document_parameters
+from include.release.ports import CommandResult, Instance, ServingCommand
 from serving import store
 
 log = logging.getLogger(__name__)
@@ -58,15 +59,19 @@ class StaticFleet:
 
 @dataclass
 class ShellRunner:
-    """Runs the refresh command on this machine, as SSM runs it on an instance."""
+    """Runs a serving command on this machine as SSM runs it on an instance: the mlops-serving document's script,
+    its parameters checked against the document's own patterns and substituted as the SSM Agent does. `env`
+    stands in for /etc/mlops/serving.env."""
 
     env: dict[str, str]
     timeout: float = 600.0
+    document: CommandDocument = field(default_factory=CommandDocument.load)
 
-    def run(self, instance: Instance, commands: list[str], comment: str) -> CommandResult:
+    def run(self, instance: Instance, command: ServingCommand, comment: str) -> CommandResult:
         log.info("%s on %s", comment, instance.instance_id)
-        done = subprocess.run(["bash", "-c", "\n".join(commands)], env={**os.environ, **self.env},
-                              capture_output=True, text=True, timeout=self.timeout)
+        rendered = self.document.render(document_parameters(command, int(self.timeout)))
+        done = subprocess.run(["bash", "-c", rendered.script], env={**os.environ, **self.env, **rendered.env},
+                              capture_output=True, text=True, timeout=rendered.timeout_seconds)
         return CommandResult(done.returncode, done.stdout, done.stderr)
 
 
