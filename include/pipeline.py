@@ -120,16 +120,20 @@ def run_tune(cm: ConfigurationManager, run_id: str) -> TuningResult | Skipped:
 
 def run_train(cm: ConfigurationManager, run_id: str) -> TrainingResult:
     """Fit params.yaml's model, or with tuning on, the tune stage's best configuration, on the training split."""
-    from include.ml.components import ingestion, training, transformation, tuning
+    from include.ml import training_inputs
+    from include.ml.components import ingestion, training, transformation, tuning, validation
 
     split = artifacts.read_json(_dir(cm, run_id, "transform") / transformation.RESULT)
     ingested = artifacts.read_json(_dir(cm, run_id, "ingest") / ingestion.RESULT)
+    validated = artifacts.read_json(_dir(cm, run_id, "validate") / validation.RESULT)
     config = cm.training()
     if cm.config.tuning.enabled:
         tuned = tuning.TuningResult(**artifacts.read_json(_dir(cm, run_id, "tune") / tuning.RESULT))
         config = tuned.training_config(config)
+    inputs = training_inputs.gather(artifacts.safe_run_id(run_id), ingested, validated, cm.config.artifacts_root,
+                                    cm.config.project_root)
     return training.train(_read_parquet(split["train_path"]), config, run_id, _dir(cm, run_id, "train"),
-                          dataset_source=ingested["source_uri"])
+                          dataset_source=ingested["source_uri"], inputs=inputs)
 
 
 def run_evaluate(cm: ConfigurationManager, run_id: str, force_promote: bool = False) -> EvaluationResult:
