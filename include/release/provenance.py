@@ -1,0 +1,81 @@
+"""The provenance statement export signs into every bundle (<bundle>/provenance.json, format: serving/provenance.py).
+
+An in-toto Statement v1 whose subjects are the bundle's files (model, model card, bundle.json) with their sha256,
+and whose predicate (type serving.provenance.PREDICATE_TYPE) says what the model was made from: the training run
+and the registered version, the data snapshot's sha256, the Great Expectations summary, the code commit and the
+sha256 of requirements.txt, as the train stage recorded them on the run (include/ml/training_inputs.py). Signed
+as a DSSE envelope by the bundle signer; written before the manifest, which then covers it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from include.ml.training_inputs import recorded_tags
+from include.release.signing import Signer
+from serving import provenance, store
+from serving.signing import key_id
+
+# The predicate's parts taken from the run's provenance.* tags (tag without the prefix -> [section, field]).
+FROM_TAGS = {
+    "pipeline_run_id": ("training", "pipeline_run_id"),
+    "data.source_uri": ("data", "source_uri"), "data.path": ("data", "snapshot"),
+    "data.sha256": ("data", "sha256"), "data.bytes": ("data", "bytes"),
+    "validation.suite": ("validation", "suite"), "validation.evaluated": ("validation", "evaluated"),
+    "validation.passed": ("validation", "passed"), "validation.success": ("validation", "success"),
+    "code.commit": ("code", "commit"), "requirements.sha256": ("code", "requirements_sha256"),
+}
+NOT_RECORDED = None  # a run trained before provenance was recorded: its inputs are stated as null
+
+
+def predicate(model_name: str, version: str, run: Any, registered_at: str | None) -> dict[str, Any]:
+    """What the training run `run` (an MLflow Run) recorded, as the statement's predicate."""
+    tags = recorded_tags(run.data.tags)
+    found: dict[str, dict[str, Any]] = {"training": {}, "data": {}, "validation": {}, "code": {}}
+    for tag, (section, name) in FROM_TAGS.items():
+        found[section][name] = typed(tag, tags.get(tag, NOT_RECORDED))
+    return {
+        "model": {"name": model_name, "version": version, "run_id": run.info.run_id,
+                  "registry_uri": f"models:/{model_name}/{version}", "registered_at": registered_at},
+        "training": {"mlflow_run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+                     **found["training"]},
+        "data": found["data"], "validation": found["validation"], "code": found["code"],
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def typed(tag: str, value: str | None) -> Any:
+    """A tag's text as the statement states it: counts as numbers, success as a boolean."""
+    if value is None:
+        return None
+    if tag in ("data.bytes", "validation.evaluated", "validation.passed") and value.isdigit():
+        return int(value)
+    if tag == "validation.success" and value in ("true", "false"):
+        return value == "true"
+    return value
+
+
+def statement(bundle: Path, claims: Mapping[str, Any]) -> dict[str, Any]:
+    """The in-toto Statement about every file now in `bundle` (provenance.json excepted)."""
+    files = sorted(p for p in bundle.rglob("*") if p.is_file() and p.relative_to(bundle).as_posix()
+                   not in (provenance.FILE, store.MANIFEST, store.SIGNATURE))
+    return {"_type": provenance.STATEMENT_TYPE,
+            "subject": [{"name": p.relative_to(bundle).as_posix(),
+                         "digest": {"sha256": hashlib.sha256(p.read_bytes()).hexdigest()}} for p in files],
+            "predicateType": provenance.PREDICATE_TYPE, "predicate": dict(claims)}
+
+
+def write_provenance(bundle: Path, claims: Mapping[str, Any], signer: Signer) -> dict[str, Any]:
+    """Sign the statement about `bundle`'s files into <bundle>/provenance.json (call it last, before the
+    manifest is written); returns the statement."""
+    stated = statement(bundle, claims)
+    payload = json.dumps(stated, indent=2, sort_keys=True).encode()
+    signature = signer.sign(provenance.pae(provenance.PAYLOAD_TYPE, payload))
+    path = bundle / provenance.FILE
+    path.write_bytes(provenance.envelope(payload, signature, key_id(signer.public_key())))
+    path.chmod(0o644)
+    return stated
