@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from include.release.batch import BatchPredictionResult
     from include.release.export import ExportResult
     from include.release.ports import DeploymentResult
+    from include.release.provenance_check import ProvenanceReport
     from include.release.signing import SigningKeys
     from include.release.verify import VerificationResult
 
@@ -208,6 +209,17 @@ def run_export(cm: ConfigurationManager, version: str = "champion", store: Path 
     tracking.configure(cm.config.mlflow)
     return export_to_store(cm.config.mlflow.registered_model_name, version, store or cm.config.model_store,
                            cm.config.signing, activate)
+
+
+def run_verify_provenance(cm: ConfigurationManager, version: str = "champion") -> ProvenanceReport:
+    """Check a registered version's signed provenance statement against MLflow and the artifacts: the bundle in
+    the local model store, or one exported into a temporary store."""
+    from include.ml import tracking
+    from include.release.provenance_check import verify_provenance
+
+    tracking.configure(cm.config.mlflow)
+    return verify_provenance(cm.config.mlflow.registered_model_name, version, cm.config.model_store,
+                             cm.config.signing, cm.config.artifacts_root)
 
 
 def run_predict(cm: ConfigurationManager, input_uri: str | None = None, output_uri: str | None = None,
