@@ -51,7 +51,7 @@ class ProvenanceReport:
 
     def summary(self) -> str:
         wrong = [c.name for c in self.claims if c.status == MISMATCH]
-        verdict = "holds" if self.ok else f"does NOT hold: {', '.join(wrong)} differ"
+        verdict = "holds" if self.ok else f"does NOT hold; mismatched: {', '.join(wrong)}"
         return f"provenance of {self.model_name} version {self.version} {verdict}"
 
     def table(self) -> str:
