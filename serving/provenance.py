@@ -57,27 +57,33 @@ def verify_envelope(data: bytes, trusted: PublicKeys) -> tuple[dict[str, Any], s
         raise ProvenanceError(f"{FILE}: malformed DSSE envelope: {type(exc).__name__}: {exc}") from None
     if payload_type != PAYLOAD_TYPE:
         raise ProvenanceError(f"{FILE}: payload type {payload_type!r} is not {PAYLOAD_TYPE!r}")
-    signed = pae(payload_type, payload)
-    for keyid, signature in signatures:
+    signed, wrong = pae(payload_type, payload), []
+    for keyid, signature in signatures:  # DSSE: any one valid signature by a trusted key
         key = trusted.get(keyid)
         if key is None:
             continue
         try:
             key.verify(signature, signed, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
-            raise ProvenanceError(f"{FILE}: the signature of key {keyid[:16]}... does not match the statement") \
-                from None
-        try:
-            statement = json.loads(payload)
-        except ValueError as exc:
-            raise ProvenanceError(f"{FILE}: the signed payload is not JSON: {exc}") from None
-        if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE \
-                or statement.get("predicateType") != PREDICATE_TYPE:
-            raise ProvenanceError(f"{FILE}: not an in-toto Statement v1 of predicate type {PREDICATE_TYPE}")
-        return statement, keyid
+            wrong.append(keyid)
+            continue
+        return _statement(payload), keyid
+    if wrong:
+        raise ProvenanceError(f"{FILE}: the signature of key {wrong[0][:16]}... does not match the statement")
     raise ProvenanceError(f"{FILE}: not signed by a trusted key (signed by "
                           f"{', '.join(k[:16] + '...' for k, _ in signatures) or 'no key'}; trusted: "
                           f"{', '.join(k[:16] + '...' for k in trusted) or 'none'})")
+
+
+def _statement(payload: bytes) -> dict[str, Any]:
+    try:
+        statement = json.loads(payload)
+    except ValueError as exc:
+        raise ProvenanceError(f"{FILE}: the signed payload is not JSON: {exc}") from None
+    if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE \
+            or statement.get("predicateType") != PREDICATE_TYPE:
+        raise ProvenanceError(f"{FILE}: not an in-toto Statement v1 of predicate type {PREDICATE_TYPE}")
+    return statement
 
 
 def subjects(statement: Mapping[str, Any]) -> dict[str, str]:

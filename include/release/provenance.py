@@ -73,7 +73,7 @@ def write_provenance(bundle: Path, claims: Mapping[str, Any], signer: Signer) ->
     """Sign the statement about `bundle`'s files into <bundle>/provenance.json (call it last, before the
     manifest is written); returns the statement."""
     stated = statement(bundle, claims)
-    payload = json.dumps(stated, indent=2, sort_keys=True).encode()
+    payload = json.dumps(stated, sort_keys=True, separators=(",", ":")).encode()  # compact: KMS signs <= 4 KB raw
     signature = signer.sign(provenance.pae(provenance.PAYLOAD_TYPE, payload))
     path = bundle / provenance.FILE
     path.write_bytes(provenance.envelope(payload, signature, key_id(signer.public_key())))

@@ -49,6 +49,12 @@ def test_a_signed_statement_about_the_bundle_loads_and_is_kept(proven: Path) -> 
     assert {"bundle.json", "model/MLmodel"} <= set(provenance.subjects(statement))
 
 
+def test_the_signed_bytes_are_dsse_v1_pae() -> None:
+    """The DSSE spec's own example (protocol.md): the statement is signed as any DSSE verifier expects."""
+    assert provenance.pae("http://example.com/HelloWorld", b"hello world") == \
+        b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_an_altered_statement_refuses_the_whole_bundle(case: str, proven: Path, tmp_path: Path) -> None:
     bundle = tampered(proven / "1", proven / "2", tmp_path / "store" / "1", case, tmp_path / "attacker.key")
