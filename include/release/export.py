@@ -17,7 +17,7 @@ from typing import Any
 from include.ml.components import card
 from include.ml.entities import SigningConfig
 from include.ml.exceptions import DeploymentError
-from include.release.provenance import predicate, write_provenance
+from include.release.provenance import predicate, sign_or_reuse
 from include.release.signing import Signer, sign_bundle, signer_for, trusted_keys
 from serving import store
 from serving.activation import ActivationError
@@ -101,7 +101,8 @@ def export_bundle(model_name: str, version_or_alias: str, store_dir: Path, signe
         (staged / store.METADATA).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
         _copy_card(client, mv.run_id, staged)
         # Last before the manifest: the statement names every file above, the manifest then covers it too.
-        write_provenance(staged, predicate(model_name, version, run, metadata["registered_at"]), signer)
+        sign_or_reuse(staged, predicate(model_name, version, run, metadata["registered_at"]), signer, trusted,
+                      client, mv.run_id, version)
         store.write_manifest(staged)  # the card too: signed like the model
         sign_bundle(staged, signer)
         load_bundle(staged, trusted)  # exactly what every server will do with it

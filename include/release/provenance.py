@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+import logging
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 from include.ml.training_inputs import recorded_tags
 from include.release.signing import Signer
 from serving import provenance, store
-from serving.signing import key_id
+from serving.signing import PublicKeys, key_id
+
+log = logging.getLogger(__name__)
+ARTIFACT_DIR = "provenance"  # in the training run's artifacts: version-<N>.json, the statement its export signed
 
 # The predicate's parts taken from the run's provenance.* tags (tag without the prefix -> [section, field]).
 FROM_TAGS = {
@@ -44,7 +49,6 @@ def predicate(model_name: str, version: str, run: Any, registered_at: str | None
         "training": {"mlflow_run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
                      **found["training"]},
         "data": found["data"], "validation": found["validation"], "code": found["code"],
-        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
@@ -79,3 +83,32 @@ def write_provenance(bundle: Path, claims: Mapping[str, Any], signer: Signer) ->
     path.write_bytes(provenance.envelope(payload, signature, key_id(signer.public_key())))
     path.chmod(0o644)
     return stated
+
+
+def sign_or_reuse(bundle: Path, claims: Mapping[str, Any], signer: Signer, trusted: PublicKeys, client: Any,
+                  run_id: str, version: str) -> None:
+    """Write <bundle>/provenance.json: the statement an earlier export of this version logged to its training run,
+    when it still says exactly this (same files, same claims) under a trusted signature, else a newly signed one,
+    logged for the next export. ECDSA signatures differ at every signing, and the manifest covers the statement: a
+    re-export (a redeploy, a rollback) must give the same manifest, or servers holding the version refuse it as
+    "a different bundle under the same version name"."""
+    import mlflow
+
+    name = f"version-{version}.json"
+    wanted = statement(bundle, claims)
+    with tempfile.TemporaryDirectory(prefix="provenance-") as scratch:
+        if name in {Path(a.path).name for a in client.list_artifacts(run_id, ARTIFACT_DIR)}:
+            logged = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{ARTIFACT_DIR}/{name}",
+                                                              dst_path=scratch)).read_bytes()
+            try:
+                if provenance.verify_envelope(logged, trusted)[0] == wanted:
+                    (bundle / provenance.FILE).write_bytes(logged)
+                    (bundle / provenance.FILE).chmod(0o644)
+                    return
+                log.info("the statement logged for version %s no longer matches its bundle or run: signing anew",
+                         version)
+            except provenance.ProvenanceError as exc:
+                log.warning("the statement logged for version %s is not usable (%s): signing anew", version, exc)
+        write_provenance(bundle, claims, signer)
+        shutil.copy(bundle / provenance.FILE, Path(scratch) / name)
+        client.log_artifact(run_id, str(Path(scratch) / name), ARTIFACT_DIR)
