@@ -111,4 +111,9 @@ def sign_or_reuse(bundle: Path, claims: Mapping[str, Any], signer: Signer, trust
                 log.warning("the statement logged for version %s is not usable (%s): signing anew", version, exc)
         write_provenance(bundle, claims, signer)
         shutil.copy(bundle / provenance.FILE, Path(scratch) / name)
-        client.log_artifact(run_id, str(Path(scratch) / name), ARTIFACT_DIR)
+        try:
+            client.log_artifact(run_id, str(Path(scratch) / name), ARTIFACT_DIR)
+        except Exception as exc:  # noqa: BLE001 - e.g. a user who may read the run but not write it: export goes on
+            log.warning("could not log the provenance statement of version %s to run %s (%s): a later export of "
+                        "it will sign anew and give a different manifest, which servers holding the version "
+                        "refuse", version, run_id, exc)
