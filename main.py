@@ -9,6 +9,7 @@
     python main.py export [--version champion] [--store DIR] [--activate] # registry -> a bundle in a model store
     python main.py serve                  # the prediction server on the champion, in the foreground
     python main.py keys                   # the bundle-signing keys (made on first use); what servers trust
+    python main.py verify-provenance [--version champion]  # a version's signed provenance vs MLflow and artifacts
     python main.py predict --input in.csv --output out.parquet [--version V] [--on-bad-rows skip]  # score a file
     python main.py monitor --reference train.csv --current live.csv [--json]   # per-feature drift of two files
 
@@ -240,6 +241,25 @@ def keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def verify_provenance_parser() -> argparse.ArgumentParser:
+    parser = _parser("verify-provenance", "Check a registered version's signed provenance statement (the bundle's "
+                                          "provenance.json, served at GET /provenance): its signature, its files "
+                                          "against the signed manifest, and each claim against MLflow (the "
+                                          "version's training run and its provenance.* tags) and the artifacts "
+                                          "(the data snapshot's sha256, if it is still on disk). Prints one line "
+                                          "per claim; exit 1 on any mismatch.")
+    parser.add_argument("--version", default="champion", help="version number or alias (default: champion)")
+    return parser
+
+
+def verify_provenance(args: argparse.Namespace) -> int:
+    from include.ml.configuration import ConfigurationManager
+
+    report = pipeline.run_verify_provenance(ConfigurationManager(args.config_dir), args.version)
+    print(report.table())
+    return 0 if report.ok else 1
+
+
 # --- python main.py predict: score a file -----------------------------------------------------------------------
 
 def predict_parser() -> argparse.ArgumentParser:
@@ -297,7 +317,7 @@ def monitor(args: argparse.Namespace) -> int:
 COMMANDS: dict[str | None, tuple[Callable[[], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
     None: (run_parser, run), "init": (init_parser, init), "export": (export_parser, export),
     "serve": (serve_parser, serve), "keys": (keys_parser, keys), "predict": (predict_parser, predict),
-    "monitor": (monitor_parser, monitor),
+    "monitor": (monitor_parser, monitor), "verify-provenance": (verify_provenance_parser, verify_provenance),
 }
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from include.release.batch import BatchPredictionResult
     from include.release.export import ExportResult
     from include.release.ports import DeploymentResult
+    from include.release.provenance_check import ProvenanceReport
     from include.release.signing import SigningKeys
     from include.release.verify import VerificationResult
 
@@ -120,16 +121,20 @@ def run_tune(cm: ConfigurationManager, run_id: str) -> TuningResult | Skipped:
 
 def run_train(cm: ConfigurationManager, run_id: str) -> TrainingResult:
     """Fit params.yaml's model, or with tuning on, the tune stage's best configuration, on the training split."""
-    from include.ml.components import ingestion, training, transformation, tuning
+    from include.ml import training_inputs
+    from include.ml.components import ingestion, training, transformation, tuning, validation
 
     split = artifacts.read_json(_dir(cm, run_id, "transform") / transformation.RESULT)
     ingested = artifacts.read_json(_dir(cm, run_id, "ingest") / ingestion.RESULT)
+    validated = artifacts.read_json(_dir(cm, run_id, "validate") / validation.RESULT)
     config = cm.training()
     if cm.config.tuning.enabled:
         tuned = tuning.TuningResult(**artifacts.read_json(_dir(cm, run_id, "tune") / tuning.RESULT))
         config = tuned.training_config(config)
+    inputs = training_inputs.gather(artifacts.safe_run_id(run_id), ingested, validated, cm.config.artifacts_root,
+                                    cm.config.project_root)
     return training.train(_read_parquet(split["train_path"]), config, run_id, _dir(cm, run_id, "train"),
-                          dataset_source=ingested["source_uri"])
+                          dataset_source=ingested["source_uri"], inputs=inputs)
 
 
 def run_evaluate(cm: ConfigurationManager, run_id: str, force_promote: bool = False) -> EvaluationResult:
@@ -204,6 +209,17 @@ def run_export(cm: ConfigurationManager, version: str = "champion", store: Path 
     tracking.configure(cm.config.mlflow)
     return export_to_store(cm.config.mlflow.registered_model_name, version, store or cm.config.model_store,
                            cm.config.signing, activate)
+
+
+def run_verify_provenance(cm: ConfigurationManager, version: str = "champion") -> ProvenanceReport:
+    """Check a registered version's signed provenance statement against MLflow and the artifacts: the bundle in
+    the local model store, or one exported into a temporary store."""
+    from include.ml import tracking
+    from include.release.provenance_check import verify_provenance
+
+    tracking.configure(cm.config.mlflow)
+    return verify_provenance(cm.config.mlflow.registered_model_name, version, cm.config.model_store,
+                             cm.config.signing, cm.config.artifacts_root)
 
 
 def run_predict(cm: ConfigurationManager, input_uri: str | None = None, output_uri: str | None = None,

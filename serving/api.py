@@ -147,6 +147,16 @@ def model_card() -> Response:
     return Response(model.card_html, mimetype="text/html", headers=CARD_HEADERS)
 
 
+@bp.get("/provenance")
+def provenance() -> Response:
+    """The served version's signed provenance statement (a DSSE envelope of an in-toto Statement), as exported."""
+    model = service().model()
+    if model.provenance is None:
+        return error_response(404, "no_provenance", f"{model.name} version {model.version} has no provenance "
+                                                    "statement: its bundle was exported before they existed")
+    return Response(model.provenance, mimetype="application/json", headers={"X-Content-Type-Options": "nosniff"})
+
+
 @bp.get("/")
 def index() -> str:
     model = service().holder.current

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
-from serving import store
+from serving import provenance, store
 from serving.contract import Contract
 from serving.engine import ONNX, SKLEARN, Engine, OnnxPredictor, load_predictor, sklearn_predictor
 from serving.inputs import InputError, mlflow_rows, validate
@@ -47,6 +47,7 @@ class LoadedModel:
     loaded_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     self_check_rows: list[dict[str, Any]] = field(default_factory=list)
     card_html: str | None = None  # the bundle's model card, as verified at load; None: the bundle has none
+    provenance: bytes | None = None  # the bundle's provenance.json, verified at load; None: the bundle has none
     engine: Engine = Engine(SKLEARN, "not compiled")
     compiled: OnnxPredictor | None = None  # beside the estimator, which stays untouched
 
@@ -96,6 +97,7 @@ def load_bundle(bundle: Path, trusted: PublicKeys) -> LoadedModel:
         verify_signature(bundle, trusted)
         store.verify_manifest(bundle)
         meta = store.read_metadata(bundle)
+        statement = _provenance(bundle, trusted, meta)  # before any model byte is deserialized
         model_dir = bundle / store.MODEL_DIR
         mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
         contract = Contract.from_mlmodel(mlmodel)
@@ -109,7 +111,8 @@ def load_bundle(bundle: Path, trusted: PublicKeys) -> LoadedModel:
     _single_threaded(estimator)
     model = LoadedModel(bundle.name, str(meta.get("name", "model")), str(meta.get("version", bundle.name)),
                         meta.get("run_id"), meta.get("trained_at"), meta.get("metrics") or {}, contract, estimator,
-                        self_check_rows=self_check_rows(model_dir, mlmodel, contract), card_html=card_html)
+                        self_check_rows=self_check_rows(model_dir, mlmodel, contract), card_html=card_html,
+                        provenance=statement)
     try:
         if model_onnx is None:
             model.engine = Engine(SKLEARN, _not_converted(meta))
@@ -144,6 +147,18 @@ def self_check_rows(model_dir: Path, mlmodel: dict[str, Any], contract: Contract
     """The rows a bundle's model is checked on at load (and its model.onnx at export): the contract's example row
     and the model's signed input example."""
     return [contract.example_row(), *_input_example(model_dir, mlmodel)]
+
+
+def _provenance(bundle: Path, trusted: PublicKeys, meta: dict[str, Any]) -> bytes | None:
+    """provenance.json's bytes once its signature, subjects (against the verified manifest) and model are checked;
+    None for a bundle exported before provenance statements existed."""
+    path = bundle / provenance.FILE
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    provenance.verify(data, trusted, provenance.manifest_digests((bundle / store.MANIFEST).read_bytes()),
+                      str(meta.get("name", "model")), str(meta.get("version", bundle.name)), meta.get("run_id"))
+    return data
 
 
 def _single_threaded(estimator: Any) -> None:

@@ -149,6 +149,17 @@ def openapi_spec(contract: Contract | None, version: str | None, settings: Setti
             "/model-card": {"get": {"summary": "The served model's card: data, metrics, gate decision, intended use",
                                     "responses": {"200": {"description": "HTML page", "content": {"text/html": {
                                         "schema": {"type": "string"}}}}, "404": _ERROR, "503": _ERROR}}},
+            "/provenance": {"get": {
+                "summary": "The served version's signed provenance: a DSSE envelope (payloadType "
+                           "application/vnd.in-toto+json) of an in-toto Statement v1 binding the bundle's files, "
+                           "the training data snapshot's sha256, the validation summary, the MLflow run, the code "
+                           "commit and the sha256 of requirements.txt",
+                "responses": {"200": {"description": "DSSE envelope", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["payloadType", "payload", "signatures"], "properties": {
+                        "payloadType": {"type": "string"}, "payload": {"type": "string", "format": "byte"},
+                        "signatures": {"type": "array", "items": {"type": "object", "properties": {
+                            "keyid": {"type": "string"}, "sig": {"type": "string", "format": "byte"}}}}}}}}},
+                    "404": _ERROR, "503": _ERROR}}},
             "/": {"get": {"summary": "A form to try the model", "responses": {"200": {
                 "description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
         },

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import subprocess
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -36,6 +35,7 @@ from include.ml.entities import (
 )
 from include.ml.exceptions import ConfigError
 from include.ml.models import FAMILIES
+from include.ml.training_inputs import code_commit
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_DIR = PROJECT_ROOT / "include" / "config"
@@ -103,7 +103,7 @@ class ConfigurationManager:
     def training(self) -> TrainingConfig:
         c = self.config
         tags = {f"config.{name}.sha256": digest for name, digest in c.config_hashes.items()}
-        tags["git_sha"] = _git_sha(c.project_root)
+        tags["git_sha"] = code_commit(c.project_root)
         return TrainingConfig(c.schema, c.model, c.mlflow, tags, str(self.config_dir / "schema.yaml"),
                               calibration=c.model.calibration)
 
@@ -336,11 +336,3 @@ def _absolute_uri(uri: str, root: Path) -> str:
     if "://" not in uri:
         return _absolute(uri, root).as_uri()
     return uri
-
-
-def _git_sha(root: Path) -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"

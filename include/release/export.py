@@ -18,6 +18,7 @@ from include.ml.components import card
 from include.ml.entities import SigningConfig
 from include.ml.exceptions import DeploymentError
 from include.release.onnx.bundle import write_model_onnx
+from include.release.provenance import predicate, sign_or_reuse
 from include.release.signing import Signer, sign_bundle, signer_for, trusted_keys
 from serving import store
 from serving.activation import ActivationError
@@ -103,6 +104,9 @@ def export_bundle(model_name: str, version_or_alias: str, store_dir: Path, signe
                     "onnx": write_model_onnx(staged)}  # model.onnx before the manifest: signed like the model
         (staged / store.METADATA).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
         _copy_card(client, mv.run_id, staged)
+        # Last before the manifest: the statement names every file above, the manifest then covers it too.
+        sign_or_reuse(staged, predicate(model_name, version, run, metadata["registered_at"]), signer, trusted,
+                      client, mv.run_id, version)
         store.write_manifest(staged)  # the card too: signed like the model
         sign_bundle(staged, signer)
         load_bundle(staged, trusted)  # exactly what every server will do with it

@@ -43,6 +43,11 @@ def test_export_from_a_real_registry(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert loaded.engine.name == "onnxruntime", loaded.engine.reason
     assert loaded.contract.names == ("a",) and loaded.predict({"a": [5.0]}).values == pytest.approx([10.0])
     assert export_bundle("exported", "1", tmp_path / "store", signer, trusted_keys()) == bundle  # unchanged
+    # Exported again elsewhere (a redeploy, a rollback): the same bytes, its signed provenance statement included,
+    # so a server holding version 1 takes it as the same bundle.
+    again = export_bundle("exported", "1", tmp_path / "other-store", signer, trusted_keys())
+    assert (again / "provenance.json").read_bytes() == (bundle / "provenance.json").read_bytes()
+    assert (again / store.MANIFEST).read_bytes() == (bundle / store.MANIFEST).read_bytes()
     with pytest.raises(store.BundleError, match="no version or alias 'nope'"):
         export_bundle("exported", "nope", tmp_path / "store", signer, trusted_keys())
 

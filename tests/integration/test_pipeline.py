@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import subprocess
+import urllib.request
 from pathlib import Path
 from typing import Callable
 
@@ -11,8 +14,11 @@ import pandas as pd
 import pytest
 
 import main
+from serving import provenance
+from serving.signing import load_public_keys
 from tests.support.network import free_port
 from tests.support.project import REPO, WINE_CSV, outputs_env, run_main
+from tests.support.servers import PredictionServer
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +86,92 @@ def test_single_stages_and_help(first_run: dict) -> None:
     helped = run_main("--help")
     assert helped.returncode == 0
     assert "--stage {ingest,validate,transform,tune,train,evaluate,deploy,verify}" in helped.stdout
+
+
+def test_the_champions_provenance_on_a_real_server_matches_its_snapshot_and_mlflow_run(first_run: dict,
+                                                                                     tmp_path: Path) -> None:
+    import mlflow
+
+    root, env = first_run["root"], first_run["env"]
+    client = mlflow.MlflowClient(env["MLOPS_TRACKING_URI"], registry_uri=env["MLOPS_TRACKING_URI"])
+    champion = client.get_model_version_by_alias("wine-quality", "champion")
+    version = str(champion.version)
+    snapshot = root / "artifacts" / "first" / "ingest" / "data.csv"
+    ingested = json.loads((root / "artifacts" / "first" / "ingest" / "result.json").read_text())
+    validated = json.loads((root / "artifacts" / "first" / "validate" / "result.json").read_text())
+    # The store the pipeline's deploy task filled, served by gunicorn trusting the pipeline's public key.
+    with PredictionServer(root / "models", free_port(), tmp_path / "gunicorn.log", workers=1,
+                          SERVING_PUBLIC_KEY=env["MLOPS_SIGNING_PUBLIC_KEY"]) as server:
+        with urllib.request.urlopen(f"{server.url}/provenance", timeout=10) as response:
+            assert response.headers["Content-Type"] == "application/json"
+            served = response.read()
+    assert served == (root / "models" / version / provenance.FILE).read_bytes()
+    statement, _ = provenance.verify_envelope(served, load_public_keys(Path(env["MLOPS_SIGNING_PUBLIC_KEY"])))
+    claims = statement["predicate"]
+    assert claims["data"]["sha256"] == hashlib.sha256(snapshot.read_bytes()).hexdigest() == ingested["sha256"]
+    assert claims["data"]["snapshot"] == "first/ingest/data.csv"
+    assert claims["model"] == {"name": "wine-quality", "version": version, "run_id": champion.run_id,
+                               "registry_uri": f"models:/wine-quality/{version}",
+                               "registered_at": claims["model"]["registered_at"]}
+    assert claims["training"]["mlflow_run_id"] == champion.run_id and claims["training"]["pipeline_run_id"] == "first"
+    assert claims["validation"] == {"suite": "schema", "evaluated": validated["evaluated"],
+                                    "passed": validated["passed"], "success": True}
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert claims["code"] == {"commit": head or "unknown", "requirements_sha256": hashlib.sha256(
+        (REPO / "requirements.txt").read_bytes()).hexdigest()}
+    tags = client.get_run(champion.run_id).data.tags
+    assert tags["provenance.data.sha256"] == ingested["sha256"]
+    # Every file of the bundle is a subject with its digest; the card links the statement.
+    names = provenance.subjects(statement)
+    assert {"bundle.json", "model/MLmodel", "model_card.html", "model_card.md"} <= set(names)
+    assert "GET /provenance" in (root / "models" / version / "model_card.html").read_text()
+
+    checked = run_main("verify-provenance", "--version", "champion", env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"provenance of wine-quality version {version} holds" in checked.stdout
+    for claim in ("bundle signature", "statement signature", "bundle files", "model.run_id", "data.sha256",
+                  "validation.passed", "code.commit", "requirements.sha256", "data snapshot file"):
+        assert re.search(rf"^  ok +{re.escape(claim)} ", checked.stdout, re.MULTILINE), (claim, checked.stdout)
+    # Not in the local store: exported into a temporary one and checked the same way.
+    elsewhere = run_main("verify-provenance", "--version", version,
+                         env={**env, "MLOPS_MODEL_STORE": str(tmp_path / "empty-store")})
+    assert elsewhere.returncode == 0 and "exported from MLflow into a temporary store" in elsewhere.stdout, \
+        elsewhere.stdout + elsewhere.stderr
+
+
+def test_verify_provenance_names_a_changed_run_tag_and_an_altered_snapshot(first_run: dict) -> None:
+    """A user edits the run's recorded data sha256, or the snapshot file: exit 1, naming the claim. A snapshot
+    no longer on disk is said so, and fails nothing."""
+    import mlflow
+
+    root, env = first_run["root"], first_run["env"]
+    client = mlflow.MlflowClient(env["MLOPS_TRACKING_URI"], registry_uri=env["MLOPS_TRACKING_URI"])
+    run_id = client.get_model_version_by_alias("wine-quality", "champion").run_id
+    recorded = client.get_run(run_id).data.tags["provenance.data.sha256"]
+    client.set_tag(run_id, "provenance.data.sha256", "0" * 64)
+    try:
+        edited = run_main("verify-provenance", env=env)
+    finally:
+        client.set_tag(run_id, "provenance.data.sha256", recorded)
+    assert edited.returncode == 1, edited.stdout + edited.stderr
+    assert "does NOT hold; mismatched: data.sha256" in edited.stdout
+    assert re.search(rf"^  MISMATCH +data.sha256 +the statement says '{recorded}', MLflow run tag "
+                     rf"provenance.data.sha256 says '{'0' * 64}'", edited.stdout, re.MULTILINE), edited.stdout
+
+    snapshot = root / "artifacts" / "first" / "ingest" / "data.csv"
+    original = snapshot.read_bytes()
+    try:
+        snapshot.write_bytes(original.replace(b";5\n", b";8\n", 1))  # one wine's quality changed
+        altered = run_main("verify-provenance", env=env)
+        snapshot.unlink()
+        gone = run_main("verify-provenance", env=env)
+    finally:
+        snapshot.write_bytes(original)
+    assert altered.returncode == 1, altered.stdout + altered.stderr
+    assert "does NOT hold; mismatched: data snapshot file" in altered.stdout
+    assert re.search(r"^  MISMATCH +data snapshot file ", altered.stdout, re.MULTILINE), altered.stdout
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert re.search(r"^  not on disk +data snapshot file ", gone.stdout, re.MULTILINE), gone.stdout
 
 
 def bad_csv(change: Callable[[pd.DataFrame], pd.DataFrame]) -> Callable[[Path], bytes]:

@@ -90,6 +90,15 @@ def test_card_names_the_model_its_data_metrics_gate_and_importance(facts: model_
     assert 'alt="Residuals (test set)"' in card.html
 
 
+def test_the_card_links_the_provenance_statement_and_says_how_to_verify_it(facts: model_card.CardFacts) -> None:
+    card = model_card.build(facts, FILLED)
+    for text in (card.markdown, _text(card.html)):
+        assert "served at GET /provenance" in text.replace("`", "")
+        assert "python main.py verify-provenance --version 7" in text.replace("`", "")
+    # Relative: the card is served at /model-card, so the link reaches /provenance on the same server and prefix.
+    assert '<a href="provenance"><code>GET /provenance</code></a>' in card.html
+
+
 def test_description_is_the_short_form(facts: model_card.CardFacts) -> None:
     description = model_card.build(facts, FILLED).description
     lines = description.splitlines()

@@ -16,6 +16,7 @@ from include.ml.entities import SchemaConfig, TrainingConfig
 from include.ml.exceptions import TrainingError
 from include.ml.models import CALIBRATION_SKOPS_TYPES, FAMILIES
 from include.ml.preprocessing import PREPROCESSING_SKOPS_TYPES, build_preprocessor, check_memory, native_columns
+from include.ml.training_inputs import TrainingInputs
 from serving.trust import ALLOWED_SKOPS_TYPES
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,9 @@ def split_xy(frame: pd.DataFrame, schema: SchemaConfig) -> tuple[pd.DataFrame, p
 
 
 def train(train_frame: pd.DataFrame, config: TrainingConfig, run_id: str, output_dir: Path,
-          dataset_source: str) -> TrainingResult:
+          dataset_source: str, inputs: TrainingInputs | None = None) -> TrainingResult:
+    """Fit and log the model; `inputs` (what it was trained from: snapshot, GX summary, commit, requirements) are
+    recorded as the run's provenance.* tags, which export signs into the bundle's provenance statement."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -158,6 +161,8 @@ def train(train_frame: pd.DataFrame, config: TrainingConfig, run_id: str, output
         mlflow.log_params({"family": config.model.family, "random_state": config.model.random_state,
                            "train_rows": len(x), "calibration": config.calibration,
                            **{f"model.{k}": v for k, v in model.get_params().items()}})
+        if inputs is not None:
+            mlflow.set_tags(inputs.tags())
         mlflow.log_input(training_dataset(train_frame, dataset_source), context="training")
         started = time.perf_counter()
         try:
