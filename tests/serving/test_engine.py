@@ -248,6 +248,8 @@ def test_every_column_type_is_served_by_onnx_runtime_with_sklearn_answers(family
     predictor, chosen = conversion.compile_predictor(pipeline, contract, typed.as_records(typed.requests(task, 5, 1)),
                                                  reference)
     assert chosen == engine.Engine(engine.ONNX), chosen.reason
+    # The same model converts to the same bytes: a version exported again is the bundle its servers already hold.
+    assert conversion.convert(pipeline, contract) == conversion.convert(pipeline, contract)
     frame = typed.requests(task, 300, seed=2)
     rows = typed.as_records(frame)
     odd = [{"dest": 7}, {"dest": "never seen"}, {"tailnum": 12.5}, {"carrier": None, "sched": None},

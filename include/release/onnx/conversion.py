@@ -80,6 +80,9 @@ def convert(estimator: Any, contract: Contract) -> bytes:
               for f in contract.features]
     onx = to_onnx(estimator, inputs, classifier=contract.task == "classification")
     _one_numeric_input(onx.graph, sum(double_input(f) for f in contract.features))
+    # skl2onnx names the graph with a random uuid: a fixed name makes the same model convert to the same bytes,
+    # so exporting a version again (a redeploy, a rollback) gives the bundle its servers already hold.
+    onx.graph.name = "model"
     return onx.SerializeToString()
 
 
