@@ -26,6 +26,10 @@ accesslog = _settings.access_log or None
 logger_class = "serving.access_log.AccessLogger"  # gunicorn's lines, cheaper to build (serving/access_log.py)
 loglevel = _settings.log_level
 proc_name = "prediction-server"
+# No control socket (gunicorn 25.1+ opens one by default at $XDG_RUNTIME_DIR/gunicorn.ctl or ~/.gunicorn/gunicorn.ctl:
+# one path for every gunicorn a user runs, so a second server on the host would take over the first one's). The
+# server is driven by signals and its unit; `gunicornc` is not needed.
+control_socket_disable = True
 
 # One OpenMP (and OpenBLAS) thread per worker: parallelism comes from the workers and micro-batching.
 # Otherwise every HistGradientBoosting predict starts a team of threads that wait on each other
