@@ -10,6 +10,7 @@ import queue
 import shutil
 import tempfile
 
+from serving import request_heads
 from serving import workers as workers_mod
 from serving.settings import Settings
 
@@ -18,7 +19,10 @@ wsgi_app = "serving.app:create_app()"
 bind = _settings.bind
 workers = _settings.workers
 threads = _settings.threads
-worker_class = "serving.workers.BalancedThreadWorker"  # gthread, new connections spread evenly (serving/workers.py)
+# gthread, new connections spread evenly (serving/workers.py), request heads read without a thread: a slow client
+# holds none, and is dropped (408) after SERVING_HEAD_TIMEOUT seconds (serving/request_heads.py).
+worker_class = "serving.workers.BalancedThreadWorker"
+request_heads.configure(_settings.head_timeout)
 timeout = _settings.timeout
 graceful_timeout = _settings.graceful_timeout
 keepalive = _settings.keepalive
