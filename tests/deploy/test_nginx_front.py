@@ -515,7 +515,8 @@ def test_slowloris_straight_at_our_gunicorn_leaves_health_fast(server: Predictio
 
 def test_a_slow_head_is_answered_408_after_the_head_timeout(model_store: Path, tmp_path: Path) -> None:
     """The bound itself, on a server with SERVING_HEAD_TIMEOUT=2: a head still incomplete after 2 s gets 408 and is
-    closed; a head sent whole, slowly but within the time, is served."""
+    closed, on a new connection and on a kept-alive one; a head sent whole, slowly but within the time, is served;
+    a head over 32 KiB gets 431."""
     store = copy_store(model_store, tmp_path / "store")
     with PredictionServer(store, free_ports(1)[0], tmp_path / "gunicorn.log", SERVING_HEAD_TIMEOUT="2") as running:
         slow = socket.create_connection(("127.0.0.1", running.port), timeout=10)
@@ -533,6 +534,22 @@ def test_a_slow_head_is_answered_408_after_the_head_timeout(model_store: Path, t
             time.sleep(0.3)
         assert steady.recv(4096).startswith(b"HTTP/1.1 200")
         steady.close()
+        # The next request of a keep-alive connection passes the same gate: a whole first request is answered,
+        # a second one left unfinished gets 408 after the timeout, as a new connection's would.
+        kept = socket.create_connection(("127.0.0.1", running.port), timeout=10)
+        kept.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = kept.recv(4096)
+        assert first.startswith(b"HTTP/1.1 200") and first.rstrip().endswith(b"}"), first
+        started = time.monotonic()
+        kept.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        second = kept.recv(4096)
+        assert second.startswith(b"HTTP/1.1 408") and 1.5 <= time.monotonic() - started <= 4.0, second
+        kept.close()
+        # A head larger than 32 KiB is refused at once (431), not read on.
+        large = socket.create_connection(("127.0.0.1", running.port), timeout=10)
+        large.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000)
+        assert large.recv(4096).startswith(b"HTTP/1.1 431")
+        large.close()
 
 
 def test_slowloris_straight_at_plain_gthread_starves_health(model_store: Path, tmp_path: Path) -> None:
