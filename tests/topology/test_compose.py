@@ -458,7 +458,8 @@ def test_the_prediction_server_is_published_through_nginx_with_the_ec2_site(comp
            f"prediction-server:{server_port}" in script
     assert [p.rsplit(":", 1)[1].split("/")[0] for p in front["ports"]] == ["8000"]
     assert front["depends_on"] == {"prediction-server": {"condition": "service_healthy"}}
-    assert "http://127.0.0.1:8000/health" in " ".join(front["healthcheck"]["test"])
+    assert "/dev/tcp/127.0.0.1/8000" in front["healthcheck"]["test"][-1] and "GET /health " in \
+        front["healthcheck"]["test"][-1]
 
 
 def test_deploy_task_reaches_the_prediction_server(compose: dict[str, Any]) -> None:
