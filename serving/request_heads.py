@@ -41,9 +41,10 @@ def configure(head_timeout: float) -> None:
     HEAD_TIMEOUT_S = head_timeout
 
 
-def head_complete(buffer: bytes) -> bool:
-    """The head's terminating blank line is in `buffer` (empty lines before a request line do not count)."""
-    start = len(buffer) - len(buffer.lstrip(b"\r\n"))
+def head_complete(buffer: bytes | bytearray, since: int = 0) -> bool:
+    """The head's terminating blank line is in `buffer`, looking from a little before `since` (what was already
+    searched) on; empty lines before a request line do not count."""
+    start = max(len(buffer) - len(buffer.lstrip(b"\r\n")), since - 3)
     return buffer.find(b"\r\n\r\n", start) != -1 or buffer.find(b"\n\n", start) != -1
 
 
@@ -67,7 +68,7 @@ class HeadGate:
         if not self._gated(conn):
             super().enqueue_req(conn)  # type: ignore[misc]
             return
-        conn.head, conn.head_waiting = b"", False
+        conn.head, conn.head_waiting = bytearray(), False
         conn.head_deadline = time.monotonic() + HEAD_TIMEOUT_S
         self._read_head(conn)
         if conn.head is not None:  # still coming: the loop watches the socket
@@ -91,8 +92,9 @@ class HeadGate:
             if not chunk:  # the client closed (or reset) before its head was complete
                 self._drop(conn, b"")
                 return
-            conn.head += chunk
-            if head_complete(conn.head):
+            searched = len(conn.head)
+            conn.head += chunk  # a bytearray: grows in place, and only the new bytes are searched
+            if head_complete(conn.head, searched):
                 self._to_thread(conn)
                 return
             if len(conn.head) > MAX_HEAD_BYTES:
@@ -100,7 +102,7 @@ class HeadGate:
                 return
 
     def _leave_gate(self, conn: Any) -> bytes:
-        head, conn.head = conn.head, None
+        head, conn.head = bytes(conn.head), None
         if conn.head_waiting:
             conn.head_waiting = False
             self.waiting_heads.remove(conn)
