@@ -29,13 +29,13 @@ tools: ## install the missing TEST_TOOLS from apt (root or sudo)
 	  echo "could not install $$missing: the tests that need them skip, and fail under CI=true"; \
 	fi
 
-up: $(STAMP) ## start Airflow (api-server :8080, scheduler, dag-processor, triggerer) and MLflow UI (:5000)
+up: $(STAMP) ## start Airflow (api-server :8080, scheduler, dag-processor, triggerer), MLflow UI (:5000) and the prediction server, on loopback only
 	scripts/airflow_stack.sh up
 
 down: ## stop exactly what `make up` started
 	scripts/airflow_stack.sh down
 
-serve: $(STAMP) ## prediction server on the champion, in the foreground (make run first); CONFIG_DIR=examples/<name>
+serve: $(STAMP) ## prediction server on the champion, on loopback, in the foreground (make run first); CONFIG_DIR=examples/<name>
 	$(BIN)/python main.py serve $(if $(CONFIG_DIR),--config-dir $(CONFIG_DIR))
 
 keys: $(STAMP) ## the bundle-signing key pair in keys/ (made on first use by run/up/serve too); prints the public key

@@ -203,9 +203,12 @@ def export(args: argparse.Namespace) -> int:
 
 def serve_parser() -> argparse.ArgumentParser:
     parser = _parser("serve", "Export the champion into the config's model store, make it current and run the "
-                              "prediction server on it in the foreground (gunicorn; Ctrl-C stops it).")
+                              "prediction server on it in the foreground (gunicorn; Ctrl-C stops it). For this "
+                              "machine: it binds loopback, with no nginx in front; to serve a network, put nginx in "
+                              "front (serving/deploy/nginx-prediction-server.conf; docs/serving.md).")
     parser.add_argument("--version", default="champion", help="version number or alias (default: champion)")
-    parser.add_argument("--bind", help="host:port (default: from deployment.local.server_url)")
+    parser.add_argument("--bind", help="host:port (default: from deployment.local.server_url, loopback); an address "
+                                       "beyond loopback only behind nginx")
     return parser
 
 

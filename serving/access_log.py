@@ -18,6 +18,18 @@ from gunicorn.glogging import Logger
 
 _FIELD = re.compile(r"%\(([^)]*)\)")
 _Atom = Callable[[Logger, Any, Any, dict, Any], Any]  # (logger, resp, req, environ, request_time) -> value
+# Control characters (C0, DEL, C1: WSGI strings are bytes read as latin-1) from the request line or a header would
+# reach the log raw: a CR or LF forges a line, an ESC drives the terminal that shows the log. They are written as
+# \xNN, as nginx does. Lines without any are gunicorn's own, byte for byte.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _escape(value: str) -> str:
+    value = value.replace('"', '\\"')  # gunicorn's own escaping
+    if _CONTROL.search(value) is None:
+        return value
+    return _CONTROL.sub(lambda m: "\\x%02x" % ord(m.group()), value)
+
 
 # gunicorn's fixed atoms (glogging.Logger.atoms), one function each.
 FIXED: dict[str, _Atom] = {
@@ -86,7 +98,7 @@ class AccessLogger(Logger):
             values = {}
             for key, atom in self._fields:
                 value = atom(self, resp, req, environ, request_time)
-                values[key] = value.replace('"', '\\"') if isinstance(value, str) else value
+                values[key] = _escape(value) if isinstance(value, str) else value
             self.access_log.info("%s", fmt % values)
         except Exception:  # noqa: BLE001 - as gunicorn: a bad format or value costs the line, never the request
             self.error(traceback.format_exc())

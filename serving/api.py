@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 from typing import Any
 
@@ -13,9 +14,10 @@ from serving.inputs import InputError, csv_rows, mlflow_json, parse_json
 from serving.limits import Limits
 from serving.model import LoadedModel
 from serving.openapi import openapi_spec
-from serving.responses import error_response, json_response
+from serving.responses import error_response, json_response, public_text
 from serving.service import Service
 
+log = logging.getLogger(__name__)
 bp = Blueprint("serving", __name__)
 PROTECTED = {"serving.invocations", "serving.predict"}
 
@@ -104,12 +106,13 @@ def ready() -> Response:
     svc = service()
     model = svc.holder.current
     if model is None:
-        return error_response(503, "model_not_ready", "no model loaded", [svc.holder.refused] if svc.holder.refused
-                              else [], headers={"Retry-After": "5"})
+        return error_response(503, "model_not_ready", "no model loaded", [_public_refusal(svc.holder.refused)]
+                              if svc.holder.refused else [], headers={"Retry-After": "5"})
     try:
         model.self_check()
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
-        return error_response(503, "self_check_failed", f"the model failed its self-check: {exc}")
+        log.error("model %s failed its self-check: %s", model.version, exc)
+        return error_response(503, "self_check_failed", public_text(f"the model failed its self-check: {exc}"))
     return json_response({"status": "ready", "version": model.version})
 
 
@@ -117,7 +120,12 @@ def ready() -> Response:
 def version() -> Response:
     svc = service()
     model = svc.model()
-    return json_response({**model.describe(), "refused": svc.holder.refused, "pid": os.getpid()})
+    return json_response({**model.describe(), "refused": _public_refusal(svc.holder.refused), "pid": os.getpid()})
+
+
+def _public_refusal(refused: dict[str, str] | None) -> dict[str, str] | None:
+    """The last refused version and why, with no path of this host (the server log has the whole message)."""
+    return None if refused is None else {key: public_text(value) for key, value in refused.items()}
 
 
 @bp.get("/metrics")
@@ -132,19 +140,13 @@ def openapi() -> Response:
                                       service().settings))
 
 
-# The card is static HTML built from config and data: no script, only its inline styles and data: images.
-CARD_HEADERS = {"Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
-                                           "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-                "X-Content-Type-Options": "nosniff"}
-
-
 @bp.get("/model-card")
 def model_card() -> Response:
     model = service().model()
     if model.card_html is None:
         return error_response(404, "no_model_card", f"{model.name} version {model.version} has no model card: its "
                                                     "bundle was exported before model cards existed")
-    return Response(model.card_html, mimetype="text/html", headers=CARD_HEADERS)
+    return Response(model.card_html, mimetype="text/html")  # sandboxed by its CSP (serving/headers.py)
 
 
 @bp.get("/provenance")

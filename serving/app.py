@@ -9,6 +9,7 @@ from typing import Any, Mapping
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
+from serving import headers
 from serving.api import bp
 from serving.batching import MicroBatcher
 from serving.capture import CaptureWriter, request_id
@@ -57,6 +58,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     _register_request_id(app)
     _register_error_handlers(app)
     _register_metrics_hooks(app, metrics)
+    headers.register(app)
     return app
 
 

@@ -35,7 +35,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import msgspec
 import numpy as np
@@ -92,6 +92,7 @@ class _Request:
 @dataclass
 class _OpenFile:
     part: Path
+    raw: BinaryIO  # the file itself (0600); `stream` compresses into it
     stream: gzip.GzipFile
     opened: float
     size: int = 0  # uncompressed bytes written
@@ -119,7 +120,7 @@ class CaptureWriter:
         self._pending = 0  # rows queued, not yet written
         self._closed = False
         self._rows_since_check, self._checked_at = 0, 0.0
-        directory.mkdir(parents=True, exist_ok=True)
+        _private_dirs(directory)
         self.enabled = True
         self._check_disk()  # reports a stop itself
         if self.enabled:
@@ -230,10 +231,11 @@ class CaptureWriter:
 
     def _open(self, model_name: str, date: str) -> _OpenFile:
         folder = self.directory / _safe_name(model_name) / date
-        folder.mkdir(parents=True, exist_ok=True)
+        _private_dirs(folder)
         self._seq += 1
         part = folder / f"{self._prefix}-{self._seq:06d}{SUFFIX}{PART}"
-        handle = _OpenFile(part, gzip.GzipFile(part, "wb", compresslevel=6), time.monotonic())
+        raw = _private_file(part)
+        handle = _OpenFile(part, raw, gzip.GzipFile(str(part), "wb", compresslevel=6, fileobj=raw), time.monotonic())
         self._files[(model_name, date)] = handle
         return handle
 
@@ -244,6 +246,7 @@ class CaptureWriter:
             return
         try:
             handle.stream.close()
+            handle.raw.close()
             os.replace(handle.part, handle.part.with_name(handle.part.name.removesuffix(PART)))
         except OSError as exc:
             log.error("capture: cannot close %s: %s", handle.part, exc)
@@ -289,6 +292,29 @@ def _plain(column: np.ndarray) -> list[Any]:
     fraction = ~np.isnat(column) & (column.astype("datetime64[ns]").astype(np.int64) % 1_000_000_000 != 0)
     text = np.datetime_as_string(column, unit="us" if fraction.any() else "s").tolist()
     return [None if t == "NaT" else t for t in text]
+
+
+def _private_dirs(path: Path) -> None:
+    """`path` and each missing parent created 0700, whatever the umask: rows of requests are readable by the server's
+    user only (and the monitor's, which runs as the same user: docs/serving.md)."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:  # another worker made it first
+            continue
+        os.chmod(folder, 0o700)  # mkdir's mode is masked by the umask; chmod's is not
+
+
+def _private_file(path: Path) -> BinaryIO:
+    """A new file, 0600 from its creation on (os.open's mode can only lose bits to the umask, never gain them)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        return open(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _safe_name(name: str) -> str:

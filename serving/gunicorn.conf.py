@@ -10,6 +10,7 @@ import queue
 import shutil
 import tempfile
 
+from serving import request_heads
 from serving import workers as workers_mod
 from serving.settings import Settings
 
@@ -18,7 +19,10 @@ wsgi_app = "serving.app:create_app()"
 bind = _settings.bind
 workers = _settings.workers
 threads = _settings.threads
-worker_class = "serving.workers.BalancedThreadWorker"  # gthread, new connections spread evenly (serving/workers.py)
+# gthread, new connections spread evenly (serving/workers.py), request heads read without a thread: a slow client
+# holds none, and is dropped (408) after SERVING_HEAD_TIMEOUT seconds (serving/request_heads.py).
+worker_class = "serving.workers.BalancedThreadWorker"
+request_heads.configure(_settings.head_timeout)
 timeout = _settings.timeout
 graceful_timeout = _settings.graceful_timeout
 keepalive = _settings.keepalive
@@ -26,6 +30,10 @@ accesslog = _settings.access_log or None
 logger_class = "serving.access_log.AccessLogger"  # gunicorn's lines, cheaper to build (serving/access_log.py)
 loglevel = _settings.log_level
 proc_name = "prediction-server"
+# No control socket (gunicorn 25.1+ opens one by default at $XDG_RUNTIME_DIR/gunicorn.ctl or ~/.gunicorn/gunicorn.ctl:
+# one path for every gunicorn a user runs, so a second server on the host would take over the first one's). The
+# server is driven by signals and its unit; `gunicornc` is not needed.
+control_socket_disable = True
 
 # One OpenMP (and OpenBLAS) thread per worker: parallelism comes from the workers and micro-batching.
 # Otherwise every HistGradientBoosting predict starts a team of threads that wait on each other

@@ -53,6 +53,9 @@ class Settings:
     timeout: int = 30
     graceful_timeout: int = 30
     keepalive: int = 5
+    # Seconds a client has to send a whole request head (line and headers) before it is answered 408 and closed;
+    # until then it holds no thread (serving/request_heads.py). nginx's client_header_timeout, for where no nginx is.
+    head_timeout: float = 10.0
     access_log: str = "-"  # "-": stdout; a file path; "": off
     log_level: str = "info"
 
@@ -77,6 +80,8 @@ class Settings:
                 raise SettingsError(f"SERVING_{name.upper()} must be at least 1, got {getattr(self, name)}")
         if self.max_columns < 0 or self.max_values < 0:
             raise SettingsError("SERVING_MAX_COLUMNS and SERVING_MAX_VALUES cannot be negative (0: from the model)")
+        if not self.head_timeout > 0:
+            raise SettingsError(f"SERVING_HEAD_TIMEOUT must be positive, got {self.head_timeout}")
         if self.batch_max_wait_ms < 0 or self.poll_seconds < 0:
             raise SettingsError("SERVING_BATCH_MAX_WAIT_MS and SERVING_POLL_SECONDS cannot be negative")
         if not 0.0 <= self.capture_sample <= 1.0:

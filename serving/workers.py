@@ -18,6 +18,8 @@ from typing import Any
 
 from gunicorn.workers.gthread import ThreadWorker
 
+from serving.request_heads import HeadGate
+
 SLOTS = 64  # workers at once, old ones finishing during a reload included; beyond that a worker is not balanced
 GONE = -1
 RECHECK_S = 0.002  # how often a worker whose accepts balancing holds off looks again
@@ -47,8 +49,9 @@ def _publish(slot: int | None, value: int) -> None:
         _counts[slot] = value
 
 
-class BalancedThreadWorker(ThreadWorker):
-    """ThreadWorker whose connection cap is, at any moment, what the least loaded worker holds."""
+class BalancedThreadWorker(HeadGate, ThreadWorker):
+    """ThreadWorker whose connection cap is, at any moment, what the least loaded worker holds; and whose threads
+    get a connection only with its request head read (serving/request_heads.py)."""
 
     slot: int | None = None
     _running = False

@@ -162,6 +162,8 @@ def test_nginx_front_limits_match_the_server() -> None:
     assert int(size[0]) * {"": 1, "k": 1024, "m": 1024 ** 2}[size[1]] == server.max_body_bytes
     for name in ("client_header_timeout", "client_body_timeout", "send_timeout"):
         assert 0 < _seconds(conf[name][0]) <= 15, name
+    # Where no nginx is, gunicorn drops a slow request head after the same time (serving/request_heads.py).
+    assert _seconds(conf["client_header_timeout"][0]) == server.head_timeout
     upstream_idle, client_idle = (_seconds(v) for v in conf["keepalive_timeout"])  # upstream {} first
     assert client_idle > 60  # above an ALB's idle timeout
     assert upstream_idle < server.keepalive  # nginx drops idle upstream connections before gunicorn does

@@ -1,12 +1,17 @@
-"""nginx in front of the prediction server, as an EC2 host runs it: a real nginx (the distribution's package, as a
-non-root process with a test-local prefix) on the site serving/deploy/user-data.sh renders from
-serving/deploy/nginx-prediction-server.conf, proxying to a real gunicorn prediction server on loopback.
+"""nginx in front of the prediction server, as an EC2 host and the compose file run it: a real nginx (the
+distribution's package, as a non-root process with a test-local prefix) on the site serving/deploy/user-data.sh renders
+from serving/deploy/nginx-prediction-server.conf, proxying to a real gunicorn prediction server on loopback.
 
-- `nginx -t` accepts every rendering (plain, TLS with its redirect, behind a load balancer), and refuses a broken one.
+- `nginx -t` accepts every rendering (plain, TLS with its redirect, behind a load balancer, the compose service's),
+  and refuses a broken one.
 - Through the front: the API answers, bodies above the server's limit stop at nginx (413), TLS and the redirect work.
-- Slowloris (100 connections each sending one more header byte every 2 s, reopened when dropped): through nginx,
-  every /health probe (one every 200 ms for 20 s) answers within 100 ms; the same attack straight at gunicorn
-  makes /health time out, so the defence is nginx's, not the harness's.
+- Slowloris (100 connections each sending one more header byte every 2 s, reopened when dropped): through nginx as
+  EC2 renders it, and through nginx as the compose service renders it (its own command, run here), every /health
+  probe (one every 200 ms for 20 s) answers within 100 ms.
+- The same attack straight at gunicorn with serving/gunicorn.conf.py (no nginx: `make up`, `main.py serve`): every
+  probe answers within 100 ms too, and the slow clients are dropped after SERVING_HEAD_TIMEOUT (serving/
+  request_heads.py). The control: straight at gunicorn's own gthread worker, /health times out, so the defences are
+  nginx's and the worker's, not the harness's.
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import yaml
 
 from serving import store as store_mod
 from tests.support.assets import NGINX_TEMPLATE, USER_DATA
 from tests.support.bundles import GOOD_ROW, copy_store, make_bundle
 from tests.support.network import free_ports
+from tests.support.project import REPO
 from tests.support.servers import PredictionServer
 
 pytestmark = pytest.mark.integration
@@ -195,6 +202,53 @@ class NginxFront:
                          for name in ("stderr.log", "error.log") if (self.prefix / name).exists())
 
 
+COMPOSE_SERVICE = "prediction-front"
+
+
+def compose_front_script(listen: str, backend: str, site: Path) -> str:
+    """The compose service's own command (docker-compose.yaml, prediction-front), with its container paths replaced
+    by the files it mounts from this repository, and its addresses by the test's: the rendering, not a copy of it."""
+    service = yaml.safe_load((REPO / "docker-compose.yaml").read_text())["services"][COMPOSE_SERVICE]
+    mounted = {}
+    for volume in service["volumes"]:
+        source, target, mode = volume.split(":")
+        assert mode == "ro", volume
+        mounted[target] = (REPO / source).resolve()
+    # The EC2 files themselves, mounted: not a fork of the template.
+    assert sorted(mounted.values()) == sorted([NGINX_TEMPLATE.resolve(), USER_DATA.resolve()]), mounted
+    command = service["command"]
+    assert command[:2] == ["bash", "-c"], command
+    script = command[2]
+    replacements = {**{target: str(path) for target, path in mounted.items()},
+                    "/etc/nginx/conf.d/default.conf": str(site),
+                    " 8000 prediction-server:8000": f" {listen} {backend}",
+                    "exec nginx -g 'daemon off;'": ""}  # NginxFront starts nginx itself
+    for old, new in replacements.items():
+        assert script.count(old) == 1, (old, script)
+        script = script.replace(old, new)
+    published = service["ports"]
+    assert published == ["${PUBLISH_HOST:-127.0.0.1}:${SERVING_PORT:-8000}:8000"], published
+    return script
+
+
+class ComposeFront(NginxFront):
+    """nginx on the site the compose service writes, by running that service's command."""
+
+    def configure(self) -> Path:
+        for name in ("conf.d", "tmp"):
+            (self.prefix / name).mkdir(exist_ok=True)
+        site = self.prefix / "conf.d" / "prediction-server.conf"
+        script = compose_front_script(f"127.0.0.1:{self.port}", self.backend, site)
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        conf = self.prefix / "nginx.conf"
+        conf.write_text(MAIN_CONF.format(prefix=self.prefix))
+        if os.geteuid() == 0:
+            for path in [self.prefix, *self.prefix.rglob("*")]:
+                os.chown(path, NOBODY, NOBODY)
+        return conf
+
+
 def probe(port: int, path: str = "/health", timeout: float = PROBE_TIMEOUT, tls: bool = False) -> float | None:
     """Seconds for one GET on a new connection (as a load balancer's health check makes it); None if it failed,
     answered other than 200, or took longer than `timeout`."""
@@ -344,6 +398,19 @@ def test_nginx_accepts_the_site_user_data_writes(settings: dict[str, str]) -> No
         shutil.rmtree(front.prefix, ignore_errors=True)
 
 
+def test_nginx_accepts_the_site_the_compose_service_writes() -> None:
+    front = ComposeFront(free_ports(1)[0])
+    try:
+        front.configure()
+        done = front.test_config()
+        assert done.returncode == 0 and "test is successful" in done.stderr, done.stderr
+        site = (front.prefix / "conf.d" / "prediction-server.conf").read_text()
+        assert f"listen 127.0.0.1:{front.port};" in site and f"server {front.backend};" in site
+        assert "client_header_timeout 10s;" in site and "ssl" not in site.replace("ssl_", "")
+    finally:
+        shutil.rmtree(front.prefix, ignore_errors=True)
+
+
 def test_nginx_t_refuses_a_broken_site() -> None:
     """The check above can fail: one directive nginx does not know is reported."""
     front = NginxFront(free_ports(1)[0])
@@ -410,20 +477,98 @@ def test_slowloris_through_nginx_leaves_health_fast(server: PredictionServer) ->
     assert measured["failed"] == 0 and measured["over_100ms"] == 0, measured
 
 
-def test_slowloris_straight_at_gunicorn_starves_health(server: PredictionServer) -> None:
-    """The control: the same attack without the front. gunicorn's gthread workers give a thread to each
-    connection until its request is read, so 100 slow clients hold all 32 threads and /health waits.
-    Measured rather than exact (a probe may slip in while a thread is between connections): at least half of the
-    probes fail or take over 100 ms; on a 2-core machine every one of them timed out."""
+def test_slowloris_through_the_compose_front_leaves_health_fast(server: PredictionServer) -> None:
+    """The compose topology's front (prediction-front), rendered by its own command, under the same attack."""
+    with ComposeFront(server.port) as front:
+        before = probe_for(front.port, 1.0)
+        with SlowClients(front.port) as attack:
+            during = probe_for(front.port, ATTACK_SECONDS)
+        measured = summary(during)
+        print(f"\nslowloris through the compose front: {ATTACKERS} slow connections for {ATTACK_SECONDS:.0f}s, "
+              f"{attack.opened} opened, {attack.dropped} dropped by nginx, {attack.bytes} bytes sent; "
+              f"/health before: {summary(before)}, during: {measured}")
+    assert all(r is not None for r in before)
+    assert attack.opened >= ATTACKERS and attack.bytes > ATTACKERS * ATTACK_SECONDS / 2 * 0.8  # the attack ran
+    assert attack.dropped >= ATTACKERS / 2, attack.dropped
+    assert measured["probes"] >= ATTACK_SECONDS / PROBE_EVERY * 0.8
+    assert measured["failed"] == 0 and measured["over_100ms"] == 0, measured
+
+
+def test_slowloris_straight_at_our_gunicorn_leaves_health_fast(server: PredictionServer) -> None:
+    """No nginx (`make up`, `main.py serve`, a compose client on the compose network): serving/gunicorn.conf.py's
+    worker reads request heads in its event loop, so the slow clients hold no thread; each is answered 408 and
+    dropped once SERVING_HEAD_TIMEOUT (10 s) has passed without a whole head."""
     before = probe_for(server.port, 1.0)
     with SlowClients(server.port) as attack:
-        during = probe_for(server.port, CONTROL_SECONDS)
+        during = probe_for(server.port, ATTACK_SECONDS)
     measured = summary(during)
-    after_attack = time.monotonic()
-    while probe(server.port) is None and time.monotonic() - after_attack < 30:
-        time.sleep(0.2)
-    recovered = time.monotonic() - after_attack
-    print(f"\nslowloris straight at gunicorn: {ATTACKERS} slow connections for {CONTROL_SECONDS:.0f}s, "
+    print(f"\nslowloris straight at gunicorn (serving/gunicorn.conf.py): {ATTACKERS} slow connections for "
+          f"{ATTACK_SECONDS:.0f}s, {attack.opened} opened, {attack.dropped} dropped by gunicorn; "
+          f"/health before: {summary(before)}, during: {measured}")
+    assert all(r is not None for r in before)
+    assert attack.opened >= ATTACKERS and attack.bytes > ATTACKERS * ATTACK_SECONDS / 2 * 0.8  # the attack ran
+    # Dropped by the head timeout (10 s), not held open: every connection once or more in 20 s.
+    assert attack.dropped >= ATTACKERS / 2, attack.dropped
+    assert measured["probes"] >= ATTACK_SECONDS / PROBE_EVERY * 0.8
+    assert measured["failed"] == 0 and measured["over_100ms"] == 0, measured
+
+
+def test_a_slow_head_is_answered_408_after_the_head_timeout(model_store: Path, tmp_path: Path) -> None:
+    """The bound itself, on a server with SERVING_HEAD_TIMEOUT=2: a head still incomplete after 2 s gets 408 and is
+    closed, on a new connection and on a kept-alive one; a head sent whole, slowly but within the time, is served;
+    a head over 32 KiB gets 431."""
+    store = copy_store(model_store, tmp_path / "store")
+    with PredictionServer(store, free_ports(1)[0], tmp_path / "gunicorn.log", SERVING_HEAD_TIMEOUT="2") as running:
+        slow = socket.create_connection(("127.0.0.1", running.port), timeout=10)
+        started = time.monotonic()
+        slow.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        answer = slow.recv(4096)
+        waited = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert 1.5 <= waited <= 4.0, waited  # the deadline is checked at least once a second
+        assert slow.recv(4096) == b""  # and closed
+        slow.close()
+        steady = socket.create_connection(("127.0.0.1", running.port), timeout=10)
+        for part in (b"GET /health HTTP/1.1\r\n", b"Host: x\r\n", b"Connection: close\r\n", b"\r\n"):
+            steady.sendall(part)
+            time.sleep(0.3)
+        assert steady.recv(4096).startswith(b"HTTP/1.1 200")
+        steady.close()
+        # The next request of a keep-alive connection passes the same gate: a whole first request is answered,
+        # a second one left unfinished gets 408 after the timeout, as a new connection's would.
+        kept = socket.create_connection(("127.0.0.1", running.port), timeout=10)
+        kept.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = kept.recv(4096)
+        assert first.startswith(b"HTTP/1.1 200") and first.rstrip().endswith(b"}"), first
+        started = time.monotonic()
+        kept.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        second = kept.recv(4096)
+        assert second.startswith(b"HTTP/1.1 408") and 1.5 <= time.monotonic() - started <= 4.0, second
+        kept.close()
+        # A head larger than 32 KiB is refused at once (431), not read on.
+        large = socket.create_connection(("127.0.0.1", running.port), timeout=10)
+        large.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000)
+        assert large.recv(4096).startswith(b"HTTP/1.1 431")
+        large.close()
+
+
+def test_slowloris_straight_at_plain_gthread_starves_health(model_store: Path, tmp_path: Path) -> None:
+    """The control: the same attack at gunicorn's own gthread worker (what serving/gunicorn.conf.py replaces). It
+    gives a thread to each connection until its request is read, so 100 slow clients hold all 32 threads and
+    /health waits. Measured rather than exact (a probe may slip in while a thread is between connections): at least
+    half of the probes fail or take over 100 ms; on a 2-core machine every one of them timed out."""
+    store = copy_store(model_store, tmp_path / "store")
+    with PredictionServer(store, free_ports(1)[0], tmp_path / "gunicorn.log",
+                          GUNICORN_CMD_ARGS="--worker-class gthread") as server:
+        before = probe_for(server.port, 1.0)
+        with SlowClients(server.port) as attack:
+            during = probe_for(server.port, CONTROL_SECONDS)
+        measured = summary(during)
+        after_attack = time.monotonic()
+        while probe(server.port) is None and time.monotonic() - after_attack < 30:
+            time.sleep(0.2)
+        recovered = time.monotonic() - after_attack
+    print(f"\nslowloris straight at plain gthread: {ATTACKERS} slow connections for {CONTROL_SECONDS:.0f}s, "
           f"{attack.dropped} dropped by gunicorn; /health before: {summary(before)}, during: {measured}; "
           f"answering again {recovered:.1f}s after the clients left")
     assert all(r is not None for r in before)

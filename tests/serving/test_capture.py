@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import logging
 import math
+import os
+import stat
 import threading
 import uuid
 from collections import Counter
@@ -380,3 +382,25 @@ def test_without_a_capture_dir_nothing_is_written_and_the_gauge_says_off(client:
     assert client.post("/predict", json=GOOD_ROW).status_code == 200
     assert "serving_capture_enabled 0.0" in client.get("/metrics").get_data(as_text=True)
     assert client.application.extensions["serving"].capture is None
+
+
+def test_capture_files_are_0600_and_their_directories_0700_under_a_permissive_umask(tmp_path: Path) -> None:
+    """Rows of requests are the clients' data: only the server's user reads them, whatever umask it was started
+    with (000 here: without the explicit modes, the files would be 0666 and the directories 0777)."""
+    previous = os.umask(0)
+    try:
+        recorded = Recorded()
+        writer = make_writer(tmp_path, recorded)
+        assert submit(writer, "r1")
+        wait_until(lambda: recorded.captured == 1)
+        part = next((tmp_path / "capture").rglob(f"*{PART}"))
+        assert stat.S_IMODE(part.stat().st_mode) == 0o600  # from its creation, not only once closed
+        writer.close()
+    finally:
+        os.umask(previous)
+    root = tmp_path / "capture"
+    files = list(closed_files(root))
+    assert len(files) == 1 and stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    for folder in (root, files[0].parent, files[0].parent.parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    assert read_records(files[0])[0]["request_id"] == "r1"

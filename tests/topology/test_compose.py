@@ -37,7 +37,7 @@ OPTIONAL_SECRETS = ("SERVING_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_K
 AIRFLOW_SERVICES = ("airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
                     "airflow-triggerer", "airflow-worker")
 LONG_RUNNING = ("postgres", "redis", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-                "airflow-triggerer", "airflow-worker", "mlflow", "prediction-server")
+                "airflow-triggerer", "airflow-worker", "mlflow", "prediction-server", "prediction-front")
 SERVING_COMMAND = ["gunicorn", "-c", "serving/gunicorn.conf.py", "serving.app:create_app()"]
 MODEL_STORE = "/opt/mlops/models"
 FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
@@ -140,7 +140,8 @@ def test_compose_refuses_to_run_without_each_secret(tmp_path: Path, secret_value
 
 
 def test_services_and_commands(compose: dict[str, Any]) -> None:
-    assert set(services(compose)) == {"postgres", "redis", "mlflow", "prediction-server", *AIRFLOW_SERVICES}
+    assert set(services(compose)) == {"postgres", "redis", "mlflow", "prediction-server", "prediction-front",
+                                      *AIRFLOW_SERVICES}
     commands = {name: service.get("command") for name, service in services(compose).items()}
     assert commands["mlflow"][:2] == ["mlflow", "server"] and option(commands["mlflow"], "--app-name") == "basic-auth"
     assert commands["airflow-apiserver"] == ["airflow", "api-server", "--port", "8080"]
@@ -442,7 +443,7 @@ def test_prediction_server_follows_the_serving_contract(compose: dict[str, Any])
     assert settings.model_store == Path(MODEL_STORE) and settings.api_key is None  # empty = no key
     host, port = env["SERVING_BIND"].rsplit(":", 1)
     assert host == "0.0.0.0", "in a container the server must listen beyond its own loopback"
-    assert [p.rsplit(":", 1)[1].split("/")[0] for p in server["ports"]] == [port]
+    assert "ports" not in server, "clients reach gunicorn through prediction-front (nginx), never directly"
     assert f"http://127.0.0.1:{port}/health" in " ".join(server["healthcheck"]["test"])
     assert (REPO / "serving" / "gunicorn.conf.py").is_file()
     # It reads the store the workers deploy models into: the same volume, read-only on its side.
@@ -451,6 +452,25 @@ def test_prediction_server_follows_the_serving_contract(compose: dict[str, Any])
     assert served[0] == deployed[0] and served[0] in compose["volumes"]
     assert (served[1], deployed[1]) == ("ro", "rw")
     assert env_of(compose, "airflow-worker")["MLOPS_MODEL_STORE"] == MODEL_STORE  # and `python main.py export`
+
+
+def test_the_prediction_server_is_published_through_nginx_with_the_ec2_site(compose: dict[str, Any]) -> None:
+    """prediction-front publishes the serving port and renders the EC2 host's nginx site with user-data.sh's own
+    function (tests/deploy/test_nginx_front.py runs that command in front of a real gunicorn, under slowloris)."""
+    front = services(compose)["prediction-front"]
+    found = mounts(compose, "prediction-front")
+    deploy = REPO / "serving" / "deploy"
+    assert found == {"/opt/mlops/deploy/nginx-prediction-server.conf": (str(deploy / "nginx-prediction-server.conf"),
+                                                                      "ro"),
+                     "/opt/mlops/deploy/user-data.sh": (str(deploy / "user-data.sh"), "ro")}
+    server_port = env_of(compose, "prediction-server")["SERVING_BIND"].rsplit(":", 1)[1]
+    script = front["command"][2]
+    assert f"render_nginx_site /opt/mlops/deploy/nginx-prediction-server.conf /etc/nginx/conf.d/default.conf 8000 " \
+           f"prediction-server:{server_port}" in script
+    assert [p.rsplit(":", 1)[1].split("/")[0] for p in front["ports"]] == ["8000"]
+    assert front["depends_on"] == {"prediction-server": {"condition": "service_healthy"}}
+    assert "/dev/tcp/127.0.0.1/8000" in front["healthcheck"]["test"][-1] and "GET /health " in \
+        front["healthcheck"]["test"][-1]
 
 
 def test_deploy_task_reaches_the_prediction_server(compose: dict[str, Any]) -> None:
