@@ -150,7 +150,7 @@ def _rollback(cm: ConfigurationManager, version: str | None) -> int:
     print(rolled_back.summary())
     try:
         deployed = pipeline.run_deploy(cm, artifacts.safe_run_id(f"rollback-{artifacts.new_run_id()}"),
-                                       rolled_back.champion_after)
+                                       rolled_back.champion_after, rollback=True)
     except PipelineError as exc:
         raise PipelineError(f"rollback deploy (the registry already names version "
                             f"{rolled_back.champion_after}): {exc}") from exc

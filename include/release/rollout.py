@@ -16,22 +16,28 @@ from typing import Sequence
 
 from include.ml.exceptions import DeploymentError
 from include.release.ports import BundleStore, CommandRunner, DeploymentResult, Fleet, Instance
+from include.release.signing import PointerSigner
 from serving.probe import NotServing, wait_for_version
-from serving.store import MANIFEST
+from serving.store import MANIFEST, BundleError
 
 log = logging.getLogger(__name__)
 
 
-def refresh_commands(source: str, version: str, manifest_sha256: str) -> list[str]:
+def refresh_commands(source: str, version: str, manifest_sha256: str, pointer: str = "") -> list[str]:
     """The shell lines every server runs: its own settings come from /etc/mlops/serving.env when present. The
-    manifest's digest rides along, so a server refuses any bundle but the one this deploy published."""
+    manifest's digest rides along, so a server refuses any bundle but the one this deploy published, and so does
+    the signed pointer (serving/pointer.py) the server writes as its CURRENT."""
     return _serving_command(f"refresh --source {shlex.quote(source)} --version {shlex.quote(version)} "
-                            f"--manifest-sha256 {shlex.quote(manifest_sha256)}")
+                            f"--manifest-sha256 {shlex.quote(manifest_sha256)}" + _pointer(pointer))
 
 
-def activate_commands(version: str) -> list[str]:
+def activate_commands(version: str, pointer: str = "") -> list[str]:
     """Put a version already on the server back (it keeps earlier bundles, so no download)."""
-    return _serving_command(f"activate {shlex.quote(version)}")
+    return _serving_command(f"activate {shlex.quote(version)}" + _pointer(pointer))
+
+
+def _pointer(token: str) -> str:
+    return f" --pointer {shlex.quote(token)}" if token else ""
 
 
 def _serving_command(arguments: str) -> list[str]:
@@ -54,32 +60,37 @@ def verify_server(instance: Instance, version: str, timeout: float, confirmation
 
 
 def rollout(store: BundleStore, fleet: Fleet, runner: CommandRunner, *, target: str, model_name: str,
-            version: str, bundle: Path, batch_size: int, verify_timeout: float) -> DeploymentResult:
+            version: str, bundle: Path, batch_size: int, verify_timeout: float, pointers: PointerSigner,
+            rollback: bool = False) -> DeploymentResult:
     """Publish, then refresh and verify the fleet batch by batch, and only then move the pointer that servers
-    started later follow; on failure undo everything and raise."""
+    started later follow; on failure undo everything and raise. `pointers` signs the pointer every server writes
+    (marked a rollback with `rollback`: main.py --rollback, ml_rollback)."""
     started = time.perf_counter()
     instances = fleet.instances()
     if not instances:
         raise DeploymentError(f"no servers to deploy to ({target}): nothing was changed")
-    previous_pointer = store.read_pointer()
+    before = pointers.after(store.read_pointer())
+    previous_pointer = before.version if before else None
     manifest_sha256 = hashlib.sha256((bundle / MANIFEST).read_bytes()).hexdigest()
+    signed = pointers.sign(version, manifest_sha256, rollback=rollback)
     store.publish(bundle, version)
     result = DeploymentResult(target, model_name, version, store.source, previous_pointer, manifest_sha256)
     log.info("deploying %s version %s to %d server(s) in batches of %d (previous: %s)", model_name, version,
              len(instances), batch_size, previous_pointer)
-    refreshed: list[tuple[Instance, str | None]] = []  # servers switched so far, with the version they had
+    refreshed: list[tuple[Instance, str | None]] = []  # servers switched so far, with their earlier pointer
     try:
         for start in range(0, len(instances), batch_size):
             batch = instances[start:start + batch_size]
             for instance in batch:
-                outcome = runner.run(instance, refresh_commands(store.source, version, manifest_sha256),
+                outcome = runner.run(instance, refresh_commands(store.source, version, manifest_sha256,
+                                                                pointer=signed.token),
                                      f"refresh {model_name} to version {version}")
                 report = outcome.last_json()
                 if outcome.exit_code != 0:
                     raise DeploymentError(f"instance {instance.instance_id}: the refresh command failed "
                                           f"(exit {outcome.exit_code}): {report.get('error') or outcome.tail()}")
                 if report.get("changed"):
-                    refreshed.append((instance, report.get("previous")))
+                    refreshed.append((instance, report.get("previous_pointer")))
                 result.instances.append({"instance_id": instance.instance_id, "url": instance.url,
                                          "changed": bool(report.get("changed")), "previous": report.get("previous")})
             for instance in batch:
@@ -87,9 +98,9 @@ def rollout(store: BundleStore, fleet: Fleet, runner: CommandRunner, *, target: 
                 log.info("instance %s: %s (%d/%d)", instance.instance_id,
                          f"serves version {version}" if instance.url else "no server running; its store names "
                          f"version {version}", len(result.instances), len(instances))
-        store.write_pointer(version)  # every server verified: now new servers may start on it
+        store.write_pointer(signed.envelope)  # every server verified: now new servers may start on it
     except Exception as exc:
-        undone = _undo(runner, refreshed)
+        undone = _undo(runner, refreshed, pointers)
         if isinstance(exc, DeploymentError):
             raise DeploymentError(f"{exc}; {undone}") from exc
         raise DeploymentError(f"deploy stopped by {type(exc).__name__}: {exc}; {undone}") from exc
@@ -98,14 +109,22 @@ def rollout(store: BundleStore, fleet: Fleet, runner: CommandRunner, *, target: 
     return result
 
 
-def _undo(runner: CommandRunner, refreshed: Sequence[tuple[Instance, str | None]]) -> str:
-    """Switch the servers moved so far back, last first (the pointer has not moved yet)."""
+def _undo(runner: CommandRunner, refreshed: Sequence[tuple[Instance, str | None]], pointers: PointerSigner) -> str:
+    """Switch the servers moved so far back, last first (the pointer has not moved yet): each gets a new signed
+    rollback pointer to the version its earlier pointer named."""
     notes = []
-    for instance, previous in reversed(refreshed):
-        if previous is None:
+    for instance, earlier in reversed(refreshed):
+        try:
+            back = pointers.rollback_to(earlier) if earlier else None
+        except (BundleError, DeploymentError) as exc:
+            notes.append(f"{instance.instance_id} keeps the new version: its earlier pointer cannot be used ({exc})")
+            continue
+        if back is None:
             notes.append(f"{instance.instance_id} had no earlier version and keeps the new one")
             continue
-        outcome = runner.run(instance, activate_commands(previous), f"roll back to version {previous}")
+        previous = back.version
+        outcome = runner.run(instance, activate_commands(previous, pointer=back.token),
+                             f"roll back to version {previous}")
         if outcome.exit_code == 0:
             notes.append(f"{instance.instance_id} rolled back to version {previous}")
         else:

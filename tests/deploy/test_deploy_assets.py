@@ -53,6 +53,7 @@ from tests.support.assets import (
     unit_settings,
 )
 from tests.support.bundles import GOOD_ROW, make_bundle
+from tests.support.pointers import point
 from tests.support.project import REPO
 from tests.support.signing import public_key_file
 
@@ -132,9 +133,8 @@ PROBE = textwrap.dedent('''
 def test_the_app_loads_a_bundle_and_predicts_with_only_the_serving_requirements(tmp_path: Path) -> None:
     store = tmp_path / "store"
     make_bundle(store, "1")  # training needs mlflow: done here, in the full test venv
-    from serving import store as store_mod
 
-    store_mod.write_pointer(store, "1")
+    point(store, "1")
     top_level = metadata.packages_distributions()
     serving_dists = set(pins(SERVING_REQUIREMENTS))
     allowed = sorted({"serving", "sitecustomize", "serving_only_attempts"} | {

@@ -15,6 +15,7 @@ import pytest
 from serving import store as store_mod
 from tests.support.attacks import CASES, tampered
 from tests.support.network import get_json, wait_until
+from tests.support.pointers import point
 from tests.support.project import REPO
 from tests.support.servers import Poller, PredictionServer
 from tests.support.signing import public_key_file
@@ -37,7 +38,7 @@ def test_a_running_server_refuses_a_hostile_bundle_and_keeps_answering(case: str
         return len(refused_by) == 2
 
     with Poller(server.url) as poller:
-        store_mod.write_pointer(server.store, "9")
+        point(server.store, "9")
         wait_until(every_worker_refused, timeout=30)
     assert not poller.failures() and poller.versions() == {"1"}, poller.outcomes
     assert get_json(f"{server.url}/version")["version"] == "1"
@@ -69,7 +70,7 @@ def test_the_refresh_command_refuses_any_manifest_but_the_published_one(store: P
     shutil.copytree(store / "2", tmp_path / "releases" / "2")
     published = store_mod.sha256_file(store / "2" / store_mod.MANIFEST)
     shutil.rmtree(store / "2")
-    store_mod.write_pointer(store, "1")
+    point(store, "1")
     done = refresh(store, tmp_path / "releases", "2", "--manifest-sha256", "0" * 64)
     assert done.returncode == 1 and "is not the manifest this deploy published" in done.stdout
     assert "2" not in store_mod.versions(store)

@@ -20,6 +20,7 @@ import pytest
 from serving import store as store_mod
 from tests.support.bundles import GOOD_ROW, break_bundle, make_bundle
 from tests.support.network import free_port, get_json, wait_until
+from tests.support.pointers import point
 from tests.support.project import REPO
 from tests.support.servers import PredictionServer
 from tests.support.signing import public_key_file
@@ -103,7 +104,7 @@ def test_broken_model_refused_while_old_keeps_answering(server: PredictionServer
     # Bypass the command's own check: the workers themselves must refuse it.
     with Load(server.url, clients=4) as load:
         wait_until(lambda: len(load.outcomes) > 100)
-        store_mod.write_pointer(server.store, "3")
+        point(server.store, "3")
         wait_until(lambda: all((get_json(f"{server.url}/version").get("refused") or {}).get("version") == "3"
                                for _ in range(6)))
         count = len(load.outcomes)
@@ -122,7 +123,7 @@ def test_activation_reverts_when_the_server_does_not_switch(server: PredictionSe
     other_store = tmp_path / "other"
     make_bundle(other_store, "2", offset=100.0)
     # The server follows server.store, never other_store, so it cannot confirm version 2 there.
-    store_mod.write_pointer(other_store, "1")
+    point(other_store, "1")
     result = serving_cli("activate", "2", "--url", server.url, "--timeout", "3", store=other_store)
     assert result.returncode == 1 and "did not switch to version 2" in result.stdout
     assert store_mod.read_pointer(other_store) == "1"
