@@ -35,3 +35,31 @@ def point(store: Path, version: str, **kwargs: object) -> pointers.Pointer:
     signed = pointer_for(store, version, **kwargs)  # type: ignore[arg-type]
     store_mod.write_pointer(store, signed.envelope)
     return signed
+
+
+def named(store: Path, name: str = store_mod.CURRENT) -> str | None:
+    """The version a store's CURRENT (or PREVIOUS) names, read without verifying: what a test asserts on."""
+    found = pointers.peek(store_mod.read_pointer(store, name))
+    return found.version if found else None
+
+
+def signed_statement(private_key: Path | None = None, **fields: object) -> bytes:
+    """An envelope over ANY pointer statement, signed with the test key (or `private_key`), skipping every check
+    sign_pointer makes: what a test needs to show the server checks the fields themselves."""
+    from serving.signing import key_id
+
+    signer = LocalSigner(private_key or signing_config().private_key)
+    defaults: dict[str, object] = {"model": "toy", "version": "1", "bundle_sha256": "0" * 64,
+                                   "sequence": pointers.next_sequence(None), "rollback": False}
+    payload = pointers.statement(**{**defaults, **fields})  # type: ignore[arg-type]
+    return pointers.envelope(payload, signer.sign(payload), key_id(signer.public_key()))
+
+
+def attacker_key(directory: Path) -> Path:
+    """A P-256 key pair no server trusts (the private key's path)."""
+    from include.ml.entities import SigningConfig
+    from include.release.signing import ensure_local_key_pair
+
+    config = SigningConfig(private_key=directory / "attacker.key", public_key=directory / "attacker.pub")
+    ensure_local_key_pair(config)
+    return config.private_key
