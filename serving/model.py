@@ -138,11 +138,11 @@ def _check_names(directory: str, manifest: store.Manifest, meta: dict[str, Any],
     if (str(meta.get("name")), str(meta.get("version"))) != (manifest.model, manifest.version):
         raise store.BundleError(f"{store.METADATA} says {meta.get('name')!r} version {meta.get('version')!r}, the "
                                 f"signed manifest {manifest.model!r} version {manifest.version!r}")
+    if pointer is None:
+        return  # checked before it is installed (a staging directory): the pointer will name the directory
     if manifest.version != directory:
         raise store.BundleError(f"the signed manifest is for version {manifest.version!r}, not {directory!r}: a "
                                 "bundle copied under another version name")
-    if pointer is None:
-        return
     if (pointer.model, pointer.version) != (manifest.model, manifest.version):
         raise PointerError(f"the pointer names {pointer.model!r} version {pointer.version!r}, the signed manifest "
                            f"{manifest.model!r} version {manifest.version!r}")
