@@ -104,6 +104,8 @@ def _switch(args: argparse.Namespace, store_dir: Path, settings: Settings) -> di
     with store.locked(store_dir):
         if args.command == "refresh":
             named = pointers.verify(envelope, trusted, "the pointer")
+            last = pointers.read_applied(store_dir)  # refused before anything is downloaded:
+            pointers.check_model(named, settings.model_name or (last.model if last else None))  # another model
             if named.version != args.version:
                 raise ActivationError(f"the pointer names version {named.version}, not --version {args.version}")
             if args.manifest_sha256 and args.manifest_sha256 != named.bundle_sha256:

@@ -49,7 +49,8 @@ def deploy(config: PipelineConfig, version: str, output_dir: Path,
         fleet = StaticFleet([Instance("local", url)])
         runner = runner or ShellRunner({"MLOPS_APP_DIR": str(config.project_root), "MLOPS_PYTHON": sys.executable,
                                         "SERVING_MODEL_STORE": str(config.model_store), "SERVING_URL": url,
-                                        "SERVING_PUBLIC_KEY": str(config.signing.public_key)})
+                                        "SERVING_PUBLIC_KEY": str(config.signing.public_key),
+                                        "SERVING_MODEL_NAME": name})
     else:
         from include.release.targets import ec2
 
