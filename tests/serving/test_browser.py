@@ -15,6 +15,7 @@ from tests.support import typed
 from tests.support.browser import chromium, require_chromium
 from tests.support.bundles import FEATURES, GOOD_ROW, remanifest
 from tests.support.network import free_port
+from tests.support.pointers import point
 from tests.support.servers import PredictionServer
 from tests.support.signing import sign
 
@@ -123,6 +124,7 @@ def test_category_values_keep_their_json_type(browser: WebDriver, store: Path, t
     (bundle / store_mod.MODEL_DIR / "serving_input_example.json").unlink()
     remanifest(bundle)
     sign(bundle)
+    point(store, "1")  # a new manifest: the pointer names its sha256
     record = {**GOOD_ROW, "kind": 2}
     with PredictionServer(store, free_port(), tmp_path / "gunicorn.log") as server:
         expected = post_predict(server, record)["predictions"][0]
