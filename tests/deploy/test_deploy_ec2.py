@@ -222,7 +222,8 @@ def test_rolling_deploy_to_the_fleet(config: Any, fleet: dict[str, StandIn], aws
 
     # the bundle and the pointer, read back from S3 and checked against the manifest
     manifest = s3_text(aws, "models/toy/2/MANIFEST.sha256")
-    listed = dict(reversed(line.split("  ", 1)) for line in manifest.splitlines())
+    assert manifest.startswith("# model: toy\n# version: 2\n")  # the signed manifest names them
+    listed = dict(reversed(line.split("  ", 1)) for line in manifest.splitlines() if not line.startswith("#"))
     keys = {o["Key"] for o in aws["s3"].list_objects_v2(Bucket="releases", Prefix="models/toy/2/")["Contents"]}
     assert keys == {f"models/toy/2/{name}" for name in listed} | {"models/toy/2/MANIFEST.sha256",
                                                                  "models/toy/2/MANIFEST.sig"}
