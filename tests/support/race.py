@@ -21,6 +21,7 @@ class Swapper:
 
     def __init__(self, pairs: dict[Path, bytes]) -> None:
         self.pairs = {target: (target.read_bytes(), hostile) for target, hostile in pairs.items()}
+        self.scratch = Path(os.path.commonpath(list(pairs))).parent  # the same filesystem: renames are atomic
         self.swaps = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -29,7 +30,7 @@ class Swapper:
         while not self._stop.is_set():
             for which in (1, 0):
                 for target, contents in self.pairs.items():
-                    tmp = target.with_name(f".{target.name}.swap")
+                    tmp = self.scratch / f".{target.name}.swap"  # beside the bundle, never in it
                     tmp.write_bytes(contents[which])
                     os.replace(tmp, target)
                 self.swaps += 1
