@@ -151,7 +151,7 @@ def _rollback(cm: ConfigurationManager, version: str | None) -> int:
     print(rolled_back.summary())
     try:
         deployed = pipeline.run_deploy(cm, artifacts.safe_run_id(f"rollback-{artifacts.new_run_id()}"),
-                                       rolled_back.champion_after)
+                                       rolled_back.champion_after, rollback=True)
     except PipelineError as exc:
         raise PipelineError(f"rollback deploy (the registry already names version "
                             f"{rolled_back.champion_after}): {exc}") from exc
@@ -223,7 +223,8 @@ def serve(args: argparse.Namespace) -> int:
     bind = args.bind or f"{url.hostname or '127.0.0.1'}:{url.port or 8000}"
     print(f"{exported.summary()}\nserving it on http://{bind} (a form at /, the API at /openapi.json)", flush=True)
     env = {**os.environ, "SERVING_MODEL_STORE": str(cm.config.model_store), "SERVING_BIND": bind,
-           "SERVING_PUBLIC_KEY": str(cm.config.signing.public_key)}
+           "SERVING_PUBLIC_KEY": str(cm.config.signing.public_key),
+           "SERVING_MODEL_NAME": cm.config.mlflow.registered_model_name}
     command = [sys.executable, "-m", "gunicorn", "-c", str(REPO / "serving" / "gunicorn.conf.py")]
     os.chdir(REPO)  # gunicorn imports serving.app from here
     os.execve(sys.executable, command, env)

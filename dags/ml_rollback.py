@@ -5,7 +5,8 @@ Trigger it from the UI with **version** set to the registered version to restore
 empty to restore the previous champion. The move is recorded in the registered model's
 `champion_history` tag like any promotion. The **deploy** task then puts that version on
 `deployment.target` by the same path as `ml_pipeline`'s deploy (rolling, verified, rolled back on failure);
-the servers keep earlier bundles on disk, so going back is a pointer move, not a download.
+the servers keep earlier bundles on disk, so going back is a pointer move, not a download: a new signed pointer
+with a higher sequence, naming the earlier version and marked as a rollback.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def ml_rollback() -> None:
         from dags.stage_tasks import stage_config, task_result
         from include.pipeline import run_deploy
 
-        return task_result(run_deploy(*stage_config(run_id, None), rolled_back["champion_after"]))
+        return task_result(run_deploy(*stage_config(run_id, None), rolled_back["champion_after"], rollback=True))
 
     deploy(rollback())
 

@@ -149,8 +149,10 @@ def run_evaluate(cm: ConfigurationManager, run_id: str, force_promote: bool = Fa
                                                       ingested.get("rows_without_target", 0)))
 
 
-def run_deploy(cm: ConfigurationManager, run_id: str, version: str | None = None) -> DeploymentResult | Skipped:
-    """Put `version` (default: this run's model, if evaluation promoted it) on the configured target."""
+def run_deploy(cm: ConfigurationManager, run_id: str, version: str | None = None,
+               rollback: bool = False) -> DeploymentResult | Skipped:
+    """Put `version` (default: this run's model, if evaluation promoted it) on the configured target; with
+    `rollback` (main.py --rollback, ml_rollback), the signed pointer the servers follow says it is a rollback."""
     from include.ml.components import evaluation
     from include.release.deploy import deploy
 
@@ -162,7 +164,7 @@ def run_deploy(cm: ConfigurationManager, run_id: str, version: str | None = None
         version = str(evaluated["version"])
     if cm.config.deployment.target == "none":
         return Skipped("not deployed: deployment.target is none")
-    return deploy(cm.config, version, _dir(cm, run_id, "deploy"))
+    return deploy(cm.config, version, _dir(cm, run_id, "deploy"), rollback=rollback)
 
 
 def run_verify(cm: ConfigurationManager, run_id: str) -> VerificationResult | Skipped:

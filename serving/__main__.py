@@ -1,8 +1,11 @@
 """Model store commands on a serving host: `python -m serving {refresh,activate,rollback,status,ship-capture}`.
 
 `refresh` is what the deploy step runs on every server: fetch a bundle, verify it, activate it.
-`activate` and `rollback` switch between bundles already in the store (serving/activation.py). Exporting
-a model from the MLflow registry into a store is the pipeline's job: `python main.py export`.
+`activate` and `rollback` switch between bundles already in the store (serving/activation.py). Every command
+that moves CURRENT needs `--pointer TOKEN`, a pointer the pipeline signed (serving/pointer.py): a server host
+cannot sign, so it cannot pick a version on its own. `rollback` takes a rollback pointer naming the PREVIOUS
+version (`python main.py --rollback` signs one and deploys it). Exporting a model from the MLflow registry into
+a store is the pipeline's job: `python main.py export`.
 `ship-capture` uploads the closed prediction capture files to S3 and deletes them (serving/capture.py).
 """
 
@@ -16,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from serving import pointer as pointers
 from serving import store
 from serving.activation import ActivationError, activate
 from serving.capture import ShipError, ship
@@ -36,15 +40,18 @@ def main(argv: list[str] | None = None) -> int:
     switch.add_argument("--timeout", type=float, default=60.0)
     switch.add_argument("--confirmations", type=int, default=10,
                         help="consecutive /version answers that must show the new version")
+    switch.add_argument("--pointer", required=True, metavar="TOKEN",
+                        help="the signed pointer to write as CURRENT (base64url; the deploy step sends it)")
     sub = parser.add_subparsers(dest="command", required=True)
     ref = sub.add_parser("refresh", parents=[switch], help="fetch VERSION from --source, verify it, activate it "
                                                            "(the deploy step's command on every server)")
     ref.add_argument("--source", required=True, help="s3://bucket/prefix/model or a directory holding <version>/")
     ref.add_argument("--version", required=True)
-    ref.add_argument("--manifest-sha256", help="refuse any bundle whose manifest has another sha256 (the deploy "
-                                               "step passes the one it published)")
+    ref.add_argument("--manifest-sha256", help="refuse any bundle whose manifest has another sha256 (default: the "
+                                               "one the pointer names)")
     sub.add_parser("activate", parents=[switch], help="make VERSION the served one").add_argument("version")
-    sub.add_parser("rollback", parents=[switch], help="go back to the PREVIOUS version")
+    sub.add_parser("rollback", parents=[switch], help="go back to the PREVIOUS version, with a signed rollback "
+                                                      "pointer naming it")
     sub.add_parser("status", help="versions in the store and the pointers")
     shipping = sub.add_parser("ship-capture", help="upload the closed capture files of SERVING_CAPTURE_DIR to S3, "
                                                    "then delete them (an EC2 systemd timer runs it)")
@@ -55,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     store_dir = args.store.resolve()
     try:
         if args.command == "status":
-            result: dict[str, Any] = {
-                "store": str(store_dir), "current": store.read_pointer(store_dir),
-                "previous": store.read_pointer(store_dir, store.PREVIOUS), "versions": store.versions(store_dir)}
+            result = _status(store_dir, Settings.from_env())
         elif args.command == "ship-capture":
             result = _ship_capture(args.to, Settings.from_env())
         else:
@@ -80,23 +85,39 @@ def _ship_capture(destination: str, settings: Settings) -> dict[str, Any]:
     return {"status": "ok", "files": shipped.files, "rows": shipped.rows, "destination": destination}
 
 
+def _status(store_dir: Path, settings: Settings) -> dict[str, Any]:
+    trusted = settings.trusted_keys()
+    shown: dict[str, Any] = {"store": str(store_dir), "versions": store.versions(store_dir)}
+    for name in (store.CURRENT, store.PREVIOUS):
+        try:
+            found = pointers.current(store_dir, trusted, name)
+            shown[name.lower()] = found.describe() if found else None
+        except store.BundleError as exc:
+            shown[name.lower()] = {"refused": str(exc)}
+    return shown
+
+
 def _switch(args: argparse.Namespace, store_dir: Path, settings: Settings) -> dict[str, Any]:
     """refresh, activate or rollback, holding the store's lock; then prune bundles beyond the kept ones."""
     trusted = settings.trusted_keys()
+    envelope = pointers.decode_token(args.pointer)
     with store.locked(store_dir):
         if args.command == "refresh":
+            named = pointers.verify(envelope, trusted, "the pointer")
+            last = pointers.read_applied(store_dir)  # refused before anything is downloaded:
+            pointers.check_model(named, settings.model_name or (last.model if last else None))  # another model
+            if named.version != args.version:
+                raise ActivationError(f"the pointer names version {named.version}, not --version {args.version}")
+            if args.manifest_sha256 and args.manifest_sha256 != named.bundle_sha256:
+                raise ActivationError("--manifest-sha256 differs from the bundle sha256 the pointer names")
             # The signature is checked on the staged copy: a bundle nobody trusted never enters the store.
-            store.fetch(args.source, args.version, store_dir, args.manifest_sha256,
+            store.fetch(args.source, args.version, store_dir, named.bundle_sha256,
                         check=lambda staged: verify_signature(staged, trusted))
-            version = args.version
-        elif args.command == "activate":
-            version = args.version
-        else:
-            version = store.read_pointer(store_dir, store.PREVIOUS) or ""
-            if not version:
-                raise ActivationError(f"{store_dir} has no PREVIOUS version to roll back to")
-        result = activate(store_dir, version, trusted, args.url, args.timeout, args.confirmations)
-        result["pruned"] = store.prune(store_dir, settings.keep_bundles)
+        elif args.command == "activate" and args.version != pointers.verify(envelope, trusted, "the pointer").version:
+            raise ActivationError(f"the pointer does not name version {args.version}")
+        result = activate(store_dir, envelope, trusted, args.url, args.timeout, args.confirmations,
+                          model_name=settings.model_name, rollback_only=args.command == "rollback")
+        result["pruned"] = store.prune(store_dir, settings.keep_bundles, pointers.named_versions(store_dir))
     return result
 
 

@@ -32,7 +32,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     trusted = settings.trusted_keys()
     if not trusted:
         log.error("SERVING_PUBLIC_KEY is not set: no bundle can be verified, so none will be served")
-    holder = ModelHolder(settings.model_store.resolve(), trusted, on_event=metrics.model_event)
+    holder = ModelHolder(settings.model_store.resolve(), trusted, on_event=metrics.model_event,
+                         model_name=settings.model_name)
     holder.refresh()
     if holder.current is None:
         log.warning("no model yet in %s (CURRENT pointer missing or refused); /ready answers 503 until one loads",

@@ -14,12 +14,13 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
-from serving import provenance, store
+from serving import pointer as pointers
+from serving import provenance, store, trust
 from serving.contract import Contract
 from serving.engine import ONNX, SKLEARN, Engine, OnnxPredictor, load_predictor, sklearn_predictor
 from serving.inputs import InputError, mlflow_rows, validate
-from serving.signing import PublicKeys, verify_signature
-from serving.trust import load_sklearn
+from serving.pointer import Pointer, PointerError
+from serving.signing import PublicKeys, verify_manifest_signature
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class LoadedModel:
     provenance: bytes | None = None  # the bundle's provenance.json, verified at load; None: the bundle has none
     engine: Engine = Engine(SKLEARN, "not compiled")
     compiled: OnnxPredictor | None = None  # beside the estimator, which stays untouched
+    manifest_sha256: str = ""  # of the signed manifest the model was built from
+    pointer: Pointer | None = None  # the signed pointer it was loaded for (None: checked without one)
 
     def predict(self, columns: dict[str, np.ndarray], numeric: np.ndarray | None = None) -> Prediction:
         """`numeric`: the numeric columns as one array too, when validation made one (inputs.Batch.numeric)."""
@@ -87,32 +90,36 @@ NO_ONNX_MODEL = ("bundle has no model.onnx (exported before conversion at export
                  "Runtime)")
 
 
-def load_bundle(bundle: Path, trusted: PublicKeys) -> LoadedModel:
-    """Verify the signature with a `trusted` key, then every file against the signed manifest, and only then
-    read the model (with serving/trust.py's allow-list); self-check it. Raises ModelLoadError.
+def load_bundle(bundle: Path, trusted: PublicKeys, pointer: Pointer | None = None) -> LoadedModel:
+    """Read every file of the bundle once into memory (no symlinks, regular files only), verify the signature
+    over those manifest bytes with a `trusted` key and every file's bytes against the signed manifest, check the
+    manifest names the model and version of bundle.json (and of `pointer`, which must name this manifest's
+    sha256), then build the model from those same bytes (serving/trust.py's allow-list) and self-check it.
+    Nothing is read from disk again after hashing. Raises ModelLoadError.
 
     ONNX Runtime serves the bundle's model.onnx (converted and checked at export, signed with the rest) if it
     answers as the estimator on the self-check and edge rows; nothing here converts a model."""
     try:
-        verify_signature(bundle, trusted)
-        store.verify_manifest(bundle)
-        meta = store.read_metadata(bundle)
-        statement = _provenance(bundle, trusted, meta)  # before any model byte is deserialized
-        model_dir = bundle / store.MODEL_DIR
-        mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+        files = store.read_files(bundle)
+        verify_manifest_signature(files.get(store.MANIFEST), files.get(store.SIGNATURE), trusted, bundle.name)
+        manifest = store.check_files(files, bundle.name)
+        meta = store.read_metadata(files, bundle.name)
+        _check_names(bundle.name, manifest, meta, pointer)
+        statement = _provenance(files, trusted, meta)  # before any model byte is deserialized
+        model_files = trust.model_files(files, store.MODEL_DIR)
+        mlmodel = yaml.safe_load(model_files["MLmodel"])
         contract = Contract.from_mlmodel(mlmodel)
-        estimator = load_sklearn(model_dir, mlmodel)
-        card = bundle / store.CARD_HTML
-        card_html = card.read_text(encoding="utf-8") if card.is_file() else None
-        onnx_model = bundle / store.ONNX_MODEL
-        model_onnx = onnx_model.read_bytes() if onnx_model.is_file() else None
+        estimator = trust.load_sklearn(model_files, mlmodel)
+        card = files.get(store.CARD_HTML)
+        card_html = card.decode("utf-8") if card is not None else None
+        rows = self_check_rows(model_files, mlmodel, contract)
+        model_onnx = files.get(store.ONNX_MODEL)
     except Exception as exc:  # noqa: BLE001 - whatever a bad bundle raises, it is refused, never served
         raise ModelLoadError(f"bundle {bundle.name}: {type(exc).__name__}: {exc}") from exc
     _single_threaded(estimator)
-    model = LoadedModel(bundle.name, str(meta.get("name", "model")), str(meta.get("version", bundle.name)),
-                        meta.get("run_id"), meta.get("trained_at"), meta.get("metrics") or {}, contract, estimator,
-                        self_check_rows=self_check_rows(model_dir, mlmodel, contract), card_html=card_html,
-                        provenance=statement)
+    model = LoadedModel(bundle.name, manifest.model, manifest.version, meta.get("run_id"), meta.get("trained_at"),
+                        meta.get("metrics") or {}, contract, estimator, self_check_rows=rows, card_html=card_html,
+                        provenance=statement, manifest_sha256=manifest.sha256, pointer=pointer)
     try:
         if model_onnx is None:
             model.engine = Engine(SKLEARN, _not_converted(meta))
@@ -143,22 +150,39 @@ def _not_converted(meta: dict[str, Any]) -> str:
     return NO_ONNX_MODEL
 
 
-def self_check_rows(model_dir: Path, mlmodel: dict[str, Any], contract: Contract) -> list[dict[str, Any]]:
+def self_check_rows(model_files: dict[str, bytes], mlmodel: dict[str, Any], contract: Contract) -> list[dict[str, Any]]:
     """The rows a bundle's model is checked on at load (and its model.onnx at export): the contract's example row
-    and the model's signed input example."""
-    return [contract.example_row(), *_input_example(model_dir, mlmodel)]
+    and the model's signed input example (`model_files`: the model directory's files, as read once)."""
+    return [contract.example_row(), *_input_example(model_files, mlmodel)]
 
 
-def _provenance(bundle: Path, trusted: PublicKeys, meta: dict[str, Any]) -> bytes | None:
+def _provenance(files: dict[str, bytes], trusted: PublicKeys, meta: dict[str, Any]) -> bytes | None:
     """provenance.json's bytes once its signature, subjects (against the verified manifest) and model are checked;
     None for a bundle exported before provenance statements existed."""
-    path = bundle / provenance.FILE
-    if not path.is_file():
+    data = files.get(provenance.FILE)
+    if data is None:
         return None
-    data = path.read_bytes()
-    provenance.verify(data, trusted, provenance.manifest_digests((bundle / store.MANIFEST).read_bytes()),
-                      str(meta.get("name", "model")), str(meta.get("version", bundle.name)), meta.get("run_id"))
+    provenance.verify(data, trusted, provenance.manifest_digests(files[store.MANIFEST]),
+                      str(meta.get("name", "model")), str(meta.get("version")), meta.get("run_id"))
     return data
+
+
+def _check_names(directory: str, manifest: store.Manifest, meta: dict[str, Any], pointer: Pointer | None) -> None:
+    """The signed manifest names the model and version; bundle.json, the directory and the pointer must agree."""
+    if (str(meta.get("name")), str(meta.get("version"))) != (manifest.model, manifest.version):
+        raise store.BundleError(f"{store.METADATA} says {meta.get('name')!r} version {meta.get('version')!r}, the "
+                                f"signed manifest {manifest.model!r} version {manifest.version!r}")
+    if pointer is None:
+        return  # checked before it is installed (a staging directory): the pointer will name the directory
+    if manifest.version != directory:
+        raise store.BundleError(f"the signed manifest is for version {manifest.version!r}, not {directory!r}: a "
+                                "bundle copied under another version name")
+    if (pointer.model, pointer.version) != (manifest.model, manifest.version):
+        raise PointerError(f"the pointer names {pointer.model!r} version {pointer.version!r}, the signed manifest "
+                           f"{manifest.model!r} version {manifest.version!r}")
+    if pointer.bundle_sha256 != manifest.sha256:
+        raise PointerError(f"the pointer names a bundle with manifest sha256 {pointer.bundle_sha256[:16]}..., this "
+                           f"bundle's is {manifest.sha256[:16]}...")
 
 
 def _single_threaded(estimator: Any) -> None:
@@ -172,49 +196,86 @@ def _single_threaded(estimator: Any) -> None:
             step.set_params(n_jobs=1)
 
 
-def _input_example(model_dir: Path, mlmodel: dict[str, Any]) -> list[dict[str, Any]]:
+def _input_example(model_files: dict[str, bytes], mlmodel: dict[str, Any]) -> list[dict[str, Any]]:
     info = mlmodel.get("saved_input_example_info") or {}
-    path = model_dir / info.get("serving_input_path", "serving_input_example.json")
-    if not path.is_file():
+    data = model_files.get(str(info.get("serving_input_path", "serving_input_example.json")))
+    if data is None:
         return []
-    rows, _ = mlflow_rows(json.loads(path.read_text()))
+    rows, _ = mlflow_rows(json.loads(data))
     return rows if isinstance(rows, list) else []
 
 
 class ModelHolder:
-    """The model a worker serves. Follows the store's CURRENT pointer; swaps only to a model that passed its checks."""
+    """The model a worker serves. Follows the store's signed CURRENT pointer (serving/pointer.py); swaps only to a
+    model that passed its checks, and never to a pointer older than the last one it applied."""
 
     def __init__(self, store_dir: Path, trusted: PublicKeys,
-                 on_event: Callable[..., None] = lambda version, outcome, engine=None: None):
-        """on_event(version, outcome, engine): outcome "loaded" (engine: its name and fallback reason) or "refused"."""
+                 on_event: Callable[..., None] = lambda version, outcome, engine=None: None,
+                 model_name: str | None = None):
+        """on_event(version, outcome, engine): outcome "loaded" (engine: its name and fallback reason) or "refused".
+        `model_name` (SERVING_MODEL_NAME) pins the model; None: the model of the first pointer applied (or of the
+        store's record of the last one applied, <store>/.sequence)."""
         self.store_dir, self.trusted = store_dir, trusted
+        self.model_name = model_name
         self.current: LoadedModel | None = None
         self.refused: dict[str, str] | None = None  # the last version refused, and why
+        self.applied: pointers.Applied | None = None  # this worker's high-water mark
+        self._seen: bytes | None = None  # the CURRENT bytes last acted on (loaded or refused)
         self._on_event = on_event
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
     def refresh(self) -> bool:
-        """Load the version CURRENT names if it is new; True when the served model changed."""
+        """Follow CURRENT if it changed; True when the served model changed."""
         with self._lock:
-            wanted = store.read_pointer(self.store_dir)
-            if wanted is None or (self.current and self.current.bundle_id == wanted) \
-                    or (self.refused and self.refused["version"] == wanted):
-                return False
-            started = time.perf_counter()
             try:
-                model = load_bundle(self.store_dir / wanted, self.trusted)
-            except ModelLoadError as exc:
+                data = store.read_pointer(self.store_dir)
+            except (OSError, store.BundleError) as exc:
+                data = str(exc).encode()  # refused below like any other pointer that is not one
+            if data is None or data == self._seen:
+                return False
+            self._seen = data
+            started = time.perf_counter()
+            named = pointers.peek(data)
+            wanted = named.version if named else store.CURRENT
+            try:
+                pointer = pointers.verify(data, self.trusted)
+                last = self._last_applied()
+                bundle = pointers.check(pointer, self.store_dir, self._pinned(), last)
+                if self.current and (self.current.bundle_id, self.current.manifest_sha256) == (
+                        pointer.version, pointer.bundle_sha256):
+                    model = None  # a newer pointer to the bundle already served: nothing to load
+                else:
+                    model = load_bundle(bundle, self.trusted, pointer)
+            except (store.BundleError, ModelLoadError) as exc:
                 self.refused = {"version": wanted, "error": str(exc)}
                 log.error("refused model %s; still serving %s: %s", wanted,
                           self.current.version if self.current else "nothing", exc)
                 self._on_event(wanted, "refused")
                 return False
-            old, self.current, self.refused = self.current, model, None  # one reference assignment: atomic
-            log.info("now serving %s version %s (was %s); loaded and checked in %.2fs", model.name, model.version,
-                     old.version if old else "nothing", time.perf_counter() - started)
+            self.applied, self.refused = pointers.applied(pointer), None
+            if self.model_name is None:
+                self.model_name = pointer.model  # pinned: the first pointer this process applied
+            if model is None:
+                return False
+            old, self.current = self.current, model  # one reference assignment: atomic
+            log.info("now serving %s version %s (was %s; pointer sequence %d%s); loaded and checked in %.2fs",
+                     model.name, model.version, old.version if old else "nothing", pointer.sequence,
+                     ", a rollback" if pointer.rollback else "", time.perf_counter() - started)
             self._on_event(model.version, "loaded", (model.engine.name, model.engine.reason))
             return True
+
+    def _last_applied(self) -> pointers.Applied | None:
+        """The higher of this worker's high-water mark and the store's record (<store>/.sequence)."""
+        recorded = pointers.read_applied(self.store_dir)
+        candidates = [a for a in (self.applied, recorded) if a is not None]
+        return max(candidates, key=lambda a: a.sequence) if candidates else None
+
+    def _pinned(self) -> str | None:
+        if self.model_name is not None:
+            return self.model_name
+        recorded = pointers.read_applied(self.store_dir)
+        return recorded.model if recorded else None
 
     def watch(self, interval: float) -> threading.Thread:
         def loop() -> None:

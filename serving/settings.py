@@ -37,6 +37,9 @@ class Settings:
     # PEM file of the public key(s) bundle signatures must verify with (serving/signing.py). Not set: every
     # bundle is refused, since none can be verified.
     public_key: Path | None = None
+    # The model this server serves: a CURRENT pointer naming another is refused (serving/pointer.py). Not set: the
+    # model of the first pointer the process applied, or of the store's last applied pointer (<store>/.sequence).
+    model_name: str | None = None
     keep_bundles: int = 5  # bundles a store keeps besides CURRENT and PREVIOUS; older ones are pruned
     # Prediction capture (serving/capture.py, docs/serving.md): gzip JSON lines of sampled requests under this
     # directory, for the monitor. Not set: capture is off.

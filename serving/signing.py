@@ -18,7 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from serving.store import MANIFEST, SIGNATURE, BundleError
+from serving.store import MANIFEST, SIGNATURE, BundleError, read_regular
 
 ALGORITHM = "ecdsa-p256-sha256"
 PublicKeys = Mapping[str, ec.EllipticCurvePublicKey]  # key id -> key
@@ -55,27 +55,49 @@ def signature_document(signature: bytes, signer_key_id: str) -> bytes:
 
 
 def verify_signature(bundle: Path, trusted: PublicKeys) -> str:
-    """Check MANIFEST.sig against MANIFEST.sha256 with a trusted key; returns that key's id."""
-    if not trusted:
-        raise SignatureError(f"{bundle.name}: no trusted public key is configured (SERVING_PUBLIC_KEY), so no bundle "
-                             "can be verified; every bundle is refused")
+    """Check MANIFEST.sig against MANIFEST.sha256 with a trusted key (files read without following symlinks);
+    returns that key's id."""
     try:
-        manifest = (bundle / MANIFEST).read_bytes()
-        document = json.loads((bundle / SIGNATURE).read_bytes())
-        algorithm, signer, signature = document["algorithm"], document["key_id"], base64.b64decode(
-            document["signature"], validate=True)
+        manifest, document = read_regular(bundle / MANIFEST), read_regular(bundle / SIGNATURE)
     except FileNotFoundError as exc:
+        if not trusted:
+            raise SignatureError(_no_keys(bundle.name)) from None
         raise SignatureError(f"{bundle.name}: unsigned ({Path(exc.filename).name} is missing)") from None
+    return verify_manifest_signature(manifest, document, trusted, bundle.name)
+
+
+def verify_manifest_signature(manifest: bytes | None, document: bytes | None, trusted: PublicKeys,
+                              label: str) -> str:
+    """The MANIFEST.sig `document` signs the `manifest` bytes with a trusted key; returns that key's id."""
+    if not trusted:
+        raise SignatureError(_no_keys(label))
+    if manifest is None or document is None:
+        raise SignatureError(f"{label}: unsigned ({MANIFEST if manifest is None else SIGNATURE} is missing)")
+    try:
+        parsed = json.loads(document)
+        algorithm, signer, signature = parsed["algorithm"], parsed["key_id"], base64.b64decode(
+            parsed["signature"], validate=True)
     except (ValueError, KeyError, TypeError) as exc:
-        raise SignatureError(f"{bundle.name}: malformed {SIGNATURE}: {exc}") from None
+        raise SignatureError(f"{label}: malformed {SIGNATURE}: {exc}") from None
+    verify_bytes(manifest, algorithm, signer, signature, trusted, label, MANIFEST)
+    return str(signer)
+
+
+def verify_bytes(data: bytes, algorithm: object, signer: object, signature: bytes, trusted: PublicKeys, label: str,
+                 what: str) -> None:
+    """ECDSA P-256/SHA-256 `signature` over `data` by the trusted key `signer`, or SignatureError."""
     if algorithm != ALGORITHM:
-        raise SignatureError(f"{bundle.name}: signature algorithm {algorithm!r} is not {ALGORITHM!r}")
+        raise SignatureError(f"{label}: signature algorithm {algorithm!r} is not {ALGORITHM!r}")
     key = trusted.get(str(signer))
     if key is None:
-        raise SignatureError(f"{bundle.name}: signed by key {str(signer)[:16]}..., which is not trusted here "
+        raise SignatureError(f"{label}: signed by key {str(signer)[:16]}..., which is not trusted here "
                              f"(trusted: {', '.join(k[:16] + '...' for k in trusted)})")
     try:
-        key.verify(signature, manifest, ec.ECDSA(hashes.SHA256()))
+        key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
-        raise SignatureError(f"{bundle.name}: the signature does not match {MANIFEST}") from None
-    return str(signer)
+        raise SignatureError(f"{label}: the signature does not match {what}") from None
+
+
+def _no_keys(label: str) -> str:
+    return (f"{label}: no trusted public key is configured (SERVING_PUBLIC_KEY), so nothing can be verified; "
+            "every bundle and pointer is refused")

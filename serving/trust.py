@@ -33,26 +33,41 @@ class UntrustedModelError(Exception):
     """The model file is not skops, or holds a type outside ALLOWED_SKOPS_TYPES; nothing of it was built."""
 
 
-def load_sklearn(model_dir: Path, mlmodel: Mapping[str, Any]) -> Any:
-    """The scikit-learn model of an MLflow model directory, built only from trusted types."""
+def load_sklearn(model_files: Mapping[str, bytes], mlmodel: Mapping[str, Any]) -> Any:
+    """The scikit-learn model of an MLflow model directory (`model_files`: its files' bytes, by path relative to
+    it, as read once and checked by the loader), built only from trusted types and from those very bytes."""
     import skops.io
 
-    return skops.io.load(check_model(model_dir, mlmodel), trusted=sorted(ALLOWED_SKOPS_TYPES))
+    return skops.io.loads(check_model(model_files, mlmodel), trusted=sorted(ALLOWED_SKOPS_TYPES))
 
 
-def check_model(model_dir: Path, mlmodel: Mapping[str, Any]) -> Path:
+def check_model(model_files: Mapping[str, bytes], mlmodel: Mapping[str, Any]) -> bytes:
     """Refuse anything but a skops file of allowed types, reading only its schema (nothing is constructed);
-    returns the model file."""
+    returns the model file's bytes."""
     import skops.io
 
     flavor = (mlmodel.get("flavors") or {}).get("sklearn") or {}
     if flavor.get("serialization_format") != "skops":
         raise UntrustedModelError(f"serialization format {flavor.get('serialization_format')!r} is not loaded "
                                   "(it runs code while loading); log the model with serialization_format='skops'")
-    path = model_dir / str(flavor.get("pickled_model", ""))
-    if not path.is_file() or path.parent != model_dir:
-        raise UntrustedModelError(f"no model file {flavor.get('pickled_model')!r} in {model_dir}")
-    untrusted = sorted(set(skops.io.get_untrusted_types(file=path)) - ALLOWED_SKOPS_TYPES)
+    name = str(flavor.get("pickled_model", ""))
+    if "/" in name or name not in model_files:
+        raise UntrustedModelError(f"no model file {flavor.get('pickled_model')!r} in the model directory")
+    data = model_files[name]
+    untrusted = sorted(set(skops.io.get_untrusted_types(data=data)) - ALLOWED_SKOPS_TYPES)
     if untrusted:
-        raise UntrustedModelError(f"{path.name} holds types outside the serving allow-list: {untrusted}")
-    return path
+        raise UntrustedModelError(f"{name} holds types outside the serving allow-list: {untrusted}")
+    return data
+
+
+def read_model_dir(model_dir: Path) -> dict[str, bytes]:
+    """The files of an MLflow model directory on disk, read once (no symlinks), for `load_sklearn`."""
+    from serving.store import read_files
+
+    return read_files(model_dir)
+
+
+def model_files(files: Mapping[str, bytes], directory: str) -> dict[str, bytes]:
+    """The files under `directory`/ of a bundle's mapping, by path relative to it."""
+    prefix = directory.rstrip("/") + "/"
+    return {name[len(prefix):]: data for name, data in files.items() if name.startswith(prefix)}

@@ -25,11 +25,11 @@ def load_model(model_uri: str) -> Any:
     import mlflow
     import yaml
 
-    from serving.trust import load_sklearn
+    from serving.trust import load_sklearn, read_model_dir
 
     with tempfile.TemporaryDirectory(prefix="model-") as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
-        return load_sklearn(local, yaml.safe_load((local / "MLmodel").read_text()))
+        return load_sklearn(read_model_dir(local), yaml.safe_load((local / "MLmodel").read_text()))
 
 
 def _client() -> Any:

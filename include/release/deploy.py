@@ -13,7 +13,7 @@ from include.ml.exceptions import DeploymentError
 from include.release.export import export_bundle
 from include.release.ports import BundleStore, CommandRunner, DeploymentResult, Fleet, Instance
 from include.release.rollout import rollout
-from include.release.signing import signer_for, trusted_keys
+from include.release.signing import PointerSigner, signer_for, trusted_keys
 from include.release.targets.local import DirectoryStore, ShellRunner, StaticFleet, server_answers
 from serving.model import ModelLoadError
 from serving.store import BundleError
@@ -24,16 +24,17 @@ RELEASE = "release"  # the exported bundles, under the deploy stage's output dir
 
 
 def deploy(config: PipelineConfig, version: str, output_dir: Path,
-           runner: CommandRunner | None = None) -> DeploymentResult:
-    """Export `version` from the registry as a signed bundle and roll it out to `deployment.target`.
+           runner: CommandRunner | None = None, rollback: bool = False) -> DeploymentResult:
+    """Export `version` from the registry as a signed bundle and roll it out to `deployment.target`, with a
+    signed pointer every server writes as its CURRENT (marked a rollback with `rollback`).
 
     `runner` replaces how commands reach the servers (tests run SSM's commands on local stand-ins).
     """
     dep, name = config.deployment, config.mlflow.registered_model_name
     tracking.configure(config.mlflow)
+    signer, trusted = signer_for(config.signing), trusted_keys(config.signing)
     try:
-        bundle = export_bundle(name, version, output_dir / RELEASE, signer_for(config.signing),
-                               trusted_keys(config.signing))
+        bundle = export_bundle(name, version, output_dir / RELEASE, signer, trusted)
     except (BundleError, ModelLoadError) as exc:
         raise DeploymentError(f"cannot export {name} version {version}: {exc}") from exc
     bundles: BundleStore
@@ -48,13 +49,15 @@ def deploy(config: PipelineConfig, version: str, output_dir: Path,
         fleet = StaticFleet([Instance("local", url)])
         runner = runner or ShellRunner({"MLOPS_APP_DIR": str(config.project_root), "MLOPS_PYTHON": sys.executable,
                                         "SERVING_MODEL_STORE": str(config.model_store), "SERVING_URL": url,
-                                        "SERVING_PUBLIC_KEY": str(config.signing.public_key)})
+                                        "SERVING_PUBLIC_KEY": str(config.signing.public_key),
+                                        "SERVING_MODEL_NAME": name})
     else:
         from include.release.targets import ec2
 
         bundles, fleet = ec2.S3BundleStore(dep.ec2, name), ec2.Ec2Fleet(dep.ec2)
         runner = runner or ec2.SsmRunner(dep.ec2)
     result = rollout(bundles, fleet, runner, target=dep.target, model_name=name, version=version, bundle=bundle,
-                     batch_size=dep.batch_size, verify_timeout=dep.verify_timeout_seconds)
+                     batch_size=dep.batch_size, verify_timeout=dep.verify_timeout_seconds,
+                     pointers=PointerSigner(signer, trusted, name), rollback=rollback)
     artifacts.write_json(output_dir / RESULT, asdict(result))
     return result

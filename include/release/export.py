@@ -19,11 +19,12 @@ from include.ml.entities import SigningConfig
 from include.ml.exceptions import DeploymentError
 from include.release.onnx.bundle import write_model_onnx
 from include.release.provenance import predicate, sign_or_reuse
-from include.release.signing import Signer, sign_bundle, signer_for, trusted_keys
+from include.release.signing import PointerSigner, Signer, sign_bundle, signer_for, trusted_keys
 from serving import store
 from serving.activation import ActivationError
 from serving.activation import activate as activate_bundle
 from serving.model import ModelLoadError, load_bundle
+from serving.pointer import Pointer, read_applied
 from serving.signing import PublicKeys, verify_signature
 from serving.trust import UntrustedModelError, check_model
 
@@ -49,16 +50,28 @@ class ExportResult:
 
 def export_to_store(model_name: str, version_or_alias: str, store_dir: Path, signing: SigningConfig,
                     activate: bool = False) -> ExportResult:
-    """`export_bundle`, then (with `activate`) the same checks and pointer move as `python -m serving activate`."""
-    trusted = trusted_keys(signing)
+    """`export_bundle`, then (with `activate`) a signed pointer to it and the same checks and pointer move as
+    `python -m serving activate --pointer`."""
+    trusted, signer = trusted_keys(signing), signer_for(signing)
     try:
-        bundle = export_bundle(model_name, version_or_alias, store_dir, signer_for(signing), trusted)
+        bundle = export_bundle(model_name, version_or_alias, store_dir, signer, trusted)
         if activate:
             with store.locked(store_dir):
-                activate_bundle(store_dir, bundle.name, trusted)
+                activate_bundle(store_dir, store_pointer(store_dir, signer, trusted, model_name, bundle).envelope,
+                                trusted, model_name=model_name)
     except (store.BundleError, ActivationError, ModelLoadError) as exc:
         raise DeploymentError(f"cannot export {model_name} {version_or_alias}: {exc}") from exc
     return ExportResult(model_name, bundle.name, str(bundle), store.sha256_file(bundle / store.MANIFEST), activate)
+
+
+def store_pointer(store_dir: Path, signer: Signer, trusted: PublicKeys, model_name: str,
+                  bundle: Path) -> Pointer:
+    """A signed pointer to `bundle`, with a sequence above the store's CURRENT and its record of the last applied."""
+    pointers = PointerSigner(signer, trusted, model_name)
+    pointers.after(store.read_pointer(store_dir))
+    applied = read_applied(store_dir)
+    pointers.last = max(pointers.last, applied.sequence if applied else 0)
+    return pointers.sign(bundle.name, store.sha256_file(bundle / store.MANIFEST))
 
 
 def export_bundle(model_name: str, version_or_alias: str, store_dir: Path, signer: Signer,
@@ -87,7 +100,10 @@ def export_bundle(model_name: str, version_or_alias: str, store_dir: Path, signe
     version = str(mv.version)
     if (store_dir / version).exists():
         verify_signature(store_dir / version, trusted)
-        store.verify_manifest(store_dir / version)
+        kept = store.verify_manifest(store_dir / version)
+        if (kept.model, kept.version) != (model_name, version):
+            raise store.BundleError(f"{store_dir / version} holds {kept.model!r} version {kept.version!r}, not "
+                                    f"{model_name!r} version {version!r}: refused")
         return store_dir / version
     run = client.get_run(mv.run_id)
     staged = store.staging_dir(store_dir)
@@ -95,8 +111,9 @@ def export_bundle(model_name: str, version_or_alias: str, store_dir: Path, signe
         model_dir = staged / store.MODEL_DIR
         mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}", dst_path=str(model_dir))
         try:
-            check_model(model_dir, yaml.safe_load((model_dir / "MLmodel").read_text()))
-        except (UntrustedModelError, OSError, yaml.YAMLError) as exc:  # a registry writer must not reach servers
+            check_model(store.read_files(model_dir), yaml.safe_load((model_dir / "MLmodel").read_text()))
+        except (UntrustedModelError, store.BundleError, OSError, yaml.YAMLError) as exc:
+            # a registry writer must not reach servers
             raise store.BundleError(f"{model_name} version {version} is refused: {exc}") from exc
         metadata = {"name": model_name, "version": version, "run_id": mv.run_id,
                     "trained_at": _iso(run.info.start_time), "registered_at": _iso(mv.creation_timestamp),
@@ -107,7 +124,7 @@ def export_bundle(model_name: str, version_or_alias: str, store_dir: Path, signe
         # Last before the manifest: the statement names every file above, the manifest then covers it too.
         sign_or_reuse(staged, predicate(model_name, version, run, metadata["registered_at"]), signer, trusted,
                       client, mv.run_id, version)
-        store.write_manifest(staged)  # the card too: signed like the model
+        store.write_manifest(staged, model_name, version)  # the card too: signed like the model
         sign_bundle(staged, signer)
         load_bundle(staged, trusted)  # exactly what every server will do with it
         target = store.install(staged, store_dir, version)

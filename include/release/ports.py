@@ -53,8 +53,8 @@ class BundleStore(Protocol):
     @property
     def source(self) -> str: ...
     def publish(self, bundle: Path, version: str) -> None: ...
-    def read_pointer(self) -> str | None: ...
-    def write_pointer(self, version: str) -> None: ...
+    def read_pointer(self) -> bytes | None: ...  # the signed pointer envelope (serving/pointer.py) new servers follow
+    def write_pointer(self, envelope: bytes) -> None: ...
 
 
 class Fleet(Protocol):
@@ -71,7 +71,7 @@ class DeploymentResult:
     model_name: str
     version: str
     source: str
-    previous_pointer: str | None
+    previous_pointer: str | None  # the version the store's verified pointer named before
     manifest_sha256: str  # of the published bundle's manifest: every server refuses any other
     instances: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0

@@ -1,6 +1,8 @@
-"""Signing bundles on the pipeline side: a local key pair (the embedded default) or an AWS KMS key (production).
+"""Signing bundles and pointers on the pipeline side: a local key pair (the embedded default) or an AWS KMS key
+(production).
 
-Both sign the manifest's bytes with ECDSA P-256 over SHA-256, which is what servers verify (serving/signing.py).
+Both sign the manifest's bytes, and a pointer's statement bytes, with ECDSA P-256 over SHA-256, which is what
+servers verify (serving/signing.py, serving/pointer.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from include.ml.entities import SigningConfig
 from include.ml.exceptions import DeploymentError
+from serving import pointer as pointers
 from serving.signing import PublicKeys, key_id, load_public_keys, signature_document
 from serving.store import MANIFEST, SIGNATURE
 
@@ -134,6 +137,51 @@ def sign_bundle(bundle: Path, signer: Signer) -> str:
     manifest = (bundle / MANIFEST).read_bytes()
     (bundle / SIGNATURE).write_bytes(signature_document(signer.sign(manifest), key_id(signer.public_key())))
     return hashlib.sha256(manifest).hexdigest()
+
+
+def sign_pointer(signer: Signer, model: str, version: str, bundle_sha256: str, previous_sequence: int | None = None,
+                 rollback: bool = False) -> pointers.Pointer:
+    """A signed pointer naming `model` `version` (its manifest's sha256), with sequence max(now in ms, previous + 1).
+    What `python -m serving refresh/activate --pointer` takes (`.token`) and a store's CURRENT holds (`.envelope`)."""
+    public = signer.public_key()
+    payload = pointers.statement(model, version, bundle_sha256, pointers.next_sequence(previous_sequence), rollback)
+    envelope = pointers.envelope(payload, signer.sign(payload), key_id(public))
+    return pointers.verify(envelope, {key_id(public): public}, "the pointer just signed")
+
+
+class PointerSigner:
+    """Signs the pointers of one deploy or rollback of `model`: each sequence above every pointer seen or signed."""
+
+    def __init__(self, signer: Signer, trusted: PublicKeys, model: str) -> None:
+        self.signer, self.trusted, self.model = signer, trusted, model
+        self.last = 0
+
+    def after(self, envelope: bytes | None) -> pointers.Pointer | None:
+        """Take note of an existing pointer (a release store's CURRENT): later ones get a higher sequence. A pointer
+        that does not verify (a store written before signed pointers) is ignored; the verified one is returned."""
+        if envelope is None:
+            return None
+        try:
+            seen = pointers.verify(envelope, self.trusted)
+        except pointers.PointerError as exc:
+            log.warning("ignoring a pointer that does not verify: %s", exc)
+            return None
+        self.last = max(self.last, seen.sequence)
+        return seen
+
+    def sign(self, version: str, bundle_sha256: str, rollback: bool = False) -> pointers.Pointer:
+        signed = sign_pointer(self.signer, self.model, version, bundle_sha256, self.last, rollback)
+        self.last = signed.sequence
+        return signed
+
+    def rollback_to(self, token: str) -> pointers.Pointer:
+        """A rollback pointer to the version an earlier pointer (a server's PREVIOUS, as its refresh reported it)
+        named; that pointer must verify and name this model."""
+        earlier = pointers.verify(pointers.decode_token(token), self.trusted, "the earlier pointer")
+        if earlier.model != self.model:
+            raise DeploymentError(f"the earlier pointer names model {earlier.model!r}, not {self.model!r}")
+        self.last = max(self.last, earlier.sequence)
+        return self.sign(earlier.version, earlier.bundle_sha256, rollback=True)
 
 
 def _public_pem(key: ec.EllipticCurvePublicKey) -> bytes:

@@ -1,8 +1,11 @@
 """The two AWS look-ups of the EC2 setup script (serving/deploy/user-data.sh), with the pinned boto3 of the server.
 
-    python -m serving.deploy.bootstrap current-version s3://<bucket>/<prefix>/<model>
-        prints the version the fleet should serve (the CURRENT object the deploy task writes);
-        exit 3 when there is no CURRENT object yet (no deploy has run), 1 on any other failure.
+    python -m serving.deploy.bootstrap current-pointer s3://<bucket>/<prefix>/<model> --public-key PEM --model NAME
+        prints `<version> <pointer token>`: the version the fleet should serve and the signed pointer naming it
+        (the CURRENT object the deploy task writes), once the pointer is verified exactly as a server verifies
+        one (a trusted key's signature, the model NAME, a plain version name; serving/pointer.py). The setup
+        script passes both to `python -m serving refresh`. Exit 3 when there is no CURRENT object yet (no deploy
+        has run), 1 on any other failure (an unsigned or wrongly signed pointer included).
     python -m serving.deploy.bootstrap api-key-env --parameter /mlops/prediction-server/api-key \\
             --output /etc/mlops/serving-secrets.env
         reads the API key from an SSM Parameter Store SecureString and writes `SERVING_API_KEY=<key>`
@@ -22,7 +25,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from serving.store import BundleError, check_version_name
+from serving import pointer as pointers
+from serving.signing import PublicKeys, load_public_keys
+from serving.store import BundleError
 
 NO_POINTER = 3
 POINTER = "CURRENT"
@@ -43,8 +48,8 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
-def current_version(source: str, s3: Any = None) -> str | None:
-    """The version named by <source>/CURRENT, or None when that object does not exist."""
+def current_pointer(source: str, trusted: PublicKeys, model: str, s3: Any = None) -> pointers.Pointer | None:
+    """The verified pointer of <source>/CURRENT, or None when that object does not exist."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, prefix = split_s3(source)
@@ -61,11 +66,13 @@ def current_version(source: str, s3: Any = None) -> str | None:
         raise BootstrapError(f"cannot read s3://{bucket}/{key}: {exc}") from exc
     except BotoCoreError as exc:
         raise BootstrapError(f"cannot read s3://{bucket}/{key}: {exc}") from exc
-    version = body.decode("utf-8", errors="replace").strip()
     try:
-        return check_version_name(version)  # it becomes a path and a command argument: no surprises
+        # It becomes a path and a command argument: verified as a server verifies it, or nothing is used.
+        pointer = pointers.verify(body, trusted, f"s3://{bucket}/{key}")
+        pointers.check_model(pointer, model)
     except BundleError as exc:
-        raise BootstrapError(f"s3://{bucket}/{key}: {exc}") from exc
+        raise BootstrapError(str(exc)) from exc
+    return pointer
 
 
 def api_key(parameter: str, ssm: Any = None) -> str:
@@ -112,19 +119,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.deploy.bootstrap", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    cur = sub.add_parser("current-version", help="print the version <source>/CURRENT names (exit 3: none yet)")
+    cur = sub.add_parser("current-pointer", help="print the version and the verified pointer token <source>/CURRENT "
+                                                 "holds (exit 3: none yet)")
     cur.add_argument("source", help="s3://bucket/prefix/model, as given to `python -m serving refresh --source`")
+    cur.add_argument("--public-key", type=Path, required=True, help="the PEM public key(s) pointers must verify with")
+    cur.add_argument("--model", required=True, help="the model the pointer must name (SERVING_MODEL_NAME)")
     key = sub.add_parser("api-key-env", help="write SERVING_API_KEY from an SSM SecureString to a 0600 file")
     key.add_argument("--parameter", required=True)
     key.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
-        if args.command == "current-version":
-            version = current_version(args.source)
-            if version is None:
+        if args.command == "current-pointer":
+            try:
+                trusted = load_public_keys(args.public_key)
+            except (OSError, ValueError) as exc:
+                raise BootstrapError(f"--public-key {args.public_key}: {exc}") from exc
+            pointer = current_pointer(args.source, trusted, args.model)
+            if pointer is None:
                 print(f"no {args.source}/{POINTER} object yet", file=sys.stderr)
                 return NO_POINTER
-            print(version)
+            print(pointer.version, pointer.token)
         else:
             write_env_file(args.output, {"SERVING_API_KEY": api_key(args.parameter)})
             print(f"wrote SERVING_API_KEY from {args.parameter} to {args.output}", file=sys.stderr)

@@ -248,13 +248,15 @@ render_nginx_site() {
 
 # The deploy task's refresh command, flag for flag (the mlops-serving SSM document's script,
 # ssm-document-mlops-serving.json): settings from serving.env, then `python -m serving refresh --source <source>
-# --version <version> [--manifest-sha256 <digest>]`. At boot there is no digest to pass (the CURRENT object names a version only):
-# the bundle's signature, checked with SIGNING_PUBLIC_KEY, is what vouches for it. Through MLOPS_PYTHON (the
-# wrapper below) it runs as mlops, exactly as it does when SSM sends it as root.
-#   refresh_model <source> <version> [<manifest sha256>]
+# --version <version> [--manifest-sha256 <digest>] --pointer <token>`. At boot the signed pointer of the CURRENT
+# object (verified by bootstrap.py with SIGNING_PUBLIC_KEY) names the bundle's manifest digest; the bundle's
+# signature is checked too. Through MLOPS_PYTHON (the wrapper below) it runs as mlops, exactly as it does when SSM
+# sends it as root.
+#   refresh_model <source> <version> [<manifest sha256>] [<pointer token>]
 refresh_model() {
     local digest=()
     if [ -n "${3:-}" ]; then digest=(--manifest-sha256 "$3"); fi
+    if [ -n "${4:-}" ]; then digest+=("--pointer=$4"); fi  # as the mlops-serving document passes it
     # shellcheck disable=SC2016  # expanded by the inner bash, from serving.env, like the SSM command
     bash -c 'set -euo pipefail
 set -a; if [ -f /etc/mlops/serving.env ]; then . /etc/mlops/serving.env; fi; set +a
@@ -406,6 +408,7 @@ SERVING_BIND=127.0.0.1:${SERVING_BACKEND_PORT}
 SERVING_WORKERS=${SERVING_WORKERS}
 SERVING_MODEL_STORE=${MODEL_STORE}
 SERVING_PUBLIC_KEY=${SIGNING_KEY_FILE}
+SERVING_MODEL_NAME=${MODEL_NAME}
 SERVING_URL=http://127.0.0.1:${SERVING_BACKEND_PORT}
 MLOPS_APP_DIR=${APP_DIR}
 MLOPS_PYTHON=${BIN_DIR}/python
@@ -426,7 +429,7 @@ EOF
     write_file "$CLI" 0755 <<EOF
 #!/bin/bash
 # The model store commands with the server's settings, as the store's owner. Written by the mlops setup script.
-#   sudo mlops-serving status | rollback | activate <version> | refresh --source s3://... --version <version>
+#   sudo mlops-serving status | rollback --pointer T | activate <version> --pointer T | refresh ... --pointer T
 set -euo pipefail
 set -a; . ${ETC_DIR}/serving.env; set +a
 cd "\$MLOPS_APP_DIR"
@@ -502,15 +505,17 @@ configure_nginx() {
 # The server is already up (without a model, /ready 503): the refresh then confirms the switch on it
 # (SERVING_URL), exactly as during a deploy.
 fetch_model() {
-    local source="s3://${BUCKET}/${PREFIX}/${MODEL_NAME}" version rc=0
-    version=$(cd "$APP_DIR" && "$VENV/bin/python" -m serving.deploy.bootstrap current-version "$source") || rc=$?
+    local source="s3://${BUCKET}/${PREFIX}/${MODEL_NAME}" version token found rc=0
+    found=$(cd "$APP_DIR" && "$VENV/bin/python" -m serving.deploy.bootstrap current-pointer "$source" \
+        --public-key "$SIGNING_KEY_FILE" --model "$MODEL_NAME") || rc=$?
     if [ "$rc" -eq 3 ]; then
         log "WARNING: no $source/CURRENT yet (no deploy has run): serving no model, /ready answers 503 until the first deploy"
         return 0
     fi
-    [ "$rc" -eq 0 ] || die "cannot read $source/CURRENT (exit $rc)"
+    [ "$rc" -eq 0 ] || die "cannot read $source/CURRENT, or it is not a pointer signed for $MODEL_NAME (exit $rc)"
+    read -r version token <<<"$found"
     log "fetching $MODEL_NAME version $version from $source"
-    refresh_model "$source" "$version"
+    refresh_model "$source" "$version" "" "$token"
     wait_for "http://127.0.0.1:${SERVING_PORT}/ready" 120 ||
         die "$SERVICE is not ready with version $version (journalctl -u $SERVICE)"
     log "serving $MODEL_NAME version $version"

@@ -54,6 +54,7 @@ from tests.support.assets import (
     unit_settings,
 )
 from tests.support.bundles import GOOD_ROW, make_bundle
+from tests.support.pointers import point, pointer_for
 from tests.support.project import REPO
 from tests.support.signing import public_key_file
 
@@ -134,9 +135,8 @@ PROBE = textwrap.dedent('''
 def test_the_app_loads_a_bundle_and_predicts_with_only_the_serving_requirements(tmp_path: Path) -> None:
     store = tmp_path / "store"
     make_bundle(store, "1")  # training needs mlflow: done here, in the full test venv
-    from serving import store as store_mod
 
-    store_mod.write_pointer(store, "1")
+    point(store, "1")
     top_level = metadata.packages_distributions()
     serving_dists = set(pins(SERVING_REQUIREMENTS))
     allowed = sorted({"serving", "sitecustomize", "serving_only_attempts"} | {
@@ -252,28 +252,29 @@ def _record_python(tmp_path: Path) -> Path:
     return stub
 
 
-
 def test_user_data_runs_the_deploy_tasks_refresh_command(tmp_path: Path, no_host_serving_env: None) -> None:
     """The same command line reaches `python -m serving` at setup and on every deploy through the mlops-serving
-    SSM document (at boot without the manifest digest, which only a deploy knows)."""
+    SSM document (at boot without the manifest digest, which only a deploy knows, and with the signed pointer of the
+    CURRENT object)."""
     source, version, digest = "s3://my-bucket/models/wine-quality", "12", "ab" * 32
+    token = "eyJwYXlsb2FkIjoi-_=="
     app_dir = tmp_path / "app"
     app_dir.mkdir()
     env = {"MLOPS_PYTHON": str(_record_python(tmp_path)), "MLOPS_APP_DIR": str(app_dir)}
     deploy_record, setup_record, boot_record = tmp_path / "deploy.txt", tmp_path / "setup.txt", tmp_path / "boot.txt"
-    rendered = CommandDocument.load().render(document_parameters(refresh_command(source, version, digest)))
+    rendered = CommandDocument.load().render(document_parameters(refresh_command(source, version, digest,
+                                                                                 pointer=token)))
     subprocess.run(["bash", "-c", rendered.script], check=True,
                    env={**os.environ, **env, **rendered.env, "RECORD": str(deploy_record)})
-    user_data(f"refresh_model '{source}' '{version}' '{digest}'", env={**env, "RECORD": str(setup_record)})
-    user_data(f"refresh_model '{source}' '{version}'", env={**env, "RECORD": str(boot_record)})
+    user_data(f"refresh_model '{source}' '{version}' '{digest}' '{token}'", env={**env, "RECORD": str(setup_record)})
+    user_data(f"refresh_model '{source}' '{version}' '' '{token}'", env={**env, "RECORD": str(boot_record)})
     expected = [str(app_dir), "-m", "serving", "refresh", "--source", source, "--version", version]
-    assert deploy_record.read_text().splitlines() == expected + ["--manifest-sha256", digest]
-    assert setup_record.read_text().splitlines() == expected + ["--manifest-sha256", digest]
-    assert boot_record.read_text().splitlines() == expected
+    assert deploy_record.read_text().splitlines() == expected + ["--manifest-sha256", digest, f"--pointer={token}"]
+    assert setup_record.read_text().splitlines() == expected + ["--manifest-sha256", digest, f"--pointer={token}"]
+    assert boot_record.read_text().splitlines() == expected + [f"--pointer={token}"]
     spaced = "s3://my bucket/models/wine-quality"  # the document refuses it; user-data, run by root, quotes it
     user_data(f"refresh_model '{spaced}' '{version}'", env={**env, "RECORD": str(boot_record)})
     assert boot_record.read_text().splitlines()[5] == spaced
-
 
 
 def test_user_data_refresh_installs_and_activates_a_bundle(tmp_path: Path, no_host_serving_env: None) -> None:
@@ -282,10 +283,11 @@ def test_user_data_refresh_installs_and_activates_a_bundle(tmp_path: Path, no_ho
     make_bundle(releases, "3")
     env = {"MLOPS_PYTHON": sys.executable, "MLOPS_APP_DIR": str(REPO), "SERVING_MODEL_STORE": str(store),
            "SERVING_URL": "", "SERVING_PUBLIC_KEY": str(public_key_file())}
-    done = user_data(f"refresh_model '{releases}' 3", env=env, check=False)
+    pointer = pointer_for(releases, "3")
+    done = user_data(f"refresh_model '{releases}' 3 '' '{pointer.token}'", env=env, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["status"] == "active"
-    assert (store / "CURRENT").read_text().strip() == "3" and (store / "3" / "MANIFEST.sha256").is_file()
+    assert (store / "CURRENT").read_bytes() == pointer.envelope and (store / "3" / "MANIFEST.sha256").is_file()
 
 
 
@@ -680,7 +682,7 @@ def test_settings_file_and_the_store_commands_run_as_the_service_user(layout: Pa
     # gunicorn on the loopback only (nginx faces the network on SERVING_PORT); the refresh command confirms there.
     assert values == {"SERVING_BIND": "127.0.0.1:8001", "SERVING_WORKERS": "2",
                       "SERVING_MODEL_STORE": f"{layout}/models",
-                      "SERVING_PUBLIC_KEY": f"{layout}/etc/bundle-signing.pub",
+                      "SERVING_PUBLIC_KEY": f"{layout}/etc/bundle-signing.pub", "SERVING_MODEL_NAME": "wine-quality",
                       "SERVING_URL": "http://127.0.0.1:8001", "MLOPS_APP_DIR": f"{layout}/app",
                       "MLOPS_PYTHON": f"{layout}/bin/python", "AWS_REGION": "eu-west-1",
                       "AWS_DEFAULT_REGION": "eu-west-1", "SERVING_CAPTURE_DIR": "/var/lib/mlops-capture",

@@ -355,30 +355,49 @@ def test_the_deployer_cannot_send_a_shell_to_the_fleet(layout: dict[str, Any]) -
 
 # --- serving/deploy/bootstrap.py: the setup script's AWS look-ups, against moto ------------------------------------
 
-def test_current_version_reads_the_pointer_object(mocked_aws: Any) -> None:
+def test_current_pointer_is_verified_as_a_server_verifies_it(mocked_aws: Any, tmp_path: Path) -> None:
+    """A new instance's first boot follows <model>/CURRENT only if it is a pointer signed by a trusted key for
+    this model and a plain version name: whoever can write the S3 object cannot pick what it serves."""
     from serving.deploy import bootstrap
+    from tests.support.pointers import attacker_key, pointer_for, signed_statement
+    from tests.support.signing import trusted_keys
 
-    source = "s3://fleet-bucket/models/wine-quality"
-    assert bootstrap.current_version(source) is None  # before the first deploy
-    mocked_aws["s3"].put_object(Bucket="fleet-bucket", Key="models/wine-quality/CURRENT", Body=b"7\n")
-    assert bootstrap.current_version(source + "/") == "7"
-    mocked_aws["s3"].put_object(Bucket="fleet-bucket", Key="models/wine-quality/CURRENT", Body=b"../../etc\n")
-    with pytest.raises(bootstrap.BootstrapError, match="invalid version name"):
-        bootstrap.current_version(source)
+    source, key = "s3://fleet-bucket/models/wine-quality", "models/wine-quality/CURRENT"
+    assert bootstrap.current_pointer(source, trusted_keys(), "wine-quality") is None  # before the first deploy
+    good = pointer_for(tmp_path, "7", model="wine-quality", bundle_sha256="a" * 64)
+    mocked_aws["s3"].put_object(Bucket="fleet-bucket", Key=key, Body=good.envelope)
+    assert bootstrap.current_pointer(source + "/", trusted_keys(), "wine-quality") == good
+    for body, error in (
+            (b"7\n", "is not a signed pointer"),
+            (b"../../etc\n", "is not a signed pointer"),
+            (signed_statement(model="wine-quality", version="../../etc"), "names no version directory"),
+            (pointer_for(tmp_path, "7", model="another-model", bundle_sha256="a" * 64).envelope,
+             "but this server serves 'wine-quality'"),
+            (pointer_for(tmp_path, "7", model="wine-quality", bundle_sha256="a" * 64,
+                         private_key=attacker_key(tmp_path)).envelope, "not trusted here")):
+        mocked_aws["s3"].put_object(Bucket="fleet-bucket", Key=key, Body=body)
+        with pytest.raises(bootstrap.BootstrapError, match=re.escape(error)):
+            bootstrap.current_pointer(source, trusted_keys(), "wine-quality")
     with pytest.raises(bootstrap.BootstrapError, match="cannot read"):
-        bootstrap.current_version("s3://no-such-bucket/models/wine-quality")
+        bootstrap.current_pointer("s3://no-such-bucket/models/wine-quality", trusted_keys(), "wine-quality")
 
 
-def test_current_version_cli_exit_codes(mocked_aws: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_current_pointer_cli_exit_codes(mocked_aws: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     from serving.deploy import bootstrap
+    from tests.support.pointers import pointer_for
+    from tests.support.signing import public_key_file
 
     source = "s3://fleet-bucket/models/toy"
-    assert bootstrap.main(["current-version", source]) == bootstrap.NO_POINTER
-    mocked_aws["s3"].put_object(Bucket="fleet-bucket", Key="models/toy/CURRENT", Body=b"12")
+    args = ["current-pointer", source, "--public-key", str(public_key_file()), "--model", "toy"]
+    assert bootstrap.main(args) == bootstrap.NO_POINTER
+    good = pointer_for(tmp_path, "12", model="toy", bundle_sha256="a" * 64)
+    mocked_aws["s3"].put_object(Bucket="fleet-bucket", Key="models/toy/CURRENT", Body=good.envelope)
     capsys.readouterr()
-    assert bootstrap.main(["current-version", source]) == 0
-    assert capsys.readouterr().out == "12\n"
-    assert bootstrap.main(["current-version", "fleet-bucket/models/toy"]) == 1
+    assert bootstrap.main(args) == 0
+    assert capsys.readouterr().out == f"12 {good.token}\n"  # what user-data.sh passes to refresh
+    mocked_aws["s3"].put_object(Bucket="fleet-bucket", Key="models/toy/CURRENT", Body=b"12")
+    assert bootstrap.main(args) == 1  # a plain version is no pointer
+    assert bootstrap.main([*args[:1], "fleet-bucket/models/toy", *args[2:]]) == 1
 
 
 @pytest.mark.parametrize("value, kind, error", [

@@ -31,6 +31,7 @@ from include.release.command_document import DOCUMENT_PATH, CommandDocument
 from include.release.ports import CommandResult, Instance, ServingCommand
 from include.release.rollout import activate_command, refresh_command
 from include.release.targets.ec2 import SSM_DOCUMENT, Ec2Fleet, SsmRunner
+from serving import pointer as pointers
 from serving.signing import load_public_keys
 from tests.support.attacks import tampered
 from tests.support.bundles import register_toy_model
@@ -181,6 +182,19 @@ def s3_text(aws: Any, key: str) -> str:
     return aws["s3"].get_object(Bucket="releases", Key=key)["Body"].read().decode()
 
 
+def s3_pointer(aws: Any, fleet: dict[str, StandIn]) -> pointers.Pointer:
+    """The models/toy/CURRENT object: a pointer signed by the KMS key (verified with its public half)."""
+    body = aws["s3"].get_object(Bucket="releases", Key="models/toy/CURRENT")["Body"].read()
+    return pointers.verify(body, load_public_keys(fleet_key(fleet)))
+
+
+def store_pointer(stand_in: StandIn) -> pointers.Pointer:
+    """An instance's CURRENT, verified with the key its server trusts."""
+    current = pointers.current(stand_in.server.store, load_public_keys(Path(stand_in.server.env["SERVING_PUBLIC_KEY"])))
+    assert current is not None
+    return current
+
+
 class Steps(logging.Handler):
     """Records the rollout's own log lines (Airflow's logging set-up keeps them from pytest's caplog)."""
 
@@ -206,6 +220,7 @@ def test_rolling_deploy_to_the_fleet(config: Any, fleet: dict[str, StandIn], aws
                                      tmp_path: Path) -> None:
     first, _ = deploy(config, "1", fleet, s3_endpoint, tmp_path / "deploy-1")  # servers start with an empty store
     assert [i["changed"] for i in first.instances] == [True, True, True]
+    s3_pointer_before = s3_pointer(aws, fleet)
     with ExitStack() as polling:
         for stand_in in fleet.values():
             polling.enter_context(stand_in.poller)
@@ -216,7 +231,8 @@ def test_rolling_deploy_to_the_fleet(config: Any, fleet: dict[str, StandIn], aws
 
     # the bundle and the pointer, read back from S3 and checked against the manifest
     manifest = s3_text(aws, "models/toy/2/MANIFEST.sha256")
-    listed = dict(reversed(line.split("  ", 1)) for line in manifest.splitlines())
+    assert manifest.startswith("# model: toy\n# version: 2\n")  # the signed manifest names them
+    listed = dict(reversed(line.split("  ", 1)) for line in manifest.splitlines() if not line.startswith("#"))
     keys = {o["Key"] for o in aws["s3"].list_objects_v2(Bucket="releases", Prefix="models/toy/2/")["Contents"]}
     assert keys == {f"models/toy/2/{name}" for name in listed} | {"models/toy/2/MANIFEST.sha256",
                                                                  "models/toy/2/MANIFEST.sig"}
@@ -228,7 +244,10 @@ def test_rolling_deploy_to_the_fleet(config: Any, fleet: dict[str, StandIn], aws
         body = aws["s3"].get_object(Bucket="releases", Key=f"models/toy/2/{name}")["Body"].read()
         assert hashlib.sha256(body).hexdigest() == digest
     assert json.loads(s3_text(aws, "models/toy/2/bundle.json"))["version"] == "2"
-    assert s3_text(aws, "models/toy/CURRENT").strip() == "2"
+    current = s3_pointer(aws, fleet)  # the signed pointer: this model, this version, this manifest, not a rollback
+    assert (current.model, current.version, current.bundle_sha256, current.rollback) == \
+        (MODEL, "2", result.manifest_sha256, False)
+    assert current.sequence > s3_pointer_before.sequence
 
     # exactly one SSM command per instance, in fleet order, with the refresh command
     ordered = [i["instance_id"] for i in result.instances]
@@ -238,7 +257,7 @@ def test_rolling_deploy_to_the_fleet(config: Any, fleet: dict[str, StandIn], aws
         [("refresh", a), ("refresh", b), ("verified", a), ("verified", b), ("refresh", c), ("verified", c)]
     assert sorted(ordered) == sorted(fleet) and len(ordered) == 3
     assert [p["InstanceIds"] for p in runner.sent] == [[iid] for iid in ordered]
-    refresh = refresh_command("s3://releases/models/toy", "2", result.manifest_sha256)
+    refresh = refresh_command("s3://releases/models/toy", "2", result.manifest_sha256, pointer=current.token)
     for params in runner.sent:
         assert params["DocumentName"] == SSM_DOCUMENT == "mlops-serving"
         assert params["Parameters"] == {"action": ["refresh"], **{k: [v] for k, v in refresh.parameters.items()},
@@ -253,6 +272,7 @@ def test_rolling_deploy_to_the_fleet(config: Any, fleet: dict[str, StandIn], aws
     for iid, stand_in in fleet.items():
         assert not stand_in.poller.failures() and stand_in.poller.versions() == {"1", "2"}, \
             (iid, stand_in.poller.outcomes)
+        assert store_pointer(stand_in) == current  # every store holds the very pointer S3 holds
     assert json.loads((tmp_path / "deploy-2" / deployment.RESULT).read_text())["version"] == "2"
 
     again, _ = deploy(config, "2", fleet, s3_endpoint, tmp_path / "deploy-2-again")
@@ -277,7 +297,9 @@ def test_failure_stops_the_rollout_and_rolls_back(config: Any, fleet: dict[str, 
     assert f"instance {order[1]}: the refresh command failed" in message and "holds a different bundle" in message
     assert f"{order[0]} rolled back to version 1" in message
     assert {iid: s.version() for iid, s in fleet.items()} == {iid: "1" for iid in fleet}
-    assert s3_text(aws, "models/toy/CURRENT").strip() == "1"  # new servers keep booting the old version
+    assert s3_pointer(aws, fleet).version == "1"  # new servers keep booting the old version
+    # the instance that had switched went back through a new, signed rollback pointer
+    assert store_pointer(fleet[order[0]]).rollback and store_pointer(fleet[order[0]]).version == "1"
     sent = [c["Comment"] for c in sorted(aws["ssm"].list_commands()["Commands"],
                                          key=lambda c: c["RequestedDateTime"])[3:]]
     assert sent == [f"refresh toy to version 2 on {order[0]}", f"refresh toy to version 2 on {order[1]}",
@@ -295,6 +317,13 @@ def test_no_instances_changes_nothing(config: Any, aws: Any, s3_endpoint: str, t
     with pytest.raises(DeploymentError, match="no servers to deploy to"):
         deploy(config, "2", {}, s3_endpoint, tmp_path / "deploy")
     assert "Contents" not in aws["s3"].list_objects_v2(Bucket="releases")
+
+
+def runner_pointer(aws: Any) -> str:
+    """The --pointer token of the last refresh command sent through SSM."""
+    commands = sorted(aws["ssm"].list_commands()["Commands"], key=lambda c: c["RequestedDateTime"])
+    line = next(c for c in reversed(commands) if c["Comment"].startswith("refresh"))["Parameters"]["commands"][-1]
+    return line.split("--pointer ", 1)[1].split()[0]
 
 
 def deployment_fleet(config: Any) -> list[Instance]:
@@ -333,15 +362,17 @@ def test_a_bundle_someone_else_uploads_to_the_prefix_is_refused_everywhere(
     assert "is not the manifest this deploy published" in str(failed.value)
     assert f"{order[0]} rolled back to version 1" in str(failed.value)
     assert {iid: s.version() for iid, s in fleet.items()} == {iid: "1" for iid in fleet}
-    assert s3_text(aws, "models/toy/CURRENT").strip() == "1"
+    assert s3_pointer(aws, fleet).version == "1"
+    deploys_pointer = runner_pointer(aws)  # the signed pointer to version 2 the deploy sent: replayed
     for iid, stand_in in fleet.items():
         assert not stand_in.poller.failures(), (iid, stand_in.poller.outcomes)
-        # as user-data's first boot would run it: no digest, so the signature is what refuses it
+        # as user-data's first boot runs it, with no digest: the pointer's bundle sha256 refuses the swapped bundle
         done = subprocess.run([sys.executable, "-m", "serving", "refresh", "--source", "s3://releases/models/toy",
-                               "--version", "2"], cwd=REPO, env=stand_in.env(s3_endpoint), capture_output=True,
-                              text=True, timeout=120)
+                               "--version", "2", "--pointer", deploys_pointer], cwd=REPO,
+                              env=stand_in.env(s3_endpoint), capture_output=True, text=True, timeout=120)
         assert done.returncode == 1, (iid, done.stdout)
-        assert "not trusted here" in done.stdout or "holds a different bundle" in done.stdout, done.stdout
+        assert "is not the manifest this deploy published" in done.stdout \
+            or "holds a different bundle" in done.stdout or "not above" in done.stdout, done.stdout
         assert stand_in.version() == "1"
     assert not marker.exists()
 
@@ -359,3 +390,29 @@ def test_a_hostile_parameter_is_never_sent(config: Any, fleet: dict[str, StandIn
         with pytest.raises(DeploymentError, match="mlops-serving parameter .* does not match .*nothing was sent"):
             runner.run(instance, command, "attack")
     assert runner.sent == [] and aws["ssm"].list_commands()["Commands"] == [] and not marker.exists()
+
+
+def test_a_rollback_is_a_new_signed_pointer_the_fleet_follows(config: Any, fleet: dict[str, StandIn], aws: Any,
+                                                                s3_endpoint: str, tmp_path: Path) -> None:
+    """What main.py --rollback and ml_rollback run after moving the alias: deploy the earlier version with
+    rollback=True. Every server follows it back, and its store and S3 hold a rollback pointer with a higher
+    sequence than the pointer it replaces; the replaced pointer is never followed again."""
+    deploy(config, "1", fleet, s3_endpoint, tmp_path / "deploy-1")
+    deploy(config, "2", fleet, s3_endpoint, tmp_path / "deploy-2")
+    forward = s3_pointer(aws, fleet)
+    with ExitStack() as polling:
+        for stand_in in fleet.values():
+            polling.enter_context(stand_in.poller)
+        back = deployment.deploy(config, "1", tmp_path / "rollback",
+                                 runner=StandInSsmRunner(config.deployment.ec2, fleet, s3_endpoint), rollback=True)
+    assert [i["changed"] for i in back.instances] == [True, True, True]
+    current = s3_pointer(aws, fleet)
+    assert (current.version, current.rollback) == ("1", True) and current.sequence > forward.sequence
+    for iid, stand_in in fleet.items():
+        assert stand_in.version() == "1" and store_pointer(stand_in) == current
+        assert not stand_in.poller.failures(), (iid, stand_in.poller.outcomes)
+        # the forward pointer to version 2, replayed by whoever can write the store, is refused
+        replay = subprocess.run([sys.executable, "-m", "serving", "activate", "2", "--pointer", forward.token],
+                                cwd=REPO, env=stand_in.env(s3_endpoint), capture_output=True, text=True,
+                                timeout=120)
+        assert replay.returncode == 1 and "not above" in replay.stdout, replay.stdout

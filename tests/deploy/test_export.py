@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from include.release.export import export_bundle
+from include.release.export import export_bundle, export_to_store
 from include.release.signing import LocalSigner
+from serving import pointer as pointers
 from serving import store
-from serving.model import load_bundle
-from tests.support.signing import signing_config, trusted_keys
+from serving.model import ModelLoadError, load_bundle
+from tests.support.signing import sign, signing_config, trusted_keys
 
 
 def test_export_from_a_real_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -36,7 +37,9 @@ def test_export_from_a_real_registry(tmp_path: Path, monkeypatch: pytest.MonkeyP
     meta = json.loads((bundle / "bundle.json").read_text())
     assert bundle.name == "1" and meta["version"] == "1" and meta["run_id"] == info.run_id
     assert meta["metrics"] == {"test_rmse": 0.25}
-    store.verify_manifest(bundle)
+    manifest = store.verify_manifest(bundle)
+    assert (manifest.model, manifest.version) == ("exported", "1")  # the signed manifest names them
+    assert (bundle / store.MANIFEST).read_text().startswith("# model: exported\n# version: 1\n")
     assert meta["onnx"] == {"converted": True, "reason": ""}
     assert f"  {store.ONNX_MODEL}\n" in (bundle / store.MANIFEST).read_text()  # signed with the rest
     loaded = load_bundle(bundle, trusted_keys())  # MLflow-signature fallback: names and types, no ranges
@@ -116,3 +119,37 @@ def test_export_refuses_what_a_registry_writer_slipped_in(case: str, tmp_path: P
     with pytest.raises(store.BundleError, match=f"victim version {version} is refused"):
         export_bundle("victim", version, tmp_path / "store", signer, trusted_keys())
     assert store.versions(tmp_path / "store") == [] and not marker.exists()
+
+
+def test_export_activate_writes_a_signed_pointer_and_a_higher_one_each_time(tmp_path: Path) -> None:
+    """main.py export --activate and main.py serve: the store's CURRENT is a pointer the pipeline signed."""
+    import mlflow
+
+    from tests.support.bundles import register_toy_model
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = mlflow.create_experiment("export", artifact_location=(tmp_path / "art").as_uri())
+    register_toy_model("served", experiment)
+    register_toy_model("served", experiment, offset=100.0)
+    models = tmp_path / "store"
+    sequences = []
+    for version in ("1", "2", "1"):
+        assert export_to_store("served", version, models, signing_config(), activate=True).activated
+        current = pointers.current(models, trusted_keys())
+        assert current is not None and (current.model, current.version) == ("served", version)
+        assert current.bundle_sha256 == store.sha256_file(models / version / store.MANIFEST)
+        assert pointers.read_applied(models) == pointers.applied(current)  # the store's high-water mark
+        sequences.append(current.sequence)
+    assert sequences == sorted(sequences) and len(set(sequences)) == 3
+
+
+def test_a_bundle_whose_signed_manifest_names_no_model_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    from tests.support.bundles import make_bundle
+
+    bundle = make_bundle(tmp_path / "store", "1")
+    manifest = bundle / store.MANIFEST
+    manifest.write_text("".join(line + "\n" for line in manifest.read_text().splitlines()
+                                if not line.startswith("#")))  # as exported before signed pointers
+    sign(bundle)
+    with pytest.raises(ModelLoadError, match="does not name the model and version .* re-export it"):
+        load_bundle(bundle, trusted_keys())

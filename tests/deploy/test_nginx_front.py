@@ -37,10 +37,10 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from serving import store as store_mod
 from tests.support.assets import NGINX_TEMPLATE, USER_DATA
 from tests.support.bundles import GOOD_ROW, copy_store, make_bundle
 from tests.support.network import free_ports
+from tests.support.pointers import point
 from tests.support.project import REPO
 from tests.support.servers import PredictionServer
 
@@ -368,7 +368,7 @@ def summary(results: list[float | None]) -> dict[str, Any]:
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("nginx-front") / "store"
     make_bundle(store, "1")
-    store_mod.write_pointer(store, "1")
+    point(store, "1")
     return store
 
 

@@ -4,7 +4,10 @@ A BundleStore that records what is published and every pointer read and write, a
 CommandRunner that answers each command as `python -m serving` does (one JSON line), keeps each instance's store
 pointer, can fail (or raise) on a chosen instance, and records every command in order. Instances have no URL, so
 verification is skipped and only logged, except in the tests that verify against a tiny HTTP server in a thread.
-The store's pointer (what servers started later boot with) moves only once every server is verified.
+The store's pointer (what servers started later boot with) moves only once every server is verified. Every
+command carries a pointer signed with the tests' key (serving/pointer.py): the fake runner verifies it, checks it
+names the commanded version (a rollback pointer for the undo's activate), and records the command with the token
+replaced by ANY.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import json
 import logging
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,13 +36,23 @@ from include.release.ports import (
     ServingCommand,
 )
 from include.release.rollout import activate_command, refresh_command, rollout
+from include.release.signing import LocalSigner, PointerSigner, sign_pointer
+from serving import pointer as pointers
+from tests.support.signing import signing_config, trusted_keys
 
 SOURCE = "s3://releases/models/toy"
 MODEL = "toy"
 MANIFEST = "0" * 64 + "  bundle.json\n"  # the published bundle's manifest: its digest rides on every refresh
 MANIFEST_SHA256 = hashlib.sha256(MANIFEST.encode()).hexdigest()
-REFRESH = refresh_command(SOURCE, "2", MANIFEST_SHA256)
+ANY = "<pointer>"  # what the fake runner records in place of each (verified) pointer token
+REFRESH = refresh_command(SOURCE, "2", MANIFEST_SHA256, pointer=ANY)
+ROLL_BACK_TO_1 = activate_command("1", pointer=ANY)
 REFRESH_COMMENT = f"refresh {MODEL} to version 2"
+
+
+def signed(version: str) -> pointers.Pointer:
+    """A pointer to `version` as an earlier deploy signed it."""
+    return sign_pointer(LocalSigner(signing_config().private_key), MODEL, version, "1" * 64)
 
 
 # --- the fakes ----------------------------------------------------------------------------------------------------
@@ -57,11 +70,15 @@ class FakeStore:
     def publish(self, bundle: Path, version: str) -> None:
         self.calls.append(("publish", str(bundle), version))
 
-    def read_pointer(self) -> str | None:
-        self.calls.append(("read_pointer",))
-        return self.pointer
+    written: pointers.Pointer | None = None
 
-    def write_pointer(self, version: str) -> None:
+    def read_pointer(self) -> bytes | None:
+        self.calls.append(("read_pointer",))
+        return signed(self.pointer).envelope if self.pointer else None
+
+    def write_pointer(self, envelope: bytes) -> None:
+        self.written = pointers.verify(envelope, trusted_keys())
+        version = self.written.version
         self.calls.append(("write_pointer", version))
         if self.events is not None:
             self.events.append(("pointer", version))
@@ -96,9 +113,9 @@ class Hosts:
             self.previous[instance_id], self.current[instance_id] = before, version
             if instance_id not in self.stuck:
                 self.served[instance_id] = version
-        return {"status": "active", "name": MODEL, "version": version,
-                "previous": before if before != version else self.previous.get(instance_id),
-                "changed": before != version}
+        previous = before if before != version else self.previous.get(instance_id)
+        return {"status": "active", "name": MODEL, "version": version, "previous": previous,
+                "previous_pointer": signed(previous).token if previous else None, "changed": before != version}
 
 
 @dataclass
@@ -110,11 +127,14 @@ class FakeRunner:
     fail_activate: set[str] = field(default_factory=set)  # the rollback command fails there
     raise_on: dict[str, Exception] = field(default_factory=dict)  # the runner itself breaks (e.g. SSM unreachable)
     calls: list[tuple[str, ServingCommand, str]] = field(default_factory=list)
+    sent: list[pointers.Pointer] = field(default_factory=list)  # every pointer sent, verified, in order
 
     def run(self, instance: Instance, command: ServingCommand, comment: str) -> CommandResult:
         iid = instance.instance_id
         check_command(command)  # as SsmRunner and ShellRunner do before anything runs
-        self.calls.append((iid, command, comment))
+        sent = pointers.verify(pointers.decode_token(command.parameters["pointer"]), trusted_keys())
+        self.sent.append(sent)
+        self.calls.append((iid, replace(command, parameters={**command.parameters, "pointer": ANY}), comment))
         if iid in self.raise_on:
             raise self.raise_on[iid]
         self.hosts.events.append((command.action, iid))
@@ -128,8 +148,10 @@ class FakeRunner:
         else:
             assert command.action == "activate", command
             assert set(command.parameters) == {"version", "pointer"}, command
+            assert sent.rollback, "the undo sends rollback pointers"
             if iid in self.fail_activate:
                 return answer(1, {"status": "failed", "command": "activate", "error": f"no bundle {version}"})
+        assert (sent.model, sent.version) == (MODEL, version)
         return answer(0, self.hosts.switch(iid, version))
 
 
@@ -169,9 +191,11 @@ def fleet_of(count: int, url: str = "") -> list[Instance]:
 
 
 def deploy(store: BundleStore, fleet: Fleet, runner: CommandRunner, bundle: Path, batch_size: int = 1,
-           verify_timeout: float = 5.0) -> DeploymentResult:
+           verify_timeout: float = 5.0, rollback: bool = False) -> DeploymentResult:
     return rollout(store, fleet, runner, target="ec2", model_name=MODEL, version="2", bundle=bundle,
-                   batch_size=batch_size, verify_timeout=verify_timeout)
+                   batch_size=batch_size, verify_timeout=verify_timeout,
+                   pointers=PointerSigner(LocalSigner(signing_config().private_key), trusted_keys(), MODEL),
+                   rollback=rollback)
 
 
 @pytest.fixture
@@ -239,7 +263,7 @@ def test_refresh_failure_on_instance_k_rolls_back_the_earlier_ones_last_first(fa
 
     before = [f"i-{n}" for n in range(1, failing)]  # switched before the failure
     refreshed = [(iid, REFRESH, REFRESH_COMMENT) for iid in [*before, f"i-{failing}"]]
-    undone = [(iid, activate_command("1"), "roll back to version 1") for iid in reversed(before)]
+    undone = [(iid, ROLL_BACK_TO_1, "roll back to version 1") for iid in reversed(before)]
     assert runner.calls == refreshed + undone  # nothing after the failing instance was touched
     notes = "; ".join(f"{iid} rolled back to version 1" for iid in reversed(before)) or "no server had switched yet"
     assert str(failed.value) == (f"instance i-{failing}: the refresh command failed (exit 1): "
@@ -269,8 +293,8 @@ def test_an_instance_with_no_earlier_version_keeps_the_new_one(bundle: Path) -> 
                                       "one; i-1 rolled back to version 1")
     assert runner.calls == [
         *[(iid, REFRESH, REFRESH_COMMENT) for iid in ("i-1", "i-2", "i-3", "i-4")],
-        ("i-3", activate_command("1"), "roll back to version 1"),
-        ("i-1", activate_command("1"), "roll back to version 1"),  # nothing is sent to i-2
+        ("i-3", ROLL_BACK_TO_1, "roll back to version 1"),
+        ("i-1", ROLL_BACK_TO_1, "roll back to version 1"),  # nothing is sent to i-2
     ]
     assert hosts.current == {"i-1": "1", "i-2": "2", "i-3": "1", "i-4": "1"}
     assert store.pointer == "1"
@@ -302,7 +326,7 @@ def test_a_rollback_command_that_fails_is_reported_and_the_others_still_roll_bac
     assert notes[1].startswith("i-2 ROLLBACK FAILED (exit 1): ") and '"error": "no bundle 1"' in notes[1]
     assert notes[2] == "i-1 rolled back to version 1"
     assert [(iid, commands) for iid, commands, _ in runner.calls][4:] == [
-        (iid, activate_command("1")) for iid in ("i-3", "i-2", "i-1")]
+        (iid, ROLL_BACK_TO_1) for iid in ("i-3", "i-2", "i-1")]
     assert hosts.current == {"i-1": "1", "i-2": "2", "i-3": "1", "i-4": "1"}  # i-2 is still on the new one
     assert store.pointer == "1"
 
@@ -405,7 +429,7 @@ def test_a_server_that_keeps_the_old_version_fails_verification_and_everything_r
                                  "(still serving version 1); i-2 rolled back to version 1; "
                                  "i-1 rolled back to version 1")
     assert [(iid, commands) for iid, commands, _ in runner.calls] == [
-        ("i-1", REFRESH), ("i-2", REFRESH), ("i-2", activate_command("1")), ("i-1", activate_command("1"))]
+        ("i-1", REFRESH), ("i-2", REFRESH), ("i-2", ROLL_BACK_TO_1), ("i-1", ROLL_BACK_TO_1)]
     assert collapsed(hosts.events)[:4] == [("refresh", "i-1"), ("verified", "i-1"), ("refresh", "i-2"),
                                            ("verified", "i-2")]
     assert store.calls == [("read_pointer",), ("publish", str(bundle), "2")] and store.pointer == "1"
@@ -440,3 +464,33 @@ def test_a_previous_version_the_document_refuses_is_never_sent_back(bundle: Path
     assert "i-1 rolled back to version 1" in str(failed.value)
     assert [(iid, command.action) for iid, command, _ in runner.calls] == [
         ("i-1", "refresh"), ("i-2", "refresh"), ("i-3", "refresh"), ("i-1", "activate")]
+
+
+# --- the signed pointers ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rollback", [False, True])
+def test_every_server_and_the_store_get_one_pointer_above_the_stores_and_a_rollback_says_so(
+        rollback: bool, bundle: Path) -> None:
+    servers = fleet_of(3)
+    hosts = Hosts(current={s.instance_id: "1" for s in servers})
+    store, runner = FakeStore(), FakeRunner(hosts)
+    earlier = pointers.verify(store.read_pointer() or b"", trusted_keys())
+    deploy(store, FakeFleet(servers), runner, bundle, rollback=rollback)
+    assert len({p.envelope for p in runner.sent}) == 1  # one pointer for the whole fleet ...
+    sent = runner.sent[0]
+    assert store.written == sent  # ... and for servers started later
+    assert (sent.model, sent.version, sent.bundle_sha256, sent.rollback) == (MODEL, "2", MANIFEST_SHA256, rollback)
+    assert sent.sequence > earlier.sequence
+
+
+def test_the_undo_signs_rollback_pointers_above_the_deploys_to_each_servers_earlier_version(bundle: Path) -> None:
+    servers = fleet_of(3)
+    hosts = Hosts(current={"i-1": "1", "i-2": "0", "i-3": "1"})
+    store, runner = FakeStore(), FakeRunner(hosts, fail_refresh={"i-3"})
+    with pytest.raises(DeploymentError, match="i-2 rolled back to version 0; i-1 rolled back to version 1$"):
+        deploy(store, FakeFleet(servers), runner, bundle)
+    deployed, *undo = runner.sent[2:]  # the pointer sent to i-3, then the undo's, last switched first
+    assert [(p.version, p.rollback) for p in undo] == [("0", True), ("1", True)]
+    assert all(p.sequence > deployed.sequence for p in undo) and undo[1].sequence > undo[0].sequence
+    assert hosts.current == {"i-1": "1", "i-2": "0", "i-3": "1"} and store.pointer == "1"

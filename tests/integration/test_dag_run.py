@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -187,6 +188,16 @@ def test_new_champion_reaches_the_server_without_a_failed_request_and_rollback_r
     assert moved["champion_after"] == champion_before  # the previous champion, whatever its number
     assert not poller.failures(), poller.outcomes
     assert get_json(f"{airflow_stack.serving_url}/version")["version"] == moved["champion_after"]
+    # The server followed a new signed pointer: the earlier version, a higher sequence, marked as a rollback.
+    from serving import pointer as pointers
+    from serving import store as store_mod
+
+    model_store = Path(airflow_stack.env["MLOPS_MODEL_STORE"])
+    back = pointers.peek(store_mod.read_pointer(model_store))
+    forward = pointers.peek(store_mod.read_pointer(model_store, store_mod.PREVIOUS))
+    assert back is not None and forward is not None
+    assert (back.version, back.rollback, forward.version) == (moved["champion_after"], True, promoted["version"])
+    assert back.sequence > forward.sequence and pointers.read_applied(model_store).sequence == back.sequence
 
     import mlflow
 

@@ -87,7 +87,7 @@ def test_every_dtype_and_role_trains_and_loads_on_a_server(task: str, family: st
     import yaml
 
     from serving.contract import Contract
-    from serving.trust import load_sklearn
+    from serving.trust import load_sklearn, read_model_dir
     from tests.support.frames import mixed_dataset, mixed_schema
 
     data = mixed_dataset(task)
@@ -98,7 +98,7 @@ def test_every_dtype_and_role_trains_and_loads_on_a_server(task: str, family: st
     contract = Contract.from_mlmodel(mlmodel)
     assert [f.name for f in contract.features] == ["when", "grade", "plate", "kind", "x1"]
     assert (contract.keys, contract.ignored) == (("row_id",), ("note",))
-    served = load_sklearn(local, mlmodel)
+    served = load_sklearn(read_model_dir(local), mlmodel)
     x = data[list(contract.names)]
     assert served.predict(x).tolist() == mlflow.sklearn.load_model(result.model_uri).predict(x).tolist()
 

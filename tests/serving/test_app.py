@@ -12,6 +12,7 @@ from flask.testing import FlaskClient
 
 from serving import store as store_mod
 from tests.support.bundles import GOOD_ROW
+from tests.support.pointers import point
 
 ROWS = [GOOD_ROW, {**GOOD_ROW, "x1": None, "kind": "q", "count": 40}]
 
@@ -66,7 +67,7 @@ def test_nan_from_json_dumps_is_a_missing_value_in_a_nullable_column(client: Fla
 
 
 def test_classifier_gives_class_probabilities(make_app: Any, store: Path) -> None:
-    store_mod.write_pointer(store, "c1")
+    point(store, "c1")
     response = make_app().test_client().post("/predict", json=ROWS)
     assert response.status_code == 200
     assert all(p in ("a", "b", "c") for p in response.json["predictions"])

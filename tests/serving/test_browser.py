@@ -13,8 +13,9 @@ import yaml
 from serving import store as store_mod
 from tests.support import typed
 from tests.support.browser import chromium, require_chromium
-from tests.support.bundles import FEATURES, GOOD_ROW
+from tests.support.bundles import FEATURES, GOOD_ROW, remanifest
 from tests.support.network import free_port
+from tests.support.pointers import point
 from tests.support.servers import PredictionServer
 from tests.support.signing import sign
 
@@ -121,8 +122,9 @@ def test_category_values_keep_their_json_type(browser: WebDriver, store: Path, t
     mlmodel_path.write_text(yaml.safe_dump(mlmodel))
     # The saved input example still says "p"; without it the load-time self-check uses the contract's example row.
     (bundle / store_mod.MODEL_DIR / "serving_input_example.json").unlink()
-    store_mod.write_manifest(bundle)
+    remanifest(bundle)
     sign(bundle)
+    point(store, "1")  # a new manifest: the pointer names its sha256
     record = {**GOOD_ROW, "kind": 2}
     with PredictionServer(store, free_port(), tmp_path / "gunicorn.log") as server:
         expected = post_predict(server, record)["predictions"][0]

@@ -15,6 +15,7 @@ import pytest
 from serving import store as store_mod
 from tests.support.attacks import CASES, tampered
 from tests.support.network import get_json, wait_until
+from tests.support.pointers import named, point, token
 from tests.support.project import REPO
 from tests.support.servers import Poller, PredictionServer
 from tests.support.signing import public_key_file
@@ -37,16 +38,18 @@ def test_a_running_server_refuses_a_hostile_bundle_and_keeps_answering(case: str
         return len(refused_by) == 2
 
     with Poller(server.url) as poller:
-        store_mod.write_pointer(server.store, "9")
+        point(server.store, "9")
         wait_until(every_worker_refused, timeout=30)
     assert not poller.failures() and poller.versions() == {"1"}, poller.outcomes
     assert get_json(f"{server.url}/version")["version"] == "1"
     assert not marker.exists()
 
 
-def refresh(store: Path, source: Path, version: str, *extra: str) -> subprocess.CompletedProcess:
+def refresh(store: Path, source: Path, version: str, *extra: str, pointer: str = "") -> subprocess.CompletedProcess:
+    """`python -m serving refresh`, with a signed pointer to <source>/<version> unless `pointer` is given."""
     return subprocess.run([sys.executable, "-m", "serving", "--store", str(store), "refresh", "--source", str(source),
-                           "--version", version, *extra], cwd=REPO, capture_output=True, text=True, timeout=120,
+                           "--version", version, "--pointer", pointer or token(source, version), *extra], cwd=REPO,
+                          capture_output=True, text=True, timeout=120,
                           env={**os.environ, "SERVING_PUBLIC_KEY": str(public_key_file()), "SERVING_URL": ""})
 
 
@@ -57,7 +60,7 @@ def test_the_refresh_command_refuses_a_hostile_bundle(case: str, store: Path, tm
     done = refresh(store, tmp_path / "releases", "9")
     assert done.returncode == 1, done.stdout + done.stderr
     assert json.loads(done.stdout.splitlines()[-1])["status"] == "failed"
-    assert store_mod.read_pointer(store) == "1"
+    assert named(store) == "1"
     if case in SIGNATURE_CASES:
         assert "9" not in store_mod.versions(store)  # an unverifiable bundle never enters the store
     assert not marker.exists()
@@ -69,10 +72,13 @@ def test_the_refresh_command_refuses_any_manifest_but_the_published_one(store: P
     shutil.copytree(store / "2", tmp_path / "releases" / "2")
     published = store_mod.sha256_file(store / "2" / store_mod.MANIFEST)
     shutil.rmtree(store / "2")
-    store_mod.write_pointer(store, "1")
-    done = refresh(store, tmp_path / "releases", "2", "--manifest-sha256", "0" * 64)
+    point(store, "1")
+    releases = tmp_path / "releases"
+    done = refresh(store, releases, "2", pointer=token(releases, "2", bundle_sha256="0" * 64))
     assert done.returncode == 1 and "is not the manifest this deploy published" in done.stdout
+    done = refresh(store, releases, "2", "--manifest-sha256", "0" * 64)
+    assert done.returncode == 1 and "differs from the bundle sha256 the pointer names" in done.stdout
     assert "2" not in store_mod.versions(store)
     done = refresh(store, tmp_path / "releases", "2", "--manifest-sha256", published)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert store_mod.read_pointer(store) == "2"
+    assert named(store) == "2"

@@ -23,6 +23,7 @@ from serving.capture import PART, CaptureCounters, CaptureWriter, closed_files, 
 from serving.settings import Settings, SettingsError
 from tests.support.bundles import GOOD_ROW
 from tests.support.network import wait_until
+from tests.support.pointers import point
 
 CONTRACT_KEYS = {"request_id", "row", "timestamp", "model_name", "model_version", "inputs", "prediction",
                  "probabilities"}
@@ -364,12 +365,9 @@ def test_the_app_captures_both_endpoints_with_the_validated_inputs(capture_app: 
     assert "serving_capture_shipped_files_total 0.0" in metrics
 
 
-def test_the_app_captures_class_probabilities(make_app: Callable[..., Flask], tmp_path: Path) -> None:
-    from serving import store as store_mod
-
+def test_the_app_captures_class_probabilities(make_app: Callable[..., Flask], store: Path, tmp_path: Path) -> None:
+    point(store, "c1")  # before the app starts: its first pointer pins the model it serves
     app = make_app(capture_dir=tmp_path / "capture")
-    store_mod.write_pointer(app.extensions["serving"].settings.model_store, "c1")
-    app.extensions["serving"].holder.refresh()
     response = app.test_client().post("/predict", json=GOOD_ROW)
     shutdown(app)
     (record,) = records(tmp_path / "capture")

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from serving import store as store_mod
 from serving.capture import closed_files, read_records
 from tests.support.bundles import GOOD_ROW
 from tests.support.network import free_port, get_json, wait_until
+from tests.support.pointers import point
 from tests.support.servers import PredictionServer
 
 pytestmark = pytest.mark.integration  # real gunicorn servers
@@ -82,7 +82,7 @@ def test_every_answered_row_is_captured_once_across_a_hot_swap_and_a_worker_rest
                           SERVING_CAPTURE_ROTATE_SECONDS="1") as server:
         with Traffic(server.url) as traffic:
             wait_until(lambda: len(traffic.answers) > 100, timeout=60)
-            store_mod.write_pointer(server.store, "2")  # the workers follow the pointer: a hot swap mid-load
+            point(server.store, "2")  # the workers follow the pointer: a hot swap mid-load
             wait_until(lambda: any(a.get("version") == "2" for a in traffic.answers[-20:]), timeout=60)
             workers = server.worker_pids()
             victim = min(workers)

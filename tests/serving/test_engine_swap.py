@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from include.release.verify import verify_fleet
-from serving import store as store_mod
 from tests.support.bundles import make_bundle
 from tests.support.network import get_json, wait_until
+from tests.support.pointers import point
 from tests.support.servers import Poller, PredictionServer
 from tests.support.signing import trusted_keys
 
@@ -36,7 +36,7 @@ def test_swap_between_engines_under_load_drops_nothing(server: PredictionServer,
     try:
         wait_until(lambda: _answered(pollers) > 100)
         for version in ("s", "1"):
-            store_mod.write_pointer(server.store, version)
+            point(server.store, version)
             wait_until(lambda v=version: _all_workers_serve(server, v), timeout=60)
             count = _answered(pollers)
             wait_until(lambda n=count: _answered(pollers) > n + 100, timeout=120)

@@ -14,6 +14,7 @@ from include.release.signing import LocalSigner
 from serving import store as store_mod
 from serving.model import ModelLoadError, load_bundle
 from tests.support.bundles import add_card, register_toy_model
+from tests.support.pointers import point
 from tests.support.signing import signing_config, trusted_keys
 
 CARD = "<!doctype html><html><head><title>Model card</title></head><body><h1>toy v1</h1></body></html>\n"
@@ -68,6 +69,7 @@ def test_a_tampered_card_refuses_the_bundle(store: Path, tamper: str, error: str
 
 def test_model_card_is_served_as_html_without_script(store: Path, make_app: Any) -> None:
     add_card(store / "1", CARD)
+    point(store, "1")  # a new manifest: the pointer names its sha256
     client = make_app(api_key="card-test-key-0123456789").test_client()
     response = client.get("/model-card")  # open like /version and the form page: no key needed
     assert response.status_code == 200 and response.get_data(as_text=True) == CARD

@@ -20,6 +20,7 @@ from serving import store as store_mod
 from tests.support.browser import chromium, require_chromium
 from tests.support.frames import dataset, evaluation_config, training_config
 from tests.support.network import free_port, get_json, wait_until
+from tests.support.pointers import point
 from tests.support.servers import PredictionServer
 from tests.support.signing import signing_config, trusted_keys
 
@@ -71,7 +72,7 @@ def test_every_versions_card_is_in_mlflow_the_bundle_and_the_browser(browser: We
         assert (bundle / store_mod.CARD_HTML).read_text() == logged
         cards[result.version] = logged
     assert list(cards) == ["1", "2"]
-    store_mod.write_pointer(store, "1")
+    point(store, "1")
 
     with PredictionServer(store, free_port(), tmp_path / "gunicorn.log") as server:
         with urllib.request.urlopen(f"{server.url}/model-card", timeout=10) as response:
@@ -88,7 +89,7 @@ def test_every_versions_card_is_in_mlflow_the_bundle_and_the_browser(browser: We
         assert browser.execute_script("return window.pwned") is None
         assert browser.find_elements(By.CSS_SELECTOR, "script") == []
 
-        store_mod.write_pointer(store, "2")  # the server swaps to v2: its card follows
+        point(store, "2")  # the server swaps to v2: its card follows
         wait_until(lambda: get_json(f"{server.url}/version")["version"] == "2", timeout=30)
 
         def card_of_v2() -> bool:  # each worker follows the pointer on its own poll: the page may reach one still on v1

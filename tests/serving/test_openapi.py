@@ -15,9 +15,9 @@ from flask import Flask
 from openapi_spec_validator import validate
 from schemathesis.checks import response_schema_conformance
 
-from serving import store as store_mod
 from tests.support import typed
 from tests.support.bundles import FEATURES, GOOD_ROW
+from tests.support.pointers import point
 
 API_KEY = "fuzz-key-0123456789"
 IMPLICIT_METHODS = {"head", "options"}  # Flask adds these to every rule; they are not part of the API
@@ -64,7 +64,7 @@ def test_spec_states_the_size_limits(make_app: Any) -> None:
 
 @pytest.mark.parametrize("version", ["1", "c1"])
 def test_record_schema_is_the_served_models_contract(store: Path, make_app: Any, version: str) -> None:
-    store_mod.write_pointer(store, version)
+    point(store, version)
     app = make_app()
     contract = app.extensions["serving"].holder.current.contract
     assert list(contract.names) == [f.name for f in FEATURES]  # the contract the bundle was trained with

@@ -20,8 +20,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from serving import store as store_mod
 from tests.support.network import free_port
+from tests.support.pointers import point
 from tests.support.servers import PredictionServer
 
 pytestmark = pytest.mark.integration
@@ -66,7 +66,7 @@ def fuzzed_server(run: str, api_key: str | None, request: pytest.FixtureRequest,
                               SERVING_OUT_OF_RANGE="flag") as running:
             yield running
         return
-    store_mod.write_pointer(store, "c1")
+    point(store, "c1")
     with PredictionServer(store, free_port(), tmp_path / "gunicorn-auth.log", SERVING_API_KEY=api_key) as running:
         yield running
 

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from serving import pointer
 from serving import store as store_mod
 from serving.model import ModelLoadError, load_bundle
+from tests.support.bundles import remanifest
+from tests.support.pointers import point, pointer_for
 from tests.support.signing import sign, trusted_keys
 
 
@@ -32,7 +35,7 @@ def test_load_bundle_refuses_a_model_without_input_description(store: Path) -> N
     text = mlmodel.read_text()
     cut = text.index("metadata:")
     mlmodel.write_text(text[:cut])  # no metadata, no signature after it
-    store_mod.write_manifest(store / "1")
+    remanifest(store / "1")
     sign(store / "1")
     with pytest.raises(ModelLoadError, match="neither metadata.feature_contract nor a signature"):
         load_bundle(store / "1", trusted_keys())
@@ -41,12 +44,12 @@ def test_load_bundle_refuses_a_model_without_input_description(store: Path) -> N
 def test_install_is_atomic_and_idempotent(store: Path, tmp_path: Path) -> None:
     staged = store_mod.staging_dir(store)
     (staged / "bundle.json").write_text("{}")
-    store_mod.write_manifest(staged)
+    store_mod.write_manifest(staged, "toy", "7")
     target = store_mod.install(staged, store, "7")
     assert (target / "bundle.json").is_file() and not staged.exists()
     again = store_mod.staging_dir(store)
     (again / "bundle.json").write_text('{"different": true}')
-    store_mod.write_manifest(again)
+    store_mod.write_manifest(again, "toy", "7")
     assert store_mod.install(again, store, "7") == target
     assert json.loads((target / "bundle.json").read_text()) == {}  # an installed version is never overwritten
     assert "7" in store_mod.versions(store) and not any(p.name.startswith(".staging") for p in store.iterdir())
@@ -73,12 +76,16 @@ def test_prune_keeps_the_newest_the_current_and_the_previous(tmp_path: Path) -> 
     store = tmp_path / "store"
     for version in ("1", "2", "3", "4", "5", "6"):
         (store / version).mkdir(parents=True)
-    store_mod.write_pointer(store, "2")  # an operator rolled far back
-    store_mod.write_pointer(store, "1", store_mod.PREVIOUS)
-    assert store_mod.prune(store, keep=2) == ["3", "4"]
+    sha = "0" * 64
+    point(store, "2", model="toy", bundle_sha256=sha)  # an operator rolled far back
+    store_mod.write_pointer(store, pointer_for(store, "1", model="toy", bundle_sha256=sha).envelope,
+                            store_mod.PREVIOUS)
+    protected = pointer.named_versions(store)
+    assert protected == {"1", "2"}
+    assert store_mod.prune(store, keep=2, protected=protected) == ["3", "4"]
     assert store_mod.versions(store) == ["1", "2", "5", "6"]
-    assert store_mod.prune(store, keep=2) == []  # nothing more to do
-    assert store_mod.prune(store, keep=0) == []  # 0: keep everything
+    assert store_mod.prune(store, keep=2, protected=protected) == []  # nothing more to do
+    assert store_mod.prune(store, keep=0, protected=protected) == []  # 0: keep everything
     assert not any(p.name.endswith(".pruned") for p in store.iterdir())
 
 

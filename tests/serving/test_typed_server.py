@@ -20,11 +20,11 @@ from include.ml.entities import MonitoringPolicy, MonitoringSources, PromotionCo
 from include.monitoring import capture as monitored
 from include.monitoring import drift, quality
 from serving import engine
-from serving import store as store_mod
 from serving.capture import closed_files, read_records
 from serving.model import load_bundle
 from tests.support import typed
 from tests.support.network import free_port, get_json
+from tests.support.pointers import point
 from tests.support.servers import PredictionServer
 from tests.support.signing import trusted_keys
 
@@ -127,7 +127,7 @@ def test_every_type_and_role_round_trips_through_server_capture_and_monitor(type
 
 
 def test_a_classifier_on_every_type_answers_as_its_pipeline(typed_store: Path, tmp_path: Path) -> None:
-    store_mod.write_pointer(typed_store, "tc1")
+    point(typed_store, "tc1")
     served = load_bundle(typed_store / "tc1", trusted_keys())
     rows = typed.as_records(typed.requests("classification", 12, seed=8))
     with PredictionServer(typed_store, free_port(), tmp_path / "gunicorn.log") as server:

@@ -17,6 +17,7 @@ import yaml
 from include.ml.entities import SigningConfig
 from include.release.signing import ensure_local_key_pair
 from serving import store
+from tests.support.bundles import remanifest
 from tests.support.signing import sign
 
 ATTACK_TYPE = "tests.support.attacks.Marker"
@@ -63,7 +64,7 @@ def _rewrite(bundle: Path, model_file: str, content: bytes, flavor: dict) -> Non
     mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
     mlmodel["flavors"]["sklearn"].update(pickled_model=model_file, **flavor)
     (model_dir / "MLmodel").write_text(yaml.safe_dump(mlmodel))
-    store.write_manifest(bundle)
+    remanifest(bundle)
 
 
 def tampered(good: Path, target: Path, case: str, marker: Path, attacker_key: Path) -> Path:

@@ -87,7 +87,7 @@ def install_bundle(store: Path, version: str, pipeline: Any, x: pd.DataFrame, sc
     (staged / store_mod.METADATA).write_text(json.dumps({
         "name": name, "version": version, "run_id": f"run-{version}", "trained_at": "2026-11-27T00:00:00+00:00",
         "metrics": {"test_rmse": 0.1}, "onnx": write_model_onnx(staged)}))
-    store_mod.write_manifest(staged)
+    store_mod.write_manifest(staged, name, version)
     sign(staged)
     return store_mod.install(staged, store, version)
 
@@ -110,25 +110,31 @@ def break_bundle(bundle: Path) -> None:
 
     model_file = next((bundle / store_mod.MODEL_DIR).glob("model.*"))
     model_file.write_bytes(b"this is not a model")
-    store_mod.write_manifest(bundle)
+    remanifest(bundle)
     sign(bundle)
 
 
 def resign(bundle: Path) -> None:
     """Rewrite a bundle's manifest and sign it with the test key, as export would have signed what it now holds."""
-    from serving import store as store_mod
-
-    store_mod.write_manifest(bundle)
+    remanifest(bundle)
     sign(bundle)
 
 
-def copy_store(source: Path, target: Path, current: str | None = None) -> Path:
-    """A copy of the store `source`; with `current`, its pointer names that version."""
-    shutil.copytree(source, target)
-    if current:
-        from serving import store as store_mod
+def remanifest(bundle: Path) -> None:
+    """Rewrite a bundle's manifest after its files changed, naming the model and version its bundle.json says."""
+    from serving import store as store_mod
 
-        store_mod.write_pointer(target, current)
+    meta = json.loads((bundle / store_mod.METADATA).read_text())
+    store_mod.write_manifest(bundle, str(meta["name"]), str(meta["version"]))
+
+
+def copy_store(source: Path, target: Path, current: str | None = None) -> Path:
+    """A copy of the store `source`; with `current`, its CURRENT is a signed pointer to that version."""
+    shutil.copytree(source, target, symlinks=True)
+    if current:
+        from tests.support.pointers import point
+
+        point(target, current)
     return target
 
 
@@ -138,5 +144,5 @@ def add_card(bundle: Path, html: str, markdown: str = "# card\n") -> None:
 
     (bundle / store_mod.CARD_HTML).write_text(html)
     (bundle / store_mod.CARD_MARKDOWN).write_text(markdown)
-    store_mod.write_manifest(bundle)
+    remanifest(bundle)
     sign(bundle)

@@ -15,7 +15,7 @@ from serving import store
 from serving.contract import Contract
 from serving.engine import sklearn_predictor
 from serving.model import _single_threaded, self_check_rows
-from serving.trust import load_sklearn
+from serving.trust import load_sklearn, read_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +24,12 @@ def write_model_onnx(bundle: Path) -> dict[str, Any]:
     """Convert the model of a staged (not yet signed) bundle to ONNX and write <bundle>/model.onnx if it answers as
     the model on the rows a server checks (the self-check rows and edge rows). Returns bundle.json's "onnx" record:
     {"converted": True, "reason": ""}, or converted False with why (sklearn then serves, and says so)."""
-    model_dir = bundle / store.MODEL_DIR
-    mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+    model_files = read_model_dir(bundle / store.MODEL_DIR)
+    mlmodel = yaml.safe_load(model_files["MLmodel"])
     contract = Contract.from_mlmodel(mlmodel)
-    estimator = load_sklearn(model_dir, mlmodel)  # what a server loads, with its allow-list
+    estimator = load_sklearn(model_files, mlmodel)  # what a server loads, with its allow-list
     _single_threaded(estimator)
-    model_bytes, _, chosen = convert_checked(estimator, contract, self_check_rows(model_dir, mlmodel, contract),
+    model_bytes, _, chosen = convert_checked(estimator, contract, self_check_rows(model_files, mlmodel, contract),
                                              sklearn_predictor(estimator, contract))
     if model_bytes is None:
         log.warning("%s: no model.onnx, sklearn will serve it: %s", bundle.name, chosen.reason)

@@ -24,7 +24,8 @@ _TERMINAL = {"Success", "Failed", "Cancelled", "TimedOut"}
 
 
 class S3BundleStore:
-    """s3://<bucket>/<prefix>/<model>/<version>/ bundles and the <model>/CURRENT pointer object."""
+    """s3://<bucket>/<prefix>/<model>/<version>/ bundles and the <model>/CURRENT object: a signed pointer
+    (serving/pointer.py) that a new instance verifies before following it (serving/deploy/bootstrap.py)."""
 
     def __init__(self, config: Ec2TargetConfig, model_name: str) -> None:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -44,14 +45,14 @@ class S3BundleStore:
                                 bucket_name=self.bucket, replace=True)
         log.info("uploaded %d files to %s/%s/", len(files), self.source, version)
 
-    def read_pointer(self) -> str | None:
+    def read_pointer(self) -> bytes | None:
         key = f"{self.prefix}/CURRENT"
         if not self.hook.check_for_key(key, self.bucket):
             return None
-        return self.hook.read_key(key, self.bucket).strip() or None
+        return self.hook.get_key(key, self.bucket).get()["Body"].read() or None
 
-    def write_pointer(self, version: str) -> None:
-        self.hook.load_string(version + "\n", f"{self.prefix}/CURRENT", bucket_name=self.bucket, replace=True)
+    def write_pointer(self, envelope: bytes) -> None:
+        self.hook.load_bytes(envelope, f"{self.prefix}/CURRENT", bucket_name=self.bucket, replace=True)
 
 
 class Ec2Fleet:

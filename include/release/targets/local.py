@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DirectoryStore:
-    """<root>/<version>/ bundles and <root>/CURRENT, like s3://bucket/prefix/model."""
+    """<root>/<version>/ bundles and <root>/CURRENT (a signed pointer), like s3://bucket/prefix/model."""
 
     root: Path
 
@@ -42,11 +42,11 @@ class DirectoryStore:
         os.replace(staged, target)
         shutil.rmtree(old, ignore_errors=True)
 
-    def read_pointer(self) -> str | None:
+    def read_pointer(self) -> bytes | None:
         return store.read_pointer(self.root)
 
-    def write_pointer(self, version: str) -> None:
-        store.write_pointer(self.root, version)
+    def write_pointer(self, envelope: bytes) -> None:
+        store.write_pointer(self.root, envelope)
 
 
 @dataclass
