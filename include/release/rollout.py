@@ -59,7 +59,10 @@ def rollout(store: BundleStore, fleet: Fleet, runner: CommandRunner, *, target: 
     before = pointers.after(store.read_pointer())
     previous_pointer = before.version if before else None
     manifest_sha256 = hashlib.sha256((bundle / MANIFEST).read_bytes()).hexdigest()
-    signed = pointers.sign(version, manifest_sha256, rollback=rollback)
+    try:
+        signed = pointers.sign(version, manifest_sha256, rollback=rollback)
+    except BundleError as exc:
+        raise DeploymentError(f"no pointer can name version {version!r}: {exc}; nothing was published") from exc
     refresh = refresh_command(store.source, version, manifest_sha256, pointer=signed.token)
     check_command(refresh)  # a value the document refuses stops the deploy here, before anything is published
     store.publish(bundle, version)

@@ -38,6 +38,7 @@ from include.release.ports import (
 from include.release.rollout import activate_command, refresh_command, rollout
 from include.release.signing import LocalSigner, PointerSigner, sign_pointer
 from serving import pointer as pointers
+from tests.support.pointers import attacker_key, signed_statement
 from tests.support.signing import signing_config, trusted_keys
 
 SOURCE = "s3://releases/models/toy"
@@ -101,6 +102,7 @@ class Hosts:
     previous: dict[str, str | None] = field(default_factory=dict)
     served: dict[str, str | None] = field(default_factory=dict)
     stuck: set[str] = field(default_factory=set)  # servers that never follow their store's pointer
+    forged: dict[str, str] = field(default_factory=dict)  # a tampered store's previous pointer, reported as it is
     events: list[tuple[str, ...]] = field(default_factory=list)  # commands and verifications, in order
 
     def __post_init__(self) -> None:
@@ -115,7 +117,8 @@ class Hosts:
                 self.served[instance_id] = version
         previous = before if before != version else self.previous.get(instance_id)
         return {"status": "active", "name": MODEL, "version": version, "previous": previous,
-                "previous_pointer": signed(previous).token if previous else None, "changed": before != version}
+                "previous_pointer": self.forged.get(instance_id) or (signed(previous).token if previous else None),
+                "changed": before != version}
 
 
 @dataclass
@@ -191,8 +194,8 @@ def fleet_of(count: int, url: str = "") -> list[Instance]:
 
 
 def deploy(store: BundleStore, fleet: Fleet, runner: CommandRunner, bundle: Path, batch_size: int = 1,
-           verify_timeout: float = 5.0, rollback: bool = False) -> DeploymentResult:
-    return rollout(store, fleet, runner, target="ec2", model_name=MODEL, version="2", bundle=bundle,
+           verify_timeout: float = 5.0, rollback: bool = False, version: str = "2") -> DeploymentResult:
+    return rollout(store, fleet, runner, target="ec2", model_name=MODEL, version=version, bundle=bundle,
                    batch_size=batch_size, verify_timeout=verify_timeout,
                    pointers=PointerSigner(LocalSigner(signing_config().private_key), trusted_keys(), MODEL),
                    rollback=rollback)
@@ -445,22 +448,24 @@ def test_a_version_the_document_refuses_stops_the_deploy_before_anything_is_publ
     servers = fleet_of(2)
     hosts = Hosts(current={s.instance_id: "1" for s in servers})
     store, runner = FakeStore(), FakeRunner(hosts)
-    with pytest.raises(DeploymentError, match="mlops-serving parameter version=.* does not match .*nothing was sent"):
-        rollout(store, FakeFleet(servers), runner, target="ec2", model_name=MODEL, version=version, bundle=bundle,
-                batch_size=1, verify_timeout=5.0)
+    # Refused by the pointer's own version check or by the document's pattern, whichever comes first: either way
+    # before anything is published or sent.
+    with pytest.raises(DeploymentError, match="invalid version name|mlops-serving parameter version=.* does not match"):
+        deploy(store, FakeFleet(servers), runner, bundle, version=version)
     assert store.calls == [("read_pointer",)] and runner.calls == [] and hosts.events == []
 
 
-def test_a_previous_version_the_document_refuses_is_never_sent_back(bundle: Path) -> None:
-    """A server that reports a hostile `previous` (its store was tampered with) gets no rollback command built
-    from it; the others are still rolled back, and the failure says so."""
+def test_a_previous_pointer_from_a_tampered_store_is_never_sent_back(bundle: Path, tmp_path: Path) -> None:
+    """A server whose store was tampered with reports a hostile earlier pointer (shell syntax for a version, signed
+    by a key nobody trusts): no rollback command is built from it; the others are still rolled back, and the
+    failure says so."""
     servers = fleet_of(3)
-    hosts = Hosts(current={"i-1": "1", "i-2": "1; touch /tmp/pwned", "i-3": "1"})
+    hostile = signed_statement(attacker_key(tmp_path), model=MODEL, version="1; touch /tmp/pwned")
+    hosts = Hosts(current={"i-1": "1", "i-2": "1", "i-3": "1"}, forged={"i-2": pointers.encode_token(hostile)})
     store, runner = FakeStore(), FakeRunner(hosts, fail_refresh={"i-3"})
     with pytest.raises(DeploymentError) as failed:
         deploy(store, FakeFleet(servers), runner, bundle)
-    assert "i-2 ROLLBACK NOT SENT: mlops-serving parameter version='1; touch /tmp/pwned' does not match" \
-        in str(failed.value)
+    assert "i-2 keeps the new version: its earlier pointer cannot be used" in str(failed.value)
     assert "i-1 rolled back to version 1" in str(failed.value)
     assert [(iid, command.action) for iid, command, _ in runner.calls] == [
         ("i-1", "refresh"), ("i-2", "refresh"), ("i-3", "refresh"), ("i-1", "activate")]

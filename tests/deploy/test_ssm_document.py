@@ -25,8 +25,10 @@ from include.release.command_document import DOCUMENT_PATH, CommandDocument, doc
 from include.release.ports import Instance, ServingCommand
 from include.release.rollout import activate_command, refresh_command
 from include.release.targets.local import ShellRunner
+from serving import pointer as pointers
 from serving import store
 from tests.support.bundles import make_bundle
+from tests.support.pointers import named, token
 from tests.support.project import REPO
 from tests.support.signing import public_key_file
 
@@ -209,11 +211,14 @@ def test_the_local_runner_refreshes_and_activates_through_the_document(tmp_path:
     local = Instance("local", "")
     for version in ("1", "2"):
         digest = store.sha256_file(releases / version / store.MANIFEST)
-        done = runner.run(local, refresh_command(str(releases), version, digest), f"refresh to {version}")
+        done = runner.run(local, refresh_command(str(releases), version, digest, pointer=token(releases, version)),
+                          f"refresh to {version}")
         assert done.exit_code == 0, done.tail()
-        assert done.last_json()["status"] == "active" and store.read_pointer(served) == version
-    refused = runner.run(local, refresh_command(str(releases), "1", "0" * 64), "refresh to 1, another bundle")
-    assert refused.exit_code == 1 and "not the manifest" in refused.last_json()["error"]
-    done = runner.run(local, activate_command("1"), "back to 1")
+        assert done.last_json()["status"] == "active" and named(served) == version
+    refused = runner.run(local, refresh_command(str(releases), "1", "0" * 64, pointer=token(releases, "1")),
+                         "refresh to 1, another bundle")
+    assert refused.exit_code == 1 and "differs from the bundle sha256" in refused.last_json()["error"]
+    back = token(releases, "1", sequence_after=pointers.peek(store.read_pointer(served)).sequence, rollback=True)
+    done = runner.run(local, activate_command("1", pointer=back), "back to 1")
     assert done.exit_code == 0, done.tail()
-    assert store.read_pointer(served) == "1" and store.read_pointer(served, store.PREVIOUS) == "2"
+    assert named(served) == "1" and named(served, store.PREVIOUS) == "2"

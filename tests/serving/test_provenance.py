@@ -12,7 +12,7 @@ import pytest
 from serving import provenance, store
 from serving.app import create_app
 from serving.model import ModelLoadError, load_bundle
-from tests.support.bundles import copy_store
+from tests.support.bundles import copy_store, remanifest
 from tests.support.provenance import CASES, SNAPSHOT_SHA256, add_provenance, tampered
 from tests.support.signing import public_key_file, sign, trusted_keys
 
@@ -68,7 +68,7 @@ def test_a_statement_of_another_payload_type_is_refused(proven: Path, tmp_path: 
     bundle = copy_store(proven, tmp_path / "store") / "1"
     envelope = json.loads((bundle / provenance.FILE).read_bytes())
     (bundle / provenance.FILE).write_text(json.dumps({**envelope, "payloadType": "application/json"}))
-    store.write_manifest(bundle)
+    remanifest(bundle)
     sign(bundle)
     with pytest.raises(ModelLoadError, match="payload type 'application/json' is not"):
         load_bundle(bundle, trusted_keys())

@@ -13,6 +13,7 @@ from include.release.provenance import statement, write_provenance
 from include.release.signing import LocalSigner, ensure_local_key_pair
 from serving import provenance, store
 from serving.signing import key_id
+from tests.support.bundles import remanifest
 from tests.support.signing import sign, signing_config
 
 SNAPSHOT_SHA256 = "5" * 64
@@ -34,7 +35,7 @@ def add_provenance(bundle: Path, private_key: Path | None = None) -> dict[str, A
     """Sign a statement about the bundle's files into it (with the test key, or `private_key`), then its manifest
     with the test key, as export does; returns the statement."""
     stated = write_provenance(bundle, claims_for(bundle), LocalSigner(private_key or signing_config().private_key))
-    store.write_manifest(bundle)
+    remanifest(bundle)
     sign(bundle)
     return stated
 
@@ -62,22 +63,22 @@ def tampered(good: Path, other: Path, target: Path, case: str, attacker_key: Pat
         payload, signer = json.dumps(stated).encode(), LocalSigner(signing_config().private_key)
         (target / provenance.FILE).write_bytes(provenance.envelope(
             payload, signer.sign(provenance.pae(provenance.PAYLOAD_TYPE, payload)), key_id(signer.public_key())))
-        store.write_manifest(target)
+        remanifest(target)
         sign(target)
     elif case == "payload-edited-signature-kept":  # another snapshot claimed under the genuine signature
         add_provenance(target)
         _edit_payload(target, lambda s: s["predicate"]["data"].update(sha256="0" * 64))
-        store.write_manifest(target)
+        remanifest(target)
         sign(target)
     elif case == "statement-of-another-version":  # a genuine statement, of another bundle
         shutil.copy(other / provenance.FILE, target / provenance.FILE)
-        store.write_manifest(target)
+        remanifest(target)
         sign(target)
     elif case == "names-another-model":  # about these files, but claims they are another version's
         claims = claims_for(target)
         claims["model"]["version"] = "9"
         write_provenance(target, claims, LocalSigner(signing_config().private_key))
-        store.write_manifest(target)
+        remanifest(target)
         sign(target)
     elif case == "edited-after-the-manifest-was-signed":  # the store's file changed, the manifest kept
         add_provenance(target)
