@@ -156,7 +156,7 @@ def provenance() -> Response:
     if model.provenance is None:
         return error_response(404, "no_provenance", f"{model.name} version {model.version} has no provenance "
                                                     "statement: its bundle was exported before they existed")
-    return Response(model.provenance, mimetype="application/json", headers={"X-Content-Type-Options": "nosniff"})
+    return Response(model.provenance, mimetype="application/json")
 
 
 @bp.get("/")
