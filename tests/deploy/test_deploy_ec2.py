@@ -306,8 +306,10 @@ def test_failure_stops_the_rollout_and_rolls_back(config: Any, fleet: dict[str, 
                     f"roll back to version 1 on {order[0]}"]  # the third instance was never touched
     rollback = sorted(aws["ssm"].list_commands()["Commands"], key=lambda c: c["RequestedDateTime"])[-1]
     assert rollback["DocumentName"] == SSM_DOCUMENT
+    sent_back = pointers.peek(pointers.decode_token(rollback["Parameters"]["pointer"][0]))
+    assert sent_back is not None and (sent_back.version, sent_back.rollback) == ("1", True)
     assert {k: v for k, v in rollback["Parameters"].items() if k != "executionTimeout"} == {
-        "action": ["activate"], **{k: [v] for k, v in activate_command("1").parameters.items()},
+        "action": ["activate"], **{k: [v] for k, v in activate_command("1", sent_back.token).parameters.items()},
         "source": [""], "manifestSha256": [""]}  # the document's defaults, sent as they are
     for iid, stand_in in fleet.items():
         assert not stand_in.poller.failures(), (iid, stand_in.poller.outcomes)
@@ -322,8 +324,7 @@ def test_no_instances_changes_nothing(config: Any, aws: Any, s3_endpoint: str, t
 def runner_pointer(aws: Any) -> str:
     """The --pointer token of the last refresh command sent through SSM."""
     commands = sorted(aws["ssm"].list_commands()["Commands"], key=lambda c: c["RequestedDateTime"])
-    line = next(c for c in reversed(commands) if c["Comment"].startswith("refresh"))["Parameters"]["commands"][-1]
-    return line.split("--pointer ", 1)[1].split()[0]
+    return next(c for c in reversed(commands) if c["Comment"].startswith("refresh"))["Parameters"]["pointer"][0]
 
 
 def deployment_fleet(config: Any) -> list[Instance]:

@@ -22,6 +22,7 @@ def test_export_from_a_real_registry(tmp_path: Path, monkeypatch: pytest.MonkeyP
     from sklearn.linear_model import LinearRegression
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_registry_uri(f"sqlite:///{tmp_path}/mlflow.db")  # an earlier module may have set one of its own
     experiment = mlflow.create_experiment("export", artifact_location=(tmp_path / "art").as_uri())
     x = pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0]})
     model = LinearRegression().fit(x, [0.0, 2.0, 4.0, 6.0])
@@ -68,6 +69,7 @@ def test_export_converts_to_onnx_and_signs_it_or_records_why_not(family: str, hy
     from tests.support.bundles import _fit_toy, _model_kwargs
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_registry_uri(f"sqlite:///{tmp_path}/mlflow.db")  # an earlier module may have set one of its own
     experiment = mlflow.create_experiment("export", artifact_location=(tmp_path / "art").as_uri())
     pipeline, x, schema, trusted = _fit_toy("regression", 100.0, 5, family, hyperparameters)
     with mlflow.start_run(experiment_id=experiment):
@@ -97,6 +99,7 @@ def test_export_refuses_what_a_registry_writer_slipped_in(case: str, tmp_path: P
     from tests.support.bundles import register_toy_model
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_registry_uri(f"sqlite:///{tmp_path}/mlflow.db")  # an earlier module may have set one of its own
     experiment = mlflow.create_experiment("export", artifact_location=(tmp_path / "art").as_uri())
     version = register_toy_model("victim", experiment)
     from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
@@ -128,6 +131,7 @@ def test_export_activate_writes_a_signed_pointer_and_a_higher_one_each_time(tmp_
     from tests.support.bundles import register_toy_model
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_registry_uri(f"sqlite:///{tmp_path}/mlflow.db")  # an earlier module may have set one of its own
     experiment = mlflow.create_experiment("export", artifact_location=(tmp_path / "art").as_uri())
     register_toy_model("served", experiment)
     register_toy_model("served", experiment, offset=100.0)
