@@ -32,12 +32,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
 
 
 @pytest.fixture
-def as_pipeline(server: AuthServer, monkeypatch: pytest.MonkeyPatch) -> AuthServer:
+def as_pipeline(server: AuthServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[AuthServer]:
     """MLflow's client (and include/ml/registry.py) logged in as the pipeline, as the workers are."""
+    import mlflow
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", server.admin[0])
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", server.admin[1])
-    return server
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    # An earlier module may have set its own URIs in this process, which win over the environment.
+    mlflow.set_tracking_uri(server.url)
+    mlflow.set_registry_uri(server.url)
+    yield server
+    mlflow.set_tracking_uri(before[0])
+    mlflow.set_registry_uri(before[1])
 
 
 def new_user(server: AuthServer, grant: str | None = None) -> tuple[str, str]:
