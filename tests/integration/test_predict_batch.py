@@ -19,6 +19,7 @@ from serving.engine import REGRESSION_RTOL
 from tests.support.batch_tables import FEATURES, FLIGHTS_SCHEMA, flights_like
 from tests.support.bundles import copy_store
 from tests.support.network import free_port
+from tests.support.pointers import point
 from tests.support.project import WINE_CSV, outputs_env, run_main
 from tests.support.registry import Registry
 from tests.support.servers import PredictionServer
@@ -66,7 +67,8 @@ def test_cli_answers_as_the_prediction_server(airflow_stack: Any, champion: str,
                                               tmp_path: Path) -> None:
     wine = pd.read_csv(WINE_CSV, sep=";")
     # A gunicorn server on the bundle the batch run exported into the stack's model store.
-    store = copy_store(Path(airflow_stack.env["MLOPS_MODEL_STORE"]), tmp_path / "store", current=champion)
+    store = copy_store(Path(airflow_stack.env["MLOPS_MODEL_STORE"]), tmp_path / "store")
+    point(store, champion, private_key=Path(airflow_stack.env["MLOPS_SIGNING_KEY"]))  # signed as the stack signs
     with PredictionServer(store, free_port(), tmp_path / "gunicorn.log",
                           SERVING_PUBLIC_KEY=airflow_stack.env["MLOPS_SIGNING_PUBLIC_KEY"]) as server:
         served, version = invocations(server.url, wine.drop(columns=TARGET))
