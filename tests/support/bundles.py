@@ -146,3 +146,7 @@ def add_card(bundle: Path, html: str, markdown: str = "# card\n") -> None:
     (bundle / store_mod.CARD_MARKDOWN).write_text(markdown)
     remanifest(bundle)
     sign(bundle)
+    from tests.support.pointers import named, point
+
+    if named(bundle.parent) == bundle.name:  # the store's CURRENT names the old manifest: a new pointer names this
+        point(bundle.parent, bundle.name)
