@@ -291,6 +291,7 @@ def test_train_with_tuning_on_needs_the_tune_result(prepared: tuple) -> None:
     cm = ConfigurationManager(config_dir, env=env)
     shutil.copytree(cm.config.artifacts_root / "r1" / "transform", cm.config.artifacts_root / "r2" / "transform")
     shutil.copytree(cm.config.artifacts_root / "r1" / "ingest", cm.config.artifacts_root / "r2" / "ingest")
+    shutil.copytree(cm.config.artifacts_root / "r1" / "validate", cm.config.artifacts_root / "r2" / "validate")
     with pytest.raises(pipeline.StageInputError, match=r"r2/tune/result.json is missing"):
         pipeline.run_train(cm, "r2")
 
