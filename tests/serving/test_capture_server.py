@@ -71,6 +71,12 @@ def metric(url: str, name: str) -> float:
     return sum(values)
 
 
+def capturing(directory: Path) -> set[int]:
+    """The pids of the workers with capture files (open or closed) under `directory`."""
+    return {int(found.group(1)) for path in directory.rglob("*")
+            if (found := re.search(r"-(\d+)-\d{8}T", path.name))}
+
+
 def records(directory: Path) -> list[dict[str, Any]]:
     return [r for path in closed_files(directory) for r in read_records(path)]
 
@@ -85,7 +91,9 @@ def test_every_answered_row_is_captured_once_across_a_hot_swap_and_a_worker_rest
             point(server.store, "2")  # the workers follow the pointer: a hot swap mid-load
             wait_until(lambda: any(a.get("version") == "2" for a in traffic.answers[-20:]), timeout=60)
             workers = server.worker_pids()
-            victim = min(workers)
+            # A worker that has captured rows (a worker may not have been given a request yet, under load).
+            wait_until(lambda: workers & capturing(capture), timeout=30)
+            victim = min(workers & capturing(capture))
             os.kill(victim, signal.SIGTERM)  # gunicorn replaces it; its queued rows must still be written
             wait_until(lambda: len(server.worker_pids() - workers) == 1, timeout=60)
             (replacement,) = server.worker_pids() - workers
@@ -106,7 +114,7 @@ def test_every_answered_row_is_captured_once_across_a_hot_swap_and_a_worker_rest
     assert {r["model_version"] for r in found} == {"1", "2"}
     assert all(a["id"] == a["sent_id"] for a in traffic.answers if a["sent_id"])  # the client's own ids kept
     pids = {int(re.search(r"-(\d+)-\d{8}T", path.name).group(1)) for path in closed_files(capture)}
-    assert {victim, replacement} <= pids and len(pids) == 3, pids  # the stopped worker's files, and its replacement's
+    assert {victim, replacement} <= pids <= workers | {replacement}, pids  # the victim's files and its replacement's
     assert not list(capture.rglob("*.part"))
 
 
