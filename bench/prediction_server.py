@@ -244,7 +244,10 @@ def train_and_export(name: str, config_dir: Path, workspace: Path) -> Path:
                             text=True)
     if export.returncode != 0:
         raise BenchmarkError(f"export of {name} failed:\n{export.stdout}\n{export.stderr}")
-    version = (store / "CURRENT").read_text().strip()
+    from serving import pointer
+    from serving import store as store_mod
+
+    version = pointer.peek(store_mod.read_pointer(store)).version  # CURRENT is a signed pointer
     log.info("%s: trained and exported in %.0fs", name, time.perf_counter() - started)
     return store / version
 
