@@ -22,7 +22,7 @@ from typing import Any
 from serving import pointer as pointers
 from serving import store
 from serving.activation import ActivationError, activate
-from serving.capture import ShipError, ship
+from serving.capture_shipping import ShipError, ship
 from serving.settings import Settings, SettingsError
 from serving.signing import verify_signature
 

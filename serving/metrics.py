@@ -16,7 +16,8 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from serving.capture import CaptureCounters, shipped_totals
+from serving.capture import CaptureCounters
+from serving.capture_shipping import shipped_totals
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -85,7 +86,7 @@ class Metrics:
 
 
 class _ShippedCollector(Collector):
-    """Capture files and rows shipped to S3 so far (serving/capture.py's ship() keeps the totals)."""
+    """Capture files and rows shipped to S3 so far (serving/capture_shipping.py's ship() keeps the totals)."""
 
     def __init__(self, capture_dir: Path) -> None:
         self.capture_dir = capture_dir
