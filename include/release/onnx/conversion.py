@@ -116,6 +116,11 @@ def to_onnx(model: Any, inputs: list[tuple[str, Any]], classifier: bool = False)
             # TreeEnsemble needs 5. The other ai.onnx.ml ops skl2onnx writes mean the same at 5; the agreement
             # check would catch one that did not.
             opset.version = 5
+    # skl2onnx lists the opsets from a set, in an order that changes with PYTHONHASHSEED: sorted, the same model
+    # converts to the same bytes in every process (a re-export must give the bundle its servers already hold).
+    opsets = sorted(onx.opset_import, key=lambda opset: opset.domain)
+    del onx.opset_import[:]
+    onx.opset_import.extend(opsets)
     return onx
 
 
