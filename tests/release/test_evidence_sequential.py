@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from include.release.evidence.pairs import LabelledPairs
-from include.release.evidence.quality import judge_quality, observations
+from include.release.evidence.quality import BLOCK_METRICS, judge_quality, observations
 from include.release.evidence.sequential import confidence_bounds, margin_per_sd, rho_squared, verdict
 from include.release.evidence.settings import QualityTest
 
@@ -50,9 +50,15 @@ def prefix(pairs: LabelledPairs, n: int) -> LabelledPairs:
 
 
 def first_abort(pairs: LabelledPairs, metric: str) -> int | None:
-    """The pairs seen at the first look that says `worse` (judge_quality on the pairs so far); None: never."""
+    """The pairs seen at the first look that says `worse` (judge_quality on the pairs so far); None: never. For a
+    block metric, a look before the next block is complete sees the same blocks as the look before it, so it has
+    that look's verdict (not computed again: the same numbers, five times faster)."""
+    judged: tuple[int, str] | None = None
     for n in range(LOOK_EVERY, BUDGET + 1, LOOK_EVERY):
-        if judge_quality(prefix(pairs, n), metric, TEST).verdict == "worse":
+        seen = n // TEST.block_rows if metric in BLOCK_METRICS else n
+        if judged is None or judged[0] != seen:
+            judged = (seen, judge_quality(prefix(pairs, n), metric, TEST).verdict)
+        if judged[1] == "worse":
             return n
     return None
 
