@@ -75,6 +75,15 @@ def _file_records(path: Path, name: str, sources: MonitoringSources) -> list[dic
         raise MonitoringError(f"capture file {name} is not valid capture JSON lines: {exc}") from exc
 
 
+def _timestamp(record: dict[str, Any], name: str) -> pd.Timestamp:
+    """The record's capture time, aware (UTC when it names no zone)."""
+    try:
+        stamp = pd.Timestamp(record["timestamp"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise MonitoringError(f"capture file {name} holds a paired row without a valid timestamp: {exc!r}") from exc
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp
+
+
 def read_pairs(sources: MonitoringSources, model_name: str, champion: str | None, candidate: str, start: datetime,
                end: datetime) -> list[dict[str, Any]]:
     """The paired capture records of `candidate` (and `champion`, unless None) with start <= timestamp < end
@@ -89,7 +98,7 @@ def read_pairs(sources: MonitoringSources, model_name: str, champion: str | None
                 continue
             for record in found:
                 if _paired_record(record, model_name, champion, candidate):
-                    stamp = pd.Timestamp(record["timestamp"])
+                    stamp = _timestamp(record, name)
                     if start <= stamp < end:
                         records.append(record | {"timestamp": stamp})
     records.sort(key=lambda r: r["timestamp"])
