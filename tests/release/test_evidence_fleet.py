@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 
 from include.release.evidence import (
     AgreementLimits,
+    EvidenceError,
     FleetSnapshot,
     GateSettingsError,
     HealthLimits,
@@ -78,7 +79,7 @@ def test_the_window_sums_the_growth_of_every_server_and_survives_a_restart() -> 
 def test_a_snapshot_survives_json() -> None:
     snapshot = fleet(5.0, a=exposition(HEALTHY, relative=[0.01, 0.2]))
     assert FleetSnapshot.from_json(snapshot.to_json()) == snapshot
-    with pytest.raises(Exception, match="not a fleet snapshot"):
+    with pytest.raises(EvidenceError, match="not a fleet snapshot"):
         FleetSnapshot.from_json({"instances": {}})
 
 
