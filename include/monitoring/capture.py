@@ -67,7 +67,7 @@ def collect(config: MonitoringSources, schema: SchemaConfig, model_name: str, ve
     """The rows captured for `model_name` `version` with start <= timestamp < end (aware datetimes, UTC); with the
     model's `classes` (as text), their captured probabilities too."""
     frames, probabilities, count, skipped = [], [], 0, []
-    with _local_files(config, model_name, days(start, end)) as files:
+    with local_files(config, model_name, days(start, end)) as files:
         for path, name in files:
             try:
                 frame, proba = read_file(path, schema, model_name, version, start, end, classes,
@@ -247,7 +247,7 @@ def _labels(values: pd.Series) -> pd.Series:
 
 
 @contextmanager
-def _local_files(config: MonitoringSources, model_name: str, dates: list[str]) -> Iterator[list[tuple[Path, str]]]:
+def local_files(config: MonitoringSources, model_name: str, dates: list[str]) -> Iterator[list[tuple[Path, str]]]:
     """The complete capture files of these dates (each with the name it has in the capture dir), downloaded to a
     temporary directory first from S3."""
     location = config.capture_dir

@@ -88,7 +88,8 @@ def monitor(config: MonitorJob, run_id: str, end: datetime, output_dir: Path) ->
                                                               config.params))
     live = None
     if config.capture.ground_truth_uri:
-        truth = quality.read_ground_truth(config.capture.ground_truth_uri, config.schema)
+        sources = config.capture
+        truth = quality.read_ground_truth(sources.ground_truth_uri, config.schema, sources.s3_endpoint_url)
         live = quality.live_quality(current, truth, config.schema, config.promotion, ref.test_metrics,
                                     config.params.min_rows, config.params.quality_drop, captured.probabilities)
     details = [compared.features[n].describe() for n in compared.drifted]

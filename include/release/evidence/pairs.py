@@ -89,7 +89,7 @@ def read_pairs(sources: MonitoringSources, model_name: str, champion: str | None
     """The paired capture records of `candidate` (and `champion`, unless None) with start <= timestamp < end
     (aware datetimes), oldest first. A file past monitoring.max_file_mb / max_file_rows is skipped and logged."""
     records = []
-    with capture._local_files(sources, model_name, capture.days(start, end)) as files:
+    with capture.local_files(sources, model_name, capture.days(start, end)) as files:
         for path, name in files:
             try:
                 found = _file_records(path, name, sources)
