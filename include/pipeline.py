@@ -161,6 +161,10 @@ def run_deploy(cm: ConfigurationManager, run_id: str, version: str | None = None
         if not evaluated["decision"]["promoted"]:
             return Skipped(f"not deployed: version {evaluated['version']} was not promoted "
                            f"({evaluated['decision']['reason']})")
+        if evaluated.get("candidate"):  # release.strategy progressive: ml_release rolls it out step by step
+            return Skipped(f"not deployed: version {evaluated['version']} is the release candidate "
+                           "(release.strategy: progressive); ml_release shadows it, then canaries it, then promotes "
+                           f"it, and champion v{evaluated['champion_version']} keeps serving until then")
         version = str(evaluated["version"])
     if cm.config.deployment.target == "none":
         return Skipped("not deployed: deployment.target is none")
