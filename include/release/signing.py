@@ -140,11 +140,13 @@ def sign_bundle(bundle: Path, signer: Signer) -> str:
 
 
 def sign_pointer(signer: Signer, model: str, version: str, bundle_sha256: str, previous_sequence: int | None = None,
-                 rollback: bool = False) -> pointers.Pointer:
-    """A signed pointer naming `model` `version` (its manifest's sha256), with sequence max(now in ms, previous + 1).
-    What `python -m serving refresh/activate --pointer` takes (`.token`) and a store's CURRENT holds (`.envelope`)."""
+                 rollback: bool = False, candidate: pointers.Candidate | None = None) -> pointers.Pointer:
+    """A signed pointer naming `model` `version` (its manifest's sha256), with sequence max(now in ms, previous + 1),
+    and the release `candidate` if any. What `python -m serving refresh/activate --pointer` takes (`.token`) and a
+    store's CURRENT holds (`.envelope`)."""
     public = signer.public_key()
-    payload = pointers.statement(model, version, bundle_sha256, pointers.next_sequence(previous_sequence), rollback)
+    payload = pointers.statement(model, version, bundle_sha256, pointers.next_sequence(previous_sequence), rollback,
+                                 candidate=candidate)
     envelope = pointers.envelope(payload, signer.sign(payload), key_id(public))
     return pointers.verify(envelope, {key_id(public): public}, "the pointer just signed")
 
@@ -169,8 +171,9 @@ class PointerSigner:
         self.last = max(self.last, seen.sequence)
         return seen
 
-    def sign(self, version: str, bundle_sha256: str, rollback: bool = False) -> pointers.Pointer:
-        signed = sign_pointer(self.signer, self.model, version, bundle_sha256, self.last, rollback)
+    def sign(self, version: str, bundle_sha256: str, rollback: bool = False,
+             candidate: pointers.Candidate | None = None) -> pointers.Pointer:
+        signed = sign_pointer(self.signer, self.model, version, bundle_sha256, self.last, rollback, candidate)
         self.last = signed.sequence
         return signed
 
