@@ -287,6 +287,32 @@ def drift_signal(monitored: dict[str, Any]) -> DriftSignal | Skipped:
                        monitored["drift_details"])
 
 
+@dataclass(frozen=True)
+class CandidateSignal:
+    """Evaluate made a release candidate (release.strategy: progressive): what the candidate Asset event announces,
+    and what starts ml_release."""
+
+    model_name: str
+    version: str
+    champion: str
+
+    def summary(self) -> str:
+        return f"{self.model_name} v{self.version} is the release candidate against champion v{self.champion}"
+
+    def xcom(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "version": self.version, "champion": self.champion}
+
+
+def candidate_signal(evaluated: dict[str, Any]) -> CandidateSignal | Skipped:
+    """From run_evaluate's XCom: the candidate to release, or Skipped (direct strategy, or the gate kept the
+    champion)."""
+    if not evaluated.get("candidate"):
+        return Skipped(f"no release candidate: v{evaluated.get('version')} "
+                       + ("was not promoted" if not evaluated.get("promoted") else "went out directly "
+                          "(release.strategy: direct, or the model's first version)"))
+    return CandidateSignal(evaluated["model_name"], evaluated["candidate"], evaluated["champion_version"])
+
+
 def run_compare(cm: ConfigurationManager, reference: Path, current: Path) -> DriftReport:
     """`main.py monitor`: two CSV files (data_source.separator) compared with params.yaml's monitoring thresholds."""
     from include.monitoring.files import compare_files
