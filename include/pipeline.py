@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from include.release.batch import BatchPredictionResult
     from include.release.export import ExportResult
     from include.release.ports import DeploymentResult
+    from include.release.progressive import ReleaseState, ReleaseStatus
     from include.release.provenance_check import ProvenanceReport
     from include.release.signing import SigningKeys
     from include.release.verify import VerificationResult
@@ -203,6 +204,34 @@ def run_rollback(cm: ConfigurationManager, version: str | None = None) -> Rollba
         raise RollbackError(f"rollback of {name} failed: {exc}") from exc
     log.info("rollback: %s", result.summary())
     return result
+
+
+def run_release_start(cm: ConfigurationManager, version: str, mode: str, share: float) -> ReleaseState:
+    """Put `version` beside the champion on the configured target as a shadow or a canary of `share`."""
+    from include.release import progressive
+
+    return progressive.start(cm.config, version, mode, share)
+
+
+def run_release_promote(cm: ConfigurationManager) -> ReleaseState:
+    """The running release's candidate becomes the champion on every server and in the registry."""
+    from include.release import progressive
+
+    return progressive.promote(cm.config)
+
+
+def run_release_abort(cm: ConfigurationManager, reason: str) -> ReleaseState:
+    """Every server back to the champion alone; the candidate is tagged release.aborted=<reason>."""
+    from include.release import progressive
+
+    return progressive.abort(cm.config, reason)
+
+
+def run_release_status(cm: ConfigurationManager) -> ReleaseStatus:
+    """The store's pointer (champion, candidate) and what every server serves."""
+    from include.release import progressive
+
+    return progressive.status(cm.config)
 
 
 def run_export(cm: ConfigurationManager, version: str = "champion", store: Path | None = None,

@@ -178,13 +178,13 @@ class PointerSigner:
         return signed
 
     def rollback_to(self, token: str) -> pointers.Pointer:
-        """A rollback pointer to the version an earlier pointer (a server's PREVIOUS, as its refresh reported it)
-        named; that pointer must verify and name this model."""
+        """A rollback pointer to what an earlier pointer (a server's PREVIOUS, as its refresh reported it) named:
+        its version, and its release candidate if it had one; that pointer must verify and name this model."""
         earlier = pointers.verify(pointers.decode_token(token), self.trusted, "the earlier pointer")
         if earlier.model != self.model:
             raise DeploymentError(f"the earlier pointer names model {earlier.model!r}, not {self.model!r}")
         self.last = max(self.last, earlier.sequence)
-        return self.sign(earlier.version, earlier.bundle_sha256, rollback=True)
+        return self.sign(earlier.version, earlier.bundle_sha256, rollback=True, candidate=earlier.candidate)
 
 
 def _public_pem(key: ec.EllipticCurvePublicKey) -> bytes:
