@@ -157,18 +157,26 @@ def bake_step(config: PipelineConfig, release: Release, step: ReleaseStep, clock
     from include.release.evidence.window import read_fleet
 
     tracking.configure(config.mlflow)
-    plan, began_at = config.release, live_card.now()
     fleet = progressive.status(config).urls()
-    opened, began, polls = read_fleet(fleet), clock.monotonic(), 0
+    opened = read_fleet(fleet)  # the step's window starts now: the candidate runs in the step's mode already
+    return watch(release, step, config.release.poll_seconds, config.release.min_requests,
+                 lambda: judge(config, release, opened, read_fleet(fleet)), clock)
+
+
+def watch(release: Release, step: ReleaseStep, poll_seconds: float, min_requests: int, look: Callable[[], Any],
+          clock: Clock = Clock()) -> StepOutcome:
+    """The bake loop: `look()` (a StepDecision) every poll_seconds until bake_seconds have passed, a progress line
+    and the figures as MLflow metrics each time; the first alarm is recorded and raised as ReleaseAlarm."""
+    began_at, began, polls = live_card.now(), clock.monotonic(), 0
     while True:
-        clock.sleep(max(0.0, min(plan.poll_seconds, step.bake_seconds - (clock.monotonic() - began))))
+        clock.sleep(max(0.0, min(poll_seconds, step.bake_seconds - (clock.monotonic() - began))))
         elapsed = clock.monotonic() - began
         polls += 1
-        decision = judge(config, release, opened, read_fleet(fleet))
+        decision = look()
         log.info("bake %s: %.0f of %.0f s, look %d: %s", step.name, elapsed, step.bake_seconds, polls,
                  decision.summary())
         _log_metrics(release, step, decision.figures, polls)
-        reason = alarm_of(decision, plan.min_requests, finished=elapsed >= step.bake_seconds)
+        reason = alarm_of(decision, min_requests, finished=elapsed >= step.bake_seconds)
         if reason:
             _record_step(release, step, began_at, elapsed, polls, "alarm", reason, decision)
             log.error("bake %s: ALARM: %s", step.name, reason)
