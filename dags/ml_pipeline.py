@@ -186,8 +186,9 @@ def ml_pipeline() -> None:
         outlet_events[CANDIDATE].extra = {"version": result["version"]}
         return result
 
+    trained = ingest() >> validate() >> transform() >> tune() >> train()
     evaluated = evaluate()
-    ingest() >> validate() >> transform() >> tune() >> train() >> evaluated >> deploy() >> verify()
+    trained >> evaluated >> deploy() >> verify()
     signal_candidate(evaluated)
 
 
