@@ -3,15 +3,17 @@ metrics, and the promotion metric compared with the champion's own test-set valu
 
 from __future__ import annotations
 
+import io
 import logging
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from include.ml.entities import PromotionConfig, SchemaConfig
-from include.ml.exceptions import MonitoringError
+from include.ml.entities import DataSourceConfig, PromotionConfig, SchemaConfig
+from include.ml.exceptions import IngestionError, MonitoringError, SourceTooLargeError
 from include.ml.metrics import PROBABILITY_METRICS, prediction_metrics, probability_metrics
 from include.monitoring.capture import KEYS, PREDICTION, key_text
 
@@ -41,19 +43,16 @@ class LiveQuality:
                 f"({self.worse_by:+.1%} worse): {verdict}")
 
 
-def read_ground_truth(uri: str, schema: SchemaConfig) -> pd.DataFrame:
-    """The true values of a local CSV or Parquet file, with what joins them to the capture: request_id and row (0
-    when the file has none), or else an id column of schema.yaml (the capture's `key`, as text)."""
+def read_ground_truth(uri: str, schema: SchemaConfig, s3_endpoint_url: str | None = None,
+                      timeout_seconds: float = 30.0) -> pd.DataFrame:
+    """The true values of a CSV or Parquet file (Parquet when the path ends in .parquet), with what joins them to
+    the capture: request_id and row (0 when the file has none), or else an id column of schema.yaml (the capture's
+    `key`, as text). `uri` is a local path (or file://), s3://bucket/key (read at `s3_endpoint_url`; None: AWS, or
+    AWS_ENDPOINT_URL_S3) or http(s)://; a remote file is fetched as ingestion fetches a source (its caps, its
+    refusal of ambiguous s3:// keys and of redirects to other schemes) and never cached."""
     target = schema.target
     ids = [c.name for c in schema.ids]
-    path = Path(uri.removeprefix("file://"))
-    if not path.is_file():
-        raise MonitoringError(f"ground truth {uri} is not a file (monitoring.ground_truth_uri)")
-    try:
-        frame = pd.read_parquet(path) if path.suffix == ".parquet" else \
-            pd.read_csv(path, dtype={name: str for name in ("request_id", *ids)})
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise MonitoringError(f"ground truth {uri} could not be read: {exc}") from exc
+    frame = _read_truth(uri, ids, s3_endpoint_url, timeout_seconds)
     by = "request_id" if "request_id" in frame.columns else next((i for i in ids if i in frame.columns), None)
     if by is None or target not in frame.columns:
         needed = "request_id, optional row" + (f" (or the id column {' or '.join(map(repr, ids))})" if ids else "")
@@ -67,6 +66,40 @@ def read_ground_truth(uri: str, schema: SchemaConfig) -> pd.DataFrame:
         frame = frame.assign(row=0)
     frame = frame.astype({"request_id": str, "row": "int64"})
     return frame[[*KEYS, target]].drop_duplicates(subset=list(KEYS), keep="last")
+
+
+def _read_truth(uri: str, ids: list[str], s3_endpoint_url: str | None, timeout_seconds: float) -> pd.DataFrame:
+    """The file at `uri` as a frame; request_id and the id columns read as text from a CSV."""
+    remote = uri.startswith(("s3://", "http://", "https://"))
+    if not remote and "://" in uri and not uri.startswith("file://"):
+        raise MonitoringError(f"ground truth {uri} is refused: use a local path, s3:// or http(s):// "
+                              "(monitoring.ground_truth_uri)")
+    path = urllib.parse.urlsplit(uri).path if remote else uri.removeprefix("file://")
+    if remote:
+        source: io.BytesIO | Path = io.BytesIO(_fetch_truth(uri, s3_endpoint_url, timeout_seconds))
+    else:
+        source = Path(path)
+        if not source.is_file():
+            raise MonitoringError(f"ground truth {uri} is not a file (monitoring.ground_truth_uri)")
+    try:
+        return pd.read_parquet(source) if path.endswith(".parquet") else \
+            pd.read_csv(source, dtype={name: str for name in ("request_id", *ids)})
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise MonitoringError(f"ground truth {uri} could not be read: {exc}") from exc
+
+
+def _fetch_truth(uri: str, s3_endpoint_url: str | None, timeout_seconds: float) -> bytes:
+    """A remote ground-truth file's bytes, through ingestion's fetch (its size cap and URI checks)."""
+    from include.ml.components.ingestion import fetch  # here: ingestion is not needed for a local file
+
+    try:
+        return fetch(DataSourceConfig(uri=uri, s3_endpoint_url=s3_endpoint_url, timeout_seconds=timeout_seconds))
+    except SourceTooLargeError as exc:
+        raise MonitoringError(f"ground truth {uri} is refused: {exc.found}, over the cap of {exc.limit:,} bytes") \
+            from exc
+    except IngestionError as exc:
+        raise MonitoringError(f"ground truth {uri} could not be fetched (monitoring.ground_truth_uri): "
+                              f"{str(exc).removeprefix(f'source {uri} ')}") from exc
 
 
 def first_capture_of_each_request(picked: pd.DataFrame, timestamps: pd.Series | None) -> pd.DataFrame:
