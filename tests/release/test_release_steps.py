@@ -5,7 +5,6 @@ candidate's card, the version's tags. The servers' side runs in tests/integratio
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +13,20 @@ import pytest
 from include.ml.configuration import ConfigurationManager
 from include.ml.release_settings import ReleaseStep
 from include.release import live_card, steps
+from include.release.evidence.decision import StepDecision
 from tests.support.project import CONFIG_DIR, outputs_env
 
 STEP = ReleaseStep("canary_10", "canary", 0.1, 10.0)
 
 
-@dataclass(frozen=True)
-class Decision:
-    """A decision of the gate as include.release.evidence.decision.StepDecision gives it."""
+FIGURES = {"window_seconds": 3.0, "servers": 1, "candidate_calls": 500, "candidate_error_rate": 0.0,
+           "champion_error_rate": 0.0, "candidate_p99_ms": 4.0, "champion_p99_ms": 3.0, "agreement": 0.97,
+           "agreement_pairs": 480, "quality": {"n": 40, "upper": 0.2}, "quality_summary": "rmse: inconclusive"}
 
-    alarm: str | None = None
-    quality: str = "inconclusive"
-    figures: dict[str, Any] = field(default_factory=lambda: {"candidate_calls": 500, "agreement": 0.97,
-                                                             "quality": {"n": 40, "upper": 0.2}})
 
-    def summary(self) -> str:
-        return f"{'ALARM: ' + self.alarm if self.alarm else 'no alarm'} | candidate {self.figures['candidate_calls']}"
+def Decision(alarm: str | None = None, quality: str = "inconclusive", **figures: Any) -> StepDecision:
+    """A decision of the gate with these figures (the rest as a quiet, healthy step has them)."""
+    return StepDecision(alarm, quality, {**FIGURES, **figures})
 
 
 class FakeClock:
@@ -99,7 +96,8 @@ def test_a_bake_looks_every_poll_until_the_bake_is_over(config, registered, capl
     assert clock.slept == [3.0, 3.0, 3.0, 1.0] and len(looks) == 4  # the last look when bake_seconds are over
     assert passed.step == "canary_10" and passed.figures["agreement"] == 0.97
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("bake canary_10")]
-    assert progress[0] == "bake canary_10: 3 of 10 s, look 1: no alarm | candidate 500" and len(progress) == 4
+    assert progress[0].startswith("bake canary_10: 3 of 10 s, look 1: no alarm | window 3 s on 1 server(s): candidate "
+                                  "500 calls") and len(progress) == 4
     entry = live_card.read(Path(release.evidence))["steps"][0]
     assert (entry["outcome"], entry["polls"], entry["seconds"], entry["reason"]) == ("passed", 4, 10.0, None)
 
@@ -122,10 +120,10 @@ def test_the_first_alarm_stops_the_bake_and_is_recorded(config, registered) -> N
 
 def test_a_bake_with_too_little_traffic_fails_at_its_end(config, registered) -> None:
     release = steps.begin(config, "run-4", "2")
-    quiet = Decision(figures={"candidate_calls": 12})
+    quiet = Decision(candidate_calls=12)
     with pytest.raises(steps.ReleaseAlarm, match=r"handled 12 requests in the bake, fewer than release.min_requests"):
         steps.watch(release, STEP, 3.0, 200, lambda: quiet, FakeClock())
-    worse = Decision(quality="worse", figures={"candidate_calls": 900})
+    worse = Decision(quality="worse", candidate_calls=900)
     assert "live quality: the candidate is worse" in steps.alarm_of(worse, 200, finished=False)
     assert steps.alarm_of(quiet, 200, finished=False) is None  # judged only once the bake is over
 
