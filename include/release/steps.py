@@ -157,7 +157,7 @@ def bake_step(config: PipelineConfig, release: Release, step: ReleaseStep, clock
     from include.release.evidence.window import read_fleet
 
     tracking.configure(config.mlflow)
-    fleet = progressive.status(config).urls()
+    fleet = progressive.status(config).urls
     opened = read_fleet(fleet)  # the step's window starts now: the candidate runs in the step's mode already
     return watch(release, step, config.release.poll_seconds, config.release.min_requests,
                  lambda: judge(config, release, opened, read_fleet(fleet)), clock)
