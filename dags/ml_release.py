@@ -14,7 +14,8 @@ champion error rate and p99 latency, their agreement) and at the labelled pairs 
 promotion metric's always-valid sequential test): a progress line per look in its log. Any alarm fails the bake at
 once with the reason and its figures; **abort** (trigger rule *one_failed*) then puts the champion back on 100 % of
 the traffic, and the run fails. With `release.approval: true` a person approves in Airflow (**approve**, a
-human-in-the-loop task) before **promote** makes the candidate the champion at 100 %. Every decision goes to the
+human-in-the-loop task) before **promote** makes the candidate the champion at 100 %, and **confirm** checks every
+server answers with it alone (after an abort it is *upstream_failed*, so the run fails). Every decision goes to the
 MLflow run and into the candidate's model card as live evidence (`card/live_evidence.md`). docs/airflow.md#ml_release
 
 The steps and the approval are read from `params.yaml` when this file is parsed. Parsing imports no ML library.
@@ -103,6 +104,13 @@ def ml_release() -> None:
 
         return task_result(steps.promote(pipeline_config().config, steps.Release.from_xcom(release)))
 
+    @task
+    def confirm(release: dict[str, Any]) -> dict[str, Any]:
+        from dags.stage_tasks import pipeline_config, task_result
+        from include.release import steps
+
+        return task_result(steps.confirm(pipeline_config().config, steps.Release.from_xcom(release)))
+
     @task(trigger_rule="one_failed", retries=2)
     def abort(run_id: str | None = None, ti: Any = None) -> dict[str, Any]:
         from dags.stage_tasks import pipeline_config
@@ -129,8 +137,8 @@ def ml_release() -> None:
                  "Reject (or no answer within release.approval_timeout_hours) aborts the release.",
             defaults="Reject", fail_on_reject=True, response_timeout=timedelta(hours=PLAN.approval_timeout_hours)))
     chained.append(promote(release))
-    chain(*chained)
-    chained >> abort()
+    chain(*chained, confirm(release))
+    chained >> abort()  # confirm is no upstream of abort: a leaf that an abort leaves upstream_failed (the run fails)
 
 
 ml_release()

@@ -230,6 +230,20 @@ def promote(config: PipelineConfig, release: Release) -> ReleaseEnd:
     return _finish(release, "promoted", reason, release.version)
 
 
+def confirm(config: PipelineConfig, release: Release) -> StepOutcome:
+    """After promote: the store's pointer names the candidate alone, and every server answers as it names."""
+    from include.ml.exceptions import DeploymentError
+    from include.release import progressive
+
+    status = progressive.status(config)
+    if (status.champion, status.candidate) != (release.version, None) or status.drifted():
+        raise DeploymentError(f"after promoting v{release.version}: {status.summary()}")
+    text = f"v{release.version} serves 100 % of the traffic: {status.summary()}"
+    log.info("release: %s", text)
+    return StepOutcome(release.model_name, release.version, "confirm", "champion", 1.0, text,
+                       release.mlflow_run_url, {"servers": len(status.urls)})
+
+
 def abort(config: PipelineConfig, release: Release | None, failed_tasks: list[str]) -> ReleaseEnd | None:
     """Something failed: the champion takes 100 % again; the reason is the recorded alarm, else the failed tasks."""
     from include.release import progressive

@@ -127,7 +127,7 @@ def test_ml_release_shape(dagbag: dict) -> None:
     """The shipped release: section's steps in order, promote, and abort when anything failed."""
     dag = dagbag["dags"]["ml_release"]
     assert list(dag["tasks"]) == ["begin", "shadow", "bake_shadow", "canary_10", "bake_canary_10", "canary_50",
-                                  "bake_canary_50", "promote", "abort"]
+                                  "bake_canary_50", "promote", "confirm", "abort"]
     assert (dag["catchup"], dag["max_active_runs"], dag["params"]) == (False, 1, ["version"])
     assert dag["tasks"]["abort"]["trigger_rule"] == "one_failed"
     # a failed rollout or bad configuration fails at once (abort runs); a flaky read of /metrics is retried

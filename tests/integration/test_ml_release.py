@@ -174,7 +174,8 @@ def test_a_bad_candidate_is_aborted_and_a_better_one_promoted_with_live_evidence
         stack.timings["ml_release: bad candidate, trigger to aborted (s)"] = time.monotonic() - started
         states = {ti["task_id"]: ti["state"] for ti in client.task_instances("ml_release", run_id)}
         assert (states["begin"], states["shadow"], states["bake_shadow"]) == ("success", "success", "failed"), states
-        assert (states["promote"], states["abort"]) == ("upstream_failed", "success"), states
+        assert (states["promote"], states["confirm"], states["abort"]) == \
+            ("upstream_failed", "upstream_failed", "success"), states
         bake_log = client.task_log("ml_release", run_id, "bake_shadow")
         assert "bake shadow: " in bake_log and "look 1:" in bake_log  # a progress line per look
         assert "ALARM" in bake_log and "worse" in bake_log, bake_log[-3000:]
@@ -220,7 +221,7 @@ def test_a_bad_candidate_is_aborted_and_a_better_one_promoted_with_live_evidence
     states = {ti["task_id"]: ti["state"] for ti in client.task_instances("ml_release", release_run)}
     assert states == {"begin": "success", "shadow": "success", "bake_shadow": "success", "canary_10": "success",
                       "bake_canary_10": "success", "canary_50": "success", "bake_canary_50": "success",
-                      "promote": "success", "abort": "skipped"}, states
+                      "promote": "success", "confirm": "success", "abort": "skipped"}, states
     promoted = client.xcom("ml_release", release_run, "promote")
     assert (promoted["outcome"], promoted["version"], promoted["champion"]) == ("promoted", better, better)
     assert served(stack) == (better, None)
