@@ -76,35 +76,40 @@ class Service:
 
     def serve(self, records: Any, request_id: str, key: str, from_text: bool = False) -> Scored:
         """Answer a prediction request and capture it: by the champion, or during a release by the model the
-        request's routing `key` picks, with the other model scoring the same rows off the request path."""
+        request's routing `key` picks, with the other model scoring the same rows off the request path. During a
+        release every model call is counted by role (serving_release_*), so the gate compares like with like."""
         release = self.holder.release
-        if release is None or self.scorer is None or not in_share(key, release.share):
+        if release is None or self.scorer is None:
             answered, _ = self._predict(records, from_text)
             self.record(request_id, answered.model, answered.batch, answered.prediction)
             return answered
-        metrics, role, refused = self.metrics.release, CHAMPION, None
-        answered = None
-        if release.mode == CANARY:
-            answered, refused = candidate_answer(release.candidate, records, from_text, self.validate, metrics)
+        paired, refused, answered = in_share(key, release.share), None, None
+        if paired and release.mode == CANARY:
+            answered, refused = candidate_answer(release.candidate, records, from_text, self.validate,
+                                                 self.metrics.release)
         if answered is not None:
-            role, other = CANDIDATE, self.model()
             self.metrics.predicted(answered.model.name, answered.model.version, answered.batch.n_rows)
-        else:
-            try:
-                answered, seconds = self._predict(records, from_text)
-            except InputError:
-                raise  # the client's mistake: neither model's call
-            except Exception:
-                metrics.error(CHAMPION, "exception")
-                raise
-            metrics.ok(CHAMPION, seconds)
-            if refused == "input":  # the champion takes rows the candidate's contract refuses
-                metrics.error(CANDIDATE, "input")
-            if refused is not None:
-                self.record(request_id, answered.model, answered.batch, answered.prediction)
-                return answered
-            other = release.candidate
-        self.scorer.submit(Job(request_id, records, from_text, answered, role, other))
+            self.scorer.submit(Job(request_id, records, from_text, answered, CANDIDATE, self.model()))
+            return answered
+        answered = self._champion(records, from_text)
+        if refused == "input":  # the champion takes rows the candidate's contract refuses
+            self.metrics.release.error(CANDIDATE, "input")
+        if paired and refused is None:
+            self.scorer.submit(Job(request_id, records, from_text, answered, CHAMPION, release.candidate))
+        else:  # outside the share, or the candidate failed it: the champion's answer alone
+            self.record(request_id, answered.model, answered.batch, answered.prediction)
+        return answered
+
+    def _champion(self, records: Any, from_text: bool) -> Scored:
+        """The champion's answer during a release, its call counted under role champion."""
+        try:
+            answered, seconds = self._predict(records, from_text)
+        except InputError:
+            raise  # the client's mistake: no model's call
+        except Exception:
+            self.metrics.release.error(CHAMPION, "exception")
+            raise
+        self.metrics.release.ok(CHAMPION, seconds)
         return answered
 
     def record(self, request_id: str, model: LoadedModel, batch: Batch, prediction: Prediction,

@@ -130,7 +130,8 @@ def test_shadow_scores_only_its_share(make_app: Callable[..., Flask], release_st
     shutdown(app)
     found = samples(app)
     expected = sum(in_share(rid, 0.3) for rid in ids)
-    assert 30 < expected < 90 and calls(found, CANDIDATE, "ok") == calls(found, CHAMPION, "ok") == expected
+    assert 30 < expected < 90 and calls(found, CANDIDATE, "ok") == expected
+    assert calls(found, CHAMPION, "ok") == 200  # during a release every champion call counts
 
 
 # --- canary ----------------------------------------------------------------------------------------------------
