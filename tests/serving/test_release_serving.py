@@ -255,3 +255,4 @@ def test_a_full_scorer_queue_drops_and_counts(release_store: Path) -> None:
     scorer.close()
     assert metrics.release._ok[CHAMPION]._value.get() == 3  # the three queued were scored before the close
     assert not scorer.submit(job) and metrics.release.dropped._value.get() == 3  # closed: dropped
+    assert metrics.release._ok[CANDIDATE]._value.get() == 6  # every answer counts, its pair dropped or not
