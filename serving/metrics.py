@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
@@ -20,6 +20,10 @@ from serving.capture import CaptureCounters
 from serving.capture_shipping import shipped_totals
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# |candidate - champion| / max(|champion|, 1e-9) of a regression pair's row
+AGREEMENT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+AGREEMENT_CAP = 1e6  # a larger (or non-finite) difference is observed as this, so the sum stays finite
+ROLES = ("champion", "candidate")
 
 
 class Metrics:
@@ -49,6 +53,7 @@ class Metrics:
         self.engine = Gauge("serving_engine", "Engine serving a model version, and the reason for a sklearn fallback",
                             ["version", "engine", "reason"], multiprocess_mode="livemax", registry=self.registry)
         self._engine_labels: tuple[str, str, str] | None = None
+        self.release = ReleaseMetrics(self.registry)
         # The shipper is another process (a systemd timer): its totals come from its file in the capture dir.
         self.collectors: list[Collector] = [_ShippedCollector(capture_dir)] if capture_dir is not None else []
         for collector in self.collectors:
@@ -83,6 +88,53 @@ class Metrics:
                 registry.register(collector)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+class ReleaseMetrics:
+    """A release's evidence (serving/release.py): every model call during a release by role (champion, candidate)
+    and outcome, its scoring time, the agreement of paired answers, and pairs dropped off the request path."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("serving_release_requests", "Model calls during a release, by role (champion, "
+                                "candidate) and outcome (ok, error)", ["role", "outcome"], registry=registry)
+        self.errors = Counter("serving_release_errors", "Failed model calls during a release, by role and reason "
+                              "(exception; input: the rows do not validate against the model's contract)",
+                              ["role", "reason"], registry=registry)
+        self.seconds = Histogram("serving_release_seconds", "Model scoring time per request during a release, by role",
+                                 ["role"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.agreement = Histogram("serving_release_agreement", "Regression pairs: |candidate - champion| / "
+                                   "max(|champion|, 1e-9) per row", buckets=AGREEMENT_BUCKETS, registry=registry)
+        self.pairs = Counter("serving_release_pairs", "Classification pairs (rows) by whether the two labels agree",
+                             ["agree"], registry=registry)
+        self.dropped = Counter("serving_release_shadow_dropped", "Requests whose second scoring (off the request "
+                               "path) was dropped: the scorer's queue was full, or the worker stopped",
+                               registry=registry)
+        # labels() takes a lock and formats the labels on every call: the children are made once
+        self._ok = {role: self.requests.labels(role, "ok") for role in ROLES}
+        self._error = {role: self.requests.labels(role, "error") for role in ROLES}
+        self._seconds = {role: self.seconds.labels(role) for role in ROLES}
+        self._agree = {True: self.pairs.labels("true"), False: self.pairs.labels("false")}
+
+    def ok(self, role: str, seconds: float) -> None:
+        self._ok[role].inc()
+        self._seconds[role].observe(seconds)
+
+    def error(self, role: str, reason: str) -> None:
+        self._error[role].inc()
+        self.errors.labels(role, reason).inc()
+
+    def compared(self, champion: list[Any], candidate: list[Any], regression: bool) -> None:
+        """One pair's rows: relative differences (regression) or label agreement (classification)."""
+        if regression:
+            for a, b in zip(champion, candidate):
+                difference = abs(float(b) - float(a)) / max(abs(float(a)), 1e-9)
+                self.agreement.observe(difference if difference <= AGREEMENT_CAP else AGREEMENT_CAP)  # NaN too
+            return
+        agree = sum(1 for a, b in zip(champion, candidate) if a == b)
+        if agree:
+            self._agree[True].inc(agree)
+        if len(champion) - agree:
+            self._agree[False].inc(len(champion) - agree)
 
 
 class _ShippedCollector(Collector):

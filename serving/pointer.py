@@ -39,7 +39,7 @@ import os
 import re
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -291,6 +291,14 @@ def candidate_dir(pointer: Pointer, store_dir: Path) -> Path | None:
     if pointer.candidate is None:
         return None
     return _version_dir(store_dir, pointer.candidate.version, "pointer names candidate")
+
+
+def as_candidate(pointer: Pointer) -> Pointer:
+    """The pointer as its candidate's bundle is checked against (model, version and manifest sha256 it names)."""
+    if pointer.candidate is None:
+        raise PointerError("the pointer names no candidate")
+    return replace(pointer, version=pointer.candidate.version, bundle_sha256=pointer.candidate.bundle_sha256,
+                   candidate=None)
 
 
 def _version_dir(store_dir: Path, version: str, what: str) -> Path:

@@ -38,3 +38,20 @@ def point_release(store: Path, champion: str, release: pointers.Candidate | None
     signed = release_pointer(store, champion, release, **kwargs)  # type: ignore[arg-type]
     store_mod.write_pointer(store, signed.envelope)
     return signed
+
+
+def make_narrow_bundle(store: Path, version: str, offset: float = 0.0) -> Path:
+    """A regression toy bundle of model "toy" whose contract takes x1 only within [-1, 1] (the others' take
+    [-10, 10]): a candidate whose contract refuses rows the champion accepts."""
+    from include.ml.components.training import skops_trusted_types
+    from tests.support.bundles import REGRESSION, install_bundle, toy_frame
+    from tests.support.frames import pipeline_for
+
+    columns = tuple(c.model_copy(update={"min": -1.0, "max": 1.0}) if c.name == "x1" else c for c in REGRESSION.columns)
+    schema = REGRESSION.model_copy(update={"columns": columns})
+    frame = toy_frame("regression", offset=offset)
+    frame["x1"] = frame["x1"].clip(-1, 1)
+    x, y = frame.drop(columns="y"), frame["y"]
+    pipeline = pipeline_for(schema, "random_forest", {"n_estimators": 5})
+    pipeline.fit(x, y)
+    return install_bundle(store, version, pipeline, x, schema, skops_trusted_types(pipeline, "random_forest"))
