@@ -50,11 +50,11 @@ class Service:
 
     def predict(self, records: Any, from_text: bool = False) -> tuple[LoadedModel, Batch, Prediction]:
         """Validate against the served model's contract, then predict (batched with others when small)."""
-        answered, _ = self._predict(records, from_text)
+        answered = self._predict(records, from_text)
         return answered.model, answered.batch, answered.prediction
 
-    def _predict(self, records: Any, from_text: bool) -> tuple[Scored, float]:
-        """The champion's answer and the seconds its model call took."""
+    def _predict(self, records: Any, from_text: bool) -> Scored:
+        """The champion's answer, with the seconds its model call took."""
         for _ in range(3):  # a swap to a model with other inputs between the two steps: validate again
             model = self.model()
             batch = self.validate(records, model.contract, from_text)
@@ -71,41 +71,47 @@ class Service:
                 self.metrics.batch_rows.observe(batch.n_rows)
             seconds = time.perf_counter() - started
             self.metrics.predicted(model.name, model.version, batch.n_rows)
-            return Scored(model, batch, prediction), seconds
+            return Scored(model, batch, prediction, seconds)
         raise NoModel()
 
     def serve(self, records: Any, request_id: str, key: str, from_text: bool = False) -> Scored:
         """Answer a prediction request and capture it: by the champion, or during a release by the model the
-        request's routing `key` picks, with the other model scoring the same rows off the request path."""
+        request's routing `key` picks, with the other model scoring the same rows off the request path. During a
+        release every model call is counted by role (serving_release_*), so the gate compares like with like; a
+        paired request's calls are counted by the scorer thread, with its round."""
         release = self.holder.release
-        if release is None or self.scorer is None or not in_share(key, release.share):
-            answered, _ = self._predict(records, from_text)
+        if release is None or self.scorer is None:
+            answered = self._predict(records, from_text)
             self.record(request_id, answered.model, answered.batch, answered.prediction)
             return answered
-        metrics, role, refused = self.metrics.release, CHAMPION, None
-        answered = None
-        if release.mode == CANARY:
-            answered, refused = candidate_answer(release.candidate, records, from_text, self.validate, metrics)
+        paired, refused, answered = in_share(key, release.share), None, None
+        if paired and release.mode == CANARY:
+            answered, refused = candidate_answer(release.candidate, records, from_text, self.validate,
+                                                 self.metrics.release)
         if answered is not None:
-            role, other = CANDIDATE, self.model()
             self.metrics.predicted(answered.model.name, answered.model.version, answered.batch.n_rows)
-        else:
-            try:
-                answered, seconds = self._predict(records, from_text)
-            except InputError:
-                raise  # the client's mistake: neither model's call
-            except Exception:
-                metrics.error(CHAMPION, "exception")
-                raise
-            metrics.ok(CHAMPION, seconds)
-            if refused == "input":  # the champion takes rows the candidate's contract refuses
-                metrics.error(CANDIDATE, "input")
-            if refused is not None:
-                self.record(request_id, answered.model, answered.batch, answered.prediction)
-                return answered
-            other = release.candidate
-        self.scorer.submit(Job(request_id, records, from_text, answered, role, other))
+            self.scorer.submit(Job(request_id, records, from_text, answered, CANDIDATE, self.model()))
+            return answered
+        answered = self._champion(records, from_text)
+        if refused == "input":  # the champion takes rows the candidate's contract refuses
+            self.metrics.release.error(CANDIDATE, "input")
+        if paired and refused is None:
+            self.scorer.submit(Job(request_id, records, from_text, answered, CHAMPION, release.candidate))
+            return answered
+        # outside the share, or the candidate failed it: the champion's answer alone
+        self.metrics.release.ok(CHAMPION, answered.seconds)
+        self.record(request_id, answered.model, answered.batch, answered.prediction)
         return answered
+
+    def _champion(self, records: Any, from_text: bool) -> Scored:
+        """The champion's answer during a release; a failed call is counted under role champion."""
+        try:
+            return self._predict(records, from_text)
+        except InputError:
+            raise  # the client's mistake: no model's call
+        except Exception:
+            self.metrics.release.error(CHAMPION, "exception")
+            raise
 
     def record(self, request_id: str, model: LoadedModel, batch: Batch, prediction: Prediction,
                served_by: str = CHAMPION) -> None:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 
 from include.release.evidence import (
     AgreementLimits,
+    EvidenceError,
     FleetSnapshot,
     GateSettingsError,
     HealthLimits,
@@ -28,7 +29,7 @@ from include.release.evidence.health import judge_health, quantile
 from include.release.evidence.window import parse_exposition, window
 from serving.metrics import LATENCY_BUCKETS
 
-AGREEMENT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+AGREEMENT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)  # serving/metrics.py's
 
 
 def exposition(calls: dict[str, tuple[int, int, float]], relative: Sequence[float] = (),
@@ -37,6 +38,7 @@ def exposition(calls: dict[str, tuple[int, int, float]], relative: Sequence[floa
     values; the classification pairs (agreeing, not)."""
     registry = CollectorRegistry()
     requests = Counter("serving_release_requests", "calls", ["role", "outcome"], registry=registry)
+    reasons = Counter("serving_release_errors", "failed calls", ["role", "reason"], registry=registry)
     seconds = Histogram("serving_release_seconds", "time", ["role"], buckets=LATENCY_BUCKETS, registry=registry)
     agreement = Histogram("serving_release_agreement", "relative", buckets=AGREEMENT_BUCKETS, registry=registry)
     pairs = Counter("serving_release_pairs", "pairs", ["agree"], registry=registry)
@@ -44,6 +46,7 @@ def exposition(calls: dict[str, tuple[int, int, float]], relative: Sequence[floa
     for role, (ok, errors, took) in calls.items():
         requests.labels(role, "ok").inc(ok)
         requests.labels(role, "error").inc(errors)
+        reasons.labels(role, "exception").inc(errors)
         for _ in range(ok + errors):
             seconds.labels(role).observe(took)
     for value in relative:
@@ -76,7 +79,7 @@ def test_the_window_sums_the_growth_of_every_server_and_survives_a_restart() -> 
 def test_a_snapshot_survives_json() -> None:
     snapshot = fleet(5.0, a=exposition(HEALTHY, relative=[0.01, 0.2]))
     assert FleetSnapshot.from_json(snapshot.to_json()) == snapshot
-    with pytest.raises(Exception, match="not a fleet snapshot"):
+    with pytest.raises(EvidenceError, match="not a fleet snapshot"):
         FleetSnapshot.from_json({"instances": {}})
 
 
@@ -97,6 +100,7 @@ def test_health_alarms_on_the_error_rate_only_once_the_candidate_has_min_request
     judged = judge_health(counts, HealthLimits(), min_requests=200)
     assert judged.judged and judged.candidate.calls == 200 and judged.candidate.error_rate == pytest.approx(0.05)
     assert judged.alarm and "error rate 5.00%" in judged.alarm and "champion 1.00%" in judged.alarm
+    assert judged.figures()["candidate_errors_by_reason"] == {"exception": 10}
     assert judge_health(counts, HealthLimits(), min_requests=201).alarm is None  # too few calls to judge
     assert judge_health(counts, HealthLimits(max_error_rate_increase=0.05), min_requests=200).alarm is None
 

@@ -73,7 +73,10 @@ def test_the_pairs_of_the_release_are_read_and_joined_in_capture_order(tmp_path:
     truth = pd.read_csv(tmp_path / "truth.csv")
     assert pairs.y.tolist() == pytest.approx(truth["y"][:50].tolist())
     assert pairs.champion[0] == pytest.approx(found[0]["champion"]["prediction"])
-    # no labels configured: no pairs to judge, no error
+    # labels that match no pair yet, and no labels configured: nothing to judge, no error
+    early = join_labels(found, pd.DataFrame({"request_id": ["x"], "row": [0], "y": [1.0]}), schema("regression"))
+    judged = judge_quality(early, "rmse", QualityTest())
+    assert judged.verdict == "no_labels" and judged.note == "none of the 50 paired rows has a label yet"
     unlabelled = MonitoringSources(capture_dir=sources.capture_dir)
     assert labelled_pairs(unlabelled, schema("regression"), MODEL, "1", "2", WHEN, WHEN + timedelta(hours=1)) is None
 

@@ -18,6 +18,7 @@ from include.release.evidence.settings import HealthLimits
 from include.release.evidence.window import Window
 
 REQUESTS = "serving_release_requests_total"
+ERRORS = "serving_release_errors_total"  # by role and reason (exception, input)
 SECONDS = "serving_release_seconds"
 ROLES = ("champion", "candidate")
 
@@ -42,6 +43,7 @@ class RoleHealth:
     calls: float
     errors: float
     p99_ms: float | None
+    errors_by_reason: dict[str, float]
 
     @property
     def error_rate(self) -> float | None:
@@ -51,7 +53,12 @@ class RoleHealth:
 def role_health(counts: Window, role: str) -> RoleHealth:
     ok, errors = counts.total(REQUESTS, role=role, outcome="ok"), counts.total(REQUESTS, role=role, outcome="error")
     p99 = quantile(counts.buckets(SECONDS, role=role), 0.99)
-    return RoleHealth(ok + errors, errors, None if p99 is None else p99 * 1000)
+    reasons: dict[str, float] = {}
+    for (name, labels), value in counts.counts.items():
+        found = dict(labels)
+        if name == ERRORS and found.get("role") == role and value:
+            reasons[found.get("reason", "")] = reasons.get(found.get("reason", ""), 0.0) + value
+    return RoleHealth(ok + errors, errors, None if p99 is None else p99 * 1000, reasons)
 
 
 @dataclass(frozen=True)
@@ -64,13 +71,16 @@ class Health:
     def figures(self) -> dict[str, Any]:
         return {f"{role}_{key}": value for role, part in (("champion", self.champion), ("candidate", self.candidate))
                 for key, value in (("calls", part.calls), ("errors", part.errors), ("error_rate", part.error_rate),
-                                   ("p99_ms", part.p99_ms))} | {"health_judged": self.judged}
+                                   ("p99_ms", part.p99_ms), ("errors_by_reason", part.errors_by_reason))} \
+            | {"health_judged": self.judged}
 
 
 def _error_alarm(champion: RoleHealth, candidate: RoleHealth, limits: HealthLimits) -> str | None:
     champ, cand = champion.error_rate or 0.0, candidate.error_rate or 0.0
     if cand - champ > limits.max_error_rate_increase:
-        return (f"candidate error rate {cand:.2%} ({candidate.errors:.0f} of {candidate.calls:.0f} calls) vs champion "
+        reasons = ", ".join(f"{k or 'unknown'} {v:.0f}" for k, v in sorted(candidate.errors_by_reason.items()))
+        return (f"candidate error rate {cand:.2%} ({candidate.errors:.0f} of {candidate.calls:.0f} calls"
+                f"{f': {reasons}' if reasons else ''}) vs champion "
                 f"{champ:.2%} ({champion.errors:.0f} of {champion.calls:.0f}): up {cand - champ:.2%}, over "
                 f"health.max_error_rate_increase {limits.max_error_rate_increase:.2%}")
     return None

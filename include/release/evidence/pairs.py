@@ -75,6 +75,15 @@ def _file_records(path: Path, name: str, sources: MonitoringSources) -> list[dic
         raise MonitoringError(f"capture file {name} is not valid capture JSON lines: {exc}") from exc
 
 
+def _timestamp(record: dict[str, Any], name: str) -> pd.Timestamp:
+    """The record's capture time, aware (UTC when it names no zone)."""
+    try:
+        stamp = pd.Timestamp(record["timestamp"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise MonitoringError(f"capture file {name} holds a paired row without a valid timestamp: {exc!r}") from exc
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp
+
+
 def read_pairs(sources: MonitoringSources, model_name: str, champion: str | None, candidate: str, start: datetime,
                end: datetime) -> list[dict[str, Any]]:
     """The paired capture records of `candidate` (and `champion`, unless None) with start <= timestamp < end
@@ -89,7 +98,7 @@ def read_pairs(sources: MonitoringSources, model_name: str, champion: str | None
                 continue
             for record in found:
                 if _paired_record(record, model_name, champion, candidate):
-                    stamp = pd.Timestamp(record["timestamp"])
+                    stamp = _timestamp(record, name)
                     if start <= stamp < end:
                         records.append(record | {"timestamp": stamp})
     records.sort(key=lambda r: r["timestamp"])
@@ -113,7 +122,12 @@ def _proba(records: list[dict[str, Any]], role: str, classes: tuple[str, ...]) -
     rows = [r[role].get("probabilities") for r in records]
     if not classes or any(not isinstance(p, dict) for p in rows):
         return None
-    return np.array([[float(p.get(c, np.nan)) for c in classes] for p in rows], dtype=np.float64)
+    return np.array([[_probability(p.get(c)) for c in classes] for p in rows], dtype=np.float64)
+
+
+def _probability(value: Any) -> float:
+    """A captured class probability; NaN (the row is left out of the probability metrics) when it is none."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
 
 
 def _classes(records: list[dict[str, Any]]) -> tuple[str, ...]:
@@ -126,8 +140,9 @@ def _classes(records: list[dict[str, Any]]) -> tuple[str, ...]:
 
 
 def join_labels(records: list[dict[str, Any]], truth: pd.DataFrame, schema: SchemaConfig) -> LabelledPairs:
-    """The records that have a true value (read_ground_truth's frame), in capture order."""
-    target, task = schema.target, schema.task
+    """The records that have a true value (read_ground_truth's frame), in capture order. Raises EvidenceError when
+    a regression's labels or predictions are not numbers."""
+    target = schema.target
     frame = _frame(records, schema)
     if "request_id" in truth.columns:
         joined = first_capture_of_each_request(frame, frame["timestamp"]).merge(truth, on=list(capture.KEYS))
@@ -136,19 +151,24 @@ def join_labels(records: list[dict[str, Any]], truth: pd.DataFrame, schema: Sche
         joined = frame.dropna(subset=[key]).merge(truth, on=key)
     joined = joined.dropna(subset=[target]).sort_values("_position", kind="stable")
     picked = [records[i] for i in joined["_position"]]
-    values = {role: [r[role].get("prediction") for r in picked] for role in ROLES}
-    usable = np.array([all(values[role][i] is not None for role in ROLES) for i in range(len(picked))], dtype=bool)
-    picked = [r for r, keep in zip(picked, usable) if keep]
-    y = joined[target].to_numpy()[usable] if len(joined) else np.empty(0)
+    answered = np.array([all(r[role].get("prediction") is not None for role in ROLES) for r in picked], dtype=bool)
+    y = joined[target].to_numpy()[answered] if len(picked) else np.empty(0)
+    return _labelled(schema.task, y, [r for r, keep in zip(picked, answered) if keep], len(records))
+
+
+def _labelled(task: Task, y: np.ndarray, picked: list[dict[str, Any]], captured: int) -> LabelledPairs:
     if task == "regression":
-        return LabelledPairs(task, y.astype(np.float64), *(np.array([r[role]["prediction"] for r in picked],
-                                                                     dtype=np.float64) for role in ROLES),
-                             captured=len(records))
+        try:
+            return LabelledPairs(task, y.astype(np.float64), *(np.array([r[role]["prediction"] for r in picked],
+                                                                         dtype=np.float64) for role in ROLES),
+                                 captured=captured)
+        except (TypeError, ValueError) as exc:
+            raise EvidenceError(f"a regression's labels and paired predictions must be numbers: {exc}") from exc
     classes = _classes(picked)
     return LabelledPairs(task, np.array([str(v) for v in y], dtype=object),
                          *(np.array([str(r[role]["prediction"]) for r in picked], dtype=object) for role in ROLES),
                          classes=classes, champion_proba=_proba(picked, "champion", classes),
-                         candidate_proba=_proba(picked, "candidate", classes), captured=len(records))
+                         candidate_proba=_proba(picked, "candidate", classes), captured=captured)
 
 
 def labelled_pairs(sources: MonitoringSources, schema: SchemaConfig, model_name: str, champion: str | None,

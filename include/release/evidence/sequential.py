@@ -8,7 +8,7 @@ sequences", the Gaussian-mixture AsympCS: for observations d_1, d_2, ... with me
 covers mu at every t at once with probability >= 1 - alpha (asymptotically), so the bounds may be looked at after
 every new observation and the first look that excludes a value is as trustworthy as a fixed-sample test. rho sets
 where the bounds are tightest; rho^2 = (-2 log alpha + log(-2 log alpha + 1)) / t_opt makes them tightest at t_opt
-observations (Howard, Ramdas, McAuliffe & Sekhon 2021, eq. 3.12). docs/live-evidence.md has the derivation and the
+observations (Howard, Ramdas, McAuliffe & Sekhon 2021). docs/live-evidence.md has the derivation and the
 measured false-abort rate.
 """
 
