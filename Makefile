@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # Debian packages the tests drive: docker-compose validates docker-compose.yaml (no engine needed),
 # chromium + chromium-driver run the prediction form in a browser, shellcheck lints the EC2 user data.
-TEST_TOOLS := docker-compose:docker-compose chromium:chromium chromedriver:chromium-driver shellcheck:shellcheck nginx:nginx
+TEST_TOOLS := docker-compose:docker-compose chromium:chromium chromedriver:chromium-driver shellcheck:shellcheck nginx:nginx wrk:wrk
 
 # The demo's monitor run reads its own traffic: the server closes capture files within seconds (default 300).
 demo: export SERVING_CAPTURE_ROTATE_SECONDS ?= 5

@@ -12,6 +12,9 @@
     python main.py verify-provenance [--version champion]  # a version's signed provenance vs MLflow and artifacts
     python main.py predict --input in.csv --output out.parquet [--version V] [--on-bad-rows skip]  # score a file
     python main.py monitor --reference train.csv --current live.csv [--json]   # per-feature drift of two files
+    python main.py release shadow --version N [--sample 0.2]   # N beside the champion, scoring a share off-path
+    python main.py release canary --version N --percent 10     # N answers 10 % of the requests
+    python main.py release promote | abort [--reason R] | status [--json]   # docs/releases.md
 
 Every command takes --config-dir DIR (default: $MLOPS_CONFIG_DIR, else include/config).
 Exit codes: 0 success, 1 a stage or command failed (the message says which and why), 2 configuration error.
@@ -24,7 +27,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from include import pipeline
 from include.ml import artifacts
@@ -318,10 +321,73 @@ def monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- python main.py release: progressive delivery (docs/releases.md) --------------------------------------------
+
+def release_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config-dir", help="directory with config.yaml, schema.yaml, params.yaml "
+                        "(default: $MLOPS_CONFIG_DIR, else include/config)")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = argparse.ArgumentParser(prog="main.py release", description="A registered version beside the champion "
+                                     "on every server of deployment.target, through the same signed pointers as a "
+                                     "deploy: shadow, canary, then promote or abort (docs/releases.md).")
+    sub = parser.add_subparsers(dest="action", required=True)
+    shadow = sub.add_parser("shadow", parents=[common], help="the version also scores a share of the requests, "
+                            "off the request path; clients always get the champion's answer")
+    shadow.add_argument("--version", required=True, help="the registered version number")
+    shadow.add_argument("--sample", type=float, default=1.0, help="share of requests it scores, in (0, 1] "
+                        "(default 1.0)")
+    canary = sub.add_parser("canary", parents=[common], help="the version answers a share of the requests "
+                            "(sticky by the X-Client-Key header, else by request id)")
+    canary.add_argument("--version", required=True, help="the registered version number")
+    canary.add_argument("--percent", type=float, required=True, help="percent of requests it answers, in (0, 100]")
+    sub.add_parser("promote", parents=[common], help="the candidate becomes the champion: 100 %% of traffic")
+    abort = sub.add_parser("abort", parents=[common], help="every server back to the champion alone")
+    abort.add_argument("--reason", default="aborted by hand (main.py release abort)",
+                       help="recorded on the candidate version as release.aborted")
+    status = sub.add_parser("status", parents=[common], help="the store's pointer and every server's /version")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def release(args: argparse.Namespace) -> int:
+    import json
+
+    from include.ml.configuration import ConfigurationManager
+
+    cm = ConfigurationManager(args.config_dir)
+    if args.action == "status":
+        found = pipeline.run_release_status(cm)
+        print(json.dumps(found.xcom()) if args.json else _status_table(found))
+        return 0 if not found.drifted() else 1
+    if args.action == "shadow":
+        done = pipeline.run_release_start(cm, args.version, "shadow", args.sample)
+    elif args.action == "canary":
+        done = pipeline.run_release_start(cm, args.version, "canary", args.percent / 100)
+    elif args.action == "promote":
+        done = pipeline.run_release_promote(cm)
+    else:
+        done = pipeline.run_release_abort(cm, args.reason)
+    print(done.summary())
+    return 0
+
+
+def _status_table(found: Any) -> str:
+    lines = [found.summary()]
+    for server in found.instances:
+        candidate = server.candidate
+        shown = server.error or (f"version {server.version}" + (
+            f" + candidate {candidate['version']} ({candidate['mode']} {candidate['share']:.0%})" if candidate
+            else ", no candidate"))
+        lines.append(f"  {server.instance_id:<22} {server.url or '-':<28} {shown}")
+    return "\n".join(lines)
+
+
 COMMANDS: dict[str | None, tuple[Callable[[], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
     None: (run_parser, run), "init": (init_parser, init), "export": (export_parser, export),
     "serve": (serve_parser, serve), "keys": (keys_parser, keys), "predict": (predict_parser, predict),
     "monitor": (monitor_parser, monitor), "verify-provenance": (verify_provenance_parser, verify_provenance),
+    "release": (release_parser, release),
 }
 
 if __name__ == "__main__":

@@ -31,6 +31,11 @@ why): it puts the champion on `deployment.target` from `config.yaml` — `local`
 back if any server fails. **Verify** then sends the model's input example to every server and checks the
 answers equal the registered model's own predictions.
 
+**Progressive releases**: with `release.strategy: progressive` in `params.yaml`, the version the gate passes
+becomes the release *candidate* instead of the champion; deploy and verify are skipped, and **signal_candidate**
+emits the `<model>-candidate` Asset event that starts `ml_release` (shadow, canary steps, promote, each step
+gated on live evidence). Otherwise signal_candidate is *skipped*.
+
 **Failures**: a data-validation failure, a configuration error or a rolled-back deploy fails its task
 at once (retrying cannot fix the data; a person should look at a failed rollout); anything else is
 retried with exponential backoff.
@@ -54,7 +59,7 @@ import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 from airflow.sdk.definitions.retry_policy import RetryAction, RetryRule
 
-from dags.stage_tasks import default_args, drift_asset
+from dags.stage_tasks import candidate_asset, default_args, drift_asset
 from include.ml.configuration import project_config
 from include.ml.models import FAMILIES  # light: names only, estimators are imported when built
 
@@ -65,6 +70,7 @@ SOURCE = Asset(name=f"{MODEL_NAME}-source", uri=PROJECT.data_source.uri if "://"
                else Path(PROJECT.data_source.uri).as_uri())
 SNAPSHOT = Asset(name=f"{MODEL_NAME}-snapshot", uri=f"x-mlops://snapshots/{MODEL_NAME}")
 MODEL = Asset(name=f"{MODEL_NAME}-registered-model", uri=f"x-mlops://models/{MODEL_NAME}")
+CANDIDATE = candidate_asset(MODEL_NAME)  # release.strategy progressive: starts ml_release
 
 
 def _schedule(retrain_on: str, cron: str | None) -> Any:
@@ -171,7 +177,19 @@ def ml_pipeline() -> None:
 
         return task_result(run_verify(*stage_config(run_id, params)))
 
-    ingest() >> validate() >> transform() >> tune() >> train() >> evaluate() >> deploy() >> verify()
+    @task(inlets=[MODEL], outlets=[CANDIDATE])
+    def signal_candidate(evaluated: dict[str, Any], outlet_events: Any = None) -> dict[str, Any]:
+        from dags.stage_tasks import task_result
+        from include.pipeline import candidate_signal
+
+        result = task_result(candidate_signal(evaluated))  # skipped, so no Asset event, unless a candidate was made
+        outlet_events[CANDIDATE].extra = {"version": result["version"]}
+        return result
+
+    trained = ingest() >> validate() >> transform() >> tune() >> train()
+    evaluated = evaluate()
+    trained >> evaluated >> deploy() >> verify()
+    signal_candidate(evaluated)
 
 
 ml_pipeline()

@@ -40,6 +40,14 @@ def drift_asset(model_name: str) -> Asset:
     return Asset(name=f"{model_name}-drift", uri=f"x-mlops://drift/{model_name}")
 
 
+def candidate_asset(model_name: str) -> Asset:
+    """What ml_pipeline emits when evaluate made a release candidate (release.strategy: progressive), and what
+    ml_release is scheduled on; the event's extra names the version."""
+    from airflow.sdk import Asset
+
+    return Asset(name=f"{model_name}-candidate", uri=f"x-mlops://candidates/{model_name}")
+
+
 def stage_config(run_id: str, params: dict[str, Any] | None) -> tuple[ConfigurationManager, str]:
     """The configuration with this run's overrides (trigger form), and the path-safe run id."""
     from include.ml.artifacts import safe_run_id

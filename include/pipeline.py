@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from include.release.batch import BatchPredictionResult
     from include.release.export import ExportResult
     from include.release.ports import DeploymentResult
+    from include.release.progressive import ReleaseState, ReleaseStatus
     from include.release.provenance_check import ProvenanceReport
     from include.release.signing import SigningKeys
     from include.release.verify import VerificationResult
@@ -161,6 +162,10 @@ def run_deploy(cm: ConfigurationManager, run_id: str, version: str | None = None
         if not evaluated["decision"]["promoted"]:
             return Skipped(f"not deployed: version {evaluated['version']} was not promoted "
                            f"({evaluated['decision']['reason']})")
+        if evaluated.get("candidate"):  # release.strategy progressive: ml_release rolls it out step by step
+            return Skipped(f"not deployed: version {evaluated['version']} is the release candidate "
+                           "(release.strategy: progressive); ml_release shadows it, then canaries it, then promotes "
+                           f"it, and champion v{evaluated['champion_version']} keeps serving until then")
         version = str(evaluated["version"])
     if cm.config.deployment.target == "none":
         return Skipped("not deployed: deployment.target is none")
@@ -199,6 +204,34 @@ def run_rollback(cm: ConfigurationManager, version: str | None = None) -> Rollba
         raise RollbackError(f"rollback of {name} failed: {exc}") from exc
     log.info("rollback: %s", result.summary())
     return result
+
+
+def run_release_start(cm: ConfigurationManager, version: str, mode: str, share: float) -> ReleaseState:
+    """Put `version` beside the champion on the configured target as a shadow or a canary of `share`."""
+    from include.release import progressive
+
+    return progressive.start(cm.config, version, mode, share)
+
+
+def run_release_promote(cm: ConfigurationManager) -> ReleaseState:
+    """The running release's candidate becomes the champion on every server and in the registry."""
+    from include.release import progressive
+
+    return progressive.promote(cm.config)
+
+
+def run_release_abort(cm: ConfigurationManager, reason: str) -> ReleaseState:
+    """Every server back to the champion alone; the candidate is tagged release.aborted=<reason>."""
+    from include.release import progressive
+
+    return progressive.abort(cm.config, reason)
+
+
+def run_release_status(cm: ConfigurationManager) -> ReleaseStatus:
+    """The store's pointer (champion, candidate) and what every server serves."""
+    from include.release import progressive
+
+    return progressive.status(cm.config)
 
 
 def run_export(cm: ConfigurationManager, version: str = "champion", store: Path | None = None,
@@ -281,6 +314,32 @@ def drift_signal(monitored: dict[str, Any]) -> DriftSignal | Skipped:
         return Skipped(f"no drift to announce ({monitored.get('skipped') or 'no feature drifted'})")
     return DriftSignal(monitored["model_name"], monitored["version"], monitored["drifted"],
                        monitored["drift_details"])
+
+
+@dataclass(frozen=True)
+class CandidateSignal:
+    """Evaluate made a release candidate (release.strategy: progressive): what the candidate Asset event announces,
+    and what starts ml_release."""
+
+    model_name: str
+    version: str
+    champion: str
+
+    def summary(self) -> str:
+        return f"{self.model_name} v{self.version} is the release candidate against champion v{self.champion}"
+
+    def xcom(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "version": self.version, "champion": self.champion}
+
+
+def candidate_signal(evaluated: dict[str, Any]) -> CandidateSignal | Skipped:
+    """From run_evaluate's XCom: the candidate to release, or Skipped (direct strategy, or the gate kept the
+    champion)."""
+    if not evaluated.get("candidate"):
+        return Skipped(f"no release candidate: v{evaluated.get('version')} "
+                       + ("was not promoted" if not evaluated.get("promoted") else "went out directly "
+                          "(release.strategy: direct, or the model's first version)"))
+    return CandidateSignal(evaluated["model_name"], evaluated["candidate"], evaluated["champion_version"])
 
 
 def run_compare(cm: ConfigurationManager, reference: Path, current: Path) -> DriftReport:

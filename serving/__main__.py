@@ -1,6 +1,7 @@
 """Model store commands on a serving host: `python -m serving {refresh,activate,rollback,status,ship-capture}`.
 
-`refresh` is what the deploy step runs on every server: fetch a bundle, verify it, activate it.
+`refresh` is what the deploy step runs on every server: fetch a bundle, verify it, activate it. During a release
+(the pointer names a candidate beside the champion) `--version` is either one: the bundle to fetch.
 `activate` and `rollback` switch between bundles already in the store (serving/activation.py). Every command
 that moves CURRENT needs `--pointer TOKEN`, a pointer the pipeline signed (serving/pointer.py): a server host
 cannot sign, so it cannot pick a version on its own. `rollback` takes a rollback pointer naming the PREVIOUS
@@ -106,19 +107,28 @@ def _switch(args: argparse.Namespace, store_dir: Path, settings: Settings) -> di
             named = pointers.verify(envelope, trusted, "the pointer")
             last = pointers.read_applied(store_dir)  # refused before anything is downloaded:
             pointers.check_model(named, settings.model_name or (last.model if last else None))  # another model
-            if named.version != args.version:
-                raise ActivationError(f"the pointer names version {named.version}, not --version {args.version}")
-            if args.manifest_sha256 and args.manifest_sha256 != named.bundle_sha256:
+            sha256 = _named_sha256(named, args.version)
+            if args.manifest_sha256 and args.manifest_sha256 != sha256:
                 raise ActivationError("--manifest-sha256 differs from the bundle sha256 the pointer names")
             # The signature is checked on the staged copy: a bundle nobody trusted never enters the store.
-            store.fetch(args.source, args.version, store_dir, named.bundle_sha256,
+            store.fetch(args.source, args.version, store_dir, sha256,
                         check=lambda staged: verify_signature(staged, trusted))
-        elif args.command == "activate" and args.version != pointers.verify(envelope, trusted, "the pointer").version:
-            raise ActivationError(f"the pointer does not name version {args.version}")
+        elif args.command == "activate":
+            _named_sha256(pointers.verify(envelope, trusted, "the pointer"), args.version)
         result = activate(store_dir, envelope, trusted, args.url, args.timeout, args.confirmations,
                           model_name=settings.model_name, rollback_only=args.command == "rollback")
         result["pruned"] = store.prune(store_dir, settings.keep_bundles, pointers.named_versions(store_dir))
     return result
+
+
+def _named_sha256(pointer: pointers.Pointer, version: str) -> str:
+    """The manifest sha256 the pointer names for `version`: its champion's or its candidate's."""
+    if version == pointer.version:
+        return pointer.bundle_sha256
+    if pointer.candidate is not None and version == pointer.candidate.version:
+        return pointer.candidate.bundle_sha256
+    release = f" or its candidate {pointer.candidate.version}" if pointer.candidate else ""
+    raise ActivationError(f"the pointer does not name version {version}: it names {pointer.version}{release}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any
 from serving import pointer as pointers
 from serving import store
 from serving.model import ModelLoadError, load_bundle
-from serving.probe import NotServing, wait_for_version
+from serving.probe import NotServing, wait_for_release
 from serving.signing import PublicKeys
 
 log = logging.getLogger(__name__)
@@ -30,33 +30,44 @@ class ActivationError(Exception):
 
 def activate(store_dir: Path, envelope: bytes, trusted: PublicKeys, url: str | None = None, timeout: float = 60.0,
              confirmations: int = 10, model_name: str | None = None, rollback_only: bool = False) -> dict[str, Any]:
-    """Check the signed pointer `envelope` and the bundle it names with the server's own checks, then make it
-    CURRENT. `model_name` (SERVING_MODEL_NAME) pins the model; None: the model of the store's last applied pointer.
-    With `rollback_only`, the pointer must be a rollback pointer naming the PREVIOUS version. The caller holds the
-    store's lock (store.locked)."""
+    """Check the signed pointer `envelope` and the bundles it names (the champion, and a release's candidate) with
+    the server's own checks, then make it CURRENT. `model_name` (SERVING_MODEL_NAME) pins the model; None: the
+    model of the store's last applied pointer. With `rollback_only`, the pointer must be a rollback pointer naming
+    the PREVIOUS version. The caller holds the store's lock (store.locked).
+
+    PREVIOUS is the pointer before the last change of champion (what `rollback` goes back to); "changed" in the
+    result means the served pair changed (champion or release), and "previous_pointer" is then the pointer the
+    store held before: what an undo restores."""
     try:
         pointer = pointers.verify(envelope, trusted, "the pointer")
         last = pointers.read_applied(store_dir)
         if rollback_only:
             _check_rollback(store_dir, pointer, trusted)
         bundle = pointers.check(pointer, store_dir, model_name or (last.model if last else None), last)
+        candidate = pointers.candidate_dir(pointer, store_dir)
     except store.BundleError as exc:
         raise ActivationError(f"refused: {exc}") from exc
     try:
         model = load_bundle(bundle, trusted, pointer)  # the same checks a server worker runs, before any sees it
+        if candidate is not None:
+            load_bundle(candidate, trusted, pointers.as_candidate(pointer))
     except ModelLoadError as exc:
         raise ActivationError(f"refused: {exc}") from exc
     old = store.read_pointer(store_dir)
     before = _verified(old, trusted)
-    changed = before is None or before.version != pointer.version
+    moved = before is None or before.version != pointer.version  # another champion
+    changed = moved or before is None or before.candidate != pointer.candidate
     if old != pointer.envelope:
-        if changed and old is not None:
+        if moved and old is not None:
             store.write_pointer(store_dir, old, store.PREVIOUS)
         store.write_pointer(store_dir, pointer.envelope)  # CURRENT first: the record never runs ahead of it
         pointers.write_applied(store_dir, pointers.applied(pointer))
     if url:
+        release = pointer.candidate
         try:
-            wait_for_version(url.rstrip("/"), pointer.version, timeout, confirmations)
+            wait_for_release(url.rstrip("/"), pointer.version, {"version": release.version, "mode": release.mode,
+                                                                "share": release.share} if release else None,
+                             timeout, confirmations)
         except NotServing as exc:
             if changed and old is not None:
                 pointers.write_applied(store_dir, last)  # the record first: it never runs ahead of CURRENT
@@ -65,6 +76,7 @@ def activate(store_dir: Path, envelope: bytes, trusted: PublicKeys, url: str | N
             raise ActivationError(str(exc)) from exc
     previous = before if changed else _verified(store.read_pointer(store_dir, store.PREVIOUS), trusted)
     return {"status": "active", "name": model.name, "version": pointer.version,
+            "candidate": pointer.candidate.describe() if pointer.candidate else None,
             "previous": previous.version if previous else None,
             # what the deploy step signs a rollback pointer from, should it have to undo this switch
             "previous_pointer": previous.token if previous else None,

@@ -10,10 +10,11 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, render_template, request
 
 from serving.contract import Contract
-from serving.inputs import InputError, csv_rows, mlflow_json, parse_json
+from serving.inputs import Batch, InputError, csv_rows, mlflow_json, parse_json
 from serving.limits import Limits
-from serving.model import LoadedModel
+from serving.model import LoadedModel, Prediction
 from serving.openapi import openapi_spec
+from serving.release import routing_key
 from serving.responses import error_response, json_response, public_text
 from serving.service import Service
 
@@ -69,8 +70,7 @@ def invocations() -> Response:
     else:
         raise InputError(415, "unsupported_media_type",
                          f"expected application/json or text/csv, got {mimetype or 'none'}")
-    model, batch, prediction = svc.predict(rows, from_text)
-    svc.record(g.request_id, model, batch, prediction)
+    model, batch, prediction = _serve(svc, rows, from_text)
     body: dict[str, Any] = {"predictions": prediction.values}
     if batch.warnings:
         body["warnings"] = batch.warnings
@@ -81,14 +81,20 @@ def invocations() -> Response:
 def predict() -> Response:
     _require_json()
     svc = service()
-    model, batch, prediction = svc.predict(parse_json(_body(), _limits(svc)))
-    svc.record(g.request_id, model, batch, prediction)
+    model, batch, prediction = _serve(svc, parse_json(_body(), _limits(svc)), False)
     body: dict[str, Any] = {"predictions": prediction.values, "model": {"name": model.name, "version": model.version}}
     if prediction.probabilities is not None:
         body["probabilities"] = prediction.probabilities
     if batch.warnings:
         body["warnings"] = batch.warnings
     return json_response(body, headers=_model_headers(model))
+
+
+def _serve(svc: Service, rows: Any, from_text: bool) -> tuple[LoadedModel, Batch, Prediction]:
+    """The answer of the model the request is routed to (serving/release.py), captured."""
+    key = routing_key(request.headers.get(svc.settings.sticky_header), g.request_id)
+    answered = svc.serve(rows, g.request_id, key, from_text)
+    return answered.model, answered.batch, answered.prediction
 
 
 def _model_headers(model: LoadedModel) -> dict[str, str]:
@@ -120,7 +126,9 @@ def ready() -> Response:
 def version() -> Response:
     svc = service()
     model = svc.model()
-    return json_response({**model.describe(), "refused": _public_refusal(svc.holder.refused), "pid": os.getpid()})
+    release = svc.holder.release
+    return json_response({**model.describe(), "candidate": release.describe() if release else None,
+                          "refused": _public_refusal(svc.holder.refused), "pid": os.getpid()})
 
 
 def _public_refusal(refused: dict[str, str] | None) -> dict[str, str] | None:

@@ -16,6 +16,7 @@ from serving.capture import CaptureWriter, request_id
 from serving.inputs import InputError
 from serving.metrics import Metrics
 from serving.model import ModelHolder
+from serving.release import Scorer
 from serving.responses import error_response, json_response
 from serving.service import NoModel, Service
 from serving.settings import Settings, SettingsError
@@ -54,7 +55,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
                                     queue_rows=settings.capture_queue_rows, counters=metrics.capture_counters())
         except OSError as exc:
             raise SettingsError(f"SERVING_CAPTURE_DIR={settings.capture_dir} cannot be used: {exc}") from exc
-    app.extensions["serving"] = Service(settings, holder, metrics, batcher, capture)
+    service = Service(settings, holder, metrics, batcher, capture)
+    # a worker's scorer thread is idle until the store's pointer names a release (serving/release.py)
+    service.scorer = Scorer(service.validate, metrics.release, capture, settings.release_queue)
+    app.extensions["serving"] = service
     app.register_blueprint(bp)
     _register_request_id(app)
     _register_error_handlers(app)

@@ -6,7 +6,10 @@ Layout (the contract the monitor reads, docs/serving.md "Prediction capture"):
 
 one JSON object per input row of a sampled request: request_id, row, timestamp (UTC), model_name, model_version,
 key (the row's id columns as sent, {"<id column>": value}; absent when the request sent none), inputs (each
-contract feature as validated; a datetime as ISO 8601 text in UTC without an offset), prediction, probabilities.
+contract feature as validated; a datetime as ISO 8601 text in UTC without an offset), prediction, probabilities,
+served_by ("champion" | "candidate": which model answered). During a release (serving/release.py) a request scored
+by both models is captured once, always (whatever the sample), with both answers beside the one the client got:
+champion and candidate, each {"version", "prediction", "probabilities"} (probabilities null for regression).
 A file is written as `<name>.part` and renamed when closed, so a reader sees only complete files.
 
 Writing is off the request path: a request puts one item on a queue bounded in rows (full: the rows are dropped
@@ -74,6 +77,21 @@ class CaptureCounters:
 
 
 @dataclass(frozen=True)
+class Answer:
+    """One model's answers to a request's rows, for a paired capture row."""
+
+    version: str
+    predictions: list[Any]
+    probabilities: list[dict[str, float]] | None
+
+
+@dataclass(frozen=True)
+class Pair:
+    champion: Answer
+    candidate: Answer
+
+
+@dataclass(frozen=True)
 class _Request:
     """One sampled request, as the request thread hands it over (encoded by the writer thread)."""
 
@@ -86,6 +104,8 @@ class _Request:
     predictions: list[Any]
     probabilities: list[dict[str, float]] | None
     keys: dict[str, list[Any]]
+    served_by: str = "champion"
+    pair: Pair | None = None
 
 
 @dataclass
@@ -131,13 +151,16 @@ class CaptureWriter:
 
     def submit(self, request_id: str, model_name: str, model_version: str, columns: dict[str, np.ndarray],
                n_rows: int, predictions: list[Any], probabilities: list[dict[str, float]] | None,
-               keys: dict[str, list[Any]] | None = None) -> bool:
-        """Queue a request's rows if it is sampled (all its rows or none); never blocks. True when queued.
-        `keys`: the id columns the request sent (inputs.Batch.keys), None where a row has none."""
-        if self.sample < 1.0 and random.random() >= self.sample:
+               keys: dict[str, list[Any]] | None = None, served_by: str = "champion",
+               pair: Pair | None = None) -> bool:
+        """Queue a request's rows if it is sampled (all its rows or none; a `pair` always); never blocks. True when
+        queued. `keys`: the id columns the request sent (inputs.Batch.keys), None where a row has none.
+        `served_by`: the role of the model that answered; `pair`: both models' answers (the release gate needs
+        every pair, so a pair is not sampled)."""
+        if pair is None and self.sample < 1.0 and random.random() >= self.sample:
             return False
         item = _Request(request_id, datetime.now(timezone.utc), model_name, model_version, columns, n_rows,
-                        predictions, probabilities, keys or {})
+                        predictions, probabilities, keys or {}, served_by, pair)
         with self._lock:  # held for the put too: nothing is queued behind close()'s stop mark
             if self._closed:
                 reason = "shutdown"
@@ -224,7 +247,8 @@ class CaptureWriter:
         records = [{"request_id": item.request_id, "row": i, "timestamp": timestamp, "model_name": item.model_name,
                     "model_version": item.model_version, **({"key": keys[i]} if keys[i] else {}),
                     "inputs": {name: column[i] for name, column in zip(names, values)},
-                    "prediction": item.predictions[i], "probabilities": probabilities[i]}
+                    "prediction": item.predictions[i], "probabilities": probabilities[i],
+                    "served_by": item.served_by, **_paired(item.pair, i)}
                    for i in range(item.n_rows)]
         return b"".join(self._encoder.encode(record) + b"\n" for record in records)
 
@@ -281,6 +305,15 @@ class CaptureWriter:
             log.warning("capture resumed: the disk of %s is %.1f%% full, below SERVING_CAPTURE_MAX_FILL %.4g%%",
                         self.directory, 100 * fill, 100 * self.max_fill)
             self.counters.enabled(True)
+
+
+def _paired(pair: Pair | None, row: int) -> dict[str, Any]:
+    """A pair's "champion" and "candidate" answers to one row; {} for a request one model scored."""
+    if pair is None:
+        return {}
+    return {role: {"version": answer.version, "prediction": answer.predictions[row],
+                   "probabilities": answer.probabilities[row] if answer.probabilities is not None else None}
+            for role, answer in (("champion", pair.champion), ("candidate", pair.candidate))}
 
 
 def _plain(column: np.ndarray) -> list[Any]:

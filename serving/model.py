@@ -205,19 +205,40 @@ def _input_example(model_files: dict[str, bytes], mlmodel: dict[str, Any]) -> li
     return rows if isinstance(rows, list) else []
 
 
+@dataclass(frozen=True, eq=False)
+class Release:
+    """The candidate a worker serves beside its champion (serving/release.py routes requests to it)."""
+
+    candidate: LoadedModel
+    mode: str  # "shadow" | "canary"
+    share: float  # shadow: share of requests also scored by the candidate; canary: share it answers
+
+    def describe(self) -> dict[str, Any]:
+        return {"version": self.candidate.version, "mode": self.mode, "share": self.share}
+
+
+@dataclass(frozen=True, eq=False)
+class Served:
+    """What a worker serves: swapped as one reference, so a request never sees a champion with another's release."""
+
+    champion: LoadedModel | None = None
+    release: Release | None = None
+
+
 class ModelHolder:
-    """The model a worker serves. Follows the store's signed CURRENT pointer (serving/pointer.py); swaps only to a
-    model that passed its checks, and never to a pointer older than the last one it applied."""
+    """The models a worker serves: the champion and, during a release, a candidate. Follows the store's signed
+    CURRENT pointer (serving/pointer.py); swaps only to models that passed their checks (both of them: a candidate
+    that fails refuses the whole pointer), and never to a pointer older than the last one it applied."""
 
     def __init__(self, store_dir: Path, trusted: PublicKeys,
                  on_event: Callable[..., None] = lambda version, outcome, engine=None: None,
                  model_name: str | None = None):
-        """on_event(version, outcome, engine): outcome "loaded" (engine: its name and fallback reason) or "refused".
-        `model_name` (SERVING_MODEL_NAME) pins the model; None: the model of the first pointer applied (or of the
-        store's record of the last one applied, <store>/.sequence)."""
+        """on_event(version, outcome, engine): outcome "loaded" (engine: its name and fallback reason; None for a
+        candidate) or "refused". `model_name` (SERVING_MODEL_NAME) pins the model; None: the model of the first
+        pointer applied (or of the store's record of the last one applied, <store>/.sequence)."""
         self.store_dir, self.trusted = store_dir, trusted
         self.model_name = model_name
-        self.current: LoadedModel | None = None
+        self.served = Served()
         self.refused: dict[str, str] | None = None  # the last version refused, and why
         self.applied: pointers.Applied | None = None  # this worker's high-water mark
         self._seen: bytes | None = None  # the CURRENT bytes last acted on (loaded or refused)
@@ -225,8 +246,17 @@ class ModelHolder:
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
+    @property
+    def current(self) -> LoadedModel | None:
+        """The champion: what answers every request outside a canary's share."""
+        return self.served.champion
+
+    @property
+    def release(self) -> Release | None:
+        return self.served.release
+
     def refresh(self) -> bool:
-        """Follow CURRENT if it changed; True when the served model changed."""
+        """Follow CURRENT if it changed; True when the served models changed."""
         with self._lock:
             try:
                 data = store.read_pointer(self.store_dir)
@@ -240,30 +270,50 @@ class ModelHolder:
             wanted = named.version if named else store.CURRENT
             try:
                 pointer = pointers.verify(data, self.trusted)
-                last = self._last_applied()
-                bundle = pointers.check(pointer, self.store_dir, self._pinned(), last)
-                if self.current and (self.current.bundle_id, self.current.manifest_sha256) == (
-                        pointer.version, pointer.bundle_sha256):
-                    model = None  # a newer pointer to the bundle already served: nothing to load
-                else:
-                    model = load_bundle(bundle, self.trusted, pointer)
+                served = self._load(pointer)
             except (store.BundleError, ModelLoadError) as exc:
                 self.refused = {"version": wanted, "error": str(exc)}
-                log.error("refused model %s; still serving %s: %s", wanted,
-                          self.current.version if self.current else "nothing", exc)
+                if named and named.candidate:
+                    self.refused["candidate"] = named.candidate.version
+                log.error("refused model %s%s; still serving %s: %s", wanted,
+                          f" with candidate {named.candidate.version}" if named and named.candidate else "",
+                          _named(self.served), exc)
                 self._on_event(wanted, "refused")
                 return False
             self.applied, self.refused = pointers.applied(pointer), None
             if self.model_name is None:
                 self.model_name = pointer.model  # pinned: the first pointer this process applied
-            if model is None:
+            old, self.served = self.served, served  # one reference assignment: both models at once
+            if old.champion is served.champion and _same_release(old.release, served.release):
                 return False
-            old, self.current = self.current, model  # one reference assignment: atomic
-            log.info("now serving %s version %s (was %s; pointer sequence %d%s); loaded and checked in %.2fs",
-                     model.name, model.version, old.version if old else "nothing", pointer.sequence,
-                     ", a rollback" if pointer.rollback else "", time.perf_counter() - started)
-            self._on_event(model.version, "loaded", (model.engine.name, model.engine.reason))
+            log.info("now serving %s (was %s; pointer sequence %d%s); loaded and checked in %.2fs", _named(served),
+                     _named(old), pointer.sequence, ", a rollback" if pointer.rollback else "",
+                     time.perf_counter() - started)
+            assert served.champion is not None
+            if served.champion is not old.champion:
+                engine = served.champion.engine
+                self._on_event(served.champion.version, "loaded", (engine.name, engine.reason))
+            if served.release is not None and (old.release is None
+                                               or served.release.candidate is not old.release.candidate):
+                self._on_event(served.release.candidate.version, "loaded")
             return True
+
+    def _load(self, pointer: Pointer) -> Served:
+        """The models `pointer` names, checked and loaded; a model already served (same bundle and manifest) is
+        reused, not loaded again (a promotion makes the candidate the champion at no cost)."""
+        bundle = pointers.check(pointer, self.store_dir, self._pinned(), self._last_applied())
+        loaded = {(m.bundle_id, m.manifest_sha256): m for m in (self.served.champion, self.served.release
+                                                                 and self.served.release.candidate) if m}
+        champion = loaded.get((pointer.version, pointer.bundle_sha256)) or load_bundle(bundle, self.trusted, pointer)
+        if pointer.candidate is None:
+            return Served(champion)
+        named = pointer.candidate
+        candidate = loaded.get((named.version, named.bundle_sha256))
+        if candidate is None:
+            directory = pointers.candidate_dir(pointer, self.store_dir)
+            assert directory is not None
+            candidate = load_bundle(directory, self.trusted, pointers.as_candidate(pointer))
+        return Served(champion, Release(candidate, named.mode, named.share))
 
     def _last_applied(self) -> pointers.Applied | None:
         """The higher of this worker's high-water mark and the store's record (<store>/.sequence)."""
@@ -292,3 +342,18 @@ class ModelHolder:
     def stop(self) -> None:
         self._stop.set()
 
+
+def _same_release(a: Release | None, b: Release | None) -> bool:
+    """The same candidate object in the same mode and share (models compare by identity, never field by field)."""
+    if a is None or b is None:
+        return a is b
+    return a.candidate is b.candidate and (a.mode, a.share) == (b.mode, b.share)
+
+
+def _named(served: Served) -> str:
+    if served.champion is None:
+        return "nothing"
+    champion = f"{served.champion.name} version {served.champion.version}"
+    release = served.release
+    return champion if release is None else \
+        f"{champion} with candidate {release.candidate.version} ({release.mode} {release.share:g})"

@@ -142,7 +142,8 @@ def openapi_spec(contract: Contract | None, version: str | None, settings: Setti
             "/ready": {"get": {"summary": "Model loaded and a self-check prediction passes",
                                "responses": {"200": json_ok, "503": _ERROR}}},
             "/version": {"get": {"summary": "The served model: name, version, run id, trained at, metrics, "
-                                            "schema hash", "responses": {"200": json_ok, "503": _ERROR}}},
+                                            "schema hash, and the release's candidate (version, mode, share) or "
+                                            "null", "responses": {"200": json_ok, "503": _ERROR}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (all workers)", "responses": {"200": {
                 "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": json_ok}}},

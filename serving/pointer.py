@@ -3,7 +3,12 @@
 A pointer is a signed statement (TUF-style "which version is current"):
 
     {"_type": "mlops-pointer/v1", "model": NAME, "version": V, "bundle_sha256": sha256 of V's MANIFEST.sha256,
-     "sequence": int, "issued_at": ISO-8601 UTC, "rollback": bool}
+     "sequence": int, "issued_at": ISO-8601 UTC, "rollback": bool,
+     "candidate": {"version": C, "bundle_sha256": ..., "mode": "shadow" | "canary", "share": (0, 1]}}
+
+`candidate` is optional (absent or null: no release). With it the server holds two models: in "shadow" mode the
+share of requests `share` is also scored by the candidate off the request path; in "canary" mode that share is
+answered by the candidate (serving/release.py).
 
 wrapped in an envelope, the JSON CURRENT holds:
 
@@ -34,7 +39,7 @@ import os
 import re
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -47,8 +52,25 @@ TOKEN = re.compile(r"^[A-Za-z0-9_=-]{1,4096}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
+MODES = ("shadow", "canary")
+
+
 class PointerError(store.BundleError):
     """A pointer is malformed, unsigned, wrongly signed, or names something this server must not serve."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The release a pointer names beside its champion: the candidate bundle, the mode and the share."""
+
+    version: str
+    bundle_sha256: str
+    mode: str  # "shadow" | "canary"
+    share: float  # shadow: share of requests also scored by the candidate; canary: share answered by it
+
+    def describe(self) -> dict[str, Any]:
+        return {"version": self.version, "bundle_sha256": self.bundle_sha256, "mode": self.mode,
+                "share": self.share}
 
 
 @dataclass(frozen=True)
@@ -61,6 +83,7 @@ class Pointer:
     rollback: bool
     key_id: str
     envelope: bytes  # exactly what CURRENT holds
+    candidate: Candidate | None = None
 
     @property
     def digest(self) -> str:
@@ -73,16 +96,21 @@ class Pointer:
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model, "version": self.version, "bundle_sha256": self.bundle_sha256,
-                "sequence": self.sequence, "issued_at": self.issued_at, "rollback": self.rollback}
+                "sequence": self.sequence, "issued_at": self.issued_at, "rollback": self.rollback,
+                "candidate": self.candidate.describe() if self.candidate else None}
 
 
 def statement(model: str, version: str, bundle_sha256: str, sequence: int, rollback: bool = False,
-              issued_at: str | None = None) -> bytes:
-    """The bytes a pointer's signature covers."""
+              issued_at: str | None = None, candidate: Candidate | None = None) -> bytes:
+    """The bytes a pointer's signature covers (the key "candidate" only when there is one: a pointer without a
+    release keeps the exact bytes it had before releases existed)."""
     issued_at = issued_at or datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return json.dumps({"_type": TYPE, "model": model, "version": version, "bundle_sha256": bundle_sha256,
-                       "sequence": sequence, "issued_at": issued_at, "rollback": rollback},
-                      sort_keys=True, separators=(",", ":")).encode()
+    fields: dict[str, Any] = {"_type": TYPE, "model": model, "version": version, "bundle_sha256": bundle_sha256,
+                              "sequence": sequence, "issued_at": issued_at, "rollback": rollback}
+    if candidate is not None:
+        fields["candidate"] = {"version": candidate.version, "bundle_sha256": candidate.bundle_sha256,
+                               "mode": candidate.mode, "share": candidate.share}
+    return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 
 def envelope(payload: bytes, signature: bytes, signer_key_id: str) -> bytes:
@@ -136,7 +164,8 @@ def _parse(payload: bytes, data: bytes, signer: str, label: str) -> Pointer:
         if not isinstance(fields, dict):
             raise ValueError("not a JSON object")
         pointer = Pointer(fields["model"], fields["version"], fields["bundle_sha256"], fields["sequence"],
-                          fields["issued_at"], fields["rollback"], signer, data)
+                          fields["issued_at"], fields["rollback"], signer, data,
+                          _candidate(fields.get("candidate"), label))
         kind = fields["_type"]
     except (ValueError, KeyError, TypeError) as exc:
         raise PointerError(f"{label}: malformed pointer statement ({type(exc).__name__}: {str(exc)[:80]})") from None
@@ -151,7 +180,31 @@ def _parse(payload: bytes, data: bytes, signer: str, label: str) -> Pointer:
         store.check_version_name(pointer.version)
     except store.BundleError as exc:
         raise PointerError(f"{label} names no version directory of this store: {exc}") from None
+    if pointer.candidate is not None and pointer.candidate.version == pointer.version:
+        raise PointerError(f"{label}: the candidate is version {pointer.version}, the champion itself: a release "
+                           "names another version")
     return pointer
+
+
+def _candidate(fields: object, label: str) -> Candidate | None:
+    """The statement's "candidate", strictly checked; None when absent or null."""
+    if fields is None:
+        return None
+    if not isinstance(fields, dict) or set(fields) != {"version", "bundle_sha256", "mode", "share"}:
+        raise PointerError(f"{label}: malformed candidate (an object with exactly version, bundle_sha256, mode, "
+                           "share)")
+    version, sha, mode, share = fields["version"], fields["bundle_sha256"], fields["mode"], fields["share"]
+    if not isinstance(version, str) or not isinstance(sha, str) or not _SHA256.match(sha):
+        raise PointerError(f"{label}: malformed candidate (version a string, bundle_sha256 64 hex digits)")
+    if mode not in MODES:
+        raise PointerError(f"{label}: candidate mode {json.dumps(mode)[:20]} is not one of {', '.join(MODES)}")
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+        raise PointerError(f"{label}: candidate share {json.dumps(share)[:20]} is not a number in (0, 1]")
+    try:
+        store.check_version_name(version)
+    except store.BundleError as exc:
+        raise PointerError(f"{label}: the candidate names no version directory of this store: {exc}") from None
+    return Candidate(version, sha, mode, float(share))
 
 
 def peek(data: bytes | None) -> Pointer | None:
@@ -166,9 +219,9 @@ def peek(data: bytes | None) -> Pointer | None:
 
 
 def named_versions(store_dir: Path) -> set[str]:
-    """The versions CURRENT and PREVIOUS name, unverified: what pruning must keep."""
-    named = (peek(store.read_pointer(store_dir, name)) for name in (store.CURRENT, store.PREVIOUS))
-    return {p.version for p in named if p}
+    """The versions CURRENT and PREVIOUS name (champions and candidates), unverified: what pruning must keep."""
+    named = [peek(store.read_pointer(store_dir, name)) for name in (store.CURRENT, store.PREVIOUS)]
+    return {p.version for p in named if p} | {p.candidate.version for p in named if p and p.candidate}
 
 
 def current(store_dir: Path, trusted: PublicKeys, name: str = store.CURRENT) -> Pointer | None:
@@ -220,21 +273,42 @@ def check_model(pointer: Pointer, model_name: str | None) -> None:
 
 
 def check(pointer: Pointer, store_dir: Path, model_name: str | None, last: Applied | None) -> Path:
-    """The bundle directory `pointer` names, once it is the pinned model, a version directory of this store and
-    not older than `last` applied; else PointerError."""
+    """The (champion) bundle directory `pointer` names, once it is the pinned model, a version directory of this
+    store and not older than `last` applied, and its candidate (if any) a version directory too; else
+    PointerError. The candidate's directory: candidate_dir()."""
     check_model(pointer, model_name)
     if last is not None and (pointer.sequence < last.sequence
                              or (pointer.sequence == last.sequence and pointer.digest != last.digest)):
         raise PointerError(f"pointer to version {pointer.version} has sequence {pointer.sequence}, not above "
                            f"{last.sequence}, the last one applied: an older pointer is never followed again "
                            "(a rollback is a new pointer: python main.py --rollback)")
-    bundle = store_dir / pointer.version
+    candidate_dir(pointer, store_dir)
+    return _version_dir(store_dir, pointer.version, "pointer names")
+
+
+def candidate_dir(pointer: Pointer, store_dir: Path) -> Path | None:
+    """The candidate's bundle directory (a real version directory of this store), None without a candidate."""
+    if pointer.candidate is None:
+        return None
+    return _version_dir(store_dir, pointer.candidate.version, "pointer names candidate")
+
+
+def as_candidate(pointer: Pointer) -> Pointer:
+    """The pointer as its candidate's bundle is checked against (model, version and manifest sha256 it names)."""
+    if pointer.candidate is None:
+        raise PointerError("the pointer names no candidate")
+    return replace(pointer, version=pointer.candidate.version, bundle_sha256=pointer.candidate.bundle_sha256,
+                   candidate=None)
+
+
+def _version_dir(store_dir: Path, version: str, what: str) -> Path:
+    bundle = store_dir / version
     try:
         mode = os.lstat(bundle).st_mode
     except FileNotFoundError:
-        raise PointerError(f"pointer names version {pointer.version}, which is not in this store "
+        raise PointerError(f"{what} version {version}, which is not in this store "
                            f"(available: {store.versions(store_dir)})") from None
     if not stat.S_ISDIR(mode):
-        raise PointerError(f"pointer names {pointer.version}, which is not a version directory of this store "
+        raise PointerError(f"{what} {version}, which is not a version directory of this store "
                            "(a symlink or a file)")
     return bundle

@@ -49,6 +49,10 @@ class Settings:
     capture_rotate_bytes: int = 16 * 1024 * 1024  # a file is closed after this many JSON bytes (uncompressed) ...
     capture_rotate_seconds: float = 300.0  # ... or this long after it was opened
     capture_queue_rows: int = 100_000  # rows waiting for the writer thread; beyond, sampled rows are dropped
+    # Releases (serving/release.py): the header whose value routes a request to the same model every time (else
+    # its request id does), and how many paired requests may wait for their second scoring (beyond: dropped)
+    sticky_header: str = "X-Client-Key"
+    release_queue: int = 1024
     # gunicorn (serving/gunicorn.conf.py)
     bind: str = "127.0.0.1:8000"
     workers: int = 2
@@ -78,11 +82,13 @@ class Settings:
         if self.out_of_range not in ("reject", "flag"):
             raise SettingsError(f"SERVING_OUT_OF_RANGE must be 'reject' or 'flag', got {self.out_of_range!r}")
         for name in ("max_rows", "max_body_bytes", "batch_max_rows", "workers", "threads", "timeout", "keep_bundles",
-                     "capture_rotate_bytes"):
+                     "capture_rotate_bytes", "release_queue"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"SERVING_{name.upper()} must be at least 1, got {getattr(self, name)}")
         if self.max_columns < 0 or self.max_values < 0:
             raise SettingsError("SERVING_MAX_COLUMNS and SERVING_MAX_VALUES cannot be negative (0: from the model)")
+        if not self.sticky_header.strip():
+            raise SettingsError("SERVING_STICKY_HEADER cannot be blank")
         if not self.head_timeout > 0:
             raise SettingsError(f"SERVING_HEAD_TIMEOUT must be positive, got {self.head_timeout}")
         if self.batch_max_wait_ms < 0 or self.poll_seconds < 0:

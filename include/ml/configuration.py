@@ -22,6 +22,7 @@ from include.ml.entities import (
     ConfigFile,
     DataSourceConfig,
     EvaluationConfig,
+    Frozen,
     IngestionConfig,
     MonitorJob,
     ParamsFile,
@@ -35,6 +36,7 @@ from include.ml.entities import (
 )
 from include.ml.exceptions import ConfigError
 from include.ml.models import FAMILIES
+from include.ml.release_settings import ReleasePlan
 from include.ml.training_inputs import code_commit
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -112,7 +114,8 @@ class ConfigurationManager:
         return TuningJob(self.training(), c.tuning, c.promotion.metric, search_spaces(c))
 
     def evaluation(self) -> EvaluationConfig:
-        return EvaluationConfig(self.config.schema, self.config.promotion, self.config.mlflow, self.config.card)
+        c = self.config
+        return EvaluationConfig(c.schema, c.promotion, c.mlflow, c.card, release_strategy=c.release.strategy)
 
     def batch_prediction(self) -> BatchPredictionConfig:
         c = self.config
@@ -137,6 +140,7 @@ def load(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None
     _override_tuning(raw_params, origins, model_family, tune, tune_trials)
     params = validated(ParamsFile, raw_params, paths["params.yaml"], origins)
     _check_params(params, schema, paths["params.yaml"])
+    _check_release(params.release, project, paths["params.yaml"])
     hashes = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in paths.items()}
     api_key = env.get(SERVING_API_KEY_ENV)
     return PipelineConfig(
@@ -144,7 +148,7 @@ def load(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None
         data_source=project.data_source, mlflow=project.mlflow, airflow=project.airflow,
         deployment=project.deployment, signing=project.signing, card=project.card, batch=project.batch,
         monitoring=project.monitoring, schema=schema, split=params.split, model=params.model,
-        promotion=params.promotion, monitoring_policy=params.monitoring, tuning=params.tuning,
+        promotion=params.promotion, monitoring_policy=params.monitoring, tuning=params.tuning, release=params.release,
         config_hashes=hashes, serving_api_key=SecretStr(api_key) if api_key else None)
 
 
@@ -283,6 +287,27 @@ def _check_params(params: ParamsFile, schema: SchemaConfig, path: Path) -> None:
         if name not in features:
             raise ConfigError(str(path), f"monitoring.features.{name}", f"not a feature of schema.yaml; expected "
                                                                         f"one of {', '.join(features)}")
+
+
+def _check_release(release: ReleasePlan, project: ConfigFile, path: Path) -> None:
+    if release.strategy == "progressive" and project.deployment.target == "none":
+        raise ConfigError(str(path), "release.strategy", "progressive releases the candidate to the servers of "
+                          "deployment.target, which is none in config.yaml; set a target (local or ec2) or "
+                          "release.strategy: direct")
+
+
+def release_plan(config_dir: Path | str | None = None) -> ReleasePlan:
+    """params.yaml's `release:` section alone, validated (what the ml_release DAG file needs at parse time: its
+    steps and whether a person approves). Errors as the full load reports them; nothing heavy imported."""
+    path = resolve_config_dir(config_dir) / "params.yaml"
+    section = read_yaml(path).get("release", {})
+    if not isinstance(section, dict):
+        raise ConfigError(str(path), "release", f"expected a mapping, got {type(section).__name__}")
+    return validated(_ReleaseSection, {"release": section}, path).release
+
+
+class _ReleaseSection(Frozen):
+    release: ReleasePlan = ReleasePlan()
 
 
 def _check_estimator_params(path: Path, key: str, family: str, task: str, names: Mapping[str, Any]) -> None:

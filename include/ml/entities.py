@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from include.ml.models import FAMILIES
+from include.ml.release_settings import ReleasePlan
 
 TASKS = ("regression", "classification")
 DTYPES = ("float", "int", "category", "ordinal", "datetime", "string")
@@ -573,6 +574,7 @@ class ParamsFile(Frozen):
     promotion: PromotionConfig
     monitoring: MonitoringPolicy = MonitoringPolicy()
     tuning: SearchPlan = SearchPlan(enabled=False)
+    release: ReleasePlan = ReleasePlan()  # include/ml/release_settings.py
 
 
 # --- everything, and each stage's view of it (built by the loader, not parsed: plain frozen dataclasses) -------
@@ -600,6 +602,7 @@ class PipelineConfig:
     card: CardConfig = CardConfig()
     batch: BatchConfig = BatchConfig()
     tuning: SearchPlan = SearchPlan(enabled=False)
+    release: ReleasePlan = ReleasePlan()
 
     @property
     def model_store(self) -> Path:
@@ -654,6 +657,8 @@ class EvaluationConfig:
     promotion: PromotionConfig
     mlflow: MlflowConfig
     card: CardConfig = CardConfig()
+    # release.strategy: direct moves the champion alias when the gate promotes; progressive the candidate alias
+    release_strategy: Literal["direct", "progressive"] = "direct"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Model registry operations: idempotent registration, champion alias moves, history, rollback."""
+"""Model registry operations: idempotent registration, champion alias moves, history, rollback, and the
+`candidate` alias of a progressive release (include/release/progressive.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 PREVIOUS_CHAMPION = "previous_champion"
+CANDIDATE = "candidate"  # the version a progressive release is trying out (shadow or canary)
 HISTORY_TAG = "champion_history"
 HISTORY_LENGTH = 20  # tag values are size-limited; older entries stay on the versions' own tags
 
@@ -99,3 +101,35 @@ def rollback(name: str, version: str | None = None) -> str:
             raise LookupError(f"model {name!r} has no {PREVIOUS_CHAMPION} to roll back to") from exc
     promote(name, version, reason="rollback")
     return version
+
+
+def candidate_version(name: str) -> str | None:
+    """The version the `candidate` alias names, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(_client().get_model_version_by_alias(name, CANDIDATE).version)
+    except MlflowException:
+        return None
+
+
+def set_candidate(name: str, version: str) -> None:
+    """Point the `candidate` alias at `version` (which must exist); the champion alias does not move."""
+    client = _client()
+    client.get_model_version(name, version)  # fails clearly if the version does not exist
+    client.set_registered_model_alias(name, CANDIDATE, version)
+    log.info("model %s: version %s is the release candidate", name, version)
+
+
+def clear_candidate(name: str) -> str | None:
+    """Delete the `candidate` alias if it exists; returns the version it named."""
+    version = candidate_version(name)
+    if version is not None:
+        _client().delete_registered_model_alias(name, CANDIDATE)
+        log.info("model %s: version %s is no longer the release candidate", name, version)
+    return version
+
+
+def tag_version(name: str, version: str, key: str, value: str) -> None:
+    """Set one tag on a model version (e.g. release.aborted=<reason>); values are cut to MLflow's 5,000 characters."""
+    _client().set_model_version_tag(name, version, key, value[:5000])

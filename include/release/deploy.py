@@ -37,27 +37,30 @@ def deploy(config: PipelineConfig, version: str, output_dir: Path,
         bundle = export_bundle(name, version, output_dir / RELEASE, signer, trusted)
     except (BundleError, ModelLoadError) as exc:
         raise DeploymentError(f"cannot export {name} version {version}: {exc}") from exc
-    bundles: BundleStore
-    fleet: Fleet
-    if dep.target == "local":
-        url = dep.local.server_url if server_answers(dep.local.server_url) else ""
-        if not url:
-            log.warning("no prediction server answers at %s: the store %s will name version %s, and the next "
-                        "server started on it (make up / main.py serve) serves it", dep.local.server_url,
-                        config.model_store, version)
-        bundles = DirectoryStore(config.artifacts_root / "releases" / name)
-        fleet = StaticFleet([Instance("local", url)])
-        runner = runner or ShellRunner({"MLOPS_APP_DIR": str(config.project_root), "MLOPS_PYTHON": sys.executable,
-                                        "SERVING_MODEL_STORE": str(config.model_store), "SERVING_URL": url,
-                                        "SERVING_PUBLIC_KEY": str(config.signing.public_key),
-                                        "SERVING_MODEL_NAME": name})
-    else:
-        from include.release.targets import ec2
-
-        bundles, fleet = ec2.S3BundleStore(dep.ec2, name), ec2.Ec2Fleet(dep.ec2)
-        runner = runner or ec2.SsmRunner(dep.ec2)
+    bundles, fleet, runner = connect(config, runner)
     result = rollout(bundles, fleet, runner, target=dep.target, model_name=name, version=version, bundle=bundle,
                      batch_size=dep.batch_size, verify_timeout=dep.verify_timeout_seconds,
                      pointers=PointerSigner(signer, trusted, name), rollback=rollback)
     artifacts.write_json(output_dir / RESULT, asdict(result))
     return result
+
+
+def connect(config: PipelineConfig, runner: CommandRunner | None = None) -> tuple[BundleStore, Fleet, CommandRunner]:
+    """The configured target's bundle store, fleet and command runner (`runner` replaces the target's own)."""
+    dep, name = config.deployment, config.mlflow.registered_model_name
+    if dep.target == "local":
+        url = dep.local.server_url if server_answers(dep.local.server_url) else ""
+        if not url:
+            log.warning("no prediction server answers at %s: the store %s will name what this step sets, and the "
+                        "next server started on it (make up / main.py serve) serves it", dep.local.server_url,
+                        config.model_store)
+        local = ShellRunner({"MLOPS_APP_DIR": str(config.project_root), "MLOPS_PYTHON": sys.executable,
+                             "SERVING_MODEL_STORE": str(config.model_store), "SERVING_URL": url,
+                             "SERVING_PUBLIC_KEY": str(config.signing.public_key), "SERVING_MODEL_NAME": name})
+        return DirectoryStore(config.artifacts_root / "releases" / name), StaticFleet([Instance("local", url)]), \
+            runner or local
+    if dep.target != "ec2":
+        raise DeploymentError(f"deployment.target is {dep.target!r}: there are no servers to release to")
+    from include.release.targets import ec2
+
+    return ec2.S3BundleStore(dep.ec2, name), ec2.Ec2Fleet(dep.ec2), runner or ec2.SsmRunner(dep.ec2)

@@ -140,11 +140,13 @@ def sign_bundle(bundle: Path, signer: Signer) -> str:
 
 
 def sign_pointer(signer: Signer, model: str, version: str, bundle_sha256: str, previous_sequence: int | None = None,
-                 rollback: bool = False) -> pointers.Pointer:
-    """A signed pointer naming `model` `version` (its manifest's sha256), with sequence max(now in ms, previous + 1).
-    What `python -m serving refresh/activate --pointer` takes (`.token`) and a store's CURRENT holds (`.envelope`)."""
+                 rollback: bool = False, candidate: pointers.Candidate | None = None) -> pointers.Pointer:
+    """A signed pointer naming `model` `version` (its manifest's sha256), with sequence max(now in ms, previous + 1),
+    and the release `candidate` if any. What `python -m serving refresh/activate --pointer` takes (`.token`) and a
+    store's CURRENT holds (`.envelope`)."""
     public = signer.public_key()
-    payload = pointers.statement(model, version, bundle_sha256, pointers.next_sequence(previous_sequence), rollback)
+    payload = pointers.statement(model, version, bundle_sha256, pointers.next_sequence(previous_sequence), rollback,
+                                 candidate=candidate)
     envelope = pointers.envelope(payload, signer.sign(payload), key_id(public))
     return pointers.verify(envelope, {key_id(public): public}, "the pointer just signed")
 
@@ -169,19 +171,20 @@ class PointerSigner:
         self.last = max(self.last, seen.sequence)
         return seen
 
-    def sign(self, version: str, bundle_sha256: str, rollback: bool = False) -> pointers.Pointer:
-        signed = sign_pointer(self.signer, self.model, version, bundle_sha256, self.last, rollback)
+    def sign(self, version: str, bundle_sha256: str, rollback: bool = False,
+             candidate: pointers.Candidate | None = None) -> pointers.Pointer:
+        signed = sign_pointer(self.signer, self.model, version, bundle_sha256, self.last, rollback, candidate)
         self.last = signed.sequence
         return signed
 
     def rollback_to(self, token: str) -> pointers.Pointer:
-        """A rollback pointer to the version an earlier pointer (a server's PREVIOUS, as its refresh reported it)
-        named; that pointer must verify and name this model."""
+        """A rollback pointer to what an earlier pointer (a server's PREVIOUS, as its refresh reported it) named:
+        its version, and its release candidate if it had one; that pointer must verify and name this model."""
         earlier = pointers.verify(pointers.decode_token(token), self.trusted, "the earlier pointer")
         if earlier.model != self.model:
             raise DeploymentError(f"the earlier pointer names model {earlier.model!r}, not {self.model!r}")
         self.last = max(self.last, earlier.sequence)
-        return self.sign(earlier.version, earlier.bundle_sha256, rollback=True)
+        return self.sign(earlier.version, earlier.bundle_sha256, rollback=True, candidate=earlier.candidate)
 
 
 def _public_pem(key: ec.EllipticCurvePublicKey) -> bytes:

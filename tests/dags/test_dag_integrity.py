@@ -110,7 +110,8 @@ def test_every_dag_is_tagged_and_retries(dagbag: dict) -> None:
 
 def test_ml_pipeline_shape(dagbag: dict) -> None:
     dag = dagbag["dags"]["ml_pipeline"]
-    assert list(dag["tasks"]) == ["ingest", "validate", "transform", "tune", "train", "evaluate", "deploy", "verify"]
+    assert list(dag["tasks"]) == ["ingest", "validate", "transform", "tune", "train", "evaluate", "deploy", "verify",
+                                  "signal_candidate"]
     assert (dag["catchup"], dag["max_active_runs"]) == (False, 1)
     assert dag["params"] == ["force_promote", "model_family", "source", "tune", "tune_trials"]
     assert dag["tasks"]["train"]["trigger_rule"] == "none_failed"  # runs after a skipped tune (tuning off)
@@ -120,6 +121,20 @@ def test_ml_pipeline_shape(dagbag: dict) -> None:
         assert task["on_error"] == {"DataValidationError": "fail", "ConfigError": "fail", "DeploymentError": "fail",
                                     "IncompatibleChampionError": "fail", "SourceTooLargeError": "fail",
                                     "BatchPredictionError": "default", "TuningError": "fail", "RuntimeError": "default"}
+
+
+def test_ml_release_shape(dagbag: dict) -> None:
+    """The shipped release: section's steps in order, promote, and abort when anything failed."""
+    dag = dagbag["dags"]["ml_release"]
+    assert list(dag["tasks"]) == ["begin", "shadow", "bake_shadow", "canary_10", "bake_canary_10", "canary_50",
+                                  "bake_canary_50", "promote", "confirm", "abort"]
+    assert (dag["catchup"], dag["max_active_runs"], dag["params"]) == (False, 1, ["version"])
+    assert dag["tasks"]["abort"]["trigger_rule"] == "one_failed"
+    # a failed rollout or bad configuration fails at once (abort runs); a flaky read of /metrics is retried
+    assert dag["tasks"]["bake_shadow"]["on_error"] == {
+        "DataValidationError": "default", "ConfigError": "fail", "DeploymentError": "fail",
+        "IncompatibleChampionError": "default", "SourceTooLargeError": "default", "BatchPredictionError": "default",
+        "TuningError": "default", "RuntimeError": "default"}
 
 
 def test_ml_batch_predict_shape(dagbag: dict) -> None:

@@ -26,7 +26,7 @@ from tests.support.network import wait_until
 from tests.support.pointers import point
 
 CONTRACT_KEYS = {"request_id", "row", "timestamp", "model_name", "model_version", "inputs", "prediction",
-                 "probabilities"}
+                 "probabilities", "served_by"}
 
 
 class Recorded:
@@ -91,7 +91,7 @@ def test_one_line_per_row_in_gzip_json_lines_renamed_from_part_on_close(tmp_path
     lines = gzip.decompress(files[0].read_bytes()).decode().splitlines()
     assert len(lines) == 2
     first, second = read_records(files[0])
-    assert set(first) == CONTRACT_KEYS
+    assert set(first) == CONTRACT_KEYS and first["served_by"] == "champion"
     assert first["timestamp"].endswith("Z") and first["timestamp"][:10] == date_dir
     assert (first["request_id"], first["row"], second["row"]) == ("r1", 0, 1)
     assert (first["model_name"], first["model_version"]) == ("toy model/x", "7")
@@ -117,7 +117,7 @@ def test_keys_are_recorded_per_row_and_datetimes_as_iso_text(tmp_path: Path) -> 
         "2013-05-01T10:00:00.000000", None, "2013-05-01T10:00:00.250000"]  # a fraction: every row to the microsecond
     assert rows[("r2", 0)]["inputs"] == {"t": "2013-05-01T10:00:00", "cut": "Good"}
     assert list(rows[("r1", 0)]) == ["request_id", "row", "timestamp", "model_name", "model_version", "key",
-                                     "inputs", "prediction", "probabilities"]
+                                     "inputs", "prediction", "probabilities", "served_by"]
 
 
 def test_the_app_captures_keys_and_datetimes_of_a_typed_model(make_app: Callable[..., Flask], typed_store: Path,

@@ -123,6 +123,16 @@ def airflow_stack(base: Path) -> AirflowStack:
     edit_yaml(config_dir / "config.yaml", allow)
     # The tune task runs as configured, on a small budget: its search is tested in tests/ml/test_tuning.py.
     edit_yaml(config_dir / "params.yaml", lambda data: data["tuning"].update(n_trials=4))
+    # Releases (strategy direct: only ml_release runs, tests/integration/test_ml_release.py) bake for seconds, with the
+    # shipped steps (the DAG's tasks), enough traffic for a test, and p99 room for a 2-core machine running the stack.
+    edit_yaml(config_dir / "params.yaml", lambda data: data["release"].update(
+        shadow={"sample": 1.0, "bake_seconds": 20}, canary=[{"percent": 10, "bake_seconds": 8},
+                                                            {"percent": 50, "bake_seconds": 8}],
+        poll_seconds=2, min_requests=20, health={"max_error_rate_increase": 0.01, "max_p99_ratio": 1.5,
+                                                 "p99_slack_ms": 50},
+        # test_ml_release's better candidate (a forest) agrees with its champion (an elasticnet) within 10 % on
+        # 54-62 % of the pairs: near the regression default of 0.5, which is for a model that went wrong
+        agreement={"min": 0.3, "tolerance": 0.1}))
     # Nothing from the caller's Airflow, MLflow or pipeline settings leaks into the test stack.
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AIRFLOW", "MLOPS_")) and k != "MLFLOW_TRACKING_URI"}

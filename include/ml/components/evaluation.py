@@ -37,17 +37,23 @@ class EvaluationResult:
     decision: GateDecision
     champion_version: str
     champion_metrics: dict[str, float]
+    # release.strategy progressive: the version the gate passed becomes this, the release candidate, and the
+    # champion stays until ml_release promotes it; None: the gate's decision moved (or kept) the champion
+    candidate: str | None = None
 
     def summary(self) -> str:
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in self.metrics.items())
         verdict = "promoted" if self.decision.promoted else "not promoted"
+        if self.candidate:
+            verdict = (f"the release candidate (release.strategy: progressive; champion v{self.champion_version} "
+                       "serves until ml_release promotes it)")
         return f"{self.model_name} v{self.version}: {metrics}; {verdict}: {self.decision.reason}"
 
     def xcom(self) -> dict[str, Any]:  # plugins/mlops_links.py links mlflow_run_url
         return {"model_name": self.model_name, "version": self.version, "mlflow_run_id": self.mlflow_run_id,
                 "mlflow_run_url": self.mlflow_run_url, "promoted": self.decision.promoted,
                 "gate_reason": self.decision.reason, "champion_version": self.champion_version,
-                "metrics": self.metrics, "champion_metrics": self.champion_metrics}
+                "metrics": self.metrics, "champion_metrics": self.champion_metrics, "candidate": self.candidate}
 
 
 def evaluate(test_frame: pd.DataFrame, config: EvaluationConfig, trained: TrainingResult, output_dir: Path,
@@ -68,10 +74,13 @@ def evaluate(test_frame: pd.DataFrame, config: EvaluationConfig, trained: Traini
         estimator_of(model.named_steps["model"]).get_params(), config.schema, data, trained.train_rows, len(x),
         scores, decision.champion_version, champion_scores, decision.metric, decision.promoted, decision.reason,
         importance, figures, trained.calibration), config, trained, output_dir)
-    _record(name, version, trained, scores, decision)
-    champion = version if decision.promoted or decision.champion_version is None else decision.champion_version
+    candidate = _candidate(config, decision, version)
+    _record(name, version, trained, scores, decision, candidate)
+    moved = decision.promoted and not candidate
+    champion = version if moved or decision.champion_version is None else decision.champion_version
     result = EvaluationResult(name, version, trained.mlflow_run_id, trained.mlflow_run_url, len(x), scores,
-                              decision, champion, scores if decision.promoted else champion_scores)
+                              decision, champion, scores if moved else champion_scores,
+                              candidate)
     artifacts.write_json(output_dir / RESULT, asdict(result))
     log.info("evaluate: %s", result.summary())
     return result
@@ -100,13 +109,27 @@ def _write_card(facts: model_card.CardFacts, config: EvaluationConfig, trained: 
     client.update_model_version(facts.model_name, facts.version, description=card.description)
 
 
+def _candidate(config: EvaluationConfig, decision: GateDecision, version: str) -> str | None:
+    """The version as the release candidate when release.strategy is progressive and the gate passed it; the first
+    version of a model (no champion to compare live traffic with) becomes the champion directly."""
+    if config.release_strategy != "progressive" or not decision.promoted:
+        return None
+    if decision.champion_version is None or decision.champion_version == version:
+        log.info("evaluate: no champion to release v%s against: it becomes the champion directly", version)
+        return None
+    return version
+
+
 def _record(name: str, version: str, trained: TrainingResult, scores: dict[str, float],
-            decision: GateDecision) -> None:
-    """Move the champion alias if the gate promoted; tag the version and the run with the scores and the decision."""
+            decision: GateDecision, candidate: str | None = None) -> None:
+    """Move the champion alias if the gate promoted (the candidate alias for a progressive release); tag the version
+    and the run with the scores and the decision."""
     import mlflow
 
     client = mlflow.tracking.MlflowClient()
-    if decision.promoted:
+    if candidate:
+        registry.set_candidate(name, candidate)  # include/ml/registry.py (the release commands' helpers)
+    elif decision.promoted:
         registry.promote(name, version, decision.reason)
     for key, value in scores.items():
         client.set_model_version_tag(name, version, f"test_{key}", f"{value:.6f}")
