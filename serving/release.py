@@ -245,19 +245,22 @@ class Scorer:
                           other.version, first.request_id, type(exc).__name__, exc)
             self._capture(first, None)
             return
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started  # each request's: the call that scored its rows
+        figures.seconds[role] += [seconds] * len(group)
+        regression = first.answered.model.contract.task == other.contract.task == "regression"
         offset = 0
         for job, batch in group:
             end = offset + batch.n_rows
-            probabilities = prediction.probabilities[offset:end] if prediction.probabilities is not None else None
-            answer = Prediction(prediction.values[offset:end], probabilities)
-            figures.seconds[role].append(seconds)
-            answers = {job.role: job.answered.prediction, role: answer}
-            regression = job.answered.model.contract.task == other.contract.task == "regression"
-            figures.compare(answers[CHAMPION].values, answers[CANDIDATE].values, regression)
-            models = {job.role: job.answered.model, role: other}
-            self._capture(job, Pair(*(Answer(models[r].version, answers[r].values, answers[r].probabilities)
-                                      for r in (CHAMPION, CANDIDATE))))
+            values = prediction.values[offset:end]
+            answered = job.answered.prediction
+            champion, candidate = (answered.values, values) if role == CANDIDATE else (values, answered.values)
+            figures.compare(champion, candidate, regression)
+            if self.capture is not None:
+                probabilities = prediction.probabilities[offset:end] if prediction.probabilities is not None \
+                    else None
+                mine = Answer(other.version, values, probabilities)
+                theirs = Answer(job.answered.model.version, answered.values, answered.probabilities)
+                self._capture(job, Pair(theirs, mine) if role == CANDIDATE else Pair(mine, theirs))
             offset = end
 
     def _capture(self, job: Job, pair: Pair | None) -> None:
@@ -276,13 +279,15 @@ class Round:
     to a worker's metrics file costs a lock and a system call)."""
 
     seconds: dict[str, list[float]] = field(default_factory=lambda: {CHAMPION: [], CANDIDATE: []})
-    differences: list[float] = field(default_factory=list)  # regression rows
+    champion: list[Any] = field(default_factory=list)  # regression rows' answers, compared in report()
+    candidate: list[Any] = field(default_factory=list)
     agree: int = 0  # classification rows
     disagree: int = 0
 
     def compare(self, champion: list[Any], candidate: list[Any], regression: bool) -> None:
         if regression:
-            self.differences += relative_differences(champion, candidate)
+            self.champion += champion
+            self.candidate += candidate
             return
         same = sum(1 for a, b in zip(champion, candidate) if a == b)
         self.agree, self.disagree = self.agree + same, self.disagree + len(champion) - same
@@ -291,7 +296,8 @@ class Round:
         for role, seconds in self.seconds.items():
             if seconds:
                 metrics.ok_many(role, seconds)
-        metrics.compared_many(self.differences, self.agree, self.disagree)
+        differences = relative_differences(self.champion, self.candidate) if self.champion else []
+        metrics.compared_many(differences, self.agree, self.disagree)
 
 
 def _joined(batches: list[Batch]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:

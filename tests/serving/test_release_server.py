@@ -63,14 +63,18 @@ def test_a_10_percent_canary_answers_10_percent_of_20000_requests(served: Predic
     assert sum(answers.values()) == sum(by_version.values()) == 20_000, answers  # every answer a 200
     assert set(by_version) == {"1", "2"}
     assert abs(by_version["2"] / 20_000 - 0.10) <= 0.015, by_version
-    # the server counts what the clients saw; the champion also scores the candidate's requests off the path
+    # the server counts what the clients saw (the champion also scores the candidate's requests off the path);
+    # a scorer round writes its figures when it ends, so the counts are waited for
 
     def counted() -> bool:
         calls = release_calls(served)
-        return calls[("champion", "ok")] - before[("champion", "ok")] == 20_000
-    wait_until(counted, timeout=20)
+        return (calls[("champion", "ok")] - before[("champion", "ok")],
+                calls[("candidate", "ok")] - before[("candidate", "ok")]) == (20_000, by_version["2"])
+    try:
+        wait_until(counted, timeout=20)
+    except TimeoutError:
+        raise AssertionError(f"the server counted {release_calls(served) - before} for {by_version}") from None
     calls = release_calls(served)
-    assert calls[("candidate", "ok")] - before[("candidate", "ok")] == by_version["2"]
     assert calls[("candidate", "error")] == calls[("champion", "error")] == 0
 
 
