@@ -72,8 +72,8 @@ class ReleaseState:
                     f"champion {self.champion} on {served}")
         if self.action == "promote":
             return f"{self.model_name}: version {self.champion} promoted to champion, 100% of traffic, on {served}"
-        return (f"{self.model_name}: release of version {self.version} aborted ({self.reason}); champion "
-                f"{self.champion} answers 100% on {served}")
+        what = f"release of version {self.version} aborted" if self.version else "no release was running"
+        return f"{self.model_name}: {what} ({self.reason}); champion {self.champion} answers 100% on {served}"
 
     def xcom(self) -> dict[str, Any]:
         return asdict(self)
@@ -228,9 +228,9 @@ def abort(config: PipelineConfig, reason: str, runner: CommandRunner | None = No
     return state
 
 
-def status(config: PipelineConfig, runner: CommandRunner | None = None, timeout: float = 5.0) -> ReleaseStatus:
+def status(config: PipelineConfig, timeout: float = 5.0) -> ReleaseStatus:
     """The store's verified pointer and every server's /version (no registry, no command sent)."""
-    store, fleet, _ = connect(config, runner)
+    store, fleet, _ = connect(config)
     name = config.mlflow.registered_model_name
     current = PointerSigner(signer_for(config.signing), trusted_keys(config.signing), name).after(store.read_pointer())
     candidate = current.candidate if current else None

@@ -124,7 +124,12 @@ def move_fleet(store: BundleStore, fleet: Fleet, runner: CommandRunner, move: Mo
         _advance(step, instances, batch_size, pointers)
         store.write_pointer(signed.envelope)  # every server verified: now new servers may start on it
     result.seconds = round(time.perf_counter() - started, 2)
-    log.info("deploy: %s", result.summary())
+    if move.candidate is None and not retreat:
+        log.info("deploy: %s", result.summary())
+    else:
+        switched = sum(1 for i in result.instances if i["changed"])
+        log.info("%s: %s on %d server(s) via %s (%d switched) in %.1fs", model_name, move.describe(),
+                 len(result.instances), target, switched, result.seconds)
     return result
 
 

@@ -428,9 +428,9 @@ def test_a_server_that_keeps_the_old_version_fails_verification_and_everything_r
     store, runner = FakeStore(), FakeRunner(hosts)
     with pytest.raises(DeploymentError) as failed:
         deploy(store, FakeFleet(servers), runner, bundle, verify_timeout=1.0)
-    assert str(failed.value) == (f"instance i-2: the server at {url}/i-2 did not switch to version 2 within 1s "
-                                 "(still serving version 1); i-2 rolled back to version 1; "
-                                 "i-1 rolled back to version 1")
+    assert str(failed.value) == (f"instance i-2: the server at {url}/i-2 did not switch to version 2 with no "
+                                 "candidate within 1s (still serving version 1 with no candidate); i-2 rolled back "
+                                 "to version 1; i-1 rolled back to version 1")
     assert [(iid, commands) for iid, commands, _ in runner.calls] == [
         ("i-1", REFRESH), ("i-2", REFRESH), ("i-2", ROLL_BACK_TO_1), ("i-1", ROLL_BACK_TO_1)]
     assert collapsed(hosts.events)[:4] == [("refresh", "i-1"), ("verified", "i-1"), ("refresh", "i-2"),
