@@ -113,12 +113,21 @@ def _switch(args: argparse.Namespace, store_dir: Path, settings: Settings) -> di
             # The signature is checked on the staged copy: a bundle nobody trusted never enters the store.
             store.fetch(args.source, args.version, store_dir, sha256,
                         check=lambda staged: verify_signature(staged, trusted))
+            for version in _missing(named, store_dir):  # a server new to a release: the other model's bundle too
+                store.fetch(args.source, version, store_dir, _named_sha256(named, version),
+                            check=lambda staged: verify_signature(staged, trusted))
         elif args.command == "activate":
             _named_sha256(pointers.verify(envelope, trusted, "the pointer"), args.version)
         result = activate(store_dir, envelope, trusted, args.url, args.timeout, args.confirmations,
                           model_name=settings.model_name, rollback_only=args.command == "rollback")
         result["pruned"] = store.prune(store_dir, settings.keep_bundles, pointers.named_versions(store_dir))
     return result
+
+
+def _missing(pointer: pointers.Pointer, store_dir: Path) -> list[str]:
+    """The versions the pointer names (champion, candidate) that this store does not hold yet."""
+    named = [pointer.version] + ([pointer.candidate.version] if pointer.candidate else [])
+    return [version for version in named if not (store_dir / version).exists()]
 
 
 def _named_sha256(pointer: pointers.Pointer, version: str) -> str:

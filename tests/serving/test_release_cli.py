@@ -68,3 +68,17 @@ def test_activate_refuses_a_release_whose_candidate_is_missing(cli: Any, store: 
     shutil.rmtree(store / "2")
     code, failed = cli("activate", "2", "--pointer", release.token)
     assert code == 1 and "candidate version 2, which is not in this store" in failed["error"]
+
+
+def test_a_server_new_to_a_release_fetches_both_bundles_it_names(cli: Any, store: Path, tmp_path: Path) -> None:
+    """An instance that boots during a release refreshes with the release pointer: it holds neither model yet, and
+    must fetch the champion's bundle as well as the one its --version names."""
+    source = tmp_path / "published"
+    shutil.copytree(store, source)
+    release = release_pointer(source, "1", candidate(source, "2", "canary", 0.1))
+    for entry in list(store.iterdir()):  # a new instance: an empty store
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    code, done = cli("refresh", "--source", str(source), "--version", "2", "--pointer", release.token)
+    assert code == 0, done
+    assert (done["version"], done["candidate"]["version"]) == ("1", "2")
+    assert {"1", "2"} <= set(store_mod.versions(store)) and store_mod.read_pointer(store) == release.envelope
