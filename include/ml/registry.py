@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 PREVIOUS_CHAMPION = "previous_champion"
 CANDIDATE = "candidate"  # the version a progressive release is trying out (shadow or canary)
+ABORTED_TAG = "release.aborted"  # on a version whose release was aborted or ended: the reason
 HISTORY_TAG = "champion_history"
 HISTORY_LENGTH = 20  # tag values are size-limited; older entries stay on the versions' own tags
 

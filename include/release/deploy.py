@@ -7,7 +7,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from include.ml import artifacts, tracking
+from include.ml import artifacts, registry, tracking
 from include.ml.entities import PipelineConfig
 from include.ml.exceptions import DeploymentError
 from include.release.export import export_bundle
@@ -16,6 +16,7 @@ from include.release.rollout import rollout
 from include.release.signing import PointerSigner, signer_for, trusted_keys
 from include.release.targets.local import DirectoryStore, ShellRunner, StaticFleet, server_answers
 from serving.model import ModelLoadError
+from serving.pointer import peek
 from serving.store import BundleError
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,23 @@ def deploy(config: PipelineConfig, version: str, output_dir: Path,
     except (BundleError, ModelLoadError) as exc:
         raise DeploymentError(f"cannot export {name} version {version}: {exc}") from exc
     bundles, fleet, runner = connect(config, runner)
+    before = peek(bundles.read_pointer())
     result = rollout(bundles, fleet, runner, target=dep.target, model_name=name, version=version, bundle=bundle,
                      batch_size=dep.batch_size, verify_timeout=dep.verify_timeout_seconds,
                      pointers=PointerSigner(signer, trusted, name), rollback=rollback)
+    if before is not None and before.candidate is not None:
+        _end_release(name, before.candidate.version, version)
     artifacts.write_json(output_dir / RESULT, asdict(result))
     return result
+
+
+def _end_release(name: str, candidate: str, deployed: str) -> None:
+    """A deploy during a release ends it: its pointer names no candidate, so the registry's alias goes too."""
+    registry.clear_candidate(name)
+    if candidate != deployed:
+        log.warning("the deploy of version %s ended the release of version %s: it no longer runs beside the "
+                    "champion", deployed, candidate)
+        registry.tag_version(name, candidate, registry.ABORTED_TAG, f"ended by the deploy of version {deployed}")
 
 
 def connect(config: PipelineConfig, runner: CommandRunner | None = None) -> tuple[BundleStore, Fleet, CommandRunner]:

@@ -40,7 +40,7 @@ from serving.store import MANIFEST, BundleError, sha256_file
 log = logging.getLogger(__name__)
 MODES = ("shadow", "canary")
 EXPORTS = "progressive"  # bundles exported for releases, under artifacts_root/<this>/<model>
-ABORTED_TAG = "release.aborted"
+ABORTED_TAG = registry.ABORTED_TAG
 
 
 class ReleaseError(DeploymentError):

@@ -113,10 +113,17 @@ def test_shadow_canary_promote_then_an_abort_without_the_candidates_bundle(
             assert (aborted.action, aborted.version, aborted.champion, aborted.candidate) == ("abort", "3", "2", None)
             assert "release of version 3 aborted (a test abort); champion 2 answers 100%" in aborted.summary()
             assert served(server.url) == ("2", None)
+
+            # A deploy during a release ends it: the pointer it sends names no candidate, the alias goes too.
+            progressive.start(cm.config, "1", "shadow", 1.0)
+            pipeline.run_deploy(cm, "deploy-2-again", "2")
+            assert served(server.url) == ("2", None) and registry.candidate_version(MODEL) is None
         assert not poller.failures(), poller.outcomes
         assert registry.candidate_version(MODEL) is None and registry.champion_version(MODEL) == "2"
         from mlflow.tracking import MlflowClient
 
         assert MlflowClient().get_model_version(MODEL, "3").tags[progressive.ABORTED_TAG] == "a test abort"
+        assert MlflowClient().get_model_version(MODEL, "1").tags[progressive.ABORTED_TAG] == \
+            "ended by the deploy of version 2"
         assert release_pointer(cm).candidate is None
         assert progressive.status(cm.config).drifted() == []
