@@ -335,8 +335,8 @@ def release_parser() -> argparse.ArgumentParser:
     shadow = sub.add_parser("shadow", parents=[common], help="the version also scores a share of the requests, "
                             "off the request path; clients always get the champion's answer")
     shadow.add_argument("--version", required=True, help="the registered version number")
-    shadow.add_argument("--sample", type=float, default=1.0, help="share of requests it scores, in (0, 1] "
-                        "(default 1.0)")
+    shadow.add_argument("--sample", type=float, default=None, help="share of requests it scores, in (0, 1] "
+                        "(default: params.yaml release.shadow.sample, else 1.0)")
     canary = sub.add_parser("canary", parents=[common], help="the version answers a share of the requests "
                             "(sticky by the X-Client-Key header, else by request id)")
     canary.add_argument("--version", required=True, help="the registered version number")
@@ -361,7 +361,9 @@ def release(args: argparse.Namespace) -> int:
         print(json.dumps(found.xcom()) if args.json else _status_table(found))
         return 0 if not found.drifted() else 1
     if args.action == "shadow":
-        done = pipeline.run_release_start(cm, args.version, "shadow", args.sample)
+        sample = args.sample if args.sample is not None else (
+            cm.config.release.shadow.sample if cm.config.release.shadow else 1.0)
+        done = pipeline.run_release_start(cm, args.version, "shadow", sample)
     elif args.action == "canary":
         done = pipeline.run_release_start(cm, args.version, "canary", args.percent / 100)
     elif args.action == "promote":
