@@ -124,16 +124,23 @@ def register_biased_candidate(stack: Any, offset: float) -> str:
     x, y = wines.drop(columns="quality"), wines["quality"] + offset
     pipeline = pipeline_for(schema, "elasticnet", {})
     pipeline.fit(x, y)
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()  # put back after: later tests use their own
     mlflow.set_tracking_uri(stack.tracking_uri)
     mlflow.set_registry_uri(stack.tracking_uri)
-    mlflow.set_experiment(MODEL)
-    with mlflow.start_run(run_name=f"biased-candidate-{offset:+g}"):
-        mlflow.log_metric("test_rmse", 0.7)
-        info = mlflow.sklearn.log_model(
-            pipeline, name="model", registered_model_name=MODEL, serialization_format="skops",
-            skops_trusted_types=skops_trusted_types(pipeline, "elasticnet"),
-            signature=infer_signature(x.head(), pipeline.predict(x.head())), input_example=x.head(3),
-            metadata={"feature_contract": schema.feature_contract()})
+    try:
+        client = mlflow.MlflowClient()
+        found = client.get_experiment_by_name(MODEL)
+        experiment = found.experiment_id if found else client.create_experiment(MODEL)
+        with mlflow.start_run(experiment_id=experiment, run_name=f"biased-candidate-{offset:+g}"):
+            mlflow.log_metric("test_rmse", 0.7)
+            info = mlflow.sklearn.log_model(
+                pipeline, name="model", registered_model_name=MODEL, serialization_format="skops",
+                skops_trusted_types=skops_trusted_types(pipeline, "elasticnet"),
+                signature=infer_signature(x.head(), pipeline.predict(x.head())), input_example=x.head(3),
+                metadata={"feature_contract": schema.feature_contract()})
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
     return str(info.registered_model_version)
 
 
