@@ -22,7 +22,7 @@ from include.ml.exceptions import DeploymentError
 from include.release import progressive
 from tests.deploy import test_deploy_ec2 as ec2
 from tests.support.network import get_json
-from tests.support.release_clients import PacedPoller
+from tests.support.servers import Poller
 
 pytestmark = pytest.mark.integration
 aws, kms_key, config = ec2.aws, ec2.kms_key, ec2.config  # the module's fixtures, reused as they are
@@ -37,7 +37,7 @@ def fleet(aws: Any, kms_key: tuple[str, Path], tmp_path: Path) -> Iterator[dict[
             launched = aws["ec2"].run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, TagSpecifications=[{
                 "ResourceType": "instance", "Tags": [{"Key": "Role", "Value": "toy-server"},
                                                      {"Key": "ServingUrl", "Value": server.url}]}])
-            stand_ins[launched["Instances"][0]["InstanceId"]] = ec2.StandIn(server, PacedPoller(server.url))
+            stand_ins[launched["Instances"][0]["InstanceId"]] = ec2.StandIn(server, Poller(server.url, pause=0.05))
         yield stand_ins
 
 

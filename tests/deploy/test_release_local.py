@@ -24,8 +24,7 @@ from serving import pointer as pointers
 from serving import store as store_mod
 from tests.support.bundles import register_toy_model
 from tests.support.network import free_port, get_json, wait_until
-from tests.support.release_clients import PacedPoller
-from tests.support.servers import PredictionServer
+from tests.support.servers import Poller, PredictionServer
 
 pytestmark = pytest.mark.integration  # a real gunicorn server, main.py and `python -m serving` in child processes
 MODEL = "toy"
@@ -65,7 +64,7 @@ def test_shadow_canary_promote_then_an_abort_without_the_candidates_bundle(
                           SERVING_PUBLIC_KEY=str(cm.config.signing.public_key)) as server:
         registry.promote(MODEL, "1", reason="test")
         pipeline.run_deploy(cm, "deploy-1", "1")
-        with PacedPoller(server.url) as poller:
+        with Poller(server.url, pause=0.05) as poller:
             shadow = progressive.start(cm.config, "2", "shadow", 1.0)
             assert (shadow.action, shadow.champion, shadow.candidate, shadow.mode, shadow.share) == \
                 ("shadow", "1", "2", "shadow", 1.0)

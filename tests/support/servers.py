@@ -76,16 +76,17 @@ class PredictionServer:
 
 
 class Poller:
-    """A client posting `row` to /predict until stopped, counting (status, model version) pairs."""
+    """A client posting `row` to /predict until stopped, counting (status, model version) pairs. `pause` seconds
+    between requests keep a long run (a whole release) from taking a core from the servers under test."""
 
-    def __init__(self, url: str, row: dict[str, Any] | None = None) -> None:
-        self.url, self.body = url, json.dumps(row or GOOD_ROW).encode()
+    def __init__(self, url: str, row: dict[str, Any] | None = None, pause: float = 0.0) -> None:
+        self.url, self.body, self.pause = url, json.dumps(row or GOOD_ROW).encode(), pause
         self.outcomes: Counter = Counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
     def _poll(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.wait(self.pause):  # wait(0): just whether it is set
             request = urllib.request.Request(f"{self.url}/predict", self.body, {"Content-Type": "application/json"})
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:
