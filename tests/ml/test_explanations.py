@@ -199,8 +199,11 @@ def test_the_swarm_spreads_crowded_points_within_its_row() -> None:
 # --- at evaluate, end to end -----------------------------------------------------------------------------------
 
 def test_a_leaking_column_is_warned_of_in_the_log_summary_tags_and_card(mlflow_config: MlflowConfig,
-                                                                        tmp_path: Path, caplog) -> None:
+                                                                        tmp_path: Path, caplog, capsys) -> None:
     import mlflow
+
+    import main
+    from include.pipeline import StageOutcome
 
     frame = table("regression", 600, leaking=True)
     trained = fitted("regression", "random_forest", frame.iloc[:450], mlflow_config, tmp_path, "leaky",
@@ -212,6 +215,8 @@ def test_a_leaking_column_is_warned_of_in_the_log_summary_tags_and_card(mlflow_c
     assert WARNED.fullmatch(warning), warning
     assert warning in caplog.text
     assert warning in result.summary() and result.xcom()["leakage_warning"] == [warning]
+    main._print_summary("run-1", [StageOutcome("evaluate", 1.0, result)])  # what `main.py run` prints at its end
+    assert f"WARNING {warning}\n" in capsys.readouterr().out
     assert result.decision.promoted  # a warning, not a gate failure (leakage.fail false)
     assert mlflow.get_run(trained.mlflow_run_id).data.tags["leakage_warning"] == warning
     version = mlflow.MlflowClient().get_model_version("unit-model", result.version)

@@ -45,6 +45,7 @@ TOP = 3  # the columns refitted alone, and drawn in the dependence plots
 TIMED_ROWS = 5  # the cost per row is timed on this many rows (after one untimed row: first-call costs)
 SINGLE_COLUMN_ROWS = 20_000  # a single-column model is fitted on at most this many training rows
 SEED = 0  # the samples' and the single-column models' seed
+FORESTS = ("random_forest", "extra_trees")  # their single-column models fit trees on every core (n_jobs=-1)
 FILES = {plots.ATTRIBUTION: "mean_abs_attribution.png", plots.BEESWARM: "beeswarm.png",
          plots.DEPENDENCE: "dependence.png"}  # each plot's file under ARTIFACT_DIR
 
@@ -233,11 +234,14 @@ def single_column_ratios(model: Any, config: EvaluationConfig, family: str, trai
 
 def single_column_model(config: EvaluationConfig, family: str, column: str, seed: int) -> Any:
     """The unfitted pipeline of `family` (default hyperparameters, no calibration) that training builds for a
-    schema whose only feature is `column`."""
+    schema whose only feature is `column`; a forest fits its trees on every core."""
     from include.ml.components.training import build_pipeline
 
-    return build_pipeline(TrainingConfig(only(config.schema, column), ModelConfig(family=family, random_state=seed),
-                                         config.mlflow, MappingProxyType({})))
+    pipeline = build_pipeline(TrainingConfig(only(config.schema, column), ModelConfig(family=family, random_state=seed),
+                                             config.mlflow, MappingProxyType({})))
+    if family in FORESTS:  # every core, the same trees
+        pipeline.named_steps["model"].set_params(n_jobs=-1)
+    return pipeline
 
 
 def only(schema: SchemaConfig, column: str) -> SchemaConfig:
