@@ -119,7 +119,8 @@ def explain_model(model: Any, config: EvaluationConfig, family: str, x: pd.DataF
     for leak in leaks:
         log.warning("evaluate: %s", leak.message())
     towards = _towards(test.explanations)
-    figures = plots.explanation_plots(config.schema, test.frame, contributions(test.explanations, model, test.frame),
+    inputs = test.frame[list(test.explanations.inputs)]  # the contributions' column order
+    figures = plots.explanation_plots(config.schema, inputs, contributions(test.explanations, model, inputs),
                                       mean_abs, towards, TOP)
     summary = Summary(True, "", test.method, test.explanations.output, towards, len(test.frame),
                       MappingProxyType(mean_abs), MappingProxyType(single), leaks, MappingProxyType(figures))
