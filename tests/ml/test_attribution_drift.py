@@ -264,3 +264,27 @@ def test_the_attribution_params_load_and_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         ConfigurationManager(tmp_path / "config", env={})
     assert caught.value.key == "monitoring.attribution.share_change", caught.value
+
+
+@pytest.mark.parametrize("family", ["hist_gradient_boosting", "elasticnet"])
+def test_captured_rows_of_every_type_are_explained_like_the_training_rows(tmp_path: Path, family: str) -> None:
+    """Capture reads datetimes back as datetime64 and categories as text, the training split holds them as the CSV
+    had them (a datetime in its format, unix seconds): the same rows' profiles agree, column by column."""
+    from include.monitoring import capture
+    from tests.support import typed
+
+    pipeline, x = typed.fitted("regression", family)
+    contract = typed.contract("regression")
+    explainer = build_explainer(pipeline, contract)
+    sent = pd.DataFrame(typed.as_records(x))  # as the server captures them: datetimes as ISO text in UTC
+    sent["time_hour"] = pd.to_datetime(sent["time_hour"]).dt.strftime("%Y-%m-%dT%H:%M:%S")
+    sent["sched"] = pd.to_datetime(sent["sched"], unit="s").dt.strftime("%Y-%m-%dT%H:%M:%S")
+    write_capture(tmp_path, "flights", "1", sent, pipeline.predict(x), END - timedelta(hours=1))
+    captured = capture.collect(MonitoringSources(capture_dir=str(tmp_path)), typed.schema("regression"), "flights",
+                               "1", END - timedelta(hours=2), END).frame
+    assert captured["time_hour"].dtype == np.dtype("datetime64[ns]")
+    reference = attribution.profile_of(explainer, contract, x, len(x))
+    current = attribution.profile_of(explainer, contract, captured, len(captured))
+    assert set(current.columns) == set(typed.FEATURES) and current.rows == reference.rows == len(x)
+    assert current.columns == pytest.approx(reference.columns, rel=1e-6, abs=1e-9)
+    assert not any(c.drifted for c in attribution.compare(reference, current, contract.names, 0.1).values())
