@@ -10,7 +10,7 @@ import io
 import numpy as np
 import pandas as pd
 
-from include.monitoring.attribution import AttributionDrift
+from include.monitoring.attribution import AttributionDrift, ColumnShift
 from include.monitoring.drift import DRIFTED, NOT_ENOUGH_DATA, DriftReport, FeatureDrift
 
 PLOT_ROWS = 200_000  # histograms of a sample: the shape is the same, the plot much cheaper
@@ -55,16 +55,20 @@ def _attribution(drift: AttributionDrift | None) -> str:
     if not drift.columns:
         return head
     order = sorted(drift.columns, key=lambda n: (not drift.columns[n].drifted, -drift.columns[n].share_current, n))
-    rows = "".join(
-        f'<tr class="{"drifted" if c.drifted else ""}">' + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-            name, "drifted" if c.drifted else "ok", f"{c.share_reference:.1%}", f"{c.share_current:.1%}",
-            f"{c.change:+.1%}", "" if c.ratio is None else f"{c.ratio:.2f}", f"{c.reference:.4g} / {c.current:.4g}"))
-        + "</tr>" for name, c in ((n, drift.columns[n]) for n in order))
+    rows = "".join(_attribution_row(name, drift.columns[name]) for name in order)
     chart = f'<figure><img alt="attribution shares" src="data:image/png;base64,{_shares_plot(drift, order)}">' \
             "<figcaption>share of mean |attribution|: reference (blue) vs current (orange)</figcaption></figure>"
     return (f"{head}<table><tr><th>input column</th><th>status</th><th>share (reference)</th>"
             f"<th>share (current)</th><th>change</th><th>ratio</th><th>mean |attribution| (ref / cur)</th></tr>"
             f"{rows}</table>{chart}")
+
+
+def _attribution_row(name: str, c: ColumnShift) -> str:
+    cells = [name, "drifted" if c.drifted else "ok", f"{c.share_reference:.1%}", f"{c.share_current:.1%}",
+             f"{c.change * 100:+.1f} points", "" if c.ratio is None else f"{c.ratio:.2f}",
+             f"{c.reference:.4g} / {c.current:.4g}"]
+    return f'<tr class="{"drifted" if c.drifted else ""}">' + "".join(
+        f"<td>{html.escape(cell)}</td>" for cell in cells) + "</tr>"
 
 
 def _shares_plot(drift: AttributionDrift, order: list[str]) -> str:
