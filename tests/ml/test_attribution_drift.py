@@ -288,3 +288,18 @@ def test_captured_rows_of_every_type_are_explained_like_the_training_rows(tmp_pa
     assert set(current.columns) == set(typed.FEATURES) and current.rows == reference.rows == len(x)
     assert current.columns == pytest.approx(reference.columns, rel=1e-6, abs=1e-9)
     assert not any(c.drifted for c in attribution.compare(reference, current, contract.names, 0.1).values())
+
+
+def test_the_attribution_section_escapes_column_names() -> None:
+    """A drafted schema's column names come from a file's header: in the attribution table they stay text."""
+    from include.monitoring import drift, report
+
+    name = '<svg onload="alert(1)">'
+    shifts = attribution.compare(attribution.Profile({name: 1.0, "b": 1.0}, 10, "linear", "value"),
+                                 attribution.Profile({name: 3.0, "b": 1.0}, 10, "linear", "value"), (name, "b"), 0.1)
+    section = attribution.AttributionDrift("drifted", attribution.FROZEN, shifts, 0.1, 10, 10, "linear", "value")
+    frame = pd.DataFrame({"b": np.arange(200.0)})
+    compared = drift.compare(frame, frame, {"b": "numeric"}, MonitoringPolicy())
+    page = report.render("t", section.details(), compared, frame, frame, None, section)
+    assert "<svg" not in page and '<tr class="drifted"><td>&lt;svg onload=&quot;alert(1)&quot;&gt;</td>' in page
+    assert "+25.0 points" in page and page.count("data:image/png;base64,") == 2  # b's histogram, the shares
