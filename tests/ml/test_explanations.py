@@ -147,24 +147,23 @@ class Slow:
     def __init__(self, per_row: float) -> None:
         self.per_row, self.rows = per_row, 0
 
-    def explain(self, columns: dict[str, np.ndarray]) -> Fake:
-        rows = len(next(iter(columns.values())))
+    def explain_frame(self, frame: pd.DataFrame) -> Fake:
+        rows = len(frame)
         time.sleep(self.per_row * rows)
         self.rows += rows
-        return Fake(np.ones((rows, 1, len(columns))))
+        return Fake(np.ones((rows, 1, len(frame.columns))))
 
 
 def test_rows_explained_are_capped_by_count_and_by_the_time_a_row_takes() -> None:
     frame = table("regression", 800, leaking=False).drop(columns="y")
-    contract = table_schema("regression").feature_contract()
-    fast = explanations.explain_sample(Slow(0.0), frame, contract, LeakagePolicy(rows=500), "test")
+    fast = explanations.explain_sample(Slow(0.0), frame, LeakagePolicy(rows=500), "test")
     assert len(fast.frame) == 500 and fast.explanations.contributions.shape == (500, 1, 4)
     assert fast.frame.index.is_unique and set(fast.frame.index) <= set(frame.index)
     slow = Slow(0.01)  # 10 ms a row against a 0.3 s budget: about 30 rows, not 500
-    sampled = explanations.explain_sample(slow, frame, contract, LeakagePolicy(rows=500, seconds=0.3), "test")
+    sampled = explanations.explain_sample(slow, frame, LeakagePolicy(rows=500, seconds=0.3), "test")
     assert 6 <= len(sampled.frame) <= 40 and slow.rows == len(sampled.frame) == len(sampled.explanations.contributions)
     assert sampled.seconds < 1.0
-    few = explanations.explain_sample(Slow(0.0), frame.head(3), contract, LeakagePolicy(), "test")
+    few = explanations.explain_sample(Slow(0.0), frame.head(3), LeakagePolicy(), "test")
     assert len(few.frame) == 3
 
 

@@ -86,6 +86,7 @@ class Summary:
     single_column: Mapping[str, float] = field(default_factory=dict)  # column -> its model's share of the skill
     leaks: tuple[Leak, ...] = ()
     plots: Mapping[str, bytes] = field(default_factory=dict)  # title -> PNG
+    calibrated: bool = False  # a calibrated classifier, explained before its calibration
 
     @property
     def shares(self) -> dict[str, float]:
@@ -105,13 +106,12 @@ def explain_model(model: Any, config: EvaluationConfig, family: str, x: pd.DataF
     summarised as unavailable, never fails the evaluation."""
     from serving.explain import ExplainError, build_explainer
 
-    contract = config.schema.feature_contract()
     try:
-        explainer = build_explainer(model, contract)
+        explainer = build_explainer(model, [c.name for c in config.schema.features])
     except ExplainError as exc:
         log.warning("evaluate: no explanations: %s", exc)
         return Summary(False, reason=str(exc))
-    test = explain_sample(explainer, x, contract, config.leakage, "test")
+    test = explain_sample(explainer, x, config.leakage, "test")
     mean_abs = ranked(test.explanations.mean_abs())
     single = {} if train is None else single_column_ratios(
         model, config, family, train, x, y, scores, list(mean_abs)[:TOP])
@@ -123,25 +123,23 @@ def explain_model(model: Any, config: EvaluationConfig, family: str, x: pd.DataF
     figures = plots.explanation_plots(config.schema, inputs, contributions(test.explanations, model, inputs),
                                       mean_abs, towards, TOP)
     summary = Summary(True, "", test.method, test.explanations.output, towards, len(test.frame),
-                      MappingProxyType(mean_abs), MappingProxyType(single), leaks, MappingProxyType(figures))
+                      MappingProxyType(mean_abs), MappingProxyType(single), leaks, MappingProxyType(figures),
+                      bool(test.explanations.calibrated))
     profile = None if train is None else reference_profile(explainer, model, config, train, output_dir)
     _log(summary, profile, output_dir)
     return summary
 
 
-def explain_sample(explainer: Any, frame: pd.DataFrame, contract: Mapping[str, Any], policy: LeakagePolicy,
-                   split: str) -> Explained:
+def explain_sample(explainer: Any, frame: pd.DataFrame, policy: LeakagePolicy, split: str) -> Explained:
     """At most `policy.rows` rows of `frame` (a seeded sample), fewer when their cost, timed on TIMED_ROWS rows after
     a first one, would pass `policy.seconds`."""
-    from serving.explain import frame_columns
-
     started = time.perf_counter()
     rows = frame if len(frame) <= policy.rows else frame.sample(policy.rows, random_state=SEED)
-    parts = [explainer.explain(frame_columns(rows.iloc[:1], contract))]  # untimed: first-call costs
+    parts = [explainer.explain_frame(rows.iloc[:1])]  # untimed: first-call costs
     done = 1 + TIMED_ROWS
     if len(rows) > 1:
         timed = time.perf_counter()
-        parts.append(explainer.explain(frame_columns(rows.iloc[1:done], contract)))
+        parts.append(explainer.explain_frame(rows.iloc[1:done]))
         per_row = (time.perf_counter() - timed) / len(rows.iloc[1:done])
         affordable = max(done, int(policy.seconds / per_row) if per_row > 0 else len(rows))
         if affordable < len(rows):
@@ -149,7 +147,7 @@ def explain_sample(explainer: Any, frame: pd.DataFrame, contract: Mapping[str, A
                      len(rows), split, per_row, policy.seconds)
             rows = rows.iloc[:affordable]
     if len(rows) > done:
-        parts.append(explainer.explain(frame_columns(rows.iloc[done:], contract)))
+        parts.append(explainer.explain_frame(rows.iloc[done:]))
     explained = _joined(parts)
     return Explained(rows, explained, explainer.method, time.perf_counter() - started)
 
@@ -161,19 +159,14 @@ def _joined(parts: list[Any]) -> Any:
 
 
 def ranked(mean_abs: Mapping[str, float]) -> dict[str, float]:
-    """Largest first; ties in the contract's order."""
+    """Largest first; ties in the input columns' order."""
     return dict(sorted(mean_abs.items(), key=lambda item: -item[1]))
 
 
 def contributions(explanations: Any, model: Any, frame: pd.DataFrame) -> np.ndarray:
     """(rows, inputs): the one output per row the plots draw: the prediction's (regression, binary log-odds) or
     the predicted class's."""
-    values = explanations.contributions
-    if values.shape[1] == 1:
-        return values[:, 0, :]
-    slot = {str(c): i for i, c in enumerate(explanations.classes)}
-    chosen = np.array([slot[str(label)] for label in model.predict(frame)])
-    return values[np.arange(len(chosen)), chosen, :]
+    return explanations.for_class(model.predict(frame))[1]
 
 
 def _towards(explanations: Any) -> str:
@@ -285,7 +278,7 @@ def reference_profile(explainer: Any, model: Any, config: EvaluationConfig, trai
     from include.ml.components.training import split_xy
 
     x, _ = split_xy(train, config.schema)
-    sample = explain_sample(explainer, x, config.schema.feature_contract(), config.leakage, "training")
+    sample = explain_sample(explainer, x, config.leakage, "training")
     profile = {"columns": {c: float(v) for c, v in sample.explanations.mean_abs().items()},
                "rows": len(sample.frame), "method": sample.method, "output": sample.explanations.output}
     artifacts.write_json(output_dir / PROFILE, profile)
