@@ -312,3 +312,38 @@ def test_the_reference_profile_is_the_training_splits_mean_attribution(mlflow_co
     again = evaluate(frame.iloc[300:], evaluation("regression", mlflow_config, rows=50), trained, tmp_path / "e2")
     assert not (tmp_path / "e2" / explanations.PROFILE).exists() and again.leakage == ()
     assert "## What drives predictions" in (tmp_path / "e2" / "card" / model_card.MARKDOWN).read_text()
+
+
+def test_the_issues_flights_table_flags_dep_delay_when_predicting_arrival_delay() -> None:
+    """The table that showed the leak (nycflights13-like: arr_delay is dep_delay plus noise), with every kind of
+    column (clock fields, a datetime, open categories target-encoded, listed ones split natively), as `main.py init`
+    drafts it for hist_gradient_boosting: dep_delay alone is flagged, by name."""
+    from include.ml.metrics import compute_metrics
+    from serving.explain import build_explainer
+    from tests.support.frames import flights_like, pipeline_for
+
+    numbers = ("month", "day", "dep_time", "sched_dep_time", "dep_delay", "flight", "distance", "hour", "minute")
+    schema = SchemaConfig(task="regression", target="arr_delay", columns=(
+        *(ColumnSpec(name=n, dtype="float", nullable=True) for n in numbers),
+        ColumnSpec(name="year", dtype="int", role="ignore"),
+        ColumnSpec(name="carrier", dtype="category", allowed=("UA", "B6", "EV", "DL", "AA", "MQ")),
+        ColumnSpec(name="tailnum", dtype="category", nullable=True),
+        ColumnSpec(name="origin", dtype="category", allowed=("EWR", "JFK", "LGA")),
+        ColumnSpec(name="dest", dtype="category"),
+        ColumnSpec(name="time_hour", dtype="datetime", format="%Y-%m-%d %H:%M:%S"),
+        ColumnSpec(name="arr_delay", dtype="float")))
+    frame = flights_like(4000).dropna(subset=["arr_delay"])
+    train, test = frame.iloc[:3000], frame.iloc[3000:]
+    features = [c.name for c in schema.features]
+    model = pipeline_for(schema, "hist_gradient_boosting", {}).fit(train[features], train["arr_delay"])
+    scores = compute_metrics("regression", model, test[features], test["arr_delay"])
+    config = EvaluationConfig(schema, PromotionConfig(metric="rmse"),
+                              MlflowConfig(experiment_name="unused", registered_model_name="unused"))
+    sample = explanations.explain_sample(build_explainer(model, features), test[features], LeakagePolicy(), "test")
+    mean_abs = explanations.ranked(sample.explanations.mean_abs())
+    assert next(iter(mean_abs)) == "dep_delay"
+    single = explanations.single_column_ratios(model, config, "hist_gradient_boosting", train, test[features],
+                                               test["arr_delay"], scores, list(mean_abs)[:3])
+    assert single["dep_delay"] >= 0.9 and all(v < 0.5 for c, v in single.items() if c != "dep_delay")
+    (leak,) = explanations.find_leaks(mean_abs, single, LeakagePolicy(), "hist_gradient_boosting", "test R^2")
+    assert leak.column == "dep_delay" and leak.message().endswith("is dep_delay known at prediction time?")
