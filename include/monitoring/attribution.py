@@ -124,15 +124,15 @@ def measure(model: Any, model_name: str, version: str, schema: SchemaConfig, ref
         return AttributionDrift(NOT_ENOUGH_DATA, None, {}, threshold, frozen.rows if frozen else 0,
                                 len(current_rows), note=f"{len(current_rows)} captured rows, fewer than "
                                                         f"monitoring.min_rows {min_rows}")
-    contract = model_contract(model_name, version, schema)
+    names = input_names(model_name, version, schema)
     try:
-        explainer = build_explainer(model, contract)
+        explainer = build_explainer(model, names)
         reference, source = frozen, FROZEN
         if reference is None:
-            reference, source = profile_of(explainer, contract, reference_rows, policy.rows), COMPUTED
+            reference, source = profile_of(explainer, names, reference_rows, policy.rows), COMPUTED
             log.info("attribution: %s v%s has no attribution profile frozen at evaluate; computed now on %d of its "
                      "%d reference rows", model_name, version, reference.rows, len(reference_rows))
-        current = profile_of(explainer, contract, current_rows, policy.rows)
+        current = profile_of(explainer, names, current_rows, policy.rows)
     except ExplainError as exc:
         log.warning("attribution: %s v%s cannot be explained, no attribution drift: %s", model_name, version, exc)
         return AttributionDrift(UNAVAILABLE, None, {}, threshold, frozen.rows if frozen else 0, len(current_rows),
@@ -140,7 +140,7 @@ def measure(model: Any, model_name: str, version: str, schema: SchemaConfig, ref
     if reference.output != current.output:
         log.warning("attribution: the reference profile is in %s space, the champion explains in %s space: their "
                     "shares are compared", reference.output, current.output)
-    columns = compare(reference, current, contract.names, threshold)
+    columns = compare(reference, current, names, threshold)
     status = DRIFTED if any(c.drifted for c in columns.values()) else OK
     return AttributionDrift(status, source, columns, threshold, reference.rows, current.rows, current.method,
                             current.output)
@@ -160,23 +160,22 @@ def compare(reference: Profile, current: Profile, names: tuple[str, ...],
     return columns
 
 
-def profile_of(explainer: Any, contract: Any, rows: pd.DataFrame, most: int) -> Profile:
+def profile_of(explainer: Any, names: tuple[str, ...], rows: pd.DataFrame, most: int) -> Profile:
     """Mean |attribution| per input column over `rows` (a seeded sample of `most` of them when there are more)."""
     from serving.explain import frame_columns
 
     sample = rows.sample(most, random_state=SEED) if len(rows) > most else rows
-    explained = explainer.explain(frame_columns(sample[list(contract.names)].reset_index(drop=True), contract))
+    explained = explainer.explain(frame_columns(sample[list(names)].reset_index(drop=True), names))
     return Profile({k: float(v) for k, v in explained.mean_abs().items()}, len(sample), explainer.method,
                    explainer.output)
 
 
-def model_contract(model_name: str, version: str, schema: SchemaConfig) -> Any:
-    """The input contract training stored with the version (schema.yaml's when it stored none)."""
+def input_names(model_name: str, version: str, schema: SchemaConfig) -> tuple[str, ...]:
+    """The input columns of the contract training stored with the version (schema.yaml's when it stored none)."""
     from include.ml.components.gate import stored_contract
-    from serving.contract import Contract
 
     stored = stored_contract(model_name, version) or schema.feature_contract()
-    return Contract.from_mlmodel({"metadata": {"feature_contract": stored}})
+    return tuple(str(f["name"]) for f in stored["features"])
 
 
 def frozen_profile(mlflow_run_id: str, evaluate_dir: Path) -> Profile | None:

@@ -56,9 +56,9 @@ def altered(frame: pd.DataFrame, task: str, seed: int = 0) -> pd.DataFrame:
 def freeze(model: Any, task: str, train_frame: pd.DataFrame, mlflow_run_id: str, evaluate_dir: Path) -> dict:
     """The profile as evaluate freezes it: model A's mean |attribution| on its training split, written to the stage's
     folder and logged to its run."""
-    contract = attribution.model_contract("unit-model", "1", schema(task))
+    names = attribution.input_names("unit-model", "1", schema(task))
     features = split_xy(train_frame, schema(task))[0]
-    payload = attribution.profile_of(build_explainer(model, contract), contract, features, 500).to_json()
+    payload = attribution.profile_of(build_explainer(model, names), names, features, 500).to_json()
     evaluate_dir.mkdir(parents=True, exist_ok=True)
     (evaluate_dir / attribution.PROFILE).write_text(json.dumps(payload))
     with mlflow.start_run(run_id=mlflow_run_id):
@@ -283,8 +283,8 @@ def test_captured_rows_of_every_type_are_explained_like_the_training_rows(tmp_pa
     captured = capture.collect(MonitoringSources(capture_dir=str(tmp_path)), typed.schema("regression"), "flights",
                                "1", END - timedelta(hours=2), END).frame
     assert captured["time_hour"].dtype == np.dtype("datetime64[ns]")
-    reference = attribution.profile_of(explainer, contract, x, len(x))
-    current = attribution.profile_of(explainer, contract, captured, len(captured))
+    reference = attribution.profile_of(explainer, contract.names, x, len(x))
+    current = attribution.profile_of(explainer, contract.names, captured, len(captured))
     assert set(current.columns) == set(typed.FEATURES) and current.rows == reference.rows == len(x)
     assert current.columns == pytest.approx(reference.columns, rel=1e-6, abs=1e-9)
     assert not any(c.drifted for c in attribution.compare(reference, current, contract.names, 0.1).values())
