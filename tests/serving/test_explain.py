@@ -290,3 +290,20 @@ def test_the_api_key_guards_explain(make_app: Callable[..., Flask]) -> None:
 def test_the_form_page_knows_whether_to_ask_for_an_explanation(make_app: Callable[..., Flask]) -> None:
     assert 'data-explain="on"' in make_app().test_client().get("/").get_data(as_text=True)
     assert 'data-explain="off"' in make_app(explain=False).test_client().get("/").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("version", ["1", "c1"])
+def test_the_answer_matches_its_openapi_schema(store: Path, make_app: Callable[..., Flask], version: str) -> None:
+    import schemathesis
+    from schemathesis.checks import response_schema_conformance
+
+    point(store, version)
+    app = make_app()
+    operation = schemathesis.openapi.from_wsgi("/openapi.json", app)["/explain"]["POST"]
+    task = "regression" if version == "1" else "classification"
+    case = operation.Case(body={"dataframe_records": rows(3, task)}, media_type="application/json")
+    response = case.call()
+    assert response.status_code == 200, response.text
+    case.validate_response(response, checks=[response_schema_conformance])
+    refused = operation.Case(body={"dataframe_records": rows(101, task)}, media_type="application/json").call()
+    assert refused.status_code == 413
