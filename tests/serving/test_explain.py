@@ -8,6 +8,7 @@ import io
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -307,3 +308,16 @@ def test_the_answer_matches_its_openapi_schema(store: Path, make_app: Callable[.
     case.validate_response(response, checks=[response_schema_conformance])
     refused = operation.Case(body={"dataframe_records": rows(101, task)}, media_type="application/json").call()
     assert refused.status_code == 413
+
+
+def test_concurrent_requests_get_the_explanations_one_at_a_time_would(typed_store: Path,
+                                                                     make_app: Callable[..., Flask]) -> None:
+    """A worker's threads share one explainer: rows explained at once (the typed model: histogram gradient boosting
+    with categorical columns) get what each gets alone."""
+    client = make_app(model_store=typed_store, out_of_range="flag").test_client()
+    records = typed.as_records(typed.requests("regression", 12, seed=5))
+    alone = [post(client, {"dataframe_records": [r]}).get_json()["explanations"] for r in records]
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(lambda r: post(client, {"dataframe_records": [r]}).get_json()["explanations"],
+                                 records * 3))
+    assert together == alone * 3
