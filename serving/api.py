@@ -80,7 +80,7 @@ def invocations() -> Response:
     body: dict[str, Any] = {"predictions": prediction.values}
     if batch.warnings:
         body["warnings"] = batch.warnings
-    return json_response(body, headers=model_headers(model))
+    return json_response(body, headers=_model_headers(model))
 
 
 @bp.post("/predict")
@@ -93,7 +93,7 @@ def predict() -> Response:
         body["probabilities"] = prediction.probabilities
     if batch.warnings:
         body["warnings"] = batch.warnings
-    return json_response(body, headers=model_headers(model))
+    return json_response(body, headers=_model_headers(model))
 
 
 @bp.post("/explain")
@@ -109,7 +109,7 @@ def explain() -> Response:
         rows, from_text = invocation_rows(svc)
     except InputError as exc:
         raise explaining.capped(exc, svc.settings) from None
-    return json_response(explaining.explain(svc, model, explainer, rows, from_text), headers=model_headers(model))
+    return json_response(explaining.explain(svc, model, explainer, rows, from_text), headers=_model_headers(model))
 
 
 def _serve(svc: Service, rows: Any, from_text: bool) -> tuple[LoadedModel, Batch, Prediction]:
@@ -119,7 +119,7 @@ def _serve(svc: Service, rows: Any, from_text: bool) -> tuple[LoadedModel, Batch
     return answered.model, answered.batch, answered.prediction
 
 
-def model_headers(model: LoadedModel) -> dict[str, str]:
+def _model_headers(model: LoadedModel) -> dict[str, str]:
     """Which model answered, on every prediction (the MLflow protocol's body has no room for it)."""
     return {"X-Model-Name": model.name, "X-Model-Version": model.version}
 
