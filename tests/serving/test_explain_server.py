@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from serving.capture import closed_files, read_records
-from tests.serving.test_explain import INPUTS, bodies, check_identity, rows
+from tests.serving.test_explain_route import INPUTS, bodies, check_identity, rows
 from tests.support.bundles import GOOD_ROW
 from tests.support.network import free_port, get_json
 from tests.support.pointers import point
