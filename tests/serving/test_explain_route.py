@@ -1,6 +1,7 @@
 """POST /explain in this process (the app and its test client, real bundles): every body form /invocations takes,
 the additivity identity, the row cap, refusals in the one error shape, SERVING_EXPLAIN=off, an unexplainable model,
-/version's `explain`, the explainer built once per bundle, and no capture. test_explain_server.py runs gunicorn; test_explain.py checks serving/explain.py itself."""
+/version's `explain`, the explainer built once per bundle, and no capture. test_explain_server.py runs gunicorn;
+test_explain.py checks serving/explain.py itself."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from serving.app import shutdown
 from serving.capture import closed_files, read_records
 from serving.settings import Settings, SettingsError
 from tests.support import typed
-from tests.support.bundles import FEATURES, GOOD_ROW, toy_frame
+from tests.support.bundles import FEATURES, GOOD_ROW, make_bundle, toy_frame
 from tests.support.pointers import point
 
 INPUTS = [f.name for f in FEATURES]
@@ -321,3 +322,23 @@ def test_concurrent_requests_get_the_explanations_one_at_a_time_would(typed_stor
         together = list(pool.map(lambda r: post(client, {"dataframe_records": [r]}).get_json()["explanations"],
                                  records * 3))
     assert together == alone * 3
+
+
+@pytest.mark.parametrize(("family", "task", "hyperparameters"), [
+    ("hist_gradient_boosting", "classification", {"max_iter": 15}),
+    ("hist_gradient_boosting", "regression", {"max_iter": 15}),
+    ("elasticnet", "regression", {"alpha": 0.01}),
+    ("elasticnet", "classification", {"C": 1.0}),
+])
+def test_every_family_is_explained_through_the_route(store: Path, make_app: Callable[..., Flask], family: str,
+                                                      task: str, hyperparameters: dict[str, Any]) -> None:
+    """Boosting (log-odds per class for a classifier) and the linear family, as the server loads them."""
+    make_bundle(store, "f1", task=task, family=family, hyperparameters=hyperparameters)
+    point(store, "f1")
+    client = make_app().test_client()
+    answer = post(client, {"dataframe_split": {"columns": INPUTS, "data": [list(r.values()) for r in rows(7, task)]}})
+    assert answer.status_code == 200, answer.get_json()
+    got = answer.get_json()
+    assert got["method"] == ("linear" if family == "elasticnet" else "tree_shap")
+    assert got["output"] == ("value" if task == "regression" else "log_odds")
+    check_identity(got, INPUTS)
