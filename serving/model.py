@@ -75,15 +75,14 @@ class LoadedModel:
         """The estimator's own answers: values, and class probabilities for a classifier that has them."""
         return sklearn_predictor(self.estimator, self.contract)(columns)
 
-    def explainer(self) -> Explainer:
+    def explainer(self, build: bool = True) -> Explainer | None:
         """The model's explainer (serving/explain.py), built on the first call under a lock, then the same object
-        for the bundle's life. Raises ExplainError when the model cannot be explained; why is kept, so a model that
-        cannot be is tried once, not on every request."""
-        # imported here: shap costs a worker ~1 s at start, and /invocations never needs it
-        from serving.explain import ExplainError, build_explainer
+        for the bundle's life (build=False: None until then). Raises ExplainError when the model cannot be
+        explained; why is kept, so a model that cannot be is tried once, not on every request."""
+        from serving.explain import ExplainError, build_explainer  # shap itself is imported when a tree is built
 
         with self._explain_lock:
-            if self._explainer is None and self._explain_error is None:
+            if build and self._explainer is None and self._explain_error is None:
                 started = time.perf_counter()
                 try:
                     self._explainer = build_explainer(self.estimator, self.contract)
@@ -96,7 +95,6 @@ class LoadedModel:
                                 self._explain_error, exc_info=not isinstance(exc, ExplainError))
             if self._explain_error is not None:
                 raise ExplainError(self._explain_error)
-            assert self._explainer is not None
             return self._explainer
 
     def self_check(self) -> None:

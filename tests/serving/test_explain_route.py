@@ -108,23 +108,31 @@ def test_a_classifier_is_explained_per_class_in_its_output_space(store: Path, ma
     answer = post(client, {"dataframe_records": rows(6, "classification")})
     assert answer.status_code == 200, answer.get_json()
     got = answer.get_json()
-    assert got["output"] in ("probability", "log_odds") and got["calibrated"] is False
-    assert set(got["classes"]) <= {"a", "b", "c"} and got["classes"]
+    assert (got["output"], got["calibrated"], got["classes"]) == ("probability", False, ["a", "b", "c"])
     check_identity(got, INPUTS)
+    assert client.get("/version").get_json()["explain"]["classes"] == ["a", "b", "c"]
 
 
-@pytest.mark.parametrize("task", ["regression", "classification"])
+@pytest.mark.parametrize(("task", "version"), [("regression", "t1"), ("classification", "tc1"),
+                                               ("classification", "tb1")])
 def test_typed_columns_come_back_under_the_input_columns_name(typed_store: Path, make_app: Callable[..., Flask],
-                                                              task: str) -> None:
+                                                              task: str, version: str) -> None:
     """One-hot categories, encoded ones and datetime-derived columns are summed back to the column sent; the id
-    and ignored columns are no input and get no contribution."""
-    if task == "classification":
-        point(typed_store, "tc1")
+    and ignored columns are no input and get no contribution. t1: boosting (regression), tc1: a forest (a
+    probability per class), tb1: boosting (log-odds per class)."""
+    if version == "tb1":
+        typed.make_typed_bundle(typed_store, "tb1", task="classification", name="flights-late")
+    point(typed_store, version)
     client = make_app(model_store=typed_store, out_of_range="flag").test_client()
+    planned = client.get("/version").get_json()["explain"]
     records = typed.as_records(typed.requests(task, 8, seed=3))
     answer = post(client, {"dataframe_records": records})
     assert answer.status_code == 200, answer.get_json()
-    check_identity(answer.get_json(), list(typed.FEATURES))
+    got = answer.get_json()
+    check_identity(got, list(typed.FEATURES))
+    if version == "tb1":
+        assert got["output"] == "log_odds" and got["classes"] == ["early", "late", "on time"]
+    assert planned == {**client.get("/version").get_json()["explain"], "built": False}
 
 
 def test_the_row_cap_is_its_own_and_named(make_app: Callable[..., Flask]) -> None:
@@ -219,14 +227,29 @@ def test_a_model_that_cannot_be_explained_says_why_once(make_app: Callable[..., 
 
     monkeypatch.setattr(explain_mod, "build_explainer", unexplainable)
     client = make_app().test_client()
-    version = client.get("/version").get_json()["explain"]
-    assert version["available"] is False and "mystery" in version["reason"] and "toy version 1" in version["reason"]
     for _ in range(2):
         answer = post(client, {"dataframe_records": [GOOD_ROW]})
         assert answer.status_code == 404, answer.get_json()
         error = answer.get_json()["error"]
         assert error["code"] == "explain_unavailable" and "mystery" in error["message"]
+    version = client.get("/version").get_json()["explain"]  # once tried, /version tells why
+    assert version == {"available": False, "reason": "toy version 1 cannot be explained: no explainer for the "
+                                                     "family 'mystery'"}
     assert calls == [1]  # tried once per bundle, not on every request
+
+
+def test_version_says_why_a_model_of_an_unknown_kind_cannot_be_explained(app: Flask) -> None:
+    """Not a family explain.py knows: /version tries (no tree is copied for it) and says why at once."""
+    from sklearn.dummy import DummyRegressor
+    from sklearn.pipeline import Pipeline
+
+    model = app.extensions["serving"].holder.current
+    model.estimator = Pipeline([("preprocess", model.estimator.named_steps["preprocess"]),
+                                ("model", DummyRegressor().fit([[0.0]], [1.0]))])
+    version = app.test_client().get("/version").get_json()["explain"]
+    assert version["available"] is False and "DummyRegressor" in version["reason"], version
+    answer = post(app.test_client(), {"dataframe_records": [GOOD_ROW]})
+    assert answer.status_code == 404 and answer.get_json()["error"]["code"] == "explain_unavailable"
 
 
 def test_an_explainer_that_fails_to_build_is_unavailable_not_a_500(make_app: Callable[..., Flask],
@@ -242,11 +265,14 @@ def test_an_explainer_that_fails_to_build_is_unavailable_not_a_500(make_app: Cal
     assert "ValueError" in message and "/opt/secret" not in message  # no path of the host in a public answer
 
 
-def test_version_says_explanations_are_available_and_how(client: Any) -> None:
-    explain = client.get("/version").get_json()["explain"]
-    assert explain["available"] is True and explain["max_rows"] == 100
-    assert explain["method"] in ("tree_shap", "linear") and explain["output"] == "value"
-    assert explain["calibrated"] is False
+def test_version_says_explanations_are_available_and_how_without_building(app: Flask) -> None:
+    client = app.test_client()
+    before = client.get("/version").get_json()["explain"]
+    assert before == {"available": True, "method": "tree_shap", "output": "value", "calibrated": False,
+                      "classes": [], "built": False, "max_rows": 100}
+    assert app.extensions["serving"].holder.current._explainer is None  # /version builds nothing
+    assert post(client, {"dataframe_records": [GOOD_ROW]}).status_code == 200
+    assert client.get("/version").get_json()["explain"] == {**before, "built": True}
 
 
 def test_the_explainer_is_built_lazily_once_per_bundle_under_concurrency(app: Flask,
@@ -336,9 +362,27 @@ def test_every_family_is_explained_through_the_route(store: Path, make_app: Call
     make_bundle(store, "f1", task=task, family=family, hyperparameters=hyperparameters)
     point(store, "f1")
     client = make_app().test_client()
+    planned = client.get("/version").get_json()["explain"]
     answer = post(client, {"dataframe_split": {"columns": INPUTS, "data": [list(r.values()) for r in rows(7, task)]}})
     assert answer.status_code == 200, answer.get_json()
     got = answer.get_json()
     assert got["method"] == ("linear" if family == "elasticnet" else "tree_shap")
     assert got["output"] == ("value" if task == "regression" else "log_odds")
     check_identity(got, INPUTS)
+    # what /version said before the explainer was built is what the built one says
+    assert planned == {**client.get("/version").get_json()["explain"], "built": False}
+
+
+@pytest.mark.parametrize(("task", "binary"), [("regression", False), ("classification", False),
+                                              ("classification", True)], ids=["regression", "multiclass", "binary"])
+@pytest.mark.parametrize("family", ["elasticnet", "random_forest", "extra_trees", "hist_gradient_boosting"])
+def test_what_version_says_before_building_is_what_the_explainer_says(family: str, task: str, binary: bool) -> None:
+    """serving/explaining.planned() reads the explainer's method, output space and classes off the pipeline without
+    building it; serving/explain.py's Explainer decides them when built. Every family, task and class count."""
+    from serving.explaining import planned
+    from tests.serving.test_explain import fitted
+
+    for calibration in ("none", "sigmoid") if task == "classification" and family != "elasticnet" else ("none",):
+        pipeline, _, _ = fitted(family, task, binary=binary, calibration=calibration)
+        described = explain_mod.build_explainer(pipeline)
+        assert planned(pipeline) == {k: v for k, v in described.describe().items() if k != "available"}
