@@ -44,35 +44,14 @@ def status(settings: Settings, model: LoadedModel) -> dict[str, Any]:
     copy of every tree (tens of MB for a large forest), which a worker pays for on its first /explain only."""
     if not settings.explain:
         return {"available": False, "reason": DISABLED}
-    from serving.explain import ExplainError
+    from serving.explain import ExplainError, plan
 
     try:
         explainer = model.explainer(build=False)
-        described = explainer.describe() if explainer is not None else planned(model.estimator)
-        if described is None:  # not a family explain.py knows: building it says why (cheaply: no tree is copied)
-            explainer = model.explainer()
-            assert explainer is not None
-            described = explainer.describe()
+        described = plan(model.estimator).describe()
     except ExplainError as exc:
         return {"available": False, "reason": _unavailable(model, exc)}
     return {**described, "available": True, "built": explainer is not None, "max_rows": row_cap(settings)}
-
-
-def planned(estimator: Any) -> dict[str, Any] | None:
-    """What Explainer.describe() will say of `estimator`'s explainer, read off the fitted pipeline without building
-    it (serving/explain.py's Explainer decides the same way; a test keeps the two in step); None: not a pipeline of
-    a family it explains, or not one this can tell."""
-    from serving.explain import BOOSTING, FORESTS, LINEAR, LINEAR_MODELS, LOG_ODDS, PROBABILITY, TREE_SHAP, VALUE
-
-    step = (getattr(estimator, "named_steps", None) or {}).get("model")
-    calibrated = type(step).__name__ == "CalibratedClassifierCV"
-    kind = type(step.estimator if calibrated else step).__name__
-    if kind not in LINEAR_MODELS | FORESTS | BOOSTING:
-        return None
-    classes = [str(c) for c in getattr(step, "classes_", ())]
-    output = VALUE if not classes else PROBABILITY if kind in FORESTS else LOG_ODDS
-    return {"method": LINEAR if kind in LINEAR_MODELS else TREE_SHAP, "output": output, "calibrated": calibrated,
-            "classes": classes[-1:] if output == LOG_ODDS and len(classes) == 2 else classes}
 
 
 def explainer_of(settings: Settings, model: LoadedModel) -> Explainer:

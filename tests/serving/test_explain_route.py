@@ -371,18 +371,3 @@ def test_every_family_is_explained_through_the_route(store: Path, make_app: Call
     check_identity(got, INPUTS)
     # what /version said before the explainer was built is what the built one says
     assert planned == {**client.get("/version").get_json()["explain"], "built": False}
-
-
-@pytest.mark.parametrize(("task", "binary"), [("regression", False), ("classification", False),
-                                              ("classification", True)], ids=["regression", "multiclass", "binary"])
-@pytest.mark.parametrize("family", ["elasticnet", "random_forest", "extra_trees", "hist_gradient_boosting"])
-def test_what_version_says_before_building_is_what_the_explainer_says(family: str, task: str, binary: bool) -> None:
-    """serving/explaining.planned() reads the explainer's method, output space and classes off the pipeline without
-    building it; serving/explain.py's Explainer decides them when built. Every family, task and class count."""
-    from serving.explaining import planned
-    from tests.serving.test_explain import fitted
-
-    for calibration in ("none", "sigmoid") if task == "classification" and family != "elasticnet" else ("none",):
-        pipeline, _, _ = fitted(family, task, binary=binary, calibration=calibration)
-        described = explain_mod.build_explainer(pipeline)
-        assert planned(pipeline) == {k: v for k, v in described.describe().items() if k != "available"}
