@@ -514,7 +514,7 @@ class LeakagePolicy(Frozen):
     single_column: float = Field(0.9, gt=0, le=1)
     fail: bool = False  # true: a leakage warning makes the gate refuse promotion
     rows: int = Field(500, ge=10)  # test (and training) rows explained, at most
-    seconds: float = Field(20.0, gt=0)  # fewer rows when explaining them would take longer than this, per split
+    seconds: float = Field(10.0, gt=0)  # fewer rows when explaining them would take longer than this, per split
 
 
 class SearchParam(Frozen):
