@@ -115,7 +115,7 @@ def test_leakage_fail_refuses_a_promotion_unless_forced() -> None:
 def test_leakage_params_default_document_and_check(config_dir: Path, edit_yaml) -> None:
     edit_yaml(config_dir / "params.yaml", lambda d: d.pop("leakage", None))
     assert ConfigurationManager(config_dir, env={}).evaluation().leakage == LeakagePolicy(
-        share=0.6, single_column=0.9, fail=False, rows=500, seconds=20.0)
+        share=0.6, single_column=0.9, fail=False, rows=500, seconds=10.0)
     edit_yaml(config_dir / "params.yaml", lambda d: d.update(leakage={"fail": True, "rows": 100}))
     assert ConfigurationManager(config_dir, env={}).evaluation().leakage.fail
     for wrong, says in (({"share": 1.5}, r"leakage.share"), ({"fail": "yes"}, r"leakage.fail"),
