@@ -482,6 +482,7 @@ class AttributionPolicy(Frozen):
 
     share_change: float = Field(0.1, gt=0, le=1)  # a column drifts when its share moved by at least this (absolute)
     rows: int = Field(500, ge=1)  # captured rows explained (a sample of them when there are more)
+    seconds: float = Field(10.0, gt=0)  # fewer rows when explaining them would take longer than this
 
 
 class MonitoringPolicy(Frozen):

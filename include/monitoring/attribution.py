@@ -129,10 +129,10 @@ def measure(model: Any, model_name: str, version: str, schema: SchemaConfig, ref
         explainer = build_explainer(model, names)
         reference, source = frozen, FROZEN
         if reference is None:
-            reference, source = profile_of(explainer, names, reference_rows, policy.rows), COMPUTED
+            reference, source = profile_of(explainer, names, reference_rows, policy), COMPUTED
             log.info("attribution: %s v%s has no attribution profile frozen at evaluate; computed now on %d of its "
                      "%d reference rows", model_name, version, reference.rows, len(reference_rows))
-        current = profile_of(explainer, names, current_rows, policy.rows)
+        current = profile_of(explainer, names, current_rows, policy)
     except ExplainError as exc:
         log.warning("attribution: %s v%s cannot be explained, no attribution drift: %s", model_name, version, exc)
         return AttributionDrift(UNAVAILABLE, None, {}, threshold, frozen.rows if frozen else 0, len(current_rows),
@@ -160,14 +160,15 @@ def compare(reference: Profile, current: Profile, names: tuple[str, ...],
     return columns
 
 
-def profile_of(explainer: Any, names: tuple[str, ...], rows: pd.DataFrame, most: int) -> Profile:
-    """Mean |attribution| per input column over `rows` (a seeded sample of `most` of them when there are more)."""
-    from serving.explain import frame_columns
+def profile_of(explainer: Any, names: tuple[str, ...], rows: pd.DataFrame, policy: AttributionPolicy) -> Profile:
+    """Mean |attribution| per input column over a seeded sample of `rows`: at most `policy.rows`, fewer when
+    explaining them would take longer than `policy.seconds`."""
+    from include.ml.components.explanations import explain_sample
 
-    sample = rows.sample(most, random_state=SEED) if len(rows) > most else rows
-    explained = explainer.explain(frame_columns(sample[list(names)].reset_index(drop=True), names))
-    return Profile({k: float(v) for k, v in explained.mean_abs().items()}, len(sample), explainer.method,
-                   explainer.output)
+    sample = explain_sample(explainer, rows[list(names)].reset_index(drop=True), policy, "captured",
+                            "monitoring.attribution")
+    return Profile({k: float(v) for k, v in sample.explanations.mean_abs().items()}, len(sample.frame),
+                   explainer.method, explainer.output)
 
 
 def input_names(model_name: str, version: str, schema: SchemaConfig) -> tuple[str, ...]:

@@ -58,7 +58,7 @@ def freeze(model: Any, task: str, train_frame: pd.DataFrame, mlflow_run_id: str,
     folder and logged to its run."""
     names = attribution.input_names("unit-model", "1", schema(task))
     features = split_xy(train_frame, schema(task))[0]
-    payload = attribution.profile_of(build_explainer(model, names), names, features, 500).to_json()
+    payload = attribution.profile_of(build_explainer(model, names), names, features, AttributionPolicy()).to_json()
     evaluate_dir.mkdir(parents=True, exist_ok=True)
     (evaluate_dir / attribution.PROFILE).write_text(json.dumps(payload))
     with mlflow.start_run(run_id=mlflow_run_id):
@@ -258,7 +258,7 @@ def test_the_attribution_params_load_and_are_checked(tmp_path: Path) -> None:
 
     shutil.copytree(CONFIG_DIR, tmp_path / "config")
     policy = ConfigurationManager(tmp_path / "config", env={}).config.monitoring_policy
-    assert policy.attribution == AttributionPolicy(share_change=0.1, rows=500)
+    assert policy.attribution == AttributionPolicy(share_change=0.1, rows=500, seconds=10.0)
     edit_yaml(tmp_path / "config" / "params.yaml",
               lambda data: data["monitoring"].update({"attribution": {"share_change": 0, "rows": 10}}))
     with pytest.raises(ConfigError) as caught:
@@ -283,8 +283,8 @@ def test_captured_rows_of_every_type_are_explained_like_the_training_rows(tmp_pa
     captured = capture.collect(MonitoringSources(capture_dir=str(tmp_path)), typed.schema("regression"), "flights",
                                "1", END - timedelta(hours=2), END).frame
     assert captured["time_hour"].dtype == np.dtype("datetime64[ns]")
-    reference = attribution.profile_of(explainer, contract.names, x, len(x))
-    current = attribution.profile_of(explainer, contract.names, captured, len(captured))
+    reference = attribution.profile_of(explainer, contract.names, x, AttributionPolicy(rows=len(x)))
+    current = attribution.profile_of(explainer, contract.names, captured, AttributionPolicy(rows=len(captured)))
     assert set(current.columns) == set(typed.FEATURES) and current.rows == reference.rows == len(x)
     assert current.columns == pytest.approx(reference.columns, rel=1e-6, abs=1e-9)
     assert not any(c.drifted for c in attribution.compare(reference, current, contract.names, 0.1).values())

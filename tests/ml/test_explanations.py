@@ -146,12 +146,13 @@ class Slow:
 
     def __init__(self, per_row: float) -> None:
         self.per_row, self.rows = per_row, 0
+        self.inputs = ("x1", "x2", "x3", "leak")
 
-    def explain_frame(self, frame: pd.DataFrame) -> Fake:
-        rows = len(frame)
+    def explain(self, columns: dict[str, np.ndarray]) -> Fake:
+        rows = len(next(iter(columns.values())))
         time.sleep(self.per_row * rows)
         self.rows += rows
-        return Fake(np.ones((rows, 1, len(frame.columns))))
+        return Fake(np.ones((rows, 1, len(columns))))
 
 
 def test_rows_explained_are_capped_by_count_and_by_the_time_a_row_takes() -> None:

@@ -130,24 +130,29 @@ def explain_model(model: Any, config: EvaluationConfig, family: str, x: pd.DataF
     return summary
 
 
-def explain_sample(explainer: Any, frame: pd.DataFrame, policy: LeakagePolicy, split: str) -> Explained:
+def explain_sample(explainer: Any, frame: pd.DataFrame, policy: Any, split: str, setting: str = "leakage") -> Explained:
     """At most `policy.rows` rows of `frame` (a seeded sample), fewer when their cost, timed on TIMED_ROWS rows after
-    a first one, would pass `policy.seconds`."""
+    a first one, would pass `policy.seconds` (`setting`: where params.yaml sets them, for the log)."""
+    from serving.explain import frame_columns
+
+    def explain(part: pd.DataFrame) -> Any:
+        return explainer.explain(frame_columns(part, explainer.inputs))
+
     started = time.perf_counter()
     rows = frame if len(frame) <= policy.rows else frame.sample(policy.rows, random_state=SEED)
-    parts = [explainer.explain_frame(rows.iloc[:1])]  # untimed: first-call costs
+    parts = [explain(rows.iloc[:1])]  # untimed: first-call costs
     done = 1 + TIMED_ROWS
     if len(rows) > 1:
         timed = time.perf_counter()
-        parts.append(explainer.explain_frame(rows.iloc[1:done]))
+        parts.append(explain(rows.iloc[1:done]))
         per_row = (time.perf_counter() - timed) / len(rows.iloc[1:done])
         affordable = max(done, int(policy.seconds / per_row) if per_row > 0 else len(rows))
         if affordable < len(rows):
-            log.info("evaluate: explaining %d of %d sampled %s rows: %.3f s a row, leakage.seconds %s", affordable,
-                     len(rows), split, per_row, policy.seconds)
+            log.info("explaining %d of %d sampled %s rows: %.3f s a row, %s.seconds %s", affordable, len(rows), split,
+                     per_row, setting, policy.seconds)
             rows = rows.iloc[:affordable]
     if len(rows) > done:
-        parts.append(explainer.explain_frame(rows.iloc[done:]))
+        parts.append(explain(rows.iloc[done:]))
     explained = _joined(parts)
     return Explained(rows, explained, explainer.method, time.perf_counter() - started)
 
