@@ -76,15 +76,14 @@ class BatchExplainer:
         except ExplainError as exc:
             raise BatchPredictionError(f"--explain: {model.name} version {model.version} cannot be explained: "
                                        f"{exc}") from exc
-        inputs = tuple(feature.name for feature in model.contract.features)
         classification = model.contract.task == "classification"
         rows = explain_rows(encoded_width, len(explainer.classes) or 1, encoded_mb)
         log.info("predict: explaining with %s (%s%s), at most %d rows per explain call", explainer.method,
                  explainer.output, ", the classifier's before calibration" if explainer.calibrated else "", rows)
-        return cls(explainer, inputs, classification, rows)
+        return cls(explainer, explainer.inputs, classification, rows)
 
     def describe(self) -> dict[str, Any]:
-        return {**self.explainer.describe(), "classes": list(self.explainer.classes)}
+        return {key: value for key, value in self.explainer.describe().items() if key != "available"}
 
     def columns(self) -> list[str]:
         return columns(self.inputs, self.classification)

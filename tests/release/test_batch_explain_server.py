@@ -4,12 +4,13 @@ every column type (a one-hot column, datetimes, an ordinal, encoded categories):
 value and the same contribution per input column, under the input column's own name.
 
 Each model is fitted by the pipeline's own pipeline builder on 400 rows (10 trees, 20 boosting iterations),
-registered in a real MLflow store, exported and explained by batch prediction, then served from the very bundle
-batch prediction exported."""
+registered in a real MLflow store as a version of one model, exported and explained by batch prediction, then served
+from the very bundle batch prediction exported, by one server the store's CURRENT is pointed along."""
 
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,7 +25,7 @@ from include.release.batch import predict_file
 from serving import engine
 from tests.support import typed
 from tests.support.bundles import register_model
-from tests.support.network import free_port, get_json
+from tests.support.network import free_port, get_json, wait_until
 from tests.support.pointers import point
 from tests.support.servers import PredictionServer
 from tests.support.signing import signing_config
@@ -36,62 +37,80 @@ TASKS = ("regression", "classification")
 ROWS = 24
 
 
+MODEL = "explained"  # one registered model, a version per family x task, exported into one store
+
+
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    """A real SQLite MLflow store; yields its directory and an experiment id."""
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A real SQLite MLflow store; yields its directory."""
     import mlflow
 
     root = tmp_path_factory.mktemp("explain-registry")
     before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()  # process-wide: put back once done
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     mlflow.set_registry_uri(f"sqlite:///{root}/mlflow.db")
-    experiment = mlflow.create_experiment("explain", artifact_location=(root / "art").as_uri())
-    yield root, experiment
+    mlflow.create_experiment("explain", artifact_location=(root / "art").as_uri())
+    yield root
     mlflow.set_tracking_uri(before[0])
     mlflow.set_registry_uri(before[1])
 
 
-def explained_by_batch(root: Path, experiment: str, task: str, family: str, rows: pd.DataFrame,
-                       tmp_path: Path) -> tuple[pd.DataFrame, Path, str]:
+@pytest.fixture(scope="module")
+def server(registry: Path) -> Iterator[PredictionServer]:
+    """One gunicorn server (one worker) on the store batch prediction exports every version into; each test points
+    the store's CURRENT at its version and waits for the server to serve it (a hot swap, as a deployment does)."""
+    with PredictionServer(registry / "store", free_port(), registry / "gunicorn.log", workers=1) as started:
+        yield started
+
+
+def explained_by_batch(root: Path, task: str, family: str, rows: pd.DataFrame,
+                       tmp_path: Path) -> tuple[pd.DataFrame, str]:
     """Register the family's model, then `predict --explain` the rows (a CSV with the id and ignore columns) into
-    Parquet; returns the output, the model store batch prediction exported the version to, and the version."""
+    Parquet, the version exported into the server's store; returns the output and the version."""
+    import mlflow
+
     from include.ml.components.training import skops_trusted_types
 
-    name = f"explain-{family}-{task}"
     pipeline, x = typed.fitted(task, family)
-    version = register_model(name, experiment, pipeline, x, typed.schema(task),
-                             skops_trusted_types(pipeline, family))
-    store = tmp_path / "store"
+    version = register_model(MODEL, mlflow.get_experiment_by_name("explain").experiment_id, pipeline, x,
+                             typed.schema(task), skops_trusted_types(pipeline, family))
     config = BatchPredictionConfig(typed.schema(task), DataSourceConfig(uri="unused.csv"), BatchConfig(chunk_rows=10),
                                    MlflowConfig(tracking_uri=f"sqlite:///{root}/mlflow.db",
-                                                artifact_location=(root / "art").as_uri(), registered_model_name=name),
-                                   store, signing_config())
+                                                artifact_location=(root / "art").as_uri(), registered_model_name=MODEL),
+                                   root / "store", signing_config())
     source = tmp_path / "in.csv"
     rows.to_csv(source, index=False)
     result = predict_file(config, str(source), str(tmp_path / "out.parquet"), version, explain=True)
     assert result.rows == ROWS and result.explained is not None
     out = pd.read_parquet(tmp_path / "out.parquet")
     assert list(out.columns) == result.columns
-    return out, store, version
+    return out, version
 
 
-def served_explanations(store: Path, version: str, records: list[dict[str, Any]], log: Path) -> dict[str, Any]:
-    point(store, version)
-    with PredictionServer(store, free_port(), log, workers=1) as server:
-        assert get_json(f"{server.url}/version")["version"] == version
-        body = json.dumps({"dataframe_records": records}).encode()
-        request = urllib.request.Request(f"{server.url}/explain", body, {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return json.loads(response.read())
+def served_version(server: PredictionServer) -> str | None:
+    try:
+        return get_json(f"{server.url}/version")["version"]
+    except urllib.error.HTTPError:  # 503 until the server has loaded a first version
+        return None
+
+
+def served_explanations(server: PredictionServer, version: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    point(server.store, version)
+    wait_until(lambda: served_version(server) == version, timeout=60)
+    body = json.dumps({"dataframe_records": records}).encode()
+    request = urllib.request.Request(f"{server.url}/explain", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.headers["X-Model-Version"] == version
+        return json.loads(response.read())
 
 
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_server_explain_equals_batch_explain(registry: tuple[Path, str], tmp_path: Path, family: str,
+def test_server_explain_equals_batch_explain(registry: Path, server: PredictionServer, tmp_path: Path, family: str,
                                              task: str) -> None:
     rows = typed.requests(task, ROWS, seed=11)
-    out, store, version = explained_by_batch(*registry, task, family, rows, tmp_path)
-    served = served_explanations(store, version, typed.as_records(rows), tmp_path / "gunicorn.log")
+    out, version = explained_by_batch(registry, task, family, rows, tmp_path)
+    served = served_explanations(server, version, typed.as_records(rows))
 
     inputs = list(typed.FEATURES)
     assert out[typed.ID].tolist() == rows[typed.ID].tolist()
