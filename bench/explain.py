@@ -289,7 +289,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR)
     parser.add_argument("--workspace", type=Path, help="keep the trained models here and reuse them (default: temp)")
     parser.add_argument("--rows", type=int, default=1_000_000, help="hgb's predict --explain rows")
-    parser.add_argument("--forest-rows", type=int, default=2_000, help="the forest's predict --explain rows")
+    parser.add_argument("--forest-rows", type=int, default=800, help="the forest's predict --explain rows")
     parser.add_argument("--seed", type=int, default=20240601)
     parser.add_argument("--latency-requests", type=int, default=200)
     parser.add_argument("--warmup-requests", type=int, default=10)
