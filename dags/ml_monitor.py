@@ -7,8 +7,10 @@ when triggered. **monitor** reads what the prediction server captured for the cu
 champion's own training data (found through its MLflow run) and its predictions with the champion's
 predictions on its test set, joins the delayed labels of `monitoring.ground_truth_uri` for the live metrics,
 and writes an HTML report and a JSON summary (its *Monitoring report* button; *MLflow run* opens the
-`<experiment>-monitoring` run). When features drift, its log names them with their statistics, and
-**signal_drift** emits the `<model>-drift` Asset event, which starts `ml_pipeline` when
+`<experiment>-monitoring` run). It also compares what drives the champion's predictions on the traffic with
+what drove them at evaluate (attribution drift: each input column's share of the mean |attribution|). When
+features drift, or a column's attribution share does (`attribution:<column>`), its log names them with their
+statistics, and **signal_drift** emits the `<model>-drift` Asset event, which starts `ml_pipeline` when
 `airflow.retrain_on` is `drift` or `both`; with no drift it is *skipped* and nothing is emitted.
 Too few captured rows is "not enough data", never drift. Thresholds: params.yaml `monitoring:`
 (docs/monitoring.md). Parsing this file imports no ML library.

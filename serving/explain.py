@@ -134,8 +134,8 @@ def build_explainer(pipeline: Any, contract: Any = None) -> Explainer:
 
 
 def frame_columns(frame: Any, contract: Any) -> dict[str, np.ndarray]:
-    """A frame's input columns as Explainer.explain takes them."""
-    return {name: frame[name].to_numpy() for name in contract.names}
+    """A frame's input columns (`contract`'s features, or a sequence of names) as Explainer.explain takes them."""
+    return {name: frame[name].to_numpy() for name in getattr(contract, "names", contract)}
 
 
 def _grouping(preprocess: Any, inputs: tuple[str, ...]) -> np.ndarray:

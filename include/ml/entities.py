@@ -476,6 +476,14 @@ class DriftThresholds(Frozen):
     jensen_shannon: float | None = Field(None, gt=0, le=1)
 
 
+class AttributionPolicy(Frozen):
+    """Attribution drift (docs/monitoring.md): what drives the champion's predictions on its traffic against what
+    drove them on its training split, compared as each input column's share of the mean |attribution|."""
+
+    share_change: float = Field(0.1, gt=0, le=1)  # a column drifts when its share moved by at least this (absolute)
+    rows: int = Field(500, ge=1)  # captured rows explained (a sample of them when there are more)
+
+
 class MonitoringPolicy(Frozen):
     """How the monitor decides that live inputs drifted from the champion's training data (docs/monitoring.md).
 
@@ -493,6 +501,7 @@ class MonitoringPolicy(Frozen):
     quality_drop: float = Field(0.1, ge=0)  # a live promotion metric this much (relative) worse than the test's
     features: Annotated[Mapping[str, DriftThresholds], AfterValidator(MappingProxyType), PlainSerializer(dict)] = \
         Field(default_factory=dict, strict=False)
+    attribution: AttributionPolicy = AttributionPolicy()
 
 
 class SearchParam(Frozen):

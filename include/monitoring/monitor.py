@@ -1,7 +1,9 @@
 """The monitor: the champion's captured traffic of a period against its training data, and its live quality.
 
-Writes report.html and summary.json to the run's monitor/ folder, and logs both with the per-feature numbers to
-MLflow's `<experiment>-monitoring` experiment: one run per period and model version (a re-run of the period logs
+Attribution drift (attribution.py) sits beside feature drift: a column whose share of the champion's mean
+|attribution| moved is among `drifted` as `attribution:<column>`, so it emits the drift Asset as a drifted feature
+does. Writes report.html and summary.json to the run's monitor/ folder, and logs both with the per-feature numbers
+to MLflow's `<experiment>-monitoring` experiment: one run per period and model version (a re-run of the period logs
 into the same run), tagged with the model name and version.
 """
 
@@ -17,7 +19,7 @@ from typing import Any
 
 from include.ml import artifacts, registry, tracking
 from include.ml.entities import MonitorJob
-from include.monitoring import capture, drift, quality, reference, report
+from include.monitoring import attribution, capture, drift, quality, reference, report
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,8 @@ class MonitorResult:
     period_end: str
     rows_reference: int
     rows_current: int
-    drifted: list[str]
-    drift_details: list[str]  # one line per drifted feature: its statistics and thresholds
+    drifted: list[str]  # the drifted features, then the columns of attribution drift as `attribution:<column>`
+    drift_details: list[str]  # one line per drifted feature or attribution: its statistics and thresholds
     not_enough_data: bool
     prediction_drifted: bool
     quality: str | None  # the live-quality line; None without ground truth
@@ -48,10 +50,14 @@ class MonitorResult:
     def summary(self) -> str:
         head = (f"{self.model_name} v{self.version}, {self.rows_current} captured rows vs {self.rows_reference} "
                 "reference rows")
-        if self.not_enough_data:
+        features = [d for d in self.drifted if not d.startswith(attribution.PREFIX)]
+        attributions = [d.removeprefix(attribution.PREFIX) for d in self.drifted if d.startswith(attribution.PREFIX)]
+        if self.not_enough_data and not self.drifted:
             verdict = "not enough data for a drift verdict"
         elif self.drifted:
-            verdict = f"DRIFT in {len(self.drifted)} feature(s): {', '.join(self.drifted)}"
+            verdict = "; ".join(
+                ([f"DRIFT in {len(features)} feature(s): {', '.join(features)}"] if features else [])
+                + ([f"ATTRIBUTION DRIFT in {', '.join(attributions)}"] if attributions else []))
         else:
             verdict = "no drift"
         predictions = "; predictions drifted" if self.prediction_drifted else ""
@@ -92,32 +98,45 @@ def monitor(config: MonitorJob, run_id: str, end: datetime, output_dir: Path) ->
         truth = quality.read_ground_truth(sources.ground_truth_uri, config.schema, sources.s3_endpoint_url)
         live = quality.live_quality(current, truth, config.schema, config.promotion, ref.test_metrics,
                                     config.params.min_rows, config.params.quality_drop, captured.probabilities)
+    attributed = _attribution(config, ref, current)
     details = [compared.features[n].describe() for n in compared.drifted]
     if compared.prediction is not None and compared.prediction.drifted:
         details.append(compared.prediction.describe())
+    details += attributed.details()
     lines = [f"{name} v{version}: captured {start.isoformat()} to {end.isoformat()} ({len(current)} rows) vs "
              f"{len(ref.features)} rows of {ref.source} (pipeline run {ref.pipeline_run_id})",
-             f"drifted: {', '.join(compared.drifted) or 'none'}", *details]
+             f"drifted: {', '.join(compared.drifted) or 'none'}", attributed.describe(), *details]
     if live is not None:
         lines.append(live.describe())
     lines += [f"skipped capture file {why}" for why in captured.skipped]  # past monitoring.max_file_mb / _rows
     header = {"model_name": name, "version": version, "period_start": start.isoformat(), "period_end": end.isoformat(),
               "reference": ref.source, "run_id": run_id, "skipped_capture_files": list(captured.skipped)}
-    summary = {**header, **compared.to_json(), "quality": None if live is None else asdict(live)}
+    summary = {**header, **compared.to_json(), "attribution_drift": attributed.to_json(),
+               "quality": None if live is None else asdict(live)}
     page = report.render(f"Monitoring {name} v{version}, {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC",
-                         lines, compared, ref.features, current, (ref.predictions, predicted))
+                         lines, compared, ref.features, current, (ref.predictions, predicted), attributed)
     artifacts.write_bytes(output_dir / REPORT, page.encode())
     artifacts.write_json(output_dir / SUMMARY, summary)
-    mlflow_run_id, url = _log_to_mlflow(config, name, version, start, end, run_id, compared, live, output_dir)
+    mlflow_run_id, url = _log_to_mlflow(config, name, version, start, end, run_id, (compared, attributed), live,
+                                        output_dir)
     if details:
         log.warning("monitor: drift in %s v%s:\n  %s", name, version, "\n  ".join(details))
     result = MonitorResult(
-        name, version, start.isoformat(), end.isoformat(), len(ref.features), len(current), compared.drifted, details,
+        name, version, start.isoformat(), end.isoformat(), len(ref.features), len(current),
+        [*compared.drifted, *(attribution.PREFIX + c for c in attributed.drifted)], details,
         compared.not_enough_data, bool(compared.prediction and compared.prediction.drifted),
         None if live is None else live.describe(), bool(live and live.dropped), str(output_dir / REPORT),
         str(output_dir / SUMMARY), mlflow_run_id, url)
     log.info("monitor: %s", result.summary())
     return result
+
+
+def _attribution(config: MonitorJob, ref: reference.Reference, current: Any) -> attribution.AttributionDrift:
+    """The champion's attributions on the captured rows against those frozen at evaluate (or computed now)."""
+    frozen = attribution.frozen_profile(ref.mlflow_run_id,
+                                        config.artifacts_root / ref.pipeline_run_id / attribution.EVALUATE)
+    return attribution.measure(ref.model, ref.model_name, ref.version, config.schema, ref.features, current, frozen,
+                               config.params.attribution, config.params.min_rows)
 
 
 def metric_key(feature: str) -> str:
@@ -128,18 +147,20 @@ def metric_key(feature: str) -> str:
 
 
 def _log_to_mlflow(config: MonitorJob, name: str, version: str, start: datetime, end: datetime, run_id: str,
-                   compared: drift.DriftReport, live: quality.LiveQuality | None,
+                   reports: tuple[drift.DriftReport, attribution.AttributionDrift], live: quality.LiveQuality | None,
                    output_dir: Path) -> tuple[str, str]:
     import mlflow
 
     experiment_id = tracking.configure(config.mlflow.model_copy(update={"experiment_name": config.experiment_name}))
+    compared, attributed = reports
     tags = {"model_name": name, "model_version": version, "period_end": end.isoformat()}
     existing = mlflow.search_runs([experiment_id], " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items()),
                                   output_format="list", max_results=1)
     with mlflow.start_run(run_id=existing[0].info.run_id if existing else None, experiment_id=experiment_id,
                           run_name=None if existing else f"{name}-v{version}-{end:%Y%m%dT%H%M}") as run:
         mlflow.set_tags({**tags, "period_start": start.isoformat(), "pipeline_run_id": run_id,
-                         "drifted": json.dumps(compared.drifted)})
+                         "drifted": json.dumps(compared.drifted),
+                         "attribution_drifted": json.dumps(attributed.drifted)})
         metrics: dict[str, float] = {"rows_current": compared.rows_current, "rows_reference": compared.rows_reference,
                                      "drifted_features": len(compared.drifted)}
         for feature in [*compared.features.values(), *([compared.prediction] if compared.prediction else [])]:
@@ -149,6 +170,7 @@ def _log_to_mlflow(config: MonitorJob, name: str, version: str, start: datetime,
             for field in ("statistic", "p_value", "p_adjusted", "distance", "out_of_range", "outside_reference"):
                 if getattr(feature, field) is not None:
                     metrics[f"{key}.{field}"] = getattr(feature, field)
+        metrics |= _attribution_metrics(attributed)
         if live is not None:
             metrics |= {f"live_{k}": v for k, v in live.metrics.items()} | {"live_rows": live.rows,
                                                                             "quality_dropped": float(live.dropped)}
@@ -156,3 +178,15 @@ def _log_to_mlflow(config: MonitorJob, name: str, version: str, start: datetime,
         mlflow.log_artifact(str(output_dir / REPORT))
         mlflow.log_artifact(str(output_dir / SUMMARY))
     return run.info.run_id, tracking.run_url(config.mlflow, experiment_id, run.info.run_id)
+
+
+def _attribution_metrics(attributed: attribution.AttributionDrift) -> dict[str, float]:
+    """Per input column `attribution/<column>.<share_reference|share_current|change|ratio|drifted>`."""
+    metrics: dict[str, float] = {"attribution_drifted": float(len(attributed.drifted))} if attributed.columns else {}
+    for name, column in attributed.columns.items():
+        key = f"attribution/{metric_key(name)}"
+        metrics |= {f"{key}.share_reference": column.share_reference, f"{key}.share_current": column.share_current,
+                    f"{key}.change": column.change, f"{key}.drifted": float(column.drifted)}
+        if column.ratio is not None:
+            metrics[f"{key}.ratio"] = column.ratio
+    return metrics

@@ -10,8 +10,9 @@ registry's safe loader; its test-set metrics are the ones evaluation logged on t
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -34,6 +35,7 @@ class Reference:
     predictions: pd.Series  # the champion's predictions on its test split
     test_metrics: dict[str, float]
     classes: tuple[str, ...] = ()  # a classifier's classes as text (what capture names its probabilities by)
+    model: Any = field(default=None, repr=False, compare=False)  # the champion's fitted sklearn Pipeline
 
 
 def load(model_name: str, version: str, schema: SchemaConfig, artifacts_root: Path) -> Reference:
@@ -63,4 +65,4 @@ def load(model_name: str, version: str, schema: SchemaConfig, artifacts_root: Pa
              source, len(predictions))
     classes = tuple(str(c) for c in model.classes_) if schema.task == "classification" else ()
     return Reference(model_name, version, run.info.run_id, pipeline_run_id, str(source), features, predictions,
-                     metrics, classes)
+                     metrics, classes, model)

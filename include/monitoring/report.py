@@ -1,4 +1,5 @@
-"""The monitor's HTML report (a summary table, a histogram per feature, reference vs current, as embedded PNGs)."""
+"""The monitor's HTML report (a summary table, a histogram per feature, reference vs current, as embedded PNGs; the
+attribution drift's table and a bar chart of the attribution shares, reference vs current)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import io
 import numpy as np
 import pandas as pd
 
+from include.monitoring.attribution import AttributionDrift, ColumnShift
 from include.monitoring.drift import DRIFTED, NOT_ENOUGH_DATA, DriftReport, FeatureDrift
 
 PLOT_ROWS = 200_000  # histograms of a sample: the shape is the same, the plot much cheaper
 
 
 def render(title: str, lines: list[str], report: DriftReport, reference: pd.DataFrame, current: pd.DataFrame,
-           predictions: tuple[pd.Series, pd.Series] | None) -> str:
+           predictions: tuple[pd.Series, pd.Series] | None, attribution: AttributionDrift | None = None) -> str:
     """A self-contained HTML page: drifted features first and highlighted."""
     import matplotlib
 
@@ -41,8 +43,60 @@ tr.nodata{{color:#888}} figure{{display:inline-block;margin:4px}} figcaption{{fo
 </style></head><body><h1>{html.escape(title)}</h1><ul>{summary}</ul>
 <table><tr><th>feature</th><th>status</th><th>test</th><th>statistic</th><th>p-value</th><th>corrected</th>
 <th>distance</th><th>threshold</th><th>rows (ref / cur)</th><th>missing (ref / cur)</th><th>out of range</th></tr>
-{rows}</table><h2>Reference (blue) vs current (orange)</h2>{plots}</body></html>
+{rows}</table>{_attribution(attribution)}<h2>Reference (blue) vs current (orange)</h2>{plots}</body></html>
 """
+
+
+def _attribution(drift: AttributionDrift | None) -> str:
+    """The attribution drift section: each input column's share of the mean |attribution|, drifted ones first."""
+    if drift is None:
+        return ""
+    head = f"<h2>What drives predictions (attribution drift)</h2><p>{html.escape(drift.describe())}</p>"
+    if not drift.columns:
+        return head
+    order = sorted(drift.columns, key=lambda n: (not drift.columns[n].drifted, -drift.columns[n].share_current, n))
+    rows = "".join(_attribution_row(name, drift.columns[name]) for name in order)
+    chart = f'<figure><img alt="attribution shares" src="data:image/png;base64,{_shares_plot(drift, order)}">' \
+            "<figcaption>share of mean |attribution|: reference (blue) vs current (orange)</figcaption></figure>"
+    return (f"{head}<table><tr><th>input column</th><th>status</th><th>share (reference)</th>"
+            f"<th>share (current)</th><th>change</th><th>ratio</th><th>mean |attribution| (ref / cur)</th></tr>"
+            f"{rows}</table>{chart}")
+
+
+def _attribution_row(name: str, c: ColumnShift) -> str:
+    cells = [name, "drifted" if c.drifted else "ok", f"{c.share_reference:.1%}", f"{c.share_current:.1%}",
+             f"{c.change * 100:+.1f} points", "" if c.ratio is None else f"{c.ratio:.2f}",
+             f"{c.reference:.4g} / {c.current:.4g}"]
+    return f'<tr class="{"drifted" if c.drifted else ""}">' + "".join(
+        f"<td>{html.escape(cell)}</td>" for cell in cells) + "</tr>"
+
+
+def _shares_plot(drift: AttributionDrift, order: list[str]) -> str:
+    """Horizontal bars, two per column (at most 20 columns: the drifted and the largest)."""
+    import matplotlib.pyplot as plt
+
+    names = order[:20][::-1]
+    positions = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(5.5, 0.8 + 0.3 * len(names)), dpi=80)
+    ax.barh(positions + 0.2, [drift.columns[n].share_reference for n in names], height=0.4, label="reference")
+    ax.barh(positions - 0.2, [drift.columns[n].share_current for n in names], height=0.4, label="current")
+    ax.set_yticks(positions, names, fontsize=7)
+    for label, name in zip(ax.get_yticklabels(), names):
+        label.set_color("red" if drift.columns[name].drifted else "black")
+    ax.set_xlabel("share of mean |attribution|", fontsize=7)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _png(fig: object) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")  # type: ignore[attr-defined]
+    plt.close(fig)  # type: ignore[arg-type]
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def _number(value: float | None, spec: str = ".4g") -> str:
@@ -83,10 +137,7 @@ def _plot(feature: FeatureDrift, reference: pd.Series, current: pd.Series) -> st
     ax.set_title(feature.name, fontsize=9, color="red" if feature.drifted else "black")
     ax.tick_params(labelsize=7)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
+    return _png(fig)
 
 
 def _sample(values: pd.Series) -> pd.Series:

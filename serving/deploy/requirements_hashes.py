@@ -41,9 +41,9 @@ HEADER = """\
 # The prediction server's own pinned set, for hosts that only serve (the EC2 user-data installs it):
 # flask, gunicorn, numpy, pandas, scikit-learn, skops, msgspec, prometheus-client, boto3, pyyaml, cryptography
 # (bundle signatures), onnxruntime (the serving engine, serving/engine.py: it runs the bundle's model.onnx, which
-# export converted, so no skl2onnx or onnx) and everything they pull in. Every version is exactly the root
-# requirements.txt pin (a test checks this, and that the list is closed under dependencies), so a serving host runs
-# what the tests ran.
+# export converted, so no skl2onnx or onnx), shap (POST /explain, serving/explain.py) and everything they pull in.
+# Every version is exactly the root requirements.txt pin (a test checks this, and that the list is closed under
+# dependencies), so a serving host runs what the tests ran.
 # No mlflow, airflow or great-expectations: bundles are loaded with skops alone.
 #
 # Every pin carries the sha256 of each PyPI wheel a supported host may install (CPython 3.11 and 3.12,

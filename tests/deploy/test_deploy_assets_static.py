@@ -50,7 +50,7 @@ from tests.support.assets import (
 from tests.support.project import REPO
 
 SERVING_ROOTS = {"flask", "gunicorn", "numpy", "pandas", "scikit-learn", "skops", "msgspec", "prometheus-client",
-                 "boto3", "pyyaml"}
+                 "boto3", "pyyaml", "onnxruntime", "shap"}
 
 
 # --- serving/requirements.txt ------------------------------------------------------------------------------------

@@ -180,8 +180,9 @@ def test_hostile_feature_names_and_values_in_the_monitoring_report_run_no_script
     assert browser.find_element(By.CSS_SELECTOR, "tr.drifted td").text == name  # the name, as text
     assert f"drifted: {name}" in browser.find_element(By.TAG_NAME, "body").text
     assert browser.execute_script("return document.querySelectorAll('svg, img[onerror]').length") == 0
-    # The plots are data: images, which the CSP allows: they load (x1, x2, the hostile feature, the predictions).
-    assert len(browser.find_elements(By.CSS_SELECTOR, "figure img")) == 4
+    # The plots are data: images, which the CSP allows: they load (the attribution shares; x1, x2, the hostile
+    # feature, the predictions).
+    assert len(browser.find_elements(By.CSS_SELECTOR, "figure img")) == 5
     assert browser.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)")
 
 

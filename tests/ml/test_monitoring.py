@@ -22,6 +22,7 @@ from include.ml.components.training import build_pipeline, split_xy, train
 from include.ml.components.transformation import split
 from include.ml.configuration import ConfigurationManager
 from include.ml.entities import (
+    AttributionPolicy,
     MlflowConfig,
     MonitoringPolicy,
     MonitoringSources,
@@ -397,7 +398,10 @@ def test_monitor_reports_drift_logs_to_mlflow_and_flags_a_live_quality_drop(
         keys = [(r["request_id"], r["row"]) for r in map(json.loads, lines)]
     truth = pd.DataFrame(keys, columns=["request_id", "row"]).assign(y=live["y"])
     truth.to_csv(tmp_path / "truth.csv", index=False)
-    config = monitor_config(mlflow_config, artifacts_root, tmp_path / "capture", tmp_path / "truth.csv", min_rows=50)
+    # Shifting x2 moves its share of the attributions too; attribution drift has tests of its own
+    # (test_attribution_drift.py): here only a share moved by half counts.
+    config = monitor_config(mlflow_config, artifacts_root, tmp_path / "capture", tmp_path / "truth.csv", min_rows=50,
+                            attribution=AttributionPolicy(share_change=0.5))
 
     result = monitor(config, "monitor-run", END, tmp_path / "out")
     assert result is not None and result.version == "1"
@@ -405,9 +409,10 @@ def test_monitor_reports_drift_logs_to_mlflow_and_flags_a_live_quality_drop(
     assert result.drift_details[0].startswith("x2: ks ")
     assert result.quality_dropped and "DROPPED" in result.quality and result.prediction_drifted, result.quality
     page = (tmp_path / "out" / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4 and '<tr class="drifted"><td>x2</td>' in page
+    assert page.count("data:image/png;base64,") == 5 and '<tr class="drifted"><td>x2</td>' in page  # 4 + the shares
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["drifted"] == ["x2"] and summary["quality"]["metric"] == "rmse" and summary["version"] == "1"
+    assert summary["attribution_drift"]["reference"] == "computed now" and summary["attribution_drift"]["drifted"] == []
     run = mlflow.get_run(result.mlflow_run_id)
     assert mlflow.get_experiment(run.info.experiment_id).name == "unit-monitoring"
     assert run.data.tags["model_version"] == "1" and run.data.tags["model_name"] == "unit-model"
