@@ -21,7 +21,9 @@ Then, for each, our gunicorn server on the bundle (SERVING_* defaults: 2 workers
 and `python main.py predict` as a child (wall, CPU, peak RSS) on --rows generated wine-schema rows
 (bench/tables.py): hgb without and with `--explain`; the forest with `--explain` on --forest-rows and a quarter of
 them, its rate being the marginal one between the two (start-up, export and load cancel) and its million-row time
-extrapolated from it, said so.
+extrapolated from it, said so; last, in this process, the CPU of each step of a one-row explanation (the
+preprocessing, the attribution, explain() whole) beside the estimator's predict (which /explain answers) and ONNX
+Runtime's (which /invocations answers), median of 200 calls (15 for the forest).
 
     .venv/bin/python -m bench.explain                          # ~15 minutes on 2 cores, most of it predict --explain
     .venv/bin/python -m bench.explain --rows 200000 --workspace /tmp/explain-ws --skip-batch
@@ -243,11 +245,48 @@ def batch(models: dict[str, Trained], args: argparse.Namespace, workspace: Path)
         log.info("%s: %.1fs wall, %.0f MB peak, other processes %.2f cores", label, measured.wall_s,
                  measured.peak_mb, measured.other_cores)
     walls = [m["wall_s"] for m in out.values()]
-    marginal = (args.forest_rows - args.forest_rows // 4) / max(walls[3] - walls[2], 1e-9)  # rows/s past start-up
+    cpus = [m["user_s"] + m["sys_s"] for m in out.values()]
+    extra = args.forest_rows - args.forest_rows // 4
+    marginal = extra / max(walls[3] - walls[2], 1e-9)  # rows/s past start-up
+    marginal_cpu = extra / max(cpus[3] - cpus[2], 1e-9)  # rows per CPU second: what other processes change less
     return {"rows": args.rows, "forest_rows": args.forest_rows, "runs": out,
             "hgb_explain_rows_per_s": args.rows / walls[1], "hgb_predict_rows_per_s": args.rows / walls[0],
-            "forest_explain_marginal_rows_per_s": marginal,
-            "forest_explain_1m_extrapolated_s": walls[2] + (1_000_000 - args.forest_rows // 4) / marginal}
+            "forest_explain_marginal_rows_per_s": marginal, "forest_explain_marginal_rows_per_cpu_s": marginal_cpu,
+            "forest_explain_1m_extrapolated_s": walls[2] + (1_000_000 - args.forest_rows // 4) / marginal,
+            "forest_explain_1m_extrapolated_cpu_s": cpus[2] + (1_000_000 - args.forest_rows // 4) / marginal_cpu}
+
+
+def in_process(trained: Trained, calls: int) -> dict[str, float]:
+    """CPU ms (median of `calls`, this process, every thread) of each step of a one-row explanation, beside the
+    predictions /explain (the estimator's) and /invocations (ONNX Runtime) make."""
+    from serving import signing
+    from serving.engine import model_frame
+    from serving.explain import build_explainer
+    from serving.inputs import validate
+    from serving.model import load_bundle
+
+    model = load_bundle(trained.bundle, signing.load_public_keys(Path(trained.env["MLOPS_SIGNING_PUBLIC_KEY"])))
+    explainer = build_explainer(model.estimator, model.contract)
+    rows = [dict(zip(model_columns(trained.bundle), payload_rows(trained.config_dir, model_columns(trained.bundle),
+                                                                 1)[0]))]
+    columns = validate(rows, model.contract, max_rows=1).columns
+    preprocess = model.estimator.named_steps["preprocess"]
+    encoded = preprocess.transform(model_frame(columns))
+    steps = {"preprocess": lambda: preprocess.transform(model_frame(columns)),
+             "attribution": lambda: explainer._attribute(encoded),  # TreeSHAP or coef x value, on the encoded row
+             "explain": lambda: explainer.explain(columns),
+             "sklearn_predict": lambda: model.sklearn_predict(columns),
+             "onnx_predict": lambda: model.predict(columns)}
+    out = {}
+    for name, step in steps.items():
+        step()
+        times = []
+        for _ in range(calls):
+            started = time.process_time()
+            step()
+            times.append(time.process_time() - started)
+        out[name] = statistics.median(times) * 1e3
+    return out
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -279,7 +318,15 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {label} | {m['wall_s']:.1f} | {rows / m['wall_s']:,.0f} | {m['user_s'] + m['sys_s']:.1f} "
                          f"| {m['peak_mb']:.0f} | {m['other_cores']:.2f} |")
         lines.append(f"\nForest, extrapolated (not measured): {b['forest_explain_marginal_rows_per_s']:,.0f} rows/s "
-                     f"past start-up, so ~{b['forest_explain_1m_extrapolated_s'] / 3600:.1f} h for 1,000,000 rows.")
+                     f"past start-up, so ~{b['forest_explain_1m_extrapolated_s'] / 3600:.1f} h for 1,000,000 rows; "
+                     f"{b['forest_explain_marginal_rows_per_cpu_s']:,.0f} rows per CPU second, so "
+                     f"~{b['forest_explain_1m_extrapolated_cpu_s'] / 3600:.1f} CPU hours.")
+    if result.get("in_process"):
+        lines += ["", "| one row, in process, CPU ms | preprocess | attribution | explain() | estimator predict | "
+                  "ONNX predict |", "|---|---:|---:|---:|---:|---:|"]
+        for name, m in result["in_process"].items():
+            lines.append(f"| {LABELS[name]} | {m['preprocess']:.2f} | {m['attribution']:.2f} | {m['explain']:.2f} | "
+                         f"{m['sklearn_predict']:.2f} | {m['onnx_predict']:.2f} |")
     return "\n".join(lines)
 
 
@@ -323,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
             result["serving"] = {name: serve_model(models[name], args, groups, workdir) for name in args.models}
         if not args.skip_batch:
             result["batch"] = batch(models, args, workspace)
+        result["in_process"] = {name: in_process(models[name], 15 if name == "forest" else 200)
+                                for name in args.models}
     finally:
         groups.stop_all()
         if not args.workspace:
