@@ -147,7 +147,8 @@ def run_evaluate(cm: ConfigurationManager, run_id: str, force_promote: bool = Fa
     return evaluation.evaluate(_read_parquet(split["test_path"]), cm.evaluation(), trained,
                                _dir(cm, run_id, "evaluate"), force_promote=force_promote,
                                data=card.TrainingData(ingested["source_uri"], ingested["sha256"], ingested["rows"],
-                                                      ingested.get("rows_without_target", 0)))
+                                                      ingested.get("rows_without_target", 0)),
+                               train_frame=_read_parquet(split["train_path"]))
 
 
 def run_deploy(cm: ConfigurationManager, run_id: str, version: str | None = None,

@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, render_template, request
 
+from serving import explaining
 from serving.contract import Contract
 from serving.inputs import Batch, InputError, csv_rows, mlflow_json, parse_json
 from serving.limits import Limits
@@ -20,7 +21,7 @@ from serving.service import Service
 
 log = logging.getLogger(__name__)
 bp = Blueprint("serving", __name__)
-PROTECTED = {"serving.invocations", "serving.predict"}
+PROTECTED = {"serving.invocations", "serving.predict", "serving.explain"}
 
 
 def service() -> Service:
@@ -60,16 +61,21 @@ def _require_json() -> None:
                          f"expected Content-Type application/json, got {request.mimetype or 'none'}")
 
 
+def invocation_rows(svc: Service) -> tuple[Any, bool]:
+    """The rows of an MLflow scoring protocol body (JSON or CSV), checked against the request limits, and whether
+    they came as text (CSV); /invocations and /explain take the same bodies."""
+    mimetype = request.mimetype
+    if mimetype in ("text/csv", "application/csv"):
+        return csv_rows(_body(), _limits(svc)), True
+    if mimetype == "application/json":
+        return mlflow_json(_body(), _limits(svc)), False
+    raise InputError(415, "unsupported_media_type", f"expected application/json or text/csv, got {mimetype or 'none'}")
+
+
 @bp.post("/invocations")
 def invocations() -> Response:
-    svc, mimetype = service(), request.mimetype
-    if mimetype in ("text/csv", "application/csv"):
-        rows, from_text = csv_rows(_body(), _limits(svc)), True
-    elif mimetype == "application/json":
-        rows, from_text = mlflow_json(_body(), _limits(svc)), False
-    else:
-        raise InputError(415, "unsupported_media_type",
-                         f"expected application/json or text/csv, got {mimetype or 'none'}")
+    svc = service()
+    rows, from_text = invocation_rows(svc)
     model, batch, prediction = _serve(svc, rows, from_text)
     body: dict[str, Any] = {"predictions": prediction.values}
     if batch.warnings:
@@ -88,6 +94,22 @@ def predict() -> Response:
     if batch.warnings:
         body["warnings"] = batch.warnings
     return json_response(body, headers=_model_headers(model))
+
+
+@bp.post("/explain")
+def explain() -> Response:
+    """The champion's predictions for an /invocations body and why: each row's attributions per input column
+    (serving/explaining.py). Not routed to a release's candidate, not captured."""
+    svc = service()
+    try:
+        explainer = explaining.explainer_of(svc.settings, model := svc.model())
+    except explaining.Unexplained as exc:
+        return error_response(404, exc.code, exc.message)
+    try:
+        rows, from_text = invocation_rows(svc)
+    except InputError as exc:
+        raise explaining.capped(exc, svc.settings) from None
+    return json_response(explaining.explain(svc, model, explainer, rows, from_text), headers=_model_headers(model))
 
 
 def _serve(svc: Service, rows: Any, from_text: bool) -> tuple[LoadedModel, Batch, Prediction]:
@@ -128,7 +150,8 @@ def version() -> Response:
     model = svc.model()
     release = svc.holder.release
     return json_response({**model.describe(), "candidate": release.describe() if release else None,
-                          "refused": _public_refusal(svc.holder.refused), "pid": os.getpid()})
+                          "refused": _public_refusal(svc.holder.refused),
+                          "explain": explaining.status(svc.settings, model), "pid": os.getpid()})
 
 
 def _public_refusal(refused: dict[str, str] | None) -> dict[str, str] | None:
@@ -174,7 +197,7 @@ def index() -> str:
     return render_template("index.html", model=model, features=contract.features if contract else (),
                            defaults=_form_defaults(contract) if contract else {},
                            keys=contract.keys if contract else (), ignored=contract.ignored if contract else (),
-                           auth=bool(service().settings.api_key))
+                           auth=bool(service().settings.api_key), explain=service().settings.explain)
 
 
 def _form_defaults(contract: Contract) -> dict[str, Any]:

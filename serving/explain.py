@@ -77,31 +77,55 @@ class Explanations:
         return self.base_values[picked], self.contributions[np.arange(n), picked, :]
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How a fitted pipeline is explained, read off it without building anything (an explainer copies every tree)."""
+
+    method: str  # TREE_SHAP | LINEAR
+    output: str  # VALUE | PROBABILITY | LOG_ODDS
+    calibrated: bool
+    classes: tuple[str, ...]  # the class of each output ((): regression; binary log-odds: the positive class)
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.method, "output": self.output, "calibrated": self.calibrated,
+                "classes": list(self.classes)}
+
+
+def plan(pipeline: Any) -> Plan:
+    """The Plan of a fitted `preprocess` + `model` pipeline; raises ExplainError for one it cannot explain."""
+    _, calibrated, model, classes = _parts(pipeline)
+    kind = type(model).__name__
+    if kind not in LINEAR_MODELS | FORESTS | BOOSTING:
+        raise ExplainError(f"no explainer for a {kind} model (families: forests, histogram gradient boosting, "
+                           "elastic net / logistic regression)")
+    output = VALUE if not classes else PROBABILITY if kind in FORESTS else LOG_ODDS
+    return Plan(LINEAR if kind in LINEAR_MODELS else TREE_SHAP, output, calibrated,
+                classes[-1:] if output == LOG_ODDS and len(classes) == 2 else classes)
+
+
+def _parts(pipeline: Any) -> tuple[Any, bool, Any, tuple[str, ...]]:
+    """(preprocessing, calibrated, the estimator explained, the classes)."""
+    steps = getattr(pipeline, "named_steps", None)
+    if not steps or "preprocess" not in steps or "model" not in steps:
+        raise ExplainError("only a pipeline of a `preprocess` and a `model` step can be explained")
+    step = steps["model"]
+    calibrated = type(step).__name__ == "CalibratedClassifierCV"
+    model = step.calibrated_classifiers_[0].estimator if calibrated else step
+    return steps["preprocess"], calibrated, model, tuple(str(c) for c in getattr(step, "classes_", ()))
+
+
 class Explainer:
     """Built once per loaded model; explain() is safe from many threads."""
 
     def __init__(self, pipeline: Any, inputs: tuple[str, ...]) -> None:
-        steps = getattr(pipeline, "named_steps", None)
-        if not steps or "preprocess" not in steps or "model" not in steps:
-            raise ExplainError("only a pipeline of a `preprocess` and a `model` step can be explained")
-        self._preprocess = steps["preprocess"]
-        step = steps["model"]
-        self.calibrated = type(step).__name__ == "CalibratedClassifierCV"
-        model = step.calibrated_classifiers_[0].estimator if self.calibrated else step
-        self.inputs = inputs
+        self.plan = plan(pipeline)
+        self._preprocess, _, model, _ = _parts(pipeline)
+        self.inputs, self.method, self.output = inputs, self.plan.method, self.plan.output
+        self.calibrated, self.classes = self.plan.calibrated, self.plan.classes
         self._grouping = _grouping(self._preprocess, inputs)
-        self._classes = tuple(str(c) for c in getattr(step, "classes_", ()))
-        kind = type(model).__name__
-        if kind in LINEAR_MODELS:
-            self.method, self._attribute = LINEAR, _Linear(model)
-        elif kind in FORESTS or kind in BOOSTING:
-            self.method, self._attribute = TREE_SHAP, _Trees(model, kind in BOOSTING)
-        else:
-            raise ExplainError(f"no explainer for a {kind} model (families: forests, histogram gradient boosting, "
-                               "elastic net / logistic regression)")
-        self.output = VALUE if not self._classes else PROBABILITY if kind in FORESTS else LOG_ODDS
-        outputs = len(self._attribute.base_values)
-        self.classes = self._classes if outputs == len(self._classes) else self._classes[-outputs:]
+        self._attribute = _Linear(model) if self.method == LINEAR else _Trees(model, type(model).__name__ in BOOSTING)
+        if len(self._attribute.base_values) != len(self.classes or ("",)):
+            raise ExplainError(f"{len(self._attribute.base_values)} explained outputs for classes {self.classes}")
 
     def explain_frame(self, frame: Any) -> Explanations:
         """Explain the rows of a pandas frame holding (at least) the input columns, as the pipeline takes them."""
@@ -118,8 +142,7 @@ class Explainer:
         return self.explain_frame(model_frame(columns))
 
     def describe(self) -> dict[str, Any]:
-        return {"available": True, "method": self.method, "output": self.output, "calibrated": self.calibrated,
-                "classes": list(self.classes)}
+        return {"available": True, **self.plan.describe()}
 
 
 def build_explainer(pipeline: Any, contract: Any = None) -> Explainer:

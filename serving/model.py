@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import yaml
@@ -21,6 +21,9 @@ from serving.engine import ONNX, SKLEARN, Engine, OnnxPredictor, load_predictor,
 from serving.inputs import InputError, mlflow_rows, validate
 from serving.pointer import Pointer, PointerError
 from serving.signing import PublicKeys, verify_manifest_signature
+
+if TYPE_CHECKING:
+    from serving.explain import Explainer
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,10 @@ class LoadedModel:
     compiled: OnnxPredictor | None = None  # beside the estimator, which stays untouched
     manifest_sha256: str = ""  # of the signed manifest the model was built from
     pointer: Pointer | None = None  # the signed pointer it was loaded for (None: checked without one)
+    # explainer(): built on first use, once per loaded bundle; or why it cannot be (an ExplainError, kept)
+    _explainer: Explainer | None = field(default=None, init=False, repr=False, compare=False)
+    _explain_error: str | None = field(default=None, init=False, repr=False, compare=False)
+    _explain_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def predict(self, columns: dict[str, np.ndarray], numeric: np.ndarray | None = None) -> Prediction:
         """`numeric`: the numeric columns as one array too, when validation made one (inputs.Batch.numeric)."""
@@ -67,6 +74,28 @@ class LoadedModel:
     def sklearn_predict(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """The estimator's own answers: values, and class probabilities for a classifier that has them."""
         return sklearn_predictor(self.estimator, self.contract)(columns)
+
+    def explainer(self, build: bool = True) -> Explainer | None:
+        """The model's explainer (serving/explain.py), built on the first call under a lock, then the same object
+        for the bundle's life (build=False: None until then). Raises ExplainError when the model cannot be
+        explained; why is kept, so a model that cannot be is tried once, not on every request."""
+        from serving.explain import ExplainError, build_explainer  # shap itself is imported when a tree is built
+
+        with self._explain_lock:
+            if build and self._explainer is None and self._explain_error is None:
+                started = time.perf_counter()
+                try:
+                    self._explainer = build_explainer(self.estimator, self.contract)
+                    log.info("model %s version %s: %s explainer built in %.2fs", self.name, self.version,
+                             self._explainer.method, time.perf_counter() - started)
+                except Exception as exc:  # noqa: BLE001 - whatever fails, the model is not explained; kept
+                    self._explain_error = str(exc) if isinstance(exc, ExplainError) else \
+                        f"building the explainer failed: {type(exc).__name__}: {exc}"
+                    log.warning("model %s version %s cannot be explained: %s", self.name, self.version,
+                                self._explain_error, exc_info=not isinstance(exc, ExplainError))
+            if self._explain_error is not None:
+                raise ExplainError(self._explain_error)
+            return self._explainer
 
     def self_check(self) -> None:
         """Predict on known-good rows; the result must be finite numbers or known classes."""

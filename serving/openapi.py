@@ -74,6 +74,54 @@ def _csv_line(values: Iterable[Any]) -> str:
     return out.getvalue()
 
 
+def _explain_path(security: list[Any], errors: dict[str, Any], prediction_value: dict[str, Any],
+                  settings: Settings) -> dict[str, Any]:
+    """POST /explain (serving/explaining.py): /invocations' bodies, the champion's predictions and their
+    attributions per input column."""
+    cap = min(settings.explain_max_rows, settings.max_rows)
+    off = "" if settings.explain else "Turned off on this server (SERVING_EXPLAIN=off): every request is answered " \
+                                      "404 explain_disabled. "
+    number = {"type": "number"}
+    per_column = {"type": "object", "additionalProperties": number, "description": "input column -> contribution"}
+    explanation = {"type": "object", "required": ["base_value", "contributions"], "properties": {
+        "base_value": {"anyOf": [number, {"type": "object", "additionalProperties": number,
+                                          "description": "class -> base value"}]},
+        "contributions": {"anyOf": [per_column, {"type": "object", "additionalProperties": per_column,
+                                                 "description": "class -> input column -> contribution"}]}},
+        "description": "Regression: base_value + the sum of contributions == the prediction. Classification: "
+                       "per class, base_value[class] + the sum of contributions[class] == the model's output "
+                       "for that class, in the space `output` names (probability or log-odds; binary log-odds: "
+                       "the positive class only)."}
+    return {"post": {
+        "summary": "The champion's predictions and why: each row's attributions per input column (TreeSHAP for "
+                   "tree models, exact linear attribution for linear ones). One-hot, encoded and date-derived "
+                   "columns are summed back to the column sent.",
+        "description": off + f"Takes the bodies /invocations takes, at most {cap} rows (SERVING_EXPLAIN_MAX_ROWS; "
+                       "above: 413 too_many_rows). 404 explain_disabled: turned off (SERVING_EXPLAIN=off); 404 "
+                       "explain_unavailable: the served model cannot be explained (GET /version's `explain` says "
+                       "why). Not captured, never answered by a release's candidate.",
+        "security": security,
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/MlflowRequest"}},
+            "text/csv": {"schema": {"type": "string"}}}},
+        "responses": {"200": {"description": "Predictions with their explanations, one per row", "content": {
+            "application/json": {"schema": {"type": "object", "required": [
+                "predictions", "explanations", "output", "calibrated", "classes", "method", "model"], "properties": {
+                "predictions": {"type": "array", "items": prediction_value},
+                "probabilities": {"type": "array", "items": {"type": "object", "additionalProperties": number}},
+                "explanations": {"type": "array", "items": explanation},
+                "output": {"type": "string", "enum": ["value", "probability", "log_odds"]},
+                "calibrated": {"type": "boolean", "description": "true: a calibrated classifier, whose classifier "
+                                                                "before calibration is explained"},
+                "classes": {"type": "array", "items": {"type": "string"},
+                            "description": "the classes explained ([] for regression)"},
+                "method": {"type": "string", "enum": ["tree_shap", "linear"]},
+                "model": {"type": "object", "required": ["name", "version"], "properties": {
+                    "name": {"type": "string"}, "version": {"type": "string"}}},
+                "warnings": {"$ref": "#/components/schemas/Details"}}}}}},
+            **errors, "404": _ERROR}}}
+
+
 def openapi_spec(contract: Contract | None, version: str | None, settings: Settings) -> dict[str, Any]:
     if contract is not None:
         # Key (id) and ignored columns: optional, never model input; a key is recorded with the row in capture.
@@ -107,6 +155,7 @@ def openapi_spec(contract: Contract | None, version: str | None, settings: Setti
         error_statuses["401"] = _ERROR
     security = [{"apiKey": []}, {"bearer": []}] if settings.api_key else []
     json_ok = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+    paths = {"/explain": _explain_path(security, error_statuses, prediction_value, settings)}
     return {
         "openapi": "3.0.3",
         "info": {"title": "Prediction server", "version": version or "no model loaded",
@@ -138,12 +187,14 @@ def openapi_spec(contract: Contract | None, version: str | None, settings: Setti
                         "probabilities": {"type": "array", "items": {
                             "type": "object", "additionalProperties": {"type": "number"}}},
                         "warnings": {"$ref": "#/components/schemas/Details"}}}}}}, **error_statuses}}},
+            **paths,
             "/health": {"get": {"summary": "Liveness", "responses": {"200": json_ok}}},
             "/ready": {"get": {"summary": "Model loaded and a self-check prediction passes",
                                "responses": {"200": json_ok, "503": _ERROR}}},
             "/version": {"get": {"summary": "The served model: name, version, run id, trained at, metrics, "
-                                            "schema hash, and the release's candidate (version, mode, share) or "
-                                            "null", "responses": {"200": json_ok, "503": _ERROR}}},
+                                            "schema hash, the release's candidate (version, mode, share) or "
+                                            "null, and whether /explain can explain the model (`explain`)",
+                                 "responses": {"200": json_ok, "503": _ERROR}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (all workers)", "responses": {"200": {
                 "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": json_ok}}},

@@ -53,6 +53,10 @@ class Settings:
     # its request id does), and how many paired requests may wait for their second scoring (beyond: dropped)
     sticky_header: str = "X-Client-Key"
     release_queue: int = 1024
+    # Explanations (POST /explain, docs/serving.md): "off" turns the route off (404); at most this many rows per
+    # request (TreeSHAP costs far more than a prediction), and never more than SERVING_MAX_ROWS
+    explain: bool = True
+    explain_max_rows: int = 100
     # gunicorn (serving/gunicorn.conf.py)
     bind: str = "127.0.0.1:8000"
     workers: int = 2
@@ -82,7 +86,7 @@ class Settings:
         if self.out_of_range not in ("reject", "flag"):
             raise SettingsError(f"SERVING_OUT_OF_RANGE must be 'reject' or 'flag', got {self.out_of_range!r}")
         for name in ("max_rows", "max_body_bytes", "batch_max_rows", "workers", "threads", "timeout", "keep_bundles",
-                     "capture_rotate_bytes", "release_queue"):
+                     "capture_rotate_bytes", "release_queue", "explain_max_rows"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"SERVING_{name.upper()} must be at least 1, got {getattr(self, name)}")
         if self.max_columns < 0 or self.max_values < 0:

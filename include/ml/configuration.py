@@ -115,7 +115,8 @@ class ConfigurationManager:
 
     def evaluation(self) -> EvaluationConfig:
         c = self.config
-        return EvaluationConfig(c.schema, c.promotion, c.mlflow, c.card, release_strategy=c.release.strategy)
+        return EvaluationConfig(c.schema, c.promotion, c.mlflow, c.card, release_strategy=c.release.strategy,
+                                leakage=c.leakage)
 
     def batch_prediction(self) -> BatchPredictionConfig:
         c = self.config
@@ -149,7 +150,7 @@ def load(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None
         deployment=project.deployment, signing=project.signing, card=project.card, batch=project.batch,
         monitoring=project.monitoring, schema=schema, split=params.split, model=params.model,
         promotion=params.promotion, monitoring_policy=params.monitoring, tuning=params.tuning, release=params.release,
-        config_hashes=hashes, serving_api_key=SecretStr(api_key) if api_key else None)
+        leakage=params.leakage, config_hashes=hashes, serving_api_key=SecretStr(api_key) if api_key else None)
 
 
 def _override_tuning(raw_params: dict[str, Any], origins: dict[str, str], model_family: str | None,

@@ -504,6 +504,19 @@ class MonitoringPolicy(Frozen):
     attribution: AttributionPolicy = AttributionPolicy()
 
 
+class LeakagePolicy(Frozen):
+    """The leakage warning at evaluate (include/ml/components/explanations.py, docs/configuration.md): a feature that
+    alone explains almost all of the model's score may not be known when a prediction is asked for."""
+
+    share: float = Field(0.6, gt=0, le=1)  # a column's share of the mean |attribution| on the test sample
+    # a single-column model (same family, default hyperparameters; the top 3 columns by attribution) reaching this
+    # share of the full model's test R^2 (regression) or ROC AUC above chance (classification)
+    single_column: float = Field(0.9, gt=0, le=1)
+    fail: bool = False  # true: a leakage warning makes the gate refuse promotion
+    rows: int = Field(500, ge=10)  # test (and training) rows explained, at most
+    seconds: float = Field(10.0, gt=0)  # fewer rows when explaining them would take longer than this, per split
+
+
 class SearchParam(Frozen):
     """One hyperparameter's search range: `low`..`high` (ints when both are ints; `log`: sampled on a log
     scale) or a list of `choices`."""
@@ -584,6 +597,7 @@ class ParamsFile(Frozen):
     monitoring: MonitoringPolicy = MonitoringPolicy()
     tuning: SearchPlan = SearchPlan(enabled=False)
     release: ReleasePlan = ReleasePlan()  # include/ml/release_settings.py
+    leakage: LeakagePolicy = LeakagePolicy()
 
 
 # --- everything, and each stage's view of it (built by the loader, not parsed: plain frozen dataclasses) -------
@@ -612,6 +626,7 @@ class PipelineConfig:
     batch: BatchConfig = BatchConfig()
     tuning: SearchPlan = SearchPlan(enabled=False)
     release: ReleasePlan = ReleasePlan()
+    leakage: LeakagePolicy = LeakagePolicy()
 
     @property
     def model_store(self) -> Path:
@@ -668,6 +683,7 @@ class EvaluationConfig:
     card: CardConfig = CardConfig()
     # release.strategy: direct moves the champion alias when the gate promotes; progressive the candidate alias
     release_strategy: Literal["direct", "progressive"] = "direct"
+    leakage: LeakagePolicy = LeakagePolicy()  # the leakage warning, and whether it fails the gate
 
 
 @dataclass(frozen=True)

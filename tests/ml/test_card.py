@@ -185,7 +185,8 @@ def test_evaluate_logs_every_versions_card_and_sets_its_description(mlflow_confi
             f"runs:/{trained.mlflow_run_id}/card/model_card.md")
         assert f'<span id="model-version">{result.version}</span>' in html and result.decision.reason in html
         assert SHA in html and "/data/unit.csv" in html and "Ranking wines for a tasting panel." in html
-        assert html.count("data:image/png;base64,") == 2  # residuals and feature importance
+        # residuals and feature importance; what drives predictions: mean |attribution|, beeswarm, dependence
+        assert html.count("data:image/png;base64,") == 5
         description = client.get_model_version("unit-model", result.version).description
         assert description.startswith(f"**unit-model v{result.version}**") and result.decision.reason in description
     # The second version's card shows the champion it was weighed against, with its metrics.
@@ -215,7 +216,8 @@ def test_a_classifiers_card_shows_its_calibration_probability_metrics_and_reliab
         value = result.metrics[name.removesuffix(" (gate)")]
         assert f"| {name} | {value:.4f} | - | {better} |" in markdown
     assert 'alt="Reliability: predicted probability vs observed frequency (test set)"' in html
-    assert html.count("data:image/png;base64,") == 3  # confusion matrix, reliability, importance
+    # confusion matrix, reliability, importance; the calibrated forest's mean |attribution|, beeswarm, dependence
+    assert html.count("data:image/png;base64,") == 6
     reliability = mlflow.artifacts.download_artifacts(f"runs:/{trained.mlflow_run_id}/plots/reliability.png",
                                                       dst_path=str(tmp_path / "png"))
     assert Path(reliability).read_bytes().startswith(b"\x89PNG")

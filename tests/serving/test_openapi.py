@@ -85,8 +85,8 @@ def test_spec_is_valid_openapi_3(make_app: Any, settings_: dict[str, Any]) -> No
     spec = _spec(make_app(**settings_))
     validate(spec)  # raises on any violation of the OpenAPI 3.0 schema, including unresolvable $refs
     protected = {p for p, ops in spec["paths"].items() if any(op.get("security") for op in ops.values())}
-    # With a key the two prediction endpoints say so (and document 401); without one nothing claims auth.
-    assert protected == ({"/invocations", "/predict"} if settings_ else set())
+    # With a key the prediction endpoints say so (and document 401); without one nothing claims auth.
+    assert protected == ({"/invocations", "/predict", "/explain"} if settings_ else set())
 
 
 def test_spec_is_valid_without_a_model(tmp_path: Path) -> None:

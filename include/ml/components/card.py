@@ -28,6 +28,11 @@ UNFILLED = "Not filled in: set card.{} in config.yaml."
 LABELS = {"intended_use": "Intended use", "limitations": "Limitations", "owners": "Owners and contact",
           "license": "License"}  # the keys of CardConfig
 _FITTED = f"{CALIBRATION_FOLDS}-fold cross-fitted on the training split (scikit-learn CalibratedClassifierCV)"
+METHODS = {  # the explainer's method -> what the card says
+    "tree_shap": "TreeSHAP (the shap package's TreeExplainer on the fitted trees, exact for the model)",
+    "linear": "the exact linear attribution: each coefficient times the column's standardised value, so a "
+              "column at its training mean contributes 0",
+}
 CALIBRATION = {  # model.calibration -> what the card says
     "none": "none (the estimator's own probabilities)",
     "sigmoid": f"sigmoid (Platt scaling), {_FITTED}",
@@ -68,6 +73,8 @@ class CardFacts:
     importance: Mapping[str, float] = field(default_factory=dict)  # feature -> drop in score when shuffled
     plots: Mapping[str, bytes] = field(default_factory=dict)  # title -> PNG
     calibration: str = "none"  # params.yaml model.calibration
+    # What drives predictions (include/ml/components/explanations.py Summary); None: not explained
+    explained: Any = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,10 @@ def build(facts: CardFacts, config: CardConfig) -> ModelCard:
         "metric_names": list(dict.fromkeys([*facts.metrics, *facts.champion_metrics])),
         "plots": list(facts.plots),
         "images": {title: base64.b64encode(png).decode() for title, png in facts.plots.items()},
+        "explained": facts.explained, "methods": METHODS,
+        "leakage": facts.explained.warnings if facts.explained is not None else (),
+        "attribution_images": {title: base64.b64encode(png).decode()
+                               for title, png in (facts.explained.plots if facts.explained else {}).items()},
     }
     env = _environment()
     return ModelCard(env.get_template("model_card.md.j2").render(context),

@@ -9,9 +9,9 @@ loading the model) and it can be scored; otherwise the gate refuses (a ChampionG
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -97,6 +97,19 @@ def decide(challenger: dict[str, float], champion: dict[str, float] | None, cham
                             old, champion_version)
     return GateDecision(False, f"not better: {versus}; needs to be {better} by at least {margin:.4g} ({kind})",
                         metric, new, old, champion_version)
+
+
+def refuse_leakage(decision: GateDecision, warnings: Sequence[str], fail: bool,
+                   force: bool = False) -> GateDecision:
+    """With params.yaml's leakage.fail, a leakage warning (include/ml/components/explanations.py) is a gate failure:
+    a promotion becomes a refusal whose reason is the warning. A forced promotion still promotes and says what it
+    overrode; without leakage.fail a warning changes nothing."""
+    if not (warnings and fail and decision.promoted):
+        return decision
+    if force:
+        return replace(decision, reason=f"{decision.reason} over a leakage warning (leakage.fail): {warnings[0]}")
+    return replace(decision, promoted=False,
+                   reason=f"refused by leakage.fail: {'; '.join(warnings)}")
 
 
 def contract_differences(champion: Mapping[str, Any] | None, challenger: Mapping[str, Any]) -> list[str]:

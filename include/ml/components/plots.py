@@ -1,6 +1,7 @@
 """The evaluation's plots of a model on the test set, logged to the active MLflow run under plots/ and returned as PNG
 for the model card: predicted vs actual and residuals (regression); the confusion matrix and the reliability diagram
-(classification); the permutation feature importance (both)."""
+(classification); the permutation feature importance (both). And the explanations' plots (explanation_plots: what
+explanations.py logs under explanations/): mean |attribution| per input column, a beeswarm, dependence plots."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from include.ml.entities import SchemaConfig
+from include.ml.entities import ColumnSpec, SchemaConfig
 
 IMPORTANCE_ROWS = 2000  # permutation importance on a sample keeps big test sets cheap
 RELIABILITY_BINS = 10  # equal-width bins of predicted probability
@@ -20,6 +21,10 @@ RESIDUALS = "Predicted vs actual, and residuals (test set)"
 CONFUSION = "Confusion matrix (test set)"
 RELIABILITY = "Reliability: predicted probability vs observed frequency (test set)"
 IMPORTANCE = "Permutation feature importance (test set)"
+ATTRIBUTION = "Mean |attribution| per input column (test set)"
+BEESWARM = "Attribution of each explained row, per input column (test set)"
+DEPENDENCE = "Attribution against the column's value, top columns (test set)"
+SHOWN = 20  # input columns in the attribution bar and the beeswarm; category values on a dependence plot's axis
 
 
 def log_plots(schema: SchemaConfig, model: Any, x: pd.DataFrame,
@@ -111,6 +116,109 @@ def importance(model: Any, x: pd.DataFrame, y: pd.Series) -> tuple[dict[str, flo
     ax.set(xlabel="drop in score when shuffled", title=IMPORTANCE)
     fig.tight_layout()
     return {c: float(v) for c, v in zip(x.columns, result.importances_mean)}, fig
+
+
+def explanation_plots(schema: SchemaConfig, frame: pd.DataFrame, contributions: np.ndarray,
+                      mean_abs: dict[str, float], towards: str, top: int) -> dict[str, bytes]:
+    """The explanations' plots as PNG (title -> bytes): `contributions` (rows, inputs) of the rows of `frame`, one
+    output per row, which add up to `towards`; `mean_abs` largest first."""
+    specs = {c.name: c for c in schema.features}
+    order = list(mean_abs)
+    by_column = {name: contributions[:, i] for i, name in enumerate(frame.columns)}
+    values = {name: plotted_values(frame[name], specs[name]) for name in order[:SHOWN]}
+    return {ATTRIBUTION: _png(attribution_bar(mean_abs)),
+            BEESWARM: _png(beeswarm(order[:SHOWN], by_column, values, towards)),
+            DEPENDENCE: _png(dependence(order[:top], by_column, values, towards))}
+
+
+def attribution_bar(mean_abs: dict[str, float]) -> Any:
+    plt = _matplotlib()
+    shown = list(mean_abs.items())[:SHOWN][::-1]
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.35 * len(shown))))
+    ax.barh([name for name, _ in shown], [value for _, value in shown])
+    ax.set(xlabel="mean |attribution| (over the explained rows)", title=ATTRIBUTION)
+    fig.tight_layout()
+    return fig
+
+
+def beeswarm(order: list[str], by_column: dict[str, np.ndarray], values: dict[str, tuple[np.ndarray, list[str]]],
+             towards: str) -> Any:
+    """One row of points per column (the largest mean |attribution| on top): each explained row's attribution,
+    spread vertically where they crowd, coloured by the column's value (its rank: low blue, high red; grey:
+    missing)."""
+    plt = _matplotlib()
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.45 * len(order))))
+    for position, name in enumerate(order[::-1]):
+        attribution = by_column[name]
+        ranks = pd.Series(values[name][0]).rank(pct=True).to_numpy()
+        y = position + _swarm(attribution)
+        known = ~np.isnan(ranks)
+        ax.scatter(attribution[~known], y[~known], s=6, color="#999999")
+        points = ax.scatter(attribution[known], y[known], s=6, c=ranks[known], cmap="coolwarm", vmin=0, vmax=1)
+    ax.set_yticks(range(len(order)), order[::-1])
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set(xlabel=f"attribution (contribution to {towards})", title=BEESWARM)
+    if order:
+        fig.colorbar(points, ax=ax, ticks=[0, 1], fraction=0.04).ax.set_yticklabels(["low", "high"])
+    fig.tight_layout()
+    return fig
+
+
+def dependence(columns: list[str], by_column: dict[str, np.ndarray],
+               values: dict[str, tuple[np.ndarray, list[str]]], towards: str) -> Any:
+    """For each column, each explained row's attribution against the column's value (a category: its most
+    frequent values, jittered; rows with a missing or other value are left out)."""
+    plt = _matplotlib()
+    fig, axes = plt.subplots(1, max(1, len(columns)), figsize=(4.5 * max(1, len(columns)), 4), squeeze=False)
+    jitter = np.random.default_rng(0)
+    for ax, name in zip(axes[0], columns):
+        x, labels = values[name]
+        known = ~np.isnan(x)
+        shown = x[known] + (jitter.uniform(-0.2, 0.2, known.sum()) if labels else 0)
+        ax.scatter(shown, by_column[name][known], s=8, alpha=0.6)
+        ax.axhline(0, color="k", lw=0.8)
+        if labels:
+            ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+        left_out = f" ({(~known).sum()} rows not shown)" if (~known).any() else ""
+        ax.set(xlabel=f"{name}{left_out}", ylabel=f"attribution (to {towards})", title=name)
+    fig.suptitle(DEPENDENCE)
+    fig.tight_layout()
+    return fig
+
+
+def plotted_values(series: pd.Series, column: ColumnSpec) -> tuple[np.ndarray, list[str]]:
+    """A column's values as numbers to plot, and the labels of a category's positions ([] when the numbers are the
+    values): numbers as they are; a datetime in decimal years; an ordinal its position; a category the position of
+    its value among the SHOWN most frequent (NaN: missing, or another value)."""
+    if column.is_numeric:
+        return pd.to_numeric(series, errors="coerce").to_numpy(dtype=float), []
+    if column.dtype == "datetime":
+        moments = _moments(series, column.format)
+        return ((moments - pd.Timestamp("1970-01-01")) / pd.Timedelta(days=365.2425) + 1970).to_numpy(float), []
+    labels = [str(v) for v in column.categories or ()] if column.dtype == "ordinal" else \
+        [str(v) for v in series.dropna().astype(str).value_counts().index[:SHOWN]]
+    position = {label: float(i) for i, label in enumerate(labels)}
+    return series.map(lambda v: position.get(str(v), np.nan) if pd.notna(v) else np.nan).to_numpy(float), labels
+
+
+def _moments(series: pd.Series, format: str | None) -> pd.Series:
+    if format in ("unix", "unix_ms"):
+        return pd.to_datetime(pd.to_numeric(series, errors="coerce"), unit="s" if format == "unix" else "ms")
+    moments = pd.to_datetime(series, format=format, errors="coerce", utc=True)
+    return moments.dt.tz_localize(None)
+
+
+def _swarm(values: np.ndarray, width: float = 0.4, bins: int = 40) -> np.ndarray:
+    """Vertical offsets spreading points that share a bin of `values` side by side, the busiest bin `width` wide."""
+    offsets = np.zeros(len(values))
+    if len(values) == 0 or np.ptp(values) == 0:
+        return offsets
+    which = np.minimum(((values - values.min()) / np.ptp(values) * bins).astype(int), bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    for b in np.flatnonzero(counts > 1):
+        members = np.flatnonzero(which == b)
+        offsets[members] = (np.arange(len(members)) - (len(members) - 1) / 2) * (2 * width / counts.max())
+    return offsets
 
 
 def _matplotlib() -> Any:
