@@ -10,7 +10,7 @@
     python main.py serve                  # the prediction server on the champion, in the foreground
     python main.py keys                   # the bundle-signing keys (made on first use); what servers trust
     python main.py verify-provenance [--version champion]  # a version's signed provenance vs MLflow and artifacts
-    python main.py predict --input in.csv --output out.parquet [--version V] [--on-bad-rows skip]  # score a file
+    python main.py predict --input in.csv --output out.parquet [--version V] [--on-bad-rows skip] [--explain]
     python main.py monitor --reference train.csv --current live.csv [--json]   # per-feature drift of two files
     python main.py release shadow --version N [--sample 0.2]   # N beside the champion, scoring a share off-path
     python main.py release canary --version N --percent 10     # N answers 10 % of the requests
@@ -282,6 +282,9 @@ def predict_parser() -> argparse.ArgumentParser:
                         help="a row that breaks schema.yaml: fail the run (nothing written), skip it (left out of "
                              "the output) or flag it (kept without a prediction); skip and flag list every bad "
                              "row's reasons in <output>.rejected.csv (default: batch.on_bad_rows, itself fail)")
+    parser.add_argument("--explain", action="store_true",
+                        help="also explain each prediction: a contribution:<column> column per input column, "
+                             "explain_base_value, explain_output (and explain_class), as POST /explain answers")
     return parser
 
 
@@ -290,7 +293,7 @@ def predict(args: argparse.Namespace) -> int:
 
     # The user's own files: no allow-list here (the ml_batch_predict DAG applies data_source.allowed_sources).
     print(pipeline.run_predict(ConfigurationManager(args.config_dir), args.input, args.output, args.version,
-                               on_bad_rows=args.on_bad_rows).summary())
+                               on_bad_rows=args.on_bad_rows, explain=args.explain).summary())
     return 0
 
 

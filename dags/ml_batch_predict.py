@@ -20,6 +20,9 @@ Its XCom holds the rows, chunks, seconds, version and bad rows.
 * `on_bad_rows`: what a row that breaks `schema.yaml` does: `fail` the run (nothing written), `skip` it (left out
   of the output) or `flag` it (kept, without a prediction, `rejected` true); skip and flag write every bad row's
   reasons to `<output>.rejected.csv`. Empty = `batch.on_bad_rows` (default fail).
+* `explain`: also explain each prediction (`python main.py predict --explain`): a `contribution:<column>` column
+  per input column, `explain_base_value`, `explain_output` (and `explain_class`). TreeSHAP on a large forest costs
+  far more than the prediction (docs/benchmarks.md, "Explanations").
 
 **Schedule**: `batch.schedule` of `config.yaml` (default none: only when triggered); a scheduled run scores
 `batch.input_uri` into `batch.output_uri`.
@@ -76,6 +79,9 @@ PROJECT = project_config()  # config.yaml only, validated: a bad edit shows as t
         "on_bad_rows": Param(None, type=["null", "string"], enum=[None, "fail", "skip", "flag"],
                              description="A row that breaks schema.yaml: fail the run, skip it or flag it (skip and "
                                          "flag list the reasons in <output>.rejected.csv); empty = batch.on_bad_rows"),
+        "explain": Param(False, type="boolean",
+                         description="Also explain each prediction: a contribution:<column> column per input column, "
+                                     "explain_base_value, explain_output (as the prediction server's POST /explain)"),
     },
 )
 def ml_batch_predict() -> None:
@@ -87,7 +93,7 @@ def ml_batch_predict() -> None:
         cm = pipeline_config({"source": params["input"]})  # checks the input against data_source.allowed_sources
         return task_result(run_predict(cm, params["input"] and cm.config.data_source.uri,  # as checked: absolute
                                        params["output"], params["version"] or "champion", form_output=True,
-                                       on_bad_rows=params.get("on_bad_rows")))
+                                       on_bad_rows=params.get("on_bad_rows"), explain=bool(params.get("explain"))))
 
     predict()
 

@@ -260,11 +260,12 @@ def run_verify_provenance(cm: ConfigurationManager, version: str = "champion") -
 
 def run_predict(cm: ConfigurationManager, input_uri: str | None = None, output_uri: str | None = None,
                 version: str = "champion", form_output: bool = False,
-                on_bad_rows: str | None = None) -> BatchPredictionResult:
+                on_bad_rows: str | None = None, explain: bool = False) -> BatchPredictionResult:
     """Score the CSV `input_uri` with a registered version (number or alias) into `output_uri` (.csv or .parquet);
     by default batch.input_uri and batch.output_uri. The caller checks the input against the allow-list; with
     `form_output` (a trigger form's), the output must lie under batch.allowed_outputs. `on_bad_rows` (fail, skip,
-    flag; None: batch.on_bad_rows) says what a row that breaks schema.yaml does."""
+    flag; None: batch.on_bad_rows) says what a row that breaks schema.yaml does; `explain` adds each row's
+    explanation columns (include/release/batch_explain.py)."""
     from include.ml.exceptions import BatchPredictionError
     from include.release.batch import allowed_output, predict_file
 
@@ -275,7 +276,7 @@ def run_predict(cm: ConfigurationManager, input_uri: str | None = None, output_u
     if not input_uri or not output_uri:
         raise BatchPredictionError("give the input and the output (or set batch.input_uri and batch.output_uri "
                                    "in config.yaml)")
-    return predict_file(cm.batch_prediction(), input_uri, output_uri, version, on_bad_rows)
+    return predict_file(cm.batch_prediction(), input_uri, output_uri, version, on_bad_rows, explain)
 
 
 def run_keys(cm: ConfigurationManager) -> SigningKeys:

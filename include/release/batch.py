@@ -34,6 +34,10 @@ reader and caps).
 The output (and its side file) are written beside their targets and renamed into place once complete, the side file
 first (an s3 output is uploaded once complete, the side file first), so a failed run leaves no output and an
 existing output is replaced whole or not at all.
+
+With `explain`, each row also gets its explanation (include/release/batch_explain.py): a `contribution:<input>`
+column per input column, `explain_base_value`, `explain_output` and for a classification `explain_class`, from the
+prediction server's explainer, in calls bounded like the predict calls.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from include.ml.components.validation import frame_checker
 from include.ml.entities import BatchConfig, BatchPredictionConfig, ColumnSpec, DataSourceConfig, SchemaConfig
 from include.ml.exceptions import BatchPredictionError, DataValidationError
 from include.ml.s3_uri import parse_s3_uri
+from include.release import batch_explain
 from include.release.export import export_to_store
 from include.release.signing import trusted_keys
 from serving.contract import Contract
@@ -93,6 +98,7 @@ class BatchPredictionResult:
     rejected: int = 0  # bad rows skipped or flagged
     rejected_uri: str | None = None  # skip, flag: the side file with every bad row's reasons
     predict_rows: int = 0  # rows per predict call, from the model's encoded width and batch.encoded_mb
+    explained: dict[str, Any] | None = None  # --explain: the explainer's method, output space, calibrated, classes
 
     def summary(self) -> str:
         text = (f"{self.rows:,} rows in {self.chunks} chunk(s) scored with {self.model_name} version "
@@ -100,19 +106,23 @@ class BatchPredictionResult:
         if self.rejected_uri:
             done = "left out" if self.on_bad_rows == "skip" else "flagged, without a prediction"
             text += f"; {self.rejected:,} bad row(s) {done}, reasons in {self.rejected_uri}"
+        if self.explained:
+            text += (f"; explained ({self.explained['method']}, {self.explained['output']}"
+                     f"{', before calibration' if self.explained.get('calibrated') else ''})")
         return text
 
     def xcom(self) -> dict[str, Any]:
         return {"input_uri": self.input_uri, "output_uri": self.output_uri, "model_name": self.model_name,
                 "model_version": self.model_version, "rows": self.rows, "chunks": self.chunks,
                 "seconds": self.seconds, "on_bad_rows": self.on_bad_rows, "rejected": self.rejected,
-                "rejected_uri": self.rejected_uri}
+                "rejected_uri": self.rejected_uri, "explained": self.explained}
 
 
 def predict_file(config: BatchPredictionConfig, input_uri: str, output_uri: str, version: str = "champion",
-                 on_bad_rows: str | None = None) -> BatchPredictionResult:
+                 on_bad_rows: str | None = None, explain: bool = False) -> BatchPredictionResult:
     """Score every row of `input_uri` with `version` (number or alias) into `output_uri`; bad rows as `on_bad_rows`
-    says (fail, skip or flag; None: batch.on_bad_rows).
+    says (fail, skip or flag; None: batch.on_bad_rows); with `explain`, each row's explanation columns too
+    (include/release/batch_explain.py; BatchPredictionError if the model cannot be explained).
 
     Raises DataValidationError (a missing or unexpected column, or with fail a wrong type, at once, naming the
     column; with fail, rows breaking the schema's ranges, sets or nulls once the whole file is checked, counted per
@@ -126,7 +136,7 @@ def predict_file(config: BatchPredictionConfig, input_uri: str, output_uri: str,
     suffix = _format(output_uri)
     rejected_uri = output_uri + REJECTED_SUFFIX if mode != "fail" else None
     started = time.perf_counter()
-    run = _Run(config, mode, version)
+    run = _Run(config, mode, version, explain)
     uris = [output_uri, *([rejected_uri] if rejected_uri else [])]
     with _staged_outputs(uris, config.source) as staged, ExitStack() as writers:
         write = writers.enter_context(_writer(staged[0], suffix, config.source))
@@ -148,8 +158,9 @@ def predict_file(config: BatchPredictionConfig, input_uri: str, output_uri: str,
     model = run.model
     assert model is not None and run.layout is not None  # rows were scored
     result = BatchPredictionResult(input_uri, output_uri, model.name, model.version, run.rows, run.chunks,
-                                   round(time.perf_counter() - started, 2), _columns(model, run.layout.keys, mode),
-                                   mode, run.rejected, rejected_uri, run.predict_rows)
+                                   round(time.perf_counter() - started, 2),
+                                   _columns(model, run.layout.keys, mode, run.explainer), mode, run.rejected,
+                                   rejected_uri, run.predict_rows, run.explainer and run.explainer.describe())
     log.info("predict: %s", result.summary())
     return result
 
@@ -218,7 +229,7 @@ class _Layout:
 _OUTPUT_COLUMNS = ("prediction", "model_name", "model_version", FLAG_COLUMN)
 
 
-def _layout(columns: list[str], config: BatchPredictionConfig, mode: str) -> _Layout:
+def _layout(columns: list[str], config: BatchPredictionConfig, mode: str, explain: bool = False) -> _Layout:
     schema, fallback = config.schema, config.batch.id_column
     present = set(columns)
     ids = tuple(c.name for c in schema.ids if c.name in present)
@@ -236,7 +247,8 @@ def _layout(columns: list[str], config: BatchPredictionConfig, mode: str) -> _La
     # them and fails the run.
     keys = ids or (fallback,)
     taken = {*_OUTPUT_COLUMNS, *(REJECTED_COLUMNS if mode != "fail" else ())}
-    clash = [k for k in keys if k in taken or k.startswith("probability_")]
+    clash = [k for k in keys if k in taken or k.startswith("probability_")
+             or (explain and batch_explain.is_explain_column(k))]
     if clash:
         raise BatchPredictionError(f"key column {clash[0]!r} has the name of a column batch prediction writes; rename "
                                    "it in the input and schema.yaml (or batch.id_column)")
@@ -250,8 +262,9 @@ class _Run:
     """A run's state: the layout and checker (from the first chunk), the model (once a chunk is to be scored), the
     counts, and with fail the bad rows per expectation."""
 
-    def __init__(self, config: BatchPredictionConfig, mode: str, version: str) -> None:
-        self.config, self.mode, self.version = config, mode, version
+    def __init__(self, config: BatchPredictionConfig, mode: str, version: str, explain: bool = False) -> None:
+        self.config, self.mode, self.version, self.explain = config, mode, version, explain
+        self.explainer: batch_explain.BatchExplainer | None = None  # with explain, once the model is loaded
         self.layout: _Layout | None = None
         self.check: Callable[[pd.DataFrame], list[dict[str, Any]]] | None = None
         self.model: LoadedModel | None = None
@@ -262,7 +275,7 @@ class _Run:
     def chunk(self, chunk: pd.DataFrame) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
         """The chunk's output rows (None: nothing to write, the run will fail) and its problems (skip, flag)."""
         if self.layout is None:
-            self.layout = _layout(list(chunk.columns), self.config, self.mode)
+            self.layout = _layout(list(chunk.columns), self.config, self.mode, self.explain)
             self.check = frame_checker(self.layout.checked, every_row=self.mode != "fail")
         layout, check = self.layout, self.check
         assert check is not None
@@ -311,17 +324,23 @@ class _Run:
             log.info("predict: the model's encoded input is %d columns wide: at most %d rows per predict call "
                      "(batch.encoded_mb: %d)", encoded_width(self.model), self.predict_rows,
                      self.config.batch.encoded_mb)
+            if self.explain:
+                self.explainer = batch_explain.BatchExplainer.for_model(
+                    self.model, encoded_width(self.model), self.config.batch.encoded_mb)
         return self.model
 
     def _scored(self, model: LoadedModel, features: pd.DataFrame, keys: pd.DataFrame) -> pd.DataFrame:
-        values, probabilities = _predict(model, _model_columns(model.contract, features), len(features),
-                                         self.predict_rows)
+        columns = _model_columns(model.contract, features)
+        values, probabilities = _predict(model, columns, len(features), self.predict_rows)
         out = {name: keys[name].to_numpy() for name in keys.columns} | {"prediction": _labels(model, values)}
         if _gives_probabilities(model):
             classes = _classes(model)
             probabilities = np.empty((0, len(classes))) if probabilities is None else probabilities  # no rows
             out |= {f"probability_{label}": probabilities[:, i] for i, label in enumerate(classes)}
-        return pd.DataFrame(out).assign(model_name=model.name, model_version=model.version)
+        scored = pd.DataFrame(out).assign(model_name=model.name, model_version=model.version)
+        if self.explainer is not None:
+            scored = scored.assign(**self.explainer.explain(columns, values))
+        return scored
 
 
 def _keys(chunk: pd.DataFrame, layout: _Layout) -> pd.DataFrame:
@@ -505,9 +524,12 @@ def _flagged(scored: pd.DataFrame, keys: pd.DataFrame, good: pd.Index, model: Lo
     return out.reset_index(drop=True)
 
 
-def _columns(model: LoadedModel, keys: tuple[str, ...], mode: str) -> list[str]:
+def _columns(model: LoadedModel, keys: tuple[str, ...], mode: str,
+             explainer: batch_explain.BatchExplainer | None = None) -> list[str]:
     classes = [f"probability_{c}" for c in _classes(model)] if _gives_probabilities(model) else []
-    return [*keys, "prediction", *classes, "model_name", "model_version", *([FLAG_COLUMN] if mode == "flag" else [])]
+    explained = explainer.columns() if explainer else []
+    return [*keys, "prediction", *classes, "model_name", "model_version", *explained,
+            *([FLAG_COLUMN] if mode == "flag" else [])]
 
 
 # --- input --------------------------------------------------------------------------------------------------------

@@ -141,7 +141,7 @@ def test_ml_batch_predict_shape(dagbag: dict) -> None:
     dag = dagbag["dags"]["ml_batch_predict"]
     assert list(dag["tasks"]) == ["predict"]
     assert (dag["catchup"], dag["max_active_runs"]) == (False, 1)
-    assert dag["params"] == ["input", "on_bad_rows", "output", "version"]
+    assert dag["params"] == ["explain", "input", "on_bad_rows", "output", "version"]
     # a bad file, output, version or configuration fails at once; anything else (a flaky source) is retried
     assert dag["tasks"]["predict"]["on_error"] == {
         "DataValidationError": "fail", "ConfigError": "fail", "DeploymentError": "fail",

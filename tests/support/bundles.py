@@ -94,9 +94,16 @@ def install_bundle(store: Path, version: str, pipeline: Any, x: pd.DataFrame, sc
 
 def register_toy_model(name: str, experiment_id: str, offset: float = 0.0, task: str = "regression") -> str:
     """Log and register a toy model in the current MLflow tracking store, as training does; returns its version."""
+    pipeline, x, schema, trusted = _fit_toy(task, offset, 5)
+    return register_model(name, experiment_id, pipeline, x, schema, trusted)
+
+
+def register_model(name: str, experiment_id: str, pipeline: Any, x: pd.DataFrame, schema: SchemaConfig,
+                   trusted: list[str]) -> str:
+    """Log and register a fitted pipeline in the current MLflow tracking store, as training does; returns its
+    version."""
     import mlflow
 
-    pipeline, x, schema, trusted = _fit_toy(task, offset, 5)
     with mlflow.start_run(experiment_id=experiment_id):
         mlflow.log_metric("test_rmse", 0.1)
         info = mlflow.sklearn.log_model(pipeline, name="model", registered_model_name=name,
