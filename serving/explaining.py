@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from serving.explain import VALUE
 from serving.inputs import InputError, validate
 from serving.model import LoadedModel
 from serving.responses import public_text
@@ -80,8 +81,13 @@ def explain(svc: Service, model: LoadedModel, explainer: Explainer, rows: Any, f
         raise capped(exc, settings) from None
     explanations = explainer.explain(batch.columns)
     # The estimator's predictions, which the explanation is of (base value + contributions add up to them); the
-    # ONNX model /invocations may be served by agrees with them to the tolerances it was checked to at load.
-    values, probabilities = model.sklearn_predict(batch.columns)
+    # ONNX model /invocations may be served by agrees with them to the tolerances it was checked to at load. A
+    # regressor's is the explanation's own sum (the estimator's prediction to rounding; predicting again would
+    # cost a fully grown forest as much CPU as explaining one row).
+    if explanations.output == VALUE:
+        values, probabilities = explanations.values[:, 0], None
+    else:
+        values, probabilities = model.sklearn_predict(batch.columns)
     body: dict[str, Any] = {"predictions": np.asarray(values).tolist()}
     if probabilities is not None:
         classes = [str(c) for c in model.estimator.classes_]
