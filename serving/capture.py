@@ -253,7 +253,7 @@ class CaptureWriter:
         return b"".join(self._encoder.encode(record) + b"\n" for record in records)
 
     def _open(self, model_name: str, date: str) -> _OpenFile:
-        folder = self.directory / _safe_name(model_name) / date
+        folder = self.directory / model_folder(model_name) / date
         _private_dirs(folder)
         self._seq += 1
         part = folder / f"{self._prefix}-{self._seq:06d}{SUFFIX}{PART}"
@@ -349,8 +349,10 @@ def _private_file(path: Path) -> BinaryIO:
         raise
 
 
-def _safe_name(name: str) -> str:
-    """A model name as one path component (registered model names are free text)."""
+def model_folder(name: str) -> str:
+    """The folder a model's capture files are under, in the capture dir and under an S3 prefix: its name as one
+    path component (registered model names are free text). The one definition of the layout: the monitor and the
+    release evidence read the folder this names."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "model"
 
 

@@ -32,6 +32,7 @@ import pandas as pd
 from include.ml.entities import MonitoringSources, SchemaConfig
 from include.ml.exceptions import MonitoringError
 from include.ml.s3_uri import parse_s3_uri
+from serving.capture import model_folder
 from serving.features import parse_datetimes
 
 log = logging.getLogger(__name__)
@@ -252,7 +253,7 @@ def local_files(config: MonitoringSources, model_name: str, dates: list[str]) ->
     temporary directory first from S3."""
     location = config.capture_dir
     if not location.startswith("s3://"):
-        root = Path(location) / model_name
+        root = Path(location) / model_folder(model_name)
         yield [(p, str(p)) for p in sorted(p for date in dates for p in (root / date).glob(f"*{SUFFIX}")
                                             if p.is_file())]
         return
@@ -269,7 +270,7 @@ def local_files(config: MonitoringSources, model_name: str, dates: list[str]) ->
         files = []
         try:
             for date in dates:
-                listed = f"{prefix.strip('/')}/{model_name}/{date}/".lstrip("/")
+                listed = f"{prefix.strip('/')}/{model_folder(model_name)}/{date}/".lstrip("/")
                 for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=listed):
                     for item in page.get("Contents", []):
                         if item["Key"].endswith(SUFFIX):

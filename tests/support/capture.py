@@ -13,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from serving.capture import model_folder
+
 
 def write_capture(capture_dir: Path, model: str, version: str, inputs: pd.DataFrame, predictions: Any,
                   when: datetime, rows_per_request: int = 1, name: str | None = None,
@@ -20,7 +22,7 @@ def write_capture(capture_dir: Path, model: str, version: str, inputs: pd.DataFr
     """One complete capture file of `inputs` (one line per row) at `when` (UTC), in the contract's layout
     (`probabilities`: each row's class -> probability, as a classifier's server records them; None: none)."""
     stamp = when.astimezone(timezone.utc)
-    folder = capture_dir / model / stamp.strftime("%Y-%m-%d")
+    folder = capture_dir / model_folder(model) / stamp.strftime("%Y-%m-%d")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name or uuid.uuid4().hex}.jsonl.gz"
     records = inputs.to_dict(orient="records")
@@ -61,7 +63,7 @@ def post_rows(serving_url: str, frame: pd.DataFrame, batch: int = 25) -> set[str
 def captured_rows(capture_dir: str | Path, model: str, version: str) -> int:
     """Rows of `model` `version` in the complete capture files (the server renames a file from .part when closed)."""
     rows = 0
-    for path in Path(capture_dir, model).glob("*/*.jsonl.gz"):
+    for path in Path(capture_dir, model_folder(model)).glob("*/*.jsonl.gz"):
         with gzip.open(path, "rt") as lines:
             rows += sum(json.loads(line)["model_version"] == version for line in lines)
     return rows
