@@ -478,7 +478,7 @@ class DriftThresholds(Frozen):
 
 class AttributionPolicy(Frozen):
     """Attribution drift (docs/monitoring.md): what drives the champion's predictions on its traffic against what
-    drove them on its training split, compared as each input column's share of the mean |attribution|."""
+    drove them on its held-out rows at evaluate, compared as each input column's share of the mean |attribution|."""
 
     share_change: float = Field(0.1, gt=0, le=1)  # a column drifts when its share moved by at least this (absolute)
     rows: int = Field(500, ge=1)  # captured rows explained (a sample of them when there are more)
@@ -514,8 +514,8 @@ class LeakagePolicy(Frozen):
     # share of the full model's test R^2 (regression) or ROC AUC above chance (classification)
     single_column: float = Field(0.9, gt=0, le=1)
     fail: bool = False  # true: a leakage warning makes the gate refuse promotion
-    rows: int = Field(500, ge=10)  # test (and training) rows explained, at most
-    seconds: float = Field(10.0, gt=0)  # fewer rows when explaining them would take longer than this, per split
+    rows: int = Field(500, ge=10)  # test rows explained, at most
+    seconds: float = Field(10.0, gt=0)  # fewer rows when explaining them would take longer than this
 
 
 class SearchParam(Frozen):

@@ -1,14 +1,14 @@
-"""Attribution drift: what drives the champion's predictions on its captured traffic against what drove them on its
-training data.
+"""Attribution drift: what drives the champion's predictions on its captured traffic against what drove them on the
+held-out rows of its training data.
 
 A profile is the mean |attribution| of each input column over some rows, as serving.explain gives it (TreeSHAP for
 the tree families, the exact linear attribution for ElasticNet and LogisticRegression), summed back to the column
-a client sends. The reference profile is the one evaluate froze when the model was evaluated, on a sample of the
-training split: the champion's MLflow run's `explanations/attribution_profile.json`, else
+a client sends. The reference profile is the one evaluate froze when the model was evaluated, on a sample of its
+held-out test rows: the champion's MLflow run's `explanations/attribution_profile.json`, else
 `<artifacts_root>/<pipeline run id>/evaluate/attribution_profile.json`. Without either (a model evaluated before
 explanations existed, pruned artifacts) the champion explains a sample of the reference rows now, and the log and
 the report say so. The current profile is the champion's explanation of a sample of the captured rows
-(`monitoring.attribution.rows`).
+(`monitoring.attribution.rows`, within `monitoring.attribution.seconds`).
 
 The two are compared as shares (a column's value over the sum of all columns'): the output's scale cancels, what
 is compared is how the model divides its attention. A column drifts when its share moved by at least

@@ -12,11 +12,12 @@ back to the column a client sends).
   of the same family with default hyperparameters, fitted on the training split on that one column through the same
   preprocessing, reaches `leakage.single_column` of the full model's test skill (R^2; classification: ROC AUC above
   chance, 2 AUC - 1). Only the top TOP columns by attribution are refitted.
-- The reference profile: mean |attribution| per input column on a sample of the training split, written to the
+- The reference profile: the same mean |attribution| per input column (of held-out rows: a fully grown forest
+  reproduces its training rows, noise included, unlike rows it never saw such as live traffic), written to the
   stage dir as PROFILE and logged to the run as explanations/PROFILE.
 
-A split's sample holds at most `leakage.rows` rows, fewer when the cost per row, timed on a few rows, says
-explaining them would take longer than `leakage.seconds`.
+The sample holds at most `leakage.rows` rows, fewer when the cost per row, timed on a few rows, says explaining them
+would take longer than `leakage.seconds`.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def explain_model(model: Any, config: EvaluationConfig, family: str, x: pd.DataF
                   scores: Mapping[str, float], output_dir: Path, train: pd.DataFrame | None = None) -> Summary:
     """Explain the fitted pipeline `model` on a sample of the test rows `x` (true values `y`, its test `scores`);
     look for leakage (the single-column models need the training split `train`); draw the card's plots; write and
-    log the reference profile of `train`. Logs to the active MLflow run; a model that cannot be explained is
+    log the reference profile (of the same rows). Logs to the active MLflow run; a model that cannot be explained is
     summarised as unavailable, never fails the evaluation."""
     from serving.explain import ExplainError, build_explainer
 
@@ -125,8 +126,7 @@ def explain_model(model: Any, config: EvaluationConfig, family: str, x: pd.DataF
     summary = Summary(True, "", test.method, test.explanations.output, towards, len(test.frame),
                       MappingProxyType(mean_abs), MappingProxyType(single), leaks, MappingProxyType(figures),
                       bool(test.explanations.calibrated))
-    profile = None if train is None else reference_profile(explainer, model, config, train, output_dir)
-    _log(summary, profile, output_dir)
+    _log(summary, reference_profile(test, output_dir), output_dir)
     return summary
 
 
@@ -276,21 +276,18 @@ def _final_estimator(model: Any) -> Any:
 
 # --- the reference profile and the run's artifacts ---------------------------------------------------------------
 
-def reference_profile(explainer: Any, model: Any, config: EvaluationConfig, train: pd.DataFrame,
-                      output_dir: Path) -> dict[str, Any]:
-    """Mean |attribution| per input column on a sample of the training split, written to `output_dir`/PROFILE:
-    {"columns": {column: value}, "rows": n, "method": ..., "output": ...}."""
-    from include.ml.components.training import split_xy
-
-    x, _ = split_xy(train, config.schema)
-    sample = explain_sample(explainer, x, config.leakage, "training")
+def reference_profile(sample: Explained, output_dir: Path) -> dict[str, Any]:
+    """Mean |attribution| per input column on the explained held-out rows, written to `output_dir`/PROFILE:
+    {"columns": {column: value}, "rows": n, "method": ..., "output": ...}. Held-out rather than training rows: a
+    fully grown forest reproduces its training targets, noise included, unlike rows it never saw such as live
+    traffic."""
     profile = {"columns": {c: float(v) for c, v in sample.explanations.mean_abs().items()},
                "rows": len(sample.frame), "method": sample.method, "output": sample.explanations.output}
     artifacts.write_json(output_dir / PROFILE, profile)
     return profile
 
 
-def _log(summary: Summary, profile: dict[str, Any] | None, output_dir: Path) -> None:
+def _log(summary: Summary, profile: dict[str, Any], output_dir: Path) -> None:
     """The plots and the summary into `output_dir`/ARTIFACT_DIR, and with the profile onto the active MLflow run
     under ARTIFACT_DIR; the leakage tag on the run."""
     import mlflow
@@ -303,8 +300,7 @@ def _log(summary: Summary, profile: dict[str, Any] | None, output_dir: Path) -> 
         "mean_abs": dict(summary.mean_abs), "shares": summary.shares, "single_column": dict(summary.single_column),
         "warnings": list(summary.warnings)})
     mlflow.log_artifacts(str(directory), ARTIFACT_DIR)
-    if profile is not None:
-        mlflow.log_artifact(str(output_dir / PROFILE), ARTIFACT_DIR)
+    mlflow.log_artifact(str(output_dir / PROFILE), ARTIFACT_DIR)
     if summary.leaks:
         mlflow.set_tag(TAG, tag_value(summary.warnings))
 
