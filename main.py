@@ -141,8 +141,7 @@ def _print_summary(run_id: str, outcomes: list[pipeline.StageOutcome]) -> None:
     if evaluated is not None:
         decision = evaluated.decision
         print(f"gate: {'PROMOTED' if decision.promoted else 'kept the champion'} - {decision.reason}")
-        for warning in evaluated.leakage:  # explanations.py: a column that alone explains almost everything
-            print(f"WARNING {warning}")
+        print(*(f"WARNING {warning}" for warning in evaluated.leakage), sep="\n", end="\n" if evaluated.leakage else "")
         print(f"champion: {evaluated.model_name} v{evaluated.champion_version} on this test set: "
               + ", ".join(f"{k}={v:.4f}" for k, v in evaluated.champion_metrics.items()))
     for stage in ("tune", "deploy", "verify"):

@@ -20,6 +20,7 @@ from serving.inputs import validate
 from serving.model import LoadedModel, load_bundle
 from tests.support import frames
 from tests.support.bundles import REGRESSION, install_bundle, make_bundle, register_toy_model, toy_frame
+from tests.support.registry import sqlite_store
 from tests.support.signing import signing_config, trusted_keys
 
 INPUTS = ["x1", "x2", "count", "kind"]  # tests/support/bundles.py's toy features
@@ -122,16 +123,10 @@ def test_binary_log_odds_explain_the_positive_class_whatever_the_prediction(stor
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A real SQLite MLflow store with a toy regression forest registered as "toy-explain" version 1."""
-    import mlflow
-
     root = tmp_path_factory.mktemp("explain-registry")
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()  # process-wide: put back once done
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
-    mlflow.set_registry_uri(f"sqlite:///{root}/mlflow.db")
-    register_toy_model("toy-explain", mlflow.create_experiment("explain", artifact_location=(root / "art").as_uri()))
-    yield root
-    mlflow.set_tracking_uri(before[0])
-    mlflow.set_registry_uri(before[1])
+    with sqlite_store(root, "explain") as experiment:
+        register_toy_model("toy-explain", experiment)
+        yield root
 
 
 def config(root: Path, **batch: Any) -> BatchPredictionConfig:

@@ -27,6 +27,7 @@ from tests.support import typed
 from tests.support.bundles import register_model
 from tests.support.network import free_port, get_json, wait_until
 from tests.support.pointers import point
+from tests.support.registry import sqlite_store
 from tests.support.servers import PredictionServer
 from tests.support.signing import signing_config
 
@@ -43,16 +44,9 @@ MODEL = "explained"  # one registered model, a version per family x task, export
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A real SQLite MLflow store; yields its directory."""
-    import mlflow
-
     root = tmp_path_factory.mktemp("explain-registry")
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()  # process-wide: put back once done
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
-    mlflow.set_registry_uri(f"sqlite:///{root}/mlflow.db")
-    mlflow.create_experiment("explain", artifact_location=(root / "art").as_uri())
-    yield root
-    mlflow.set_tracking_uri(before[0])
-    mlflow.set_registry_uri(before[1])
+    with sqlite_store(root, "explain"):
+        yield root
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
 
 from include.ml.artifacts import safe_run_id
 
@@ -44,3 +46,19 @@ class Registry:
 
     def model_location(self, name: str, version: str) -> str:
         return self.client.get_model_version_download_uri(name, version)
+
+
+@contextmanager
+def sqlite_store(root: Path, experiment: str) -> Iterator[str]:
+    """MLflow's process-wide tracking and registry URIs on a SQLite store in `root`, with `experiment` created (its
+    artifacts under root/art); yields the experiment id, and puts both URIs back afterwards."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    mlflow.set_registry_uri(f"sqlite:///{root}/mlflow.db")
+    try:
+        yield mlflow.create_experiment(experiment, artifact_location=(root / "art").as_uri())
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
