@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.support.project import CONFIG_DIR, outputs_env
+from tests.support.project import CONFIG_DIR, outputs_env, small_leakage_budget
 from tests.support.project import edit_yaml as edit_yaml_file
 from tests.support.servers import aws_test_credentials, moto_server
 from tests.support.tiers import unmarked_process_tests, usage_error
@@ -28,9 +28,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def config_dir(tmp_path: Path) -> Path:
-    """A private copy of include/config that a test may edit."""
+    """A private copy of include/config that a test may edit (with a small leakage budget, tests/support/project.py)."""
     target = tmp_path / "config"
     shutil.copytree(CONFIG_DIR, target)
+    small_leakage_budget(target)
     return target
 
 

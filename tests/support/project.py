@@ -34,6 +34,16 @@ def run_main(*args: str, env: dict[str, str] | None = None, timeout: float = 600
                           env={**os.environ, **(env or {})}, timeout=timeout)
 
 
+# Outside tests/ml/test_explanations.py (which tests the leakage check at its defaults), evaluate explains a small
+# sample: at the shipped budget (500 rows, 10 s) a forest's explanations were a third of every pipeline run's evaluate.
+TEST_LEAKAGE_BUDGET = {"rows": 50, "seconds": 1.0}
+
+
+def small_leakage_budget(config_dir: Path) -> None:
+    """params.yaml's leakage budget cut to TEST_LEAKAGE_BUDGET in a copied config dir."""
+    edit_yaml(config_dir / "params.yaml", lambda data: data.setdefault("leakage", {}).update(TEST_LEAKAGE_BUDGET))
+
+
 def edit_yaml(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
     """Load a YAML file, let `change` edit the data, write it back."""
     data = yaml.safe_load(path.read_text())

@@ -37,7 +37,7 @@ import pytest
 
 from scripts.airflow_client import AirflowClient
 from tests.support.network import free_ports
-from tests.support.project import REPO, edit_yaml, outputs_env
+from tests.support.project import REPO, edit_yaml, outputs_env, small_leakage_budget
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def airflow_stack(base: Path) -> AirflowStack:
     """The settings of an embedded stack living in `base` (not started). Its config dir is a copy of the default
     whose `data_source.allowed_sources` admits <base>/sources/ (the trigger form's `source` may point there),
     whose `batch.allowed_outputs` admits <base>/batch-outputs/ (ml_batch_predict's `output`) and whose tuning
-    runs 4 trials."""
+    runs 4 trials (and evaluate explains a small sample: tests/support/project.small_leakage_budget)."""
     outputs = base / "outputs"
     api_port, mlflow_port, serving_port = free_ports(3)
     config_dir = base / "config"
@@ -123,6 +123,7 @@ def airflow_stack(base: Path) -> AirflowStack:
     edit_yaml(config_dir / "config.yaml", allow)
     # The tune task runs as configured, on a small budget: its search is tested in tests/ml/test_tuning.py.
     edit_yaml(config_dir / "params.yaml", lambda data: data["tuning"].update(n_trials=4))
+    small_leakage_budget(config_dir)
     # Releases (strategy direct: only ml_release runs, tests/integration/test_ml_release.py) bake for seconds, with the
     # shipped steps (the DAG's tasks), enough traffic for a test, and p99 room for a 2-core machine running the stack.
     edit_yaml(config_dir / "params.yaml", lambda data: data["release"].update(
