@@ -26,7 +26,7 @@ import yaml
 
 from tests.support.frames import flights_like
 from tests.support.network import free_port
-from tests.support.project import CONFIG_DIR, REPO, WINE_CSV, outputs_env, run_main
+from tests.support.project import CONFIG_DIR, REPO, WINE_CSV, edit_yaml, outputs_env, run_main, small_leakage_budget
 
 pytestmark = pytest.mark.integration
 
@@ -103,6 +103,9 @@ def test_a_config_without_airflow_and_ec2_sections_runs(tmp_path: Path) -> None:
     del config["airflow"], config["deployment"]["ec2"]
     config["deployment"]["target"] = "none"
     (config_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    # What is under test is config.yaml's optional sections: no search, a small leakage budget.
+    edit_yaml(config_dir / "params.yaml", lambda data: data["tuning"].update(enabled=False))
+    small_leakage_budget(config_dir)
     done = run_main("--config-dir", str(config_dir), env=outputs_env(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "deploy: not deployed: deployment.target is none" in done.stdout
