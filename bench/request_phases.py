@@ -13,6 +13,13 @@ called repeatedly (docs/benchmarks.md, "Request path, round 3").
     .venv/bin/python -m bench.request_phases --bundle models/1
     .venv/bin/python -m bench.request_phases --bundle models/1 --stub-model   # the model call answered from
                                                                               # a cache: the ratio without it
+    .venv/bin/python -m bench.request_phases --bundle models/1 --before /tmp/old-tree --repeats 3
+        # the same, alternating a server of another checkout (e.g. `git worktree add /tmp/old-tree main`) and of
+        # this one, --repeats times each: before and after in one run, side by side
+
+The server of a tree runs that tree's code (cwd and PYTHONPATH), with that tree's bench/request_phases.py
+timers: compare trees whose serving/api.py calls `_body`, `mlflow_json` and `json_response` and whose
+serving/service.py calls `validate` (every tree since the timers were added).
 
 Each timer reads the thread's CPU clock twice (a system call each), so an instrumented server is slower, more so
 on /invocations (more timers) than on /health: compare its steps, not its ratio, with the bench's.
@@ -48,9 +55,9 @@ from bench.prediction_server import (
 
 OUT_ENV = "BENCH_PHASES_DIR"
 STUB_ENV = "BENCH_PHASES_STUB"
-# The gunicorn config of the run: the server's own, plus the timers in each worker.
-CONFIG = f"""
-exec(open({str(PROJECT_ROOT / "serving" / "gunicorn.conf.py")!r}).read())
+# The gunicorn config of the run: the tree's own, plus the timers in each worker.
+CONFIG = """
+exec(open({conf!r}).read())
 _serving_post_worker_init, _serving_worker_exit = post_worker_init, worker_exit
 
 
@@ -151,7 +158,8 @@ def wait_for_workers(url: str, workers: int, timeout: float = 180.0) -> None:
         time.sleep(0.05)
 
 
-def measure(bundle: Path, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def measure(bundle: Path, args: argparse.Namespace, workdir: Path, tree: Path = PROJECT_ROOT) -> dict[str, Any]:
+    """One server of `tree`'s code, its steps and its req/s."""
     groups = ProcessGroups()
     columns = model_columns(bundle)
     body_file = workdir / "1row.json"
@@ -160,11 +168,11 @@ def measure(bundle: Path, args: argparse.Namespace, workdir: Path) -> dict[str, 
     port = free_port()
     cmd, env = server_command(spec, bundle, port, workdir)
     config = workdir / "gunicorn.phases.py"
-    config.write_text(CONFIG)
+    config.write_text(CONFIG.format(conf=str(tree / "serving" / "gunicorn.conf.py")))
     cmd[cmd.index("-c") + 1] = str(config)
-    env.update({OUT_ENV: str(workdir), STUB_ENV: "1" if args.stub_model else "0"})
+    env.update({OUT_ENV: str(workdir), STUB_ENV: "1" if args.stub_model else "0", "PYTHONPATH": str(tree)})
     logfile = workdir / "server.log"
-    proc = groups.start(cmd, env, logfile)
+    proc = groups.start(cmd, env, logfile, cwd=tree)
     runs: dict[str, list[dict[str, Any]]] = {"/health": [], "/invocations": []}
     try:
         wait_ready(proc, f"http://127.0.0.1:{port}/ready", logfile)
@@ -203,6 +211,23 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def side_by_side(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> str:
+    """Medians of the alternating runs of two trees, each run's figure after them."""
+    def rates(result: dict[str, Any], path: str) -> float:
+        return statistics.median(r["req_per_s"] for r in result["runs"][path])
+
+    rows = [("1-row /invocations, req/s", lambda r: rates(r, "/invocations"), 0),
+            ("/health, req/s", lambda r: rates(r, "/health"), 0),
+            *((f"{step.strip()} (µs)", lambda r, s=step: r["steps_us"].get(s, float("nan")), 1) for step in ORDER)]
+    lines = ["| | before | after | runs before / after |", "|---|---:|---:|---|"]
+    for label, value, digits in rows:
+        old, new = [value(r) for r in before], [value(r) for r in after]
+        lines.append(f"| {label} | {statistics.median(old):,.{digits}f} | {statistics.median(new):,.{digits}f} | "
+                     + ", ".join(f"{v:,.{digits}f}" for v in old) + " / "
+                     + ", ".join(f"{v:,.{digits}f}" for v in new) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.common import DEFAULT_CONFIG_DIR
 
@@ -214,15 +239,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=2, help="alternating /health, /invocations runs")
     parser.add_argument("--stub-model", action="store_true", help="answer single-row model calls from a cache")
+    parser.add_argument("--before", type=Path, help="another checkout: its server and this one's, alternating")
+    parser.add_argument("--repeats", type=int, default=3, help="with --before: servers of each tree, alternating")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from include.ml.configuration import ConfigurationManager
 
     os.environ.setdefault("SERVING_PUBLIC_KEY",
                           str(ConfigurationManager(args.config_dir, env={}).config.signing.public_key))
-    with tempfile.TemporaryDirectory(prefix="bench-phases-") as tmp:
-        result = measure(args.bundle.resolve(), args, Path(tmp))
-    print(report(result))
+    if args.before is None:
+        with tempfile.TemporaryDirectory(prefix="bench-phases-") as tmp:
+            result = measure(args.bundle.resolve(), args, Path(tmp))
+        print(report(result))
+        return 0
+    results: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+    for i in range(args.repeats):
+        for label, tree in (("before", args.before.resolve()), ("after", PROJECT_ROOT)):
+            with tempfile.TemporaryDirectory(prefix="bench-phases-") as tmp:
+                results[label].append(measure(args.bundle.resolve(), args, Path(tmp), tree))
+            logging.info("%s %d/%d (%s): %s", label, i + 1, args.repeats, tree,
+                         report(results[label][-1]).splitlines()[-1])
+    print(side_by_side(results["before"], results["after"]))
     return 0
 
 

@@ -10,8 +10,9 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, render_template, request
 
 from serving import explaining
+from serving.body import InputError, csv_rows, mlflow_json, parse_json
 from serving.contract import Contract
-from serving.inputs import Batch, InputError, csv_rows, mlflow_json, parse_json
+from serving.inputs import Batch
 from serving.limits import Limits
 from serving.model import LoadedModel, Prediction
 from serving.openapi import openapi_spec

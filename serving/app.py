@@ -12,8 +12,8 @@ from werkzeug.exceptions import HTTPException
 from serving import headers
 from serving.api import bp
 from serving.batching import MicroBatcher
+from serving.body import InputError, decoders
 from serving.capture import CaptureWriter, request_id
-from serving.inputs import InputError
 from serving.metrics import Metrics
 from serving.model import ModelHolder
 from serving.release import Scorer
@@ -58,6 +58,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     service = Service(settings, holder, metrics, batcher, capture)
     # a worker's scorer thread is idle until the store's pointer names a release (serving/release.py)
     service.scorer = Scorer(service.validate, metrics.release, capture, settings.release_queue)
+    if holder.current is not None:  # the typed body decoders of its limits, built now rather than on a request
+        decoders(service.limits(holder.current.contract))
     app.extensions["serving"] = service
     app.register_blueprint(bp)
     _register_request_id(app)

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from serving.body import InputError
 from serving.explain import VALUE
-from serving.inputs import InputError, validate
+from serving.inputs import validate
 from serving.model import LoadedModel
 from serving.responses import public_text
 from serving.service import Service

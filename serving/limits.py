@@ -1,8 +1,9 @@
 """How large one request may be: rows, columns and values, from the settings and the served model's width.
 
-A body's bytes are measured against these before anything is built from them (serving/inputs.py): decoding or
+A body's values are counted from its bytes before anything is built from them (serving/body.py): decoding or
 parsing builds a Python object per value, so a 10 MB body of a million values could otherwise grow a worker by
-hundreds of MB. Capping the values bounds whatever is built after the check; the columns are then checked exactly.
+hundreds of MB. Capping the values bounds whatever is built after the check; rows and columns are then the typed
+decoder's limits (msgspec.Meta), exact.
 """
 
 from __future__ import annotations
@@ -10,9 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-# A container of a JSON body (an array or an object) may always hold this many items, whatever SERVING_MAX_ROWS
-# and the columns: params and other containers that are not rows. The value cap bounds what they cost.
-MIN_CONTAINER_ITEMS = 1_000
 # Values a body may hold beyond its rows: column names, a CSV header, params.
 SPARE_VALUES = 1_000
 
@@ -26,11 +24,6 @@ class Limits:
     rows: int
     columns: int
     values: int
-    items: int = 0  # the most items one JSON array or object may hold: a list of rows, or a row (0: derived)
-
-    def __post_init__(self) -> None:
-        if not self.items:
-            object.__setattr__(self, "items", max(self.rows, self.columns, MIN_CONTAINER_ITEMS))
 
     def too_many_columns(self, what: str) -> str:
         return f"{what}; the limit is {self.columns} columns (SERVING_MAX_COLUMNS raises it)"

@@ -16,9 +16,10 @@ import yaml
 
 from serving import pointer as pointers
 from serving import provenance, store, trust
+from serving.body import InputError, mlflow_rows
 from serving.contract import Contract
 from serving.engine import ONNX, SKLEARN, Engine, OnnxPredictor, load_predictor, sklearn_predictor
-from serving.inputs import InputError, mlflow_rows, validate
+from serving.inputs import validate
 from serving.pointer import Pointer, PointerError
 from serving.signing import PublicKeys, verify_manifest_signature
 

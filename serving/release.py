@@ -30,9 +30,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from serving.body import InputError
 from serving.capture import Answer, CaptureWriter, Pair
 from serving.contract import Contract
-from serving.inputs import Batch, InputError
+from serving.inputs import Batch
 from serving.metrics import ReleaseMetrics, relative_differences
 from serving.model import LoadedModel, Prediction
 

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from serving.batching import MicroBatcher, StaleContract
+from serving.body import InputError
 from serving.capture import CaptureWriter
 from serving.contract import Contract
-from serving.inputs import Batch, InputError, validate
+from serving.inputs import Batch, validate
 from serving.limits import Limits, request_limits
 from serving.metrics import Metrics
 from serving.model import LoadedModel, ModelHolder, Prediction

@@ -1,5 +1,6 @@
-"""Bodies are bounded before they are decoded: nesting depth (400) and rows (413) are read from the bytes, so a
-10 MB body never becomes a million Python objects and a deeply nested one never reaches a parser's recursion."""
+"""Bodies are bounded: their values (413) are counted from the bytes before they are decoded, so a 10 MB body never
+becomes a million Python objects; rows (413) are the typed decoder's limits; a deeply nested body is a 400, never a
+RecursionError."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from flask.testing import FlaskClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serving import inputs
-from serving.inputs import MAX_COLUMNS, MAX_DEPTH, nesting_and_items
+from serving import body as body_module
+from serving.body import MAX_DEPTH, _depth
 from tests.support.bodies import MB10, ROW, SHAPES, large_body, nested, repeated
 from tests.support.bundles import GOOD_ROW
 
@@ -27,10 +28,9 @@ def error(response: Any) -> dict[str, Any]:
     return body["error"]
 
 
-# --- the scan itself ------------------------------------------------------------------------------------------------
+# --- depth, counted on the decoded value -------------------------------------------------------------------------
 
-# Strings full of what the scan looks for: brackets, commas, quotes, backslashes (escaped in JSON), and multi-byte
-# characters, whose bytes must never be read as marks.
+# Strings full of brackets, commas, quotes, backslashes (escaped in JSON) and multi-byte characters.
 TRICKY_TEXT = st.text(st.sampled_from('[]{},:"\\ a\n\té€😀'), max_size=6)
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats(allow_nan=False) | TRICKY_TEXT,
@@ -38,34 +38,18 @@ JSON_VALUES = st.recursive(
     max_leaves=60)
 
 
-def reference(value: Any) -> tuple[int, int]:
-    """(depth, most items in one container; an empty one counts 1) of a decoded value."""
+def reference(value: Any) -> int:
+    """The depth of a decoded value, recursively."""
     if not isinstance(value, (list, dict)):
-        return 0, 0
+        return 0
     children = list(value.values()) if isinstance(value, dict) else value
-    inner = [reference(child) for child in children]
-    return 1 + max((d for d, _ in inner), default=0), max([len(children) or 1, *(items for _, items in inner)])
+    return 1 + max((reference(child) for child in children), default=0)
 
 
 @given(value=JSON_VALUES)
 @settings(max_examples=400, deadline=None, database=None, derandomize=True)
-def test_the_scan_reads_depth_and_items_as_a_parser_does(value: Any) -> None:
-    depth, items = reference(value)
-    for body in (json.dumps(value).encode(), json.dumps(value, ensure_ascii=False).encode(),
-                 msgspec.json.encode(value)):
-        assert nesting_and_items(body) == (depth, items), body
-        for limit in (2, 5):  # with a limit, only "more than the limit" is exact
-            assert (nesting_and_items(body, limit)[1] > limit) == (items > limit), body
-
-
-def test_the_scan_takes_a_fraction_of_a_second_for_10_mb() -> None:
-    # Generous for a busy CI box: 20-45 ms on a quiet one (docs/serving.md); decoding took 0.3-2 s.
-    for shape in SHAPES:
-        _, content_type, body = large_body(shape)
-        if content_type == "application/json":
-            started = time.perf_counter()
-            assert nesting_and_items(body, 10_000)[1] > 10_000
-            assert time.perf_counter() - started < 2.0
+def test_depth_is_counted_as_a_recursive_walk_does(value: Any) -> None:
+    assert _depth(value) == reference(value)
 
 
 # --- nesting: 400, never a RecursionError ---------------------------------------------------------------------------
@@ -122,14 +106,18 @@ def test_only_utf8_json_is_read(client: FlaskClient) -> None:
 
 @pytest.fixture
 def undecodable(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Decoding a JSON body fails the request with a 500: a 413 then proves the rows were counted before it."""
+    """Decoding a JSON body fails the request with a 500: a 413 then proves the body was refused before it."""
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the body was decoded")
 
-    # Only serving.inputs' view of the parsers: the test client still decodes the answer.
-    monkeypatch.setattr(inputs, "msgspec", SimpleNamespace(json=SimpleNamespace(decode=refuse),
-                                                           DecodeError=msgspec.DecodeError))
-    monkeypatch.setattr(inputs, "json", SimpleNamespace(loads=refuse))
+    # Only serving.body's view of the decoders: the test client still decodes the answer.
+    refusing = SimpleNamespace(decode=refuse)
+    monkeypatch.setattr(body_module, "decoders", lambda limits: SimpleNamespace(
+        numeric_split=refusing, mlflow=refusing, records=refusing))
+    monkeypatch.setattr(body_module, "msgspec", SimpleNamespace(json=SimpleNamespace(decode=refuse),
+                                                                DecodeError=msgspec.DecodeError,
+                                                                ValidationError=msgspec.ValidationError))
+    monkeypatch.setattr(body_module, "json", SimpleNamespace(loads=refuse))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -139,8 +127,11 @@ def test_10_mb_of_rows_is_413_before_decoding(client: FlaskClient, undecodable: 
     started = time.perf_counter()
     response = client.post(path, data=body, content_type=content_type)
     assert response.status_code == 413, response.data[:300]
-    err = error(response)
-    assert err["code"] == "too_many_rows" and "the limit is 10000" in err["message"]
+    err = error(response)  # CSV counts its lines; JSON its values (its commas), without telling rows from columns
+    if content_type == "text/csv":
+        assert err["code"] == "too_many_rows" and "the limit is 10000" in err["message"]
+    else:
+        assert err["code"] == "too_many_values" and "SERVING_MAX_VALUES" in err["message"]
     assert time.perf_counter() - started < 3.0
 
 
@@ -151,11 +142,12 @@ def test_10_mb_of_rows_is_413_before_decoding(client: FlaskClient, undecodable: 
     {"inputs": {name: [value] * 10_001 for name, value in GOOD_ROW.items()}},
     {"dataframe_split": {"columns": list(GOOD_ROW), "data": [list(GOOD_ROW.values())] * 10_001}},
 ], ids=["predict-list", "dataframe_records", "instances", "columnar", "dataframe_split"])
-def test_one_row_over_the_limit_is_413(client: FlaskClient, undecodable: None, payload: Any) -> None:
+def test_one_row_over_the_limit_is_413(client: FlaskClient, payload: Any) -> None:
+    """Within the values cap, the typed decoder's Meta limit refuses the 10,001st row."""
     path = "/predict" if isinstance(payload, list) else "/invocations"
     response = client.post(path, data=json.dumps(payload), content_type="application/json")
     assert response.status_code == 413 and error(response)["code"] == "too_many_rows"
-    assert "10001 items" in error(response)["message"]
+    assert "the limit is 10000 (SERVING_MAX_ROWS raises it)" in error(response)["message"]
 
 
 @pytest.mark.parametrize("payload", [
@@ -164,20 +156,19 @@ def test_one_row_over_the_limit_is_413(client: FlaskClient, undecodable: None, p
     {"dataframe_records": [GOOD_ROW] * 4},
 ], ids=["columnar", "dataframe_split", "dataframe_records"])
 def test_a_small_row_limit_counts_rows_exactly(make_app: Any, payload: Any) -> None:
-    """Under MAX_COLUMNS items the scan lets a body through, and the rows are counted after decoding."""
     client = make_app(max_rows=3).test_client()
     response = client.post("/invocations", json=payload)
-    assert response.status_code == 413 and "4 rows in one request; the limit is 3" in error(response)["message"]
+    assert response.status_code == 413 and error(response)["code"] == "too_many_rows"
+    assert "more than 3 rows in one request; the limit is 3" in error(response)["message"]
 
 
 def test_a_small_row_limit_does_not_refuse_wide_containers(make_app: Any) -> None:
-    """Containers that are not lists of rows (a record, a dataframe_split row, params) may hold MAX_COLUMNS items."""
+    """Containers that are not lists of rows (a record, a dataframe_split row, params) are not held to max_rows."""
     client = make_app(max_rows=1).test_client()
-    params = {"lists": [[0]] * 40}  # more than max_rows items, and 40 brackets: past the scan's shortcut
+    params = {"lists": [[0]] * 40}  # more than max_rows items
     split = {"dataframe_split": {"columns": list(GOOD_ROW), "data": [list(GOOD_ROW.values())]}, "params": params}
     assert client.post("/invocations", json=split).status_code == 200
     assert client.post("/invocations", json={"dataframe_records": [GOOD_ROW], "params": params}).status_code == 200
-    assert 40 < MAX_COLUMNS
 
 
 def test_csv_stops_reading_one_row_past_the_limit(make_app: Any) -> None:
@@ -192,11 +183,19 @@ def test_csv_stops_reading_one_row_past_the_limit(make_app: Any) -> None:
     assert over.status_code == 413 and error(over)["code"] == "too_many_rows"
 
 
-def test_nan_bodies_are_counted_too(client: FlaskClient) -> None:
-    """A NaN literal sends the body to json.loads; the rows were counted before either parser."""
+def test_nan_bodies_are_counted_too(client: FlaskClient, undecodable: None) -> None:
+    """A NaN literal sends the body to json.loads; its values were counted before either decoder."""
     body = repeated('{"dataframe_records":[', ROW.replace("0.5", "NaN"), "]}", size=2_000_000)
     response = client.post("/invocations", data=body, content_type="application/json")
-    assert response.status_code == 413 and error(response)["code"] == "too_many_rows"
+    assert response.status_code == 413 and error(response)["code"] == "too_many_values"
+
+
+def test_nan_rows_over_the_limit_are_counted_after_decoding(make_app: Any) -> None:
+    """Within the values cap, a NaN body is decoded by json.loads, untyped: validation counts its rows."""
+    client = make_app(max_rows=3).test_client()
+    body = '{"dataframe_records":[' + ",".join([ROW.replace("0.5", "NaN")] * 4) + "]}"
+    response = client.post("/invocations", data=body, content_type="application/json")
+    assert response.status_code == 413 and "4 rows in one request; the limit is 3" in error(response)["message"]
 
 
 # --- column-wise input stays column-wise ------------------------------------------------------------------------------
@@ -217,3 +216,14 @@ def test_columnar_values_are_checked_per_row(client: FlaskClient) -> None:
     response = client.post("/invocations", data=json.dumps({"inputs": columns}), content_type="application/json")
     assert response.status_code == 422
     assert {(d["row"], d["field"]) for d in error(response)["details"]} == {(1, "x2"), (2, "x2")}
+
+
+def test_params_are_held_to_the_depth_limit_too(client: FlaskClient) -> None:
+    """The typed decoder takes params as any JSON object; their depth is counted after it: the body's 32 levels
+    pass, 33 are a 400, as for a body of any other shape."""
+    def body(levels: int) -> str:  # the body object and params add two levels
+        return json.dumps({"dataframe_records": [GOOD_ROW], "params": {"p": json.loads(nested(levels, "list"))}})
+
+    assert client.post("/invocations", data=body(MAX_DEPTH - 2), content_type="application/json").status_code == 200
+    over = client.post("/invocations", data=body(MAX_DEPTH - 1), content_type="application/json")
+    assert over.status_code == 400 and error(over)["code"] == "too_deeply_nested"

@@ -1,6 +1,7 @@
-"""Columns and values are capped before a body is decoded or parsed (issue 22, finding 6): the model's width sets
-them, so a 10 MB body of a few wide rows never becomes millions of Python objects. Exactly at a cap passes, one
-over is a 413 naming the limit and the setting that raises it."""
+"""Columns and values are capped (issue 22, finding 6): the model's width sets them. Values are counted before a
+body is decoded or parsed, so a 10 MB body of a few wide rows never becomes millions of Python objects; columns are
+the typed decoder's limits. Exactly at a cap passes, one over is a 413 naming the limit and the setting that
+raises it."""
 
 from __future__ import annotations
 
@@ -15,8 +16,7 @@ import pytest
 from flask.testing import FlaskClient
 from hypothesis import given, settings
 
-from serving import inputs
-from serving.inputs import scan_json
+from serving import body as body_module
 from serving.limits import SPARE_VALUES, request_limits
 from serving.settings import Settings, SettingsError
 from tests.serving.test_input_limits import JSON_VALUES, error
@@ -45,11 +45,11 @@ def test_the_caps_are_settings() -> None:
             Settings.from_env({name: "-1"})
 
 
-# --- what the scan counts -------------------------------------------------------------------------------------------
+# --- what the value count counts -----------------------------------------------------------------------------------
 
 def leaves(value: Any) -> int:
-    """The values of a decoded body as the scan counts them: numbers, strings, booleans, nulls and empty containers
-    (a key and its value once)."""
+    """The values of a decoded body: numbers, strings, booleans, nulls and empty containers (a key and its value
+    once)."""
     if isinstance(value, (list, dict)):
         children = list(value.values()) if isinstance(value, dict) else value
         return sum(map(leaves, children)) or 1
@@ -58,20 +58,15 @@ def leaves(value: Any) -> int:
 
 @given(value=JSON_VALUES)
 @settings(max_examples=300, deadline=None, database=None, derandomize=True)
-def test_the_scan_counts_values_and_knows_objects(value: Any) -> None:
+def test_the_value_count_is_never_low(value: Any) -> None:
+    """check_values counts a body's commas + 1, commas inside strings too: a body of more values than the cap is
+    always refused, and one within its commas + 1 always passes."""
     for body in (json.dumps(value).encode(), msgspec.json.encode(value)):
-        scan = scan_json(body, 2)
-        assert scan.values == leaves(value), body
-        if scan.items > 2:  # the largest container's kind: an object's keys are columns, an array's items rows
-            kind = dict if scan.in_object else list
-            assert any(type(c) is kind and len(c) == scan.items for c in containers(value)), body
-
-
-def containers(value: Any) -> list[Any]:
-    if not isinstance(value, (list, dict)):
-        return []
-    children = list(value.values()) if isinstance(value, dict) else value
-    return [value, *(c for child in children for c in containers(child))]
+        body_module.check_values(body, request_limits(10_000, 0, body.count(b",") + 1, 1))
+        values = leaves(value)
+        if values > 1:
+            with pytest.raises(body_module.InputError, match="the limit is"):
+                body_module.check_values(body, request_limits(10_000, 0, values - 1, 1))
 
 
 # --- columns: at the cap passes, one more is a 413 ------------------------------------------------------------------
@@ -174,13 +169,15 @@ def unparsable(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the body was decoded")
 
-    # Only serving.inputs' view of the parsers: the test client still decodes the answer.
-    decoder = SimpleNamespace(decode=refuse)
-    monkeypatch.setattr(inputs, "msgspec", SimpleNamespace(json=SimpleNamespace(decode=refuse),
-                                                           DecodeError=msgspec.DecodeError))
-    monkeypatch.setattr(inputs, "_NUMERIC_SPLIT", decoder)
-    monkeypatch.setattr(inputs, "json", SimpleNamespace(loads=refuse))
-    monkeypatch.setattr(inputs, "csv", SimpleNamespace(reader=refuse, Error=csv.Error))
+    # Only serving.body's view of the parsers: the test client still decodes the answer.
+    refusing = SimpleNamespace(decode=refuse)
+    monkeypatch.setattr(body_module, "decoders", lambda limits: SimpleNamespace(
+        numeric_split=refusing, mlflow=refusing, records=refusing))
+    monkeypatch.setattr(body_module, "msgspec", SimpleNamespace(json=SimpleNamespace(decode=refuse),
+                                                                DecodeError=msgspec.DecodeError,
+                                                                ValidationError=msgspec.ValidationError))
+    monkeypatch.setattr(body_module, "json", SimpleNamespace(loads=refuse))
+    monkeypatch.setattr(body_module, "csv", SimpleNamespace(reader=refuse, Error=csv.Error))
 
 
 @pytest.mark.parametrize("shape", WIDE)

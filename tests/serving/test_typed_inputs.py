@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from serving import engine
+from serving.body import Columns, InputError, NumericRows, csv_rows, mlflow_json, parse_json
 from serving.contract import Contract
 from serving.features import parse_datetimes
-from serving.inputs import Columns, InputError, NumericRows, csv_rows, mlflow_json, parse_json, validate
+from serving.inputs import validate
 from serving.limits import Limits
 from tests.support import typed
 
