@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("plan", "worker", "combine"):  # a child
         logging.basicConfig(level=logging.WARNING)
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)  # INFO lines per chunk's checker
         command, rest = argv[0], argv[1:]
         if command == "plan":
             config_dir, source, output, staging, plan_file, partitions = rest

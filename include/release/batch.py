@@ -1,4 +1,5 @@
-"""Batch prediction: score a CSV file with a registered version, chunk by chunk, into a CSV or Parquet file.
+"""Batch prediction: score a CSV or Parquet file with a registered version, chunk by chunk, into a CSV or Parquet
+file (in partitions, on several workers: include/release/partitions.py).
 
 The version is exported as a signed bundle (as `main.py export` does) and loaded with the prediction server's own
 loader and predictor (serving/model.py), so a file scored here gets the answers `/invocations` gives for the same
@@ -28,8 +29,8 @@ problem, so a row with two bad values has two lines; a header only when no row i
 Memory is bounded twice: reading and checking by `batch.chunk_rows`, predicting by `batch.encoded_mb`. A chunk goes
 through the model in batches of at most encoded_mb / (the model's encoded width x 8 bytes) rows, the encoded width
 being what its fitted preprocessing hands the estimator (one-hot of 3,000 values: ~3,000 columns). A local input is
-streamed; an http(s) or s3 input is downloaded whole within data_source.max_bytes first (the ingestion stage's
-reader and caps).
+streamed (a Parquet file a row group at a time); an http(s) or s3 input is downloaded whole within
+data_source.max_bytes first (include/release/batch_input.py: the ingestion stage's reader and caps).
 
 The output (and its side file) are written beside their targets and renamed into place once complete, the side file
 first (an s3 output is uploaded once complete, the side file first), so a failed run leaves no output and an
@@ -68,9 +69,18 @@ from include.release.batch_checks import (
 )
 from include.release.batch_input import read_chunks
 from include.release.batch_output import staged_outputs, writer
+from include.release.batch_scoring import (
+    FLAG_COLUMN,
+    flagged,
+    gives_probabilities,
+    labels,
+    model_classes,
+    model_columns,
+    output_columns,
+    predict_values,
+)
 from include.release.export import export_to_store
 from include.release.signing import trusted_keys
-from serving.contract import Contract
 from serving.model import LoadedModel, load_bundle
 
 log = logging.getLogger(__name__)
@@ -78,7 +88,6 @@ log = logging.getLogger(__name__)
 FORMATS = (".csv", ".parquet")
 ON_BAD_ROWS = ("fail", "skip", "flag")
 REJECTED_SUFFIX = ".rejected.csv"  # the side file of skip and flag: <output>.rejected.csv
-FLAG_COLUMN = "rejected"  # flag: true on a bad row, which has no prediction
 REJECTED_COLUMNS = ("row", "column", "expectation", "expected", "value")  # the side file's, around the key columns
 _ENCODED_VALUE_BYTES = 8  # a float64: what one encoded value costs a dense predict (ONNX Runtime's one-hot is dense)
 
@@ -208,7 +217,7 @@ def output_format(output_uri: str) -> str:
     return suffix
 
 
-def _load(config: BatchPredictionConfig, version: str) -> LoadedModel:
+def load_version(config: BatchPredictionConfig, version: str) -> LoadedModel:
     """The version as a verified bundle in the model store, loaded as every prediction server loads it."""
     tracking.configure(config.mlflow)
     exported = export_to_store(config.mlflow.registered_model_name, version, config.model_store, config.signing)
@@ -265,8 +274,12 @@ class ScoringRun:
     """A run's state: the layout and checker (from the first chunk), the model (once a chunk is to be scored), the
     counts, and with fail the bad rows per expectation."""
 
-    def __init__(self, config: BatchPredictionConfig, mode: str, version: str, explain: bool = False) -> None:
+    def __init__(self, config: BatchPredictionConfig, mode: str, version: str, explain: bool = False,
+                 load: Callable[[BatchPredictionConfig, str], LoadedModel] | None = None) -> None:
+        """`load`: how the version is loaded (default: exported and loaded, include/release/partition_runs.py
+        reuses a process's loaded bundle across its partitions)."""
         self.config, self.mode, self.version, self.explain = config, mode, version, explain
+        self._load = load or load_version
         self.explainer: batch_explain.BatchExplainer | None = None  # with explain, once the model is loaded
         self.layout: _Layout | None = None
         self.check: Callable[[pd.DataFrame], list[dict[str, Any]]] | None = None
@@ -307,7 +320,7 @@ class ScoringRun:
         model = self._model()
         scored = self._scored(model, inputs, keys.loc[good])
         if self.mode == "flag":
-            scored = _flagged(scored, keys, good, model)
+            scored = flagged(scored, keys, good, model)
         return scored, problems
 
     def _all_or_nothing(self, checked: pd.DataFrame, keys: pd.DataFrame,
@@ -322,7 +335,7 @@ class ScoringRun:
 
     def _model(self) -> LoadedModel:
         if self.model is None:  # loaded once the first chunk passed: a broken file fails sooner
-            self.model = _load(self.config, self.version)
+            self.model = self._load(self.config, self.version)
             self.predict_rows = predict_rows(self.model, self.config.batch.encoded_mb)
             log.info("predict: the model's encoded input is %d columns wide: at most %d rows per predict call "
                      "(batch.encoded_mb: %d)", encoded_width(self.model), self.predict_rows,
@@ -333,11 +346,11 @@ class ScoringRun:
         return self.model
 
     def _scored(self, model: LoadedModel, features: pd.DataFrame, keys: pd.DataFrame) -> pd.DataFrame:
-        columns = _model_columns(model.contract, features)
-        values, probabilities = _predict(model, columns, len(features), self.predict_rows)
-        out = {name: keys[name].to_numpy() for name in keys.columns} | {"prediction": _labels(model, values)}
-        if _gives_probabilities(model):
-            classes = _classes(model)
+        columns = model_columns(model.contract, features)
+        values, probabilities = predict_values(model, columns, len(features), self.predict_rows)
+        out = {name: keys[name].to_numpy() for name in keys.columns} | {"prediction": labels(model, values)}
+        if gives_probabilities(model):
+            classes = model_classes(model)
             probabilities = np.empty((0, len(classes))) if probabilities is None else probabilities  # no rows
             out |= {f"probability_{label}": probabilities[:, i] for i, label in enumerate(classes)}
         scored = pd.DataFrame(out).assign(model_name=model.name, model_version=model.version)
@@ -357,85 +370,3 @@ def _keys(chunk: pd.DataFrame, layout: _Layout) -> pd.DataFrame:
 
 
 # --- checks -------------------------------------------------------------------------------------------------------
-
-
-# --- scoring ------------------------------------------------------------------------------------------------------
-
-def _model_columns(contract: Contract, features: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The columns the server builds from a request: float64 for numeric features, Python objects (None when
-    missing) for the others; a datetime stays the text the file holds."""
-    columns = {}
-    for feature in contract.features:
-        if feature.name not in features:
-            raise BatchPredictionError(f"the model needs column {feature.name!r}, which schema.yaml does not list as "
-                                       "a feature: the model was trained on another schema")
-        values = features[feature.name]
-        columns[feature.name] = values.to_numpy(np.float64, na_value=np.nan) if feature.is_numeric \
-            else values.astype(object).where(values.notna(), None).to_numpy()
-    return columns
-
-
-def _predict(model: LoadedModel, columns: dict[str, np.ndarray], rows: int,
-             batch_rows: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """The model's answers (and class probabilities, if it gives them), `batch_rows` rows per call to the predictor
-    the server uses (ONNX Runtime when the bundle compiled, else the estimator). One thread, as in a server's worker
-    (the loader sets n_jobs=1; ONNX Runtime runs on one): hist_gradient_boosting's OpenMP threads would otherwise
-    take every core, and on a busy machine their spin-waiting cost 2.5x the CPU (1M flights-like rows: 18.4 vs 13.0
-    CPU seconds, 55 vs 40 s wall)."""
-    from threadpoolctl import threadpool_limits
-
-    predict = model.compiled.predict if model.compiled else model.sklearn_predict
-    values, probabilities = [], []
-    with threadpool_limits(1, user_api="openmp"):
-        for start in range(0, rows, batch_rows):
-            part = {name: column[start:start + batch_rows] for name, column in columns.items()}
-            answer, probability = predict(part)
-            values.append(np.asarray(answer).reshape(-1))
-            if probability is not None:
-                probabilities.append(np.asarray(probability, dtype=np.float64))
-    if not values:
-        return np.empty(0), None
-    return np.concatenate(values), np.concatenate(probabilities) if probabilities else None
-
-
-def _classes(model: LoadedModel) -> list[str]:
-    return [str(c) for c in getattr(model.estimator, "classes_", [])]
-
-
-def _gives_probabilities(model: LoadedModel) -> bool:
-    """Whether the predictor answers class probabilities (as LoadedModel.sklearn_predict and the compiled
-    predictor do for a classifier with predict_proba)."""
-    return model.contract.task == "classification" and hasattr(model.estimator, "predict_proba")
-
-
-def _labels(model: LoadedModel, values: np.ndarray) -> Any:
-    """The predictions as a column of one type whatever the chunk: float for a regression, the classes' own type
-    (nullable, so a flagged row can be empty) for a classification."""
-    if model.contract.task != "classification":
-        return np.asarray(values, dtype=np.float64)
-    classes = np.asarray(getattr(model.estimator, "classes_", np.empty(0, dtype=object)))
-    kind = classes.dtype.kind
-    if kind in "iub":
-        return pd.array(np.asarray(values).astype(classes.dtype), dtype="boolean" if kind == "b" else "Int64")
-    if kind == "f":
-        return np.asarray(values, dtype=np.float64)
-    return pd.array([str(v) for v in values], dtype=pd.StringDtype())
-
-
-def _flagged(scored: pd.DataFrame, keys: pd.DataFrame, good: pd.Index, model: LoadedModel) -> pd.DataFrame:
-    """flag: every row of the chunk in input order, the good ones scored, the bad ones with their key, no prediction
-    and rejected true."""
-    out = scored.set_index(good).reindex(keys.index)
-    for name in keys.columns:
-        out[name] = keys[name]
-    out["model_name"], out["model_version"] = model.name, model.version
-    out[FLAG_COLUMN] = ~keys.index.isin(good)
-    return out.reset_index(drop=True)
-
-
-def output_columns(model: LoadedModel, keys: tuple[str, ...], mode: str,
-             explainer: batch_explain.BatchExplainer | None = None) -> list[str]:
-    classes = [f"probability_{c}" for c in _classes(model)] if _gives_probabilities(model) else []
-    explained = explainer.columns() if explainer else []
-    return [*keys, "prediction", *classes, "model_name", "model_version", *explained,
-            *([FLAG_COLUMN] if mode == "flag" else [])]

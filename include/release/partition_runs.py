@@ -35,13 +35,16 @@ import pandas as pd
 
 from include.ml.entities import BatchPredictionConfig
 from include.ml.exceptions import BatchPredictionError, DataValidationError
-from include.release.batch import BatchPredictionResult, ScoringRun, output_columns, output_format
+from include.release.batch import BatchPredictionResult, ScoringRun, load_version, output_columns, output_format
 from include.release.batch_checks import report
 from include.release.batch_input import read_chunks
 from include.release.batch_output import staged_outputs, writer
 from include.release.partitions import BatchPlan, Partition, plan_partitions
+from serving.model import LoadedModel
 
 log = logging.getLogger(__name__)
+
+_LOADED: dict[tuple[str, str, str], LoadedModel] = {}
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ def score_partition(config: BatchPredictionConfig, plan: BatchPlan, partition: P
         log.info("predict: %s", done.summary())
         return done
     started = time.perf_counter()
-    run = ScoringRun(config, plan.on_bad_rows, plan.version, plan.explain)
+    run = ScoringRun(config, plan.on_bad_rows, plan.version, plan.explain, _loaded)
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     data = staging / f".{partition.name}.parquet.{token}.tmp"
     rejected = staging / f".{partition.name}.rejected.csv.{token}.tmp"
@@ -177,6 +180,17 @@ def predict_partitioned(config: BatchPredictionConfig, input_uri: str, output_ur
         for partition in plan.partitions:
             score_partition(config, plan, partition)
         return combine(config, plan)
+
+
+def _loaded(config: BatchPredictionConfig, version: str) -> LoadedModel:
+    """The version's bundle, loaded once per process and store: a process scoring several partitions (the CLI's
+    --partitions, a benchmark's worker) pays the export check and load once. The plan pinned `version` to a number,
+    and a bundle in a store never changes."""
+    key = (str(config.model_store), config.mlflow.registered_model_name, version)
+    if key not in _LOADED:
+        _LOADED.clear()  # one model at a time
+        _LOADED[key] = load_version(config, version)
+    return _LOADED[key]
 
 
 def _chunks(config: BatchPredictionConfig, partition: Partition) -> Iterator[pd.DataFrame]:

@@ -327,13 +327,16 @@ def celery_env(base: Path, databases: dict[str, str], broker: RedisBroker, s3_en
     # A copy of the default config whose data_source.allowed_sources admits <base>/sources/ and whose
     # batch.allowed_outputs admits <base>/batch-outputs/ (ml_batch_predict's trigger form, tests/topology/
     # test_celery_batch.py); the model store and signing keys of batch prediction's export are the stack's own.
+    # No cron schedule: only the runs a test triggers (unpausing ml_pipeline would otherwise start the last
+    # interval's nightly run, tuning and all, ahead of them: max_active_runs is 1).
     config_dir = base / "config"
     shutil.copytree(REPO / "include" / "config", config_dir)
     for folder in ("sources", "batch-outputs"):
         (base / folder).mkdir()
     edit_yaml(config_dir / "config.yaml", lambda data: (
         data["data_source"].update(allowed_sources=[f"{base / 'sources'}/"]),
-        data["batch"].update(allowed_outputs=[f"{base / 'batch-outputs'}/"])))
+        data["batch"].update(allowed_outputs=[f"{base / 'batch-outputs'}/"]),
+        data["airflow"].update(schedule=None, monitor_schedule=None)))
     # Nothing from the caller's Airflow, MLflow, pipeline or AWS settings leaks into the test stack.
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AIRFLOW", "MLOPS_", "MLFLOW_", "AWS_"))}
