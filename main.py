@@ -292,8 +292,9 @@ def predict(args: argparse.Namespace) -> int:
     from include.ml.configuration import ConfigurationManager
 
     # The user's own files: no allow-list here (the ml_batch_predict DAG applies data_source.allowed_sources).
-    print(pipeline.run_predict(ConfigurationManager(args.config_dir), args.input, args.output, args.version, False,
-                               args.on_bad_rows, args.explain, args.partitions).summary())
+    print(pipeline.run_predict(ConfigurationManager(args.config_dir), args.input, args.output, args.version,
+                               on_bad_rows=args.on_bad_rows, explain=args.explain,
+                               partitions=args.partitions).summary())
     return 0
 
 
