@@ -284,6 +284,7 @@ def predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--explain", action="store_true",
                         help="also explain each prediction: a contribution:<column> column per input column, "
                              "explain_base_value, explain_output (and explain_class), as POST /explain answers")
+    parser.add_argument("--partitions", type=int, help="score in N partitions, one after the other (as the DAG's)")
     return parser
 
 
@@ -292,7 +293,8 @@ def predict(args: argparse.Namespace) -> int:
 
     # The user's own files: no allow-list here (the ml_batch_predict DAG applies data_source.allowed_sources).
     print(pipeline.run_predict(ConfigurationManager(args.config_dir), args.input, args.output, args.version,
-                               on_bad_rows=args.on_bad_rows, explain=args.explain).summary())
+                               on_bad_rows=args.on_bad_rows, explain=args.explain,
+                               partitions=args.partitions).summary())
     return 0
 
 

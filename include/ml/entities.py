@@ -140,6 +140,11 @@ class BatchConfig(Frozen):
     # Rows that break schema.yaml: fail the run (nothing written), skip them (left out of the output), or flag them
     # (kept, without a prediction, rejected=true). skip and flag list every bad row's reasons in <output>.rejected.csv.
     on_bad_rows: Literal["fail", "skip", "flag"] = "fail"
+    # The ml_batch_predict DAG scores the input in this many partitions, one mapped task each, and combines their
+    # parts into the output (include/release/partitions.py): CSV byte ranges, Parquet row groups, or the objects under
+    # an s3:// prefix. 1: one partition. partition_mb (MiB of input per partition), when set, decides the count.
+    partitions: int = Field(1, ge=1, le=256)
+    partition_mb: int | None = Field(None, ge=1)
 
 
 class LocalTargetConfig(Frozen):

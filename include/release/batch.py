@@ -1,4 +1,5 @@
-"""Batch prediction: score a CSV file with a registered version, chunk by chunk, into a CSV or Parquet file.
+"""Batch prediction: score a CSV or Parquet file with a registered version, chunk by chunk, into a CSV or Parquet
+file (in partitions, on several workers: include/release/partitions.py).
 
 The version is exported as a signed bundle (as `main.py export` does) and loaded with the prediction server's own
 loader and predictor (serving/model.py), so a file scored here gets the answers `/invocations` gives for the same
@@ -28,8 +29,8 @@ problem, so a row with two bad values has two lines; a header only when no row i
 Memory is bounded twice: reading and checking by `batch.chunk_rows`, predicting by `batch.encoded_mb`. A chunk goes
 through the model in batches of at most encoded_mb / (the model's encoded width x 8 bytes) rows, the encoded width
 being what its fitted preprocessing hands the estimator (one-hot of 3,000 values: ~3,000 columns). A local input is
-streamed; an http(s) or s3 input is downloaded whole within data_source.max_bytes first (the ingestion stage's
-reader and caps).
+streamed (a Parquet file a row group at a time); an http(s) or s3 input is downloaded whole within
+data_source.max_bytes first (include/release/batch_input.py: the ingestion stage's reader and caps).
 
 The output (and its side file) are written beside their targets and renamed into place once complete, the side file
 first (an s3 output is uploaded once complete, the side file first), so a failed run leaves no output and an
@@ -42,14 +43,9 @@ prediction server's explainer, in calls bounded like the predict calls.
 
 from __future__ import annotations
 
-import io
 import logging
-import os
-import tempfile
 import time
-import zipfile
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -60,14 +56,31 @@ import pandas as pd
 from include.ml import tracking
 from include.ml.components import ingestion
 from include.ml.components.validation import frame_checker
-from include.ml.entities import BatchConfig, BatchPredictionConfig, ColumnSpec, DataSourceConfig, SchemaConfig
+from include.ml.entities import BatchConfig, BatchPredictionConfig, SchemaConfig
 from include.ml.exceptions import BatchPredictionError, DataValidationError
-from include.ml.s3_uri import parse_s3_uri
 from include.release import batch_explain
+from include.release.batch_checks import (
+    by_key,
+    count_failures,
+    problems_frame,
+    raise_if_broken,
+    report,
+    typed_frame,
+)
+from include.release.batch_input import read_chunks
+from include.release.batch_output import staged_outputs, writer
+from include.release.batch_scoring import (
+    FLAG_COLUMN,
+    flagged,
+    gives_probabilities,
+    labels,
+    model_classes,
+    model_columns,
+    output_columns,
+    predict_values,
+)
 from include.release.export import export_to_store
 from include.release.signing import trusted_keys
-from serving.contract import Contract
-from serving.features import parse_datetimes
 from serving.model import LoadedModel, load_bundle
 
 log = logging.getLogger(__name__)
@@ -75,12 +88,7 @@ log = logging.getLogger(__name__)
 FORMATS = (".csv", ".parquet")
 ON_BAD_ROWS = ("fail", "skip", "flag")
 REJECTED_SUFFIX = ".rejected.csv"  # the side file of skip and flag: <output>.rejected.csv
-FLAG_COLUMN = "rejected"  # flag: true on a bad row, which has no prediction
 REJECTED_COLUMNS = ("row", "column", "expectation", "expected", "value")  # the side file's, around the key columns
-# Failures that make the file unusable as a whole: the run stops at the first chunk that shows one.
-BROKEN_FILE = ("expect_table_columns_to_match_set", "expect_column_to_exist", "expect_column_values_to_be_in_type_list")
-TYPE_CHECK, NOT_NULL = "expect_column_values_to_be_in_type_list", "expect_column_values_to_not_be_null"
-_SAMPLE = 5
 _ENCODED_VALUE_BYTES = 8  # a float64: what one encoded value costs a dense predict (ONNX Runtime's one-hot is dense)
 
 
@@ -99,9 +107,12 @@ class BatchPredictionResult:
     rejected_uri: str | None = None  # skip, flag: the side file with every bad row's reasons
     predict_rows: int = 0  # rows per predict call, from the model's encoded width and batch.encoded_mb
     explained: dict[str, Any] | None = None  # --explain: the explainer's method, output space, calibrated, classes
+    partitions: int = 1  # scored in this many partitions (include/release/partitions.py)
+    manifest_uri: str | None = None  # partitioned: each partition's input range and row counts
 
     def summary(self) -> str:
-        text = (f"{self.rows:,} rows in {self.chunks} chunk(s) scored with {self.model_name} version "
+        parts = f" and {self.partitions} partitions" if self.partitions > 1 else ""
+        text = (f"{self.rows:,} rows in {self.chunks} chunk(s){parts} scored with {self.model_name} version "
                 f"{self.model_version} in {self.seconds:.1f}s: {self.input_uri} -> {self.output_uri}")
         if self.rejected_uri:
             done = "left out" if self.on_bad_rows == "skip" else "flagged, without a prediction"
@@ -115,7 +126,8 @@ class BatchPredictionResult:
         return {"input_uri": self.input_uri, "output_uri": self.output_uri, "model_name": self.model_name,
                 "model_version": self.model_version, "rows": self.rows, "chunks": self.chunks,
                 "seconds": self.seconds, "on_bad_rows": self.on_bad_rows, "rejected": self.rejected,
-                "rejected_uri": self.rejected_uri, "explained": self.explained}
+                "rejected_uri": self.rejected_uri, "explained": self.explained, "partitions": self.partitions,
+                "manifest_uri": self.manifest_uri}
 
 
 def predict_file(config: BatchPredictionConfig, input_uri: str, output_uri: str, version: str = "champion",
@@ -133,15 +145,15 @@ def predict_file(config: BatchPredictionConfig, input_uri: str, output_uri: str,
     mode = on_bad_rows or config.batch.on_bad_rows
     if mode not in ON_BAD_ROWS:
         raise BatchPredictionError(f"on_bad_rows must be one of {', '.join(ON_BAD_ROWS)}, got {mode!r}")
-    suffix = _format(output_uri)
+    suffix = output_format(output_uri)
     rejected_uri = output_uri + REJECTED_SUFFIX if mode != "fail" else None
     started = time.perf_counter()
-    run = _Run(config, mode, version, explain)
+    run = ScoringRun(config, mode, version, explain)
     uris = [output_uri, *([rejected_uri] if rejected_uri else [])]
-    with _staged_outputs(uris, config.source) as staged, ExitStack() as writers:
-        write = writers.enter_context(_writer(staged[0], suffix, config.source))
-        reject = writers.enter_context(_writer(staged[1], ".csv", config.source)) if rejected_uri else None
-        for chunk in _read_chunks(input_uri, config.source, config.batch.chunk_rows):
+    with staged_outputs(uris, config.source) as staged, ExitStack() as writers:
+        write = writers.enter_context(writer(staged[0], suffix, config.source))
+        reject = writers.enter_context(writer(staged[1], ".csv", config.source)) if rejected_uri else None
+        for chunk in read_chunks(input_uri, config.source, config.batch.chunk_rows):
             if chunk.empty:  # a file of just a header
                 continue
             scored, problems = run.chunk(chunk)
@@ -154,12 +166,12 @@ def predict_file(config: BatchPredictionConfig, input_uri: str, output_uri: str,
         if not run.rows:
             raise BatchPredictionError(f"input {input_uri} has a header but no data rows")
         if run.bad:
-            raise DataValidationError(_report(run.bad, run.rows), None)
+            raise DataValidationError(report(run.bad, run.rows), None)
     model = run.model
     assert model is not None and run.layout is not None  # rows were scored
     result = BatchPredictionResult(input_uri, output_uri, model.name, model.version, run.rows, run.chunks,
                                    round(time.perf_counter() - started, 2),
-                                   _columns(model, run.layout.keys, mode, run.explainer), mode, run.rejected,
+                                   output_columns(model, run.layout.keys, mode, run.explainer), mode, run.rejected,
                                    rejected_uri, run.predict_rows, run.explainer and run.explainer.describe())
     log.info("predict: %s", result.summary())
     return result
@@ -197,7 +209,7 @@ def predict_rows(model: LoadedModel, encoded_mb: int) -> int:
     return max(1, encoded_mb * 2**20 // (encoded_width(model) * _ENCODED_VALUE_BYTES))
 
 
-def _format(output_uri: str) -> str:
+def output_format(output_uri: str) -> str:
     suffix = Path(output_uri.split("?")[0]).suffix.lower()
     if suffix not in FORMATS:
         raise BatchPredictionError(f"output {output_uri}: the extension picks the format; expected one of "
@@ -205,7 +217,7 @@ def _format(output_uri: str) -> str:
     return suffix
 
 
-def _load(config: BatchPredictionConfig, version: str) -> LoadedModel:
+def load_version(config: BatchPredictionConfig, version: str) -> LoadedModel:
     """The version as a verified bundle in the model store, loaded as every prediction server loads it."""
     tracking.configure(config.mlflow)
     exported = export_to_store(config.mlflow.registered_model_name, version, config.model_store, config.signing)
@@ -258,12 +270,16 @@ def _layout(columns: list[str], config: BatchPredictionConfig, mode: str, explai
 
 # --- one run: chunk by chunk --------------------------------------------------------------------------------------
 
-class _Run:
+class ScoringRun:
     """A run's state: the layout and checker (from the first chunk), the model (once a chunk is to be scored), the
     counts, and with fail the bad rows per expectation."""
 
-    def __init__(self, config: BatchPredictionConfig, mode: str, version: str, explain: bool = False) -> None:
+    def __init__(self, config: BatchPredictionConfig, mode: str, version: str, explain: bool = False,
+                 load: Callable[[BatchPredictionConfig, str], LoadedModel] | None = None) -> None:
+        """`load`: how the version is loaded (default: exported and loaded, include/release/partition_runs.py
+        reuses a process's loaded bundle across its partitions)."""
         self.config, self.mode, self.version, self.explain = config, mode, version, explain
+        self._load = load or load_version
         self.explainer: batch_explain.BatchExplainer | None = None  # with explain, once the model is loaded
         self.layout: _Layout | None = None
         self.check: Callable[[pd.DataFrame], list[dict[str, Any]]] | None = None
@@ -286,14 +302,14 @@ class _Run:
         self.rows, self.chunks = self.rows + len(chunk), self.chunks + 1
         if self.mode == "fail":
             return self._all_or_nothing(checked, keys, check), None
-        typed, problems = _typed(checked, layout.checked)
+        typed, problems = typed_frame(checked, layout.checked)
         failures = check(typed)
-        _raise_if_broken(failures, keys)
+        raise_if_broken(failures, keys)
         # A failure that names no row (GX could not evaluate the expectation) would lose rows silently: it fails.
         unexplained = [f for f in failures if not f.get("unexpected_rows")]
         if unexplained:
-            raise DataValidationError([_by_key(f, keys) for f in unexplained], None)
-        problems = _problems(problems, failures, checked, keys)
+            raise DataValidationError([by_key(f, keys) for f in unexplained], None)
+        problems = problems_frame(problems, failures, checked, keys)
         bad = pd.Index(problems["row"].unique())
         self.rejected += len(bad)
         good = typed.index.difference(bad) if len(bad) else checked.index
@@ -304,22 +320,22 @@ class _Run:
         model = self._model()
         scored = self._scored(model, inputs, keys.loc[good])
         if self.mode == "flag":
-            scored = _flagged(scored, keys, good, model)
+            scored = flagged(scored, keys, good, model)
         return scored, problems
 
     def _all_or_nothing(self, checked: pd.DataFrame, keys: pd.DataFrame,
                         check: Callable[[pd.DataFrame], list[dict[str, Any]]]) -> pd.DataFrame | None:
         """fail: the chunk scored if no row of the file was bad so far; else only counted, to report every bad row."""
         failures = check(checked)
-        _raise_if_broken(failures, keys)
-        _count(self.bad, [_by_key(f, keys) for f in failures])
+        raise_if_broken(failures, keys)
+        count_failures(self.bad, [by_key(f, keys) for f in failures])
         if self.bad:
             return None
         return self._scored(self._model(), checked, keys)
 
     def _model(self) -> LoadedModel:
         if self.model is None:  # loaded once the first chunk passed: a broken file fails sooner
-            self.model = _load(self.config, self.version)
+            self.model = self._load(self.config, self.version)
             self.predict_rows = predict_rows(self.model, self.config.batch.encoded_mb)
             log.info("predict: the model's encoded input is %d columns wide: at most %d rows per predict call "
                      "(batch.encoded_mb: %d)", encoded_width(self.model), self.predict_rows,
@@ -330,11 +346,11 @@ class _Run:
         return self.model
 
     def _scored(self, model: LoadedModel, features: pd.DataFrame, keys: pd.DataFrame) -> pd.DataFrame:
-        columns = _model_columns(model.contract, features)
-        values, probabilities = _predict(model, columns, len(features), self.predict_rows)
-        out = {name: keys[name].to_numpy() for name in keys.columns} | {"prediction": _labels(model, values)}
-        if _gives_probabilities(model):
-            classes = _classes(model)
+        columns = model_columns(model.contract, features)
+        values, probabilities = predict_values(model, columns, len(features), self.predict_rows)
+        out = {name: keys[name].to_numpy() for name in keys.columns} | {"prediction": labels(model, values)}
+        if gives_probabilities(model):
+            classes = model_classes(model)
             probabilities = np.empty((0, len(classes))) if probabilities is None else probabilities  # no rows
             out |= {f"probability_{label}": probabilities[:, i] for i, label in enumerate(classes)}
         scored = pd.DataFrame(out).assign(model_name=model.name, model_version=model.version)
@@ -354,339 +370,3 @@ def _keys(chunk: pd.DataFrame, layout: _Layout) -> pd.DataFrame:
 
 
 # --- checks -------------------------------------------------------------------------------------------------------
-
-def _raise_if_broken(failures: list[dict[str, Any]], keys: pd.DataFrame) -> None:
-    broken = [f for f in failures if f["expectation"] in BROKEN_FILE]
-    if broken:
-        raise DataValidationError([_by_key(f, keys) for f in broken], None)
-
-
-def _by_key(failure: dict[str, Any], keys: pd.DataFrame) -> dict[str, Any]:
-    """A failure with its sample rows named by the first key column instead of the row number."""
-    failure = {k: v for k, v in failure.items() if k != "unexpected_rows"}
-    if failure.get("rows"):
-        failure["rows"] = [_plain(v) for v in keys.iloc[:, 0].loc[failure["rows"]].tolist()]
-    return failure
-
-
-def _typed(frame: pd.DataFrame, schema: SchemaConfig) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
-    """skip, flag: the values that are not of their column's type, as problems of their rows (text where a number or
-    a datetime is expected, a fraction or a missing value in a non-nullable int column), and the frame without those
-    rows, each column as its check expects it: numbers as numbers, datetimes parsed."""
-    problems, bad = [], np.zeros(len(frame), dtype=bool)
-    columns: dict[str, Any] = {}
-    for spec in schema.columns:
-        if spec.name not in frame:
-            continue  # the suite's column check reports it
-        values = frame[spec.name]
-        if spec.is_numeric:
-            if values.dtype == bool:  # true / false: not numbers
-                numbers = pd.Series(np.nan, index=frame.index)
-            else:
-                numbers = values if pd.api.types.is_numeric_dtype(values.dtype) \
-                    else pd.to_numeric(values, errors="coerce")
-            wrong = numbers.isna().to_numpy() & values.notna().to_numpy()
-            if spec.dtype == "int":
-                present = numbers.notna().to_numpy()
-                wrong |= present & (numbers.to_numpy(np.float64, na_value=np.nan) % 1 != 0)
-                if not spec.nullable:  # an int column holds no missing value: one would make the column float
-                    missing = ~present & ~wrong
-                    problems.append(_problem(frame.index[missing], spec, NOT_NULL, ""))
-                    bad |= missing
-            problems.append(_problem(frame.index[wrong], spec, TYPE_CHECK, f"dtype={spec.dtype}"))
-            bad |= wrong
-            columns[spec.name] = numbers
-        elif spec.dtype == "datetime":
-            moments, wrong = parse_datetimes(values, spec.format)
-            problems.append(_problem(frame.index[wrong], spec, TYPE_CHECK,
-                                     f"dtype=datetime, format={spec.format or 'ISO 8601'}"))
-            bad |= wrong
-            columns[spec.name] = pd.Series(moments, index=frame.index)
-    typed = frame.assign(**columns) if columns else frame
-    typed = typed[~bad] if bad.any() else typed
-    ints = {s.name: np.int64 for s in schema.columns if s.dtype == "int" and not s.nullable and s.name in typed}
-    return (typed.astype(ints) if ints else typed), [p for p in problems if len(p)]
-
-
-def _problem(rows: pd.Index, spec: ColumnSpec, expectation: str, expected: str) -> pd.DataFrame:
-    return pd.DataFrame({"row": rows.to_numpy(), "column": spec.name, "expectation": expectation,
-                         "expected": expected})
-
-
-def _problems(typed: list[pd.DataFrame], failures: list[dict[str, Any]], frame: pd.DataFrame,
-              keys: pd.DataFrame) -> pd.DataFrame:
-    """Every problem of the chunk, one line per bad value, in row order: row, the key columns, column, expectation,
-    expected, value (as read, empty when missing)."""
-    found = typed + [pd.DataFrame({"row": np.asarray(f["unexpected_rows"], dtype=np.int64), "column": f["column"],
-                                   "expectation": f["expectation"], "expected": f["expected"]})
-                     for f in failures if f.get("unexpected_rows")]
-    if not found:
-        problems = pd.DataFrame({"row": np.empty(0, dtype=np.int64), "column": [], "expectation": [], "expected": []})
-    else:
-        problems = pd.concat(found, ignore_index=True).sort_values("row", kind="stable", ignore_index=True)
-    values = pd.Series([frame.at[row, column] for row, column in zip(problems["row"], problems["column"])],
-                       dtype=object)
-    problems["value"] = values.where(values.notna(), None)
-    key_values = keys.loc[problems["row"]].reset_index(drop=True)
-    return pd.concat([problems[["row"]], key_values, problems[["column", "expectation", "expected", "value"]]],
-                     axis=1)
-
-
-def _count(bad: dict[tuple[str | None, str], dict[str, Any]], failures: list[dict[str, Any]]) -> None:
-    """Add one chunk's bad rows to the counts per expectation, keeping the first few examples and row ids."""
-    for failure in failures:
-        seen = bad.setdefault((failure["column"], failure["expectation"]),
-                              {**failure, "unexpected_count": 0, "examples": [], "rows": []})
-        seen["unexpected_count"] += failure["unexpected_count"] or 0
-        seen["examples"] = (seen["examples"] + failure["examples"])[:_SAMPLE]
-        seen["rows"] = (seen["rows"] + failure["rows"])[:_SAMPLE]
-
-
-def _report(bad: dict[tuple[str | None, str], dict[str, Any]], rows: int) -> list[dict[str, Any]]:
-    return [{**failure, "unexpected_percent": 100 * failure["unexpected_count"] / rows} for failure in bad.values()]
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
-
-
-# --- scoring ------------------------------------------------------------------------------------------------------
-
-def _model_columns(contract: Contract, features: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The columns the server builds from a request: float64 for numeric features, Python objects (None when
-    missing) for the others; a datetime stays the text the file holds."""
-    columns = {}
-    for feature in contract.features:
-        if feature.name not in features:
-            raise BatchPredictionError(f"the model needs column {feature.name!r}, which schema.yaml does not list as "
-                                       "a feature: the model was trained on another schema")
-        values = features[feature.name]
-        columns[feature.name] = values.to_numpy(np.float64, na_value=np.nan) if feature.is_numeric \
-            else values.astype(object).where(values.notna(), None).to_numpy()
-    return columns
-
-
-def _predict(model: LoadedModel, columns: dict[str, np.ndarray], rows: int,
-             batch_rows: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """The model's answers (and class probabilities, if it gives them), `batch_rows` rows per call to the predictor
-    the server uses (ONNX Runtime when the bundle compiled, else the estimator). One thread, as in a server's worker
-    (the loader sets n_jobs=1; ONNX Runtime runs on one): hist_gradient_boosting's OpenMP threads would otherwise
-    take every core, and on a busy machine their spin-waiting cost 2.5x the CPU (1M flights-like rows: 18.4 vs 13.0
-    CPU seconds, 55 vs 40 s wall)."""
-    from threadpoolctl import threadpool_limits
-
-    predict = model.compiled.predict if model.compiled else model.sklearn_predict
-    values, probabilities = [], []
-    with threadpool_limits(1, user_api="openmp"):
-        for start in range(0, rows, batch_rows):
-            part = {name: column[start:start + batch_rows] for name, column in columns.items()}
-            answer, probability = predict(part)
-            values.append(np.asarray(answer).reshape(-1))
-            if probability is not None:
-                probabilities.append(np.asarray(probability, dtype=np.float64))
-    if not values:
-        return np.empty(0), None
-    return np.concatenate(values), np.concatenate(probabilities) if probabilities else None
-
-
-def _classes(model: LoadedModel) -> list[str]:
-    return [str(c) for c in getattr(model.estimator, "classes_", [])]
-
-
-def _gives_probabilities(model: LoadedModel) -> bool:
-    """Whether the predictor answers class probabilities (as LoadedModel.sklearn_predict and the compiled
-    predictor do for a classifier with predict_proba)."""
-    return model.contract.task == "classification" and hasattr(model.estimator, "predict_proba")
-
-
-def _labels(model: LoadedModel, values: np.ndarray) -> Any:
-    """The predictions as a column of one type whatever the chunk: float for a regression, the classes' own type
-    (nullable, so a flagged row can be empty) for a classification."""
-    if model.contract.task != "classification":
-        return np.asarray(values, dtype=np.float64)
-    classes = np.asarray(getattr(model.estimator, "classes_", np.empty(0, dtype=object)))
-    kind = classes.dtype.kind
-    if kind in "iub":
-        return pd.array(np.asarray(values).astype(classes.dtype), dtype="boolean" if kind == "b" else "Int64")
-    if kind == "f":
-        return np.asarray(values, dtype=np.float64)
-    return pd.array([str(v) for v in values], dtype=pd.StringDtype())
-
-
-def _flagged(scored: pd.DataFrame, keys: pd.DataFrame, good: pd.Index, model: LoadedModel) -> pd.DataFrame:
-    """flag: every row of the chunk in input order, the good ones scored, the bad ones with their key, no prediction
-    and rejected true."""
-    out = scored.set_index(good).reindex(keys.index)
-    for name in keys.columns:
-        out[name] = keys[name]
-    out["model_name"], out["model_version"] = model.name, model.version
-    out[FLAG_COLUMN] = ~keys.index.isin(good)
-    return out.reset_index(drop=True)
-
-
-def _columns(model: LoadedModel, keys: tuple[str, ...], mode: str,
-             explainer: batch_explain.BatchExplainer | None = None) -> list[str]:
-    classes = [f"probability_{c}" for c in _classes(model)] if _gives_probabilities(model) else []
-    explained = explainer.columns() if explainer else []
-    return [*keys, "prediction", *classes, "model_name", "model_version", *explained,
-            *([FLAG_COLUMN] if mode == "flag" else [])]
-
-
-# --- input --------------------------------------------------------------------------------------------------------
-
-def _read_chunks(uri: str, source: DataSourceConfig, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """The input in chunks of `chunk_rows`: a local CSV streamed, anything else (a URL, a zip) read whole by the
-    ingestion stage's reader, within its caps."""
-    local = "://" not in uri or uri.startswith("file://")
-    path = Path(uri.removeprefix("file://"))
-    if local and not path.is_file():
-        raise BatchPredictionError(f"input {uri} is not a file")
-    if local and not zipfile.is_zipfile(path):
-        handle: Any = path
-    else:
-        remote = source.model_copy(update={"uri": uri})
-        handle = io.BytesIO(ingestion.extract_csv(ingestion.fetch(remote), remote))
-    try:
-        with pd.read_csv(handle, sep=source.separator, chunksize=chunk_rows) as reader:
-            yield from reader
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:  # EmptyDataError is a ValueError
-        raise BatchPredictionError(f"input {uri} is not a valid CSV with separator {source.separator!r}: {exc}") \
-            from exc
-
-
-# --- output -------------------------------------------------------------------------------------------------------
-
-@contextmanager
-def _writer(path: Path, suffix: str, source: DataSourceConfig) -> Iterator[Callable[[pd.DataFrame], None]]:
-    """A function appending a scored chunk to `path` (CSV in the configured format, or Parquet row groups)."""
-    if suffix == ".csv":
-        with path.open("w", newline="", encoding="utf-8") as file:
-            def write_csv(frame: pd.DataFrame) -> None:
-                frame.to_csv(file, sep=source.separator, index=False, header=file.tell() == 0)
-
-            yield write_csv
-            _sync(file)
-        return
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    parquet: dict[str, Any] = {}
-
-    def write_parquet(frame: pd.DataFrame) -> None:
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        if "writer" not in parquet:
-            parquet["writer"] = pq.ParquetWriter(path, table.schema)
-        try:
-            table = table.cast(parquet["writer"].schema)
-        except (pa.ArrowInvalid, ValueError) as exc:  # e.g. an id column that turns from numbers to text
-            raise BatchPredictionError(f"a chunk's columns {table.schema.types} do not match the first chunk's "
-                                       f"{parquet['writer'].schema.types}: {exc}") from exc
-        parquet["writer"].write_table(table)
-
-    try:
-        yield write_parquet
-    finally:
-        if "writer" in parquet:
-            parquet["writer"].close()
-    with path.open("rb+") as file:
-        _sync(file)
-
-
-def _sync(file: Any) -> None:
-    file.flush()
-    os.fsync(file.fileno())
-
-
-@dataclass(frozen=True)
-class _Place:
-    uri: str
-    local: Path | None = None  # a local target
-    bucket: str = ""  # or an s3 object
-    key: str = ""
-
-
-def _place(uri: str) -> _Place:
-    if uri.startswith("s3://"):  # the key the allow-list checked, as it is (include/ml/s3_uri.py)
-        try:
-            s3 = parse_s3_uri(uri)
-        except ValueError as exc:
-            raise BatchPredictionError(f"output {uri!r} is refused: {exc}") from None
-        return _Place(uri, bucket=s3.bucket, key=s3.key)
-    if "://" in uri and not uri.startswith("file://"):
-        raise BatchPredictionError(f"unsupported output {uri!r}: use a local path or s3://bucket/key")
-    target = Path(uri.removeprefix("file://"))
-    if target.is_dir():
-        raise BatchPredictionError(f"output {uri} is a directory; give a file name ending in .csv or .parquet")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BatchPredictionError(f"output {uri} cannot be written: {exc}") from exc
-    if not os.access(target.parent, os.W_OK):
-        raise BatchPredictionError(f"output {uri} cannot be written: {target.parent} is not writable")
-    return _Place(uri, local=target)
-
-
-@contextmanager
-def _staged_outputs(uris: list[str], source: DataSourceConfig) -> Iterator[list[Path]]:
-    """Temporary files that become `uris` only if the block succeeds: renamed onto local targets (each in its
-    target's directory, so each rename is atomic) or uploaded whole to s3://bucket/key. The first (the output) is
-    published last, so it never appears without its side files; if publishing it fails, they are removed again."""
-    places = [_place(uri) for uri in uris]
-    staged: list[Path] = []
-    with tempfile.TemporaryDirectory(prefix="batch-predict-") as tmp:
-        try:
-            for i, place in enumerate(places):
-                if place.local is None:
-                    staged.append(Path(tmp) / f"{i}-{Path(place.key).name}")
-                    continue
-                fd, name = tempfile.mkstemp(dir=place.local.parent, prefix=f".{place.local.name}.", suffix=".tmp")
-                os.close(fd)
-                staged.append(Path(name))
-            yield staged
-            published: list[_Place] = []
-            for place, path in reversed(list(zip(places, staged))):
-                try:
-                    _publish(path, place, source)
-                except BaseException:
-                    for done in published:
-                        _unpublish(done, source)
-                    raise
-                published.append(place)
-        finally:
-            for path in staged:
-                path.unlink(missing_ok=True)
-
-
-def _publish(path: Path, place: _Place, source: DataSourceConfig) -> None:
-    if place.local is None:
-        _upload(path, place.bucket, place.key, source)
-        return
-    try:
-        os.replace(path, place.local)
-    except OSError as exc:
-        raise BatchPredictionError(f"output {place.uri} cannot be written: {exc}") from exc
-
-
-def _unpublish(place: _Place, source: DataSourceConfig) -> None:
-    """Best effort: remove a side file whose output could not be published."""
-    try:
-        if place.local is not None:
-            place.local.unlink(missing_ok=True)
-        else:
-            import boto3
-
-            boto3.client("s3", endpoint_url=source.s3_endpoint_url).delete_object(Bucket=place.bucket, Key=place.key)
-    except Exception as exc:  # noqa: BLE001 - the output's own error is what the caller must see
-        log.warning("predict: could not remove %s after the output failed: %s", place.uri, exc)
-
-
-def _upload(path: Path, bucket: str, key: str, source: DataSourceConfig) -> None:
-    import boto3
-    import boto3.exceptions
-    import botocore.exceptions
-
-    try:
-        boto3.client("s3", endpoint_url=source.s3_endpoint_url).upload_file(str(path), bucket, key)
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, boto3.exceptions.S3UploadFailedError) \
-            as exc:
-        raise BatchPredictionError(f"output s3://{bucket}/{key} could not be uploaded: {exc}") from exc

@@ -139,14 +139,16 @@ def test_ml_release_shape(dagbag: dict) -> None:
 
 def test_ml_batch_predict_shape(dagbag: dict) -> None:
     dag = dagbag["dags"]["ml_batch_predict"]
-    assert list(dag["tasks"]) == ["predict"]
+    assert list(dag["tasks"]) == ["plan", "score", "combine"]  # score: mapped over the plan's partitions
     assert (dag["catchup"], dag["max_active_runs"]) == (False, 1)
-    assert dag["params"] == ["explain", "input", "on_bad_rows", "output", "version"]
-    # a bad file, output, version or configuration fails at once; anything else (a flaky source) is retried
-    assert dag["tasks"]["predict"]["on_error"] == {
-        "DataValidationError": "fail", "ConfigError": "fail", "DeploymentError": "fail",
-        "IncompatibleChampionError": "default", "SourceTooLargeError": "fail", "BatchPredictionError": "fail",
-        "TuningError": "default", "RuntimeError": "default"}
+    assert dag["params"] == ["explain", "input", "on_bad_rows", "output", "partitions", "version"]
+    # a bad file, output, version or configuration fails at once; anything else (a flaky source, a killed worker)
+    # is retried
+    for task in ("plan", "score", "combine"):
+        assert dag["tasks"][task]["on_error"] == {
+            "DataValidationError": "fail", "ConfigError": "fail", "DeploymentError": "fail",
+            "IncompatibleChampionError": "default", "SourceTooLargeError": "fail", "BatchPredictionError": "fail",
+            "TuningError": "default", "RuntimeError": "default"}, task
 
 
 @pytest.mark.parametrize("dag_file", sorted(DAGS.glob("*.py")), ids=lambda p: p.name)

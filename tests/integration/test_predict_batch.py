@@ -91,9 +91,9 @@ def test_dag_scores_an_allowed_file_and_refuses_another(airflow_stack: Any, cham
     run_id = client.trigger(DAG_ID, conf={"input": str(source), "output": str(output),
                                           "on_bad_rows": "skip"})["dag_run_id"]
     client.wait_for_run(DAG_ID, run_id, timeout=180)
-    assert [(ti["task_id"], ti["state"], ti["try_number"]) for ti in client.task_instances(DAG_ID, run_id)] == \
-        [("predict", "success", 1)]
-    summary = client.xcom(DAG_ID, run_id, "predict")
+    assert sorted((ti["task_id"], ti["state"], ti["try_number"]) for ti in client.task_instances(DAG_ID, run_id)) \
+        == [("combine", "success", 1), ("plan", "success", 1), ("score", "success", 1)]  # batch.partitions: 1
+    summary = client.xcom(DAG_ID, run_id, "combine")
     assert (summary["rows"], summary["chunks"], summary["model_version"]) == (1599, 1, champion)
     assert (summary["on_bad_rows"], summary["rejected"], summary["rejected_uri"]) == \
         ("skip", 0, f"{output}.rejected.csv")
@@ -105,10 +105,10 @@ def test_dag_scores_an_allowed_file_and_refuses_another(airflow_stack: Any, cham
     refused = client.trigger(DAG_ID, conf={"input": str(WINE_CSV),
                                            "output": str(airflow_stack.batch_outputs / "refused.csv")})
     client.wait_for_run(DAG_ID, refused["dag_run_id"], timeout=180, expect="failed")
-    (task,) = client.task_instances(DAG_ID, refused["dag_run_id"])
-    assert (task["state"], task["try_number"]) == ("failed", 1)
-    assert "is refused: it is not under any allowed source" in client.task_log(DAG_ID, refused["dag_run_id"],
-                                                                               "predict")
+    states = {ti["task_id"]: (ti["state"], ti["try_number"]) for ti in client.task_instances(DAG_ID,
+                                                                                         refused["dag_run_id"])}
+    assert states["plan"] == ("failed", 1)
+    assert "is refused: it is not under any allowed source" in client.task_log(DAG_ID, refused["dag_run_id"], "plan")
     assert not (airflow_stack.batch_outputs / "refused.csv").exists()
 
 

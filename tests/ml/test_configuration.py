@@ -191,6 +191,11 @@ def test_batch_section_is_optional_with_checked_values(config_dir: Path, edit_ya
     expect_error(config_dir, "config.yaml", "batch.encoded_mb", "expected at least 1")
     edit_yaml(config_dir / "config.yaml", lambda d: d.update(batch={"on_bad_rows": "drop"}))
     expect_error(config_dir, "config.yaml", "batch.on_bad_rows", "expected one of fail, skip, flag, got str 'drop'")
+    assert (batch.partitions, batch.partition_mb) == (1, None)
+    edit_yaml(config_dir / "config.yaml", lambda d: d.update(batch={"partitions": 0}))
+    expect_error(config_dir, "config.yaml", "batch.partitions", "expected at least 1")
+    edit_yaml(config_dir / "config.yaml", lambda d: d.update(batch={"partition_mb": 0}))
+    expect_error(config_dir, "config.yaml", "batch.partition_mb", "expected at least 1")
 
 
 def test_ec2_deployment_needs_a_bucket(config_dir: Path, edit_yaml) -> None:

@@ -294,6 +294,16 @@ class CeleryStack:
     timings: dict[str, float] = field(default_factory=lambda: CELERY_TIMINGS)
 
     @property
+    def sources(self) -> Path:
+        """Where a trigger's `source` or batch `input` may point (the stack config's data_source.allowed_sources)."""
+        return self.home.parent / "sources"
+
+    @property
+    def batch_outputs(self) -> Path:
+        """Where a trigger's batch-prediction `output` may go (the stack config's batch.allowed_outputs)."""
+        return self.home.parent / "batch-outputs"
+
+    @property
     def mlflow_login(self) -> tuple[str, str]:
         """The MLflow admin the stack's processes log in as (MLFLOW_TRACKING_USERNAME/PASSWORD)."""
         return self.env["AIRFLOW_STACK_MLFLOW_ADMIN_USER"], self.env["AIRFLOW_STACK_MLFLOW_ADMIN_PASSWORD"]
@@ -315,6 +325,19 @@ class CeleryStack:
 def celery_env(base: Path, databases: dict[str, str], broker: RedisBroker, s3_endpoint: str, bucket: str,
                api_port: int, mlflow_port: int) -> dict[str, str]:
     outputs = base / "outputs"
+    # A copy of the default config whose data_source.allowed_sources admits <base>/sources/ and whose
+    # batch.allowed_outputs admits <base>/batch-outputs/ (ml_batch_predict's trigger form, tests/topology/
+    # test_celery_batch.py); the model store and signing keys of batch prediction's export are the stack's own.
+    # No cron schedule: only the runs a test triggers (unpausing ml_pipeline would otherwise start the last
+    # interval's nightly run, tuning and all, ahead of them: max_active_runs is 1).
+    config_dir = base / "config"
+    shutil.copytree(REPO / "include" / "config", config_dir)
+    for folder in ("sources", "batch-outputs"):
+        (base / folder).mkdir()
+    edit_yaml(config_dir / "config.yaml", lambda data: (
+        data["data_source"].update(allowed_sources=[f"{base / 'sources'}/"]),
+        data["batch"].update(allowed_outputs=[f"{base / 'batch-outputs'}/"]),
+        data["airflow"].update(schedule=None, monitor_schedule=None)))
     # Nothing from the caller's Airflow, MLflow, pipeline or AWS settings leaks into the test stack.
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AIRFLOW", "MLOPS_", "MLFLOW_", "AWS_"))}
@@ -339,6 +362,10 @@ def celery_env(base: Path, databases: dict[str, str], broker: RedisBroker, s3_en
         AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX=broker.prefix,
         MLOPS_ARTIFACTS_ROOT=str(outputs / "artifacts"),
         MLOPS_ARTIFACT_LOCATION=f"s3://{bucket}/mlflow",
+        MLOPS_CONFIG_DIR=str(config_dir),
+        MLOPS_MODEL_STORE=str(outputs / "models"),
+        MLOPS_SIGNING_KEY=str(outputs / "keys" / "bundle-signing.key"),
+        MLOPS_SIGNING_PUBLIC_KEY=str(outputs / "keys" / "bundle-signing.pub"),
         # No deployment and no prediction server: the topology under test ends at the registry (and the
         # project's models/ stays untouched).
         MLOPS_DEPLOY_TARGET="none",
