@@ -62,13 +62,13 @@ from include.ml.components import ingestion
 from include.ml.components.validation import frame_checker
 from include.ml.entities import BatchConfig, BatchPredictionConfig, ColumnSpec, DataSourceConfig, SchemaConfig
 from include.ml.exceptions import BatchPredictionError, DataValidationError
-from include.ml.s3_uri import parse_s3_uri
 from include.release import batch_explain
 from include.release.export import export_to_store
 from include.release.signing import trusted_keys
 from serving.contract import Contract
 from serving.features import parse_datetimes
 from serving.model import LoadedModel, load_bundle
+from serving.s3_uri import parse_s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -606,7 +606,7 @@ class _Place:
 
 
 def _place(uri: str) -> _Place:
-    if uri.startswith("s3://"):  # the key the allow-list checked, as it is (include/ml/s3_uri.py)
+    if uri.startswith("s3://"):  # the key the allow-list checked, as it is (serving/s3_uri.py)
         try:
             s3 = parse_s3_uri(uri)
         except ValueError as exc:
