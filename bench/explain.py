@@ -19,7 +19,7 @@ Then, for each, our gunicorn server on the bundle (SERVING_* defaults: 2 workers
    stay up; the idle one costs nothing), medians and their ratio;
 
 and `python main.py predict` as a child (wall, CPU, peak RSS) on --rows generated wine-schema rows
-(bench/tables.py): hgb without and with `--explain`; the forest with `--explain` on --forest-rows and a quarter of
+(bench/synthetic.py): hgb without and with `--explain`; the forest with `--explain` on --forest-rows and a quarter of
 them, its rate being the marginal one between the two (start-up, export and load cancel) and its million-row time
 extrapolated from it, said so; last, in this process, the CPU of each step of a one-row explanation (the
 preprocessing, the attribution, explain() whole) beside the estimator's predict (which /explain answers) and ONNX
@@ -70,7 +70,7 @@ from bench.prediction_server import (
     server_command,
     wait_ready,
 )
-from bench.tables import generate_in_child
+from bench.synthetic import generate_in_child
 
 log = logging.getLogger("bench.explain")
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
