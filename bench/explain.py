@@ -12,7 +12,7 @@ Then, for each, our gunicorn server on the bundle (SERVING_* defaults: 2 workers
 
 1. one-row `/explain` latency: --latency-requests sequential requests on one kept-alive connection (one worker)
    after --warmup-requests, p50 / p95 / mean;
-2. `/explain` throughput: `wrk -t1 -c16` (bench/prediction_server.py's wrk helper) after a warm-up run that builds
+2. `/explain` throughput: `wrk -t1 -c16` (bench/prediction_server/'s wrk helper) after a warm-up run that builds
    each worker's explainer;
 3. forest only: `/invocations` throughput, one row, 16 connections, on that server (route present, each worker's
    explainer built) and on a second one started with SERVING_EXPLAIN=off, alternating --rounds times (both servers
