@@ -1,5 +1,6 @@
 """A real MLflow tracking server running the production login: `mlflow server --app-name basic-auth` with the
-config scripts/stack_settings.py writes (NO_PERMISSIONS, scripts/mlflow_auth.py's registry writers), on SQLite in a temp dir.
+config scripts/stack_settings.py writes (NO_PERMISSIONS, scripts/mlflow_auth.py's registry writers), on SQLite in a
+temp dir.
 
 Whatever uses it starts a process, so its test is marked `integration` (tests/conftest.py checks that).
 """
