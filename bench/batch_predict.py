@@ -2,7 +2,7 @@
 
 In a temp workspace it trains the default champion (`python main.py` on the default config, deployment off: the
 random forest of params.yaml), generates a seeded CSV of --rows rows shaped by schema.yaml (target included, as a
-user's file may have it; bench/tables.py's schema generator, in a child process), then measures
+user's file may have it; bench/synthetic.py's schema generator, in a child process), then measures
 `main.py predict` as a child (wall time, CPU, peak RSS via os.wait4) writing Parquet and CSV, and a start-up
 baseline on the 1,599-row wine file (process start, imports, export and load of the bundle). It also times the
 Great Expectations check of one chunk in this process, to show what validating every chunk costs.
@@ -33,7 +33,7 @@ from typing import Any
 
 from bench.common import DEFAULT_CONFIG_DIR, PROJECT_ROOT, RESULTS_DIR, BenchmarkError, machine_facts, stage_env
 from bench.pipeline_scaling import Measurement, run_measured
-from bench.tables import generate_in_child, load_schema
+from bench.synthetic import generate_in_child, load_schema
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 It trains the pipeline's default champion (or takes --bundle), then runs our gunicorn server on it
 (SERVING_* defaults, micro-batching on) alternately without and with SERVING_CAPTURE_DIR (sample 1.0),
 --rounds times each, and drives each run with wrk (1 thread, N connections) POSTing one row to
-/invocations, as bench/prediction_server.py does (its process, wrk and model helpers are reused).
+/invocations, as bench/prediction_server/ does (its process, wrk and model helpers are reused).
 Alternating the modes spreads the load of other processes on the machine over both. With capture on,
 it also counts the rows written and checks each answered request is there.
 

@@ -12,14 +12,14 @@ Then, for each, our gunicorn server on the bundle (SERVING_* defaults: 2 workers
 
 1. one-row `/explain` latency: --latency-requests sequential requests on one kept-alive connection (one worker)
    after --warmup-requests, p50 / p95 / mean;
-2. `/explain` throughput: `wrk -t1 -c16` (bench/prediction_server.py's wrk helper) after a warm-up run that builds
+2. `/explain` throughput: `wrk -t1 -c16` (bench/prediction_server/'s wrk helper) after a warm-up run that builds
    each worker's explainer;
 3. forest only: `/invocations` throughput, one row, 16 connections, on that server (route present, each worker's
    explainer built) and on a second one started with SERVING_EXPLAIN=off, alternating --rounds times (both servers
    stay up; the idle one costs nothing), medians and their ratio;
 
 and `python main.py predict` as a child (wall, CPU, peak RSS) on --rows generated wine-schema rows
-(bench/tables.py): hgb without and with `--explain`; the forest with `--explain` on --forest-rows and a quarter of
+(bench/synthetic.py): hgb without and with `--explain`; the forest with `--explain` on --forest-rows and a quarter of
 them, its rate being the marginal one between the two (start-up, export and load cancel) and its million-row time
 extrapolated from it, said so; last, in this process, the CPU of each step of a one-row explanation (the
 preprocessing, the attribution, explain() whole) beside the estimator's predict (which /explain answers) and ONNX
@@ -70,7 +70,7 @@ from bench.prediction_server import (
     server_command,
     wait_ready,
 )
-from bench.tables import generate_in_child
+from bench.synthetic import generate_in_child
 
 log = logging.getLogger("bench.explain")
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {

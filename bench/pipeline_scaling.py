@@ -1,6 +1,6 @@
 """Pipeline scaling benchmark: wall time and peak memory of every stage as the data grows.
 
-For each size it generates a seeded synthetic CSV shaped by a schema.yaml (bench/tables.py), writes a
+For each size it generates a seeded synthetic CSV shaped by a schema.yaml (bench/synthetic.py), writes a
 throw-away config directory (the project's three YAML files with the model family
 switched to HistGradientBoosting), and runs each stage as its own
 `main.py --stage S --run-id R --config-dir D` child process, measuring the child's
@@ -56,7 +56,7 @@ from bench.common import (
     wait_until_idle,
     write_config_dir,
 )
-from bench.tables import generate_in_child, load_schema
+from bench.synthetic import generate_in_child, load_schema
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ costs, so this is the cost of a candidate of the same model family), and starts 
 activation.py, waiting until the workers show it) a pointer without a release, runs wrk, then a pointer with the
 candidate in shadow at share 1.0 (every request is scored twice: by the champion on the request path, by the
 candidate on the worker's scorer thread after the response), runs wrk again. wrk: 1 thread, N connections, one row
-per request to POST /invocations, after a warm-up, as bench/prediction_server.py does (its helpers are reused).
+per request to POST /invocations, after a warm-up, as bench/prediction_server/ does (its helpers are reused).
 Alternating on the same server spreads the load of other processes over both modes.
 
 For each shadow run it also reads the server's /metrics: the candidate's calls and the pairs dropped by a full

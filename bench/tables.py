@@ -27,7 +27,7 @@ table users really have, messiness included, with a target a default HistGradien
 Everything structural (airport and carrier codes, distances, fleets, districts) is fixed across seeds, so a
 table made with another seed holds the same kinds of values: the seed changes the sample (and the weather).
 
-`from_schema` draws rows that satisfy a schema.yaml (bench/pipeline_scaling.py and bench/batch_predict.py use it).
+Data shaped by a schema.yaml (`schema` below) comes from bench/synthetic.py.
 
     .venv/bin/python -m bench.tables flights --out /tmp/flights.csv                 # 336,776 rows
     .venv/bin/python -m bench.tables flights --rows 1000000 --seed 7 --no-target --out /tmp/score.csv
@@ -37,20 +37,16 @@ table made with another seed holds the same kinds of values: the seed changes th
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
-from bench.common import PROJECT_ROOT, BenchmarkError
-
-if TYPE_CHECKING:
-    from include.ml.entities import ColumnSpec, SchemaConfig
+from bench.synthetic import write_csv, write_rows
 
 # The seed of everything that is the same whatever the sample seed: codes, distances, fleets, districts, effects.
 STRUCTURE_SEED = 21
@@ -447,11 +443,6 @@ STAND_INS: dict[str, StandIn] = {
 }
 
 
-def write_csv(frame: pd.DataFrame, path: Path, separator: str = ",") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, sep=separator, index=False)
-
-
 def write_stand_in(name: str, rows: int, seed: int, path: Path, target: bool = True) -> None:
     """Generate a stand-in and write it as CSV (without the target column when `target` is false)."""
     table = STAND_INS[name]
@@ -459,212 +450,13 @@ def write_stand_in(name: str, rows: int, seed: int, path: Path, target: bool = T
     write_csv(frame if target else frame.drop(columns=table.target), path)
 
 
-# --------------------------------------------------------------------------- data shaped by a schema.yaml
-
-STRING_VOCABULARY = 20  # distinct values of a generated `string` column (one-hot encoded by the pipeline)
-DEFAULT_NULL_FRACTION = 0.05
-
-
-def load_schema(config_dir: Path) -> SchemaConfig:
-    """The project's own checked schema (the same one the pipeline validates against)."""
-    from include.ml.configuration import ConfigurationManager
-
-    return ConfigurationManager(config_dir, env={}).config.schema
-
-
-def read_separator(config_dir: Path) -> str:
-    from include.ml.configuration import ConfigurationManager
-
-    return ConfigurationManager(config_dir, env={}).config.data_source.separator
-
-
-def target_column(schema: SchemaConfig) -> ColumnSpec:
-    return next(c for c in schema.columns if c.name == schema.target)
-
-
-def _bounds(column: ColumnSpec) -> tuple[float, float]:
-    """The range to draw from: the schema's, or a made-up one of width 100 where it is open."""
-    lo, hi = column.min, column.max
-    if lo is None and hi is None:
-        return 0.0, 100.0
-    if lo is None:
-        return hi - 100.0, hi  # type: ignore[operator]
-    if hi is None:
-        return lo, lo + 100.0
-    return lo, hi
-
-
-def _decimals(lo: float, hi: float) -> int:
-    """Enough decimals for ~4 significant digits over the range; keeps the CSV realistic in size."""
-    width = hi - lo
-    return 4 if width <= 0 else int(np.clip(4 - np.floor(np.log10(width)), 0, 10))
-
-
-def _float_values(latent: np.ndarray, column: ColumnSpec) -> np.ndarray:
-    lo, hi = _bounds(column)
-    # Rounding can step outside the range by half a unit; clipping brings it back exactly onto min/max.
-    return np.clip(np.round(lo + latent * (hi - lo), _decimals(lo, hi)), lo, hi)
-
-
-def _int_values(latent: np.ndarray, column: ColumnSpec) -> np.ndarray:
-    lo, hi = _bounds(column)
-    lo_i, hi_i = int(np.ceil(lo)), int(np.floor(hi))
-    if lo_i > hi_i:
-        raise BenchmarkError(f"int column {column.name!r}: no integer between min {lo} and max {hi}")
-    return np.minimum(lo_i + np.floor(latent * (hi_i - lo_i + 1)).astype(np.int64), hi_i)
-
-
-def _levels(column: ColumnSpec) -> list[Any]:
-    listed = column.allowed or getattr(column, "categories", None)  # ordinal columns list `categories`, in order
-    if listed:
-        return list(listed)
-    return [f"{column.name}_{i:02d}" for i in range(STRING_VOCABULARY)]
-
-
-def _datetime_values(latent: np.ndarray, column: ColumnSpec) -> pd.Series:
-    """Times between the column's min and max (default 2020 to 2024), whole seconds, in its `format` (epoch
-    seconds for `unix`, milliseconds for `unix_ms`, ISO 8601 when absent)."""
-    lo = pd.Timestamp(getattr(column, "min", None) or "2020-01-01")
-    hi = pd.Timestamp(getattr(column, "max", None) or "2024-12-31")
-    seconds = np.floor(latent * (hi - lo).total_seconds()).astype(np.int64)
-    stamps = pd.DatetimeIndex(lo + pd.to_timedelta(seconds, unit="s"))
-    form = getattr(column, "format", None)
-    if form in ("unix", "unix_ms"):
-        epoch = (stamps - pd.Timestamp("1970-01-01")) // pd.Timedelta(seconds=1)
-        return pd.Series(np.asarray(epoch) * (1000 if form == "unix_ms" else 1), name=column.name)
-    return pd.Series(np.asarray(stamps.strftime(form or "%Y-%m-%dT%H:%M:%S"), dtype=object), name=column.name,
-                     dtype=object)
-
-
-def feature_values(latent: np.ndarray, column: ColumnSpec) -> tuple[pd.Series, np.ndarray]:
-    """The column drawn from uniform `latent` values, and the signal the target may use (in [0, 1])."""
-    if column.dtype == "float":
-        values = _float_values(latent, column)
-        return pd.Series(values, name=column.name), latent
-    if column.dtype == "int":
-        values = _int_values(latent, column)
-        return pd.Series(values, name=column.name), latent
-    if column.dtype == "datetime":
-        return _datetime_values(latent, column), latent
-    if column.dtype in ("category", "string", "ordinal"):
-        levels = _levels(column)
-        index = np.minimum(np.floor(latent * len(levels)).astype(np.int64), len(levels) - 1)
-        signal = (index + 0.5) / len(levels)
-        if all(isinstance(v, str) for v in levels):
-            series = pd.Series(np.asarray(levels, dtype=object)[index], name=column.name, dtype=object)
-        else:  # e.g. allowed: [1, 2, 3] or booleans: keep the original values
-            series = pd.Series(pd.array(levels)[index], name=column.name)
-        return series, signal
-    raise BenchmarkError(f"column {column.name!r}: unsupported dtype {column.dtype!r}")
-
-
-def _with_nulls(series: pd.Series, column: ColumnSpec, rng: np.random.Generator) -> pd.Series:
-    if not column.nullable:
-        return series
-    fraction = min(DEFAULT_NULL_FRACTION, column.max_null_fraction / 2)
-    missing = rng.random(len(series)) < fraction
-    if column.dtype == "int":
-        series = series.astype("Int64")  # stays integral in the CSV; read back as float, which is accepted
-    elif column.dtype == "float":
-        series = series.astype("float64")
-    else:
-        series = series.astype(object)
-    series[missing] = pd.NA if column.dtype == "int" else (np.nan if column.dtype == "float" else None)
-    return series
-
-
-def _score(signals: list[np.ndarray], rng: np.random.Generator, noise: float) -> np.ndarray:
-    """A noisy, non-linear, standardised function of a few feature signals."""
-    n = len(signals[0])
-    shapes = (lambda s: s, lambda s: np.sin(np.pi * s), lambda s: (s - 0.5) ** 2, lambda s: np.sqrt(s))
-    weights = (1.0, 0.8, -2.0, 0.6)
-    score = np.zeros(n)
-    for i, signal in enumerate(signals):
-        score += weights[i % len(weights)] * shapes[i % len(shapes)](signal)
-    if len(signals) >= 2:
-        score += 0.5 * signals[0] * signals[1]  # an interaction, so trees have something to find
-    std = score.std()
-    score = (score - score.mean()) / (std if std > 0 else 1.0)
-    return score + rng.normal(0.0, noise, n)
-
-
-def _class_labels(column: ColumnSpec, max_classes: int = 5) -> list[Any]:
-    if column.dtype == "int":
-        lo, hi = _bounds(column)
-        lo_i, hi_i = int(np.ceil(lo)), int(np.floor(hi))
-        candidates = np.unique(np.linspace(lo_i, hi_i, min(max_classes, hi_i - lo_i + 1)).round().astype(np.int64))
-        return [int(v) for v in candidates]
-    if column.allowed:
-        return list(column.allowed)
-    return [f"class_{i}" for i in range(3)]
-
-
-def target_values(score: np.ndarray, schema: SchemaConfig) -> pd.Series:
-    column = target_column(schema)
-    if schema.task == "classification":
-        labels = _class_labels(column)
-        # Equal-probability bins of the score: balanced classes, so the stratified split always works.
-        edges = np.quantile(score, np.linspace(0, 1, len(labels) + 1)[1:-1])
-        index = np.searchsorted(edges, score)
-        if column.dtype == "int":
-            return pd.Series(np.asarray(labels, dtype=np.int64)[index], name=column.name)
-        if all(isinstance(v, str) for v in labels):
-            return pd.Series(np.asarray(labels, dtype=object)[index], name=column.name, dtype=object)
-        return pd.Series(pd.array(labels)[index], name=column.name)
-    # Regression: squash the score into the column's range, centred with most mass inside it.
-    squashed = 1.0 / (1.0 + np.exp(-1.2 * score))
-    if column.dtype == "int":
-        return pd.Series(_int_values(squashed, column), name=column.name)
-    return pd.Series(_float_values(squashed, column), name=column.name)
-
-
-def from_schema(schema: SchemaConfig, rows: int, seed: int, noise: float = 0.3, informative: int = 4) -> pd.DataFrame:
-    """`rows` rows that satisfy every column's dtype, range and allowed values; the target is learnable from up to
-    `informative` feature columns (numeric ones first). Columns that are not features (ids, ignored) get values
-    too but never carry the signal."""
-    rng = np.random.default_rng(seed)
-    data: dict[str, pd.Series] = {}
-    signals: list[np.ndarray] = []
-    others = [c for c in schema.columns if c.name != schema.target]
-    features = [i for i, c in enumerate(others) if getattr(c, "role", "feature") == "feature"]
-    # Prefer numeric features as the informative ones; fall back to whatever there is.
-    chosen = set(sorted(features, key=lambda i: (others[i].dtype not in ("float", "int"), i))[:informative])
-    for i, column in enumerate(others):
-        series, signal = feature_values(rng.random(rows), column)
-        if i in chosen:
-            signals.append(signal)
-        data[column.name] = _with_nulls(series, column, rng)
-    data[schema.target] = target_values(_score(signals, rng, noise), schema)
-    return pd.DataFrame({c.name: data[c.name] for c in schema.columns})
-
-
-def generate_csv(config_dir: str, rows: int, seed: int, path: str) -> None:
-    """Generate and write the CSV for `rows`; run in a child process (see generate_in_child)."""
-    config = Path(config_dir)
-    write_csv(from_schema(load_schema(config), rows, seed), Path(path), read_separator(config))
-
-
-def generate_in_child(config_dir: Path, rows: int, seed: int, path: Path) -> float:
-    """Generate the data in a separate process and return the seconds it took.
-
-    Keeping the big frame out of this process matters for the measurements: on Linux a child's
-    ru_maxrss starts from the RSS of the process that spawned it (it is carried across fork/exec),
-    so a parent that once held a million-row frame would inflate every stage's peak."""
-    code = (f"from bench.tables import generate_csv; "
-            f"generate_csv({str(config_dir)!r}, {rows}, {seed}, {str(path)!r})")
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise BenchmarkError(f"generating {rows} rows failed:\n{done.stderr[-5000:]}")
-    return time.perf_counter() - started
-
-
 # --------------------------------------------------------------------------- CLI
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", choices=[*STAND_INS, "schema"], help="a stand-in, or `schema` (needs --config-dir)")
+    parser.add_argument("table", choices=[*STAND_INS, "schema"],
+                        help="a stand-in, or `schema` (needs --config-dir; bench/synthetic.py)")
     parser.add_argument("--out", type=Path, required=True, help="the CSV to write")
     parser.add_argument("--rows", type=int, help="default: the stand-in's own size (schema: 10000)")
     parser.add_argument("--seed", type=int, help="numpy default_rng seed (default: the stand-in's own)")
@@ -675,10 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.table == "schema":
         if args.config_dir is None:
             parser.error("schema needs --config-dir")
-        schema = load_schema(args.config_dir)
-        frame = from_schema(schema, args.rows or 10_000, 20240601 if args.seed is None else args.seed)
-        write_csv(frame.drop(columns=schema.target) if args.no_target else frame, args.out,
-                  read_separator(args.config_dir))
+        write_rows(args.config_dir, args.rows or 10_000, 20240601 if args.seed is None else args.seed, args.out,
+                   target=not args.no_target)
     else:
         table = STAND_INS[args.table]
         write_stand_in(args.table, args.rows or table.rows, table.seed if args.seed is None else args.seed, args.out,

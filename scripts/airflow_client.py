@@ -214,7 +214,7 @@ def stack_login(env: Mapping[str, str] | None = None) -> tuple[str, str, str]:
     """(API URL, user, password) of the stack scripts/airflow_stack.sh runs with these AIRFLOW_STACK_* settings:
     the password is AIRFLOW_STACK_ADMIN_PASSWORD, or the one `up` keeps in the stack home (the passwords file of
     the auth manager that AIRFLOW_STACK_AUTH names)."""
-    from scripts.stack import Settings
+    from scripts.stack_settings import Settings
 
     s = Settings.from_env(os.environ if env is None else env)
     password = s.admin_password or json.loads(Path(s.passwords_file).read_text())[s.admin_user]

@@ -11,7 +11,7 @@ or deleting a registered model, creating, updating, transitioning or deleting a 
 alias or a tag, and starting a prompt-optimisation job (which writes prompt versions). Reads are left to
 MLflow's own permissions (`default_permission = NO_PERMISSIONS`: nothing without a grant).
 
-Written by scripts/stack.py (native stack) and docker/mlflow/basic-auth-entrypoint.sh (compose): both name the
+Written by scripts/stack_settings.py (native stack) and docker/mlflow/basic-auth-entrypoint.sh (compose): both name the
 MLflow admin, the pipeline's login, as the writer. MLflow admins not listed are refused too.
 """
 

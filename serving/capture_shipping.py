@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.capture import closed_files
+from serving.s3_uri import parse_s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,11 @@ def ship(directory: Path, destination: str, client: Any = None) -> ShipResult:
     """Upload every closed capture file to `destination` (s3://bucket/prefix: the same <model>/<date>/<file>
     layout below it), deleting each after its upload succeeded; add the counts to <directory>/shipped.json.
     A failed upload leaves its file for the next run; ShipError at the end names them."""
-    if not destination.startswith("s3://") or not destination.removeprefix("s3://").split("/")[0]:
-        raise ShipError(f"the destination must be s3://bucket/prefix, got {destination!r}")
-    bucket, _, prefix = destination.removeprefix("s3://").partition("/")
-    prefix = prefix.strip("/")
+    try:
+        folder = parse_s3_uri(destination, prefix=True)
+    except ValueError as exc:
+        raise ShipError(f"the destination must be s3://bucket/prefix, got {destination!r}: {exc}") from None
+    bucket = folder.bucket
     if client is None:
         import boto3
 
@@ -49,7 +51,7 @@ def ship(directory: Path, destination: str, client: Any = None) -> ShipResult:
     files = rows = 0
     failed = []
     for path in closed_files(directory):
-        key = "/".join(filter(None, (prefix, path.relative_to(directory).as_posix())))
+        key = folder.key_below(path.relative_to(directory).as_posix())
         try:
             count = sum(1 for _ in gzip.open(path, "rb"))
             with path.open("rb") as body:  # one PUT: files are rotated far below S3's 5 GB single-PUT limit

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from serving.s3_uri import parse_s3_uri
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "MANIFEST.sha256"
@@ -346,16 +348,20 @@ def _download_s3(uri: str, target: Path, manifest_sha256: str | None, manifest_o
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    try:
+        folder = parse_s3_uri(uri, prefix=True)
+    except ValueError as exc:
+        raise BundleError(f"cannot download {uri}: {exc}") from None
+    bucket = folder.bucket
     s3 = boto3.client("s3")
     try:
-        s3.download_file(bucket, f"{prefix}/{MANIFEST}", str(target / MANIFEST))
+        s3.download_file(bucket, folder.key_below(MANIFEST), str(target / MANIFEST))
         _expect_manifest(target, manifest_sha256, uri)
         if manifest_only:
             return
         names = [SIGNATURE, *parse_manifest(read_regular(target / MANIFEST), uri).files]
         for name in names:
             (target / name).parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, f"{prefix}/{name}", str(target / name))
+            s3.download_file(bucket, folder.key_below(name), str(target / name))
     except (BotoCoreError, ClientError) as exc:
         raise BundleError(f"cannot download {uri}: {exc}") from exc

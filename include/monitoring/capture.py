@@ -31,9 +31,9 @@ import pandas as pd
 
 from include.ml.entities import MonitoringSources, SchemaConfig
 from include.ml.exceptions import MonitoringError
-from include.ml.s3_uri import parse_s3_uri
 from serving.capture import model_folder
 from serving.features import parse_datetimes
+from serving.s3_uri import parse_s3_uri
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from include.ml.entities import DataSourceConfig
 from include.ml.exceptions import BatchPredictionError
-from include.ml.s3_uri import parse_s3_uri
+from serving.s3_uri import parse_s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class _Place:
 
 
 def _place(uri: str) -> _Place:
-    if uri.startswith("s3://"):  # the key the allow-list checked, as it is (include/ml/s3_uri.py)
+    if uri.startswith("s3://"):  # the key the allow-list checked, as it is (serving/s3_uri.py)
         try:
             s3 = parse_s3_uri(uri)
         except ValueError as exc:

@@ -29,10 +29,10 @@ from typing import Any
 from include.ml import tracking
 from include.ml.entities import BatchPredictionConfig, DataSourceConfig
 from include.ml.exceptions import BatchPredictionError
-from include.ml.s3_uri import parse_s3_uri
 from include.release.batch import ON_BAD_ROWS, REJECTED_SUFFIX, output_format
 from include.release.batch_input import header_end, is_local, is_parquet, local_path, parquet_file
 from include.release.export import export_to_store
+from serving.s3_uri import parse_s3_uri
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from serving import pointer as pointers
+from serving.s3_uri import parse_s3_uri
 from serving.signing import PublicKeys, load_public_keys
 from serving.store import BundleError
 
@@ -40,12 +41,14 @@ class BootstrapError(Exception):
 
 
 def split_s3(uri: str) -> tuple[str, str]:
-    if not uri.startswith("s3://"):
+    """The bucket and the (non-empty) prefix of s3://bucket/prefix[/], the prefix without a trailing "/"."""
+    try:
+        folder = parse_s3_uri(uri, prefix=True)
+    except ValueError as exc:
+        raise BootstrapError(f"expected s3://bucket/prefix, got {uri!r}: {exc}") from None
+    if not folder.key_below():
         raise BootstrapError(f"expected s3://bucket/prefix, got {uri!r}")
-    bucket, _, prefix = uri[len("s3://"):].partition("/")
-    if not bucket or not prefix.strip("/"):
-        raise BootstrapError(f"expected s3://bucket/prefix, got {uri!r}")
-    return bucket, prefix.strip("/")
+    return folder.bucket, folder.key_below()
 
 
 def current_pointer(source: str, trusted: PublicKeys, model: str, s3: Any = None) -> pointers.Pointer | None:

@@ -95,6 +95,7 @@ def test_a_failed_upload_keeps_the_files_for_the_next_run(s3_endpoint: str, tmp_
     (None, "s3://bucket/models/capture", "SERVING_CAPTURE_DIR is not set"),
     ("capture", "bucket/models/capture", "the destination must be s3://bucket/prefix"),
     ("capture", "s3:///models/capture", "the destination must be s3://bucket/prefix"),
+    ("capture", "s3://bucket/models//capture", "empty path segment"),  # serving/s3_uri.py: S3 keys are literal
 ])
 def test_bad_ship_settings_are_refused(s3_endpoint: str, tmp_path: Path, capture: str | None, destination: str,
                                        error: str) -> None:

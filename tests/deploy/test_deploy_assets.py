@@ -34,6 +34,7 @@ from packaging.utils import canonicalize_name
 
 from include.release.command_document import CommandDocument, document_parameters
 from include.release.rollout import refresh_command
+from serving.s3_uri import parse_s3_uri
 from tests.support.assets import (
     DEPLOYER_POLICY,
     INSTANCE_POLICY,
@@ -517,7 +518,8 @@ def test_the_release_location_is_the_publishers_and_readable_by_instances() -> N
     values = {"BUCKET": bucket, "PREFIX": user_data_setting("PREFIX"), "MODEL_NAME": user_data_setting("MODEL_NAME"),
               "REGION": "us-east-1", "ACCOUNT_ID": "123456789012", "RELEASE_PUBLISHER_ROLE": "release-publisher",
               "KMS_KEY_ID": "1234abcd-12ab-34cd-56ef-1234567890ab"}
-    arn = "arn:aws:s3:::" + source.removeprefix("s3://")
+    s3 = parse_s3_uri(source)
+    arn = f"arn:aws:s3:::{s3.bucket}/{s3.key}"
     assert allowed([render_policy(INSTANCE_POLICY, values)], "s3:GetObject", arn)
     assert allowed([render_policy(PUBLISHER_POLICY, values)], "s3:PutObject", arn)
     assert not allowed([render_policy(DEPLOYER_POLICY, values)], "s3:PutObject", arn)

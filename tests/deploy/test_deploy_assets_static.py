@@ -26,6 +26,7 @@ from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from include.release.targets.ec2 import SSM_DOCUMENT
+from serving.s3_uri import parse_s3_uri
 from tests.support.assets import (
     BUCKET_POLICY,
     DEPLOYER_POLICY,
@@ -238,7 +239,8 @@ def layout() -> dict[str, Any]:
               "ACCOUNT_ID": ACCOUNT, "RELEASE_PUBLISHER_ROLE": PUBLISHER_ROLE.rpartition("/")[2],
               "KMS_KEY_ID": KMS_KEY_ID}
     source = ec2.model_copy(update={"s3_bucket": bucket}).source(model)  # where the deploy task writes
-    bundles = "arn:aws:s3:::" + source.removeprefix("s3://")
+    s3 = parse_s3_uri(source)
+    bundles = f"arn:aws:s3:::{s3.bucket}/{s3.key}"
     arn = f"arn:aws:s3:::{bucket}"
     policies = {name: render_policy(path, values) for name, path in (
         ("deployer", DEPLOYER_POLICY), ("publisher", PUBLISHER_POLICY), ("instance", INSTANCE_POLICY),

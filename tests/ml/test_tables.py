@@ -16,7 +16,6 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.metrics import r2_score
 
 from bench import tables
-from tests.support.project import CONFIG_DIR
 
 SMALL = {"flights": 20_000, "ordinal": 5_000, "survival": 1_309}
 
@@ -137,18 +136,6 @@ def test_survival_has_free_text_ids_gaps_and_a_minority_class() -> None:
     assert by["female"] > by["male"] + 0.3
     assert frame.groupby("pclass")["survived"].mean().is_monotonic_decreasing
     assert abs(probability.mean() - frame["survived"].mean()) < 0.05
-
-
-def test_from_schema_follows_the_schema() -> None:
-    schema = tables.load_schema(CONFIG_DIR)
-    frame = tables.from_schema(schema, 500, seed=1)
-    pd.testing.assert_frame_equal(frame, tables.from_schema(schema, 500, seed=1))
-    assert list(frame.columns) == [c.name for c in schema.columns]
-    for column in schema.columns:
-        if column.min is not None:
-            assert frame[column.name].min() >= column.min, column.name
-        if column.max is not None:
-            assert frame[column.name].max() <= column.max, column.name
 
 
 def test_the_command_line_writes_the_seeded_frame_with_or_without_the_target(tmp_path: Path) -> None:

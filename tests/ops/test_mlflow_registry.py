@@ -1,6 +1,6 @@
 """Only the pipeline's login writes to the model registry, on a real basic-auth MLflow server (finding 4).
 
-The server runs `mlflow server --app-name basic-auth` with the config the stacks write (scripts/stack.py, and
+The server runs `mlflow server --app-name basic-auth` with the config the stacks write (scripts/stack_settings.py, and
 docker/mlflow/basic-auth-entrypoint.sh for compose): `default_permission = NO_PERMISSIONS` and
 scripts/mlflow_auth.py as the login check, whose `registry_writers` is the pipeline's login. Another logged-in
 user, even one granted READ or MANAGE on the model, can neither claim the model's name before the pipeline

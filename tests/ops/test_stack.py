@@ -1,6 +1,7 @@
-"""scripts/stack.py's pure parts: settings, secrets and login files, the components' environment, pid bookkeeping.
+"""The local stack's parts (scripts/stack*.py): settings, secrets and login files, the components' environment,
+pid bookkeeping (process trees of real processes: test_stack_processes.py).
 
-No process is started here (the fast tier); tests/integration and tests/topology start real stacks through
+No stack is started here (the fast tier); tests/integration and tests/topology start real stacks through
 scripts/airflow_stack.sh, which exercise launching, health checks and stopping.
 """
 
@@ -14,31 +15,27 @@ from pathlib import Path
 
 import pytest
 
-from scripts.stack import (
+from scripts.stack import main
+from scripts.stack_processes import kill, lock, recorded_pid, start_time, wait_groups
+from scripts.stack_settings import (
     AUTH_MANAGERS,
     FAB_ADMIN_SCRIPT,
     REPO,
     Settings,
     StackError,
     capture_dir,
-    descendants,
     ensure_password,
     env_lines,
-    kill,
-    lock,
-    main,
     mlflow_auth_env,
     mlflow_login,
-    processes,
-    recorded_pid,
+    pipeline_settings,
+    prepare,
     redacted,
     stack_env,
     stack_secrets,
-    start_time,
-    wait_groups,
 )
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the stack reads /proc")
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the stack runs on Linux (process groups, flock)")
 
 CELERY = {"AIRFLOW_STACK_EXECUTOR": "celery", "AIRFLOW_STACK_BROKER_URL": "redis://127.0.0.1:6379/0",
           "AIRFLOW_STACK_SQL_CONN": "postgresql+psycopg2://postgres@127.0.0.1:5432/airflow"}
@@ -159,16 +156,6 @@ def test_pid_files_name_a_process_only_while_it_runs(tmp_path: Path) -> None:
     assert start_time(4194305) is None
 
 
-def test_descendants_across_process_groups() -> None:
-    # pid -> (parent, group): 10 started 11 (its group) and 12 (a group of its own), which started 13.
-    table = {1: (0, 1), 10: (1, 10), 11: (10, 10), 12: (10, 12), 13: (12, 12), 20: (1, 20), 30: (31, 30), 31: (30, 30)}
-    assert descendants(10, table) == {11: 10, 12: 12, 13: 12}
-    assert descendants(20, table) == {}
-    assert descendants(30, table) == {30: 30, 31: 30}  # a loop (a table read while processes change) ends
-    me = processes()[os.getpid()]
-    assert me == (os.getppid(), os.getpgrp())
-
-
 def test_signals_to_what_is_gone() -> None:
     assert kill([4194305], 0) == [] and kill([4194305], 0, group=True) == []
     assert wait_groups(5, [4194305]) == []
@@ -230,8 +217,6 @@ def test_mlflow_auth_follows_the_backend_uri(tmp_path: Path, monkeypatch: pytest
                            "AIRFLOW_STACK_MLFLOW_ADMIN_USER": "pipeline"})
     assert s.mlflow_auth and s.mlflow_login_file == tmp_path / "stack" / "mlflow.env"
     monkeypatch.setenv("AIRFLOW_STACK_VENV", sys.prefix)
-    from scripts.stack import prepare
-
     env = prepare(s)
     assert env["MLFLOW_TRACKING_USERNAME"] == "pipeline" and env["MLFLOW_TRACKING_PASSWORD"]
     assert env_lines(s, env)[0] == f"set -a; . '{tmp_path}/stack/secrets.env'; . '{tmp_path}/stack/mlflow.env'; set +a"
@@ -276,8 +261,6 @@ def test_mlflow_auth_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 def test_the_local_server_captures_where_the_monitor_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     """SERVING_CAPTURE_DIR of the stack's prediction server: the config's monitoring.capture_dir, or
     MLOPS_CAPTURE_DIR; relative paths at the project root."""
-    from scripts.stack import pipeline_settings
-
     for name in ("MLOPS_CAPTURE_DIR", "MLOPS_CONFIG_DIR"):
         monkeypatch.delenv(name, raising=False)
     config = pipeline_settings({})

@@ -1,5 +1,6 @@
 """A real MLflow tracking server running the production login: `mlflow server --app-name basic-auth` with the
-config scripts/stack.py writes (NO_PERMISSIONS, scripts/mlflow_auth.py's registry writers), on SQLite in a temp dir.
+config scripts/stack_settings.py writes (NO_PERMISSIONS, scripts/mlflow_auth.py's registry writers), on SQLite in a
+temp dir.
 
 Whatever uses it starts a process, so its test is marked `integration` (tests/conftest.py checks that).
 """
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from scripts.stack import mlflow_auth_config
+from scripts.stack_settings import mlflow_auth_config
 from tests.support.network import free_port
 from tests.support.project import REPO
 

@@ -297,7 +297,7 @@ def native_stack_env(env: dict[str, str]) -> dict[str, str]:
 def test_airflow_login_is_the_fab_auth_manager_with_the_admin_from_env(compose: dict[str, Any],
                                                                       secret_values: dict[str, str]) -> None:
     """Not the SimpleAuthManager (development only): FAB, whose admin airflow-init makes from .env."""
-    from scripts.stack import AUTH_MANAGERS, FAB_ADMIN_SCRIPT
+    from scripts.stack_settings import AUTH_MANAGERS, FAB_ADMIN_SCRIPT
 
     assert AUTH_MANAGERS["fab"] == FAB_AUTH_MANAGER
     for name in AIRFLOW_SERVICES:

@@ -23,7 +23,7 @@ import pandas as pd
 from include.ml import artifacts
 from include.ml.entities import DataSourceConfig, IngestionConfig, SchemaConfig
 from include.ml.exceptions import IngestionError, SourceTooLargeError
-from include.ml.s3_uri import parse_s3_uri
+from serving.s3_uri import parse_s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def _location(uri: str, root: Path | None) -> _Location:
     """Raises ValueError naming what makes `uri` unusable for a prefix check."""
     if any(ch.isspace() or not ch.isprintable() for ch in uri):
         raise ValueError("it holds whitespace or control characters")
-    if uri.startswith("s3://"):  # the key exactly as S3 gets it (include/ml/s3_uri.py)
+    if uri.startswith("s3://"):  # the key exactly as S3 gets it (serving/s3_uri.py)
         s3 = parse_s3_uri(uri, prefix=True)
         return _Location(("s3", s3.bucket, None), s3.segments, "", s3.is_prefix)
     if "://" not in uri or uri.startswith("file://"):  # as fetch reads it
@@ -261,7 +261,7 @@ def refused_source(uri: str, allowed: Sequence[str], root: Path | None = None) -
     Compared normalised: scheme, host and port exactly (default ports filled in), the decoded path by whole
     segments (s3://b/wine/ does not admit s3://b/wine-private/...); local paths resolved, relative ones against
     `root`. An s3:// key is compared as it is, since S3 decodes nothing: a '%', '.', '..' or empty segment in it
-    is refused (include/ml/s3_uri.py), and the reads and writes use the same key.
+    is refused (serving/s3_uri.py), and the reads and writes use the same key.
     Raises ValueError for an entry of `allowed` that cannot be compared.
     """
     entries = []

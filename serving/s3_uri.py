@@ -5,7 +5,9 @@ name, not a step up or nothing. A check that decoded or resolved the path while 
 admit `s3://bucket/%6fut/x.csv` under a `s3://bucket/out/` rule and write outside it. So a URI holding a
 percent-escape, a `.`/`..`/empty segment, a backslash, `?`, `#`, whitespace or a control character is refused
 here, and the allow-list (ingestion.refused_source) and every read or write (ingestion, batch outputs, the
-monitor's capture dir) use the one `S3Uri` this returns.
+monitor's capture dir; the server's bundle downloads, its capture shipping and the EC2 bootstrap) use the one
+`S3Uri` this returns. The prediction server owns it (a serving host installs serving/ alone); the pipeline side
+imports it from here.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ class S3Uri:
         """The key's segments; a prefix's without the empty one after its last "/"."""
         key = self.key[:-1] if self.key.endswith("/") else self.key
         return tuple(key.split("/")) if key else ()
+
+    def key_below(self, *names: str) -> str:
+        """The key of `names` (relative, "/"-separated) below this URI's key taken as a folder: its trailing "/"
+        is not doubled, and the bucket's root gives the names alone."""
+        return "/".join(filter(None, (self.key.removesuffix("/"), *names)))
 
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
