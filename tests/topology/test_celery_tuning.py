@@ -32,9 +32,20 @@ def query(database: str, sql: str, *params: Any) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def stack(celery_stack: CeleryStack) -> CeleryStack:
-    celery_stack.client.wait_for_dag(DAG_ID, timeout=120)
-    celery_stack.client.unpause(DAG_ID)
-    return celery_stack
+    """The stack with ml_pipeline unpaused and idle: unpausing it first makes the run of its latest nightly
+    interval, which would hold this test's run queued (max_active_runs 1) when this file runs alone."""
+    client = celery_stack.client
+    client.wait_for_dag(DAG_ID, timeout=120)
+    client.unpause(DAG_ID)
+    unpaused, deadline = time.monotonic(), time.monotonic() + 900
+    while time.monotonic() < deadline:
+        runs = client.get(f"dags/{DAG_ID}/dagRuns")["dag_runs"]
+        scheduled = any(run["run_type"] == "scheduled" for run in runs)
+        if all(run["state"] in ("success", "failed") for run in runs) and (scheduled or
+                                                                           time.monotonic() - unpaused > 15):
+            return celery_stack
+        time.sleep(2)
+    pytest.fail(f"{DAG_ID} still busy with earlier runs after 900 s", pytrace=False)
 
 
 def test_two_workers_share_one_study_in_postgres(stack: CeleryStack) -> None:

@@ -223,7 +223,7 @@ def search_worker(train_frame: pd.DataFrame, config: TuningJob, run_id: str, out
         if time.time() >= deadline or spent():
             study.stop()
 
-    before = {t.number for t in study.get_trials(deepcopy=False)}
+    before = {t.number for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING}
     if not spent():
         # A configuration the estimator rejects, or one too large for the memory left, fails its trial only (its
         # nested run is marked FAILED; the memory guard passed the family before the search). One OpenMP thread
