@@ -18,12 +18,22 @@ summaries (paths, counts, MLflow ids, the model version, metrics) through XCom.
 * `tune`: run the hyperparameter search (on) or train `params.yaml`'s model as written (off);
   empty = `tuning.enabled` from `params.yaml` (off when it has no `tuning:` section).
 * `tune_trials`: the search's trial budget for this run; empty = `tuning.n_trials` from `params.yaml`.
+* `tune_workers`: how many `tune_worker` tasks share the search for this run (at most the DAG's bound, below);
+  empty = `tuning.workers` from `params.yaml`.
 * `force_promote`: make the new model the champion even if the champion/challenger gate says no.
 
-**Tune** (when tuning is on; otherwise *skipped*) searches the model families and their hyperparameters
-with Optuna, scoring each trial by k-fold cross-validation on the training split only (the test split is
-first read by evaluate), each trial a nested MLflow run under the tune run; **train** then fits the best
-configuration on the whole training split. Same data and seed give the same best trial.
+**Tune** (when tuning is on; otherwise *skipped*, and so are its workers and collect) searches the model
+families and their hyperparameters with Optuna, scoring each trial by k-fold cross-validation on the training
+split only (the test split is first read by evaluate), each trial a nested MLflow run under the tune run. It
+runs as three steps sharing one Optuna study in `tuning.storage` (default: a SQLite file in the run's tune
+folder, which only works when every worker sees that folder; the production topology uses a PostgreSQL
+database of its own, `MLOPS_TUNING_STORAGE`): **tune** opens the study and the parent MLflow run,
+**tune_worker** (one mapped task per worker, at most `max_active_tis_per_dagrun` of them at once: the larger
+of `tuning.workers` and the form's maximum for `tune_workers`) runs trials until the study-wide trial budget or
+the shared deadline is spent, each trial's nested run tagged `tune_worker` and `tune_host`, and
+**tune_collect** picks the best trial. **train** then fits the best configuration on the whole training split.
+With one worker, the same data and seed give the same best trial; with more, each worker's sampler is seeded
+`seed + index`, and the search is not bit-identical across worker counts.
 
 **Deploy** runs only when evaluation promoted a new champion (otherwise it is *skipped*, and its log says
 why): it puts the champion on `deployment.target` from `config.yaml` — `local`, the prediction server of
@@ -43,7 +53,7 @@ retried with exponential backoff.
 **Schedule**: `airflow.schedule` (nightly), the `<model>-drift` Asset event of `ml_monitor`, or both, as
 `airflow.retrain_on` of `config.yaml` says (default: the schedule only).
 
-**Links and lineage**: validate has a *Data Docs* button, tune, train and evaluate an *MLflow run* button
+**Links and lineage**: validate has a *Data Docs* button, tune_collect, train and evaluate an *MLflow run* button
 (`plugins/mlops_links.py`); the Assets view shows source → snapshot → registered model.
 
 Parsing this file imports no ML library: they load inside the tasks.
@@ -60,7 +70,7 @@ from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param,
 from airflow.sdk.definitions.retry_policy import RetryAction, RetryRule
 
 from dags.stage_tasks import candidate_asset, default_args, drift_asset
-from include.ml.configuration import project_config
+from include.ml.configuration import project_config, tuning_workers
 from include.ml.models import FAMILIES  # light: names only, estimators are imported when built
 
 PROJECT = project_config()  # config.yaml only, validated: a bad edit shows as this file's import error
@@ -71,6 +81,9 @@ SOURCE = Asset(name=f"{MODEL_NAME}-source", uri=PROJECT.data_source.uri if "://"
 SNAPSHOT = Asset(name=f"{MODEL_NAME}-snapshot", uri=f"x-mlops://snapshots/{MODEL_NAME}")
 MODEL = Asset(name=f"{MODEL_NAME}-registered-model", uri=f"x-mlops://models/{MODEL_NAME}")
 CANDIDATE = candidate_asset(MODEL_NAME)  # release.strategy progressive: starts ml_release
+TUNE_WORKERS_FORM_MAX = 8  # the most tune_worker tasks a trigger form may ask for
+# params.yaml's tuning.workers (validated, light), or the form's maximum if larger: the mapped tasks of a run
+TUNE_WORKERS_AT_ONCE = max(tuning_workers(), TUNE_WORKERS_FORM_MAX)
 
 
 def _schedule(retrain_on: str, cron: str | None) -> Any:
@@ -84,8 +97,8 @@ def _schedule(retrain_on: str, cron: str | None) -> Any:
 
 @dag(
     dag_id="ml_pipeline",
-    description="ingest -> validate -> transform -> tune -> train -> evaluate -> deploy -> verify "
-                "(include/pipeline.py)",
+    description="ingest -> validate -> transform -> tune -> tune_worker x N -> tune_collect -> train -> evaluate "
+                "-> deploy -> verify (include/pipeline.py)",
     doc_md=__doc__,
     schedule=_schedule(PROJECT.airflow.retrain_on, PROJECT.airflow.schedule),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
@@ -116,6 +129,9 @@ def _schedule(retrain_on: str, cron: str | None) -> Any:
                                   "empty = tuning.enabled from params.yaml"),
         "tune_trials": Param(None, type=["null", "integer"], minimum=1,
                              description="Trials the search may run; empty = tuning.n_trials from params.yaml"),
+        "tune_workers": Param(None, type=["null", "integer"], minimum=1, maximum=TUNE_WORKERS_FORM_MAX,
+                              description="Workers (tune_worker tasks) sharing the search; empty = tuning.workers "
+                                          "from params.yaml"),
         "force_promote": Param(False, type="boolean",
                                description="Promote the new model even if the champion/challenger gate says no"),
     },
@@ -143,11 +159,28 @@ def ml_pipeline() -> None:
         return task_result(run_transform(*stage_config(run_id, params)))
 
     @task
-    def tune(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def tune(run_id: str | None = None, params: dict[str, Any] | None = None) -> list[int]:
         from dags.stage_tasks import stage_config, task_result
-        from include.pipeline import run_tune
+        from include.pipeline import run_tune_open
 
-        return task_result(run_tune(*stage_config(run_id, params)))  # Skipped when tuning is off
+        # Skipped when tuning is off. Its XCom is what tune_worker is mapped over (Airflow maps only over a task's
+        # whole return value); the study and the MLflow run are in the log, and in tune_collect's XCom.
+        return task_result(run_tune_open(*stage_config(run_id, params)))["worker_indices"]
+
+    @task(max_active_tis_per_dagrun=TUNE_WORKERS_AT_ONCE)
+    def tune_worker(worker: int, run_id: str | None = None, params: dict[str, Any] | None = None,
+                    ti: Any = None) -> dict[str, Any]:
+        from dags.stage_tasks import stage_config, task_result
+        from include.pipeline import run_tune_worker
+
+        return task_result(run_tune_worker(*stage_config(run_id, params), worker, ti.hostname))
+
+    @task
+    def tune_collect(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        from dags.stage_tasks import stage_config, task_result
+        from include.pipeline import run_tune_collect
+
+        return task_result(run_tune_collect(*stage_config(run_id, params)))
 
     @task(trigger_rule="none_failed")  # also after a skipped tune (tuning off)
     def train(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -186,7 +219,10 @@ def ml_pipeline() -> None:
         outlet_events[CANDIDATE].extra = {"version": result["version"]}
         return result
 
-    trained = ingest() >> validate() >> transform() >> tune() >> train()
+    prepared = ingest() >> validate() >> transform()
+    opened = tune()
+    prepared >> opened
+    trained = tune_worker.expand(worker=opened) >> tune_collect() >> train()
     evaluated = evaluate()
     trained >> evaluated >> deploy() >> verify()
     signal_candidate(evaluated)

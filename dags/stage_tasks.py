@@ -56,8 +56,8 @@ def stage_config(run_id: str, params: dict[str, Any] | None) -> tuple[Configurat
 
 
 def pipeline_config(params: dict[str, Any] | None = None) -> ConfigurationManager:
-    """The configuration of $MLOPS_CONFIG_DIR, with the `source`, `model_family`, `tune` and `tune_trials` of a
-    trigger form."""
+    """The configuration of $MLOPS_CONFIG_DIR, with the `source`, `model_family`, `tune`, `tune_trials` and
+    `tune_workers` of a trigger form."""
     from include.ml.configuration import ConfigurationManager
 
     _mlflow_login_from_connection()
@@ -70,7 +70,7 @@ def pipeline_config(params: dict[str, Any] | None = None) -> ConfigurationManage
     params = params or {}
     return ConfigurationManager(source_uri=params.get("source") or None,
                                 model_family=params.get("model_family") or None, tune=params.get("tune"),
-                                tune_trials=params.get("tune_trials"))
+                                tune_trials=params.get("tune_trials"), tune_workers=params.get("tune_workers"))
 
 
 MLFLOW_CONN_ID = "mlflow_default"

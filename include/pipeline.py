@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from include.ml.components.ingestion import IngestionResult
     from include.ml.components.training import TrainingResult
     from include.ml.components.transformation import TransformationResult
-    from include.ml.components.tuning import TuningResult
+    from include.ml.components.tuning import SearchOpened, TuningResult, WorkerDone
     from include.ml.components.validation import ValidationResult
     from include.monitoring.drift import DriftReport
     from include.monitoring.monitor import MonitorResult
@@ -111,15 +111,50 @@ def run_transform(cm: ConfigurationManager, run_id: str) -> TransformationResult
 
 
 def run_tune(cm: ConfigurationManager, run_id: str) -> TuningResult | Skipped:
-    """Search for the best family and hyperparameters on the training split (never the test split)."""
-    from include.ml.components import transformation, tuning
+    """Search for the best family and hyperparameters on the training split (never the test split): the three
+    steps below in this process, its tuning.workers workers as local processes when more than one (main.py)."""
+    from include.ml.components import tuning
 
     if not cm.config.tuning.enabled:
-        why = ("the run's tune is off (trigger form: tune)" if cm.tune is False else
-               "params.yaml has no tuning: section or says tuning.enabled: false")
-        return Skipped(f"not tuned: {why}; train fits params.yaml's model as written")
+        return _not_tuned(cm)
+    return tuning.tune(_train_split(cm, run_id), cm.tuning(), run_id, _dir(cm, run_id, "tune"))
+
+
+def run_tune_open(cm: ConfigurationManager, run_id: str) -> SearchOpened | Skipped:
+    """Open (or resume) the run's shared study and its parent MLflow run; its xcom lists the worker indices."""
+    from include.ml.components import tuning
+
+    if not cm.config.tuning.enabled:
+        return _not_tuned(cm)
+    return tuning.open_search(_train_split(cm, run_id), cm.tuning(), run_id, _dir(cm, run_id, "tune"))
+
+
+def run_tune_worker(cm: ConfigurationManager, run_id: str, worker: int, host: str | None = None) -> WorkerDone:
+    """Worker `worker` runs trials against the opened study until the study-wide budget is spent."""
+    from include.ml.components import tuning
+
+    return tuning.search_worker(_train_split(cm, run_id), cm.tuning(), run_id, _dir(cm, run_id, "tune"), worker,
+                                host)
+
+
+def run_tune_collect(cm: ConfigurationManager, run_id: str) -> TuningResult:
+    """The study's best trial: tune/result.json (what train fits) and the parent MLflow run's summary."""
+    from include.ml.components import tuning
+
+    return tuning.collect_search(cm.tuning(), run_id, _dir(cm, run_id, "tune"))
+
+
+def _not_tuned(cm: ConfigurationManager) -> Skipped:
+    why = ("the run's tune is off (trigger form: tune)" if cm.tune is False else
+           "params.yaml has no tuning: section or says tuning.enabled: false")
+    return Skipped(f"not tuned: {why}; train fits params.yaml's model as written")
+
+
+def _train_split(cm: ConfigurationManager, run_id: str) -> Any:
+    from include.ml.components import transformation
+
     split = artifacts.read_json(_dir(cm, run_id, "transform") / transformation.RESULT)
-    return tuning.tune(_read_parquet(split["train_path"]), cm.tuning(), run_id, _dir(cm, run_id, "tune"))
+    return _read_parquet(split["train_path"])
 
 
 def run_train(cm: ConfigurationManager, run_id: str) -> TrainingResult:

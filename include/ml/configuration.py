@@ -29,6 +29,7 @@ from include.ml.entities import (
     PipelineConfig,
     SchemaConfig,
     SearchParam,
+    SearchPlan,
     TrainingConfig,
     TransformationConfig,
     TuningJob,
@@ -62,6 +63,8 @@ ENV_OVERRIDES: Mapping[str, str] = {
     "MLOPS_CAPTURE_DIR": "monitoring.capture_dir",
     "MLOPS_GROUND_TRUTH_URI": "monitoring.ground_truth_uri",
 }
+# The tuning study's database (params.yaml's tuning.storage): differs per environment, and may hold a password.
+TUNING_STORAGE_ENV = "MLOPS_TUNING_STORAGE"
 # A secret is only ever read from the environment: the key the verify step sends to API-key protected servers.
 SERVING_API_KEY_ENV = "MLOPS_SERVING_API_KEY"
 
@@ -77,17 +80,18 @@ class ConfigurationManager:
 
     def __init__(self, config_dir: Path | str | None = None, env: Mapping[str, str] | None = None,
                  source_uri: str | None = None, model_family: str | None = None, tune: bool | None = None,
-                 tune_trials: int | None = None) -> None:
-        """`source_uri`, `model_family`, `tune` and `tune_trials` override the YAML for one run (e.g. from a DAG
-        trigger form).
+                 tune_trials: int | None = None, tune_workers: int | None = None) -> None:
+        """`source_uri`, `model_family`, `tune`, `tune_trials` and `tune_workers` override the YAML for one run
+        (e.g. from a DAG trigger form).
 
         Overriding the family drops params.yaml's hyperparameters, which belong to the configured one, and
-        tunes within that family only. `tune` turns tuning on or off; `tune_trials` replaces tuning.n_trials.
+        tunes within that family only. `tune` turns tuning on or off; `tune_trials` replaces tuning.n_trials,
+        `tune_workers` tuning.workers.
         """
         env = dict(os.environ if env is None else env)
         self.tune = tune  # the run's override, None when params.yaml decides
         self.config_dir = resolve_config_dir(config_dir, env)
-        self.config = load(self.config_dir, env, source_uri, model_family, tune, tune_trials)
+        self.config = load(self.config_dir, env, source_uri, model_family, tune, tune_trials, tune_workers)
 
     def ingestion(self) -> IngestionConfig:
         schema = self.config.schema
@@ -128,7 +132,8 @@ class ConfigurationManager:
 
 
 def load(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None,
-         model_family: str | None = None, tune: bool | None = None, tune_trials: int | None = None) -> PipelineConfig:
+         model_family: str | None = None, tune: bool | None = None, tune_trials: int | None = None,
+         tune_workers: int | None = None) -> PipelineConfig:
     paths = {name: config_dir / name for name in CONFIG_FILES}
     project = read_config_file(config_dir, env, source_uri)
     schema = validated(SchemaConfig, read_yaml(paths["schema.yaml"]), paths["schema.yaml"])
@@ -138,8 +143,11 @@ def load(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None
     if model_family and isinstance(model, dict) and model.get("family") != model_family:
         raw_params["model"] = {**model, "family": model_family, "hyperparameters": {}}
         origins["model.family"] = "the run's model_family"
-    _override_tuning(raw_params, origins, model_family, tune, tune_trials)
+    _override_tuning(raw_params, origins, model_family, tune, tune_trials, tune_workers, env.get(TUNING_STORAGE_ENV))
     params = validated(ParamsFile, raw_params, paths["params.yaml"], origins)
+    if params.tuning.storage:  # a relative SQLite file lies under the project root, as MLflow's does
+        params = params.model_copy(update={"tuning": params.tuning.model_copy(update={
+            "storage": _absolute_uri(params.tuning.storage, PROJECT_ROOT)})})
     _check_params(params, schema, paths["params.yaml"])
     _check_release(params.release, project, paths["params.yaml"])
     hashes = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in paths.items()}
@@ -154,13 +162,16 @@ def load(config_dir: Path, env: Mapping[str, str], source_uri: str | None = None
 
 
 def _override_tuning(raw_params: dict[str, Any], origins: dict[str, str], model_family: str | None,
-                     tune: bool | None, tune_trials: int | None) -> None:
+                     tune: bool | None, tune_trials: int | None, tune_workers: int | None = None,
+                     storage: str | None = None) -> None:
     tuning = raw_params.get("tuning")
     if (tuning is None and tune is None) or not isinstance(tuning, (dict, type(None))):
         return  # no section and no request: no tuning (a malformed section is reported by validation)
     tuning = dict(tuning or {})
     for key, value, origin in (("enabled", tune, "the run's tune"), ("n_trials", tune_trials, "the run's tune_trials"),
-                               ("families", [model_family] if model_family else None, "the run's model_family")):
+                               ("families", [model_family] if model_family else None, "the run's model_family"),
+                               ("workers", tune_workers, "the run's tune_workers"),
+                               ("storage", storage or None, TUNING_STORAGE_ENV)):
         if value is not None:
             tuning[key] = value
             origins[f"tuning.{key}"] = origin
@@ -309,6 +320,22 @@ def release_plan(config_dir: Path | str | None = None) -> ReleasePlan:
 
 class _ReleaseSection(Frozen):
     release: ReleasePlan = ReleasePlan()
+
+
+def tuning_workers(config_dir: Path | str | None = None) -> int:
+    """params.yaml's tuning.workers (1 without the section): what the ml_pipeline DAG file bounds its mapped
+    tune_worker tasks by at parse time. Errors as the full load reports them; nothing heavy imported."""
+    path = resolve_config_dir(config_dir) / "params.yaml"
+    section = read_yaml(path).get("tuning")
+    if section is None:
+        return 1
+    if not isinstance(section, dict):
+        raise ConfigError(str(path), "tuning", f"expected a mapping, got {type(section).__name__}")
+    return validated(_TuningSection, {"tuning": section}, path).tuning.workers
+
+
+class _TuningSection(Frozen):
+    tuning: SearchPlan
 
 
 def _check_estimator_params(path: Path, key: str, family: str, task: str, names: Mapping[str, Any]) -> None:

@@ -547,6 +547,9 @@ class SearchParam(Frozen):
         return self
 
 
+STUDY_DATABASES = ("sqlite", "postgresql", "mysql")  # what tuning.storage may be (a driver after +)
+
+
 class SearchPlan(Frozen):
     """The `tuning:` section: an Optuna search before training. Without the section there is no tuning."""
 
@@ -565,6 +568,23 @@ class SearchPlan(Frozen):
     # family -> hyperparameter -> range; a family listed here is searched over exactly these (replacing
     # its default space in include/ml/models.py).
     search_space: Mapping[str, Mapping[str, SearchParam]] = Field(default_factory=dict, strict=False)
+    # Workers running trials against one shared study at once (the DAG's mapped tune_worker tasks; main.py: local
+    # processes). Each has its own TPE sampler seeded seed + its index; parallel TPE is not bit-identical across N.
+    workers: int = Field(1, ge=1)
+    # The study's database, a SQLAlchemy URL: sqlite:///..., postgresql+psycopg2://..., mysql+pymysql://...
+    # (its own database: Optuna keeps an alembic_version table). None: a SQLite file in the run's tune folder.
+    storage: str | None = None
+
+    @field_validator("storage")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        scheme = value.partition("://")[0] if "://" in value else ""
+        if scheme.partition("+")[0] not in STUDY_DATABASES:
+            raise ValueError(f"expected a SQLAlchemy database URL of {', '.join(STUDY_DATABASES)} (e.g. "
+                             f"postgresql+psycopg2://user@host/optuna), got scheme {scheme or 'none'!r}")
+        return value
 
     @field_validator("prune_after_folds")
     @classmethod

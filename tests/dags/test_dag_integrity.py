@@ -38,6 +38,8 @@ for dag_id, dag in bag.dags.items():
             "retries": task.retries,
             "backoff": task.retry_exponential_backoff,
             "trigger_rule": task.trigger_rule.value,
+            "mapped": "Mapped" in type(task).__name__,
+            "max_active_tis_per_dagrun": task.max_active_tis_per_dagrun,
             "on_error": {name: policy.evaluate(error, 1, task.retries + 1).action.value if policy else None
                          for name, error in [("DataValidationError", DataValidationError([], None)),
                                              ("ConfigError", ConfigError("f", "k", "bad")),
@@ -110,11 +112,15 @@ def test_every_dag_is_tagged_and_retries(dagbag: dict) -> None:
 
 def test_ml_pipeline_shape(dagbag: dict) -> None:
     dag = dagbag["dags"]["ml_pipeline"]
-    assert list(dag["tasks"]) == ["ingest", "validate", "transform", "tune", "train", "evaluate", "deploy", "verify",
-                                  "signal_candidate"]
+    assert list(dag["tasks"]) == ["ingest", "validate", "transform", "tune", "tune_worker", "tune_collect", "train",
+                                  "evaluate", "deploy", "verify", "signal_candidate"]
     assert (dag["catchup"], dag["max_active_runs"]) == (False, 1)
-    assert dag["params"] == ["force_promote", "model_family", "source", "tune", "tune_trials"]
+    assert dag["params"] == ["force_promote", "model_family", "source", "tune", "tune_trials", "tune_workers"]
     assert dag["tasks"]["train"]["trigger_rule"] == "none_failed"  # runs after a skipped tune (tuning off)
+    # tune opens the study; one mapped tune_worker per worker of the run, all at once; tune_collect picks the best
+    assert [name for name, task in dag["tasks"].items() if task["mapped"]] == ["tune_worker"]
+    # the larger of params.yaml's tuning.workers (1) and the trigger form's maximum for tune_workers
+    assert dag["tasks"]["tune_worker"]["max_active_tis_per_dagrun"] == 8
     for task in dag["tasks"].values():
         assert task["backoff"] > 1  # exponential backoff between retries
         # bad data or config fails at once; anything else gets the normal retries

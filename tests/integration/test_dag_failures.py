@@ -31,6 +31,7 @@ pytestmark = pytest.mark.integration
 DAG_ID = "ml_pipeline"
 STAGES = ("ingest", "validate", "transform", "tune", "train", "evaluate", "deploy", "verify")
 TRAINING = STAGES[:6]
+TUNED = {"tune_worker": ("success", 1), "tune_collect": ("success", 1)}  # tune's mapped worker (one) and collect
 NO_CANDIDATE = {"signal_candidate": ("skipped", 1)}  # release.strategy direct: no release candidate to announce
 NOT_DEPLOYED = {"deploy": ("skipped", 1), "verify": ("skipped", 0), **NO_CANDIDATE}  # the gate kept the champion
 RUN_TIMEOUT = 300  # a default run takes ~25 s; a retried train adds the DAG's retry delay (59 s, see below)
@@ -46,7 +47,8 @@ def report(stack: Any, run_id: str, log_lines: int = 30) -> str:
     lines = [f"=== {DAG_ID} run {run_id}"]
     try:
         lines.append(f"run state: {client.dag_run(DAG_ID, run_id)['state']}")
-        tis = sorted(client.task_instances(DAG_ID, run_id), key=lambda t: (*STAGES, *NO_CANDIDATE).index(t["task_id"]))
+        order = (*STAGES, *TUNED, *NO_CANDIDATE)
+        tis = sorted(client.task_instances(DAG_ID, run_id), key=lambda t: order.index(t["task_id"]))
         for ti in tis:
             lines.append(f"--- {ti['task_id']}: {ti['state']} (try {ti['try_number']}, pid {ti.get('pid')})")
             for attempt in range(1, (ti["try_number"] or 0) + 1):
@@ -131,7 +133,7 @@ def default_run(stack: Any, store: Registry) -> FinishedRun:
     stack.timings["failures: reference run (s)"] = time.monotonic() - started
     with diagnosed(stack, run_id):
         # promoted and deployed
-        assert task_states(stack, run_id) == {**{stage: ("success", 1) for stage in STAGES}, **NO_CANDIDATE}
+        assert task_states(stack, run_id) == {**{stage: ("success", 1) for stage in STAGES}, **TUNED, **NO_CANDIDATE}
     evaluated = stack.client.xcom(DAG_ID, run_id, "evaluate")
     artifacts = stack.artifacts_root / safe_run_id(run_id)
     return FinishedRun(run_id, evaluated, store.champion(evaluated["model_name"]), artifacts, tree_hashes(artifacts))
@@ -211,7 +213,7 @@ def test_retrigger_on_same_data_changes_nothing_that_exists(stack: Any, store: R
     stack.timings["failures: re-triggered run (s)"] = time.monotonic() - started
 
     with diagnosed(stack, run_id):
-        assert task_states(stack, run_id) == {**{stage: ("success", 1) for stage in TRAINING}, **NOT_DEPLOYED}
+        assert task_states(stack, run_id) == {**{stage: ("success", 1) for stage in TRAINING}, **TUNED, **NOT_DEPLOYED}
         second = stack.client.xcom(DAG_ID, run_id, "evaluate")
         # Same data and seeds: the same model, so the gate keeps the champion.
         assert second["metrics"] == same_metrics(first.evaluated["metrics"])
@@ -306,7 +308,8 @@ def test_killed_train_task_is_retried_and_registers_once(stack: Any, store: Regi
 
     with diagnosed(stack, run_id):
         states = task_states(stack, run_id)
-        assert states == {**{stage: ("success", 1) for stage in TRAINING}, "train": ("success", 2), **NOT_DEPLOYED}
+        assert states == {**{stage: ("success", 1) for stage in TRAINING}, **TUNED, "train": ("success", 2),
+                          **NOT_DEPLOYED}
         # Try 1's log holds the supervisor's account of the kill.
         first_try = stack.client.task_log(DAG_ID, run_id, "train", 1)
         assert "Process terminated by signal" in first_try and "SIGKILL" in first_try

@@ -29,6 +29,7 @@ DAG_ID = "ml_pipeline"
 MODEL = "wine-quality"  # include/config's mlflow.registered_model_name: the model the stack's runs register
 FORCED = {"model_family": "elasticnet", "force_promote": True}
 STAGES = ("ingest", "validate", "transform", "tune", "train", "evaluate", "deploy", "verify")
+TUNE_STEPS = ("tune_worker", "tune_collect")  # tune's mapped workers (one here: tuning.workers 1) and collect
 # A real wine from the default dataset, as a client of the prediction server sends it.
 WINE = {"fixed acidity": 7.4, "volatile acidity": 0.7, "citric acid": 0.0, "residual sugar": 1.9, "chlorides": 0.076,
         "free sulfur dioxide": 11.0, "total sulfur dioxide": 34.0, "density": 0.9978, "pH": 3.51, "sulphates": 0.56,
@@ -75,14 +76,14 @@ def test_triggered_run_succeeds_and_registers_a_model(airflow_stack) -> None:
 
     states = {ti["task_id"]: (ti["state"], ti["try_number"]) for ti in client.task_instances(DAG_ID, run_id)}
     # release.strategy direct (the shipped params.yaml): no release candidate, so no candidate Asset event
-    assert states == {**{stage: ("success", 1) for stage in STAGES}, "signal_candidate": ("skipped", 1)}
+    assert states == {**{stage: ("success", 1) for stage in (*STAGES, *TUNE_STEPS)}, "signal_candidate": ("skipped", 1)}
 
     # Outputs went to the stack's temp dirs, named after the Airflow run id.
     run_dir = airflow_stack.artifacts_root / safe_run_id(run_id)
     assert client.xcom(DAG_ID, run_id, "ingest")["data_path"].startswith(str(run_dir))
     assert (run_dir / "evaluate" / "result.json").is_file()
     assert not (REPO / "artifacts" / safe_run_id(run_id)).exists()
-    tuned = client.xcom(DAG_ID, run_id, "tune")
+    tuned = client.xcom(DAG_ID, run_id, "tune_collect")
     assert (tuned["family"], tuned["trials"]) == ("elasticnet", 2)  # tuned within the run's family, on its budget
     assert client.xcom(DAG_ID, run_id, "train")["estimator"] == "ElasticNet"
 

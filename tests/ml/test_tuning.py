@@ -179,7 +179,7 @@ def test_a_forest_running_when_the_budget_is_spent_stops_between_batches_of_tree
 
 def test_a_forest_grown_in_batches_is_the_forest_fitted_at_once(mlflow_config: MlflowConfig) -> None:
     from include.ml.components.training import build_pipeline, split_xy
-    from include.ml.components.tuning import _fit
+    from include.ml.components.tuning_trials import fit_within_budget as _fit
 
     config = training_config("classification", "random_forest", mlflow_config, n_estimators=120)
     x, y = split_xy(dataset("classification"), config.schema)

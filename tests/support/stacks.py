@@ -9,8 +9,10 @@ processes because each component inherits them from the script.
 (no code differs from the embedded stack): CeleryExecutor, metadata DB in a fresh PostgreSQL database, Redis as
 broker, two Celery workers as separate processes, and an MLflow tracking server on a second fresh PostgreSQL
 database with artifacts in S3 (a moto server). It runs with the production logins: the FAB auth manager, and
-MLflow's basic-auth app, whose admin the tasks log in as. Each session gets its own databases, Redis DB number
-and key prefix, S3 bucket, ports, temp dirs and passwords, and removes all of them afterwards.
+MLflow's basic-auth app, whose admin the tasks log in as. The tune stage's shared Optuna study lives in a third
+fresh database (MLOPS_TUNING_STORAGE): Optuna keeps its own alembic_version table. Each session gets its own
+databases, Redis DB number and key prefix, S3 bucket, ports, temp dirs and passwords, and removes all of them
+afterwards.
 
 The services default to PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth) and Redis on 127.0.0.1:6379;
 TOPOLOGY_POSTGRES_DSN and TOPOLOGY_REDIS_URL point elsewhere. A missing service skips the tests that need it
@@ -217,14 +219,15 @@ def pg_url(database: str, driver: str = "") -> str:
 
 @contextmanager
 def fresh_postgres_databases() -> Iterator[dict[str, str]]:
-    """Two fresh databases, dropped on exit: {"airflow": "airflow_test_<token>", "mlflow": "mlflow_test_<token>"}."""
+    """Fresh databases, dropped on exit: {"airflow": "airflow_test_<token>", "mlflow": "mlflow_test_<token>",
+    "tuning": "tuning_test_<token>"}."""
     host, port = _address(POSTGRES_DSN, 5432)
     if not _reachable((host, port)):
         unavailable(f"PostgreSQL is not reachable at {host}:{port} (TOPOLOGY_POSTGRES_DSN)")
     import psycopg2
 
     token = secrets.token_hex(4)
-    names = {"airflow": f"airflow_test_{token}", "mlflow": f"mlflow_test_{token}"}
+    names = {role: f"{role}_test_{token}" for role in ("airflow", "mlflow", "tuning")}
     admin = psycopg2.connect(POSTGRES_DSN)
     admin.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
     try:
@@ -285,7 +288,7 @@ class CeleryStack:
     env: dict[str, str]
     api_url: str
     mlflow_url: str
-    databases: dict[str, str]  # role (airflow, mlflow) -> database name
+    databases: dict[str, str]  # role (airflow, mlflow, tuning) -> database name
     broker: RedisBroker
     s3_endpoint: str
     bucket: str
@@ -361,6 +364,8 @@ def celery_env(base: Path, databases: dict[str, str], broker: RedisBroker, s3_en
         AIRFLOW_STACK_MLFLOW_ADMIN_PASSWORD=secrets.token_urlsafe(18),
         AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX=broker.prefix,
         MLOPS_ARTIFACTS_ROOT=str(outputs / "artifacts"),
+        # The tune stage's shared Optuna study: what both workers' tune_worker tasks run trials against.
+        MLOPS_TUNING_STORAGE=pg_url(databases["tuning"], "psycopg2"),
         MLOPS_ARTIFACT_LOCATION=f"s3://{bucket}/mlflow",
         MLOPS_CONFIG_DIR=str(config_dir),
         MLOPS_MODEL_STORE=str(outputs / "models"),
