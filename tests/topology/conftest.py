@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Iterator
 from unittest import mock
 
@@ -26,7 +27,7 @@ from tests.support.stacks import (
 
 @pytest.fixture(scope="session")
 def postgres_databases() -> Iterator[dict[str, str]]:
-    """Two fresh databases: {"airflow": "airflow_test_<token>", "mlflow": "mlflow_test_<token>"}."""
+    """Fresh databases: {"airflow": "airflow_test_<token>", "mlflow": ..., "tuning": ...} (tuning: the Optuna study)."""
     with fresh_postgres_databases() as names:
         yield names
 
@@ -55,6 +56,27 @@ def celery_stack(tmp_path_factory: pytest.TempPathFactory, redis_broker: RedisBr
         username, password = stack.mlflow_login
         with mock.patch.dict(os.environ, MLFLOW_TRACKING_USERNAME=username, MLFLOW_TRACKING_PASSWORD=password):
             yield stack
+
+
+# The one ml_pipeline run most topology tests read (each pipeline run costs minutes on 2 cores): elasticnet, its
+# search of TUNED_TRIALS trials spread over both Celery workers (tune_workers), promoted, so it is the champion that
+# ml_batch_predict scores with.
+TUNED_TRIALS, TUNED_WORKERS = 16, 2
+
+
+@pytest.fixture(scope="session")
+def tuned_run(celery_stack: CeleryStack) -> str:
+    """The id of a successful ml_pipeline run on the stack, tuned on both workers, its version the champion."""
+    client = celery_stack.client
+    started = time.monotonic()
+    client.wait_for_dag("ml_pipeline", timeout=120)
+    client.unpause("ml_pipeline")
+    run_id = client.trigger("ml_pipeline", conf={"model_family": "elasticnet", "tune_trials": TUNED_TRIALS,
+                                                 "tune_workers": TUNED_WORKERS, "force_promote": True},
+                            note="tests/topology: tuned on both workers")["dag_run_id"]
+    client.wait_for_run("ml_pipeline", run_id, timeout=420)
+    celery_stack.timings["ml_pipeline tuned on 2 workers, trigger to success (s)"] = time.monotonic() - started
+    return run_id
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import time
 
 import pytest
 import requests
@@ -22,20 +21,13 @@ from tests.support.stacks import CeleryStack
 pytestmark = pytest.mark.integration
 
 DAG_ID = "ml_pipeline"
-RUN_TIMEOUT = 300
 
 
-@pytest.fixture(scope="module")
-def finished_run(celery_stack: CeleryStack) -> str:
-    """The id of a successful ml_pipeline run on the stack: its tasks logged to MLflow with the stack's login."""
-    client = celery_stack.client
-    started = time.monotonic()
-    client.wait_for_dag(DAG_ID, timeout=120)
-    client.unpause(DAG_ID)
-    run_id = client.trigger(DAG_ID, conf={"model_family": "elasticnet"}, note="tests/topology: logins")["dag_run_id"]
-    client.wait_for_run(DAG_ID, run_id, timeout=RUN_TIMEOUT)
-    celery_stack.timings["run with the production logins, trigger to success (s)"] = time.monotonic() - started
-    return run_id
+@pytest.fixture
+def finished_run(tuned_run: str) -> str:
+    """A successful ml_pipeline run on the stack (the session's, tests/topology/conftest.py): its tasks logged to
+    MLflow with the stack's login."""
+    return tuned_run
 
 
 def docs_url(stack: CeleryStack, run_id: str) -> str:

@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 
 from include.ml.artifacts import safe_run_id
+from tests.support.celery import kill_worker
 from tests.support.project import WINE_CSV
 from tests.support.registry import Registry
 from tests.support.stacks import STACK_SCRIPT, CeleryStack
-from tests.topology.test_celery_topology import kill_worker
 
 pytestmark = pytest.mark.integration
 
@@ -30,20 +30,9 @@ ROWS, PARTITIONS = 2_000_000, 4
 
 
 @pytest.fixture(scope="module")
-def champion(celery_stack: CeleryStack) -> str:
-    """The stack's champion; without one yet, a quick forced ml_pipeline run (elasticnet, no tuning) makes one."""
-    registry = Registry(celery_stack.mlflow_url)
-    if registry.champion_or_none(MODEL) is None:
-        client = celery_stack.client
-        client.wait_for_dag("ml_pipeline", timeout=120)
-        client.unpause("ml_pipeline")
-        started = time.monotonic()
-        run_id = client.trigger("ml_pipeline", conf={"model_family": "elasticnet", "tune": False,
-                                                     "force_promote": True},
-                                note="tests/topology/test_celery_batch.py: a champion to score with")["dag_run_id"]
-        client.wait_for_run("ml_pipeline", run_id, timeout=300)
-        celery_stack.timings["batch: champion by ml_pipeline (s)"] = time.monotonic() - started
-    return registry.champion(MODEL)
+def champion(celery_stack: CeleryStack, tuned_run: str) -> str:
+    """The stack's champion: the session's ml_pipeline run promoted it (tests/topology/conftest.py)."""
+    return Registry(celery_stack.mlflow_url).champion(MODEL)
 
 
 @pytest.fixture(scope="module")

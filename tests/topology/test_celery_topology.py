@@ -14,12 +14,12 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-import psutil
 import pytest
 
 from include.ml.artifacts import safe_run_id
+from tests.support.celery import kill_worker, query
 from tests.support.registry import Registry
-from tests.support.stacks import CeleryStack, pg_url
+from tests.support.stacks import CeleryStack
 
 pytestmark = pytest.mark.integration
 
@@ -53,33 +53,6 @@ def report(stack: CeleryStack, run_id: str) -> str:
     except Exception as exc:  # noqa: BLE001 - diagnostics must not hide the real failure
         lines.append(f"<could not query the API: {exc}>")
     return "\n".join([*lines, stack.log_tails(15)])
-
-
-def query(database: str, sql: str, *params: Any) -> list[tuple]:
-    """Rows straight from a PostgreSQL database of the session (not through Airflow or MLflow)."""
-    import psycopg2
-
-    with psycopg2.connect(pg_url(database)) as conn, conn.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    conn.close()
-    return rows
-
-
-def broker_control(stack: CeleryStack) -> Any:
-    """A Celery app on the stack's broker and key prefix, for remote control of its workers."""
-    from celery import Celery
-
-    return Celery(broker=stack.broker.url, broker_transport_options={"global_keyprefix": stack.broker.prefix})
-
-
-def set_consumers(control: Any, on: list[str], off: list[str]) -> None:
-    """Make workers start or stop taking tasks from QUEUE (what `airflow celery add-queue/remove-queue` do)."""
-    for nodes, command in ((on, control.control.add_consumer), (off, control.control.cancel_consumer)):
-        if nodes:
-            replies = command(QUEUE, destination=nodes, reply=True, timeout=10)
-            answered = {node for reply in replies for node in reply}
-            assert answered == set(nodes), f"{command.__name__}: no answer from {set(nodes) - answered}"
 
 
 def wait_for_task(stack: CeleryStack, run_id: str, task_id: str, state: str, timeout: float = 180) -> dict[str, Any]:
@@ -126,31 +99,6 @@ def model_files(stack: CeleryStack, location: str) -> set[str]:
     return {key[len(key_prefix):] for key in s3_objects(stack) if key.startswith(key_prefix)}
 
 
-def kill_worker(pid: int) -> set[int]:
-    """SIGKILL a Celery worker and every process below it, task processes included, as if its machine died.
-
-    The whole tree is stopped first, so that nothing forks, retries or reaps between the look-up and the kill.
-    """
-    root = psutil.Process(pid)
-    for process in [root, *root.children(recursive=True)]:
-        process.suspend()
-    tree = [root, *root.children(recursive=True)]
-    for process in tree:
-        process.kill()
-    deadline = time.monotonic() + 10
-    while any(_alive(p) for p in tree) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [p.pid for p in tree if _alive(p)], "processes of the killed worker survived SIGKILL"
-    return {p.pid for p in tree}
-
-
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 # --- tests -------------------------------------------------------------------------------------------
 
 
@@ -163,46 +111,27 @@ def stack(celery_stack: CeleryStack) -> CeleryStack:
     return celery_stack
 
 
-def test_run_executes_on_both_workers_and_registers_in_postgres(stack: CeleryStack) -> None:
-    """A run spread over both workers; metadata, results and the registry are all in PostgreSQL."""
-    client = stack.client
-    first, second = stack.workers.values()
-    control = broker_control(stack)
-    started = time.monotonic()
-    try:
-        # Only the first worker takes tasks until ingest has run there; then it is drained and the
-        # rest of the run must go to the second (the first may still finish one task it took).
-        set_consumers(control, on=[first], off=[second])
-        run_id = client.trigger(DAG_ID, conf={"model_family": "elasticnet"},
-                                note="tests/topology: both workers")["dag_run_id"]
-        wait_for_task(stack, run_id, "ingest", "success")
-        set_consumers(control, on=[second], off=[first])
-        client.wait_for_run(DAG_ID, run_id, timeout=RUN_TIMEOUT)
-    finally:
-        set_consumers(control, on=[first, second], off=[])
-    stack.timings["run on both workers, trigger to success (s)"] = time.monotonic() - started
-
+def test_a_run_spreads_over_both_workers_and_keeps_everything_in_postgres(stack: CeleryStack, tuned_run: str) -> None:
+    """The session's tuned run (tests/topology/conftest.py): its two tune_worker tasks ran on the two workers at
+    once; metadata, Celery's results and the registry are all in PostgreSQL, the model's files in S3."""
+    client, run_id = stack.client, tuned_run
     with diagnosed(stack, run_id):
-        tis = {ti["task_id"]: ti for ti in client.task_instances(DAG_ID, run_id) if ti["task_id"] in STAGES}
-        assert {t: (ti["state"], ti["try_number"], ti["queue"]) for t, ti in tis.items()} == \
+        tis = client.task_instances(DAG_ID, run_id)
+        stages = {ti["task_id"]: ti for ti in tis if ti["task_id"] in STAGES}
+        assert {t: (ti["state"], ti["try_number"], ti["queue"]) for t, ti in stages.items()} == \
             {stage: ("success", 1, QUEUE) for stage in STAGES}
         assert_rest_skipped(stack, run_id)
-        hosts = {t: ti["hostname"] for t, ti in tis.items()}
-        assert hosts["ingest"] == first
-        assert hosts["validate"] in (first, second)
-        assert [hosts[stage] for stage in ("transform", "tune", "train", "evaluate")] == [second] * 4
-        assert set(hosts.values()) == {first, second}
+        hosts = {(ti["task_id"], ti["map_index"]): ti["hostname"] for ti in tis if ti["state"] == "success"}
+        assert {host for (task, _), host in hosts.items() if task == "tune_worker"} == set(stack.workers.values())
 
         # The metadata DB is the session's PostgreSQL database (no SQLite file), and holds the same.
-        rows = query(stack.databases["airflow"],
-                     "SELECT task_id, hostname, state FROM task_instance WHERE dag_id = %s AND run_id = %s",
-                     DAG_ID, run_id)
-        assert {task: (host, state) for task, host, state in rows if task in STAGES} == \
-            {t: (hosts[t], "success") for t in STAGES}
+        rows = query(stack.databases["airflow"], "SELECT task_id, map_index, hostname, state FROM task_instance "
+                     "WHERE dag_id = %s AND run_id = %s AND state = 'success'", DAG_ID, run_id)
+        assert {(task, index): host for task, index, host, _ in rows} == hosts
         assert not list(stack.home.glob("*.db"))
         # Celery's results went to PostgreSQL too, and its messages through Redis under the session's prefix.
         statuses = dict(query(stack.databases["airflow"], "SELECT status, count(*) FROM celery_taskmeta GROUP BY 1"))
-        assert statuses.get("SUCCESS", 0) >= len(STAGES), statuses
+        assert statuses.get("SUCCESS", 0) >= len(hosts), statuses
         import redis
 
         assert redis.Redis.from_url(stack.broker.url).exists(f"{stack.broker.prefix}_kombu.binding.{QUEUE}")
@@ -226,8 +155,9 @@ def test_killed_worker_task_is_retried_on_the_other_worker(stack: CeleryStack) -
     objects_before = s3_objects(stack)
     started = time.monotonic()
     # Even a quick family keeps train's MLflow run open for seconds (logging the model): time to kill it.
-    run_id = client.trigger(DAG_ID, conf={"model_family": "elasticnet"}, note="tests/topology: kill a worker")[
-        "dag_run_id"]
+    # No search (what is killed is train): tune and its steps are skipped.
+    run_id = client.trigger(DAG_ID, conf={"model_family": "elasticnet", "tune": False},
+                            note="tests/topology: kill a worker")["dag_run_id"]
 
     # Wait until train runs on some worker and has opened its MLflow run, then kill that worker.
     deadline = time.monotonic() + 180
@@ -252,7 +182,8 @@ def test_killed_worker_task_is_retried_on_the_other_worker(stack: CeleryStack) -
         assert train["pid"] in killed, "the task process itself was not among the killed worker's processes"
         states = {ti["task_id"]: (ti["state"], ti["try_number"]) for ti in client.task_instances(DAG_ID, run_id)
                   if ti["task_id"] in STAGES}
-        assert states == {**{stage: ("success", 1) for stage in STAGES}, "train": ("success", 2)}
+        assert states == {**{stage: ("success", 1) for stage in STAGES}, "tune": ("skipped", 1),
+                          "train": ("success", 2)}
         assert_rest_skipped(stack, run_id)
         tries = client.task_tries(DAG_ID, run_id, "train")
         assert [(t["try_number"], t["hostname"]) for t in tries] == [(1, victim), (2, survivor)]
@@ -276,6 +207,6 @@ def test_killed_worker_task_is_retried_on_the_other_worker(stack: CeleryStack) -
         location = registry.model_location(evaluated["model_name"], evaluated["version"])
         assert "MLmodel" in model_files(stack, location)
         run_dir = stack.artifacts_root / safe_run_id(run_id)
-        for stage in STAGES:
+        for stage in (stage for stage in STAGES if stage != "tune"):
             assert json.loads((run_dir / stage / "result.json").read_text()), stage
         assert sorted(p.name for p in (run_dir / "train").iterdir()) == ["result.json"], "leftovers of the killed try"

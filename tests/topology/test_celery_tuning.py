@@ -1,62 +1,28 @@
 """The tune stage spread over the production topology's two Celery workers: one Optuna study in a PostgreSQL
 database of its own (MLOPS_TUNING_STORAGE, tests/support/stacks.py), two mapped tune_worker tasks running trials
-against it at once, and tune_collect logging the best on the parent MLflow run."""
+against it at once, and tune_collect logging the best on the parent MLflow run. The run is the session's
+`tuned_run` (tests/topology/conftest.py), which other topology tests read too."""
 
 from __future__ import annotations
 
-import time
-from typing import Any
 from urllib.parse import quote
 
-import psycopg2
 import pytest
 
 from include.ml.artifacts import safe_run_id
+from tests.support.celery import query
 from tests.support.registry import Registry
-from tests.support.stacks import CeleryStack, pg_url
+from tests.support.stacks import CeleryStack
+from tests.topology.conftest import TUNED_TRIALS as TRIALS
+from tests.topology.conftest import TUNED_WORKERS as WORKERS
 
 pytestmark = pytest.mark.integration
 
 DAG_ID = "ml_pipeline"
-TRIALS, WORKERS = 16, 2
-RUN_TIMEOUT = 300
 
 
-def query(database: str, sql: str, *params: Any) -> list[tuple]:
-    with psycopg2.connect(pg_url(database)) as conn, conn.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    conn.close()
-    return rows
-
-
-@pytest.fixture(scope="module")
-def stack(celery_stack: CeleryStack) -> CeleryStack:
-    """The stack with ml_pipeline unpaused and idle: unpausing it first makes the run of its latest nightly
-    interval, which would hold this test's run queued (max_active_runs 1) when this file runs alone."""
-    client = celery_stack.client
-    client.wait_for_dag(DAG_ID, timeout=120)
-    client.unpause(DAG_ID)
-    unpaused, deadline = time.monotonic(), time.monotonic() + 900
-    while time.monotonic() < deadline:
-        runs = client.get(f"dags/{DAG_ID}/dagRuns")["dag_runs"]
-        scheduled = any(run["run_type"] == "scheduled" for run in runs)
-        if all(run["state"] in ("success", "failed") for run in runs) and (scheduled or
-                                                                           time.monotonic() - unpaused > 15):
-            return celery_stack
-        time.sleep(2)
-    pytest.fail(f"{DAG_ID} still busy with earlier runs after 900 s", pytrace=False)
-
-
-def test_two_workers_share_one_study_in_postgres(stack: CeleryStack) -> None:
-    client = stack.client
-    started = time.monotonic()
-    run_id = client.trigger(DAG_ID, conf={"model_family": "elasticnet", "tune_trials": TRIALS,
-                                          "tune_workers": WORKERS}, note="tests/topology: tuning on two workers")[
-        "dag_run_id"]
-    client.wait_for_run(DAG_ID, run_id, timeout=RUN_TIMEOUT)
-    stack.timings["tuning of 16 trials on 2 workers, trigger to success (s)"] = time.monotonic() - started
-
+def test_two_workers_share_one_study_in_postgres(celery_stack: CeleryStack, tuned_run: str) -> None:
+    stack, client, run_id = celery_stack, celery_stack.client, tuned_run
     tis = client.task_instances(DAG_ID, run_id)
     workers = sorted((ti for ti in tis if ti["task_id"] == "tune_worker"), key=lambda ti: ti["map_index"])
     assert [(ti["map_index"], ti["state"]) for ti in workers] == [(0, "success"), (1, "success")]
