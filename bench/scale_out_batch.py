@@ -2,7 +2,7 @@
 (include/release/partition_runs.py) that ml_batch_predict's mapped tasks run, the same combine.
 
 In a temp workspace it trains the champion (`python main.py` on --config-dir, deployment off), generates a seeded
-CSV of --rows rows shaped by schema.yaml (bench/tables.py, in a child), plans it into --partitions byte ranges (in a
+CSV of --rows rows shaped by schema.yaml (bench/synthetic.py, in a child), plans it into --partitions byte ranges (in a
 child: the plan exports the bundle once), then for 1 and for 2 workers starts that many worker processes at once,
 each scoring its share of the partitions (round robin) into a fresh staging folder, and waits for all of them:
 the scoring wall time gives rows/s; each worker's own peak RSS (ru_maxrss) and CPU come from os.wait4. The combine
@@ -44,7 +44,7 @@ from bench.common import (
     wait_until_idle,
     write_config_dir,
 )
-from bench.tables import generate_in_child
+from bench.synthetic import generate_in_child
 
 log = logging.getLogger(__name__)
 

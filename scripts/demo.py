@@ -49,8 +49,8 @@ def main() -> int:
 
     states = {ti["task_id"]: ti["state"] for ti in client.task_instances(DAG_ID, run_id)}
     print()
-    if states["tune"] == "success":  # skipped when tuning is off
-        tuned = client.xcom(DAG_ID, run_id, "tune")
+    if states["tune_collect"] == "success":  # skipped when tuning is off
+        tuned = client.xcom(DAG_ID, run_id, "tune_collect")  # the search's summary (tune's XCom: the workers)
         configured = " (params.yaml's model)" if tuned["best_trial"] == 0 else ""
         print(f"tune: best of {tuned['trials']} trials ({tuned['pruned']} pruned) is trial {tuned['best_trial']}"
               f"{configured}: {tuned['family']} {tuned['hyperparameters']}, cross-validated {tuned['metric']} "
