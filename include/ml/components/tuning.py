@@ -328,6 +328,9 @@ def _local_worker(frame: Path, config: TuningJob, run_id: str, output_dir: Path,
 def _storage(url: str) -> Any:
     import optuna
 
+    # Optuna's own INFO lines ("A new study created in RDB ...") go to stderr, which Airflow logs as ERROR: one line
+    # per trial from us instead. Every step opens the study through here.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     # SQLite: several processes write one file; a writer waits for the lock instead of failing at once.
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     return optuna.storages.RDBStorage(url, engine_kwargs=engine)
@@ -344,7 +347,6 @@ def _load(config: TuningJob, run_id: str, output_dir: Path, worker: int = 0) -> 
     """The opened study, with worker `worker`'s sampler (seed + worker) and the shared pruner settings."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial from us instead
     tuning, name = config.tuning, study_name(run_id)
     try:
         study = optuna.load_study(
