@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from include.ml.components import tuning
+from include.ml.components import tuning, tuning_storage
 from include.ml.configuration import ConfigurationManager
 from include.ml.entities import MlflowConfig
 from include.ml.exceptions import ConfigError, TuningError
@@ -58,7 +58,7 @@ def test_one_worker_repeats_the_single_process_search(mlflow_config: MlflowConfi
     assert [run.data.metrics["cv_rmse_mean"] for run in runs] == pytest.approx([rmse for *_, rmse in RECORDED])
     assert (result.best_trial, result.family, result.trials, result.workers) == (6, "elasticnet", 7, 1)
     assert {run.data.tags["tune_worker"] for run in runs} == {"0"}
-    assert (tmp_path / tuning.STUDY_DB).is_file()
+    assert (tmp_path / tuning_storage.STUDY_DB).is_file()
 
 
 def test_two_worker_processes_share_one_study_and_its_budget(mlflow_config: MlflowConfig, tmp_path: Path) -> None:
@@ -76,7 +76,7 @@ def test_two_worker_processes_share_one_study_and_its_budget(mlflow_config: Mlfl
     assert len(runs) == result.trials == 16 and result.workers == 2
     assert len({run.data.tags["tune_host"] for run in runs}) == 2  # two processes
     assert sorted(int(run.data.tags["trial"]) for run in runs) == list(range(16))  # each trial once
-    storage = f"sqlite:///{tmp_path / tuning.STUDY_DB}"
+    storage = f"sqlite:///{tmp_path / tuning_storage.STUDY_DB}"
     assert optuna.get_all_study_names(storage) == ["tune-r"]
     study = optuna.load_study(study_name="tune-r", storage=storage)
     counted = [t for t in study.trials if t.user_attrs.get("cut") != "over_budget"]
@@ -97,7 +97,7 @@ def test_a_retried_step_resumes_and_a_new_search_starts_afresh(mlflow_config: Ml
     first = tuning.open_search(frame, config, "r", tmp_path)
     again = tuning.open_search(frame, config, "r", tmp_path)
     assert (again.resumed, again.mlflow_run_id) == (True, first.mlflow_run_id) and not first.resumed
-    study = optuna.load_study(study_name="tune-r", storage=f"sqlite:///{tmp_path / tuning.STUDY_DB}")
+    study = optuna.load_study(study_name="tune-r", storage=f"sqlite:///{tmp_path / tuning_storage.STUDY_DB}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.WAITING]  # params.yaml's model, once
     killed = study.ask()  # what a killed attempt of worker 1 left behind: trial 0 (params.yaml's model) RUNNING
     killed.set_user_attr("worker", 1)

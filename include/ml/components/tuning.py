@@ -47,6 +47,7 @@ import pandas as pd
 
 from include.ml import artifacts, tracking
 from include.ml.components.training import close_abandoned_runs, split_xy
+from include.ml.components.tuning_storage import open_storage, shown_url, storage_url, study_attrs
 from include.ml.components.tuning_trials import OVER_BUDGET, STOPPED, TrialSetting, cv_folds, log_plots, objective
 from include.ml.entities import METRICS, ModelConfig, TrainingConfig, TuningJob
 from include.ml.exceptions import TuningError
@@ -54,7 +55,6 @@ from include.ml.exceptions import TuningError
 log = logging.getLogger(__name__)
 
 RESULT = "result.json"
-STUDY_DB = "study.db"  # the default storage, in the run's tune folder
 STARTUP_TRIALS = 5  # random trials before TPE models the results; completed trials before pruning starts
 
 
@@ -138,11 +138,6 @@ class WorkerDone:
         return asdict(self)
 
 
-def storage_url(config: TuningJob, output_dir: Path) -> str:
-    """tuning.storage, or a SQLite file in the run's tune folder."""
-    return config.tuning.storage or f"sqlite:///{(output_dir / STUDY_DB).resolve()}"
-
-
 def study_name(run_id: str) -> str:
     return f"tune-{run_id}"
 
@@ -157,8 +152,8 @@ def open_search(train_frame: pd.DataFrame, config: TuningJob, run_id: str, outpu
     x, y = split_xy(train_frame, training.schema)
     _split(training.schema.task, config, x, y)  # fewer rows than folds fails here, before any worker starts
     output_dir.mkdir(parents=True, exist_ok=True)
-    storage, name = _storage(storage_url(config, output_dir)), study_name(run_id)
-    if _study_attrs(storage, name).get("collected"):
+    storage, name = open_storage(storage_url(config, output_dir)), study_name(run_id)
+    if study_attrs(storage, name).get("collected"):
         optuna.delete_study(study_name=name, storage=storage)  # a finished search of this run: this is a new one
     study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True, direction=(
         "maximize" if METRICS[training.schema.task][config.metric] else "minimize"))
@@ -174,7 +169,7 @@ def open_search(train_frame: pd.DataFrame, config: TuningJob, run_id: str, outpu
             "metric": config.metric, "n_trials": tuning.n_trials, "timeout_seconds": tuning.timeout_seconds,
             "cv_folds": tuning.cv_folds, "prune_after_folds": tuning.prune_after_folds, "seed": tuning.seed,
             "families": ",".join(config.spaces), "train_rows": len(x), "workers": tuning.workers,
-            "study": name, "storage": _shown(storage.url)}.items()])
+            "study": name, "storage": shown_url(storage.url)}.items()])
         if training.model.family in config.spaces and not study.trials:
             study.enqueue_trial({"family": training.model.family}, user_attrs={"configured": True})
         started = time.time()
@@ -182,7 +177,7 @@ def open_search(train_frame: pd.DataFrame, config: TuningJob, run_id: str, outpu
                            "timeout_seconds": tuning.timeout_seconds,
                            "train_rows": len(x), "parent_run_id": parent_id}.items():
             study.set_user_attr(key, value)  # parent_run_id last: its presence says the study is ready
-    opened = SearchOpened(name, _shown(storage.url), parent_id,
+    opened = SearchOpened(name, shown_url(storage.url), parent_id,
                           tracking.run_url(training.mlflow, experiment_id, parent_id), tuning.workers,
                           study.user_attrs["n_trials"], tuning.timeout_seconds, resumed)
     log.info("tune: %s", opened.summary())
@@ -325,24 +320,6 @@ def _local_worker(frame: Path, config: TuningJob, run_id: str, output_dir: Path,
 
 # --- the study ----------------------------------------------------------------------------------------------------
 
-def _storage(url: str) -> Any:
-    import optuna
-
-    # Optuna's own INFO lines ("A new study created in RDB ...") go to stderr, which Airflow logs as ERROR: one line
-    # per trial from us instead. Every step opens the study through here.
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # SQLite: several processes write one file; a writer waits for the lock instead of failing at once.
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine)
-
-
-def _study_attrs(storage: Any, name: str) -> dict[str, Any]:
-    try:
-        return storage.get_study_user_attrs(storage.get_study_id_from_name(name))
-    except KeyError:  # no such study
-        return {}
-
-
 def _load(config: TuningJob, run_id: str, output_dir: Path, worker: int = 0) -> Any:
     """The opened study, with worker `worker`'s sampler (seed + worker) and the shared pruner settings."""
     import optuna
@@ -350,14 +327,14 @@ def _load(config: TuningJob, run_id: str, output_dir: Path, worker: int = 0) -> 
     tuning, name = config.tuning, study_name(run_id)
     try:
         study = optuna.load_study(
-            study_name=name, storage=_storage(storage_url(config, output_dir)),
+            study_name=name, storage=open_storage(storage_url(config, output_dir)),
             sampler=optuna.samplers.TPESampler(seed=tuning.seed + worker, n_startup_trials=STARTUP_TRIALS),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=STARTUP_TRIALS,
                                                n_warmup_steps=tuning.prune_after_folds - 1))
     except KeyError:
         study = None
     if study is None or "parent_run_id" not in study.user_attrs:
-        raise TuningError(f"no opened study {name} in {_shown(storage_url(config, output_dir))}: the tune step "
+        raise TuningError(f"no opened study {name} in {shown_url(storage_url(config, output_dir))}: the tune step "
                           "(open_search) runs first")
     return study
 
@@ -395,9 +372,3 @@ def _split(task: str, config: TuningJob, x: pd.DataFrame, y: pd.Series) -> list[
     except ValueError as exc:  # fewer rows (or, for classification, rows of every class) than folds
         raise TuningError(f"cannot split {len(x)} training rows into tuning.cv_folds = {tuning.cv_folds} folds: "
                           f"{exc}") from exc
-
-
-def _shown(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
