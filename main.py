@@ -1,7 +1,6 @@
 """Run the ML pipeline and its commands without Airflow.
 
-    python main.py                        # ingest -> validate -> transform -> tune -> train -> evaluate -> deploy
-                                          #   -> verify (tune: when params.yaml's tuning: is on)
+    python main.py                        # ingest -> validate -> transform -> tune (when on) -> ... -> verify
     python main.py --stage tune           # one stage, on the latest run's outputs
     python main.py --run-id my-run        # choose the run id (artifacts/<run id>/)
     python main.py --rollback [VERSION]   # make an earlier model version champion again, and deploy it
@@ -13,8 +12,7 @@
     python main.py predict --input in.csv --output out.parquet [--version V] [--on-bad-rows skip] [--explain]
     python main.py monitor --reference train.csv --current live.csv [--json]   # per-feature drift of two files
     python main.py release shadow --version N [--sample 0.2]   # N beside the champion, scoring a share off-path
-    python main.py release canary --version N --percent 10     # N answers 10 % of the requests
-    python main.py release promote | abort [--reason R] | status [--json]   # docs/releases.md
+    python main.py release canary --version N --percent 10 | promote | abort [--reason R] | status [--json]
 
 Every command takes --config-dir DIR (default: $MLOPS_CONFIG_DIR, else include/config).
 Exit codes: 0 success, 1 a stage or command failed (the message says which and why), 2 configuration error.
@@ -29,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from include import pipeline
+from include import batch_runs, pipeline
 from include.ml import artifacts
 from include.ml.exceptions import ConfigError, PipelineError
 
@@ -292,9 +290,9 @@ def predict(args: argparse.Namespace) -> int:
     from include.ml.configuration import ConfigurationManager
 
     # The user's own files: no allow-list here (the ml_batch_predict DAG applies data_source.allowed_sources).
-    print(pipeline.run_predict(ConfigurationManager(args.config_dir), args.input, args.output, args.version,
-                               on_bad_rows=args.on_bad_rows, explain=args.explain,
-                               partitions=args.partitions).summary())
+    scored = batch_runs.run_predict(ConfigurationManager(args.config_dir), args.input, args.output, args.version,
+                                    on_bad_rows=args.on_bad_rows, explain=args.explain, partitions=args.partitions)
+    print(scored.summary())
     return 0
 
 

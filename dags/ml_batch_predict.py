@@ -102,7 +102,7 @@ def ml_batch_predict() -> None:
     def plan(params: dict[str, Any] | None = None, run_id: str | None = None) -> list[dict[str, Any]]:
         """The plan, once per partition: what each mapped score task gets."""
         from dags.stage_tasks import pipeline_config, task_result
-        from include.pipeline import run_predict_plan
+        from include.batch_runs import run_predict_plan
 
         cm = pipeline_config({"source": params["input"]})  # checks the input against data_source.allowed_sources
         planned = task_result(run_predict_plan(cm, run_id, params["input"] and cm.config.data_source.uri,  # checked
@@ -114,14 +114,14 @@ def ml_batch_predict() -> None:
     @task(max_active_tis_per_dagrun=MAX_PARTITIONS)
     def score(work: dict[str, Any]) -> dict[str, Any]:
         from dags.stage_tasks import pipeline_config, task_result
-        from include.pipeline import run_predict_partition
+        from include.batch_runs import run_predict_partition
 
         return task_result(run_predict_partition(pipeline_config(), work["plan"], work["partition"]))
 
     @task
     def combine(planned: list[dict[str, Any]], scored: list[dict[str, Any]]) -> dict[str, Any]:
         from dags.stage_tasks import pipeline_config, task_result
-        from include.pipeline import run_predict_combine
+        from include.batch_runs import run_predict_combine
 
         return task_result(run_predict_combine(pipeline_config(), planned[0]["plan"]))
 

@@ -178,7 +178,7 @@ def test_a_key_named_like_an_explanation_column_is_refused(registry: Path, tmp_p
 def test_cli_explain_flag_reaches_run_predict(config_dir: Path, isolated_env: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     import main
-    from include import pipeline
+    from include import batch_runs
 
     calls: list[dict[str, Any]] = []
 
@@ -186,7 +186,7 @@ def test_cli_explain_flag_reaches_run_predict(config_dir: Path, isolated_env: Pa
         calls.append(kwargs)
         return type("Result", (), {"summary": lambda self: "scored"})()
 
-    monkeypatch.setattr(pipeline, "run_predict", run_predict)
+    monkeypatch.setattr(batch_runs, "run_predict", run_predict)
     common = ["predict", "--config-dir", str(config_dir), "--input", "in.csv", "--output", str(tmp_path / "o.csv")]
     assert main.main([*common, "--explain"]) == 0 and main.main(common) == 0
     assert [c["explain"] for c in calls] == [True, False]
