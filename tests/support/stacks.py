@@ -67,8 +67,24 @@ def stack_log_tails(home: Path, lines: int = 30) -> str:
 # --- the embedded stack (LocalExecutor) ----------------------------------------------------------------------
 
 
+class StackFolders:
+    """The folders beside a stack's home that its copied config admits (both stacks' configs do)."""
+
+    home: Path
+
+    @property
+    def sources(self) -> Path:
+        """Where a trigger's `source` or batch `input` may point (the stack config's data_source.allowed_sources)."""
+        return self.home.parent / "sources"
+
+    @property
+    def batch_outputs(self) -> Path:
+        """Where a trigger's batch-prediction `output` may go (the stack config's batch.allowed_outputs)."""
+        return self.home.parent / "batch-outputs"
+
+
 @dataclass
-class AirflowStack:
+class AirflowStack(StackFolders):
     home: Path
     outputs: Path
     env: dict[str, str]
@@ -81,16 +97,6 @@ class AirflowStack:
     @property
     def artifacts_root(self) -> Path:
         return Path(self.env["MLOPS_ARTIFACTS_ROOT"])
-
-    @property
-    def sources(self) -> Path:
-        """Where a trigger's `source` may point (the stack config's data_source.allowed_sources)."""
-        return self.home.parent / "sources"
-
-    @property
-    def batch_outputs(self) -> Path:
-        """Where a trigger's batch-prediction `output` may go (the stack config's batch.allowed_outputs)."""
-        return self.home.parent / "batch-outputs"
 
     @property
     def tracking_uri(self) -> str:
@@ -282,7 +288,7 @@ def create_bucket(s3_endpoint: str) -> str:
 
 
 @dataclass
-class CeleryStack:
+class CeleryStack(StackFolders):
     home: Path
     outputs: Path
     env: dict[str, str]
@@ -295,16 +301,6 @@ class CeleryStack:
     client: AirflowClient
     workers: dict[str, str]  # component (worker-1) -> Celery node name, the hostname its tasks record
     timings: dict[str, float] = field(default_factory=lambda: CELERY_TIMINGS)
-
-    @property
-    def sources(self) -> Path:
-        """Where a trigger's `source` or batch `input` may point (the stack config's data_source.allowed_sources)."""
-        return self.home.parent / "sources"
-
-    @property
-    def batch_outputs(self) -> Path:
-        """Where a trigger's batch-prediction `output` may go (the stack config's batch.allowed_outputs)."""
-        return self.home.parent / "batch-outputs"
 
     @property
     def mlflow_login(self) -> tuple[str, str]:
