@@ -15,10 +15,12 @@ demo: export SERVING_CAPTURE_ROTATE_SECONDS ?= 5
 demo: up ## set up, start Airflow + MLflow, run the DAG once through the scheduler, leave the UIs up
 	$(BIN)/python scripts/demo.py
 
+# The suite on pytest-xdist workers; tests that share a running stack stay together (tests/support/distribution.py).
+TEST_WORKERS ?= 3
 test: $(STAMP) tools ## set up, then ruff (lint), lint-imports (the dependency rule), the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 tools: ## install the missing TEST_TOOLS from apt (root or sudo)
 	@missing="$(foreach t,$(TEST_TOOLS),$(if $(shell command -v $(firstword $(subst :, ,$(t)))),,$(lastword $(subst :, ,$(t)))))"; \

@@ -1,4 +1,5 @@
-"""Fixtures shared by every test tier, and the check that keeps `-m "not integration"` free of processes.
+"""Fixtures shared by every test tier, the check that keeps `-m "not integration"` free of processes, and the
+hooks that spread the suite over pytest-xdist workers and gather their figures.
 
 Helpers (paths, ports, bundles, servers, stacks) are in tests/support/.
 """
@@ -11,6 +12,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from tests.support import session_report
+from tests.support.distribution import assign_groups
 from tests.support.project import CONFIG_DIR, outputs_env, small_leakage_budget
 from tests.support.project import edit_yaml as edit_yaml_file
 from tests.support.servers import aws_test_credentials, moto_server
@@ -24,6 +27,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     unmarked = unmarked_process_tests(items)
     if unmarked:
         raise usage_error(unmarked)
+    assign_groups(items)  # used by `--dist loadgroup` (make test); without xdist the marks change nothing
+
+
+@pytest.hookimpl(trylast=True)  # after the session-scoped stacks have stopped, so their shutdown times are in
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    session_report.hand_over(session.config)
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook, called on the controller
+def pytest_testnodedown(node: Any) -> None:
+    session_report.receive(node)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    session_report.write(terminalreporter)
 
 
 @pytest.fixture

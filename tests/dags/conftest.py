@@ -1,20 +1,14 @@
-"""Reports each DAG file's parse time at the end of the run."""
+"""The DAG tests' fixtures."""
 
 from __future__ import annotations
 
 import pytest
 
-_PARSE_TIMES: dict[str, tuple[float, float]] = {}
+from tests.support.session_report import PARSE_TIMES
 
 
 @pytest.fixture(scope="session")
 def parse_times() -> dict[str, tuple[float, float]]:
-    """DAG file name -> (parse seconds, seconds importing airflow.sdk first); filled by the tests."""
-    return _PARSE_TIMES
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _PARSE_TIMES:
-        terminalreporter.write_sep("-", "DAG parse times")
-        for name, (parse, airflow) in sorted(_PARSE_TIMES.items()):
-            terminalreporter.write_line(f"{name}: {parse:.3f}s (after {airflow:.2f}s importing airflow.sdk)")
+    """DAG file name -> (parse seconds, seconds importing airflow.sdk first); filled by the tests, printed at the end
+    of the session (tests/support/session_report.py)."""
+    return PARSE_TIMES

@@ -1,4 +1,4 @@
-"""The session's real Airflow 3 stack (tests/support/stacks.py), and its timings at the end of the run."""
+"""The session's real Airflow 3 stack (tests/support/stacks.py; its timings: tests/support/session_report.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.stacks import AIRFLOW_TIMINGS, AirflowStack, running_airflow_stack
+from tests.support.stacks import AirflowStack, running_airflow_stack
 
 
 @pytest.fixture(scope="session")
@@ -17,9 +17,3 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowS
     with running_airflow_stack(tmp_path_factory.mktemp("airflow_stack")) as stack:
         yield stack
 
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if AIRFLOW_TIMINGS:
-        terminalreporter.write_sep("-", "airflow stack timings")
-        for name, seconds in AIRFLOW_TIMINGS.items():
-            terminalreporter.write_line(f"{name}: {seconds:.1f}")

@@ -40,12 +40,11 @@ import pytest
 from scripts.airflow_client import AirflowClient
 from tests.support.network import free_ports
 from tests.support.project import REPO, edit_yaml, outputs_env, small_leakage_budget
+from tests.support.session_report import AIRFLOW_TIMINGS, CELERY_TIMINGS
 
 log = logging.getLogger(__name__)
 
 STACK_SCRIPT = REPO / "scripts" / "airflow_stack.sh"
-AIRFLOW_TIMINGS: dict[str, float] = {}  # printed at the end of the session by tests/integration/conftest.py
-CELERY_TIMINGS: dict[str, float] = {}  # ... and by tests/topology/conftest.py
 POSTGRES_DSN = os.environ.get("TOPOLOGY_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TOPOLOGY_REDIS_URL", "redis://127.0.0.1:6379")
 WORKERS = 2

@@ -15,7 +15,6 @@ from unittest import mock
 import pytest
 
 from tests.support.stacks import (
-    CELERY_TIMINGS,
     CeleryStack,
     RedisBroker,
     create_bucket,
@@ -78,9 +77,3 @@ def tuned_run(celery_stack: CeleryStack) -> str:
     celery_stack.timings["ml_pipeline tuned on 2 workers, trigger to success (s)"] = time.monotonic() - started
     return run_id
 
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if CELERY_TIMINGS:
-        terminalreporter.write_sep("-", "production topology timings")
-        for name, seconds in CELERY_TIMINGS.items():
-            terminalreporter.write_line(f"{name}: {seconds:.1f}")
