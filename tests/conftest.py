@@ -22,6 +22,7 @@ from tests.support.tiers import unmarked_process_tests, usage_error
 pytest_plugins = ["pytester"]  # tests/test_tiers.py runs pytest on deliberately broken test files
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the xdist_group marks set here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every collected test that starts a process must be marked integration (tests/support/tiers.py)."""
     unmarked = unmarked_process_tests(items)

@@ -147,7 +147,7 @@ def fleet(aws: Any, kms_key: tuple[str, Path], tmp_path: Path) -> Iterator[dict[
             launched = aws["ec2"].run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, TagSpecifications=[{
                 "ResourceType": "instance", "Tags": [{"Key": "Role", "Value": "toy-server"},
                                                      {"Key": "ServingUrl", "Value": server.url}]}])
-            stand_ins[launched["Instances"][0]["InstanceId"]] = StandIn(server, Poller(server.url))
+            stand_ins[launched["Instances"][0]["InstanceId"]] = StandIn(server, Poller(server.url, pause=0.05))
         # an instance of another fleet, and a stopped one of ours: neither may be touched
         aws["ec2"].run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, TagSpecifications=[{
             "ResourceType": "instance", "Tags": [{"Key": "Role", "Value": "other"}]}])
@@ -164,7 +164,13 @@ class _servers:
 
     def __enter__(self) -> list[PredictionServer]:
         for server in self.servers:
-            server.__enter__()
+            server.start()
+        try:
+            for server in self.servers:
+                server.ready()
+        except BaseException:
+            self.__exit__()
+            raise
         return self.servers
 
     def __exit__(self, *exc: Any) -> None:

@@ -159,7 +159,7 @@ def test_new_champion_reaches_the_server_without_a_failed_request_and_rollback_r
         client.wait_for_run(DAG_ID, first, timeout=300)
         champion_before = registry.champion(MODEL)
     assert served_version(airflow_stack.serving_url) == champion_before, "the server does not serve the champion"
-    with Poller(airflow_stack.serving_url, WINE) as poller:
+    with Poller(airflow_stack.serving_url, WINE, pause=0.05) as poller:
         run_id = client.trigger(DAG_ID, conf=FORCED)["dag_run_id"]
         client.wait_for_run(DAG_ID, run_id, timeout=300)
     promoted = client.xcom(DAG_ID, run_id, "evaluate")
@@ -181,7 +181,7 @@ def test_new_champion_reaches_the_server_without_a_failed_request_and_rollback_r
 
     client.wait_for_dag("ml_rollback", timeout=120)
     client.unpause("ml_rollback")
-    with Poller(airflow_stack.serving_url, WINE) as poller:
+    with Poller(airflow_stack.serving_url, WINE, pause=0.05) as poller:
         rollback_id = client.trigger("ml_rollback", conf={"version": None})["dag_run_id"]
         client.wait_for_run("ml_rollback", rollback_id, timeout=180)
     moved = client.xcom("ml_rollback", rollback_id, "rollback")

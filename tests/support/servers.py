@@ -41,10 +41,19 @@ class PredictionServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> PredictionServer:
+        return self.start().ready()
+
+    def start(self) -> PredictionServer:
+        """Start gunicorn without waiting for it (several servers then load at once); ready() waits."""
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", str(REPO / "serving" / "gunicorn.conf.py")],
             cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def ready(self) -> PredictionServer:
+        """Wait until /health answers; raises with the log's tail if gunicorn exits or takes over 60 s."""
+        assert self.process is not None, "start() first"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
