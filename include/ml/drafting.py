@@ -123,10 +123,13 @@ import pandas as pd
 import yaml
 
 from include.ml.components.ingestion import extract_csv, fetch, parse_csv
+from include.ml.config_file import DataSourceConfig
 from include.ml.configuration import CONFIG_FILES, DEFAULT_CONFIG_DIR, PROJECT_ROOT
-from include.ml.entities import METRICS, TASKS, ColumnSpec, DataSourceConfig, IngestionConfig
+from include.ml.entities import IngestionConfig
 from include.ml.exceptions import PipelineError
+from include.ml.params_file import METRICS
 from include.ml.preprocessing import encoding_for
+from include.ml.schema_file import TASKS, ColumnSpec
 from serving.features import parse_datetimes
 
 log = logging.getLogger(__name__)

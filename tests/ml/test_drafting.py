@@ -33,8 +33,8 @@ from include.ml.drafting import (
     UnknownTargetError,
     draft_config,
 )
-from include.ml.entities import ColumnSpec
 from include.ml.preprocessing import encoding_for
+from include.ml.schema_file import ColumnSpec
 from tests.support.frames import flights_like
 from tests.support.project import WINE_CSV
 
