@@ -72,8 +72,9 @@ def build_champion(config_dir: Path, workdir: Path) -> tuple[Path, Path]:
     from sklearn.model_selection import train_test_split
 
     from include.ml.components.training import build_pipeline, skops_trusted_types
+    from include.ml.config_file import SigningConfig
     from include.ml.configuration import ConfigurationManager
-    from include.ml.entities import SigningConfig, TrainingConfig
+    from include.ml.entities import TrainingConfig
     from include.release.onnx.bundle import write_model_onnx
     from include.release.signing import LocalSigner, ensure_local_key_pair, sign_bundle
     from serving import store

@@ -53,7 +53,8 @@ def bench_family(family: str, task: str, config_dir: Path, calls: int) -> dict[s
 
     from include.ml.components.training import build_pipeline
     from include.ml.configuration import ConfigurationManager
-    from include.ml.entities import ModelConfig, TrainingConfig
+    from include.ml.entities import TrainingConfig
+    from include.ml.params_file import ModelConfig
     from include.release.onnx.conversion import compile_predictor
     from serving.contract import Contract
     from serving.inputs import validate

@@ -26,7 +26,7 @@ import pandas as pd
 from bench.common import PROJECT_ROOT, BenchmarkError
 
 if TYPE_CHECKING:
-    from include.ml.entities import ColumnSpec, SchemaConfig
+    from include.ml.schema_file import ColumnSpec, SchemaConfig
 
 CHUNK_ROWS = 1_000_000  # rows drawn and written at a time by write_rows
 

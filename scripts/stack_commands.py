@@ -39,7 +39,7 @@ from scripts.stack_settings import (
 )
 
 if TYPE_CHECKING:
-    from include.ml.entities import ConfigFile
+    from include.ml.config_file import ConfigFile
 
 HEARTBEATS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
 

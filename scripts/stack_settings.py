@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from include.ml.entities import ConfigFile
+    from include.ml.config_file import ConfigFile
 
 REPO = Path(os.path.abspath(__file__)).parents[1]
 PROG = "scripts/airflow_stack.sh"

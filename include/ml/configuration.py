@@ -1,4 +1,5 @@
-"""Loads a config dir (config.yaml, schema.yaml, params.yaml) into the typed models of `entities.py`.
+"""Loads a config dir (config.yaml, schema.yaml, params.yaml) into the typed models of
+`config_file.py`, `schema_file.py` and `params_file.py`, and each stage's view of them (`entities.py`).
 
 Every problem is reported at load time as a `ConfigError` naming the file, the key path and what was
 expected (the valid keys on a typo), so a bad edit never surfaces mid-run. The environment overrides
@@ -16,28 +17,24 @@ from typing import Any, Mapping
 from pydantic import SecretStr
 
 from include.ml.config_errors import read_yaml, validated
+from include.ml.config_file import ConfigFile, DataSourceConfig
 from include.ml.entities import (
-    METRICS,
     BatchPredictionConfig,
-    ConfigFile,
-    DataSourceConfig,
     EvaluationConfig,
-    Frozen,
     IngestionConfig,
     MonitorJob,
-    ParamsFile,
     PipelineConfig,
-    SchemaConfig,
-    SearchParam,
-    SearchPlan,
     TrainingConfig,
     TransformationConfig,
     TuningJob,
     ValidationConfig,
 )
 from include.ml.exceptions import ConfigError
+from include.ml.frozen import Frozen
 from include.ml.models import FAMILIES
+from include.ml.params_file import METRICS, ParamsFile, SearchParam, SearchPlan
 from include.ml.release_settings import ReleasePlan
+from include.ml.schema_file import SchemaConfig
 from include.ml.training_inputs import code_commit
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -117,3 +118,26 @@ def format_failure(failure: dict[str, Any]) -> str:
     if failure.get("error"):
         text += f"; {failure['error']}"
     return text
+
+
+class DraftError(PipelineError):
+    """The data cannot be drafted into a valid configuration."""
+
+
+class OutputExistsError(DraftError):
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        super().__init__(f"refusing to overwrite {', '.join(map(str, paths))}: remove them or choose another directory")
+
+
+class UnknownTargetError(DraftError):
+    def __init__(self, target: str, columns: list[str]) -> None:
+        self.target, self.columns = target, columns
+        super().__init__(f"target {target!r} is not a column of the data; its columns: {', '.join(map(repr, columns))}")
+
+
+class RareClassError(DraftError):
+    def __init__(self, target: str, counts: dict[Any, int]) -> None:
+        self.target, self.counts = target, counts
+        super().__init__(f"classification target {target!r} has classes seen only once: {sorted(counts, key=str)}; "
+                         "the split is stratified and needs every class at least twice: drop or merge those rows")

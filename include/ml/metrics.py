@@ -1,7 +1,7 @@
 """The metrics of held-out data, one set of functions for every place that scores a model: evaluation and the gate
 (the test split), tuning (each cross-validation fold) and the monitor (labelled live rows).
 
-Each metric's direction (higher or lower is better) is `include.ml.entities.METRICS`. Classification metrics that
+Each metric's direction (higher or lower is better) is `include.ml.params_file.METRICS`. Classification metrics that
 need the class probabilities are PROBABILITY_METRICS; the others need only the predicted labels. How each is
 defined, for two classes and for more:
 

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from include.ml.entities import ColumnSpec, SchemaConfig
 from include.ml.exceptions import ConfigError
+from include.ml.schema_file import ColumnSpec, SchemaConfig
 from serving.features import PARTS, PERIODS, DatetimeFeatures
 
 NATIVE = "hist_gradient_boosting"  # the one family with categorical splits of its own

@@ -5,7 +5,7 @@ champion and ml_pipeline deploys it to every server. `strategy: progressive` mak
 and the ml_release DAG shadows it, then answers growing shares of traffic with it (canary steps), each step baked
 for a while and gated on live health, agreement with the champion and, once labels arrive, live quality; any
 alarm aborts (docs/airflow.md#ml_release, docs/live-evidence.md). Strict and closed like every config model
-(include/ml/entities.py).
+(include/ml/frozen.py).
 """
 
 from __future__ import annotations

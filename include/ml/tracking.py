@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from include.ml.entities import MlflowConfig
+from include.ml.config_file import MlflowConfig
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from typing import Any
 
 import pandas as pd
 
-from include.ml.entities import AttributionPolicy, SchemaConfig
+from include.ml.params_file import AttributionPolicy
+from include.ml.schema_file import SchemaConfig
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from include.ml.entities import MonitoringSources, SchemaConfig
+from include.ml.config_file import MonitoringSources
 from include.ml.exceptions import MonitoringError
+from include.ml.schema_file import SchemaConfig
 from serving.capture import model_folder
 from serving.features import parse_datetimes
 from serving.s3_uri import parse_s3_uri

@@ -26,7 +26,8 @@ from typing import Any, Literal, Mapping
 import numpy as np
 import pandas as pd
 
-from include.ml.entities import ColumnSpec, MonitoringPolicy
+from include.ml.params_file import MonitoringPolicy
+from include.ml.schema_file import ColumnSpec
 
 log = logging.getLogger(__name__)
 

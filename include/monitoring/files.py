@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from include.ml.entities import MonitoringPolicy, SchemaConfig
 from include.ml.exceptions import MonitoringError
+from include.ml.params_file import MonitoringPolicy
+from include.ml.schema_file import SchemaConfig
 from include.monitoring.drift import DriftReport, Kind, compare
 
 

@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from include.ml.entities import DataSourceConfig, PromotionConfig, SchemaConfig
+from include.ml.config_file import DataSourceConfig
 from include.ml.exceptions import IngestionError, MonitoringError, SourceTooLargeError
 from include.ml.metrics import PROBABILITY_METRICS, prediction_metrics, probability_metrics
+from include.ml.params_file import PromotionConfig
+from include.ml.schema_file import SchemaConfig
 from include.monitoring.capture import KEYS, PREDICTION, key_text
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ import pandas as pd
 
 from include.ml import registry
 from include.ml.components.training import split_xy
-from include.ml.entities import SchemaConfig
 from include.ml.exceptions import StageInputError
+from include.ml.schema_file import SchemaConfig
 
 log = logging.getLogger(__name__)
 

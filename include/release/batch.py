@@ -56,8 +56,10 @@ import pandas as pd
 from include.ml import tracking
 from include.ml.components import ingestion
 from include.ml.components.validation import frame_checker
-from include.ml.entities import BatchConfig, BatchPredictionConfig, SchemaConfig
+from include.ml.config_file import BatchConfig
+from include.ml.entities import BatchPredictionConfig
 from include.ml.exceptions import BatchPredictionError, DataValidationError
+from include.ml.schema_file import SchemaConfig
 from include.release import batch_explain
 from include.release.batch_checks import (
     by_key,

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from include.ml.entities import ColumnSpec, SchemaConfig
 from include.ml.exceptions import DataValidationError
+from include.ml.schema_file import ColumnSpec, SchemaConfig
 from serving.features import parse_datetimes
 
 # Failures that make the file unusable as a whole: the run stops at the first chunk that shows one.

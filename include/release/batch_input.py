@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from include.ml.components import ingestion
-from include.ml.entities import DataSourceConfig
+from include.ml.config_file import DataSourceConfig
 from include.ml.exceptions import BatchPredictionError
 
 PARQUET = ".parquet"

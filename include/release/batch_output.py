@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from include.ml.entities import DataSourceConfig
+from include.ml.config_file import DataSourceConfig
 from include.ml.exceptions import BatchPredictionError
 from serving.s3_uri import parse_s3_uri
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from include.ml.components import card
-from include.ml.entities import SigningConfig
+from include.ml.config_file import SigningConfig
 from include.ml.exceptions import DeploymentError
 from include.release.onnx.bundle import write_model_onnx
 from include.release.provenance import predicate, sign_or_reuse

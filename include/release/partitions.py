@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from include.ml import tracking
-from include.ml.entities import BatchPredictionConfig, DataSourceConfig
+from include.ml.config_file import DataSourceConfig
+from include.ml.entities import BatchPredictionConfig
 from include.ml.exceptions import BatchPredictionError
 from include.release.batch import ON_BAD_ROWS, REJECTED_SUFFIX, output_format
 from include.release.batch_input import header_end, is_local, is_parquet, local_path, parquet_file

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from include.ml.entities import SigningConfig
+from include.ml.config_file import SigningConfig
 from include.ml.exceptions import DeploymentError
 from include.ml.training_inputs import TAG_PREFIX, recorded_tags
 from include.release.provenance import FROM_TAGS, typed

@@ -17,7 +17,7 @@ from typing import Protocol
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from include.ml.entities import SigningConfig
+from include.ml.config_file import SigningConfig
 from include.ml.exceptions import DeploymentError
 from serving import pointer as pointers
 from serving.signing import PublicKeys, key_id, load_public_keys, signature_document

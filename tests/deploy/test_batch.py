@@ -14,15 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.ml.entities import (
-    BatchConfig,
-    BatchPredictionConfig,
-    ColumnSpec,
-    DataSourceConfig,
-    MlflowConfig,
-    SchemaConfig,
-)
+from include.ml.config_file import BatchConfig, DataSourceConfig, MlflowConfig
+from include.ml.entities import BatchPredictionConfig
 from include.ml.exceptions import BatchPredictionError, DataValidationError, DeploymentError, IngestionError
+from include.ml.schema_file import ColumnSpec, SchemaConfig
 from include.release.batch import allowed_output, encoded_width, predict_file
 from serving.inputs import validate
 from serving.model import load_bundle
@@ -60,7 +55,8 @@ def train_and_register(model: str, root: Path, frame: pd.DataFrame) -> str:
 
     from include.ml import registry as model_registry
     from include.ml.components.training import train
-    from include.ml.entities import ModelConfig, TrainingConfig
+    from include.ml.entities import TrainingConfig
+    from include.ml.params_file import ModelConfig
 
     family, hyperparameters = TRAINED[model]
     schema = SCHEMAS[model]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from include.ml.entities import MlflowConfig
+from include.ml.config_file import MlflowConfig
 
 
 @pytest.fixture

@@ -24,15 +24,10 @@ import pytest
 from include.ml import registry
 from include.ml.components.training import split_xy, train
 from include.ml.components.transformation import split
-from include.ml.entities import (
-    AttributionPolicy,
-    MlflowConfig,
-    MonitoringPolicy,
-    MonitoringSources,
-    MonitorJob,
-    SplitConfig,
-)
+from include.ml.config_file import MlflowConfig, MonitoringSources
+from include.ml.entities import MonitorJob
 from include.ml.entities import TransformationConfig as Split
+from include.ml.params_file import AttributionPolicy, MonitoringPolicy, SplitConfig
 from include.monitoring import attribution
 from include.monitoring.monitor import monitor
 from include.pipeline import Skipped, drift_signal

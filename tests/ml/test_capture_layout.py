@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from include.ml.entities import MonitoringSources
+from include.ml.config_file import MonitoringSources
 from include.monitoring import capture
 from serving.capture import CaptureWriter, model_folder
 from tests.support.frames import schema

@@ -16,10 +16,13 @@ import pytest
 from include.ml.components import card as model_card
 from include.ml.components.evaluation import evaluate
 from include.ml.components.training import build_pipeline, split_xy, train
+from include.ml.config_file import CardConfig, MlflowConfig
 from include.ml.configuration import ConfigurationManager
-from include.ml.entities import CardConfig, ColumnSpec, EvaluationConfig, MlflowConfig, PromotionConfig
+from include.ml.entities import EvaluationConfig
 from include.ml.exceptions import ConfigError
 from include.ml.metrics import compute_metrics
+from include.ml.params_file import PromotionConfig
+from include.ml.schema_file import ColumnSpec
 from tests.support.frames import dataset, evaluation_config, noisy_dataset, training_config
 
 SHA = "0123456789abcdef" * 4

@@ -23,18 +23,11 @@ from include.ml.components.ingestion import ingest
 from include.ml.components.transformation import transform
 from include.ml.components.validation import validate
 from include.ml.configuration import ConfigurationManager
-from include.ml.drafting import (
-    GROUP_TITLES,
-    LARGE_ROWS,
-    DraftError,
-    DraftResult,
-    OutputExistsError,
-    RareClassError,
-    UnknownTargetError,
-    draft_config,
-)
-from include.ml.entities import ColumnSpec
+from include.ml.draft_model import LARGE_ROWS
+from include.ml.drafting import GROUP_TITLES, DraftResult, draft_config
+from include.ml.exceptions import DraftError, OutputExistsError, RareClassError, UnknownTargetError
 from include.ml.preprocessing import encoding_for
+from include.ml.schema_file import ColumnSpec
 from tests.support.frames import flights_like
 from tests.support.project import WINE_CSV
 

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.ml.entities import ColumnSpec, DriftThresholds, MonitoringPolicy
+from include.ml.params_file import DriftThresholds, MonitoringPolicy
+from include.ml.schema_file import ColumnSpec
 from include.monitoring.drift import DRIFTED, NOT_ENOUGH_DATA, NOT_TESTED, compare, compare_one
 
 KINDS = {"normal": "numeric", "skewed": "numeric", "uniform": "numeric", "count": "numeric",

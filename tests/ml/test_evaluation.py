@@ -11,16 +11,12 @@ from include.ml import registry
 from include.ml.components.evaluation import evaluate
 from include.ml.components.gate import contract_differences, decide
 from include.ml.components.training import train
-from include.ml.entities import (
-    METRICS,
-    EvaluationConfig,
-    MlflowConfig,
-    PromotionConfig,
-    SchemaConfig,
-    TrainingConfig,
-)
+from include.ml.config_file import MlflowConfig
+from include.ml.entities import EvaluationConfig, TrainingConfig
 from include.ml.exceptions import IncompatibleChampionError, PipelineError, UnscorableChampionError
 from include.ml.metrics import compute_metrics
+from include.ml.params_file import METRICS, PromotionConfig
+from include.ml.schema_file import SchemaConfig
 from tests.support.frames import dataset, evaluation_config, schema, training_config
 
 LOWER = PromotionConfig(metric="rmse", min_improvement=0.01)

@@ -23,18 +23,12 @@ from include.ml.components import explanations, plots
 from include.ml.components.evaluation import evaluate
 from include.ml.components.gate import GateDecision, refuse_leakage
 from include.ml.components.training import train
+from include.ml.config_file import MlflowConfig
 from include.ml.configuration import ConfigurationManager
-from include.ml.entities import (
-    ColumnSpec,
-    EvaluationConfig,
-    LeakagePolicy,
-    MlflowConfig,
-    ModelConfig,
-    PromotionConfig,
-    SchemaConfig,
-    TrainingConfig,
-)
+from include.ml.entities import EvaluationConfig, TrainingConfig
 from include.ml.exceptions import ConfigError
+from include.ml.params_file import LeakagePolicy, ModelConfig, PromotionConfig
+from include.ml.schema_file import ColumnSpec, SchemaConfig
 from tests.support.frames import mixed_dataset, mixed_schema
 
 WARNED = re.compile(r"possible leakage: leak alone explains almost all of the model's score \(.*\): "

@@ -16,7 +16,8 @@ from typing import Any, Iterator
 import pytest
 
 from include.ml.components.ingestion import ingest, refused_source
-from include.ml.entities import DataSourceConfig, IngestionConfig
+from include.ml.config_file import DataSourceConfig
+from include.ml.entities import IngestionConfig
 from include.ml.exceptions import IngestionError, SourceTooLargeError
 from tests.support.network import free_port, static_http_server
 
@@ -327,7 +328,7 @@ def test_an_oversize_s3_object_is_refused(s3_endpoint: str, tmp_path: Path) -> N
 
 
 def schema_of(**options: Any) -> Any:
-    from include.ml.entities import SchemaConfig
+    from include.ml.schema_file import SchemaConfig
 
     return SchemaConfig.model_validate({"task": "regression", "columns": {
         "a": {"dtype": "int"}, "b": {"dtype": "category"}, "y": {"dtype": "int"}}, "target": "y", **options})

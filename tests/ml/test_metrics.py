@@ -9,8 +9,8 @@ import pytest
 from sklearn import metrics as sk
 from sklearn.linear_model import LogisticRegression
 
-from include.ml.entities import METRICS
 from include.ml.metrics import PROBABILITY_METRICS, compute_metrics, prediction_metrics, probability_metrics
+from include.ml.params_file import METRICS
 from tests.support.frames import dataset
 
 CLASSIFICATION = {"accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "pr_auc", "log_loss", "brier_score"}

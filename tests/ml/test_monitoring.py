@@ -20,19 +20,13 @@ import main
 from include.ml import registry
 from include.ml.components.training import build_pipeline, split_xy, train
 from include.ml.components.transformation import split
+from include.ml.config_file import MlflowConfig, MonitoringSources
 from include.ml.configuration import ConfigurationManager
-from include.ml.entities import (
-    AttributionPolicy,
-    MlflowConfig,
-    MonitoringPolicy,
-    MonitoringSources,
-    MonitorJob,
-    PromotionConfig,
-    SplitConfig,
-)
+from include.ml.entities import MonitorJob
 from include.ml.entities import TransformationConfig as Split
 from include.ml.exceptions import ConfigError, MonitoringError
 from include.ml.metrics import compute_metrics
+from include.ml.params_file import AttributionPolicy, MonitoringPolicy, PromotionConfig, SplitConfig
 from include.monitoring import capture, drift, quality, report
 from include.monitoring.files import compare_files
 from include.monitoring.monitor import metric_key, monitor

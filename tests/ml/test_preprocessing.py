@@ -11,8 +11,9 @@ import pytest
 import scipy.sparse
 
 from include.ml.components.transformation import transform
-from include.ml.entities import ColumnSpec, SchemaConfig, SplitConfig, TransformationConfig
+from include.ml.entities import TransformationConfig
 from include.ml.exceptions import ConfigError
+from include.ml.params_file import SplitConfig
 from include.ml.preprocessing import (
     build_preprocessor,
     check_memory,
@@ -21,6 +22,7 @@ from include.ml.preprocessing import (
     estimate_memory,
     native_columns,
 )
+from include.ml.schema_file import ColumnSpec, SchemaConfig
 from tests.support.frames import mixed_dataset, mixed_schema
 
 

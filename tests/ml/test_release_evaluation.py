@@ -9,7 +9,7 @@ from pathlib import Path
 
 from include.ml import registry
 from include.ml.components.evaluation import evaluate
-from include.ml.entities import MlflowConfig
+from include.ml.config_file import MlflowConfig
 from include.pipeline import CandidateSignal, Skipped, candidate_signal
 from tests.support.frames import dataset, evaluation_config, training_config
 

@@ -15,14 +15,14 @@ import pytest
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.metrics import r2_score
 
-from bench import tables
+from bench import stand_in_flights, stand_in_ordinal, stand_in_survival, tables
 
 SMALL = {"flights": 20_000, "ordinal": 5_000, "survival": 1_309}
 
 
 @pytest.fixture(scope="module")
 def flights() -> pd.DataFrame:
-    return tables.flights(SMALL["flights"], seed=3)
+    return stand_in_flights.flights(SMALL["flights"], seed=3)
 
 
 @pytest.mark.parametrize("name", sorted(tables.STAND_INS))
@@ -65,22 +65,23 @@ def test_flights_has_missing_targets_ids_and_timestamps(flights: pd.DataFrame) -
         assert (clock % 100 < 60).all() and clock.between(0, 2400).all()
     assert (flights["sched_dep_time"] == flights["hour"] * 100 + flights["minute"]).all()
     # Codes: 3 origins, 16 carriers, a skewed ~105-value destination.
-    assert set(flights["origin"]) == set(tables.ORIGINS)
-    assert set(flights["carrier"]) <= set(tables.CARRIERS) and flights["carrier"].nunique() >= 14
+    assert set(flights["origin"]) == set(stand_in_flights.ORIGINS)
+    assert set(flights["carrier"]) <= set(stand_in_flights.CARRIERS) and flights["carrier"].nunique() >= 14
     shares = flights["dest"].value_counts(normalize=True)
     assert shares.size > 80 and shares.iloc[0] > 10 * shares.median()
     # A cancelled flight has no departure, no air time and no arrival delay.
     cancelled = flights["dep_delay"].isna()
     assert flights.loc[cancelled, ["dep_time", "air_time", "arr_delay"]].isna().all().all()
-    assert len(flights) == rows and (flights["year"] == tables.FLIGHT_YEAR).all()
+    assert len(flights) == rows and (flights["year"] == stand_in_flights.FLIGHT_YEAR).all()
 
 
 def test_flights_codes_are_the_same_whatever_the_seed() -> None:
     """A file scored with another seed holds the values the model was trained on (plates, airports, carriers)."""
-    network = tables._network()
+    network = stand_in_flights._network()
     for seed in (1, 2):
-        frame = tables.flights(20_000, seed=seed)
-        assert set(frame["origin"]) == set(tables.ORIGINS) and set(frame["carrier"]) <= set(tables.CARRIERS)
+        frame = stand_in_flights.flights(20_000, seed=seed)
+        assert set(frame["origin"]) == set(stand_in_flights.ORIGINS)
+        assert set(frame["carrier"]) <= set(stand_in_flights.CARRIERS)
         assert set(frame["dest"]) <= set(network.dest_codes)
         assert set(frame["tailnum"].dropna()) <= set(network.tailnums)
 
@@ -99,27 +100,28 @@ def test_a_default_hist_gradient_boosting_learns_the_flights_target(flights: pd.
 
 
 def test_ordinal_has_ordered_categories_whose_alphabetical_order_is_wrong() -> None:
-    frame = tables.ordinal(SMALL["ordinal"], seed=4)
-    for column, order in (("quality", tables.QUALITY), ("energy", tables.ENERGY), ("size_class", tables.SIZE_CLASS)):
+    frame = stand_in_ordinal.ordinal(SMALL["ordinal"], seed=4)
+    for column, order in (("quality", stand_in_ordinal.QUALITY), ("energy", stand_in_ordinal.ENERGY),
+                          ("size_class", stand_in_ordinal.SIZE_CLASS)):
         assert set(frame[column]) == set(order), column
         assert sorted(order) != list(order), column  # alphabetical sorting would scramble the scale
         median = frame.groupby(column)["rent"].median().reindex(list(order))
         assert median.is_monotonic_increasing, (column, median.to_dict())
     assert (frame["rent"] > 0).all()
     assert frame["build_year"].isna().any()
-    assert frame["district"].nunique() == tables.DISTRICTS
+    assert frame["district"].nunique() == stand_in_ordinal.DISTRICTS
 
 
 def test_ordinal_rent_is_multiplicative() -> None:
     """Doubling the area multiplies the rent (a log-linear model), rather than adding a fixed amount."""
-    frame = tables.ordinal(SMALL["ordinal"], seed=4)
+    frame = stand_in_ordinal.ordinal(SMALL["ordinal"], seed=4)
     small, large = frame[frame["area_m2"].between(40, 50)], frame[frame["area_m2"].between(80, 100)]
     ratio = large["rent"].median() / small["rent"].median()
     assert 1.6 < ratio < 2.6
 
 
 def test_survival_has_free_text_ids_gaps_and_a_minority_class() -> None:
-    frame, probability = tables.survival_with_probability(SMALL["survival"], seed=5)
+    frame, probability = stand_in_survival.survival_with_probability(SMALL["survival"], seed=5)
     assert frame["passenger_id"].is_unique and frame["name"].is_unique
     assert frame["name"].str.fullmatch(r"[A-Za-z]+, (Mr|Mrs|Miss|Master|Dr|Rev|Col)\. .+").all()
     assert set(frame["pclass"]) == {1, 2, 3} and set(frame["sex"]) == {"female", "male"}
@@ -142,7 +144,8 @@ def test_the_command_line_writes_the_seeded_frame_with_or_without_the_target(tmp
     with_target, without = tmp_path / "a.csv", tmp_path / "b.csv"
     assert tables.main(["survival", "--rows", "50", "--out", str(with_target)]) == 0
     assert tables.main(["survival", "--rows", "50", "--seed", "9", "--no-target", "--out", str(without)]) == 0
-    expected = pd.read_csv(io.StringIO(tables.survival(50, tables.STAND_INS["survival"].seed).to_csv(index=False)))
+    expected = pd.read_csv(io.StringIO(stand_in_survival.survival(50, tables.STAND_INS["survival"].seed)
+                                       .to_csv(index=False)))
     pd.testing.assert_frame_equal(pd.read_csv(with_target), expected)
     scored = pd.read_csv(without)
     assert "survived" not in scored.columns and len(scored) == 50

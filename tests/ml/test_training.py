@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from include.ml.components.training import build_pipeline, skops_trusted_types, split_xy, train
-from include.ml.entities import MlflowConfig, ModelConfig
+from include.ml.config_file import MlflowConfig
 from include.ml.exceptions import TrainingError
 from include.ml.metrics import compute_metrics
 from include.ml.models import CALIBRATION_SKOPS_TYPES, FAMILIES
+from include.ml.params_file import ModelConfig
 from serving.trust import ALLOWED_SKOPS_TYPES
 from tests.support.frames import dataset, imbalanced_dataset, noisy_dataset, schema, training_config
 

@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 
 from include.ml.components.transformation import split, transform
-from include.ml.entities import ColumnSpec, SchemaConfig, SplitConfig, TransformationConfig
+from include.ml.entities import TransformationConfig
 from include.ml.exceptions import PipelineError
+from include.ml.params_file import SplitConfig
 from include.ml.preprocessing import build_preprocessor
+from include.ml.schema_file import ColumnSpec, SchemaConfig
 
 SCHEMA = SchemaConfig(task="classification", target="label", min_rows=1, columns=(
     ColumnSpec(name="size", dtype="float", nullable=True),

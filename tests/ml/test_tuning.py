@@ -14,10 +14,11 @@ import pytest
 from include import pipeline
 from include.ml import artifacts
 from include.ml.components.tuning import tune
+from include.ml.config_file import MlflowConfig
 from include.ml.configuration import ConfigurationManager
-from include.ml.entities import MlflowConfig, SearchParam
 from include.ml.exceptions import ConfigError, TuningError
 from include.ml.models import FAMILIES
+from include.ml.params_file import SearchParam
 from tests.support.frames import dataset, training_config, tuning_config
 from tests.support.project import CONFIG_DIR, WINE_CSV, edit_yaml, outputs_env
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from include.ml.components import tuning, tuning_storage
+from include.ml.config_file import MlflowConfig
 from include.ml.configuration import ConfigurationManager
-from include.ml.entities import MlflowConfig
 from include.ml.exceptions import ConfigError, TuningError
 from tests.support.frames import dataset, tuning_config
 

@@ -12,8 +12,9 @@ import pytest
 
 from include.ml.components import data_docs
 from include.ml.components.validation import build_suite, validate
-from include.ml.entities import ColumnSpec, SchemaConfig, ValidationConfig
+from include.ml.entities import ValidationConfig
 from include.ml.exceptions import DataValidationError
+from include.ml.schema_file import ColumnSpec, SchemaConfig
 
 SCHEMA = SchemaConfig(
     task="classification", target="label", min_rows=5,

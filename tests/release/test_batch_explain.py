@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.ml.entities import BatchConfig, BatchPredictionConfig, DataSourceConfig, MlflowConfig
+from include.ml.config_file import BatchConfig, DataSourceConfig, MlflowConfig
+from include.ml.entities import BatchPredictionConfig
 from include.ml.exceptions import BatchPredictionError
 from include.release import batch_explain
 from include.release.batch import encoded_width, predict_file

@@ -17,7 +17,7 @@ import boto3
 import pandas as pd
 import pytest
 
-from include.ml.entities import MonitoringSources
+from include.ml.config_file import MonitoringSources
 from include.ml.exceptions import MonitoringError
 from include.monitoring.quality import read_ground_truth
 from include.release.evidence import labelled_pairs

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.ml.entities import MonitoringSources
+from include.ml.config_file import MonitoringSources
 from include.release.evidence import EvidenceError, FleetSnapshot, ReleaseGate, evaluate_step, labelled_pairs
 from include.release.evidence.pairs import join_labels, read_pairs
 from include.release.evidence.quality import judge_quality

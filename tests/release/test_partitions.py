@@ -11,7 +11,8 @@ from typing import Any, Iterator
 import pandas as pd
 import pytest
 
-from include.ml.entities import BatchConfig, BatchPredictionConfig, DataSourceConfig, MlflowConfig
+from include.ml.config_file import BatchConfig, DataSourceConfig, MlflowConfig
+from include.ml.entities import BatchPredictionConfig
 from include.ml.exceptions import BatchPredictionError
 from include.release.batch import predict_file
 from include.release.partition_runs import combine, predict_partitioned, score_partition

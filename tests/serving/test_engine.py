@@ -216,8 +216,8 @@ def test_datetime_parts_in_onnx_runtime_are_the_calendar_of_pandas(cyclical: boo
     import onnxruntime as ort
     import pandas as pd
 
-    from include.ml.entities import ColumnSpec, SchemaConfig
     from include.ml.preprocessing import build_preprocessor
+    from include.ml.schema_file import ColumnSpec, SchemaConfig
     from serving.contract import Contract
 
     rng = np.random.default_rng(0)
@@ -450,7 +450,7 @@ def test_several_columns_of_each_encoding_are_served_by_onnx_runtime(family: str
     column (joining text columns for one encoder takes a FeatureVectorizer, which refuses text)."""
     import pandas as pd
 
-    from include.ml.entities import SchemaConfig
+    from include.ml.schema_file import SchemaConfig
     from serving.contract import Contract
     from tests.support.frames import pipeline_for
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from include.ml.entities import SchemaConfig
+from include.ml.schema_file import SchemaConfig
 from serving.explain import LOG_ODDS, PROBABILITY, VALUE, ExplainError, build_explainer
 from tests.support.frames import mixed_dataset, mixed_schema, pipeline_for
 

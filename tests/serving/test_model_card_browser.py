@@ -13,7 +13,8 @@ import pytest
 from include.ml.components import card as model_card
 from include.ml.components.evaluation import evaluate
 from include.ml.components.training import train
-from include.ml.entities import CardConfig, EvaluationConfig, MlflowConfig
+from include.ml.config_file import CardConfig, MlflowConfig
+from include.ml.entities import EvaluationConfig
 from include.release.export import export_bundle
 from include.release.signing import LocalSigner
 from serving import store as store_mod

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.ml.entities import MonitoringPolicy, MonitoringSources, PromotionConfig
+from include.ml.config_file import MonitoringSources
+from include.ml.params_file import MonitoringPolicy, PromotionConfig
 from include.monitoring import capture as monitored
 from include.monitoring import drift, quality
 from serving import engine

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from include.ml.entities import SigningConfig
+from include.ml.config_file import SigningConfig
 from include.release.signing import ensure_local_key_pair
 from serving import store
 from tests.support.bundles import remanifest

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from include.ml.entities import SchemaConfig
+from include.ml.schema_file import SchemaConfig
 
 CARRIERS = ("A", "B", "C", "D", "E", "F", "G", "H")
 CUTS = ("Fair", "Good", "Very Good")

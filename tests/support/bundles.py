@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from include.ml.entities import ColumnSpec, SchemaConfig
+from include.ml.schema_file import ColumnSpec, SchemaConfig
 from tests.support.signing import sign
 
 FEATURES = (

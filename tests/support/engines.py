@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from include.ml.entities import ColumnSpec, SchemaConfig
+from include.ml.schema_file import ColumnSpec, SchemaConfig
 from serving.contract import Contract
 from serving.engine import model_frame
 from tests.support.bundles import toy_frame

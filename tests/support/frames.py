@@ -10,18 +10,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from include.ml.entities import (
-    ColumnSpec,
-    EvaluationConfig,
-    MlflowConfig,
-    ModelConfig,
-    PromotionConfig,
-    SchemaConfig,
-    SearchParam,
-    SearchPlan,
-    TrainingConfig,
-    TuningJob,
-)
+from include.ml.config_file import MlflowConfig
+from include.ml.entities import EvaluationConfig, TrainingConfig, TuningJob
+from include.ml.params_file import ModelConfig, PromotionConfig, SearchParam, SearchPlan
+from include.ml.schema_file import ColumnSpec, SchemaConfig
 
 FAST = {  # small models keep the tests quick
     "elasticnet": {},

@@ -17,19 +17,10 @@ import mlflow
 from include.ml import registry
 from include.ml.components.training import train
 from include.ml.components.transformation import split
-from include.ml.entities import (
-    ColumnSpec,
-    MlflowConfig,
-    ModelConfig,
-    MonitoringPolicy,
-    MonitoringSources,
-    MonitorJob,
-    PromotionConfig,
-    SchemaConfig,
-    SplitConfig,
-    TrainingConfig,
-    TransformationConfig,
-)
+from include.ml.config_file import MlflowConfig, MonitoringSources
+from include.ml.entities import MonitorJob, TrainingConfig, TransformationConfig
+from include.ml.params_file import ModelConfig, MonitoringPolicy, PromotionConfig, SplitConfig
+from include.ml.schema_file import ColumnSpec, SchemaConfig
 from include.monitoring.monitor import MonitorResult, monitor
 from tests.support.capture import write_capture
 from tests.support.frames import dataset

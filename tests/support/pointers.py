@@ -57,7 +57,7 @@ def signed_statement(private_key: Path | None = None, **fields: object) -> bytes
 
 def attacker_key(directory: Path) -> Path:
     """A P-256 key pair no server trusts (the private key's path)."""
-    from include.ml.entities import SigningConfig
+    from include.ml.config_file import SigningConfig
     from include.release.signing import ensure_local_key_pair
 
     config = SigningConfig(private_key=directory / "attacker.key", public_key=directory / "attacker.pub")

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from include.ml.entities import SigningConfig
+from include.ml.config_file import SigningConfig
 from include.release.provenance import statement, write_provenance
 from include.release.signing import LocalSigner, ensure_local_key_pair
 from serving import provenance, store

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from include.ml.entities import SigningConfig
+from include.ml.config_file import SigningConfig
 from include.release.signing import LocalSigner, ensure_local_key_pair, sign_bundle
 from serving.signing import PublicKeys, load_public_keys
 

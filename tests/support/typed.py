@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from include.ml.entities import ColumnSpec, SchemaConfig
+from include.ml.schema_file import ColumnSpec, SchemaConfig
 from serving.contract import Contract
 from tests.support.bundles import install_bundle
 from tests.support.frames import pipeline_for

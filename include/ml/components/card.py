@@ -16,8 +16,10 @@ from typing import Any, Mapping
 
 from include.ml import artifacts
 from include.ml.components.training import CALIBRATION_FOLDS
-from include.ml.entities import METRICS, CardConfig, ColumnSpec, SchemaConfig
+from include.ml.config_file import CardConfig
+from include.ml.params_file import METRICS
 from include.ml.preprocessing import encodings
+from include.ml.schema_file import ColumnSpec, SchemaConfig
 from serving.features import PARTS
 
 ARTIFACT_DIR = "card"  # in the training run's MLflow artifacts, and in the evaluate stage's directory

@@ -34,7 +34,9 @@ import pandas as pd
 
 from include.ml import artifacts
 from include.ml.components import plots
-from include.ml.entities import EvaluationConfig, LeakagePolicy, ModelConfig, SchemaConfig, TrainingConfig
+from include.ml.entities import EvaluationConfig, TrainingConfig
+from include.ml.params_file import LeakagePolicy, ModelConfig
+from include.ml.schema_file import SchemaConfig
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from include.ml import registry
-from include.ml.entities import EvaluationConfig, PromotionConfig
+from include.ml.entities import EvaluationConfig
 from include.ml.exceptions import (
     ChampionGateError,
     IncompatibleChampionError,
@@ -24,6 +24,7 @@ from include.ml.exceptions import (
     UnscorableChampionError,
 )
 from include.ml.metrics import compute_metrics
+from include.ml.params_file import PromotionConfig
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,10 @@ from typing import Any, Callable, Protocol, Sequence
 import pandas as pd
 
 from include.ml import artifacts
-from include.ml.entities import DataSourceConfig, IngestionConfig, SchemaConfig
+from include.ml.config_file import DataSourceConfig
+from include.ml.entities import IngestionConfig
 from include.ml.exceptions import IngestionError, SourceTooLargeError
+from include.ml.schema_file import SchemaConfig
 from serving.s3_uri import parse_s3_uri
 
 log = logging.getLogger(__name__)

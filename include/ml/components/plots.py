@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from include.ml.entities import ColumnSpec, SchemaConfig
+from include.ml.schema_file import ColumnSpec, SchemaConfig
 
 IMPORTANCE_ROWS = 2000  # permutation importance on a sample keeps big test sets cheap
 RELIABILITY_BINS = 10  # equal-width bins of predicted probability

@@ -12,10 +12,11 @@ from typing import Any
 import pandas as pd
 
 from include.ml import artifacts, tracking
-from include.ml.entities import SchemaConfig, TrainingConfig
+from include.ml.entities import TrainingConfig
 from include.ml.exceptions import TrainingError
 from include.ml.models import CALIBRATION_SKOPS_TYPES, FAMILIES
 from include.ml.preprocessing import PREPROCESSING_SKOPS_TYPES, build_preprocessor, check_memory, native_columns
+from include.ml.schema_file import SchemaConfig
 from include.ml.training_inputs import TrainingInputs
 from serving.trust import ALLOWED_SKOPS_TYPES
 

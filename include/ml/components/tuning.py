@@ -49,8 +49,9 @@ from include.ml import artifacts, tracking
 from include.ml.components.training import close_abandoned_runs, split_xy
 from include.ml.components.tuning_storage import open_storage, shown_url, storage_url, study_attrs
 from include.ml.components.tuning_trials import OVER_BUDGET, STOPPED, TrialSetting, cv_folds, log_plots, objective
-from include.ml.entities import METRICS, ModelConfig, TrainingConfig, TuningJob
+from include.ml.entities import TrainingConfig, TuningJob
 from include.ml.exceptions import TuningError
+from include.ml.params_file import METRICS, ModelConfig
 
 log = logging.getLogger(__name__)
 

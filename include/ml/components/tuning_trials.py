@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 
 from include.ml.components.training import build_pipeline
-from include.ml.entities import ModelConfig, SearchParam, TrainingConfig, TuningJob
+from include.ml.entities import TrainingConfig, TuningJob
 from include.ml.metrics import compute_metrics
 from include.ml.models import FAMILIES
+from include.ml.params_file import ModelConfig, SearchParam
 
 log = logging.getLogger(__name__)
 

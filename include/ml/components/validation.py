@@ -15,8 +15,9 @@ import pandas as pd
 
 from include.ml import artifacts
 from include.ml.components import data_docs
-from include.ml.entities import ColumnSpec, SchemaConfig, ValidationConfig
+from include.ml.entities import ValidationConfig
 from include.ml.exceptions import DataValidationError
+from include.ml.schema_file import ColumnSpec, SchemaConfig
 from serving.features import parse_datetimes
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from include.ml.entities import MonitoringSources, SchemaConfig
+from include.ml.config_file import MonitoringSources
 from include.ml.exceptions import MonitoringError
+from include.ml.schema_file import SchemaConfig
 from include.monitoring import capture
 from include.monitoring.quality import first_capture_of_each_request, read_ground_truth
 from include.release.evidence.settings import EvidenceError, Task

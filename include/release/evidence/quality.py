@@ -19,8 +19,8 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-from include.ml.entities import METRICS
 from include.ml.metrics import prediction_metrics, probability_metrics
+from include.ml.params_file import METRICS
 from include.release.evidence.pairs import ROLES, LabelledPairs
 from include.release.evidence.sequential import Bounds, confidence_bounds, verdict
 from include.release.evidence.settings import EvidenceError, QualityTest

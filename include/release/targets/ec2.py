@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from include.ml.entities import Ec2TargetConfig
+from include.ml.config_file import Ec2TargetConfig
 from include.ml.exceptions import DeploymentError
 from include.release.command_document import DOCUMENT_NAME, CommandDocument, document_parameters
 from include.release.ports import CommandResult, Instance, ServingCommand
