@@ -273,7 +273,7 @@ def predict_parser() -> argparse.ArgumentParser:
                                 "with a registered version, checked against schema.yaml chunk by chunk, into a CSV "
                                 "or Parquet file (by its extension), written atomically.")
     parser.add_argument("--input", help="local path, http(s):// or s3:// URI (default: batch.input_uri)")
-    parser.add_argument("--output", help="a .csv or .parquet path or s3:// URI (default: batch.output_uri)")
+    parser.add_argument("--output", help=".csv/.parquet, s3:// URI or dir/ (Parquet dataset); default batch.output_uri")
     parser.add_argument("--version", default="champion", help="version number or alias (default: champion)")
     parser.add_argument("--on-bad-rows", choices=("fail", "skip", "flag"),
                         help="a row that breaks schema.yaml: fail the run (nothing written), skip it (left out of "

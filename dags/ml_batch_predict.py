@@ -23,7 +23,8 @@ Its XCom holds the rows, chunks, partitions, seconds, version and bad rows.
   local path, `http(s)://` or `s3://` URI within `data_source.allowed_sources` of `config.yaml`; empty =
   `batch.input_uri`.
 * `partitions`: how many partitions to score in parallel; empty = `batch.partitions` (or `batch.partition_mb`).
-* `output`: where the predictions go: a local path or `s3://` URI ending in `.csv` or `.parquet`, within
+* `output`: where the predictions go: a local path or `s3://` URI ending in `.csv` or `.parquet`, or a local
+  directory ending in `/` (a Parquet dataset: `part-NNNNN.parquet` per partition and `_manifest.json`), within
   `batch.allowed_outputs` of `config.yaml`; empty = `batch.output_uri`.
 * `version`: a registered version number or alias; empty = the champion.
 * `on_bad_rows`: what a row that breaks `schema.yaml` does: `fail` the run (nothing written), `skip` it (left out
@@ -83,7 +84,9 @@ MAX_PARTITIONS = 256  # include/release/partitions.py's bound (not imported: it 
                                    "of config.yaml; empty = batch.input_uri"),
         "output": Param(None, type=["null", "string"],
                         description="Where to write the predictions: a local path or s3:// URI ending in .csv or "
-                                    ".parquet, within batch.allowed_outputs of config.yaml; empty = batch.output_uri"),
+                                    ".parquet, or a local directory ending in / (a Parquet dataset, a file per "
+                                    "partition), within batch.allowed_outputs of config.yaml; empty = "
+                                    "batch.output_uri"),
         "version": Param(None, type=["null", "string"],
                          description="Registered model version number or alias; empty = the champion"),
         "on_bad_rows": Param(None, type=["null", "string"], enum=[None, "fail", "skip", "flag"],

@@ -24,14 +24,15 @@ def run_predict(cm: ConfigurationManager, input_uri: str | None = None, output_u
     with `form_output` (a trigger form's), the output must lie under batch.allowed_outputs. `on_bad_rows` (fail,
     skip, flag; None: batch.on_bad_rows) says what a row that breaks schema.yaml does; `explain` adds each row's
     explanation columns (include/release/batch_explain.py). With `partitions`, the input is planned, scored and
-    combined in that many partitions, one after the other (include/release/partition_runs.py)."""
+    combined in that many partitions, one after the other (include/release/partition_runs.py); an output ending in
+    "/" is a Parquet dataset directory, a file per partition (include/release/parquet_dataset.py)."""
     from include.release.batch import predict_file
     from include.release.partition_runs import predict_partitioned
 
     input_uri, output_uri = _predict_uris(cm, input_uri, output_uri, form_output)
-    if partitions:
-        return predict_partitioned(cm.batch_prediction(), input_uri, output_uri, partitions, version, on_bad_rows,
-                                   explain)
+    if partitions or output_uri.endswith("/"):  # a Parquet dataset directory: only a partitioned run writes one
+        return predict_partitioned(cm.batch_prediction(), input_uri, output_uri, partitions or 1, version,
+                                   on_bad_rows, explain)
     return predict_file(cm.batch_prediction(), input_uri, output_uri, version, on_bad_rows, explain)
 
 

@@ -193,7 +193,8 @@ def allowed_output(uri: str, batch: BatchConfig, root: Path) -> str:
                                    "(list others in batch.allowed_outputs of config.yaml)")
     if "://" in uri and not uri.startswith("file://"):
         return uri
-    return str((root / Path(uri.removeprefix("file://")).expanduser()).resolve())  # where it was checked
+    resolved = str((root / Path(uri.removeprefix("file://")).expanduser()).resolve())  # where it was checked
+    return resolved + "/" if uri.endswith("/") else resolved  # a Parquet dataset directory stays one
 
 
 def encoded_width(model: LoadedModel) -> int:
@@ -212,6 +213,9 @@ def predict_rows(model: LoadedModel, encoded_mb: int) -> int:
 
 
 def output_format(output_uri: str) -> str:
+    if output_uri.endswith("/"):
+        raise BatchPredictionError(f"output {output_uri}: an output ending in '/' is a Parquet dataset directory, "
+                                   "which only a partitioned run writes (--partitions, ml_batch_predict)")
     suffix = Path(output_uri.split("?")[0]).suffix.lower()
     if suffix not in FORMATS:
         raise BatchPredictionError(f"output {output_uri}: the extension picks the format; expected one of "

@@ -14,6 +14,9 @@ published as a single-process run publishes it (include/release/batch_output.py)
 numbers are the partition's own until then: where the row key is the row number (no id column), and in the side
 file's `row` column, each partition's are shifted by the rows of the partitions before it, so the output is the
 single-process run's, row for row.
+
+An output ending in "/" is a Parquet dataset directory instead: a `part-NNNNN.parquet` per partition and
+`_manifest.json` inside it, renamed into place whole (include/release/parquet_dataset.py).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from include.release.batch import BatchPredictionResult, ScoringRun, load_versio
 from include.release.batch_checks import report
 from include.release.batch_input import read_chunks
 from include.release.batch_output import staged_outputs, writer
+from include.release.parquet_dataset import publish_dataset
 from include.release.partitions import BatchPlan, Partition, plan_partitions
 from serving.model import LoadedModel
 
@@ -133,17 +137,33 @@ def score_partition(config: BatchPredictionConfig, plan: BatchPlan, partition: P
 
 
 def combine(config: BatchPredictionConfig, plan: BatchPlan) -> BatchPredictionResult:
-    """The parts of every partition of `plan` as one output (and side file, and manifest), published atomically;
-    the staging folder is removed once they are. Raises BatchPredictionError if a partition has no part (it was not
-    scored) or the input had no rows."""
+    """The parts of every partition of `plan` as one output (and side file, and manifest), published atomically
+    (one file, or for an output ending in "/" a Parquet dataset directory); the staging folder is removed once they
+    are. Raises BatchPredictionError if a partition has no part (it was not scored) or the input had no rows."""
     started = time.perf_counter()
     staging = Path(plan.staging)
-    suffix = output_format(plan.output_uri)
     parts = [_done(staging, p) for p in plan.partitions]
     rows = sum(p.rows_in for p in parts)
     if not rows:
         raise BatchPredictionError(f"input {plan.input_uri} has a header but no data rows")
     scored = next(p for p in parts if p.model_name)
+    if plan.dataset:
+        _publish_dataset(config, plan, parts)
+    else:
+        _publish_file(config, plan, parts)
+    shutil.rmtree(staging, ignore_errors=True)
+    result = BatchPredictionResult(
+        plan.input_uri, plan.output_uri, scored.model_name, scored.model_version, rows,
+        sum(p.chunks for p in parts), round(time.perf_counter() - started, 2), scored.columns, plan.on_bad_rows,
+        sum(p.rejected for p in parts), plan.rejected_uri, scored.predict_rows, scored.explained,
+        partitions=len(parts), manifest_uri=plan.manifest_uri)
+    log.info("predict: %s", result.summary())
+    return result
+
+
+def _publish_file(config: BatchPredictionConfig, plan: BatchPlan, parts: list[PartResult]) -> None:
+    """The parts as one file (and side file and manifest), published by batch_output.staged_outputs."""
+    staging, suffix = Path(plan.staging), output_format(plan.output_uri)
     uris = [plan.output_uri, *([plan.rejected_uri] if plan.rejected_uri else []), plan.manifest_uri]
     with staged_outputs(uris, config.source) as staged:
         with ExitStack() as writers:
@@ -159,14 +179,27 @@ def combine(config: BatchPredictionConfig, plan: BatchPlan) -> BatchPredictionRe
                         reject(_shifted(frame, ["row", *([part.numbered] if part.numbered else [])], offset))
                 offset += part.rows_in
         staged[-1].write_text(json.dumps(_manifest(plan, parts), indent=1))
-    shutil.rmtree(staging, ignore_errors=True)
-    result = BatchPredictionResult(
-        plan.input_uri, plan.output_uri, scored.model_name, scored.model_version, rows,
-        sum(p.chunks for p in parts), round(time.perf_counter() - started, 2), scored.columns, plan.on_bad_rows,
-        sum(p.rejected for p in parts), plan.rejected_uri, scored.predict_rows, scored.explained,
-        partitions=len(parts), manifest_uri=plan.manifest_uri)
-    log.info("predict: %s", result.summary())
-    return result
+
+
+def _publish_dataset(config: BatchPredictionConfig, plan: BatchPlan, parts: list[PartResult]) -> None:
+    """The parts as a Parquet dataset directory, a file per partition (include/release/parquet_dataset.py)."""
+    staging = Path(plan.staging)
+    offsets = np.cumsum([0, *(p.rows_in for p in parts)])[:-1].tolist()
+
+    def files() -> Iterator[tuple[str, Iterator[pd.DataFrame]]]:
+        for partition, part, offset in zip(plan.partitions, parts, offsets):
+            if part.rows_out:
+                yield partition.name, (_shifted(frame, part.numbered and [part.numbered], offset)
+                                       for frame in _part_frames(staging / f"{partition.name}.parquet"))
+
+    def rejected() -> Iterator[pd.DataFrame]:
+        for partition, part, offset in zip(plan.partitions, parts, offsets):
+            if part.rows_in:
+                for frame in _rejected_frames(staging / f"{partition.name}.rejected.csv", config):
+                    yield _shifted(frame, ["row", *([part.numbered] if part.numbered else [])], offset)
+
+    side = (plan.rejected_uri, rejected(), config.source.separator) if plan.rejected_uri else None
+    publish_dataset(plan.output_uri, files(), _manifest(plan, parts), side)
 
 
 def predict_partitioned(config: BatchPredictionConfig, input_uri: str, output_uri: str, partitions: int | None,

@@ -15,7 +15,8 @@ An input splits where it can be read from the middle without reading what comes 
 
 How many: `batch.partition_mb` (MiB of input per partition) when set, else `batch.partitions` (a run may override
 it). The plan also exports the version to score with into the model store once, so that every partition scores the
-same version even if its alias moves meanwhile, and no two partitions export it at once.
+same version even if its alias moves meanwhile, and no two partitions export it at once. An output ending in "/" is
+a Parquet dataset directory, a file per partition (include/release/parquet_dataset.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from include.ml import tracking
 from include.ml.config_file import DataSourceConfig
 from include.ml.entities import BatchPredictionConfig
 from include.ml.exceptions import BatchPredictionError
+from include.release import parquet_dataset
 from include.release.batch import ON_BAD_ROWS, REJECTED_SUFFIX, output_format
 from include.release.batch_input import header_end, is_local, is_parquet, local_path, parquet_file
 from include.release.export import export_to_store
@@ -82,11 +84,18 @@ class BatchPlan:
 
     @property
     def rejected_uri(self) -> str | None:
-        return self.output_uri + REJECTED_SUFFIX if self.on_bad_rows != "fail" else None
+        if self.on_bad_rows == "fail":
+            return None
+        return parquet_dataset.rejected_uri(self.output_uri) if self.dataset else self.output_uri + REJECTED_SUFFIX
 
     @property
     def manifest_uri(self) -> str:
-        return self.output_uri + MANIFEST_SUFFIX
+        return parquet_dataset.manifest_uri(self.output_uri) if self.dataset else self.output_uri + MANIFEST_SUFFIX
+
+    @property
+    def dataset(self) -> bool:
+        """The output is a Parquet dataset directory (it ends in "/": include/release/parquet_dataset.py)."""
+        return parquet_dataset.is_dataset(self.output_uri)
 
     def summary(self) -> str:
         text = (f"{self.input_uri} in {len(self.partitions)} partition(s), scored with {self.model_name} version "
@@ -116,7 +125,10 @@ def plan_partitions(config: BatchPredictionConfig, input_uri: str, output_uri: s
     mode = on_bad_rows or config.batch.on_bad_rows
     if mode not in ON_BAD_ROWS:
         raise BatchPredictionError(f"on_bad_rows must be one of {', '.join(ON_BAD_ROWS)}, got {mode!r}")
-    output_format(output_uri)
+    if parquet_dataset.is_dataset(output_uri):
+        parquet_dataset.dataset_target(output_uri)
+    else:
+        output_format(output_uri)
     pieces, note = _split(input_uri, config.source, config.batch, partitions)
     tracking.configure(config.mlflow)
     exported = export_to_store(config.mlflow.registered_model_name, version, config.model_store, config.signing)
