@@ -29,7 +29,9 @@ from include.monitoring import attribution, capture, drift, partials, quality, r
 log = logging.getLogger(__name__)
 
 REPORT = "report.html"
-PARTIALS = "partials"  # each partition's partial, removed once merged (partials.py)
+# Each partition's partial (partials.py), beside the report's folder (not in it: the plugin serves that folder, and a
+# partial holds captured rows), removed once merged.
+PARTIALS = "-partials"
 SUMMARY = "summary.json"
 _METRIC_KEY = re.compile(r"[^A-Za-z0-9_\-. /]+")  # what MLflow accepts in a metric name
 
@@ -84,7 +86,7 @@ def monitor(config: MonitorJob, run_id: str, end: datetime, output_dir: Path,
             partitions: int | None = 1) -> MonitorResult | None:
     """The period of `params.period_hours` before `end`; None when the model has no champion yet. Its capture days
     are read in `partitions` (None: one per day), one after the other, each reduced to a partial in
-    output_dir/partials, then merged: the steps of ml_monitor's tasks, in one process."""
+    <output_dir>-partials, then merged: the steps of ml_monitor's tasks, in one process."""
     planned = plan(config, end, output_dir, partitions)
     if planned is None:
         return None
@@ -106,7 +108,8 @@ def plan(config: MonitorJob, end: datetime, output_dir: Path,
         classes = tuple(str(c) for c in registry.load_model(f"models:/{name}/{version}").classes_)
     sample_rows = max(config.params.attribution.rows, config.params.min_rows)
     return partials.plan(name, version, end - timedelta(hours=config.params.period_hours), end, classes,
-                         output_dir / PARTIALS, sample_rows, bool(config.capture.ground_truth_uri), partitions)
+                         output_dir.with_name(output_dir.name + PARTIALS), sample_rows,
+                         bool(config.capture.ground_truth_uri), partitions)
 
 
 def conclude(config: MonitorJob, run_id: str, planned: partials.MonitorPlan, output_dir: Path) -> MonitorResult:
@@ -168,7 +171,8 @@ def conclude(config: MonitorJob, run_id: str, planned: partials.MonitorPlan, out
 
 
 def _attribution(config: MonitorJob, ref: reference.Reference, current: Any) -> attribution.AttributionDrift:
-    """The champion's attributions on the captured rows (the partials' bottom-k sample of them) against those frozen at evaluate (or computed now)."""
+    """The champion's attributions on the captured rows (the partials' bottom-k sample of them) against those frozen
+    at evaluate (or computed now)."""
     frozen = attribution.frozen_profile(ref.mlflow_run_id,
                                         config.artifacts_root / ref.pipeline_run_id / attribution.EVALUATE)
     return attribution.measure(ref.model, ref.model_name, ref.version, config.schema, ref.features, current, frozen,
