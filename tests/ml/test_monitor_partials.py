@@ -15,10 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.ml.entities import MonitoringPolicy, MonitoringSources
+from include.ml.entities import AttributionPolicy, MonitoringPolicy, MonitoringSources
 from include.monitoring import capture, drift, partials
+from include.monitoring.monitor import monitor
+from tests.ml.test_monitoring import champion, monitor_config  # noqa: F401 (champion: a fixture)
 from tests.support import typed
 from tests.support.capture import write_capture
+from tests.support.frames import dataset
 
 MODEL = "flights"
 END = datetime(2026, 3, 5, 6, 0, tzinfo=timezone.utc)
@@ -179,3 +182,35 @@ def test_a_retried_partition_overwrites_its_partial_whole(captured: tuple[str, M
     assert [p.name for p in Path(planned.folder).iterdir()] == ["part-0001.npz"]  # no temporary file left
     assert again.rows == first.rows > 0 and len(again.skipped) == 1
     assert all(np.array_equal(again.numeric[n], first.numeric[n]) for n in first.numeric)
+
+
+def test_a_whole_monitor_run_gives_the_same_summary_in_one_partition_or_one_per_day(
+        champion: tuple[Any, Path, Any], tmp_path: Path) -> None:  # noqa: F811 (the imported fixture)
+    """monitor() against a real champion over four capture days (three with traffic), with labels: drift, live
+    quality and attribution drift (explained on the bottom-k sample) the same with 1 partition and one a day (4);
+    the partials removed once merged."""
+    mlflow_config, artifacts_root, model = champion
+    end = datetime(2026, 3, 3, 6, 0, tzinfo=timezone.utc)
+    live, keys = dataset("regression", rows=300, seed=1), []
+    for day in range(3):
+        rows = live.iloc[day * 100:(day + 1) * 100].drop(columns=["y"])
+        rows = rows.assign(x2=rows["x2"] + day)
+        path = write_capture(tmp_path / "capture", "unit-model", "1", rows, model.predict(rows),
+                             end - timedelta(hours=50 - 24 * day), rows_per_request=3)
+        keys += [(r["request_id"], r["row"]) for r in pd.read_json(path, lines=True).to_dict("records")]
+    pd.DataFrame(keys, columns=["request_id", "row"]).assign(y=live["y"].to_numpy()).to_csv(tmp_path / "truth.csv",
+                                                                                          index=False)
+    config = monitor_config(mlflow_config, artifacts_root, tmp_path / "capture", tmp_path / "truth.csv", min_rows=50,
+                            period_hours=72,
+                            attribution=AttributionPolicy(rows=120))
+    summaries, counts = [], []
+    for partitions in (1, None):
+        out = tmp_path / f"out-{partitions}"
+        result = monitor(config, f"run-{partitions}", end, out, partitions)
+        assert result is not None and result.rows_current == 300 and result.quality is not None
+        assert not (tmp_path / f"out-{partitions}-partials").exists()
+        summary = json.loads((out / "summary.json").read_text())
+        summaries.append({k: v for k, v in summary.items() if k not in ("run_id", "partitions")})
+        counts.append(summary["partitions"])
+    assert counts == [1, 4] and summaries[0] == summaries[1] and "x2" in summaries[0]["drifted"]
+    assert summaries[0]["attribution_drift"]["rows"]["current"] == 120  # explained: the policy's rows of the sample
