@@ -2,9 +2,13 @@
 ### ml_monitor: drift and live quality of the champion's traffic
 
 Runs daily on `airflow.monitor_schedule` of `config.yaml` (default 06:00 UTC, after the nightly retrain) and
-when triggered. **monitor** reads what the prediction server captured for the current champion in the
-`monitoring.period_hours` (params.yaml, default 24) before the run's time, compares every feature with the
-champion's own training data (found through its MLflow run) and its predictions with the champion's
+when triggered. It reads what the prediction server captured for the current champion in the
+`monitoring.period_hours` (params.yaml, default 24) before the run's time. **plan** fixes the champion version
+and splits the period's capture days into partitions (one day each); **partial** (one mapped task per partition,
+spread over the workers) reduces its days' capture files to a partial (sorted values, category counts, a row
+sample: include/monitoring/partials.py), written whole into the run's `monitor-partials/`, so that a retry
+overwrites it; **monitor** merges them (exactly: the numbers of one process reading every file), compares every
+feature with the champion's own training data (found through its MLflow run) and its predictions with the champion's
 predictions on its test set, joins the delayed labels of `monitoring.ground_truth_uri` for the live metrics,
 and writes an HTML report and a JSON summary (its *Monitoring report* button; *MLflow run* opens the
 `<experiment>-monitoring` run). It also compares what drives the champion's predictions on the traffic with
@@ -31,6 +35,7 @@ from include.ml.configuration import project_config
 PROJECT = project_config()
 MODEL_NAME = PROJECT.mlflow.registered_model_name
 DRIFT = drift_asset(MODEL_NAME)
+MAX_PARTITIONS = 256  # include/monitoring/partials.py's bound (not imported: it loads pandas)
 
 
 @dag(
@@ -57,11 +62,28 @@ DRIFT = drift_asset(MODEL_NAME)
 )
 def ml_monitor() -> None:
     @task
-    def monitor(run_id: str | None = None, dag_run: Any = None) -> dict[str, Any]:
+    def plan(run_id: str | None = None, dag_run: Any = None) -> list[dict[str, Any]]:
+        """The plan, once per partition: what each mapped partial task gets."""
         from dags.stage_tasks import stage_config, task_result
-        from include.pipeline import run_monitor
+        from include.monitor_runs import run_monitor_plan
 
-        return task_result(run_monitor(*stage_config(run_id, None), dag_run.run_after))
+        planned = task_result(run_monitor_plan(*stage_config(run_id, None), dag_run.run_after))
+        return [{"plan": planned["plan"], "partition": partition} for partition in planned["partitions"]]
+
+    @task(max_active_tis_per_dagrun=MAX_PARTITIONS)
+    def partial(work: dict[str, Any]) -> dict[str, Any]:
+        from dags.stage_tasks import pipeline_config, task_result
+        from include.monitor_runs import run_monitor_partial
+
+        return task_result(run_monitor_partial(pipeline_config(), work["plan"], work["partition"]))
+
+    @task
+    def monitor(planned: list[dict[str, Any]], reduced: list[dict[str, Any]],
+                run_id: str | None = None) -> dict[str, Any]:
+        from dags.stage_tasks import stage_config, task_result
+        from include.monitor_runs import run_monitor_merge
+
+        return task_result(run_monitor_merge(*stage_config(run_id, None), planned[0]["plan"]))
 
     @task(outlets=[DRIFT])
     def signal_drift(monitored: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +92,8 @@ def ml_monitor() -> None:
 
         return task_result(drift_signal(monitored))  # skipped, so no Asset event, unless something drifted
 
-    signal_drift(monitor())
+    planned = plan()
+    signal_drift(monitor(planned, partial.expand(work=planned)))
 
 
 ml_monitor()

@@ -81,8 +81,7 @@ def collect(config: MonitoringSources, schema: SchemaConfig, model_name: str, ve
             frames.append(frame)
             probabilities.append(proba)
             count += 1
-    columns = [*KEYS, "timestamp", *(c.name for c in schema.ids), *(c.name for c in schema.features), PREDICTION]
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    frame = pd.concat(frames, ignore_index=True) if frames else empty_frame(schema)
     proba = None
     if classes:
         proba = pd.concat(probabilities, ignore_index=True) if frames else \
@@ -90,6 +89,12 @@ def collect(config: MonitoringSources, schema: SchemaConfig, model_name: str, ve
     log.info("capture: %d rows of %s v%s from %d file(s) in %s, %s to %s", len(frame), model_name, version, count,
              config.capture_dir, start.isoformat(), end.isoformat())
     return Captured(frame, count, proba, tuple(skipped))
+
+
+def empty_frame(schema: SchemaConfig) -> pd.DataFrame:
+    """The frame of no captured rows: its columns, none of them typed."""
+    return pd.DataFrame(columns=[*KEYS, "timestamp", *(c.name for c in schema.ids), *(c.name for c in schema.features),
+                                 PREDICTION])
 
 
 def read_file(path: Path, schema: SchemaConfig, model_name: str, version: str, start: datetime, end: datetime,

@@ -5,6 +5,10 @@ Attribution drift (attribution.py) sits beside feature drift: a column whose sha
 does. Writes report.html and summary.json to the run's monitor/ folder, and logs both with the per-feature numbers
 to MLflow's `<experiment>-monitoring` experiment: one run per period and model version (a re-run of the period logs
 into the same run), tagged with the model name and version.
+
+The capture is read in partitions of its days (partials.py): `plan`, one `partials.reduce` per partition, then
+`conclude` merges them and measures; `monitor` runs the three in one process, ml_monitor as tasks. One path: the
+numbers are the same whatever the partitioning.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,11 +24,14 @@ from typing import Any
 
 from include.ml import artifacts, registry, tracking
 from include.ml.entities import MonitorJob
-from include.monitoring import attribution, capture, drift, quality, reference, report
+from include.monitoring import attribution, capture, drift, partials, quality, reference, report
 
 log = logging.getLogger(__name__)
 
 REPORT = "report.html"
+# Each partition's partial (partials.py), beside the report's folder (not in it: the plugin serves that folder, and a
+# partial holds captured rows), removed once merged.
+PARTIALS = "-partials"
 SUMMARY = "summary.json"
 _METRIC_KEY = re.compile(r"[^A-Za-z0-9_\-. /]+")  # what MLflow accepts in a metric name
 
@@ -74,17 +82,46 @@ class MonitorResult:
                 "mlflow_run_url": self.mlflow_run_url}
 
 
-def monitor(config: MonitorJob, run_id: str, end: datetime, output_dir: Path) -> MonitorResult | None:
-    """The period of `params.period_hours` before `end`; None when the model has no champion yet."""
+def monitor(config: MonitorJob, run_id: str, end: datetime, output_dir: Path,
+            partitions: int | None = 1) -> MonitorResult | None:
+    """The period of `params.period_hours` before `end`; None when the model has no champion yet. Its capture days
+    are read in `partitions` (None: one per day), one after the other, each reduced to a partial in
+    <output_dir>-partials, then merged: the steps of ml_monitor's tasks, in one process."""
+    planned = plan(config, end, output_dir, partitions)
+    if planned is None:
+        return None
+    for index in range(len(planned.partitions)):
+        partials.save(partials.reduce(config.capture, config.schema, planned, index), planned.path(index))
+    return conclude(config, run_id, planned, output_dir)
+
+
+def plan(config: MonitorJob, end: datetime, output_dir: Path,
+         partitions: int | None = None) -> partials.MonitorPlan | None:
+    """The champion version (fixed for every partition), the period and its partitions; None without a champion."""
     tracking.configure(config.mlflow)
     name = config.mlflow.registered_model_name
     version = registry.champion_version(name)
     if version is None:
         return None
-    start = end - timedelta(hours=config.params.period_hours)
+    classes: tuple[str, ...] = ()
+    if config.schema.task == "classification":
+        classes = tuple(str(c) for c in registry.load_model(f"models:/{name}/{version}").classes_)
+    sample_rows = max(config.params.attribution.rows, config.params.min_rows)
+    return partials.plan(name, version, end - timedelta(hours=config.params.period_hours), end, classes,
+                         output_dir.with_name(output_dir.name + PARTIALS), sample_rows,
+                         bool(config.capture.ground_truth_uri), partitions)
+
+
+def conclude(config: MonitorJob, run_id: str, planned: partials.MonitorPlan, output_dir: Path) -> MonitorResult:
+    """The plan's partials merged, compared with the champion's reference: report, summary, MLflow run. The
+    partials are removed once all is written."""
+    tracking.configure(config.mlflow)
+    name, version = planned.model_name, planned.version
+    start, end = planned.window
     ref = reference.load(name, version, config.schema, config.artifacts_root)
-    captured = capture.collect(config.capture, config.schema, name, version, start, end, ref.classes)
-    current = captured.frame
+    merged = partials.merge([partials.load(planned.path(i)) for i in range(len(planned.partitions))], config.schema,
+                            planned.sample_rows)
+    current = merged.current
     specs = {c.name: c for c in config.schema.features}
     compared = drift.compare(ref.features, current, drift.kinds_from_schema(config.schema.features), config.params,
                              specs)
@@ -93,12 +130,12 @@ def monitor(config: MonitorJob, run_id: str, end: datetime, output_dir: Path) ->
     compared = replace(compared, prediction=drift.compare_one("prediction", ref.predictions, predicted, kind,
                                                               config.params))
     live = None
-    if config.capture.ground_truth_uri:
+    if config.capture.ground_truth_uri and merged.keys is not None:
         sources = config.capture
         truth = quality.read_ground_truth(sources.ground_truth_uri, config.schema, sources.s3_endpoint_url)
-        live = quality.live_quality(current, truth, config.schema, config.promotion, ref.test_metrics,
-                                    config.params.min_rows, config.params.quality_drop, captured.probabilities)
-    attributed = _attribution(config, ref, current)
+        live = quality.live_quality(merged.keys, truth, config.schema, config.promotion, ref.test_metrics,
+                                    config.params.min_rows, config.params.quality_drop, merged.probabilities)
+    attributed = _attribution(config, ref, merged.sample)
     details = [compared.features[n].describe() for n in compared.drifted]
     if compared.prediction is not None and compared.prediction.drifted:
         details.append(compared.prediction.describe())
@@ -108,9 +145,10 @@ def monitor(config: MonitorJob, run_id: str, end: datetime, output_dir: Path) ->
              f"drifted: {', '.join(compared.drifted) or 'none'}", attributed.describe(), *details]
     if live is not None:
         lines.append(live.describe())
-    lines += [f"skipped capture file {why}" for why in captured.skipped]  # past monitoring.max_file_mb / _rows
+    lines += [f"skipped capture file {why}" for why in merged.skipped]  # past monitoring.max_file_mb / _rows
     header = {"model_name": name, "version": version, "period_start": start.isoformat(), "period_end": end.isoformat(),
-              "reference": ref.source, "run_id": run_id, "skipped_capture_files": list(captured.skipped)}
+              "reference": ref.source, "run_id": run_id, "skipped_capture_files": list(merged.skipped),
+              "partitions": len(planned.partitions), "capture_files": merged.files}
     summary = {**header, **compared.to_json(), "attribution_drift": attributed.to_json(),
                "quality": None if live is None else asdict(live)}
     page = report.render(f"Monitoring {name} v{version}, {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC",
@@ -119,6 +157,7 @@ def monitor(config: MonitorJob, run_id: str, end: datetime, output_dir: Path) ->
     artifacts.write_json(output_dir / SUMMARY, summary)
     mlflow_run_id, url = _log_to_mlflow(config, name, version, start, end, run_id, (compared, attributed), live,
                                         output_dir)
+    shutil.rmtree(planned.folder, ignore_errors=True)
     if details:
         log.warning("monitor: drift in %s v%s:\n  %s", name, version, "\n  ".join(details))
     result = MonitorResult(
@@ -132,7 +171,8 @@ def monitor(config: MonitorJob, run_id: str, end: datetime, output_dir: Path) ->
 
 
 def _attribution(config: MonitorJob, ref: reference.Reference, current: Any) -> attribution.AttributionDrift:
-    """The champion's attributions on the captured rows against those frozen at evaluate (or computed now)."""
+    """The champion's attributions on the captured rows (the partials' bottom-k sample of them) against those frozen
+    at evaluate (or computed now)."""
     frozen = attribution.frozen_profile(ref.mlflow_run_id,
                                         config.artifacts_root / ref.pipeline_run_id / attribution.EVALUATE)
     return attribution.measure(ref.model, ref.model_name, ref.version, config.schema, ref.features, current, frozen,

@@ -67,7 +67,7 @@ def test_drift_in_captured_traffic_is_reported_signalled_and_starts_a_retrain(ai
     client.wait_for_run("ml_monitor", run_id, timeout=300)
     airflow_stack.timings["ml_monitor: fresh champion, traffic, monitor run (s)"] = time.monotonic() - started
     states = {ti["task_id"]: ti["state"] for ti in client.task_instances("ml_monitor", run_id)}
-    assert states == {"monitor": "success", "signal_drift": "success"}
+    assert states == {"plan": "success", "partial": "success", "monitor": "success", "signal_drift": "success"}
     monitored = client.xcom("ml_monitor", run_id, "monitor")
     assert (monitored["version"], monitored["drifted"]) == (version, SHIFTED)
     assert monitored["rows"]["current"] == captured and not monitored["not_enough_data"]
@@ -77,6 +77,7 @@ def test_drift_in_captured_traffic_is_reported_signalled_and_starts_a_retrain(ai
     # The report: in the run's artifacts, behind the task's link (with a login), and in MLflow.
     report = airflow_stack.artifacts_root / safe_run_id(run_id) / "monitor" / "report.html"
     assert report.is_file() and '<tr class="drifted"><td>volatile acidity</td>' in report.read_text()
+    assert not (report.parent.parent / "monitor-partials").exists()  # the partials, merged, are removed
     link = client.links("ml_monitor", run_id, "monitor")["Monitoring report"]
     assert link == f"{airflow_stack.api_url}/mlops/monitoring/{safe_run_id(run_id)}/report.html"
     assert requests.get(link, timeout=30).status_code == 401
