@@ -20,7 +20,7 @@ TEST_WORKERS ?= 3
 test: $(STAMP) tools ## set up, then ruff (lint), lint-imports (the dependency rule), the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 tools: ## install the missing TEST_TOOLS from apt (root or sudo)
 	@missing="$(foreach t,$(TEST_TOOLS),$(if $(shell command -v $(firstword $(subst :, ,$(t)))),,$(lastword $(subst :, ,$(t)))))"; \

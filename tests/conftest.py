@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from tests.support import session_report
-from tests.support.distribution import assign_groups
+from tests.support.distribution import StackScheduling
 from tests.support.project import CONFIG_DIR, outputs_env, small_leakage_budget
 from tests.support.project import edit_yaml as edit_yaml_file
 from tests.support.servers import aws_test_credentials, moto_server
@@ -22,13 +22,11 @@ from tests.support.tiers import unmarked_process_tests, usage_error
 pytest_plugins = ["pytester"]  # tests/test_tiers.py runs pytest on deliberately broken test files
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the xdist_group marks set here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every collected test that starts a process must be marked integration (tests/support/tiers.py)."""
     unmarked = unmarked_process_tests(items)
     if unmarked:
         raise usage_error(unmarked)
-    assign_groups(items)  # used by `--dist loadgroup` (make test); without xdist the marks change nothing
 
 
 @pytest.hookimpl(trylast=True)  # after the session-scoped stacks have stopped, so their shutdown times are in
@@ -36,7 +34,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     session_report.hand_over(session.config)
 
 
-@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook, called on the controller
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hooks, called on the controller
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> StackScheduling:
+    return StackScheduling(config, log)
+
+
+@pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any) -> None:
     session_report.receive(node)
 

@@ -34,8 +34,9 @@ import numpy as np
 import pandas as pd
 
 from include.ml import artifacts
-from include.ml.entities import MonitoringSources, SchemaConfig
+from include.ml.config_file import MonitoringSources
 from include.ml.exceptions import MonitoringError
+from include.ml.schema_file import SchemaConfig
 from include.monitoring import capture, drift
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.ml.entities import AttributionPolicy, MonitoringPolicy, MonitoringSources
+from include.ml.config_file import MonitoringSources
+from include.ml.params_file import AttributionPolicy, MonitoringPolicy
 from include.monitoring import capture, drift, partials
 from include.monitoring.monitor import monitor
 from tests.ml.test_monitoring import champion, monitor_config  # noqa: F401 (champion: a fixture)

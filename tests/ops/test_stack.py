@@ -1,7 +1,7 @@
 """The local stack's parts (scripts/stack*.py): settings, secrets and login files, the components' environment,
 pid bookkeeping (process trees of real processes: test_stack_processes.py).
 
-No stack is started here (the fast tier); tests/integration and tests/topology start real stacks through
+No stack is started here (the fast tier); tests/dag_runs and tests/topology start real stacks through
 scripts/airflow_stack.sh, which exercise launching, health checks and stopping.
 """
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from include.ml.entities import BatchConfig, BatchPredictionConfig, DataSourceConfig, MlflowConfig
+from include.ml.config_file import BatchConfig, BatchPredictionConfig, DataSourceConfig, MlflowConfig
 from include.ml.exceptions import BatchPredictionError
 from include.release.batch import predict_file
 from include.release.partition_runs import combine, predict_partitioned, score_partition
@@ -167,7 +167,7 @@ def test_the_cli_and_the_form_keep_a_directory_output(config_dir: Path, isolated
     """`main.py predict --output dir/` without --partitions scores in one partition (predict_file writes files
     only); a trigger form's allowed directory keeps its "/" once made absolute."""
     import main
-    from include.ml.entities import BatchConfig
+    from include.ml.config_file import BatchConfig
     from include.release import partition_runs
     from include.release.batch import allowed_output
 

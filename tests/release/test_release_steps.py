@@ -1,6 +1,6 @@
 """ml_release's task bodies on tiny inputs: the bake loop (a fake clock, the gate's decisions given), the evidence
 record and its documents, and the MLflow side (a real SQLite store): the release run, the live evidence beside the
-candidate's card, the version's tags. The servers' side runs in tests/integration/test_ml_release.py."""
+candidate's card, the version's tags. The servers' side runs in tests/dag_runs/test_ml_release.py."""
 
 from __future__ import annotations
 

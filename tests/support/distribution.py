@@ -1,39 +1,42 @@
-"""How `make test` spreads the suite over pytest-xdist workers (`--dist loadgroup`).
+"""How `make test` spreads the suite over pytest-xdist workers.
 
-A test that shares a running stack with others goes where that stack runs: everything on the embedded Airflow
-stack in one group, everything on the production topology in another, so each starts once per session as before.
-Any other test that starts processes stays with the rest of its module (its module-scoped servers start once);
-the fast tests go wherever a worker is free.
+A unit of work goes to one worker whole. The tests on the embedded Airflow stack (`tests/dag_runs/`, whose
+conftest.py starts it) are one unit, and the tests on the production topology (`tests/topology/`) another, so each
+stack starts once per session, as in a single process; every other test file is a unit of its own, so its
+module-scoped servers start once too. The two stack units are handed out first: they are the longest, and a
+long unit started last would leave the other workers idle at the end.
+
+(pytest-xdist's `--dist loadgroup` with `xdist_group` marks would say the same, but it does not group under pytest
+9.2: it renames node ids through a field pytest no longer reads, pytest-dev/pytest-xdist#1386.)
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any
 
-import pytest
+from xdist.scheduler import LoadScopeScheduling
 
-from tests.support.tiers import MARK
-
-# A session-wide stack -> the fixtures through which a test uses it.
-SHARED_STACKS = {
-    "airflow_stack": frozenset({"airflow_stack"}),
-    "celery_stack": frozenset({"celery_stack", "postgres_databases", "redis_broker", "s3_bucket", "tuned_run"}),
-}
+# Folders whose tests share a session-wide stack, longest first.
+SHARED_STACKS = ("tests/dag_runs", "tests/topology")
 
 
-def group_of(item: pytest.Item) -> str | None:
-    """The xdist group `item` runs in: a shared stack's name, its module's path, or None (any worker)."""
-    used = set(getattr(item, "fixturenames", ()))
-    for stack, fixtures in SHARED_STACKS.items():
-        if used & fixtures:
-            return stack
-    if item.get_closest_marker(MARK) is not None:
-        return item.nodeid.split("::", 1)[0]
-    return None
+def unit_of(nodeid: str) -> str:
+    """The unit a test runs in: its stack's folder, or its file."""
+    path = nodeid.split("::", 1)[0]
+    for folder in SHARED_STACKS:
+        if path.startswith(folder + "/"):
+            return folder
+    return path
 
 
-def assign_groups(items: Iterable[pytest.Item]) -> None:
-    for item in items:
-        group = group_of(item)
-        if group is not None and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(group))
+class StackScheduling(LoadScopeScheduling):
+    """xdist's load-by-scope scheduling with unit_of as the scope and the stack units handed out first."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return unit_of(nodeid)
+
+    def _assign_work_unit(self, node: Any) -> None:
+        for folder in reversed(SHARED_STACKS):
+            if folder in self.workqueue:
+                self.workqueue.move_to_end(folder, last=False)
+        super()._assign_work_unit(node)

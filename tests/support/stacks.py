@@ -121,7 +121,7 @@ def airflow_stack(base: Path) -> AirflowStack:
     (base / "batch-outputs").mkdir()
 
     # No cron schedule: only the runs a test triggers, whatever the time of day, and the ml_pipeline runs the drift
-    # Asset event of an ml_monitor run starts (tests/integration/test_monitor.py).
+    # Asset event of an ml_monitor run starts (tests/dag_runs/test_monitor.py).
     def allow(data: dict) -> None:
         data["data_source"]["allowed_sources"] = [f"{base / 'sources'}/"]
         data["batch"]["allowed_outputs"] = [f"{base / 'batch-outputs'}/"]
@@ -131,7 +131,7 @@ def airflow_stack(base: Path) -> AirflowStack:
     # The tune task runs as configured, on a small budget: its search is tested in tests/ml/test_tuning.py.
     edit_yaml(config_dir / "params.yaml", lambda data: data["tuning"].update(n_trials=4))
     small_leakage_budget(config_dir)
-    # Releases (strategy direct: only ml_release runs, tests/integration/test_ml_release.py) bake for seconds, with the
+    # Releases (strategy direct: only ml_release runs, tests/dag_runs/test_ml_release.py) bake for seconds, with the
     # shipped steps (the DAG's tasks), enough traffic for a test, and p99 room for a 2-core machine running the stack.
     edit_yaml(config_dir / "params.yaml", lambda data: data["release"].update(
         shadow={"sample": 1.0, "bake_seconds": 20}, canary=[{"percent": 10, "bake_seconds": 8},

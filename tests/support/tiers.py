@@ -16,7 +16,7 @@ MARK = "integration"
 PROCESS_FIXTURES = frozenset({
     "s3_endpoint",  # a moto server (tests/conftest.py)
     "server",  # a gunicorn prediction server (tests/serving/conftest.py)
-    "airflow_stack",  # scripts/airflow_stack.sh up (tests/integration/conftest.py)
+    "airflow_stack",  # scripts/airflow_stack.sh up (tests/dag_runs/conftest.py)
     "celery_stack", "postgres_databases", "redis_broker", "s3_bucket",  # tests/topology/conftest.py
 })
 # What a module's source says when it starts a process itself.

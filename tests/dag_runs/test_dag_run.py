@@ -1,6 +1,6 @@
 """The ml_pipeline DAG under a real Airflow 3 stack: triggered and checked through the REST API.
 
-The tests share the session stack with tests/integration/test_dag_failures.py and run in any order, alone or
+The tests share the session stack with tests/dag_runs/test_dag_failures.py and run in any order, alone or
 together: each reads the registry (the model's versions, its champion) and the prediction server's version
 before its runs and asserts what its own runs changed. A forced promotion makes a run's model the champion
 whatever ran before.
@@ -70,7 +70,7 @@ def test_triggered_run_succeeds_and_registers_a_model(airflow_stack) -> None:
     # Trigger params reach the tasks: elasticnet instead of params.yaml's random forest (and quicker), tuned in
     # 2 trials, and a forced promotion, so that this run's model becomes the champion whatever ran on the stack before.
     run_id = client.trigger(DAG_ID, conf={**FORCED, "tune_trials": 2},
-                            note="tests/integration/test_dag_run.py")["dag_run_id"]
+                            note="tests/dag_runs/test_dag_run.py")["dag_run_id"]
     client.wait_for_run(DAG_ID, run_id, timeout=240)
     airflow_stack.timings["ml_pipeline run, trigger to success (s)"] = time.monotonic() - started
 

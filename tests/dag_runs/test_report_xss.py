@@ -93,7 +93,7 @@ def hostile_run(airflow_stack, listener: Listener) -> tuple[str, Path]:
     client.wait_for_dag("ml_pipeline", timeout=120)
     client.unpause("ml_pipeline")
     run_id = client.trigger("ml_pipeline", conf={"source": str(source)},
-                            note="tests/integration/test_report_xss.py")["dag_run_id"]
+                            note="tests/dag_runs/test_report_xss.py")["dag_run_id"]
     client.wait_for_run("ml_pipeline", run_id, timeout=240, expect="failed")
     states = {ti["task_id"]: ti["state"] for ti in client.task_instances("ml_pipeline", run_id)}
     assert (states["ingest"], states["validate"]) == ("success", "failed"), states

@@ -41,7 +41,7 @@ def champion(airflow_stack: Any) -> str:
         client.wait_for_dag("ml_pipeline", timeout=120)
         client.unpause("ml_pipeline")
         run_id = client.trigger("ml_pipeline", conf={"model_family": "elasticnet", "force_promote": True},
-                                note="tests/integration/test_predict_batch.py: a champion to score with")["dag_run_id"]
+                                note="tests/dag_runs/test_predict_batch.py: a champion to score with")["dag_run_id"]
         client.wait_for_run("ml_pipeline", run_id, timeout=300)
     return registry.champion(MODEL)
 
