@@ -12,7 +12,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from include.ml.config_file import BatchConfig, BatchPredictionConfig, DataSourceConfig, MlflowConfig
+from include.ml.config_file import BatchConfig, DataSourceConfig, MlflowConfig
+from include.ml.entities import BatchPredictionConfig
 from include.ml.exceptions import BatchPredictionError
 from include.release.batch import predict_file
 from include.release.partition_runs import combine, predict_partitioned, score_partition
