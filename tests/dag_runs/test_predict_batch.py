@@ -164,6 +164,19 @@ def test_a_model_trained_by_main_scores_every_role_and_type_and_flags_bad_rows(t
         [299, 50_299, "dep_delay", "expect_column_values_to_be_between"]]
     assert rejected["value"].tolist() == ["31/12/2013", "Superb", "Z", "-99.0"]
 
+    # The same file in 3 partitions into a Parquet dataset directory (an output ending in "/"): the same rows and
+    # predictions, one part file per partition, the same side file beside the directory.
+    dataset = tmp_path / "scored" / "flights"
+    done = run_main("predict", "--config-dir", str(config_dir), "--input", str(source), "--output", f"{dataset}/",
+                    "--on-bad-rows", "flag", "--partitions", "3", env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in dataset.iterdir()) == ["_manifest.json", *(f"part-{i:05d}.parquet" for i in range(3))]
+    parts = pd.read_parquet(dataset)
+    assert parts["flight_id"].tolist() == out["flight_id"].tolist()
+    assert parts["rejected"].tolist() == out["rejected"].tolist()
+    pd.testing.assert_series_equal(parts["prediction"], out["prediction"], check_exact=False, rtol=1e-12)
+    assert Path(f"{dataset}.rejected.csv").read_text() == Path(f"{output}.rejected.csv").read_text()
+
 
 def registered_predictions(env: dict[str, str], uri: str, features: pd.DataFrame) -> Any:
     """The registered model's own predictions (its fitted pipeline, loaded with the serving allow-list), within the

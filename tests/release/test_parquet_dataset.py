@@ -163,25 +163,11 @@ def test_a_failed_rename_puts_the_previous_directory_back(tmp_path: Path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scored"]  # the side file removed, no temporary left
 
 
-def test_the_cli_and_the_form_keep_a_directory_output(config_dir: Path, isolated_env: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """`main.py predict --output dir/` without --partitions scores in one partition (predict_file writes files
-    only); a trigger form's allowed directory keeps its "/" once made absolute."""
-    import main
+def test_a_forms_allowed_directory_keeps_its_slash(tmp_path: Path) -> None:
+    """A trigger form's output under an allowed directory keeps its "/" once made absolute: still a dataset. (The
+    CLI's `--output dir/ --partitions 3` runs for real in tests/dag_runs/test_predict_batch.py.)"""
     from include.ml.config_file import BatchConfig
-    from include.release import partition_runs
     from include.release.batch import allowed_output
-
-    calls: list[tuple[str, Any]] = []
-
-    def partitioned(cfg: Any, input_uri: str, output_uri: str, partitions: Any, *args: Any) -> Any:
-        calls.append((output_uri, partitions))
-        return type("Result", (), {"summary": lambda self: "scored"})()
-
-    monkeypatch.setattr(partition_runs, "predict_partitioned", partitioned)
-    common = ["predict", "--config-dir", str(config_dir), "--input", "in.csv", "--output", f"{tmp_path}/scored/"]
-    assert main.main(common) == 0 and main.main([*common, "--partitions", "3"]) == 0
-    assert calls == [(f"{tmp_path}/scored/", 1), (f"{tmp_path}/scored/", 3)]
 
     listed = BatchConfig(allowed_outputs=(f"{tmp_path}/out/",))
     assert allowed_output("out/scored/", listed, tmp_path) == f"{tmp_path}/out/scored/"
