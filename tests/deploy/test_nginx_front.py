@@ -569,6 +569,8 @@ def test_slowloris_straight_at_plain_gthread_starves_health(model_store: Path, t
           f"{attack.dropped} dropped by gunicorn; /health before: {summary(before)}, during: {measured}; "
           f"answering again {recovered:.1f}s after the clients left")
     assert all(r is not None for r in before)
+    # Starved: probes time out (the defended fronts above let none fail). Under the parallel suite's load the
+    # starvation is partial at times (8 of 18 probes bad once), so a quarter of them is the bar.
     bad = measured["failed"] + measured["over_100ms"]
-    assert bad >= measured["probes"] / 2, measured
+    assert measured["failed"] > 0 and bad >= measured["probes"] / 4, measured
     assert recovered < 30, "gunicorn did not recover after the slow clients closed"

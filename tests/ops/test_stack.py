@@ -213,6 +213,8 @@ def test_mlflow_login_is_made_once_and_private(tmp_path: Path) -> None:
 
 def test_mlflow_auth_follows_the_backend_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With a backend URI (the production topology) every process gets the MLflow login, and `env` sources it."""
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # a login this process may hold already
+        monkeypatch.delenv(name, raising=False)  # (tests/topology/conftest.py's, on the same xdist worker)
     s = Settings.from_env({**CELERY, "AIRFLOW_STACK_HOME": str(tmp_path), "AIRFLOW_STACK_MLFLOW_BACKEND_URI": "pg://m",
                            "AIRFLOW_STACK_MLFLOW_ADMIN_USER": "pipeline"})
     assert s.mlflow_auth and s.mlflow_login_file == tmp_path / "stack" / "mlflow.env"
